@@ -1,0 +1,17 @@
+//! Wire types and plumbing that both vault-dr binaries use, and nothing else: the agent's
+//! [`report::Report`], the coordinator's [`desired::DesiredState`] answer, the [`secret::Secret`]
+//! wrapper that keeps tokens out of logs, telemetry set-up and the shutdown signal.
+
+pub mod desired;
+pub mod exit;
+pub mod report;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use desired::{DesiredState, Role};
+pub use report::{
+    HostStats, LatencySummary, NodeState, PeerProbe, ReplicationMode, ReplicationStatus, Report,
+    SCHEMA_VERSION, VaultStatus,
+};
+pub use secret::Secret;

@@ -1,0 +1,321 @@
+//! The report an agent sends to the coordinator every interval (`POST /v1/reports`).
+//!
+//! Every numeric field carries its unit in its name. The coordinator rejects a report whose
+//! `schema_version` it does not know, so any incompatible change here must raise
+//! [`SCHEMA_VERSION`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Version of the report format. Raised on every incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One agent's view of its node, host and replication at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Must equal [`SCHEMA_VERSION`] for the coordinator to accept it.
+    pub schema_version: u32,
+    /// DR cluster this node belongs to (a name in the coordinator's group config).
+    pub cluster: String,
+    /// Node name, unique within its cluster (the pod name in Kubernetes).
+    pub node: String,
+    /// Per-agent-process sequence number, raised by one for every report sent. With
+    /// `agent_started_at` it lets the coordinator drop replayed or reordered reports.
+    pub seq: u64,
+    /// When this agent process started (identifies the sequence).
+    pub agent_started_at: DateTime<Utc>,
+    /// When the report was assembled, by the agent's clock.
+    pub sent_at: DateTime<Utc>,
+    /// Agent version (crate version).
+    pub agent_version: String,
+    /// The local Vault/OpenBao node as the agent probed it.
+    pub vault: VaultStatus,
+    /// CPU and memory of the node's container, process or host.
+    pub host: HostStats,
+    /// Cross-cluster replication as seen from this node.
+    pub replication: ReplicationStatus,
+    /// The agent's own probe of the current primary (the third observer of failure detection).
+    /// `None` when the agent does not know the primary yet or is on the primary itself.
+    #[serde(default)]
+    pub primary_probe: Option<PeerProbe>,
+    /// Highest term this agent has seen in a desired state (0 before the first answer).
+    #[serde(default)]
+    pub seen_term: u64,
+}
+
+/// What `GET sys/health` (and friends) say about one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Unsealed active node of its cluster (HTTP 200).
+    Active,
+    /// Unsealed HA standby (HTTP 429).
+    Standby,
+    /// Vault Enterprise performance standby (HTTP 473).
+    PerformanceStandby,
+    /// Initialised but sealed (HTTP 503).
+    Sealed,
+    /// Not initialised (HTTP 501).
+    Uninitialized,
+    /// A snapshot restore is in progress: requests block for several seconds by design. The
+    /// coordinator must not mistake this for a dead node.
+    Restoring,
+    /// No HTTP answer at all: refused, reset or timed out.
+    Unreachable,
+    /// An answer that fits none of the above (5xx other than 503, garbage body).
+    Error,
+}
+
+impl NodeState {
+    /// Whether the node is unsealed and serving (active or some kind of standby).
+    pub fn is_serving(self) -> bool {
+        matches!(
+            self,
+            Self::Active | Self::Standby | Self::PerformanceStandby
+        )
+    }
+
+    /// Stable lower-case name, as used in metrics labels and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Standby => "standby",
+            Self::PerformanceStandby => "performance_standby",
+            Self::Sealed => "sealed",
+            Self::Uninitialized => "uninitialized",
+            Self::Restoring => "restoring",
+            Self::Unreachable => "unreachable",
+            Self::Error => "error",
+        }
+    }
+
+    /// Every state, in a fixed order (for one-hot gauges).
+    pub const ALL: [NodeState; 8] = [
+        Self::Active,
+        Self::Standby,
+        Self::PerformanceStandby,
+        Self::Sealed,
+        Self::Uninitialized,
+        Self::Restoring,
+        Self::Unreachable,
+        Self::Error,
+    ];
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rolling-window summary of the agent's own probe latencies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Probes in the window.
+    pub samples: u32,
+    /// Median probe latency over successful probes, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile probe latency over successful probes, in milliseconds.
+    pub p99_ms: f64,
+    /// Fraction of probes in the window that failed (0.0..=1.0).
+    pub error_ratio: f64,
+}
+
+/// The local Vault/OpenBao node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaultStatus {
+    /// Classified health.
+    pub state: NodeState,
+    /// Latency of the latest probe, in milliseconds (`None` when it got no answer).
+    pub last_probe_ms: Option<f64>,
+    /// Rolling window of probe latencies.
+    pub latency: LatencySummary,
+    /// Server version string from `sys/health`.
+    pub version: Option<String>,
+    /// `cluster_id` from `sys/health` (absent while sealed).
+    pub cluster_id: Option<String>,
+    /// `cluster_name` from `sys/health` (absent while sealed).
+    pub cluster_name: Option<String>,
+    /// Raft applied index (from `sys/leader`), when readable.
+    pub raft_applied_index: Option<u64>,
+    /// Raft commit index (from `sys/leader`), when readable.
+    pub raft_commit_index: Option<u64>,
+    /// Autopilot health (`sys/storage/raft/autopilot/state`), when the token allows.
+    pub autopilot_healthy: Option<bool>,
+    /// Short error kind of the latest failed probe (bounded vocabulary, no secrets).
+    pub last_error: Option<String>,
+}
+
+/// CPU and memory figures, from cgroup v2 in a container, otherwise the Vault process or host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostStats {
+    /// Where the figures come from.
+    pub source: HostSource,
+    /// CPU used over the last interval, in cores (1.0 = one core fully busy).
+    pub cpu_usage_cores: f64,
+    /// Cumulative CPU time, in seconds.
+    pub cpu_seconds_total: f64,
+    /// Memory in use, in bytes.
+    pub memory_used_bytes: u64,
+    /// Memory limit (cgroup `memory.max` or host total), in bytes; `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl HostStats {
+    /// Fraction of the memory limit still free (1.0 when unlimited).
+    pub fn memory_headroom_ratio(&self) -> f64 {
+        match self.memory_limit_bytes {
+            Some(limit) if limit > 0 => {
+                1.0 - (self.memory_used_bytes as f64 / limit as f64).clamp(0.0, 1.0)
+            }
+            _ => 1.0,
+        }
+    }
+}
+
+/// Origin of [`HostStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostSource {
+    /// cgroup v2 files of the agent's container (`cpu.stat`, `memory.current`, `memory.max`).
+    Cgroup,
+    /// The Vault process, found by pid file or name.
+    Process,
+    /// The whole host.
+    #[default]
+    Host,
+}
+
+/// Which replication mechanism a node takes part in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationMode {
+    /// No replication (OpenBao answers 404 on `sys/replication/*`).
+    #[default]
+    None,
+    /// vault-dr's raft-snapshot shipping.
+    Snapshot,
+    /// Vault Enterprise DR replication.
+    EnterpriseDr,
+    /// Vault Enterprise performance replication.
+    EnterprisePerformance,
+}
+
+/// Replication as seen from one node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// Mechanism in use.
+    pub mode: ReplicationMode,
+    /// Whether this node holds data replicated from the primary at least once.
+    pub seeded: bool,
+    /// How far behind the primary this node's data is, in raft log entries (or WALs).
+    pub lag_entries: Option<u64>,
+    /// Age of the newest replicated data, in seconds.
+    pub lag_seconds: Option<f64>,
+    /// Raft index of the newest replicated data this node holds (snapshot index or WAL).
+    pub replicated_index: Option<u64>,
+    /// Enterprise: `state` of the replication status (e.g. `stream-wals`).
+    pub state: Option<String>,
+    /// Enterprise: `connection_state` (e.g. `ready`).
+    pub connection_state: Option<String>,
+    /// Enterprise: `last_wal` (primary) or `last_remote_wal` (secondary).
+    pub last_wal: Option<u64>,
+    /// Enterprise: `last_remote_wal` of a secondary.
+    pub last_remote_wal: Option<u64>,
+    /// When replication last succeeded.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Short kind of the latest replication error.
+    pub last_error: Option<String>,
+}
+
+/// An agent's own probe of another cluster (the primary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerProbe {
+    /// Cluster name of the probed peer.
+    pub cluster: String,
+    /// Classified state of the peer's health endpoint.
+    pub state: NodeState,
+    /// When the probe finished.
+    pub at: DateTime<Utc>,
+    /// Latency in milliseconds, when it answered.
+    pub latency_ms: Option<f64>,
+}
+
+impl PeerProbe {
+    /// Whether the peer answered as a serving node.
+    pub fn reachable(&self) -> bool {
+        self.state.is_serving()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            cluster: "dc1".into(),
+            node: "dc1-0".into(),
+            seq: 7,
+            agent_started_at: Utc::now(),
+            sent_at: Utc::now(),
+            agent_version: "0.1.0".into(),
+            vault: VaultStatus {
+                state: NodeState::Active,
+                last_probe_ms: Some(1.5),
+                latency: LatencySummary {
+                    samples: 10,
+                    p50_ms: 1.0,
+                    p99_ms: 3.0,
+                    error_ratio: 0.0,
+                },
+                version: Some("2.7.2".into()),
+                cluster_id: Some("abc".into()),
+                cluster_name: Some("dr-dc1".into()),
+                raft_applied_index: Some(42),
+                raft_commit_index: Some(42),
+                autopilot_healthy: Some(true),
+                last_error: None,
+            },
+            host: HostStats {
+                source: HostSource::Process,
+                cpu_usage_cores: 0.2,
+                cpu_seconds_total: 12.0,
+                memory_used_bytes: 100 << 20,
+                memory_limit_bytes: Some(1 << 30),
+            },
+            replication: ReplicationStatus::default(),
+            primary_probe: None,
+            seen_term: 1,
+        }
+    }
+
+    #[test]
+    fn a_report_survives_a_json_round_trip() {
+        let r = sample();
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        assert!(text.contains("\"state\":\"active\""));
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_rejected() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["surprise"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<Report>(v).is_err());
+    }
+
+    #[test]
+    fn memory_headroom_is_the_free_fraction_of_the_limit() {
+        let mut h = sample().host;
+        h.memory_used_bytes = 256 << 20;
+        h.memory_limit_bytes = Some(1 << 30);
+        assert!((h.memory_headroom_ratio() - 0.75).abs() < 1e-9);
+        h.memory_limit_bytes = None;
+        assert_eq!(h.memory_headroom_ratio(), 1.0);
+    }
+}

@@ -1,0 +1,1 @@
+//! Traits for the side effects of a failover.

@@ -1,0 +1,1 @@
+//! The journaled failover executor.

@@ -1,0 +1,161 @@
+//! The failover journal: one record per failover with every step, its timing and outcome, and
+//! the candidate table the choice was made from.
+
+use crate::failover::scorer::CandidateTable;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Steps of a failover, in order. `Ord` follows the order of execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Term raised by CAS, target chosen, table stored.
+    Decided,
+    /// Old primary sealed (or found unreachable) and out of traffic.
+    Fenced,
+    /// Target made primary.
+    Promoted,
+    /// Other secondaries told to replicate from the new primary.
+    Repointed,
+    /// Client traffic switched to the new primary.
+    Switched,
+    /// Canary write and read succeeded on the new primary.
+    Verified,
+    /// Finished.
+    Done,
+}
+
+impl Step {
+    /// All steps in order.
+    pub const ALL: [Step; 7] = [
+        Self::Decided,
+        Self::Fenced,
+        Self::Promoted,
+        Self::Repointed,
+        Self::Switched,
+        Self::Verified,
+        Self::Done,
+    ];
+
+    /// The step after this one (`None` after `Done`).
+    pub fn next(self) -> Option<Step> {
+        Self::ALL.iter().copied().find(|s| *s > self)
+    }
+
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decided => "decided",
+            Self::Fenced => "fenced",
+            Self::Promoted => "promoted",
+            Self::Repointed => "repointed",
+            Self::Switched => "switched",
+            Self::Verified => "verified",
+            Self::Done => "done",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Outcome of a whole failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverStatus {
+    /// Steps still to run.
+    InProgress,
+    /// Reached `Done`.
+    Done,
+    /// Abandoned (a step failed beyond retry); the reason is in the last step.
+    Failed,
+}
+
+/// One step of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Which step.
+    pub step: Step,
+    /// When it was written to the journal (before running).
+    pub started_at: DateTime<Utc>,
+    /// When it completed; `None` while it runs or if it never completed.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Which coordinator ran it.
+    pub by: String,
+    /// What it did, in one sentence ("sealed dc1", "dc1 unreachable, fenced by traffic switch").
+    pub detail: String,
+    /// Error of the latest attempt, if it failed.
+    pub error: Option<String>,
+}
+
+/// The journal record of one failover (or planned switchover).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    /// Unique id (`<term>-<from>-<to>`).
+    pub id: String,
+    /// Term the failover establishes.
+    pub term: u64,
+    /// Old primary.
+    pub from: String,
+    /// New primary.
+    pub to: String,
+    /// Operator switchover rather than automatic failover.
+    pub planned: bool,
+    /// Why the failover was decided (the detector's sentence).
+    pub reason: String,
+    /// When it was decided.
+    pub decided_at: DateTime<Utc>,
+    /// The full candidate table the target was chosen from.
+    pub table: CandidateTable,
+    /// Steps so far, in order, each once.
+    pub steps: Vec<StepRecord>,
+    /// Outcome.
+    pub status: FailoverStatus,
+}
+
+impl FailoverRecord {
+    /// The journal id of a failover to `term`.
+    pub fn id_for(term: u64, from: &str, to: &str) -> String {
+        format!("{term}-{from}-{to}")
+    }
+
+    /// The record of `step`, if written.
+    pub fn step(&self, step: Step) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.step == step)
+    }
+
+    /// Seconds from decision to the completion of `step`, if it completed.
+    pub fn seconds_to(&self, step: Step) -> Option<f64> {
+        let done = self.step(step)?.finished_at?;
+        Some((done - self.decided_at).num_milliseconds() as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_run_in_the_documented_order() {
+        let names: Vec<_> = Step::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "decided",
+                "fenced",
+                "promoted",
+                "repointed",
+                "switched",
+                "verified",
+                "done"
+            ]
+        );
+        assert_eq!(Step::Decided.next(), Some(Step::Fenced));
+        assert_eq!(Step::Verified.next(), Some(Step::Done));
+        assert_eq!(Step::Done.next(), None);
+    }
+}

@@ -1,0 +1,11 @@
+//! vault-dr coordinator: aggregates agent reports, detects the loss of the primary with three
+//! observers, chooses the best secondary, and carries out a journaled failover. Also the CLI
+//! (`status`, `explain`, `history`, `drill`, `bench`) and the local lab of real OpenBao
+//! processes that the drill and the tests share.
+
+pub mod config;
+pub mod failover;
+pub mod lab;
+pub mod store;
+pub mod topology;
+pub mod view;

@@ -1,0 +1,70 @@
+//! The topology: the authoritative record `{primary, term, failover in progress}`.
+//!
+//! It lives in the coordination backend (a ConfigMap or a local file) and is only ever changed
+//! by compare-and-swap on its version, so two coordinators that both believe they lead cannot
+//! both raise the term.
+
+use crate::failover::Step;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Who is primary, in which term, and the failover in progress if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// Name of the primary cluster.
+    pub primary: String,
+    /// Current term (starts at 1 with the initial primary).
+    pub term: u64,
+    /// The failover being carried out, if any. While it is set, the new term is already in
+    /// force but `primary` still names the old primary until the `Promoted` step completes.
+    pub failover: Option<FailoverInProgress>,
+    /// When the last failover finished (for the cooldown).
+    #[serde(default)]
+    pub last_failover_at: Option<DateTime<Utc>>,
+}
+
+/// The part of a failover that must survive the loss of the leader: enough to resume it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverInProgress {
+    /// Journal id of the failover (also the store key).
+    pub id: String,
+    /// Cluster being replaced.
+    pub from: String,
+    /// Cluster being promoted.
+    pub to: String,
+    /// The last step that completed (`Decided` right after the term CAS).
+    pub completed: Step,
+    /// Whether it was an automatic failover or an operator's switchover.
+    #[serde(default)]
+    pub planned: bool,
+}
+
+impl Topology {
+    /// The topology of a fresh DR group.
+    pub fn initial(primary: impl Into<String>) -> Self {
+        Self {
+            primary: primary.into(),
+            term: 1,
+            failover: None,
+            last_failover_at: None,
+        }
+    }
+
+    /// The cluster clients should reach right now: the promoted target once promotion is done.
+    pub fn serving_primary(&self) -> &str {
+        match &self.failover {
+            Some(f) if f.completed >= Step::Promoted => &f.to,
+            _ => &self.primary,
+        }
+    }
+}
+
+/// A topology together with the opaque version the coordination backend returned with it
+/// (a resourceVersion, a file generation). Passed back unchanged to compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The value read.
+    pub value: T,
+    /// Backend version of the value.
+    pub version: String,
+}
