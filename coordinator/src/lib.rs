@@ -9,3 +9,4 @@ pub mod lab;
 pub mod store;
 pub mod topology;
 pub mod view;
+pub mod coordination;

@@ -1,1 +1,182 @@
-//! Traits for the side effects of a failover.
+//! The side effects of a failover, one small trait each, so the executor is testable with the
+//! recording fake in [`test_util`] and the real backends can change (snapshot or Enterprise
+//! replication, TCP forwarder or Kubernetes Service).
+//!
+//! Every action must be idempotent: the executor may run it again after a crash or a retry.
+//! Each returns one sentence saying what it did, which goes into the journal.
+
+use crate::config::ClusterConfig;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Why an action failed (its message goes into the journal; never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ActionError(pub String);
+
+/// Result of an action: the journal sentence.
+pub type ActionResult = Result<String, ActionError>;
+
+/// Stops the old primary from taking writes.
+#[async_trait]
+pub trait Fencer: Send + Sync + std::fmt::Debug {
+    /// Fences `old` for `term` (e.g. seals it when reachable). Unreachable is not an error: it
+    /// is then fenced by the traffic switch and by its agent seeing the higher term.
+    async fn fence(&self, old: &ClusterConfig, term: u64) -> ActionResult;
+}
+
+/// Makes a secondary primary and points the others at it.
+#[async_trait]
+pub trait Replication: Send + Sync + std::fmt::Debug {
+    /// Promotes `target` in `term`; returns once the target serves as primary.
+    async fn promote(&self, target: &ClusterConfig, term: u64) -> ActionResult;
+    /// Points `others` at `primary` for `term`.
+    async fn repoint(
+        &self,
+        others: &[ClusterConfig],
+        primary: &ClusterConfig,
+        term: u64,
+    ) -> ActionResult;
+}
+
+/// Moves client traffic to the new primary.
+#[async_trait]
+pub trait TrafficSwitch: Send + Sync + std::fmt::Debug {
+    /// Sends client traffic to `to` from now on.
+    async fn switch(&self, to: &ClusterConfig, term: u64) -> ActionResult;
+}
+
+/// Proves the new primary works.
+#[async_trait]
+pub trait Verifier: Send + Sync + std::fmt::Debug {
+    /// A canary write and read on `target`.
+    async fn verify(&self, target: &ClusterConfig, term: u64) -> ActionResult;
+}
+
+/// The set of actions the executor uses.
+#[derive(Debug, Clone)]
+pub struct Actions {
+    /// Fencing of the old primary.
+    pub fencer: Arc<dyn Fencer>,
+    /// Promotion and re-pointing.
+    pub replication: Arc<dyn Replication>,
+    /// Client traffic.
+    pub traffic: Arc<dyn TrafficSwitch>,
+    /// The canary.
+    pub verifier: Arc<dyn Verifier>,
+}
+
+/// Traffic switch used when none is configured: says so in the journal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTrafficSwitch;
+
+#[async_trait]
+impl TrafficSwitch for NoTrafficSwitch {
+    async fn switch(&self, to: &ClusterConfig, _term: u64) -> ActionResult {
+        Ok(format!(
+            "no traffic switch configured; clients must follow {} themselves",
+            to.name
+        ))
+    }
+}
+
+/// A recording fake of every action, for tests of the executor.
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// Records every call as `"<action> <cluster> <term>"`; can be told to fail an action a
+    /// number of times.
+    #[derive(Debug, Default)]
+    pub struct Recorder {
+        calls: Mutex<Vec<String>>,
+        failures: Mutex<HashMap<&'static str, u32>>,
+    }
+
+    impl Recorder {
+        /// A new recorder, shared.
+        pub fn new() -> Arc<Self> {
+            Arc::new(Self::default())
+        }
+
+        /// All calls so far.
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+
+        /// Makes the next `times` calls of `action` fail.
+        pub fn fail(&self, action: &'static str, times: u32) {
+            if let Ok(mut f) = self.failures.lock() {
+                f.insert(action, times);
+            }
+        }
+
+        fn record(&self, action: &'static str, cluster: &str, term: u64) -> ActionResult {
+            if let Ok(mut c) = self.calls.lock() {
+                c.push(format!("{action} {cluster} {term}"));
+            }
+            if let Ok(mut f) = self.failures.lock() {
+                if let Some(n) = f.get_mut(action) {
+                    if *n > 0 {
+                        *n -= 1;
+                        return Err(ActionError(format!("{action} failed on purpose")));
+                    }
+                }
+            }
+            Ok(format!("{action} {cluster}"))
+        }
+
+        /// All four actions backed by this recorder.
+        pub fn actions(self: &Arc<Self>) -> Actions {
+            Actions {
+                fencer: self.clone(),
+                replication: self.clone(),
+                traffic: self.clone(),
+                verifier: self.clone(),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Fencer for Recorder {
+        async fn fence(&self, old: &ClusterConfig, term: u64) -> ActionResult {
+            self.record("fence", &old.name, term)
+        }
+    }
+
+    #[async_trait]
+    impl Replication for Recorder {
+        async fn promote(&self, target: &ClusterConfig, term: u64) -> ActionResult {
+            self.record("promote", &target.name, term)
+        }
+        async fn repoint(
+            &self,
+            others: &[ClusterConfig],
+            primary: &ClusterConfig,
+            term: u64,
+        ) -> ActionResult {
+            let names: Vec<_> = others.iter().map(|c| c.name.as_str()).collect();
+            self.record(
+                "repoint",
+                &format!("{}->{}", names.join(","), primary.name),
+                term,
+            )
+        }
+    }
+
+    #[async_trait]
+    impl TrafficSwitch for Recorder {
+        async fn switch(&self, to: &ClusterConfig, term: u64) -> ActionResult {
+            self.record("switch", &to.name, term)
+        }
+    }
+
+    #[async_trait]
+    impl Verifier for Recorder {
+        async fn verify(&self, target: &ClusterConfig, term: u64) -> ActionResult {
+            self.record("verify", &target.name, term)
+        }
+    }
+}
