@@ -31,7 +31,7 @@ mkdir -p "$BIN"
 # ---------------------------------------------------------------------------------------------
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]]; then
         missing+=("$pkg")
     fi
 done
@@ -65,7 +65,10 @@ fi
 # ---------------------------------------------------------------------------------------------
 PY="$VENV/bin/python"
 pip_has() { # name version
-    "$PY" -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"
+    # Capture first: `grep -q` closing the pipe early would fail the pipeline under pipefail.
+    local out
+    out="$("$PY" -m pip show "$1" 2>/dev/null)" || return 1
+    grep -qx "Version: $2" <<<"$out"
 }
 if [[ ! -x "$PY" ]] || ! "$PY" -c 'import sys' >/dev/null 2>&1; then
     log "creating venv $VENV"
@@ -90,14 +93,18 @@ fi
 find_bao() {
     local f
     while IFS= read -r f; do
-        if [[ -x "$f" ]] && head -c 4 "$f" | grep -q 'ELF'; then
+        if [[ -x "$f" ]] && [[ "$(head -c 4 "$f" | tail -c 3)" == "ELF" ]]; then
             printf '%s\n' "$f"
             return 0
         fi
     done < <(find "$VENV" -type f -name bao 2>/dev/null | sort)
     return 1
 }
-bao_ok() { "$BIN/bao" version 2>/dev/null | grep -q "v$BAO_VERSION"; }
+bao_ok() {
+    local out
+    out="$("$BIN/bao" version 2>/dev/null)" || return 1
+    grep -q "v$BAO_VERSION" <<<"$out"
+}
 if ! bao_ok; then
     bao_path="$(find_bao)" || die "no bao executable found inside $VENV"
     ln -sfn "$bao_path" "$BIN/bao"
