@@ -77,6 +77,20 @@ impl NodeState {
         )
     }
 
+    /// Classifies the HTTP status of `GET /v1/sys/health` (with default query parameters):
+    /// 200 active, 429 standby, 473 performance standby, 501 uninitialised, 503 sealed;
+    /// anything else is an error.
+    pub fn from_health_status(status: u16) -> Self {
+        match status {
+            200 => Self::Active,
+            429 => Self::Standby,
+            473 => Self::PerformanceStandby,
+            501 => Self::Uninitialized,
+            503 => Self::Sealed,
+            _ => Self::Error,
+        }
+    }
+
     /// Stable lower-case name, as used in metrics labels and tables.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -307,6 +321,22 @@ mod tests {
         let mut v = serde_json::to_value(sample()).unwrap();
         v["surprise"] = serde_json::json!(1);
         assert!(serde_json::from_value::<Report>(v).is_err());
+    }
+
+    #[test]
+    fn health_status_codes_classify_as_documented() {
+        let table = [
+            (200, NodeState::Active),
+            (429, NodeState::Standby),
+            (473, NodeState::PerformanceStandby),
+            (501, NodeState::Uninitialized),
+            (503, NodeState::Sealed),
+            (500, NodeState::Error),
+            (404, NodeState::Error),
+        ];
+        for (code, want) in table {
+            assert_eq!(NodeState::from_health_status(code), want, "status {code}");
+        }
     }
 
     #[test]
