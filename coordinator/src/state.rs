@@ -1,0 +1,237 @@
+//! The coordinator's in-memory state: the latest report of every node, the latest direct probe
+//! of every cluster, the cached topology and the latest decision. Handlers write reports here;
+//! the leader loop builds each tick's [`View`] from it.
+
+use crate::config::Config;
+use crate::failover::Step;
+use crate::failover::detector::DecisionRecord;
+use crate::topology::Topology;
+use crate::view::{ClusterView, DirectProbe, NodeView, View};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+use url::Url;
+use vault_dr_common::{DesiredState, Report, Role};
+
+/// Why a report was refused (each maps to a 4xx and a metric label).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportRejection {
+    /// The cluster is not in the configuration.
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    /// The node is not configured for its cluster.
+    #[error("unknown node {node:?} for cluster {cluster:?}")]
+    UnknownNode {
+        /// Cluster named in the report.
+        cluster: String,
+        /// Node named in the report.
+        node: String,
+    },
+    /// Same agent process, sequence number not higher than one already accepted.
+    #[error("replayed or reordered report (seq {seq} <= {last})")]
+    Replay {
+        /// Sequence number of this report.
+        seq: u64,
+        /// Highest accepted so far.
+        last: u64,
+    },
+}
+
+impl ReportRejection {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::UnknownCluster(_) => "unknown_cluster",
+            Self::UnknownNode { .. } => "unknown_node",
+            Self::Replay { .. } => "replay",
+        }
+    }
+}
+
+/// Shared mutable state. Locks are held only for map operations, never across `.await`.
+#[derive(Debug, Default)]
+pub struct State {
+    reports: RwLock<HashMap<(String, String), NodeView>>,
+    probes: RwLock<HashMap<String, DirectProbe>>,
+    topology: RwLock<Option<Topology>>,
+    decision: RwLock<Option<DecisionRecord>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    /// Validates a report against the configuration and the last one of its node, and keeps it.
+    pub fn accept_report(
+        &self,
+        config: &Config,
+        report: Report,
+        received_at: DateTime<Utc>,
+    ) -> Result<(), ReportRejection> {
+        let cluster = config
+            .cluster(&report.cluster)
+            .ok_or_else(|| ReportRejection::UnknownCluster(report.cluster.clone()))?;
+        if !cluster.nodes.iter().any(|n| *n == report.node) {
+            return Err(ReportRejection::UnknownNode {
+                cluster: report.cluster.clone(),
+                node: report.node.clone(),
+            });
+        }
+        let key = (report.cluster.clone(), report.node.clone());
+        let mut reports = write(&self.reports);
+        if let Some(prev) = reports.get(&key) {
+            let p = &prev.report;
+            // A report of an older agent process, or an old sequence number of the same process,
+            // is a replay (or a reordering) and must not move the view backwards.
+            if report.agent_started_at < p.agent_started_at
+                || (report.agent_started_at == p.agent_started_at && report.seq <= p.seq)
+            {
+                return Err(ReportRejection::Replay {
+                    seq: report.seq,
+                    last: p.seq,
+                });
+            }
+        }
+        reports.insert(
+            key,
+            NodeView {
+                node: report.node.clone(),
+                received_at,
+                report,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records the latest direct probe of a cluster.
+    pub fn set_probe(&self, cluster: &str, probe: DirectProbe) {
+        write(&self.probes).insert(cluster.to_owned(), probe);
+    }
+
+    /// Caches the topology last read from the coordination backend.
+    pub fn set_topology(&self, topology: Topology) {
+        *write(&self.topology) = Some(topology);
+    }
+
+    /// The topology last read, if any.
+    pub fn topology(&self) -> Option<Topology> {
+        read(&self.topology).clone()
+    }
+
+    /// Keeps the latest decision.
+    pub fn set_decision(&self, d: DecisionRecord) {
+        *write(&self.decision) = Some(d);
+    }
+
+    /// The latest decision.
+    pub fn decision(&self) -> Option<DecisionRecord> {
+        read(&self.decision).clone()
+    }
+
+    /// Latest report of every node, ordered by cluster then node.
+    pub fn latest_reports(&self) -> Vec<NodeView> {
+        let mut v: Vec<_> = read(&self.reports).values().cloned().collect();
+        v.sort_by(|a, b| (&a.report.cluster, &a.node).cmp(&(&b.report.cluster, &b.node)));
+        v
+    }
+
+    /// Latest direct probes by cluster.
+    pub fn probes(&self) -> BTreeMap<String, DirectProbe> {
+        read(&self.probes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Builds the immutable view of this instant.
+    pub fn view(&self, config: &Config, topology: &Topology, at: DateTime<Utc>) -> View {
+        let reports = read(&self.reports);
+        let probes = read(&self.probes);
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let mut nodes: Vec<NodeView> = c
+                    .nodes
+                    .iter()
+                    .filter_map(|n| reports.get(&(c.name.clone(), n.clone())).cloned())
+                    .collect();
+                nodes.sort_by(|a, b| a.node.cmp(&b.node));
+                let role = if topology.serving_primary() == c.name {
+                    Role::Primary
+                } else {
+                    Role::Secondary
+                };
+                (
+                    c.name.clone(),
+                    ClusterView {
+                        name: c.name.clone(),
+                        role,
+                        priority: c.priority,
+                        excluded: c.excluded,
+                        direct_probe: probes.get(&c.name).cloned(),
+                        nodes,
+                    },
+                )
+            })
+            .collect();
+        View {
+            at,
+            topology: topology.clone(),
+            clusters,
+        }
+    }
+}
+
+/// The desired state of a node of `cluster` under `topology`.
+///
+/// During a failover from `from` to `to` in term N: the old primary is a secondary of `to` from
+/// the decision on; the target becomes primary once fencing completed (its agent then promotes
+/// it); the other secondaries follow `to` once it is promoted.
+pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> DesiredState {
+    let (role, primary) = match &topology.failover {
+        None => {
+            let role = if cluster == topology.primary {
+                Role::Primary
+            } else {
+                Role::Secondary
+            };
+            (role, topology.primary.clone())
+        }
+        Some(f) => {
+            if cluster == f.to {
+                if f.completed >= Step::Fenced {
+                    (Role::Primary, f.to.clone())
+                } else {
+                    (Role::Secondary, f.from.clone())
+                }
+            } else if cluster == f.from {
+                (Role::Secondary, f.to.clone())
+            } else if f.completed >= Step::Promoted {
+                (Role::Secondary, f.to.clone())
+            } else {
+                (Role::Secondary, f.from.clone())
+            }
+        }
+    };
+    let primary_api_addr: Option<Url> = (role == Role::Secondary)
+        .then(|| {
+            config
+                .cluster(&primary)
+                .and_then(|c| c.api_addrs.first().cloned())
+        })
+        .flatten();
+    DesiredState {
+        term: topology.term,
+        cluster: cluster.to_owned(),
+        role,
+        primary,
+        primary_api_addr,
+        failover_in_progress: topology.failover.is_some(),
+    }
+}
