@@ -1,7 +1,601 @@
-//! The pure failure detector.
+//! The pure failure detector: `step(phase, &view, now, &policy) -> (Phase, Decision)`.
+//!
+//! The primary is **down** only when, for `policy.confirm` consecutive ticks, all three observers
+//! agree ([`Observers`]):
+//! 1. the coordinator's own probe of the primary is not serving (unreachable, error, sealed,
+//!    uninitialised). `restoring` is not down (OpenBao blocks ~5 s during a snapshot restore);
+//!    no probe yet, or a probe older than `report_ttl`, is no evidence and so not down;
+//! 2. no fresh report (age <= `report_ttl`) from any primary node says it is serving or
+//!    restoring; a fresh report of sealed/unreachable/error counts as down, and so does silence;
+//! 3. the quorum (`policy.quorum`) of the secondaries that can vote says the primary is not
+//!    reachable. A secondary cluster votes when one of its nodes has a fresh report carrying a
+//!    `primary_probe` of the current primary that is itself no older than `report_ttl`; it votes
+//!    "down" only when every such node of it says not reachable (one node of a cluster still
+//!    seeing the primary is enough to say the primary is reachable from there). Zero voters means
+//!    the quorum is never met: the coordinator never fails over blind.
+//!
+//! A group of one primary and one secondary therefore fails over only when that single
+//! secondary's agent is alive and also cannot reach the primary. That is deliberate: with one
+//! secondary there is no third party to break a tie between "the primary died" and "the
+//! coordinator and its network died", and a silent secondary agent is itself a sign of a
+//! partition. An operator still has the planned switchover.
+//!
+//! Anything less than full agreement is at most [`Phase::Suspect`], and a tick on which not all
+//! three agree resets the count (ticks must be consecutive). When `confirm` is reached the
+//! cooldown after the last failover is checked, then the scorer picks the target. A failover in
+//! progress in the topology always wins: [`Decision::Resume`].
 
+use crate::config::{Policy, QuorumMode};
+use crate::failover::FailoverRecord;
+use crate::failover::scorer::{self, CandidateTable};
+use crate::view::{ClusterView, View};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use vault_dr_common::NodeState;
 
-/// Placeholder until the detector lands.
+/// Where the detector stands between ticks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DecisionRecord {}
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// No observer says the primary is down.
+    Healthy,
+    /// At least one observer says down since `since`; `ticks` counts the consecutive ticks on
+    /// which all three agreed (0 while they do not).
+    Suspect {
+        /// First tick of this suspicion.
+        since: DateTime<Utc>,
+        /// Consecutive ticks of full agreement.
+        ticks: u32,
+    },
+    /// A failover is decided or in progress.
+    FailingOver {
+        /// Journal id of the failover.
+        id: String,
+    },
+}
+
+/// What the three observers say about the primary on one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observers {
+    /// The coordinator's own probe says the primary is not serving.
+    pub direct_down: bool,
+    /// No fresh report from a primary node says it is serving.
+    pub reports_down: bool,
+    /// Secondaries voting "not reachable".
+    pub secondaries_down: usize,
+    /// Secondaries that could vote (fresh report with a fresh probe of the primary).
+    pub secondaries_fresh: usize,
+    /// Whether `secondaries_down` meets `policy.quorum` over `secondaries_fresh`.
+    pub quorum_met: bool,
+}
+
+impl Observers {
+    /// All three agree that the primary is down.
+    pub fn all_down(&self) -> bool {
+        self.direct_down && self.reports_down && self.quorum_met
+    }
+
+    /// At least one observer says down.
+    pub fn any_down(&self) -> bool {
+        self.direct_down || self.reports_down || self.secondaries_down > 0
+    }
+}
+
+impl fmt::Display for Observers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let say = |down: bool| if down { "down" } else { "up" };
+        write!(
+            f,
+            "direct probe {}, reports {}, {} of {} secondaries cannot reach it (quorum {})",
+            say(self.direct_down),
+            say(self.reports_down),
+            self.secondaries_down,
+            self.secondaries_fresh,
+            if self.quorum_met { "met" } else { "not met" }
+        )
+    }
+}
+
+/// The decision of one tick. Its `Display` is the tick's one info log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Decision {
+    /// Nothing to do.
+    NoAction {
+        /// Why, e.g. "primary dc1 healthy, report age 0.4 s".
+        reason: String,
+    },
+    /// Some observers say down, not yet `confirm` ticks of full agreement.
+    Suspect {
+        /// The primary.
+        primary: String,
+        /// Consecutive ticks of full agreement so far.
+        ticks: u32,
+        /// Ticks needed.
+        confirm: u32,
+        /// What each observer says.
+        observers: Observers,
+    },
+    /// Fail over now.
+    Failover {
+        /// Old primary.
+        from: String,
+        /// Target.
+        to: String,
+        /// The new term.
+        term: u64,
+        /// Why.
+        reason: String,
+        /// The scorer's table.
+        table: CandidateTable,
+    },
+    /// The primary is down but no secondary is eligible.
+    NoCandidate {
+        /// The primary.
+        primary: String,
+        /// The scorer's table, with every reason.
+        table: CandidateTable,
+    },
+    /// The primary is down but the last failover was too recent.
+    CooldownBlocked {
+        /// The primary.
+        primary: String,
+        /// Seconds until the cooldown ends.
+        remaining_seconds: f64,
+    },
+    /// The topology records a failover in progress: carry on with it.
+    Resume {
+        /// Journal id.
+        id: String,
+    },
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoAction { reason } => write!(f, "no action: {reason}"),
+            Self::Suspect {
+                primary,
+                ticks,
+                confirm,
+                observers,
+            } => write!(
+                f,
+                "suspect: primary {primary} may be down, {ticks} of {confirm} confirming ticks ({observers})"
+            ),
+            Self::Failover {
+                from,
+                to,
+                term,
+                reason,
+                ..
+            } => write!(f, "failover: {from} to {to} in term {term}, {reason}"),
+            Self::NoCandidate { primary, table } => write!(
+                f,
+                "no candidate: primary {primary} is down but no secondary is eligible ({})",
+                table.reasons()
+            ),
+            Self::CooldownBlocked {
+                primary,
+                remaining_seconds,
+            } => write!(
+                f,
+                "cooldown: primary {primary} is down but the last failover was too recent, {remaining_seconds:.1} s left"
+            ),
+            Self::Resume { id } => write!(f, "resume: failover {id} is in progress"),
+        }
+    }
+}
+
+/// One tick's decision as persisted ("latest decision") and served by
+/// `GET /v1/decisions/latest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The view's instant.
+    pub at: DateTime<Utc>,
+    /// The phase after the tick.
+    pub phase: Phase,
+    /// The decision.
+    pub decision: Decision,
+    /// The decision's one-sentence `Display`.
+    pub sentence: String,
+    /// The topology term of the view.
+    pub term: u64,
+    /// The primary of the view.
+    pub primary: String,
+}
+
+impl DecisionRecord {
+    /// Bundles a tick's result with the view it was made from.
+    pub fn new(phase: Phase, decision: Decision, view: &View) -> Self {
+        Self {
+            at: view.at,
+            sentence: decision.to_string(),
+            phase,
+            decision,
+            term: view.topology.term,
+            primary: view.topology.primary.clone(),
+        }
+    }
+}
+
+/// Whether a direct probe state means "not serving" (restoring is not down).
+fn state_down(state: NodeState) -> bool {
+    matches!(
+        state,
+        NodeState::Unreachable | NodeState::Error | NodeState::Sealed | NodeState::Uninitialized
+    )
+}
+
+/// What the three observers say about `primary` at `now`.
+pub fn observe(view: &View, now: DateTime<Utc>, policy: &Policy) -> Observers {
+    let ttl = policy.report_ttl.as_secs_f64();
+    let fresh_at = |at: DateTime<Utc>| (now - at).num_milliseconds() as f64 / 1000.0 <= ttl;
+    let primary_name = &view.topology.primary;
+    let primary = view.clusters.get(primary_name);
+    let direct_down = primary
+        .and_then(|c| c.direct_probe.as_ref())
+        .is_some_and(|p| fresh_at(p.at) && state_down(p.state));
+    let reports_down = !primary.is_some_and(|c| {
+        c.fresh_nodes(now, ttl).any(|n| {
+            let s = n.report.vault.state;
+            s.is_serving() || s == NodeState::Restoring
+        })
+    });
+    let mut secondaries_fresh = 0;
+    let mut secondaries_down = 0;
+    for cluster in view.clusters.values() {
+        if &cluster.name == primary_name {
+            continue;
+        }
+        match vote(cluster, primary_name, now, ttl, &fresh_at) {
+            Some(true) => {
+                secondaries_fresh += 1;
+                secondaries_down += 1;
+            }
+            Some(false) => secondaries_fresh += 1,
+            None => {}
+        }
+    }
+    let quorum_met = secondaries_fresh > 0
+        && match policy.quorum {
+            QuorumMode::Majority => secondaries_down * 2 > secondaries_fresh,
+            QuorumMode::All => secondaries_down == secondaries_fresh,
+            QuorumMode::Any => secondaries_down >= 1,
+        };
+    Observers {
+        direct_down,
+        reports_down,
+        secondaries_down,
+        secondaries_fresh,
+        quorum_met,
+    }
+}
+
+/// One secondary cluster's vote: `Some(true)` = cannot reach the primary, `Some(false)` = can,
+/// `None` = no fresh report with a fresh probe of the primary.
+fn vote(
+    cluster: &ClusterView,
+    primary: &str,
+    now: DateTime<Utc>,
+    ttl: f64,
+    fresh_at: &impl Fn(DateTime<Utc>) -> bool,
+) -> Option<bool> {
+    let mut voted = false;
+    for node in cluster.fresh_nodes(now, ttl) {
+        let Some(probe) = &node.report.primary_probe else {
+            continue;
+        };
+        if probe.cluster != primary || !fresh_at(probe.at) {
+            continue;
+        }
+        voted = true;
+        if probe.reachable() || probe.state == NodeState::Restoring {
+            return Some(false);
+        }
+    }
+    voted.then_some(true)
+}
+
+/// The decision logic: given the phase after the previous tick, this tick's view, the time and
+/// the policy, the next phase and this tick's decision. Pure and deterministic.
+pub fn step(phase: &Phase, view: &View, now: DateTime<Utc>, policy: &Policy) -> (Phase, Decision) {
+    if let Some(f) = &view.topology.failover {
+        return (
+            Phase::FailingOver { id: f.id.clone() },
+            Decision::Resume { id: f.id.clone() },
+        );
+    }
+    // A `FailingOver` phase without a failover in the topology means the failover finished or
+    // its term CAS was lost: the topology is authoritative, so evaluate afresh.
+    let primary = view.topology.primary.clone();
+    let observers = observe(view, now, policy);
+    let confirm = policy.confirm.max(1);
+    let since = match phase {
+        Phase::Suspect { since, .. } => *since,
+        _ => now,
+    };
+    if observers.all_down() {
+        let ticks = match phase {
+            Phase::Suspect { ticks, .. } => ticks.saturating_add(1),
+            _ => 1,
+        };
+        let suspect = Phase::Suspect { since, ticks };
+        if ticks < confirm {
+            return (
+                suspect,
+                Decision::Suspect {
+                    primary,
+                    ticks,
+                    confirm,
+                    observers,
+                },
+            );
+        }
+        if let Some(last) = view.topology.last_failover_at {
+            let cooldown =
+                chrono::Duration::from_std(policy.cooldown).unwrap_or(chrono::Duration::MAX);
+            let until = last
+                .checked_add_signed(cooldown)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            if until > now {
+                let remaining_seconds = (until - now).num_milliseconds() as f64 / 1000.0;
+                return (
+                    suspect,
+                    Decision::CooldownBlocked {
+                        primary,
+                        remaining_seconds,
+                    },
+                );
+            }
+        }
+        let table = scorer::score(view, policy);
+        return match table.winner.clone() {
+            Some(to) => {
+                let term = view.topology.term + 1;
+                let reason = format!(
+                    "primary {primary} down for {ticks} consecutive ticks ({observers}); {to} ranked first"
+                );
+                (
+                    Phase::FailingOver {
+                        id: FailoverRecord::id_for(term, &primary, &to),
+                    },
+                    Decision::Failover {
+                        from: primary,
+                        to,
+                        term,
+                        reason,
+                        table,
+                    },
+                )
+            }
+            None => (suspect, Decision::NoCandidate { primary, table }),
+        };
+    }
+    if observers.any_down() {
+        return (
+            Phase::Suspect { since, ticks: 0 },
+            Decision::Suspect {
+                primary,
+                ticks: 0,
+                confirm,
+                observers,
+            },
+        );
+    }
+    let ttl = policy.report_ttl.as_secs_f64();
+    let age = view
+        .clusters
+        .get(&primary)
+        .and_then(|c| {
+            c.fresh_nodes(now, ttl)
+                .map(|n| n.age_seconds(now))
+                .min_by(f64::total_cmp)
+        })
+        .map(|a| format!("report age {a:.1} s"))
+        .unwrap_or_else(|| "no fresh report".to_owned());
+    (
+        Phase::Healthy,
+        Decision::NoAction {
+            reason: format!("primary {primary} healthy, {age}"),
+        },
+    )
+}
+
+/// A small builder of views for the detector's and scorer's tests and the executor's tests.
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util {
+    use crate::topology::Topology;
+    use crate::view::{ClusterView, DirectProbe, NodeView, View};
+    use chrono::{DateTime, Duration, Utc};
+    use std::collections::BTreeMap;
+    use vault_dr_common::{NodeState, PeerProbe, Report, Role};
+
+    /// A fixed instant the tests build views around (2023-11-14T22:13:20Z).
+    pub fn t0() -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap_or_default()
+    }
+
+    /// A healthy active report of `node` in `cluster` sent at `at` (seeded snapshot
+    /// replication, zero lag, 2 ms p99, 0.1 cores, half the memory free).
+    pub fn report(cluster: &str, node: &str, at: DateTime<Utc>) -> Report {
+        crate::failover::scorer::synthetic::report(cluster, node, at)
+    }
+
+    /// Builds a [`View`] at a given instant: clusters are added healthy and then adjusted.
+    #[derive(Debug, Clone)]
+    pub struct ViewBuilder {
+        view: View,
+    }
+
+    impl ViewBuilder {
+        /// An empty group at `at` whose primary is `primary` (term 1). Add `primary` itself with
+        /// [`ViewBuilder::cluster`].
+        pub fn new(at: DateTime<Utc>, primary: &str) -> Self {
+            Self {
+                view: View {
+                    at,
+                    topology: Topology::initial(primary),
+                    clusters: BTreeMap::new(),
+                },
+            }
+        }
+
+        /// A healthy group at [`t0`]: `primary` plus `secondaries`, every cluster with one
+        /// active node reporting now, a serving direct probe, and every secondary's agent
+        /// seeing the primary serving.
+        pub fn healthy(primary: &str, secondaries: &[&str]) -> Self {
+            let mut b = Self::new(t0(), primary).cluster(primary);
+            for s in secondaries {
+                b = b.cluster(s).primary_probe(s, NodeState::Active, 0);
+            }
+            b
+        }
+
+        /// Adds a healthy cluster `name` with one node `name-0`, reported now, probed now.
+        pub fn cluster(mut self, name: &str) -> Self {
+            let at = self.view.at;
+            let role = if self.view.topology.primary == name {
+                Role::Primary
+            } else {
+                Role::Secondary
+            };
+            let node = format!("{name}-0");
+            let mut report = report(name, &node, at);
+            if role == Role::Primary {
+                report.replication.lag_entries = None;
+                report.replication.lag_seconds = None;
+            }
+            self.view.clusters.insert(
+                name.to_owned(),
+                ClusterView {
+                    name: name.to_owned(),
+                    role,
+                    priority: 0,
+                    excluded: false,
+                    direct_probe: Some(DirectProbe {
+                        state: NodeState::Active,
+                        at,
+                        latency_ms: Some(1.0),
+                        error: None,
+                    }),
+                    nodes: vec![NodeView {
+                        node,
+                        received_at: at,
+                        report,
+                    }],
+                },
+            );
+            self
+        }
+
+        /// Changes cluster `name` in place (a no-op if absent).
+        pub fn with(mut self, name: &str, f: impl FnOnce(&mut ClusterView)) -> Self {
+            if let Some(c) = self.view.clusters.get_mut(name) {
+                f(c);
+            }
+            self
+        }
+
+        /// Changes every report of cluster `name`.
+        pub fn reports(self, name: &str, f: impl Fn(&mut Report)) -> Self {
+            self.with(name, |c| c.nodes.iter_mut().for_each(|n| f(&mut n.report)))
+        }
+
+        /// Sets the state of every node report of `name` (not the direct probe).
+        pub fn node_state(self, name: &str, state: NodeState) -> Self {
+            self.reports(name, |r| r.vault.state = state)
+        }
+
+        /// Sets the coordinator's direct probe of `name` (taken now); `None` removes it.
+        pub fn direct(self, name: &str, state: Option<NodeState>) -> Self {
+            let at = self.view.at;
+            self.with(name, |c| {
+                c.direct_probe = state.map(|state| DirectProbe {
+                    state,
+                    at,
+                    latency_ms: state.is_serving().then_some(1.0),
+                    error: (!state.is_serving()).then(|| state.as_str().to_owned()),
+                })
+            })
+        }
+
+        /// Makes every report of `name` `seconds` old.
+        pub fn report_age(self, name: &str, seconds: i64) -> Self {
+            let at = self.view.at - Duration::seconds(seconds);
+            self.with(name, |c| {
+                c.nodes.iter_mut().for_each(|n| n.received_at = at)
+            })
+        }
+
+        /// Removes every report of `name`.
+        pub fn no_reports(self, name: &str) -> Self {
+            self.with(name, |c| c.nodes.clear())
+        }
+
+        /// Sets the probe of the primary in every report of secondary `name`: the primary in
+        /// `state`, probed `age_seconds` ago.
+        pub fn primary_probe(self, name: &str, state: NodeState, age_seconds: i64) -> Self {
+            let primary = self.view.topology.primary.clone();
+            let at = self.view.at - Duration::seconds(age_seconds);
+            self.reports(name, |r| {
+                r.primary_probe = Some(PeerProbe {
+                    cluster: primary.clone(),
+                    state,
+                    at,
+                    latency_ms: state.is_serving().then_some(1.0),
+                })
+            })
+        }
+
+        /// The primary as every observer sees it dead: direct probe and reports unreachable,
+        /// every secondary's agent failing to reach it.
+        pub fn primary_dead(self) -> Self {
+            let primary = self.view.topology.primary.clone();
+            let secondaries: Vec<String> = self
+                .view
+                .clusters
+                .keys()
+                .filter(|k| **k != primary)
+                .cloned()
+                .collect();
+            let mut b = self
+                .direct(&primary, Some(NodeState::Unreachable))
+                .report_age(&primary, 3600);
+            for s in secondaries {
+                b = b.primary_probe(&s, NodeState::Unreachable, 0);
+            }
+            b
+        }
+
+        /// Changes the topology.
+        pub fn topology(mut self, f: impl FnOnce(&mut Topology)) -> Self {
+            f(&mut self.view.topology);
+            self
+        }
+
+        /// Moves the view (and every probe and report in it) to `at`, keeping their ages.
+        pub fn at(mut self, at: DateTime<Utc>) -> Self {
+            let shift = at - self.view.at;
+            self.view.at = at;
+            for c in self.view.clusters.values_mut() {
+                if let Some(p) = &mut c.direct_probe {
+                    p.at += shift;
+                }
+                for n in &mut c.nodes {
+                    n.received_at += shift;
+                    if let Some(p) = &mut n.report.primary_probe {
+                        p.at += shift;
+                    }
+                }
+            }
+            self
+        }
+
+        /// The view.
+        pub fn build(self) -> View {
+            self.view
+        }
+    }
+}
