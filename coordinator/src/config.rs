@@ -22,10 +22,15 @@ pub const ENV_MONGODB_URI: &str = "VAULT_DR_MONGODB_URI";
 pub const ENV_STORE_PATH: &str = "VAULT_DR_STORE_PATH";
 /// Environment variable overriding `coordination.path`.
 pub const ENV_COORDINATION_PATH: &str = "VAULT_DR_COORDINATION_PATH";
+/// Environment variable naming the Kubernetes namespace (the chart sets it from the pod).
+pub const ENV_NAMESPACE: &str = "VAULT_DR_NAMESPACE";
+/// Where a pod finds its namespace.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 /// Environment variable naming this replica (the lease holder); defaults to the host name.
 pub const ENV_ID: &str = "VAULT_DR_ID";
 /// Every environment variable the coordinator reads, for `--help` and the chart.
-pub const ENV_VARS: [&str; 7] = [
+pub const ENV_VARS: [&str; 8] = [
+    ENV_NAMESPACE,
     ENV_LISTEN,
     ENV_TOKEN_FILE,
     ENV_VAULT_TOKEN_FILE,
@@ -130,6 +135,12 @@ struct RawCoordination {
     #[serde(default)]
     path: Option<PathBuf>,
     #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    lease_name: Option<String>,
+    #[serde(default)]
+    configmap_name: Option<String>,
+    #[serde(default)]
     lease_duration: Option<String>,
     #[serde(default)]
     renew_period: Option<String>,
@@ -139,7 +150,13 @@ struct RawCoordination {
 #[serde(deny_unknown_fields)]
 struct RawTraffic {
     #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
     listen: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +172,8 @@ struct RawCluster {
     priority: i32,
     #[serde(default)]
     excluded: bool,
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
 }
 
 /// One cluster of the DR group.
@@ -170,6 +189,8 @@ pub struct ClusterConfig {
     pub priority: i32,
     /// Never promoted automatically.
     pub excluded: bool,
+    /// Pod labels selecting this cluster's nodes (for the Kubernetes Service traffic switch).
+    pub selector: BTreeMap<String, String>,
 }
 
 /// Where the record goes.
@@ -201,6 +222,58 @@ pub enum CoordinationConfig {
         /// How often the holder renews.
         renew_period: Duration,
     },
+    /// A `coordination.k8s.io/v1` Lease and a ConfigMap in one namespace.
+    Kubernetes {
+        /// Namespace of the Lease and the ConfigMap.
+        namespace: String,
+        /// Lease name (`kubectl get lease` shows the holder).
+        lease_name: String,
+        /// ConfigMap holding the topology.
+        configmap_name: String,
+        /// How long a lease lasts without renewal.
+        lease_duration: Duration,
+        /// How often the holder renews.
+        renew_period: Duration,
+    },
+}
+
+impl CoordinationConfig {
+    /// How often the lease is renewed.
+    pub fn renew_period(&self) -> Duration {
+        match self {
+            Self::Local { renew_period, .. } | Self::Kubernetes { renew_period, .. } => {
+                *renew_period
+            }
+        }
+    }
+
+    /// How long a lease lasts.
+    pub fn lease_duration(&self) -> Duration {
+        match self {
+            Self::Local { lease_duration, .. } | Self::Kubernetes { lease_duration, .. } => {
+                *lease_duration
+            }
+        }
+    }
+}
+
+/// How client traffic reaches the primary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrafficConfig {
+    /// No switch: clients follow the primary themselves.
+    None,
+    /// A TCP forwarder in the coordinator on a fixed address (one machine, the drill).
+    Local {
+        /// The stable client address.
+        listen: SocketAddr,
+    },
+    /// Patch the selector of a client-facing Service to the new primary's `selector`.
+    Kubernetes {
+        /// Namespace of the Service.
+        namespace: String,
+        /// Name of the Service.
+        service: String,
+    },
 }
 
 /// The whole validated configuration.
@@ -222,8 +295,8 @@ pub struct Config {
     pub store_buffer: usize,
     /// Leader election and topology.
     pub coordination: CoordinationConfig,
-    /// Address of the local stable client address (TCP forwarder), if enabled.
-    pub traffic_listen: Option<SocketAddr>,
+    /// How client traffic follows the primary.
+    pub traffic: TrafficConfig,
     /// Detection and choice policy.
     pub policy: Policy,
     /// Every cluster, in file order.
@@ -382,47 +455,100 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
     }
 
     let backend = raw.coordination.backend.unwrap_or_else(|| "local".into());
+    let lease_duration = duration(
+        "coordination.lease_duration",
+        raw.coordination.lease_duration.as_deref().unwrap_or("5s"),
+    )?;
+    let renew_period = duration(
+        "coordination.renew_period",
+        raw.coordination.renew_period.as_deref().unwrap_or("1500ms"),
+    )?;
+    if renew_period >= lease_duration {
+        return Err(ConfigError::new(
+            "coordination.renew_period",
+            "must be shorter than coordination.lease_duration",
+        ));
+    }
+    let namespace = || {
+        env.var(ENV_NAMESPACE)
+            .or_else(|| raw.coordination.namespace.clone())
+            .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
     let coordination = match backend.as_str() {
-        "local" => {
-            let lease_duration = duration(
-                "coordination.lease_duration",
-                raw.coordination.lease_duration.as_deref().unwrap_or("5s"),
-            )?;
-            let renew_period = duration(
-                "coordination.renew_period",
-                raw.coordination.renew_period.as_deref().unwrap_or("1500ms"),
-            )?;
-            if renew_period >= lease_duration {
-                return Err(ConfigError::new(
-                    "coordination.renew_period",
-                    "must be shorter than coordination.lease_duration",
-                ));
-            }
-            CoordinationConfig::Local {
-                path: resolve(
-                    base,
-                    env.var(ENV_COORDINATION_PATH)
-                        .map(PathBuf::from)
-                        .or(raw.coordination.path)
-                        .unwrap_or_else(|| "vault-dr.coordination.json".into()),
-                ),
-                lease_duration,
-                renew_period,
-            }
-        }
+        "local" => CoordinationConfig::Local {
+            path: resolve(
+                base,
+                env.var(ENV_COORDINATION_PATH)
+                    .map(PathBuf::from)
+                    .or(raw.coordination.path.clone())
+                    .unwrap_or_else(|| "vault-dr.coordination.json".into()),
+            ),
+            lease_duration,
+            renew_period,
+        },
+        "kubernetes" => CoordinationConfig::Kubernetes {
+            namespace: namespace().ok_or_else(|| {
+                ConfigError::new(
+                    "coordination.namespace",
+                    format!("required outside a pod (or set {ENV_NAMESPACE})"),
+                )
+            })?,
+            lease_name: raw
+                .coordination
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| "vault-dr-coordinator".into()),
+            configmap_name: raw
+                .coordination
+                .configmap_name
+                .clone()
+                .unwrap_or_else(|| "vault-dr-topology".into()),
+            lease_duration,
+            renew_period,
+        },
         other => {
             return Err(ConfigError::new(
                 "coordination.backend",
-                format!("{other:?} is not a backend this build supports (local)"),
+                format!("{other:?} is not a backend (local or kubernetes)"),
             ));
         }
     };
-    let traffic_listen = raw
-        .traffic
-        .listen
-        .as_deref()
-        .map(|t| socket("traffic.listen", t))
-        .transpose()?;
+    let traffic = match raw.traffic.backend.as_deref() {
+        None if raw.traffic.listen.is_some() => TrafficConfig::Local {
+            listen: socket(
+                "traffic.listen",
+                raw.traffic.listen.as_deref().unwrap_or_default(),
+            )?,
+        },
+        None | Some("none") => TrafficConfig::None,
+        Some("local") => TrafficConfig::Local {
+            listen: socket(
+                "traffic.listen",
+                raw.traffic.listen.as_deref().ok_or_else(|| {
+                    ConfigError::new("traffic.listen", "required with backend = \"local\"")
+                })?,
+            )?,
+        },
+        Some("kubernetes") => TrafficConfig::Kubernetes {
+            namespace: raw
+                .traffic
+                .namespace
+                .clone()
+                .or_else(namespace)
+                .ok_or_else(|| ConfigError::new("traffic.namespace", "required outside a pod"))?,
+            service: raw.traffic.service.clone().ok_or_else(|| {
+                ConfigError::new("traffic.service", "required with backend = \"kubernetes\"")
+            })?,
+        },
+        Some(other) => {
+            return Err(ConfigError::new(
+                "traffic.backend",
+                format!("{other:?} is not a backend (none, local or kubernetes)"),
+            ));
+        }
+    };
 
     let policy = match raw.policy {
         Some(v) => {
@@ -512,12 +638,19 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
                 ));
             }
         }
+        if matches!(traffic, TrafficConfig::Kubernetes { .. }) && c.selector.is_empty() {
+            return Err(ConfigError::new(
+                f("selector"),
+                "required with traffic.backend = \"kubernetes\" (pod labels of this cluster)",
+            ));
+        }
         clusters.push(ClusterConfig {
             name: c.name,
             api_addrs,
             nodes: c.nodes,
             priority: c.priority,
             excluded: c.excluded,
+            selector: c.selector,
         });
     }
     let initial_primary = match primaries.as_slice() {
@@ -558,7 +691,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
         store,
         store_buffer,
         coordination,
-        traffic_listen,
+        traffic,
         policy,
         clusters,
         initial_primary,
