@@ -320,3 +320,32 @@ async fn prometheus_scrapes_a_lab_node() {
     drop(prom);
     assert!(!pid_alive(prom_pid), "prometheus left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_election_groups_start_quickly_and_serve() {
+    let _serial = SERIAL.lock().await;
+    let t = Instant::now();
+    let single = LabCluster::start_group_with(&["fast-solo"], true, None)
+        .await
+        .unwrap_or_else(|e| panic!("{}", start_hint(e)));
+    let single_time = t.elapsed();
+    drop(single);
+    let t = Instant::now();
+    let group = LabCluster::start_group_with(&["f1", "f2", "f3", "f4"], true, None)
+        .await
+        .unwrap_or_else(|e| panic!("{}", start_hint(e)));
+    let group_time = t.elapsed();
+    println!(
+        "lab start, fast election: 1 cluster {:.2} s, 4 clusters in parallel {:.2} s",
+        single_time.as_secs_f64(),
+        group_time.as_secs_f64()
+    );
+    for c in &group {
+        assert_eq!(c.nodes()[0].health().await.unwrap().0, 200);
+        c.kv_put("k", &json!({ "v": c.name() })).await.unwrap();
+        assert_eq!(c.kv_get("k").await.unwrap(), Some(json!({ "v": c.name() })));
+    }
+    let all = pids(&group.iter().collect::<Vec<_>>());
+    drop(group);
+    assert_all_gone(&all);
+}
