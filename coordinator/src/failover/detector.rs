@@ -599,3 +599,500 @@ pub mod test_util {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::{ViewBuilder, t0};
+    use super::*;
+    use crate::failover::Step;
+    use crate::topology::FailoverInProgress;
+    use chrono::Duration;
+    use std::time::Duration as StdDuration;
+
+    fn policy() -> Policy {
+        Policy {
+            confirm: 3,
+            report_ttl: StdDuration::from_secs(5),
+            cooldown: StdDuration::from_secs(300),
+            ..Policy::default()
+        }
+    }
+
+    /// Runs `step` on `views` in order, starting Healthy, and returns every decision.
+    fn run(views: &[View], policy: &Policy) -> Vec<(Phase, Decision)> {
+        let mut phase = Phase::Healthy;
+        views
+            .iter()
+            .map(|v| {
+                let (next, d) = step(&phase, v, v.at, policy);
+                phase = next.clone();
+                (next, d)
+            })
+            .collect()
+    }
+
+    /// `n` views of the same builder, one second apart.
+    fn ticks(b: &ViewBuilder, n: i64) -> Vec<View> {
+        (0..n)
+            .map(|i| b.clone().at(t0() + Duration::seconds(i)).build())
+            .collect()
+    }
+
+    fn dead3() -> ViewBuilder {
+        ViewBuilder::healthy("dc1", &["dc2", "dc3"]).primary_dead()
+    }
+
+    #[test]
+    fn a_healthy_primary_gives_no_action_and_a_healthy_phase() {
+        let v = ViewBuilder::healthy("dc1", &["dc2", "dc3"]).build();
+        let (phase, d) = step(&Phase::Healthy, &v, v.at, &policy());
+        assert_eq!(phase, Phase::Healthy);
+        assert_eq!(
+            d.to_string(),
+            "no action: primary dc1 healthy, report age 0.0 s"
+        );
+    }
+
+    #[test]
+    fn one_observer_saying_down_makes_the_primary_suspect_without_counting_ticks() {
+        let b = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+            .direct("dc1", Some(NodeState::Unreachable));
+        let out = run(&ticks(&b, 5), &policy());
+        for (phase, d) in out {
+            assert_eq!(
+                phase,
+                Phase::Suspect {
+                    since: t0(),
+                    ticks: 0
+                }
+            );
+            let Decision::Suspect {
+                ticks, observers, ..
+            } = d
+            else {
+                panic!("expected suspect, got {d}");
+            };
+            assert_eq!(ticks, 0);
+            assert!(observers.direct_down && !observers.reports_down && !observers.quorum_met);
+        }
+    }
+
+    #[test]
+    fn the_primary_is_down_only_after_confirm_ticks_of_full_agreement() {
+        let out = run(&ticks(&dead3(), 3), &policy());
+        assert!(
+            matches!(
+                out[0].1,
+                Decision::Suspect {
+                    ticks: 1,
+                    confirm: 3,
+                    ..
+                }
+            ),
+            "{}",
+            out[0].1
+        );
+        assert!(
+            matches!(out[1].1, Decision::Suspect { ticks: 2, .. }),
+            "{}",
+            out[1].1
+        );
+        let (
+            phase,
+            Decision::Failover {
+                from,
+                to,
+                term,
+                table,
+                ..
+            },
+        ) = &out[2]
+        else {
+            panic!("expected failover, got {}", out[2].1);
+        };
+        assert_eq!((from.as_str(), to.as_str(), *term), ("dc1", "dc2", 2));
+        assert_eq!(table.winner.as_deref(), Some("dc2"));
+        assert_eq!(
+            phase,
+            &Phase::FailingOver {
+                id: FailoverRecord::id_for(2, "dc1", "dc2")
+            }
+        );
+    }
+
+    #[test]
+    fn a_coordinator_cut_off_from_the_primary_while_secondaries_still_see_it_never_fails_over() {
+        // The coordinator neither probes the primary nor receives its agents' reports, but both
+        // secondaries' agents still reach it.
+        let b = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+            .direct("dc1", Some(NodeState::Unreachable))
+            .report_age("dc1", 3600);
+        for (phase, d) in run(&ticks(&b, 20), &policy()) {
+            assert!(
+                matches!(phase, Phase::Suspect { ticks: 0, .. }),
+                "{phase:?}"
+            );
+            let Decision::Suspect { observers, .. } = d else {
+                panic!("expected suspect, got {d}");
+            };
+            assert_eq!(
+                (observers.secondaries_down, observers.secondaries_fresh),
+                (0, 2)
+            );
+        }
+    }
+
+    #[test]
+    fn stale_secondary_reports_do_not_count_toward_the_quorum() {
+        let b = dead3().report_age("dc2", 6).report_age("dc3", 60);
+        for (_, d) in run(&ticks(&b, 6), &policy()) {
+            let Decision::Suspect {
+                observers, ticks, ..
+            } = d
+            else {
+                panic!("expected suspect, got {d}");
+            };
+            assert_eq!(
+                (observers.secondaries_fresh, observers.quorum_met, ticks),
+                (0, false, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn a_stale_primary_probe_inside_a_fresh_secondary_report_does_not_vote() {
+        let b = dead3().primary_probe("dc2", NodeState::Unreachable, 30);
+        let v = b.build();
+        let o = observe(&v, v.at, &policy());
+        assert_eq!((o.secondaries_down, o.secondaries_fresh), (1, 1));
+        assert!(
+            o.quorum_met,
+            "the one fresh voter is a majority of the voters"
+        );
+    }
+
+    #[test]
+    fn probes_of_another_cluster_than_the_primary_do_not_vote() {
+        let v = dead3()
+            .reports("dc2", |r| {
+                if let Some(p) = &mut r.primary_probe {
+                    p.cluster = "dc0".into();
+                }
+            })
+            .build();
+        let o = observe(&v, v.at, &policy());
+        assert_eq!((o.secondaries_down, o.secondaries_fresh), (1, 1));
+    }
+
+    #[test]
+    fn zero_voting_secondaries_never_meet_the_quorum() {
+        let b = dead3()
+            .reports("dc2", |r| r.primary_probe = None)
+            .reports("dc3", |r| r.primary_probe = None);
+        for (_, d) in run(&ticks(&b, 6), &policy()) {
+            assert!(matches!(d, Decision::Suspect { ticks: 0, .. }), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_restoring_primary_is_not_down() {
+        // The direct probe times out during the restore, but the agent says restoring.
+        let b = dead3()
+            .report_age("dc1", 0)
+            .node_state("dc1", NodeState::Restoring);
+        let v = b.clone().build();
+        let o = observe(&v, v.at, &policy());
+        assert!(o.direct_down && !o.reports_down, "{o}");
+        for (_, d) in run(&ticks(&b, 6), &policy()) {
+            assert!(matches!(d, Decision::Suspect { ticks: 0, .. }), "{d}");
+        }
+        // A restoring answer to the direct probe is not down either.
+        let v = dead3().direct("dc1", Some(NodeState::Restoring)).build();
+        assert!(!observe(&v, v.at, &policy()).direct_down);
+        // Nor is a secondary's probe that saw it restoring.
+        let v = dead3()
+            .primary_probe("dc2", NodeState::Restoring, 0)
+            .primary_probe("dc3", NodeState::Restoring, 0)
+            .build();
+        assert!(!observe(&v, v.at, &policy()).quorum_met);
+    }
+
+    #[test]
+    fn no_direct_probe_yet_is_not_down() {
+        let v = dead3().direct("dc1", None).build();
+        let (_, d) = step(&Phase::Healthy, &v, v.at, &policy());
+        let Decision::Suspect { observers, .. } = d else {
+            panic!("expected suspect, got {d}");
+        };
+        assert!(!observers.direct_down && observers.reports_down && observers.quorum_met);
+    }
+
+    #[test]
+    fn a_fresh_report_of_a_sealed_primary_counts_as_down() {
+        let b = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+            .node_state("dc1", NodeState::Sealed)
+            .direct("dc1", Some(NodeState::Sealed))
+            .primary_probe("dc2", NodeState::Sealed, 0)
+            .primary_probe("dc3", NodeState::Sealed, 0);
+        let out = run(&ticks(&b, 3), &policy());
+        assert!(
+            matches!(out[2].1, Decision::Failover { .. }),
+            "{}",
+            out[2].1
+        );
+    }
+
+    #[test]
+    fn confirm_ticks_must_be_consecutive() {
+        let dead = dead3();
+        let wobble = dead3()
+            .primary_probe("dc2", NodeState::Active, 0)
+            .primary_probe("dc3", NodeState::Active, 0);
+        let seq = [
+            &dead, &dead, &wobble, &dead, &dead, &wobble, &dead, &dead, &dead,
+        ];
+        let views: Vec<View> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b).clone().at(t0() + Duration::seconds(i as i64)).build())
+            .collect();
+        let out = run(&views, &policy());
+        let counted: Vec<Option<u32>> = out
+            .iter()
+            .map(|(_, d)| match d {
+                Decision::Suspect { ticks, .. } => Some(*ticks),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                Some(1),
+                Some(2),
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(0),
+                Some(1),
+                Some(2),
+                None
+            ]
+        );
+        assert!(
+            matches!(out[8].1, Decision::Failover { .. }),
+            "{}",
+            out[8].1
+        );
+        // The suspicion's start survives a partial tick: it only clears when nobody says down.
+        assert!(matches!(out[7].0, Phase::Suspect { since, .. } if since == t0()));
+    }
+
+    #[test]
+    fn a_suspect_that_clears_returns_to_healthy_and_restarts_the_count() {
+        let healthy = ViewBuilder::healthy("dc1", &["dc2", "dc3"]);
+        let seq = [&dead3(), &dead3(), &healthy, &dead3()];
+        let views: Vec<View> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b).clone().at(t0() + Duration::seconds(i as i64)).build())
+            .collect();
+        let out = run(&views, &policy());
+        assert_eq!(out[2].0, Phase::Healthy);
+        assert_eq!(
+            out[3].0,
+            Phase::Suspect {
+                since: t0() + Duration::seconds(3),
+                ticks: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_flapping_primary_is_blocked_by_the_cooldown() {
+        let last = t0() - Duration::seconds(60);
+        let b = dead3().topology(|t| {
+            t.term = 2;
+            t.last_failover_at = Some(last);
+        });
+        let out = run(&ticks(&b, 4), &policy());
+        let Decision::CooldownBlocked {
+            primary,
+            remaining_seconds,
+        } = &out[2].1
+        else {
+            panic!("expected cooldown, got {}", out[2].1);
+        };
+        assert_eq!(primary, "dc1");
+        assert!(
+            (remaining_seconds - 238.0).abs() < 1e-9,
+            "{remaining_seconds}"
+        );
+        assert!(matches!(out[3].1, Decision::CooldownBlocked { .. }));
+        assert!(matches!(out[3].0, Phase::Suspect { ticks: 4, .. }));
+        // Once the cooldown has passed, a primary still down fails over at once.
+        let after = b.at(last + Duration::seconds(300)).build();
+        let (_, d) = step(&out[3].0, &after, after.at, &policy());
+        assert!(matches!(d, Decision::Failover { term: 3, .. }), "{d}");
+    }
+
+    #[test]
+    fn a_failover_in_progress_in_the_topology_is_resumed_whatever_else() {
+        let inflight = FailoverInProgress {
+            id: "2-dc1-dc2".into(),
+            from: "dc1".into(),
+            to: "dc2".into(),
+            completed: Step::Decided,
+            planned: false,
+        };
+        for b in [ViewBuilder::healthy("dc1", &["dc2"]), dead3()] {
+            let v = b.topology(|t| t.failover = Some(inflight.clone())).build();
+            for phase in [
+                Phase::Healthy,
+                Phase::Suspect {
+                    since: t0(),
+                    ticks: 2,
+                },
+            ] {
+                let (next, d) = step(&phase, &v, v.at, &policy());
+                assert_eq!(
+                    next,
+                    Phase::FailingOver {
+                        id: "2-dc1-dc2".into()
+                    }
+                );
+                assert_eq!(
+                    d,
+                    Decision::Resume {
+                        id: "2-dc1-dc2".into()
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_over_phase_without_a_failover_in_the_topology_is_evaluated_afresh() {
+        let v = ViewBuilder::healthy("dc2", &["dc1"])
+            .topology(|t| t.term = 2)
+            .build();
+        let (next, d) = step(
+            &Phase::FailingOver {
+                id: "2-dc1-dc2".into(),
+            },
+            &v,
+            v.at,
+            &policy(),
+        );
+        assert_eq!(next, Phase::Healthy);
+        assert!(matches!(d, Decision::NoAction { .. }));
+    }
+
+    #[test]
+    fn a_down_primary_with_no_eligible_secondary_gives_no_candidate() {
+        let b = dead3()
+            .with("dc2", |c| c.excluded = true)
+            .reports("dc3", |r| r.replication.seeded = false);
+        let out = run(&ticks(&b, 3), &policy());
+        let (phase, d) = &out[2];
+        let Decision::NoCandidate { primary, table } = d else {
+            panic!("expected no candidate, got {d}");
+        };
+        assert_eq!((primary.as_str(), table.winner.as_ref()), ("dc1", None));
+        assert!(matches!(phase, Phase::Suspect { ticks: 3, .. }));
+        assert_eq!(
+            d.to_string(),
+            "no candidate: primary dc1 is down but no secondary is eligible \
+             (dc2: excluded by the operator; dc3: never seeded by replication)"
+        );
+    }
+
+    #[test]
+    fn a_two_cluster_group_fails_over_only_when_the_single_secondary_agrees() {
+        let go = |b: &ViewBuilder, n: i64| run(&ticks(b, n), &policy());
+        let dead = ViewBuilder::healthy("dc1", &["dc2"]).primary_dead();
+        assert!(matches!(go(&dead, 3)[2].1, Decision::Failover { .. }));
+        let never = |out: Vec<(Phase, Decision)>| {
+            out.iter()
+                .all(|(_, d)| matches!(d, Decision::Suspect { ticks: 0, .. }))
+        };
+        let silent = dead.clone().reports("dc2", |r| r.primary_probe = None);
+        assert!(
+            never(go(&silent, 10)),
+            "a silent secondary agent must block failover"
+        );
+        let sees_it = dead.primary_probe("dc2", NodeState::Standby, 0);
+        assert!(
+            never(go(&sees_it, 10)),
+            "a secondary that still sees the primary must block failover"
+        );
+    }
+
+    #[test]
+    fn the_quorum_modes_count_the_voting_secondaries_as_documented() {
+        // 4 voters, `down` of them cannot reach the primary.
+        let rows = [
+            (QuorumMode::Majority, 2, false),
+            (QuorumMode::Majority, 3, true),
+            (QuorumMode::All, 3, false),
+            (QuorumMode::All, 4, true),
+            (QuorumMode::Any, 0, false),
+            (QuorumMode::Any, 1, true),
+        ];
+        for (mode, down, want) in rows {
+            let names = ["dc2", "dc3", "dc4", "dc5"];
+            let mut b = ViewBuilder::healthy("dc1", &names).primary_dead();
+            for n in &names[down..] {
+                b = b.primary_probe(n, NodeState::Active, 0);
+            }
+            let v = b.build();
+            let p = Policy {
+                quorum: mode,
+                ..policy()
+            };
+            let o = observe(&v, v.at, &p);
+            assert_eq!((o.secondaries_down, o.secondaries_fresh), (down, 4));
+            assert_eq!(o.quorum_met, want, "{mode:?} with {down} of 4 down");
+        }
+    }
+
+    #[test]
+    fn a_secondary_cluster_with_one_node_still_seeing_the_primary_votes_up() {
+        let v = dead3()
+            .with("dc2", |c| {
+                let mut other = c.nodes[0].clone();
+                other.node = "dc2-1".into();
+                if let Some(p) = &mut other.report.primary_probe {
+                    p.state = NodeState::Active;
+                }
+                c.nodes.push(other);
+            })
+            .build();
+        let o = observe(&v, v.at, &policy());
+        assert_eq!(
+            (o.secondaries_down, o.secondaries_fresh, o.quorum_met),
+            (1, 2, false)
+        );
+    }
+
+    #[test]
+    fn every_decision_reads_as_one_sentence_and_the_record_survives_json() {
+        let out = run(&ticks(&dead3(), 3), &policy());
+        for (phase, d) in out {
+            let s = d.to_string();
+            assert!(!s.contains('\n') && s.len() < 400, "{s}");
+            let v = dead3().build();
+            let rec = DecisionRecord::new(phase, d, &v);
+            assert_eq!(rec.sentence, s);
+            assert_eq!((rec.term, rec.primary.as_str()), (1, "dc1"));
+            let json = serde_json::to_string(&rec).unwrap();
+            assert_eq!(serde_json::from_str::<DecisionRecord>(&json).unwrap(), rec);
+        }
+        let v = dead3().build();
+        let (_, d) = step(&Phase::Healthy, &v, v.at, &policy());
+        assert_eq!(
+            d.to_string(),
+            "suspect: primary dc1 may be down, 1 of 3 confirming ticks (direct probe down, \
+             reports down, 2 of 2 secondaries cannot reach it (quorum met))"
+        );
+    }
+}
