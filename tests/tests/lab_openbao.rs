@@ -31,9 +31,12 @@ fn assert_all_gone(pids: &[u32]) {
     );
 }
 
-/// `sys/health` body of a node that answers `want`.
+/// `sys/health` body of a node, asserting it is active (200).
 async fn health_body(c: &LabCluster, node: usize) -> Value {
-    let (status, body) = c.nodes()[node].health().await.unwrap();
+    let (status, body) = match c.nodes()[node].health().await {
+        Ok(answer) => answer,
+        Err(e) => panic!("{e}"),
+    };
     assert_eq!(status, 200, "{}: {body}", c.nodes()[node].name());
     body
 }
