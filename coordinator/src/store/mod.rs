@@ -74,3 +74,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The newest `limit` journal records, newest first.
     async fn failovers(&self, limit: usize) -> Result<Vec<FailoverRecord>>;
 }
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod suite;
