@@ -789,8 +789,14 @@ mod tests {
         let b = dead3()
             .reports("dc2", |r| r.primary_probe = None)
             .reports("dc3", |r| r.primary_probe = None);
-        for (_, d) in run(&ticks(&b, 6), &policy()) {
-            assert!(matches!(d, Decision::Suspect { ticks: 0, .. }), "{d}");
+        for quorum in [QuorumMode::Majority, QuorumMode::All, QuorumMode::Any] {
+            let p = Policy { quorum, ..policy() };
+            for (_, d) in run(&ticks(&b, 6), &p) {
+                assert!(
+                    matches!(d, Decision::Suspect { ticks: 0, .. }),
+                    "{quorum:?}: {d}"
+                );
+            }
         }
     }
 

@@ -728,7 +728,8 @@ mod tests {
             })
             .direct("dc2", Some(NodeState::Sealed))
         };
-        let rows: [(fn(ViewBuilder) -> ViewBuilder, Ineligible); 4] = [
+        type Adjust = fn(ViewBuilder) -> ViewBuilder;
+        let rows: [(Adjust, Ineligible); 4] = [
             (
                 |b| b.with("dc2", |c| c.excluded = true),
                 Ineligible::Excluded,
