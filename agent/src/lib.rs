@@ -1,1 +1,86 @@
-//! placeholder
+//! vault-dr agent: the sidecar beside each Vault/OpenBao node. It probes the node and its
+//! host every interval, serves Prometheus metrics and a small HTTP API, sends a report to the
+//! coordinator and keeps the desired state it gets back.
+//!
+//! [`run`] wires the parts: one [`prometheus::Registry`], the [`probe::Prober`] task, the
+//! [`report::Sender`] task (only with a coordinator) and the [`api::router`].
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod probe;
+pub mod replication;
+pub mod report;
+pub mod state;
+pub mod system;
+pub mod vault;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Timeout of one Vault request: the interval, but at least 2 s (a restore blocks requests
+/// for seconds) and at most 10 s.
+pub fn probe_timeout(interval: Duration) -> Duration {
+    interval.clamp(Duration::from_secs(2), Duration::from_secs(10))
+}
+
+/// Runs the agent on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::new(&registry)?;
+    let shared = Arc::new(state::Shared::new(&config.cluster, &config.node));
+
+    let http = vault::http_client(&config.vault, probe_timeout(config.interval))?;
+    let vault = Arc::new(vault::VaultClient::new(
+        http,
+        config.vault.addr.clone(),
+        config.vault.token.clone(),
+    ));
+    let replicator: Arc<dyn replication::Replicator> = Arc::new(
+        replication::enterprise::EnterpriseStatus::new(vault.clone()),
+    );
+    let system = system::SystemSampler::new(
+        config.cgroup_root.clone(),
+        config.vault_pid_file.clone(),
+        config.vault_process_names.clone(),
+    );
+    let prober = probe::Prober::new(vault, replicator, system, shared.clone(), metrics.clone());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(prober.run(config.interval));
+    if let Some(c) = &config.coordinator {
+        let sender = report::Sender::new(c, shared.clone(), metrics.clone())?;
+        tasks.spawn(sender.run(config.interval));
+    }
+    shared.set_running(true);
+    tracing::info!(
+        cluster = %config.cluster,
+        node = %config.node,
+        vault = %config.vault.addr,
+        coordinator = config.coordinator.as_ref().map(|c| c.url.to_string()),
+        interval = ?config.interval,
+        listen = ?listener.local_addr().ok(),
+        "agent started"
+    );
+
+    let app = api::router(api::ApiState {
+        shared: shared.clone(),
+        registry,
+    });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    shared.set_running(false);
+    tasks.shutdown().await;
+    tracing::info!("agent stopped");
+    served.map_err(Error::Serve)
+}

@@ -1,1 +1,27 @@
-fn main() {}
+//! `vault-dr-agent`: parse the configuration (exit 64 naming the field when invalid), bind the
+//! listener and run the agent on a single-threaded runtime until SIGINT/SIGTERM.
+
+use anyhow::Context;
+use vault_dr_agent::{Config, config::ProcessEnv};
+
+fn main() -> anyhow::Result<()> {
+    let config = match Config::parse(std::env::args_os(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(e.exit_code());
+        }
+    };
+    vault_dr_common::telemetry::init(config.log_json);
+    // One thread is plenty for a probe a second, and keeps the resident set small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        vault_dr_agent::run(config, listener, vault_dr_common::shutdown::signal()).await?;
+        Ok(())
+    })
+}

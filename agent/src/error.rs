@@ -1,0 +1,99 @@
+//! The agent's error type: configuration errors (exit 64, naming the field), HTTP client and
+//! server set-up, and the failures of single Vault or coordinator requests.
+
+/// Result with the agent's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or environment variable has an invalid value. `flag` names it (`--interval`).
+    #[error("invalid {flag} (env {env}): {message}")]
+    Config {
+        /// The command-line flag, e.g. `--interval`.
+        flag: &'static str,
+        /// The environment variable that can set it.
+        env: &'static str,
+        /// What is wrong, without any secret value.
+        message: String,
+    },
+    /// Clap's own answer: a usage error (exit 64), or `--help` / `--version` (exit 0).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    /// An HTTP client could not be built (TLS set-up).
+    #[error("cannot build the HTTP client for {what}")]
+    HttpClient {
+        /// Which client (`vault`, `coordinator`).
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A metric could not be registered.
+    #[error("cannot register metrics")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP server stopped with an error.
+    #[error("HTTP server failed")]
+    Serve(#[source] std::io::Error),
+    /// A Vault request got no HTTP answer (refused, reset, timed out).
+    #[error("{what}: no answer from Vault")]
+    VaultRequest {
+        /// The endpoint (`sys/leader`).
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A Vault request got an unexpected HTTP status.
+    #[error("{what}: unexpected HTTP status {status}")]
+    VaultStatus {
+        /// The endpoint.
+        what: &'static str,
+        /// The status code.
+        status: u16,
+    },
+    /// A Vault answer could not be decoded.
+    #[error("{what}: undecodable answer")]
+    VaultDecode {
+        /// The endpoint.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Process exit code for this error when it ends the process: 0 for `--help`/`--version`,
+    /// 64 (`EX_USAGE`) for bad input, 70 (`EX_SOFTWARE`) otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Cli(e) if !e.use_stderr() => 0,
+            Self::Cli(_) | Self::Config { .. } => vault_dr_common::exit::USAGE,
+            _ => vault_dr_common::exit::SOFTWARE,
+        }
+    }
+
+    /// Short bounded kind of a request failure, for `last_error` fields and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::VaultRequest { source, .. } => request_error_kind(source),
+            Self::VaultStatus { .. } => "status",
+            Self::VaultDecode { .. } => "decode",
+            _ => "internal",
+        }
+    }
+}
+
+/// Bounded kind of a `reqwest` failure: `timeout`, `connect` or `request`.
+pub fn request_error_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_decode() || e.is_body() {
+        "decode"
+    } else {
+        "request"
+    }
+}

@@ -1,0 +1,210 @@
+//! The agent's Prometheus metrics, `vault_dr_agent_<thing>_<unit>`, registered in the one
+//! [`Registry`] that `run` builds. Labels are bounded: node states and failure kinds.
+
+use crate::error::Result;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+use vault_dr_common::{HostStats, NodeState, ReplicationStatus, VaultStatus};
+
+/// Kinds of report send failures (the `kind` label).
+pub const SEND_FAILURE_KINDS: [&str; 4] = ["connect", "timeout", "status", "decode"];
+
+/// All metrics of one agent.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// `vault_dr_agent_probe_duration_seconds`: latency of answered health probes.
+    pub probe_duration: Histogram,
+    /// `vault_dr_agent_up`: 1 when the last probe got an answer.
+    pub up: IntGauge,
+    /// `vault_dr_agent_node_state{state}`: one-hot over [`NodeState::ALL`].
+    pub node_state: IntGaugeVec,
+    /// `vault_dr_agent_cpu_seconds_total`: cumulative CPU of the container/process/host.
+    pub cpu_seconds_total: Gauge,
+    /// `vault_dr_agent_cpu_usage_cores`.
+    pub cpu_usage_cores: Gauge,
+    /// `vault_dr_agent_memory_bytes`.
+    pub memory_bytes: Gauge,
+    /// `vault_dr_agent_memory_limit_bytes` (0 when unlimited).
+    pub memory_limit_bytes: Gauge,
+    /// `vault_dr_agent_raft_applied_index`.
+    pub raft_applied_index: IntGauge,
+    /// `vault_dr_agent_raft_commit_index`.
+    pub raft_commit_index: IntGauge,
+    /// `vault_dr_agent_replication_lag_entries`.
+    pub replication_lag_entries: Gauge,
+    /// `vault_dr_agent_replication_lag_seconds`.
+    pub replication_lag_seconds: Gauge,
+    /// `vault_dr_agent_report_send_failures_total{kind}`.
+    pub send_failures: IntCounterVec,
+    /// `vault_dr_agent_reports_sent_total`.
+    pub reports_sent: IntCounter,
+    /// `vault_dr_agent_desired_term`: highest term seen from the coordinator.
+    pub desired_term: IntGauge,
+    /// `vault_dr_agent_probe_latency_p99_seconds`: p99 of the rolling window.
+    pub probe_latency_p99: Gauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> Result<T> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    /// Creates and registers every metric in `r`.
+    pub fn new(r: &Registry) -> Result<Self> {
+        const P: &str = "vault_dr_agent_";
+        let g = |name: &str, help: &str| Gauge::new(format!("{P}{name}"), help);
+        let m = Self {
+            probe_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        format!("{P}probe_duration_seconds"),
+                        "Latency of answered sys/health probes",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ]),
+                )?,
+            )?,
+            up: reg(
+                r,
+                IntGauge::new(
+                    format!("{P}up"),
+                    "1 when the last probe of the node got an answer",
+                )?,
+            )?,
+            node_state: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(format!("{P}node_state"), "Classified node state (one-hot)"),
+                    &["state"],
+                )?,
+            )?,
+            cpu_seconds_total: reg(
+                r,
+                g(
+                    "cpu_seconds_total",
+                    "Cumulative CPU time of the container, Vault process or host",
+                )?,
+            )?,
+            cpu_usage_cores: reg(
+                r,
+                g(
+                    "cpu_usage_cores",
+                    "CPU used over the last interval, in cores",
+                )?,
+            )?,
+            memory_bytes: reg(r, g("memory_bytes", "Memory in use")?)?,
+            memory_limit_bytes: reg(r, g("memory_limit_bytes", "Memory limit (0 = unlimited)")?)?,
+            raft_applied_index: reg(
+                r,
+                IntGauge::new(format!("{P}raft_applied_index"), "Raft applied index")?,
+            )?,
+            raft_commit_index: reg(
+                r,
+                IntGauge::new(format!("{P}raft_commit_index"), "Raft commit index")?,
+            )?,
+            replication_lag_entries: reg(
+                r,
+                g(
+                    "replication_lag_entries",
+                    "Replication lag in log entries/WALs",
+                )?,
+            )?,
+            replication_lag_seconds: reg(
+                r,
+                g(
+                    "replication_lag_seconds",
+                    "Age of the newest replicated data",
+                )?,
+            )?,
+            send_failures: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{P}report_send_failures_total"),
+                        "Reports the coordinator did not accept, by kind",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            reports_sent: reg(
+                r,
+                IntCounter::new(
+                    format!("{P}reports_sent_total"),
+                    "Reports accepted by the coordinator",
+                )?,
+            )?,
+            desired_term: reg(
+                r,
+                IntGauge::new(
+                    format!("{P}desired_term"),
+                    "Highest term seen in a desired state",
+                )?,
+            )?,
+            probe_latency_p99: reg(
+                r,
+                g(
+                    "probe_latency_p99_seconds",
+                    "p99 of the rolling probe latency window",
+                )?,
+            )?,
+        };
+        // Every series exists from the start, so absent() and rate() work before the first event.
+        for s in NodeState::ALL {
+            m.node_state.with_label_values(&[s.as_str()]).set(0);
+        }
+        for k in SEND_FAILURE_KINDS {
+            m.send_failures.with_label_values(&[k]).inc_by(0);
+        }
+        Ok(m)
+    }
+
+    /// Records one probe of the local node.
+    pub fn observe_vault(&self, v: &VaultStatus) {
+        if let Some(ms) = v.last_probe_ms {
+            self.probe_duration.observe(ms / 1000.0);
+        }
+        self.up.set(i64::from(v.last_probe_ms.is_some()));
+        for s in NodeState::ALL {
+            self.node_state
+                .with_label_values(&[s.as_str()])
+                .set(i64::from(s == v.state));
+        }
+        self.probe_latency_p99.set(v.latency.p99_ms / 1000.0);
+        if let Some(i) = v.raft_applied_index {
+            self.raft_applied_index
+                .set(i64::try_from(i).unwrap_or(i64::MAX));
+        }
+        if let Some(i) = v.raft_commit_index {
+            self.raft_commit_index
+                .set(i64::try_from(i).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Records one host sample.
+    pub fn observe_host(&self, h: &HostStats) {
+        self.cpu_seconds_total.set(h.cpu_seconds_total);
+        self.cpu_usage_cores.set(h.cpu_usage_cores);
+        self.memory_bytes.set(h.memory_used_bytes as f64);
+        self.memory_limit_bytes
+            .set(h.memory_limit_bytes.unwrap_or(0) as f64);
+    }
+
+    /// Records one replication status.
+    pub fn observe_replication(&self, r: &ReplicationStatus) {
+        self.replication_lag_entries
+            .set(r.lag_entries.map_or(0.0, |l| l as f64));
+        self.replication_lag_seconds
+            .set(r.lag_seconds.unwrap_or(0.0));
+    }
+
+    /// Counts one failed report of `kind` (one of [`SEND_FAILURE_KINDS`]).
+    pub fn send_failed(&self, kind: &str) {
+        self.send_failures.with_label_values(&[kind]).inc();
+    }
+}

@@ -1,0 +1,36 @@
+//! Cross-cluster replication as seen from this node, behind the [`Replicator`] seam.
+//!
+//! One file per backend: [`enterprise`] reads Vault Enterprise's own DR / performance
+//! replication status (OpenBao answers 404 there, which is mode `none`). The snapshot shipper
+//! for OpenBao will sit beside it as `snapshot.rs`, implementing the same trait.
+
+pub mod enterprise;
+
+use async_trait::async_trait;
+use vault_dr_common::ReplicationStatus;
+
+/// A source of this node's replication status, asked once per probe interval.
+#[async_trait]
+pub trait Replicator: Send + Sync + std::fmt::Debug {
+    /// The current status. Failures are folded into `last_error`, never panics or errors:
+    /// the report must go out either way.
+    async fn status(&self) -> ReplicationStatus;
+}
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util {
+    //! A fixed-answer [`Replicator`] for tests.
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers whatever was last set.
+    #[derive(Debug, Default)]
+    pub struct FixedReplicator(pub Mutex<ReplicationStatus>);
+
+    #[async_trait]
+    impl Replicator for FixedReplicator {
+        async fn status(&self) -> ReplicationStatus {
+            self.0.lock().map(|s| s.clone()).unwrap_or_default()
+        }
+    }
+}

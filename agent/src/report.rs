@@ -1,0 +1,252 @@
+//! Sending reports: every interval `POST <coordinator>/v1/reports` with the bearer token, keep
+//! the desired state from the answer. When the coordinator is down or answers garbage, back
+//! off with full jitter (never faster than the interval), count the failure by kind, and keep
+//! going; the probe loop is a separate task and never waits for this one.
+
+use crate::config::CoordinatorConfig;
+use crate::error::{Error, Result, request_error_kind};
+use crate::metrics::Metrics;
+use crate::state::{Offer, Shared};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+use vault_dr_common::{DesiredState, Secret};
+
+/// First back-off ceiling after a failure.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Largest back-off ceiling.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Timeout of one report request.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Exponential back-off with full jitter: after the n-th consecutive failure the delay is
+/// uniform in `[0, min(cap, base * 2^(n-1))]`, but never below `floor` (the report interval,
+/// so a failing coordinator is never asked more often than a healthy one).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    floor: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// A back-off with the given bounds.
+    pub fn new(base: Duration, cap: Duration, floor: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            floor,
+            failures: 0,
+        }
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Forgets the failures (after a success).
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Records a failure and returns the delay before the next attempt.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = self.ceiling();
+        let jittered = ceiling.mul_f64(rng.random_range(0.0..=1.0));
+        jittered.max(self.floor)
+    }
+
+    /// Upper bound of the current delay.
+    pub fn ceiling(&self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(20);
+        self.base.saturating_mul(1 << exp).min(self.cap)
+    }
+}
+
+/// Why one send failed; its label is the `kind` of the failure counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// No connection.
+    Connect,
+    /// No answer in time.
+    Timeout,
+    /// A non-2xx answer.
+    Status(u16),
+    /// A 2xx answer that is not a desired state.
+    Decode,
+}
+
+impl SendFailure {
+    /// Metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Status(_) => "status",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+/// Sends the reports of one agent.
+#[derive(Debug)]
+pub struct Sender {
+    http: reqwest::Client,
+    url: Url,
+    token: Secret,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+}
+
+/// Builds the coordinator client.
+pub fn http_client(c: &CoordinatorConfig) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(SEND_TIMEOUT)
+        .connect_timeout(SEND_TIMEOUT)
+        .pool_max_idle_per_host(1);
+    for cert in &c.ca_certs {
+        b = b.add_root_certificate(cert.clone());
+    }
+    b.build().map_err(|source| Error::HttpClient {
+        what: "coordinator",
+        source,
+    })
+}
+
+impl Sender {
+    /// A sender to `config.url`.
+    pub fn new(config: &CoordinatorConfig, shared: Arc<Shared>, metrics: Metrics) -> Result<Self> {
+        let mut url = config.url.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(["v1", "reports"]);
+        }
+        Ok(Self {
+            http: http_client(config)?,
+            url,
+            token: config.token.clone(),
+            shared,
+            metrics,
+        })
+    }
+
+    /// Sends one report (if there is an observation yet) and handles the answer.
+    pub async fn send_once(&self) -> std::result::Result<(), SendFailure> {
+        let Some(report) = self.shared.next_report() else {
+            return Ok(());
+        };
+        let classify = |e: reqwest::Error| match request_error_kind(&e) {
+            "timeout" => SendFailure::Timeout,
+            "decode" => SendFailure::Decode,
+            _ => SendFailure::Connect,
+        };
+        let resp = self
+            .http
+            .post(self.url.clone())
+            .bearer_auth(self.token.expose())
+            .json(&report)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(classify)?;
+        if !status.is_success() {
+            return Err(SendFailure::Status(status.as_u16()));
+        }
+        let desired: DesiredState =
+            serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)?;
+        let term = desired.term;
+        match self.shared.offer_desired(desired) {
+            Offer::Kept => {}
+            Offer::StaleTerm => tracing::warn!(
+                term,
+                seen = self.shared.seen_term(),
+                "ignored a desired state with a lower term"
+            ),
+            Offer::WrongCluster => {
+                tracing::warn!(term, "ignored a desired state for another cluster")
+            }
+        }
+        self.metrics
+            .desired_term
+            .set(i64::try_from(self.shared.seen_term()).unwrap_or(i64::MAX));
+        self.metrics.reports_sent.inc();
+        Ok(())
+    }
+
+    /// Sends every `interval`, backing off after failures, until the task is dropped.
+    pub async fn run(self, interval: Duration) {
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, interval);
+        let mut delay = interval;
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = match self.send_once().await {
+                Ok(()) => {
+                    if backoff.failures() > 0 {
+                        tracing::info!(
+                            after = backoff.failures(),
+                            "coordinator accepts reports again"
+                        );
+                    }
+                    backoff.reset();
+                    interval
+                }
+                Err(f) => {
+                    self.metrics.send_failed(f.kind());
+                    let d = backoff.next_delay(&mut rand::rng());
+                    // Log the first failure and then every tenth, not every second.
+                    if backoff.failures() % 10 == 1 {
+                        tracing::warn!(kind = f.kind(), ?f, failures = backoff.failures(), retry_in = ?d, "report not accepted");
+                    }
+                    d
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_ceiling_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, Duration::ZERO);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut ceilings = Vec::new();
+        for _ in 0..9 {
+            let d = b.next_delay(&mut rng);
+            assert!(d <= b.ceiling(), "{d:?} above {:?}", b.ceiling());
+            ceilings.push(b.ceiling().as_millis());
+        }
+        assert_eq!(
+            ceilings,
+            vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        b.reset();
+        assert_eq!(b.failures(), 0);
+        b.next_delay(&mut rng);
+        assert_eq!(b.ceiling(), BACKOFF_BASE);
+    }
+
+    #[test]
+    fn the_delay_is_jittered_but_never_below_the_interval() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let floor = Duration::from_secs(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, floor);
+            for _ in 0..6 {
+                b.next_delay(&mut rng);
+            }
+            let d = b.next_delay(&mut rng);
+            assert!(d >= floor && d <= BACKOFF_CAP, "{d:?}");
+            seen.insert(d.as_millis());
+        }
+        assert!(seen.len() > 40, "full jitter spreads the delays: {seen:?}");
+    }
+}

@@ -1,0 +1,232 @@
+//! The agent's shared state: the latest observation of node, host and replication (written by
+//! the probe loop), the desired state with the highest term (written by the report sender),
+//! the report sequence, and the liveness/readiness flags the HTTP handlers read.
+//!
+//! Locks are `std::sync::Mutex`, held only to copy a value in or out, never across an await.
+
+use chrono::{DateTime, Utc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use vault_dr_common::{
+    DesiredState, HostStats, PeerProbe, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
+};
+
+/// One probe round's findings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The local node.
+    pub vault: VaultStatus,
+    /// Host, process or container figures.
+    pub host: HostStats,
+    /// Replication status.
+    pub replication: ReplicationStatus,
+    /// Probe of the primary, on a secondary.
+    pub primary_probe: Option<PeerProbe>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    observation: Option<Observation>,
+    desired: Option<DesiredState>,
+    seen_term: u64,
+    seq: u64,
+}
+
+/// State shared by the probe loop, the report sender and the HTTP handlers.
+#[derive(Debug)]
+pub struct Shared {
+    cluster: String,
+    node: String,
+    started_at: DateTime<Utc>,
+    inner: Mutex<Inner>,
+    ready: AtomicBool,
+    running: AtomicBool,
+}
+
+/// What [`Shared::offer_desired`] did with a desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Kept: its term is at least the current one.
+    Kept,
+    /// Ignored: its term is lower than one already seen (a stale coordinator).
+    StaleTerm,
+    /// Ignored: it is for another cluster.
+    WrongCluster,
+}
+
+impl Shared {
+    /// Fresh state for node `node` of `cluster`.
+    pub fn new(cluster: &str, node: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+            started_at: Utc::now(),
+            inner: Mutex::new(Inner::default()),
+            ready: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere while copying plain data: keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The node's cluster.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Stores the latest observation and marks the agent ready.
+    pub fn set_observation(&self, o: Observation) {
+        self.lock().observation = Some(o);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// The latest observation.
+    pub fn observation(&self) -> Option<Observation> {
+        self.lock().observation.clone()
+    }
+
+    /// Whether the first probe round has finished.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the loops as running or stopped.
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Release);
+    }
+
+    /// Whether the loops are running.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// The kept desired state.
+    pub fn desired(&self) -> Option<DesiredState> {
+        self.lock().desired.clone()
+    }
+
+    /// Highest term seen.
+    pub fn seen_term(&self) -> u64 {
+        self.lock().seen_term
+    }
+
+    /// Offers a desired state from the coordinator: kept unless its term is lower than the
+    /// highest seen (the term is the fencing token) or it names another cluster.
+    pub fn offer_desired(&self, d: DesiredState) -> Offer {
+        if d.cluster != self.cluster {
+            return Offer::WrongCluster;
+        }
+        let mut inner = self.lock();
+        if d.term < inner.seen_term {
+            return Offer::StaleTerm;
+        }
+        inner.seen_term = d.term;
+        inner.desired = Some(d);
+        Offer::Kept
+    }
+
+    /// Builds the next report to send (raises `seq` by one); `None` before the first probe.
+    pub fn next_report(&self) -> Option<Report> {
+        let mut inner = self.lock();
+        let o = inner.observation.clone()?;
+        inner.seq += 1;
+        Some(self.build(o, inner.seq, inner.seen_term))
+    }
+
+    /// The report as of now with the last `seq` used, without raising it (`GET /v1/report`).
+    pub fn current_report(&self) -> Option<Report> {
+        let inner = self.lock();
+        let o = inner.observation.clone()?;
+        Some(self.build(o, inner.seq, inner.seen_term))
+    }
+
+    fn build(&self, o: Observation, seq: u64, seen_term: u64) -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+            seq,
+            agent_started_at: self.started_at,
+            sent_at: Utc::now(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            vault: o.vault,
+            host: o.host,
+            replication: o.replication,
+            primary_probe: o.primary_probe,
+            seen_term,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vault_dr_common::{LatencySummary, NodeState, Role};
+
+    pub(crate) fn observation() -> Observation {
+        Observation {
+            vault: VaultStatus {
+                state: NodeState::Active,
+                last_probe_ms: Some(1.0),
+                latency: LatencySummary::default(),
+                version: None,
+                cluster_id: None,
+                cluster_name: None,
+                raft_applied_index: Some(3),
+                raft_commit_index: Some(3),
+                autopilot_healthy: None,
+                last_error: None,
+            },
+            host: HostStats::default(),
+            replication: ReplicationStatus::default(),
+            primary_probe: None,
+        }
+    }
+
+    fn desired(term: u64, cluster: &str) -> DesiredState {
+        DesiredState {
+            term,
+            cluster: cluster.into(),
+            role: Role::Secondary,
+            primary: "dc1".into(),
+            primary_api_addr: None,
+            failover_in_progress: false,
+        }
+    }
+
+    #[test]
+    fn seq_rises_by_one_per_report_and_get_does_not_raise_it() {
+        let s = Shared::new("dc2", "n1");
+        assert!(
+            s.next_report().is_none(),
+            "no report before the first probe"
+        );
+        s.set_observation(observation());
+        assert_eq!(s.next_report().unwrap().seq, 1);
+        assert_eq!(s.next_report().unwrap().seq, 2);
+        assert_eq!(s.current_report().unwrap().seq, 2);
+        assert_eq!(s.next_report().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn only_the_highest_term_is_kept() {
+        let s = Shared::new("dc2", "n1");
+        assert_eq!(s.offer_desired(desired(5, "dc2")), Offer::Kept);
+        assert_eq!(s.offer_desired(desired(4, "dc2")), Offer::StaleTerm);
+        assert_eq!(s.desired().unwrap().term, 5);
+        assert_eq!(
+            s.offer_desired(desired(5, "dc2")),
+            Offer::Kept,
+            "same term updates"
+        );
+        assert_eq!(s.offer_desired(desired(9, "dc3")), Offer::WrongCluster);
+        assert_eq!(s.seen_term(), 5);
+        s.set_observation(observation());
+        assert_eq!(s.next_report().unwrap().seen_term, 5);
+    }
+}

@@ -1,0 +1,242 @@
+//! A small HTTP client for the Vault/OpenBao API: health, leader (raft indices), autopilot
+//! state and raw status reads for the replication parsers. The token (from a file) goes in
+//! `X-Vault-Token` and only to the local node; peers are probed without it.
+
+pub mod health;
+
+use crate::config::VaultConfig;
+use crate::error::{Error, Result, request_error_kind};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+use url::Url;
+use vault_dr_common::{NodeState, Secret};
+
+pub use health::{Health, classify};
+
+/// Result of one health probe, with its latency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthProbe {
+    /// The classified answer (state `unreachable`, kind set, when there was none).
+    pub health: Health,
+    /// Time to the full answer; `None` when there was no answer.
+    pub latency: Option<Duration>,
+}
+
+/// Raft indices from `GET sys/leader`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Leader {
+    /// Raft applied index.
+    #[serde(default)]
+    pub raft_applied_index: Option<u64>,
+    /// Raft committed index.
+    #[serde(default)]
+    pub raft_committed_index: Option<u64>,
+}
+
+/// Builds the `reqwest` client used for Vault (and peer) probes.
+pub fn http_client(config: &VaultConfig, timeout: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .pool_max_idle_per_host(1)
+        .no_proxy()
+        .tls_danger_accept_invalid_certs(config.skip_verify);
+    for cert in &config.ca_certs {
+        b = b.add_root_certificate(cert.clone());
+    }
+    b.build().map_err(|source| Error::HttpClient {
+        what: "vault",
+        source,
+    })
+}
+
+/// `<base>/v1/<segments…>`, keeping any path prefix of `base`.
+pub fn endpoint(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segs) = url.path_segments_mut() {
+        segs.pop_if_empty().push("v1").extend(path.split('/'));
+    }
+    url
+}
+
+/// Probes `GET <base>/v1/sys/health` with no token (used for the local node and for peers).
+pub async fn probe_health(http: &reqwest::Client, base: &Url) -> HealthProbe {
+    let started = Instant::now();
+    let answer = async {
+        let resp = http.get(endpoint(base, "sys/health")).send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    }
+    .await;
+    match answer {
+        Ok((status, body)) => HealthProbe {
+            health: classify(status, &body),
+            latency: Some(started.elapsed()),
+        },
+        Err(e) => HealthProbe {
+            health: Health {
+                state: NodeState::Unreachable,
+                version: None,
+                cluster_id: None,
+                cluster_name: None,
+                error: Some(request_error_kind(&e)),
+            },
+            latency: None,
+        },
+    }
+}
+
+/// Client of the local node.
+#[derive(Debug, Clone)]
+pub struct VaultClient {
+    http: reqwest::Client,
+    addr: Url,
+    token: Option<Secret>,
+}
+
+impl VaultClient {
+    /// A client for `addr` with an optional token.
+    pub fn new(http: reqwest::Client, addr: Url, token: Option<Secret>) -> Self {
+        Self { http, addr, token }
+    }
+
+    /// The node's API address.
+    pub fn addr(&self) -> &Url {
+        &self.addr
+    }
+
+    /// The underlying HTTP client (shared with peer probes).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Whether a token is configured.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// `GET sys/health` of the local node.
+    pub async fn health(&self) -> HealthProbe {
+        probe_health(&self.http, &self.addr).await
+    }
+
+    /// `GET v1/<path>` with the token when there is one: the status and body, whatever they are.
+    pub async fn get_raw(
+        &self,
+        what: &'static str,
+        path: &str,
+    ) -> Result<(u16, axum::body::Bytes)> {
+        let mut req = self.http.get(endpoint(&self.addr, path));
+        if let Some(t) = &self.token {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| Error::VaultRequest { what, source })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| Error::VaultRequest { what, source })?;
+        Ok((status, body))
+    }
+
+    /// `GET sys/leader`: raft applied and committed index (unauthenticated).
+    pub async fn leader(&self) -> Result<Leader> {
+        const WHAT: &str = "sys/leader";
+        let (status, body) = self.get_raw(WHAT, "sys/leader").await?;
+        if status != 200 {
+            return Err(Error::VaultStatus { what: WHAT, status });
+        }
+        serde_json::from_slice(&body).map_err(|source| Error::VaultDecode { what: WHAT, source })
+    }
+
+    /// `GET sys/storage/raft/autopilot/state`: `Some(healthy)`, or `None` when there is no
+    /// token or the token does not allow it (403).
+    pub async fn autopilot_healthy(&self) -> Result<Option<bool>> {
+        const WHAT: &str = "sys/storage/raft/autopilot/state";
+        if self.token.is_none() {
+            return Ok(None);
+        }
+        let (status, body) = self.get_raw(WHAT, WHAT).await?;
+        match status {
+            200 => parse_autopilot(&body).map(Some),
+            401 | 403 => Ok(None),
+            _ => Err(Error::VaultStatus { what: WHAT, status }),
+        }
+    }
+}
+
+/// `healthy` from an autopilot state answer, wrapped in `data` (Vault API) or bare.
+pub fn parse_autopilot(body: &[u8]) -> Result<bool> {
+    #[derive(Deserialize)]
+    struct State {
+        healthy: bool,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Answer {
+        Wrapped { data: State },
+        Bare(State),
+    }
+    let a: Answer = serde_json::from_slice(body).map_err(|source| Error::VaultDecode {
+        what: "sys/storage/raft/autopilot/state",
+        source,
+    })?;
+    Ok(match a {
+        Answer::Wrapped { data } | Answer::Bare(data) => data.healthy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_keep_a_path_prefix() {
+        let base = Url::parse("http://127.0.0.1:8200").unwrap();
+        assert_eq!(
+            endpoint(&base, "sys/health").as_str(),
+            "http://127.0.0.1:8200/v1/sys/health"
+        );
+        let base = Url::parse("https://lb.example/vault/").unwrap();
+        assert_eq!(
+            endpoint(&base, "sys/replication/dr/status").as_str(),
+            "https://lb.example/vault/v1/sys/replication/dr/status"
+        );
+    }
+
+    #[test]
+    fn autopilot_state_is_read_wrapped_or_bare() {
+        assert!(parse_autopilot(br#"{"data":{"healthy":true,"failure_tolerance":0}}"#).unwrap());
+        assert!(!parse_autopilot(br#"{"healthy":false,"servers":{}}"#).unwrap());
+        assert!(parse_autopilot(b"nope").is_err());
+    }
+
+    #[test]
+    fn leader_answers_decode_with_missing_indices() {
+        let l: Leader = serde_json::from_slice(
+            br#"{"ha_enabled":true,"is_self":true,"raft_committed_index":29,"raft_applied_index":28}"#,
+        )
+        .unwrap();
+        assert_eq!(l.raft_applied_index, Some(28));
+        assert_eq!(l.raft_committed_index, Some(29));
+        let l: Leader = serde_json::from_slice(br#"{"ha_enabled":false}"#).unwrap();
+        assert_eq!(l, Leader::default());
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_with_kind_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let base = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let p = probe_health(&http, &base).await;
+        assert_eq!(p.health.state, NodeState::Unreachable);
+        assert_eq!(p.health.error, Some("connect"));
+        assert_eq!(p.latency, None);
+    }
+}
