@@ -74,6 +74,17 @@ impl Error {
         }
     }
 
+    /// Prints the error for the user: clap's help and version to stdout, everything else to
+    /// stderr (clap's usage errors with its suggestions).
+    pub fn print(&self) {
+        match self {
+            Self::Cli(e) => {
+                let _ = e.print();
+            }
+            other => eprintln!("vault-dr-agent: {other}"),
+        }
+    }
+
     /// Short bounded kind of a request failure, for `last_error` fields and metric labels.
     pub fn kind(&self) -> &'static str {
         match self {

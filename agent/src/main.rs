@@ -8,7 +8,7 @@ fn main() -> anyhow::Result<()> {
     let config = match Config::parse(std::env::args_os(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            e.print();
             std::process::exit(e.exit_code());
         }
     };
