@@ -6,3 +6,4 @@
 pub mod prometheus;
 
 pub use vault_dr_coordinator::lab;
+pub mod mongo;

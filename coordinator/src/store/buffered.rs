@@ -18,7 +18,8 @@
 //! written; call [`BufferedStore::flush`] first where that matters.
 //!
 //! `init` tries the inner store once; if it is down, the background task keeps trying (before
-//! any write) and the coordinator starts anyway.
+//! any write) and the coordinator starts anyway. After a failed write the task runs `init` again
+//! before retrying, so a store that comes back empty gets its indexes (the TTL above all).
 //!
 //! Metrics: `vault_dr_coordinator_store_backlog` (queued writes, the one being written
 //! included), `vault_dr_coordinator_store_write_failures_total`,
@@ -296,6 +297,9 @@ async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 shared.metrics.failures.inc();
+                // The store may come back empty (a new server, a restored backup): create the
+                // indexes again before the retry. `init` is idempotent and cheap.
+                shared.ready.store(false, Ordering::Release);
                 let delay = backoff.delay();
                 tracing::warn!(kind = write.kind(), error = %e, retry_in = ?delay,
                     "store write failed, retrying");

@@ -45,6 +45,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 /// Name of the TTL index on `reports.received_at`.
 pub const TTL_INDEX: &str = "received_at_ttl";
 
+/// `NamespaceNotFound`: the collection does not exist.
+const NAMESPACE_NOT_FOUND: i32 = 26;
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
 /// `IndexOptionsConflict` and `IndexKeySpecsConflict`: an index of that name exists with other
@@ -99,11 +101,13 @@ impl MongoStore {
     /// The `expireAfterSeconds` of the TTL index on `reports`, as the server reports it
     /// (`None` when the index does not exist).
     pub async fn report_ttl(&self) -> Result<Option<Duration>> {
-        let indexes: Vec<IndexModel> = self
-            .reports
-            .list_indexes()
-            .await
-            .map_err(|e| self.err("list indexes", e))?
+        let cursor = match self.reports.list_indexes().await {
+            Ok(cursor) => cursor,
+            // No collection yet, so no index.
+            Err(e) if command_code(&e) == Some(NAMESPACE_NOT_FOUND) => return Ok(None),
+            Err(e) => return Err(self.err("list indexes", e)),
+        };
+        let indexes: Vec<IndexModel> = cursor
             .try_collect()
             .await
             .map_err(|e| self.err("list indexes", e))?;
