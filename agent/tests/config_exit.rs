@@ -8,7 +8,7 @@ fn agent(args: &[&str]) -> Output {
         .args(args)
         .env_clear()
         .output()
-        .expect("the agent binary runs")
+        .unwrap_or_else(|e| panic!("the agent binary does not run: {e}"))
 }
 
 fn assert_usage_error(args: &[&str], field: &str) {

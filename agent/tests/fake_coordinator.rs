@@ -15,9 +15,12 @@ use vault_dr_agent::Config;
 use vault_dr_agent::config::CoordinatorConfig;
 use vault_dr_common::{DesiredState, NodeState, Report, Role, Secret};
 
+/// Every report received, with its `Authorization` header.
+type Received = Arc<Mutex<Vec<(Option<String>, Report)>>>;
+
 #[derive(Clone, Default)]
 struct Fake {
-    reports: Arc<Mutex<Vec<(Option<String>, Report)>>>,
+    reports: Received,
     primary: Arc<Mutex<Option<Url>>>,
 }
 
