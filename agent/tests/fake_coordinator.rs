@@ -2,6 +2,9 @@
 //! non-JSON, then a valid desired state: the agent keeps running, counts both failures by
 //! kind, keeps the desired state and, told it is a secondary, probes the primary.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it only inside #[test] fns).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
