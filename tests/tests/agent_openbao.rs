@@ -1,0 +1,270 @@
+//! The agent against a real OpenBao node (the lab): `active` for a live node, `sealed` after
+//! `PUT sys/seal`, `unreachable` after SIGKILL, `active` again after a restart (the static
+//! seal unseals it); real latency percentiles; the raft applied index rises after writes;
+//! OpenBao's 404 on `sys/replication/*` is mode `none`, not an error.
+//!
+//! Needs `.tools/bin/bao` (run `scripts/setup.sh`); a missing binary fails the test.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use vault_dr_agent::Config;
+use vault_dr_common::report::HostSource;
+use vault_dr_common::{NodeState, ReplicationMode, Report};
+use vault_dr_tests::lab::LabCluster;
+
+/// An agent running in-process; stops when dropped.
+struct Agent {
+    url: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<vault_dr_agent::Result<()>>>,
+}
+
+impl Agent {
+    async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(vault_dr_agent::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self {
+            url,
+            http,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn report(&self) -> Option<Report> {
+        let r = self
+            .http
+            .get(format!("{}/v1/report", self.url))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Polls `/v1/report` until `pred` holds; panics with the last report after `timeout`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Report) -> bool,
+    ) -> Report {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Some(r) = self.report().await {
+                if pred(&r) {
+                    return r;
+                }
+                last = Some(r);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not report {what} within {timeout:?}; last report: {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {series} not found in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
+    let mut clusters = LabCluster::start_group_with(&["agent-life"], true, None)
+        .await
+        .unwrap_or_else(|e| panic!("lab start failed (run scripts/setup.sh?): {e}"));
+    let mut cluster = clusters.remove(0);
+    let node = &cluster.nodes()[0];
+    let mut config = Config::minimal("agent-life", node.name(), cluster.api_addr().clone());
+    config.interval = Duration::from_millis(200);
+    config.vault.token = Some(cluster.root_token().clone());
+    config.vault_pid_file = Some(node.pid_file().to_path_buf());
+    let agent = Agent::start(config).await;
+
+    // Active, with identity, raft indices, autopilot and real latency figures.
+    let r = agent
+        .wait_for(
+            "active with 5 latency samples",
+            Duration::from_secs(20),
+            |r| r.vault.state == NodeState::Active && r.vault.latency.samples >= 5,
+        )
+        .await;
+    assert_eq!(r.vault.version.as_deref(), Some("2.7.2"));
+    assert!(r.vault.cluster_id.is_some(), "{r:#?}");
+    assert!(r.vault.cluster_name.is_some());
+    assert!(r.vault.raft_applied_index.is_some_and(|i| i > 0), "{r:#?}");
+    assert!(r.vault.raft_commit_index.is_some());
+    assert!(
+        r.vault.autopilot_healthy.is_some(),
+        "the root token may read autopilot state: {r:#?}"
+    );
+    let l = r.vault.latency;
+    assert!(
+        l.p50_ms > 0.0 && l.p99_ms >= l.p50_ms && l.p99_ms < 1000.0,
+        "{l:?}"
+    );
+    assert_eq!(l.error_ratio, 0.0);
+    println!(
+        "latency against a live OpenBao: p50 {:.3} ms, p99 {:.3} ms over {} probes",
+        l.p50_ms, l.p99_ms, l.samples
+    );
+    assert_eq!(
+        r.replication.mode,
+        ReplicationMode::None,
+        "OpenBao's 404 is mode none"
+    );
+    assert_eq!(r.replication.last_error, None, "404 is not an error");
+    assert_eq!(r.host.source, HostSource::Process, "{:?}", r.host);
+    assert!(
+        r.host.memory_used_bytes > 10 << 20,
+        "bao's RSS is tens of MiB: {:?}",
+        r.host
+    );
+    let m = agent.metrics().await;
+    assert_eq!(
+        metric(&m, "vault_dr_agent_node_state{state=\"active\"}"),
+        1.0
+    );
+    assert_eq!(metric(&m, "vault_dr_agent_up"), 1.0);
+    assert!(metric(&m, "vault_dr_agent_probe_duration_seconds_count") >= 5.0);
+    assert!(metric(&m, "vault_dr_agent_memory_bytes") > 0.0);
+
+    // Writes raise the raft applied index.
+    let before = r.vault.raft_applied_index.unwrap();
+    for i in 0..10 {
+        cluster
+            .kv_put(&format!("agent/k{i}"), &serde_json::json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    let r = agent
+        .wait_for("a higher applied index", Duration::from_secs(10), |r| {
+            r.vault.raft_applied_index.is_some_and(|i| i >= before + 10)
+        })
+        .await;
+    println!(
+        "raft applied index {before} -> {:?} after 10 writes",
+        r.vault.raft_applied_index
+    );
+    assert!(
+        metric(&agent.metrics().await, "vault_dr_agent_raft_applied_index") >= (before + 10) as f64
+    );
+
+    // PUT sys/seal -> sealed.
+    let seal = cluster
+        .client()
+        .put(cluster.api_addr().join("v1/sys/seal").unwrap())
+        .header("X-Vault-Token", cluster.root_token().expose())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        seal.status().is_success(),
+        "sys/seal answered {}",
+        seal.status()
+    );
+    let r = agent
+        .wait_for("sealed", Duration::from_secs(10), |r| {
+            r.vault.state == NodeState::Sealed
+        })
+        .await;
+    assert!(
+        r.vault.last_probe_ms.is_some(),
+        "a sealed node still answers"
+    );
+    assert_eq!(
+        r.vault.raft_applied_index, None,
+        "no raft figures from a sealed node"
+    );
+
+    // SIGKILL -> unreachable, with failures in the error ratio.
+    cluster.nodes_mut()[0].kill();
+    let r = agent
+        .wait_for("unreachable", Duration::from_secs(10), |r| {
+            r.vault.state == NodeState::Unreachable
+        })
+        .await;
+    assert_eq!(r.vault.last_probe_ms, None);
+    assert_eq!(r.vault.last_error.as_deref(), Some("connect"));
+    let m = agent.metrics().await;
+    assert_eq!(metric(&m, "vault_dr_agent_up"), 0.0);
+    assert_eq!(
+        metric(&m, "vault_dr_agent_node_state{state=\"unreachable\"}"),
+        1.0
+    );
+    let r = agent
+        .wait_for(
+            "a failed probe in the window",
+            Duration::from_secs(5),
+            |r| r.vault.latency.error_ratio > 0.0,
+        )
+        .await;
+    assert!(r.vault.latency.error_ratio < 1.0);
+
+    // Restart: the static seal unseals it, the agent sees it active again with the new pid.
+    cluster.nodes_mut()[0].restart().await.unwrap();
+    let r = agent
+        .wait_for("active again", Duration::from_secs(20), |r| {
+            r.vault.state == NodeState::Active
+        })
+        .await;
+    assert!(
+        r.vault.raft_applied_index.is_some_and(|i| i >= before + 10),
+        "{r:#?}"
+    );
+    agent
+        .wait_for("the new process's figures", Duration::from_secs(5), |r| {
+            r.host.source == HostSource::Process
+        })
+        .await;
+    agent.shutdown().await;
+}
