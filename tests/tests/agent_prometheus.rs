@@ -29,7 +29,7 @@ async fn prometheus_scrapes_the_agent_and_answers_a_query() {
         cluster.api_addr().clone(),
     );
     config.interval = Duration::from_millis(500);
-    config.vault_pid_file = Some(cluster.nodes()[0].pid_file().to_path_buf());
+    // No pid file: the agent finds the `bao` process by name.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -67,6 +67,20 @@ async fn prometheus_scrapes_the_agent_and_answers_a_query() {
     assert!(first_value(&count).is_some_and(|c| c >= 1.0), "{count}");
     let mem = prom.query("vault_dr_agent_memory_bytes").await.unwrap();
     assert!(first_value(&mem).is_some_and(|b| b > 0.0), "{mem}");
+
+    // Found by name, the figures are a process's, not the host's.
+    let report: serde_json::Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{target}/v1/report"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["host"]["source"], "process", "{report}");
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), agent)
