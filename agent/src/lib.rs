@@ -19,7 +19,7 @@ pub mod vault;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,9 +76,25 @@ pub async fn run(
         shared: shared.clone(),
         registry,
     });
-    let served = axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await;
+        .into_future();
+    // The loops never end on their own; if one does (a panic), /healthz turns 503 so that the
+    // orchestrator restarts the agent, while /metrics stays up for diagnosis.
+    let watch = async {
+        if let Some(ended) = tasks.join_next().await {
+            match ended {
+                Err(e) if e.is_panic() => tracing::error!("a probe or report loop panicked"),
+                _ => tracing::error!("a probe or report loop ended"),
+            }
+            shared.set_running(false);
+        }
+        std::future::pending::<()>().await;
+    };
+    let served = tokio::select! {
+        r = server => r,
+        () = watch => Ok(()),
+    };
     shared.set_running(false);
     tasks.shutdown().await;
     tracing::info!("agent stopped");
