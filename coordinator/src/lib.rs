@@ -3,13 +3,131 @@
 //! (`status`, `explain`, `history`, `bench`) and the local lab of real OpenBao processes that the
 //! drill and the tests share.
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod coordination;
 pub mod error;
 pub mod failover;
 pub mod lab;
+pub mod leader;
+pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod topology;
 pub mod vault;
 pub mod view;
+
+use crate::api::Service;
+use crate::config::{Config, CoordinationConfig, StoreConfig};
+use crate::coordination::Coordination;
+use crate::coordination::local::LocalCoordination;
+pub use crate::error::{Error, Result};
+use crate::failover::actions::{Actions, NoTrafficSwitch};
+use crate::failover::executor::Executor;
+use crate::failover::openbao::{CanaryVerifier, DesiredStateReplication, SealFencer};
+use crate::leader::Leader;
+use crate::store::Store;
+use crate::store::buffered::BufferedStore;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Opens the configured store behind the write buffer.
+async fn open_store(config: &Config, registry: &prometheus::Registry) -> Result<Arc<dyn Store>> {
+    let retention = config.policy.report_retention;
+    let inner: Arc<dyn Store> = match &config.store {
+        StoreConfig::Embedded { path } => {
+            Arc::new(store::embedded::EmbeddedStore::open(path, retention)?)
+        }
+        StoreConfig::Mongo { uri, database } => {
+            Arc::new(store::mongo::MongoStore::connect(uri.expose(), database, retention).await?)
+        }
+    };
+    let buffered: Arc<dyn Store> = BufferedStore::new(inner, config.store_buffer, registry)
+        .map_err(|e| Error::Store(store::StoreError::Unavailable(e.to_string())))?;
+    // With MongoDB down at start-up the buffer retries init in the background.
+    if let Err(e) = buffered.init().await {
+        tracing::warn!("store not ready yet: {e}");
+    }
+    Ok(buffered)
+}
+
+/// Runs the coordinator on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let config = Arc::new(config);
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::new(&registry)?;
+    let store = open_store(&config, &registry).await?;
+    let coordination: Arc<dyn Coordination> = match &config.coordination {
+        CoordinationConfig::Local {
+            path,
+            lease_duration,
+            ..
+        } => Arc::new(LocalCoordination::new(
+            path,
+            config.id.clone(),
+            *lease_duration,
+        )),
+        CoordinationConfig::Kubernetes { .. } => {
+            return Err(Error::Coordination(
+                coordination::CoordinationError::Unavailable(
+                    "the kubernetes backend is not wired into this build yet".into(),
+                ),
+            ));
+        }
+    };
+    let state = Arc::new(state::State::default());
+    let vault = vault::VaultClient::new(config.policy.probe_timeout, config.vault_token.clone())?;
+    let action_client = vault::VaultClient::new(
+        std::time::Duration::from_secs(5),
+        config.vault_token.clone(),
+    )?;
+    let actions = Actions {
+        fencer: Arc::new(SealFencer {
+            vault: action_client.clone(),
+        }),
+        replication: Arc::new(DesiredStateReplication {
+            state: state.clone(),
+            report_ttl: config.policy.report_ttl,
+            promote_timeout: leader::PROMOTE_TIMEOUT,
+            repoint_timeout: config.policy.report_ttl * 2,
+        }),
+        traffic: Arc::new(NoTrafficSwitch),
+        verifier: Arc::new(CanaryVerifier {
+            vault: action_client,
+        }),
+    };
+    let executor = Executor::new(
+        config.id.clone(),
+        coordination.clone(),
+        store.clone(),
+        actions,
+        config.clusters.clone(),
+    )
+    .with_hook(Arc::new(metrics.clone()));
+    let service = Service {
+        config: config.clone(),
+        state,
+        store,
+        coordination,
+        metrics,
+        registry,
+    };
+    let leader = Leader::new(service.clone(), executor, vault);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loops = tokio::spawn(leader.run(stop_rx));
+    tracing::info!(id = %config.id, addr = %listener.local_addr()?, "coordinator listening");
+    let app = api::router(service);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    let _ = loops.await;
+    Ok(())
+}

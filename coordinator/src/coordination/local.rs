@@ -120,6 +120,16 @@ fn locked_update<T>(
     Ok(out)
 }
 
+impl LocalCoordination {
+    /// Makes this replica believe it leads for `d` without touching the shared lease: the
+    /// split-brain situation (a paused process resumed after its lease expired) that the
+    /// topology CAS must make harmless.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn force_leader_for_tests(&self, d: Duration) {
+        *self.leader_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + d);
+    }
+}
+
 #[async_trait]
 impl Coordination for LocalCoordination {
     async fn try_acquire_or_renew(&self) -> Result<bool> {

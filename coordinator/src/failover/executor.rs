@@ -1,1 +1,642 @@
-//! The journaled failover executor.
+//! The journaled failover executor:
+//! `Decided -> Fenced -> Promoted -> Repointed -> Switched -> Verified -> Done`.
+//!
+//! - [`Executor::begin`] raises the term by compare-and-swap on the topology *before* any side
+//!   effect; if the CAS fails (another coordinator got there first) nothing happens at all.
+//! - [`Executor::resume`] runs the remaining steps. The topology (in the coordination backend)
+//!   records the last completed step, so a new leader resumes from there; the store journal gets
+//!   each step written before it runs and again when it finished, one entry per step.
+//! - Before every attempt the executor checks that it still holds the lease, and every step's
+//!   completion is itself a CAS: a coordinator that lost leadership stops at its next write.
+
+use crate::config::ClusterConfig;
+use crate::coordination::{Coordination, CoordinationError};
+use crate::failover::actions::{ActionError, Actions};
+use crate::failover::scorer::CandidateTable;
+use crate::failover::{FailoverRecord, FailoverStatus, Step, StepRecord};
+use crate::store::Store;
+use crate::topology::{FailoverInProgress, Topology, Versioned};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the executor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// This coordinator no longer holds the lease; another one will resume.
+    #[error("not the leader any more; stopping before the next side effect")]
+    NotLeader,
+    /// Another coordinator changed the topology first; it owns the failover now.
+    #[error("topology changed under us: {0}")]
+    Conflict(String),
+    /// The coordination backend failed.
+    #[error("coordination backend: {0}")]
+    Coordination(#[source] CoordinationError),
+    /// The topology names a cluster the configuration does not know.
+    #[error("cluster {0:?} is not in the configuration")]
+    UnknownCluster(String),
+    /// A failover is already in progress, or the term moved since the decision.
+    #[error("cannot begin a failover: {0}")]
+    Refused(String),
+}
+
+impl From<CoordinationError> for ExecError {
+    fn from(e: CoordinationError) -> Self {
+        match e {
+            CoordinationError::Conflict { .. } => Self::Conflict(e.to_string()),
+            other => Self::Coordination(other),
+        }
+    }
+}
+
+/// Receives step events, for metrics and Kubernetes Events.
+pub trait StepHook: Send + Sync + std::fmt::Debug {
+    /// `step` of `record` was written to the journal and is about to run.
+    fn started(&self, record: &FailoverRecord, step: Step);
+    /// `step` of `record` finished (`error` set when it finished by giving up).
+    fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>);
+}
+
+/// How often a step is tried before the executor moves on (or never gives up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempts {
+    /// Retry until it succeeds (or leadership is lost).
+    Forever,
+    /// Give up after this many attempts, record the error, and continue with the next step.
+    AtMost(u32),
+}
+
+/// Retry behaviour of the executor.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// First back-off.
+    pub initial: Duration,
+    /// Longest back-off.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How many attempts each step gets. Fencing, re-pointing and the canary must not hold a
+/// failover hostage (the term already fences a returning primary); promotion and the traffic
+/// switch are what clients need, so they are retried for as long as we lead.
+pub fn attempts(step: Step) -> Attempts {
+    match step {
+        Step::Fenced => Attempts::AtMost(3),
+        Step::Repointed => Attempts::AtMost(5),
+        Step::Verified => Attempts::AtMost(10),
+        _ => Attempts::Forever,
+    }
+}
+
+/// Carries out failovers.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    id: String,
+    coordination: Arc<dyn Coordination>,
+    store: Arc<dyn Store>,
+    actions: Actions,
+    clusters: Vec<ClusterConfig>,
+    retry: RetryPolicy,
+    hook: Option<Arc<dyn StepHook>>,
+}
+
+impl Executor {
+    /// An executor acting as coordinator `id`.
+    pub fn new(
+        id: impl Into<String>,
+        coordination: Arc<dyn Coordination>,
+        store: Arc<dyn Store>,
+        actions: Actions,
+        clusters: Vec<ClusterConfig>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            coordination,
+            store,
+            actions,
+            clusters,
+            retry: RetryPolicy::default(),
+            hook: None,
+        }
+    }
+
+    /// Uses `retry` instead of the default back-off.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Reports step events to `hook`.
+    pub fn with_hook(mut self, hook: Arc<dyn StepHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    fn cluster(&self, name: &str) -> Result<&ClusterConfig, ExecError> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ExecError::UnknownCluster(name.to_owned()))
+    }
+
+    /// Raises the term from `current` by compare-and-swap and journals the decision. No side
+    /// effect happens before the CAS succeeds; on conflict nothing happens at all.
+    pub async fn begin(
+        &self,
+        current: &Versioned<Topology>,
+        to: &str,
+        reason: &str,
+        table: CandidateTable,
+        planned: bool,
+    ) -> Result<FailoverRecord, ExecError> {
+        if !self.coordination.is_leader() {
+            return Err(ExecError::NotLeader);
+        }
+        if let Some(f) = &current.value.failover {
+            return Err(ExecError::Refused(format!(
+                "failover {} is in progress",
+                f.id
+            )));
+        }
+        let from = current.value.primary.clone();
+        if from == to {
+            return Err(ExecError::Refused(format!("{to} is already the primary")));
+        }
+        self.cluster(to)?;
+        self.cluster(&from)?;
+        let term = current.value.term + 1;
+        let id = FailoverRecord::id_for(term, &from, to);
+        let next = Topology {
+            primary: from.clone(),
+            term,
+            failover: Some(FailoverInProgress {
+                id: id.clone(),
+                from: from.clone(),
+                to: to.to_owned(),
+                completed: Step::Decided,
+                planned,
+            }),
+            last_failover_at: current.value.last_failover_at,
+        };
+        // The fencing point: only one coordinator can move the topology off this version.
+        self.coordination
+            .write_topology(&next, Some(&current.version))
+            .await?;
+        let now = Utc::now();
+        let record = FailoverRecord {
+            id,
+            term,
+            from,
+            to: to.to_owned(),
+            planned,
+            reason: reason.to_owned(),
+            decided_at: now,
+            table,
+            steps: vec![StepRecord {
+                step: Step::Decided,
+                started_at: now,
+                finished_at: Some(now),
+                by: self.id.clone(),
+                detail: format!("term raised to {term}; {reason}"),
+                error: None,
+            }],
+            status: FailoverStatus::InProgress,
+        };
+        self.journal(&record).await;
+        tracing::info!(failover = %record.id, "decided: fail over {} -> {} in term {term}", record.from, record.to);
+        Ok(record)
+    }
+
+    /// Runs the remaining steps of the failover the topology says is in progress, each exactly
+    /// once. Returns the finished record, or `None` when no failover is in progress.
+    pub async fn resume(&self) -> Result<Option<FailoverRecord>, ExecError> {
+        loop {
+            if !self.coordination.is_leader() {
+                return Err(ExecError::NotLeader);
+            }
+            let Some(current) = self.coordination.read_topology().await? else {
+                return Ok(None);
+            };
+            let Some(f) = current.value.failover.clone() else {
+                return Ok(None);
+            };
+            let mut record = self.load_record(&current.value, &f).await;
+            let Some(step) = f.completed.next() else {
+                return Ok(Some(record));
+            };
+            self.start_step(&mut record, step).await;
+            let started = std::time::Instant::now();
+            let outcome = self.run_step(&current.value, &f, step).await?;
+            let error = outcome.as_ref().err().map(|e| e.0.clone());
+            let detail = match &outcome {
+                Ok(detail) => detail.clone(),
+                Err(e) => format!("gave up after {:?}: {e}; continuing", attempts(step)),
+            };
+            // The step's completion is a CAS: if another coordinator moved the topology, we stop.
+            let mut next = current.value.clone();
+            if step == Step::Done {
+                next.primary = f.to.clone();
+                next.failover = None;
+                next.last_failover_at = Some(Utc::now());
+            } else if let Some(nf) = next.failover.as_mut() {
+                nf.completed = step;
+            }
+            if !self.coordination.is_leader() {
+                return Err(ExecError::NotLeader);
+            }
+            self.coordination
+                .write_topology(&next, Some(&current.version))
+                .await?;
+            self.finish_step(&mut record, step, detail, error, started.elapsed())
+                .await;
+            if step == Step::Done {
+                tracing::info!(failover = %record.id, "done: {} is primary in term {}", record.to, record.term);
+                return Ok(Some(record));
+            }
+        }
+    }
+
+    async fn load_record(&self, topology: &Topology, f: &FailoverInProgress) -> FailoverRecord {
+        match self.store.failover(&f.id).await {
+            Ok(Some(r)) => r,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(failover = %f.id, "journal unreadable ({e}); continuing from the topology");
+                }
+                // The topology is authoritative; the journal is rebuilt from what it says.
+                FailoverRecord {
+                    id: f.id.clone(),
+                    term: topology.term,
+                    from: f.from.clone(),
+                    to: f.to.clone(),
+                    planned: f.planned,
+                    reason: "resumed from the topology; the decision's journal entry was not found"
+                        .into(),
+                    decided_at: Utc::now(),
+                    table: CandidateTable {
+                        at: Utc::now(),
+                        candidates: Vec::new(),
+                        winner: None,
+                    },
+                    steps: Vec::new(),
+                    status: FailoverStatus::InProgress,
+                }
+            }
+        }
+    }
+
+    async fn start_step(&self, record: &mut FailoverRecord, step: Step) {
+        let now = Utc::now();
+        match record.steps.iter_mut().find(|s| s.step == step) {
+            // A previous leader wrote it and died before finishing: take it over, keep one entry.
+            Some(s) => {
+                s.detail = format!("resumed by {} after {} stopped", self.id, s.by);
+                s.by = self.id.clone();
+            }
+            None => record.steps.push(StepRecord {
+                step,
+                started_at: now,
+                finished_at: None,
+                by: self.id.clone(),
+                detail: "running".into(),
+                error: None,
+            }),
+        }
+        self.journal(record).await;
+        if let Some(h) = &self.hook {
+            h.started(record, step);
+        }
+    }
+
+    async fn finish_step(
+        &self,
+        record: &mut FailoverRecord,
+        step: Step,
+        detail: String,
+        error: Option<String>,
+        elapsed: Duration,
+    ) {
+        if let Some(s) = record.steps.iter_mut().find(|s| s.step == step) {
+            s.finished_at = Some(Utc::now());
+            s.detail = detail;
+            s.error = error.clone();
+        }
+        if step == Step::Done {
+            record.status = FailoverStatus::Done;
+        }
+        self.journal(record).await;
+        tracing::info!(failover = %record.id, step = %step, "step {step} finished in {:.2} s", elapsed.as_secs_f64());
+        if let Some(h) = &self.hook {
+            h.finished(record, step, elapsed.as_secs_f64(), error.as_deref());
+        }
+    }
+
+    async fn journal(&self, record: &FailoverRecord) {
+        // The buffered store never blocks; a direct store error is logged, never fatal: the
+        // topology carries what a resume needs.
+        if let Err(e) = self.store.put_failover(record).await {
+            tracing::warn!(failover = %record.id, "journal write failed: {e}");
+        }
+    }
+
+    async fn run_step(
+        &self,
+        topology: &Topology,
+        f: &FailoverInProgress,
+        step: Step,
+    ) -> Result<Result<String, ActionError>, ExecError> {
+        let term = topology.term;
+        let mut backoff = self.retry.initial;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if !self.coordination.is_leader() {
+                return Err(ExecError::NotLeader);
+            }
+            let result = match step {
+                Step::Decided => Ok("decided".to_owned()),
+                Step::Fenced => {
+                    self.actions
+                        .fencer
+                        .fence(self.cluster(&f.from)?, term)
+                        .await
+                }
+                Step::Promoted => {
+                    self.actions
+                        .replication
+                        .promote(self.cluster(&f.to)?, term)
+                        .await
+                }
+                Step::Repointed => {
+                    let others: Vec<ClusterConfig> = self
+                        .clusters
+                        .iter()
+                        .filter(|c| c.name != f.to && c.name != f.from)
+                        .cloned()
+                        .collect();
+                    self.actions
+                        .replication
+                        .repoint(&others, self.cluster(&f.to)?, term)
+                        .await
+                }
+                Step::Switched => {
+                    self.actions
+                        .traffic
+                        .switch(self.cluster(&f.to)?, term)
+                        .await
+                }
+                Step::Verified => {
+                    self.actions
+                        .verifier
+                        .verify(self.cluster(&f.to)?, term)
+                        .await
+                }
+                Step::Done => Ok(format!("{} is primary in term {term}", f.to)),
+            };
+            match (result, attempts(step)) {
+                (Ok(detail), _) => return Ok(Ok(detail)),
+                (Err(e), Attempts::AtMost(n)) if attempt >= n => return Ok(Err(e)),
+                (Err(e), _) => {
+                    tracing::warn!(failover = %f.id, step = %step, attempt, "step {step} failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordination::local::LocalCoordination;
+    use crate::failover::actions::test_util::Recorder;
+    use crate::store::embedded::EmbeddedStore;
+    use std::collections::BTreeMap;
+
+    fn cluster(name: &str) -> ClusterConfig {
+        ClusterConfig {
+            name: name.into(),
+            api_addrs: vec![url::Url::parse("http://127.0.0.1:9").unwrap()],
+            nodes: vec![format!("{name}-0")],
+            priority: 0,
+            excluded: false,
+            selector: BTreeMap::new(),
+        }
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        coordination: Arc<LocalCoordination>,
+        store: Arc<dyn Store>,
+        recorder: Arc<Recorder>,
+        path: std::path::PathBuf,
+    }
+
+    async fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coord.json");
+        let coordination = Arc::new(LocalCoordination::new(&path, "a", Duration::from_secs(30)));
+        assert!(coordination.try_acquire_or_renew().await.unwrap());
+        coordination
+            .write_topology(&Topology::initial("dc1"), None)
+            .await
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            EmbeddedStore::open(&dir.path().join("s.sqlite"), Duration::from_secs(60)).unwrap(),
+        );
+        store.init().await.unwrap();
+        Rig {
+            _dir: dir,
+            coordination,
+            store,
+            recorder: Recorder::new(),
+            path,
+        }
+    }
+
+    fn executor(r: &Rig, id: &str, coordination: Arc<dyn Coordination>) -> Executor {
+        Executor::new(
+            id,
+            coordination,
+            r.store.clone(),
+            r.recorder.actions(),
+            vec![cluster("dc1"), cluster("dc2"), cluster("dc3")],
+        )
+        .with_retry(RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        })
+    }
+
+    fn table() -> CandidateTable {
+        CandidateTable {
+            at: Utc::now(),
+            candidates: Vec::new(),
+            winner: Some("dc2".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failover_runs_every_step_once_in_order_and_raises_the_term_once() {
+        let r = rig().await;
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        let rec = e
+            .begin(&current, "dc2", "primary dc1 down", table(), false)
+            .await
+            .unwrap();
+        assert_eq!(rec.term, 2);
+        let done = e.resume().await.unwrap().unwrap();
+        assert_eq!(
+            r.recorder.calls(),
+            [
+                "fence dc1 2",
+                "promote dc2 2",
+                "repoint dc3->dc2 2",
+                "switch dc2 2",
+                "verify dc2 2"
+            ]
+        );
+        let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
+        assert_eq!(steps, Step::ALL);
+        assert_eq!(done.status, FailoverStatus::Done);
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        assert_eq!(
+            (t.primary.as_str(), t.term, t.failover.is_none()),
+            ("dc2", 2, true)
+        );
+        assert!(t.last_failover_at.is_some());
+        let stored = r.store.failover(&done.id).await.unwrap().unwrap();
+        assert_eq!(stored, done);
+        assert_eq!(e.resume().await.unwrap(), None, "nothing left to do");
+    }
+
+    #[tokio::test]
+    async fn a_second_coordinator_with_the_same_stale_topology_does_nothing() {
+        let r = rig().await;
+        let a = executor(&r, "a", r.coordination.clone());
+        // b believes it leads too (a paused process, an unconditioned lease patch).
+        let b_coord = Arc::new(LocalCoordination::new(
+            &r.path,
+            "b",
+            Duration::from_secs(30),
+        ));
+        b_coord.force_leader_for_tests(Duration::from_secs(30));
+        let b = executor(&r, "b", b_coord);
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        a.begin(&current, "dc2", "down", table(), false)
+            .await
+            .unwrap();
+        let err = b
+            .begin(&current, "dc3", "down", table(), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Conflict(_)), "{err}");
+        assert!(
+            r.recorder.calls().is_empty(),
+            "no side effect before or after a lost CAS"
+        );
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        assert_eq!(t.term, 2);
+        assert_eq!(t.failover.unwrap().to, "dc2");
+        assert_eq!(r.store.failovers(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_resumes_after_fenced_without_fencing_again() {
+        let r = rig().await;
+        let a = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        a.begin(&current, "dc2", "down", table(), false)
+            .await
+            .unwrap();
+        // a fences, then dies before promoting: simulate by running Fenced alone.
+        r.recorder.fail("promote", 1_000_000);
+        let run = tokio::spawn({
+            let a = a.clone();
+            async move { a.resume().await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        run.abort();
+        // a's lease is gone; b takes over.
+        r.coordination.release().await.unwrap();
+        r.recorder.fail("promote", 0);
+        let b_coord = Arc::new(LocalCoordination::new(
+            &r.path,
+            "b",
+            Duration::from_secs(30),
+        ));
+        assert!(b_coord.try_acquire_or_renew().await.unwrap());
+        let b = executor(&r, "b", b_coord);
+        let done = b.resume().await.unwrap().unwrap();
+        let calls = r.recorder.calls();
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("fence")).count(),
+            1,
+            "{calls:?}"
+        );
+        assert_eq!(
+            done.steps.len(),
+            Step::ALL.len(),
+            "one journal entry per step"
+        );
+        let promoted = done.step(Step::Promoted).unwrap();
+        assert_eq!(promoted.by, "b");
+        assert_eq!(done.step(Step::Fenced).unwrap().by, "a");
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_that_is_not_leader_performs_nothing() {
+        let r = rig().await;
+        r.coordination.release().await.unwrap();
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        assert!(matches!(
+            e.begin(&current, "dc2", "down", table(), false).await,
+            Err(ExecError::NotLeader)
+        ));
+        assert!(r.recorder.calls().is_empty());
+        assert_eq!(
+            r.coordination
+                .read_topology()
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .term,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fence_that_keeps_failing_does_not_hold_the_failover_hostage() {
+        let r = rig().await;
+        r.recorder.fail("fence", 100);
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        e.begin(&current, "dc2", "down", table(), false)
+            .await
+            .unwrap();
+        let done = e.resume().await.unwrap().unwrap();
+        let fenced = done.step(Step::Fenced).unwrap();
+        assert!(fenced.error.is_some());
+        assert_eq!(
+            r.recorder
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("fence"))
+                .count(),
+            3
+        );
+        assert_eq!(done.status, FailoverStatus::Done);
+    }
+}

@@ -7,6 +7,8 @@ pub mod actions;
 pub mod detector;
 pub mod executor;
 pub mod journal;
+pub mod openbao;
+
 pub mod scorer;
 
 pub use journal::{FailoverRecord, FailoverStatus, Step, StepRecord};

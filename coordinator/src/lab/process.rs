@@ -282,7 +282,8 @@ mod tests {
         while state(g.pid()) == "T" && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(state(g.pid()), "S");
+        // Running or sleeping, never stopped again (R or S depending on the scheduler).
+        assert_ne!(state(g.pid()), "T");
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! `vault-dr bench`: benchmarks that print figures (never timed assertions).
+//!
+//! - `bench scorer`: the scorer over N candidates.
+//! - `bench ingest`: N simulated agents each reporting once a second into one coordinator
+//!   process (a child of this one, so its CPU is measured alone): handling latency and CPU.
+
+use crate::failover::scorer;
+use chrono::Utc;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use vault_dr_common::{
+    HostStats, LatencySummary, NodeState, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
+};
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// The scorer over N candidates (goal: at most 5 ms for 1,000).
+    Scorer {
+        /// Candidates per run.
+        #[arg(long, default_value_t = 1000)]
+        candidates: usize,
+        /// Runs.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+    },
+    /// N agents reporting once a second into one coordinator (goal: p99 at most 20 ms).
+    Ingest {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Measured seconds (after a 3 s warm-up).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+/// Runs a benchmark, prints its figures, returns the exit code.
+pub async fn main(cmd: BenchCommand) -> i32 {
+    let result = match cmd {
+        BenchCommand::Scorer {
+            candidates,
+            iterations,
+        } => {
+            let f = scorer::bench(candidates, iterations);
+            println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+            Ok(())
+        }
+        BenchCommand::Ingest { agents, seconds } => ingest(agents, seconds).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            vault_dr_common::exit::SOFTWARE
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// utime+stime of a process, in seconds, and its RSS in bytes.
+fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((cpu, rss_kib * 1024))
+}
+
+fn write_config(dir: &Path, port: u16, agents: usize) -> std::io::Result<()> {
+    std::fs::write(dir.join("token"), "bench-token\n")?;
+    let clusters = 4;
+    let per = agents.div_ceil(clusters);
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\nid = \"bench\"\ntoken_file = \"token\"\n[store]\npath = \"store.sqlite\"\n\
+         [coordination]\npath = \"coordination.json\"\n[policy]\nprobe_interval = \"1s\"\n"
+    );
+    for c in 0..clusters {
+        let nodes: Vec<String> = (0..per).map(|n| format!("\"c{c}-{n}\"")).collect();
+        text.push_str(&format!(
+            "[[clusters]]\nname = \"c{c}\"\nrole = \"{}\"\napi_addrs = [\"http://127.0.0.1:9\"]\nnodes = [{}]\n",
+            if c == 0 { "primary" } else { "secondary" },
+            nodes.join(", ")
+        ));
+    }
+    std::fs::write(dir.join("config.toml"), text)
+}
+
+fn report(cluster: usize, node: usize, seq: u64, started: chrono::DateTime<Utc>) -> Report {
+    Report {
+        schema_version: SCHEMA_VERSION,
+        cluster: format!("c{cluster}"),
+        node: format!("c{cluster}-{node}"),
+        seq,
+        agent_started_at: started,
+        sent_at: Utc::now(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        vault: VaultStatus {
+            state: if node == 0 {
+                NodeState::Active
+            } else {
+                NodeState::Standby
+            },
+            last_probe_ms: Some(1.2),
+            latency: LatencySummary {
+                samples: 60,
+                p50_ms: 1.1,
+                p99_ms: 3.4,
+                error_ratio: 0.0,
+            },
+            version: Some("2.7.2".into()),
+            cluster_id: Some(format!("id-{cluster}")),
+            cluster_name: Some(format!("c{cluster}")),
+            raft_applied_index: Some(1000 + seq),
+            raft_commit_index: Some(1000 + seq),
+            autopilot_healthy: Some(true),
+            last_error: None,
+        },
+        host: HostStats {
+            cpu_usage_cores: 0.1,
+            cpu_seconds_total: seq as f64,
+            memory_used_bytes: 200 << 20,
+            memory_limit_bytes: Some(1 << 30),
+            ..HostStats::default()
+        },
+        replication: ReplicationStatus::default(),
+        primary_probe: None,
+        seen_term: 1,
+    }
+}
+
+async fn ingest(agents: usize, seconds: u64) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    write_config(dir.path(), port, agents).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log =
+        std::fs::File::create(dir.path().join("coordinator.log")).map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("coordinator")
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the coordinator: {e}"))?;
+    let pid = child.id().ok_or("coordinator exited at once")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(256)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if Instant::now() > ready_by {
+            return Err("the coordinator did not become leader within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let per = agents.div_ceil(4);
+    let warmup = Duration::from_secs(3);
+    let total = warmup + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..agents {
+        let (http, url) = (http.clone(), format!("{base}/v1/reports"));
+        let (cluster, node) = (i / per, i % per);
+        tasks.push(tokio::spawn(async move {
+            // Spread the agents evenly over the second, like real ones started at random times.
+            tokio::time::sleep(Duration::from_secs_f64(i as f64 / agents as f64)).await;
+            let started = Utc::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let (mut lat, mut errors, mut seq) = (Vec::new(), 0u64, 0u64);
+            while start.elapsed() < total {
+                tick.tick().await;
+                seq += 1;
+                let body = report(cluster, node, seq, started);
+                let t = Instant::now();
+                let ok = http
+                    .post(&url)
+                    .bearer_auth("bench-token")
+                    .json(&body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if start.elapsed() >= warmup {
+                    if ok {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let (cpu0, _) = proc_usage(pid).ok_or("cannot read the coordinator's /proc")?;
+    let t0 = Instant::now();
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.map_err(|e| e.to_string())?;
+        lat.extend(l);
+        errors += e;
+    }
+    let (cpu1, rss) = proc_usage(pid).ok_or("cannot read the coordinator's /proc")?;
+    let wall = t0.elapsed().as_secs_f64();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = metrics.text().await.map_err(|e| e.to_string())?;
+    let _ = child.kill().await;
+    lat.sort_by(f64::total_cmp);
+    let server = server_histogram(&metrics);
+    let figures = serde_json::json!({
+        "agents": agents,
+        "measured_seconds": wall,
+        "reports": lat.len(),
+        "errors": errors,
+        "reports_per_second": lat.len() as f64 / wall,
+        "client_latency_ms": {
+            "p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(f64::NAN)
+        },
+        "server_handling_ms_p99_upper_bound": server,
+        "coordinator_cpu_percent_of_one_core": (cpu1 - cpu0) / wall * 100.0,
+        "coordinator_rss_mib": rss as f64 / 1048576.0,
+        "goal_p99_ms": 20.0,
+        "goal_met": percentile(&lat, 0.99) <= 20.0,
+        "note": "client and coordinator share this machine's cores; client latency includes the simulated agents' own scheduling"
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// Upper bound of the p99 of `vault_dr_coordinator_report_duration_seconds` from its buckets, in ms.
+fn server_histogram(text: &str) -> Option<f64> {
+    let mut buckets = Vec::new();
+    let mut count = None;
+    for line in text.lines() {
+        if let Some(rest) =
+            line.strip_prefix("vault_dr_coordinator_report_duration_seconds_bucket{le=\"")
+        {
+            let (le, v) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            buckets.push((le, v.trim().parse::<f64>().ok()?));
+        } else if let Some(v) =
+            line.strip_prefix("vault_dr_coordinator_report_duration_seconds_count ")
+        {
+            count = v.trim().parse::<f64>().ok();
+        }
+    }
+    let count = count?;
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= count * 0.99)
+        .map(|(le, _)| le * 1000.0)
+}

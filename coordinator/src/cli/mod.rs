@@ -1,0 +1,274 @@
+//! The operator's command line against a running coordinator's API: `status`, `explain`,
+//! `history`; and the `bench` commands.
+
+pub mod bench;
+pub mod explain;
+pub mod history;
+pub mod status;
+
+use crate::config::{Config, ProcessEnv};
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+use vault_dr_common::Secret;
+
+/// vault-dr: disaster recovery for Vault and OpenBao.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vault-dr", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Runs the coordinator service.
+    Coordinator(CoordinatorArgs),
+    /// Shows every cluster: role, state, lag, latency, CPU, memory, report age, eligibility.
+    Status(ApiArgs),
+    /// Shows the latest decision and its full candidate table.
+    Explain(ApiArgs),
+    /// Shows the failover journal.
+    History {
+        /// Shared flags.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// How many failovers, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Flags of `vault-dr coordinator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorArgs {
+    /// The DR group configuration (TOML). Environment overrides: see the README.
+    #[arg(long, env = "VAULT_DR_CONFIG")]
+    pub config: PathBuf,
+    /// Log one JSON object per line.
+    #[arg(long, env = "VAULT_DR_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Runs a subcommand and returns the process exit code.
+pub async fn main(command: Command) -> i32 {
+    use vault_dr_common::exit;
+    let printed = match command {
+        Command::Coordinator(args) => return run_coordinator(&args).await,
+        Command::Status(api) => status::run(&api).await,
+        Command::Explain(api) => explain::run(&api).await,
+        Command::History { api, limit } => history::run(&api, limit).await,
+        Command::Bench(b) => return bench::main(b).await,
+    };
+    match printed {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            0
+        }
+        Err(e @ CliError::Token { .. }) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+async fn run_coordinator(args: &CoordinatorArgs) -> i32 {
+    use vault_dr_common::exit;
+    let config = match Config::load(&args.config, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", config.listen);
+            return exit::UNAVAILABLE;
+        }
+    };
+    match crate::run(config, listener, vault_dr_common::shutdown::signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::SOFTWARE
+        }
+    }
+}
+
+/// How to reach the coordinator (flags shared by every API command).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Coordinator URL.
+    #[arg(long, env = "VAULT_DR_URL", default_value = "http://127.0.0.1:8300")]
+    pub url: Url,
+    /// File holding the coordinator's bearer token.
+    #[arg(long, env = "VAULT_DR_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output format of the API commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+/// Errors of the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The token file could not be read.
+    #[error("--token-file {path}: {message}")]
+    Token {
+        /// The path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The coordinator could not be reached.
+    #[error("cannot reach the coordinator at {url}: {message}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Transport error kind.
+        message: String,
+    },
+    /// The coordinator answered with an error.
+    #[error("the coordinator answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Its error message.
+        body: String,
+    },
+    /// The answer was not what this CLI understands.
+    #[error("unexpected answer from the coordinator: {0}")]
+    Decode(String),
+}
+
+/// A small authenticated client of the coordinator API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Secret,
+}
+
+impl Client {
+    /// Builds a client from the shared flags.
+    pub fn new(args: &ApiArgs) -> Result<Self, CliError> {
+        let text = std::fs::read_to_string(&args.token_file).map_err(|e| CliError::Token {
+            path: args.token_file.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let token = Secret::new(text);
+        if token.is_empty() {
+            return Err(CliError::Token {
+                path: args.token_file.display().to_string(),
+                message: "empty".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| CliError::Decode(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: args.url.clone(),
+            token,
+        })
+    }
+
+    /// `GET` a JSON document.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        let value = self.get_value(path).await?;
+        serde_json::from_value(value).map_err(|e| CliError::Decode(e.to_string()))
+    }
+
+    /// `GET` raw JSON.
+    pub async fn get_value(&self, path: &str) -> Result<serde_json::Value, CliError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| CliError::Decode(e.to_string()))?;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| CliError::Unreachable {
+                url: self.base.to_string(),
+                message: if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "connection failed".into()
+                },
+            })?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| CliError::Decode(format!("not JSON: {e}")))?;
+        if !status.is_success() {
+            return Err(CliError::Status {
+                status: status.as_u16(),
+                body: body["error"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+        Ok(body)
+    }
+}
+
+/// Formats an optional figure, `-` when absent.
+pub fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+/// Renders rows as an aligned text table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,104 @@
+//! `vault-dr status`: one line per cluster — role, state, lag, p99 latency, CPU, memory, report
+//! age, and whether it could be promoted (or why not).
+
+use super::{ApiArgs, CliError, Client, Output, opt, table};
+use crate::api::ClustersResponse;
+use crate::failover::scorer::Eligibility;
+use crate::view::NodeView;
+
+/// Fetches `/v1/clusters` and `/v1/topology` and renders them.
+pub async fn run(args: &ApiArgs) -> Result<String, CliError> {
+    let client = Client::new(args)?;
+    let clusters: serde_json::Value = client.get_value("v1/clusters").await?;
+    let topology: serde_json::Value = client.get_value("v1/topology").await?;
+    if args.output == Output::Json {
+        let doc = serde_json::json!({ "topology": topology, "clusters": clusters });
+        return serde_json::to_string_pretty(&doc).map_err(|e| CliError::Decode(e.to_string()));
+    }
+    let resp: ClustersResponse =
+        serde_json::from_value(clusters).map_err(|e| CliError::Decode(e.to_string()))?;
+    let topo: crate::api::TopologyResponse =
+        serde_json::from_value(topology).map_err(|e| CliError::Decode(e.to_string()))?;
+    Ok(render(&resp, &topo))
+}
+
+fn freshest(nodes: &[NodeView]) -> Option<&NodeView> {
+    nodes.iter().max_by_key(|n| n.received_at)
+}
+
+/// Renders the status table.
+pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> String {
+    let now = resp.view.at;
+    let mut rows = Vec::new();
+    for c in resp.view.clusters.values() {
+        let node = freshest(&c.nodes);
+        let r = node.map(|n| &n.report);
+        let state = match (r, &c.direct_probe) {
+            (Some(r), _) => r.vault.state.to_string(),
+            (None, Some(p)) => format!("{} (probe)", p.state),
+            (None, None) => "-".into(),
+        };
+        let eligible = resp
+            .decision
+            .as_ref()
+            .and_then(|d| d.table())
+            .and_then(|t| t.candidates.iter().find(|x| x.cluster == c.name))
+            .map(|cand| match &cand.eligibility {
+                Eligibility::Eligible => match cand.rank {
+                    Some(rank) => format!("yes (#{rank})"),
+                    None => "yes".into(),
+                },
+                Eligibility::Ineligible(why) => format!("no: {why}"),
+            })
+            .unwrap_or_else(|| "-".into());
+        rows.push(vec![
+            c.name.clone(),
+            c.role.to_string(),
+            state,
+            opt(r.and_then(|r| r.replication.lag_entries), |l| {
+                format!("{l} entries")
+            }) + &opt(r.and_then(|r| r.replication.lag_seconds), |s| {
+                format!(" / {s:.1} s")
+            })
+            .replace('-', ""),
+            opt(r.map(|r| r.vault.latency.p99_ms), |v| format!("{v:.1} ms")),
+            opt(r.map(|r| r.host.cpu_usage_cores), |v| {
+                format!("{v:.2} cores")
+            }),
+            opt(r.map(|r| r.host.memory_used_bytes), |v| {
+                format!("{} MiB", v >> 20)
+            }),
+            opt(node.map(|n| n.age_seconds(now)), |v| format!("{v:.1} s")),
+            eligible,
+        ]);
+    }
+    let t = &resp.view.topology;
+    let mut out = format!(
+        "primary {} · term {} · leader {}{}\n\n",
+        t.serving_primary(),
+        t.term,
+        topo.leader.as_deref().unwrap_or("none"),
+        t.failover
+            .as_ref()
+            .map(|f| format!(
+                " · failover {} -> {} in progress (last step {})",
+                f.from, f.to, f.completed
+            ))
+            .unwrap_or_default()
+    );
+    out.push_str(&table(
+        &[
+            "CLUSTER",
+            "ROLE",
+            "STATE",
+            "LAG",
+            "P99",
+            "CPU",
+            "MEMORY",
+            "REPORT AGE",
+            "ELIGIBLE",
+        ],
+        &rows,
+    ));
+    out
+}

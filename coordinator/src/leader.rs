@@ -1,0 +1,260 @@
+//! The leader loop: hold the lease, and on every tick probe every cluster, build the view, run
+//! the detector, record its decision as one sentence, and hand failovers to the executor.
+//!
+//! Only the leader probes, decides and acts. A replica that loses the lease stops at once: the
+//! executor checks leadership before every side effect and every step is a topology CAS.
+
+use crate::api::Service;
+use crate::coordination::CoordinationError;
+use crate::failover::detector::{self, Decision, DecisionRecord, Phase};
+use crate::failover::executor::{ExecError, Executor};
+use crate::topology::{Topology, Versioned};
+use crate::vault::VaultClient;
+use chrono::Utc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, watch};
+
+/// The leader's loops and their state.
+#[derive(Debug)]
+pub struct Leader {
+    service: Service,
+    executor: Executor,
+    vault: VaultClient,
+    phase: Mutex<Phase>,
+    executing: Arc<AtomicBool>,
+}
+
+impl Leader {
+    /// Builds the loops (they start with [`Leader::run`]).
+    pub fn new(service: Service, executor: Executor, vault: VaultClient) -> Arc<Self> {
+        Arc::new(Self {
+            service,
+            executor,
+            vault,
+            phase: Mutex::new(Phase::Healthy),
+            executing: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Runs the lease loop and the tick loop until `shutdown` turns true, then gives the lease up.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let renew = self.service.config.coordination.renew_period();
+        let mut lease_tick = tokio::time::interval(renew);
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(self.service.config.policy.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_leader = false;
+        let mut leader_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = lease_tick.tick() => {
+                    let m = &self.service.metrics;
+                    let leader = match self.service.coordination.try_acquire_or_renew().await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!("lease renewal failed: {e}");
+                            self.service.coordination.is_leader()
+                        }
+                    };
+                    if leader && !was_leader {
+                        tracing::info!(id = %self.service.config.id, "became leader");
+                        m.leader_transitions.inc();
+                        leader_since = Some(Instant::now());
+                        *self.phase.lock().await = Phase::Healthy;
+                    } else if !leader && was_leader {
+                        tracing::warn!(id = %self.service.config.id, "lost leadership; acting no more");
+                    }
+                    if let Some(since) = leader_since.filter(|_| leader) {
+                        m.leader_seconds.add(since.elapsed().as_secs_f64());
+                        leader_since = Some(Instant::now());
+                    }
+                    was_leader = leader;
+                    m.is_leader.set(i64::from(leader));
+                }
+                _ = tick.tick() => {
+                    if self.service.coordination.is_leader() {
+                        if let Err(e) = self.tick().await {
+                            tracing::warn!("tick failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.service.coordination.release().await {
+            tracing::warn!("could not release the lease: {e}");
+        }
+        self.service.metrics.is_leader.set(0);
+    }
+
+    async fn topology(&self) -> Result<Versioned<Topology>, CoordinationError> {
+        if let Some(t) = self.service.coordination.read_topology().await? {
+            return Ok(t);
+        }
+        let initial = Topology::initial(self.service.config.initial_primary.clone());
+        match self
+            .service
+            .coordination
+            .write_topology(&initial, None)
+            .await
+        {
+            Ok(t) => {
+                tracing::info!(
+                    "initialised topology: {} is primary in term 1",
+                    initial.primary
+                );
+                Ok(t)
+            }
+            // Another replica initialised it first: read theirs.
+            Err(CoordinationError::Conflict { .. }) => self
+                .service
+                .coordination
+                .read_topology()
+                .await?
+                .ok_or_else(|| CoordinationError::Unavailable("topology vanished".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One evaluation: probe, view, decide, record, act.
+    pub async fn tick(self: &Arc<Self>) -> Result<(), CoordinationError> {
+        let s = &self.service;
+        let probes = futures::future::join_all(
+            s.config
+                .clusters
+                .iter()
+                .map(|c| self.vault.probe_cluster(c)),
+        )
+        .await;
+        for (c, p) in s.config.clusters.iter().zip(probes) {
+            if let Some(ms) = p.latency_ms {
+                s.metrics
+                    .probe_duration
+                    .with_label_values(&[&c.name])
+                    .observe(ms / 1000.0);
+            }
+            for state in vault_dr_common::NodeState::ALL {
+                s.metrics
+                    .cluster_state
+                    .with_label_values(&[&c.name, state.as_str()])
+                    .set(f64::from(u8::from(state == p.state)));
+            }
+            s.state.set_probe(&c.name, p);
+        }
+        let topology = self.topology().await?;
+        s.state.set_topology(topology.value.clone());
+        s.metrics
+            .term
+            .set(i64::try_from(topology.value.term).unwrap_or(i64::MAX));
+        for c in &s.config.clusters {
+            let primary = topology.value.serving_primary() == c.name;
+            s.metrics
+                .cluster_primary
+                .with_label_values(&[&c.name])
+                .set(f64::from(u8::from(primary)));
+        }
+        let now = Utc::now();
+        let view = s.state.view(&s.config, &topology.value, now);
+        for n in s.state.latest_reports() {
+            s.metrics
+                .report_age
+                .with_label_values(&[&n.report.cluster, &n.node])
+                .set(n.age_seconds(now));
+            if let Some(lag) = n.report.replication.lag_entries {
+                s.metrics
+                    .cluster_lag_entries
+                    .with_label_values(&[&n.report.cluster])
+                    .set(lag as f64);
+            }
+            if let Some(lag) = n.report.replication.lag_seconds {
+                s.metrics
+                    .cluster_lag_seconds
+                    .with_label_values(&[&n.report.cluster])
+                    .set(lag);
+            }
+        }
+        let (phase, decision) = {
+            let mut phase = self.phase.lock().await;
+            let (next, decision) = detector::step(&phase, &view, now, &s.config.policy);
+            *phase = next.clone();
+            (next, decision)
+        };
+        let record = DecisionRecord::new(phase, decision.clone(), &view);
+        tracing::info!("{}", record.sentence);
+        s.metrics
+            .decisions
+            .with_label_values(&[decision_kind(&decision)])
+            .inc();
+        s.state.set_decision(record.clone());
+        if let Err(e) = s.store.put_decision(&record).await {
+            tracing::warn!("decision not recorded: {e}");
+        }
+        match decision {
+            Decision::Failover {
+                to, reason, table, ..
+            } => {
+                match self
+                    .executor
+                    .begin(&topology, &to, &reason, table, false)
+                    .await
+                {
+                    Ok(rec) => {
+                        s.metrics.failovers_started.inc();
+                        s.metrics.failover_in_progress.set(1);
+                        if let Ok(Some(t)) = s.coordination.read_topology().await {
+                            s.state.set_topology(t.value);
+                        }
+                        tracing::info!(failover = %rec.id, "failover begun");
+                        self.spawn_executor();
+                    }
+                    Err(ExecError::Conflict(e)) => tracing::warn!(
+                        "another coordinator moved the topology first ({e}); doing nothing"
+                    ),
+                    Err(e) => tracing::warn!("failover not begun: {e}"),
+                }
+            }
+            Decision::Resume { .. } => self.spawn_executor(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Starts the executor on the failover in progress unless it already runs.
+    fn spawn_executor(self: &Arc<Self>) {
+        if self.executing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = this.executor.resume().await;
+            match result {
+                Ok(Some(rec)) => {
+                    tracing::info!(failover = %rec.id, "failover finished: {} is primary in term {}", rec.to, rec.term);
+                    *this.phase.lock().await = Phase::Healthy;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("failover paused: {e}"),
+            }
+            if let Ok(Some(t)) = this.service.coordination.read_topology().await {
+                this.service.state.set_topology(t.value);
+            }
+            this.executing.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+fn decision_kind(d: &Decision) -> &'static str {
+    match d {
+        Decision::NoAction { .. } => "no_action",
+        Decision::Suspect { .. } => "suspect",
+        Decision::Failover { .. } => "failover",
+        Decision::NoCandidate { .. } => "no_candidate",
+        Decision::CooldownBlocked { .. } => "cooldown_blocked",
+        Decision::Resume { .. } => "resume",
+    }
+}
+
+/// Default time the executor waits for the target's agent to acknowledge a promotion.
+pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
