@@ -1,0 +1,867 @@
+//! The Helm chart `helm/vault-dr`: lint and render with the default values and with
+//! `ci/test-values.yaml`; the core manifests pass `kubernetes-validate --strict` for Kubernetes
+//! 1.29; the custom resources (ServiceMonitor, PodMonitor, PrometheusRule, StressChaos), which that
+//! tool has no schema for, are checked field by field and the rules with `promtool check rules`;
+//! the rendered `config.toml` is accepted by the coordinator's own parser; the Role is namespaced
+//! least privilege; the agent sidecar examples validate as containers of a Pod; and every metric
+//! the Grafana dashboard and the alerts query is exported by a real agent and a real coordinator
+//! running against a lab OpenBao group.
+//!
+//! Needs `.tools/bin/{helm,kubectl,bao}`, `kubernetes-validate` in `.tools/venv` and `promtool`
+//! (run `scripts/setup.sh`, which calls `scripts/setup-helm.sh`).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use vault_dr_common::Secret;
+use vault_dr_coordinator::config::{self as coord_config, Config as CoordConfig};
+use vault_dr_tests::lab::LabCluster;
+
+/// Kinds the chart renders whose schemas `kubernetes-validate` does not ship.
+const CUSTOM_KINDS: [&str; 4] = [
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+    "StressChaos",
+];
+/// Namespace used for rendering.
+const NAMESPACE: &str = "vault";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> PathBuf {
+    root().join("helm/vault-dr")
+}
+
+/// A tool installed by the setup scripts; panics with the install hint when it is missing.
+fn tool(relative: &str) -> PathBuf {
+    let p = root().join(".tools").join(relative);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup.sh (it calls scripts/setup-helm.sh)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command, feeding `stdin`; returns (success, stdout, stderr).
+fn run(cmd: &mut Command, stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/setup.sh)"));
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value files the acceptance criteria name: the defaults, and the CI file.
+fn value_sets() -> Vec<(&'static str, Vec<String>)> {
+    let ci = chart().join("ci/test-values.yaml").display().to_string();
+    vec![
+        ("default values", vec![]),
+        ("ci/test-values.yaml", vec!["-f".into(), ci]),
+    ]
+}
+
+/// `helm template` output for one value set (release `vault-dr` in namespace `vault`).
+fn render(extra: &[String]) -> String {
+    let (ok, out, err) = run(
+        Command::new(tool("bin/helm"))
+            .args(["template", "vault-dr"])
+            .arg(chart())
+            .args(["--namespace", NAMESPACE])
+            .args(extra),
+        None,
+    );
+    assert!(ok, "helm template {extra:?} failed:\n{err}");
+    out
+}
+
+/// YAML (one or more documents) to JSON values, through PyYAML in the tools venv (no YAML crate
+/// in the workspace; PyYAML comes with kubernetes-validate).
+fn yaml_docs(text: &str) -> Vec<Value> {
+    let (ok, out, err) = run(
+        Command::new(tool("venv/bin/python")).args([
+            "-c",
+            "import json, sys, yaml\n\
+             json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
+        ]),
+        Some(text),
+    );
+    assert!(ok, "YAML did not parse:\n{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+fn name(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn find<'a>(docs: &'a [Value], kind_: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| kind(d) == kind_).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| kind(d) == kind_ && name(d) == name_)
+        .unwrap_or_else(|| panic!("no {kind_} {name_} rendered"))
+}
+
+/// Runs `kubernetes-validate --strict -k 1.29.0` on a file; returns its output lines.
+fn kubernetes_validate(file: &Path) -> Vec<String> {
+    let (ok, out, err) = run(
+        Command::new(tool("venv/bin/kubernetes-validate"))
+            .args(["--strict", "-k", "1.29.0"])
+            .arg(file),
+        None,
+    );
+    let text = format!("{out}{err}");
+    assert!(
+        ok,
+        "kubernetes-validate failed on {}:\n{text}",
+        file.display()
+    );
+    text.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn helm_lint_passes_with_the_default_and_the_ci_values() {
+    for (label, extra) in value_sets() {
+        let (ok, out, err) = run(
+            Command::new(tool("bin/helm"))
+                .args(["lint", "--strict", "--namespace", NAMESPACE])
+                .arg(chart())
+                .args(&extra),
+            None,
+        );
+        assert!(ok, "helm lint with {label} failed:\n{out}{err}");
+        assert!(out.contains("0 chart(s) failed"), "{label}: {out}");
+    }
+}
+
+#[test]
+fn core_manifests_pass_strict_validation_for_kubernetes_1_29_and_custom_ones_are_only_the_known_crds()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, extra) in value_sets() {
+        let rendered = render(&extra);
+        let docs = yaml_docs(&rendered);
+        let file = dir.path().join("rendered.yaml");
+        std::fs::write(&file, &rendered).unwrap();
+        let lines = kubernetes_validate(&file);
+        for doc in &docs {
+            let (k, n) = (kind(doc), name(doc));
+            if CUSTOM_KINDS.contains(&k) {
+                // Not in the tool's schema set: it warns; the custom-resource test checks them.
+                assert!(
+                    lines
+                        .iter()
+                        .any(|l| l.contains("Couldn't find schema") && l.contains(k)),
+                    "{label}: {k} {n} was neither validated nor reported as schemaless"
+                );
+            } else {
+                let wanted = format!("passed for resource {}/{n} ", k.to_lowercase());
+                assert!(
+                    lines.iter().any(|l| l.contains(&wanted)),
+                    "{label}: {k} {n} did not pass strict validation:\n{}",
+                    lines.join("\n")
+                );
+            }
+        }
+        // Every warning is about a known custom resource, nothing else.
+        for l in lines.iter().filter(|l| l.starts_with("WARN")) {
+            assert!(
+                CUSTOM_KINDS
+                    .iter()
+                    .any(|k| l.contains(&format!("kind {k} "))),
+                "{label}: unexpected warning: {l}"
+            );
+        }
+        for k in [
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+        ] {
+            assert!(!find(&docs, k).is_empty(), "{label}: no {k} rendered");
+        }
+        assert!(
+            find(&docs, "Secret").is_empty(),
+            "{label}: the chart must reference Secrets, never render one"
+        );
+        assert!(
+            find(&docs, "ClusterRole").is_empty() && find(&docs, "ClusterRoleBinding").is_empty(),
+            "{label}: nothing cluster-wide"
+        );
+    }
+}
+
+#[test]
+fn the_coordinator_deployment_is_ha_probed_limited_and_locked_down() {
+    for (label, extra) in value_sets() {
+        let docs = yaml_docs(&render(&extra));
+        let deploy = find(&docs, "Deployment")[0];
+        let spec = &deploy["spec"];
+        assert_eq!(spec["replicas"], 3, "{label}");
+        let pod = &spec["template"]["spec"];
+        let anti = &pod["affinity"]["podAntiAffinity"];
+        assert!(anti.is_object(), "{label}: no pod anti-affinity");
+        let c = &pod["containers"][0];
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{label}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{label}");
+        for part in ["requests", "limits"] {
+            for res in ["cpu", "memory"] {
+                assert!(
+                    c["resources"][part][res].is_string(),
+                    "{label}: resources.{part}.{res} missing"
+                );
+            }
+        }
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{label}");
+        assert_eq!(c["securityContext"]["runAsNonRoot"], true, "{label}");
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"], true,
+            "{label}"
+        );
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{label}"
+        );
+        // Every env value that could carry a secret comes from a Secret reference.
+        for env in c["env"].as_array().unwrap() {
+            let n = env["name"].as_str().unwrap();
+            if n.contains("TOKEN") || n.contains("MONGODB") {
+                assert!(
+                    env["valueFrom"]["secretKeyRef"].is_object(),
+                    "{label}: {n} must come from a Secret"
+                );
+            }
+        }
+        let secret_volumes: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert!(
+            secret_volumes.contains(&"vault-dr-token"),
+            "{label}: bearer token Secret not mounted: {secret_volumes:?}"
+        );
+        // The PDB selects the Deployment's pods.
+        let pdb = find(&docs, "PodDisruptionBudget")[0];
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"], spec["selector"]["matchLabels"],
+            "{label}"
+        );
+    }
+    let ci = yaml_docs(&render(&value_sets()[1].1));
+    let c = &find(&ci, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
+    let mongo = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == coord_config::ENV_MONGODB_URI)
+        .expect("ci values: VAULT_DR_MONGODB_URI from the MongoDB Secret");
+    assert_eq!(
+        mongo["valueFrom"]["secretKeyRef"]["name"],
+        "vault-dr-mongodb"
+    );
+}
+
+#[test]
+fn the_role_is_namespaced_least_privilege_and_extractable_alone() {
+    let (ok, out, err) = run(
+        Command::new(tool("bin/helm"))
+            .args(["template", "vault-dr"])
+            .arg(chart())
+            .args([
+                "--namespace",
+                NAMESPACE,
+                "-s",
+                "templates/coordinator-role.yaml",
+            ]),
+        None,
+    );
+    assert!(ok, "{err}");
+    let docs = yaml_docs(&out);
+    assert_eq!(docs.len(), 1, "the Role template renders exactly the Role");
+    let rules = docs[0]["rules"].as_array().unwrap();
+    let mut grants: BTreeSet<(String, String, String, String)> = BTreeSet::new();
+    for r in rules {
+        let names: Vec<String> = r["resourceNames"]
+            .as_array()
+            .map(|a| a.iter().map(|n| n.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        for g in r["apiGroups"].as_array().unwrap() {
+            for res in r["resources"].as_array().unwrap() {
+                for v in r["verbs"].as_array().unwrap() {
+                    let v = v.as_str().unwrap().to_owned();
+                    assert_ne!(v, "*", "no wildcard verbs");
+                    assert!(!["list", "watch", "delete", "deletecollection"].contains(&v.as_str()));
+                    if v == "create" {
+                        assert!(
+                            names.is_empty(),
+                            "create cannot be limited by resourceNames"
+                        );
+                    }
+                    let name_list = if names.is_empty() {
+                        "*".into()
+                    } else {
+                        names.join(",")
+                    };
+                    grants.insert((
+                        g.as_str().unwrap().to_owned(),
+                        res.as_str().unwrap().to_owned(),
+                        name_list,
+                        v,
+                    ));
+                }
+            }
+        }
+    }
+    let want: BTreeSet<(String, String, String, String)> = [
+        (
+            "coordination.k8s.io",
+            "leases",
+            "vault-dr-coordinator",
+            "get",
+        ),
+        (
+            "coordination.k8s.io",
+            "leases",
+            "vault-dr-coordinator",
+            "update",
+        ),
+        (
+            "coordination.k8s.io",
+            "leases",
+            "vault-dr-coordinator",
+            "patch",
+        ),
+        ("coordination.k8s.io", "leases", "*", "create"),
+        ("", "configmaps", "vault-dr-topology", "get"),
+        ("", "configmaps", "vault-dr-topology", "update"),
+        ("", "configmaps", "*", "create"),
+        ("", "services", "vault-dr-active", "get"),
+        ("", "services", "vault-dr-active", "patch"),
+        ("", "events", "*", "create"),
+        ("", "events", "*", "patch"),
+        ("events.k8s.io", "events", "*", "create"),
+        ("events.k8s.io", "events", "*", "patch"),
+    ]
+    .into_iter()
+    .map(|(a, b, c, d)| (a.into(), b.into(), c.into(), d.into()))
+    .collect();
+    assert_eq!(grants, want);
+}
+
+#[test]
+fn custom_resources_carry_their_required_fields_and_the_rules_pass_promtool() {
+    let docs = yaml_docs(&render(&value_sets()[1].1));
+    // ServiceMonitor: selects the headless metrics Service by its labels, on a port it has.
+    let sm = find(&docs, "ServiceMonitor")[0];
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    let metrics_svc = one(&docs, "Service", "vault-dr-coordinator-metrics");
+    assert_eq!(metrics_svc["spec"]["publishNotReadyAddresses"], true);
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &metrics_svc["metadata"]["labels"][k], v,
+            "selector label {k}"
+        );
+    }
+    let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    assert!(
+        metrics_svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port)
+    );
+    // PodMonitor: the port name the sidecar examples declare, and the cluster relabeling.
+    let pm = find(&docs, "PodMonitor")[0];
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(ep["port"], "vault-dr");
+    assert_eq!(ep["relabelings"][0]["targetLabel"], "cluster");
+    assert_eq!(
+        ep["relabelings"][0]["sourceLabels"][0],
+        "__meta_kubernetes_pod_label_vault_dr_io_cluster"
+    );
+    // StressChaos: like the proof of concept, one per cluster, every pod of it.
+    let chaos = find(&docs, "StressChaos");
+    assert_eq!(chaos.len(), 3, "one StressChaos per cluster");
+    for c in chaos {
+        assert_eq!(c["apiVersion"], "chaos-mesh.org/v1alpha1");
+        let s = &c["spec"];
+        assert_eq!(s["mode"], "all");
+        assert_eq!(s["duration"], "30s");
+        assert_eq!(s["stressors"]["cpu"]["load"], 80);
+        assert_eq!(s["stressors"]["memory"]["size"], "100MB");
+        let sel = s["selector"]["labelSelectors"].as_object().unwrap();
+        assert!(sel.contains_key("app.kubernetes.io/instance"));
+        assert!(
+            !sel.contains_key("openbao-active"),
+            "every node, not only the active one"
+        );
+        assert_eq!(s["selector"]["namespaces"][0], NAMESPACE);
+    }
+    // PrometheusRule: the alerts the issue asks for, syntactically valid for Prometheus.
+    let rule = find(&docs, "PrometheusRule")[0];
+    let alerts: BTreeSet<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    for a in [
+        "VaultDRPrimaryDown",
+        "VaultDRFailoverStarted",
+        "VaultDRFailoverFinished",
+        "VaultDRReplicationLagHigh",
+        "VaultDRNoCoordinatorLeader",
+        "VaultDRAgentReportStale",
+    ] {
+        assert!(alerts.contains(a), "missing alert {a}: {alerts:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.yaml");
+    // JSON is YAML: promtool reads the PrometheusRule's spec as a rules file.
+    std::fs::write(&rules_file, rule["spec"].to_string()).unwrap();
+    let promtool = which("promtool");
+    let (ok, out, err) = run(
+        Command::new(promtool)
+            .args(["check", "rules"])
+            .arg(&rules_file),
+        None,
+    );
+    assert!(ok, "promtool check rules failed:\n{out}{err}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+fn which(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{name} not on PATH: run scripts/setup.sh (Debian prometheus)"))
+}
+
+/// `config.toml` of the coordinator ConfigMap for one value set.
+fn rendered_config(extra: &[String]) -> String {
+    let docs = yaml_docs(&render(extra));
+    one(&docs, "ConfigMap", "vault-dr-coordinator")["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_rendered_config_is_accepted_by_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "bearer\n").unwrap();
+    // In the pod these files are mounted Secrets; here the environment points at test files,
+    // exactly as the coordinator's overrides allow.
+    let env = BTreeMap::from([
+        (
+            coord_config::ENV_TOKEN_FILE.to_owned(),
+            token.display().to_string(),
+        ),
+        (
+            coord_config::ENV_VAULT_TOKEN_FILE.to_owned(),
+            token.display().to_string(),
+        ),
+        (coord_config::ENV_NAMESPACE.to_owned(), NAMESPACE.to_owned()),
+        (
+            coord_config::ENV_ID.to_owned(),
+            "vault-dr-coordinator-0".to_owned(),
+        ),
+        (
+            coord_config::ENV_STORE_PATH.to_owned(),
+            dir.path().join("s.sqlite").display().to_string(),
+        ),
+    ]);
+    let default = CoordConfig::parse(&rendered_config(&[]), dir.path(), &env)
+        .unwrap_or_else(|e| panic!("default values: {e}"));
+    assert_eq!(default.initial_primary, "dc1");
+    assert_eq!(default.clusters.len(), 2);
+    assert_eq!(default.listen.port(), 8300);
+    assert_eq!(
+        default.coordination,
+        coord_config::CoordinationConfig::Kubernetes {
+            namespace: NAMESPACE.into(),
+            lease_name: "vault-dr-coordinator".into(),
+            configmap_name: "vault-dr-topology".into(),
+            lease_duration: Duration::from_secs(5),
+            renew_period: Duration::from_millis(1500),
+        }
+    );
+    assert_eq!(
+        default.traffic,
+        coord_config::TrafficConfig::Kubernetes {
+            namespace: NAMESPACE.into(),
+            service: "vault-dr-active".into(),
+        }
+    );
+    assert_eq!(
+        default.cluster("dc2").unwrap().selector["app.kubernetes.io/instance"],
+        "openbao-dc2"
+    );
+
+    let mut env_ci = env.clone();
+    env_ci.insert(
+        coord_config::ENV_MONGODB_URI.into(),
+        "mongodb://127.0.0.1:1/vault_dr".into(),
+    );
+    let ci = CoordConfig::parse(&rendered_config(&value_sets()[1].1), dir.path(), &env_ci)
+        .unwrap_or_else(|e| panic!("ci values: {e}"));
+    assert_eq!(ci.initial_primary, "east");
+    assert_eq!(ci.clusters.len(), 3);
+    assert!(ci.cluster("north").unwrap().excluded);
+    assert_eq!(ci.cluster("east").unwrap().priority, 10);
+    assert_eq!(ci.policy.max_lag, Duration::from_secs(30));
+    assert_eq!(ci.policy.max_lag_entries, Some(1000));
+    assert!(ci.vault_token.is_some());
+    assert!(matches!(ci.store, coord_config::StoreConfig::Mongo { .. }));
+}
+
+/// The agent variables the chart and the examples may set (agent/src/config.rs).
+fn agent_env_vars() -> BTreeSet<&'static str> {
+    use vault_dr_agent::config as a;
+    [
+        a::ENV_VAULT_ADDR,
+        a::ENV_VAULT_CA_CERT,
+        a::ENV_VAULT_SKIP_VERIFY,
+        a::ENV_VAULT_TOKEN_FILE,
+        a::ENV_CLUSTER,
+        a::ENV_NODE,
+        a::ENV_COORDINATOR_URL,
+        a::ENV_COORDINATOR_TOKEN_FILE,
+        a::ENV_COORDINATOR_CA_CERT,
+        a::ENV_INTERVAL,
+        a::ENV_LISTEN,
+        a::ENV_VAULT_PID_FILE,
+        a::ENV_VAULT_PROCESS_NAME,
+        a::ENV_LOG_JSON,
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_variables() {
+    let known = agent_env_vars();
+    let docs = yaml_docs(&render(&[]));
+    let agent_cm = one(&docs, "ConfigMap", "vault-dr-agent");
+    for k in agent_cm["data"].as_object().unwrap().keys() {
+        assert!(
+            known.contains(k.as_str()),
+            "agent ConfigMap sets unknown {k}"
+        );
+    }
+    // The ConfigMap's coordinator URL is the coordinator Service on its port.
+    let svc = one(&docs, "Service", "vault-dr-coordinator");
+    assert_eq!(
+        agent_cm["data"][vault_dr_agent::config::ENV_COORDINATOR_URL],
+        format!(
+            "http://vault-dr-coordinator.{NAMESPACE}.svc:{}",
+            svc["spec"]["ports"][0]["port"]
+        )
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for example in ["openbao-agent-values.yaml", "vault-agent-values.yaml"] {
+        let text = std::fs::read_to_string(chart().join("examples").join(example)).unwrap();
+        let values = &yaml_docs(&text)[0];
+        let server = &values["server"];
+        let sidecars = server["extraContainers"].as_array().unwrap();
+        assert_eq!(sidecars.len(), 1, "{example}");
+        let sidecar = &sidecars[0];
+        assert!(
+            sidecar.get("readinessProbe").is_none(),
+            "{example}: no sidecar readiness"
+        );
+        for e in sidecar["env"].as_array().unwrap() {
+            let n = e["name"].as_str().unwrap();
+            assert!(known.contains(n), "{example}: unknown agent variable {n}");
+        }
+        assert_eq!(
+            sidecar["envFrom"][0]["configMapRef"]["name"],
+            name(agent_cm)
+        );
+        // The way the official charts place them: the Vault container, the extra containers,
+        // the extra volumes in one pod.
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "openbao-dc1-0", "labels": server["extraLabels"]},
+            "spec": {
+                "shareProcessNamespace": server["shareProcessNamespace"],
+                "containers": [{"name": "openbao", "image": "openbao/openbao:2.7.2"}, sidecar],
+                "volumes": server["volumes"],
+            }
+        });
+        let file = dir.path().join(example.replace(".yaml", ".json"));
+        std::fs::write(&file, pod.to_string()).unwrap();
+        let lines = kubernetes_validate(&file);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("passed for resource pod/openbao-dc1-0")),
+            "{example}: {}",
+            lines.join("\n")
+        );
+        // Every mount names a declared volume; the token comes from the referenced Secret.
+        let volumes: BTreeSet<&str> = server["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        for m in sidecar["volumeMounts"].as_array().unwrap() {
+            assert!(
+                volumes.contains(m["name"].as_str().unwrap()),
+                "{example}: {m}"
+            );
+        }
+        assert!(
+            server["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "vault-dr-token"),
+            "{example}: the coordinator token Secret"
+        );
+        let token_file = agent_cm["data"][vault_dr_agent::config::ENV_COORDINATOR_TOKEN_FILE]
+            .as_str()
+            .unwrap();
+        assert!(
+            sidecar["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| token_file.starts_with(m["mountPath"].as_str().unwrap())),
+            "{example}: {token_file} is not under a mount"
+        );
+    }
+}
+
+/// Metric names (`vault_dr_*`) in a PromQL expression.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("vault_dr_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Every sample name a `/metrics` text can contain: the families of its `# TYPE` lines, with
+/// `_bucket`, `_sum` and `_count` for histograms and summaries.
+fn exported_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            out.insert(name.to_owned());
+            if kind == "histogram" || kind == "summary" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    out.insert(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The PromQL expressions of the dashboard, after checking it parses and has panels.
+fn dashboard_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], "vault-dr");
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let titles: String = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap().to_lowercase())
+        .collect::<Vec<_>>()
+        .join("|");
+    for topic in [
+        "leader", "primary", "role", "lag", "latency", "cpu", "memory", "failover",
+    ] {
+        assert!(titles.contains(topic), "no panel about {topic}: {titles}");
+    }
+    let exprs: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.iter().all(|e| !metric_names(e).is_empty()));
+    exprs
+}
+
+/// The PromQL expressions of the rendered PrometheusRule.
+fn rule_exprs() -> Vec<String> {
+    let docs = yaml_docs(&render(&value_sets()[1].1));
+    find(&docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["expr"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_or_coordinator() {
+    // Static parts first: a broken chart should fail before OpenBao starts.
+    let dashboard = dashboard_exprs();
+    let rules = rule_exprs();
+
+    let clusters = LabCluster::start_group_with(&["helm-a", "helm-b"], true, None)
+        .await
+        .unwrap_or_else(|e| panic!("lab start failed (run scripts/setup.sh?): {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "helm-chart-test-token").unwrap();
+    let mut toml = format!(
+        "token_file = {:?}\n[store]\npath = {:?}\n[coordination]\nbackend = \"local\"\npath = {:?}\n\
+         [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nreport_ttl = \"3s\"\n",
+        token_file.display().to_string(),
+        dir.path().join("store.sqlite").display().to_string(),
+        dir.path().join("coordination.json").display().to_string(),
+    );
+    for (i, c) in clusters.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[clusters]]\nname = {:?}\nrole = {:?}\napi_addrs = [{:?}]\nnodes = [{:?}]\n",
+            c.name(),
+            if i == 0 { "primary" } else { "secondary" },
+            c.api_addr().as_str(),
+            c.nodes()[0].name(),
+        ));
+    }
+    let config = CoordConfig::parse(&toml, dir.path(), &BTreeMap::new())
+        .unwrap_or_else(|e| panic!("coordinator config: {e}\n{toml}"));
+    let coord_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coord_url = format!("http://{}", coord_listener.local_addr().unwrap());
+    let (stop_coord, coord_stopped) = tokio::sync::oneshot::channel::<()>();
+    let coordinator = tokio::spawn(vault_dr_coordinator::run(config, coord_listener, async {
+        let _ = coord_stopped.await;
+    }));
+
+    let mut agents = Vec::new();
+    let mut agent_urls = Vec::new();
+    for c in &clusters {
+        let mut config =
+            vault_dr_agent::Config::minimal(c.name(), c.nodes()[0].name(), c.api_addr().clone());
+        config.interval = Duration::from_millis(500);
+        config.coordinator = Some(vault_dr_agent::config::CoordinatorConfig {
+            url: coord_url.parse().unwrap(),
+            token: Secret::new("helm-chart-test-token"),
+            ca_certs: Vec::new(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        agent_urls.push(format!("http://{}/metrics", listener.local_addr().unwrap()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        agents.push((
+            stop,
+            tokio::spawn(vault_dr_agent::run(config, listener, async {
+                let _ = stopped.await;
+            })),
+        ));
+    }
+
+    // Wait until the leader has probed both clusters and holds a report from each agent, so
+    // every per-cluster family exists.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let coordinator_metrics = loop {
+        let text = get_text(&client, &format!("{coord_url}/metrics")).await;
+        let ready = client
+            .get(format!("{coord_url}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        let ages = text
+            .lines()
+            .filter(|l| l.starts_with("vault_dr_coordinator_report_age_seconds{"))
+            .count();
+        if ready && ages >= 2 && text.contains("vault_dr_coordinator_cluster_state{") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s the coordinator is not leading with two reports:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let mut exported = exported_names(&coordinator_metrics);
+    for url in &agent_urls {
+        let text = get_text(&client, url).await;
+        assert!(
+            text.contains("vault_dr_agent_up 1"),
+            "agent at {url} is not up:\n{text}"
+        );
+        exported.extend(exported_names(&text));
+    }
+
+    let mut missing = BTreeMap::new();
+    for (source, exprs) in [("dashboard", &dashboard), ("alerts", &rules)] {
+        for e in exprs.iter() {
+            for m in metric_names(e) {
+                if !exported.contains(&m) {
+                    missing.insert(m, format!("{source}: {e}"));
+                }
+            }
+        }
+    }
+
+    for (stop, handle) in agents {
+        let _ = stop.send(());
+        handle.await.unwrap().unwrap();
+    }
+    let _ = stop_coord.send(());
+    coordinator.await.unwrap().unwrap();
+    drop(clusters);
+
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:#?}\nexported: {exported:#?}"
+    );
+}
