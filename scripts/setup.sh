@@ -135,3 +135,4 @@ for tool in prometheus stress-ng prometheus-node-exporter ip; do
     command -v "$tool" >/dev/null || die "$tool not on PATH after install"
 done
 log "ok"
+bash "$ROOT/scripts/setup-helm.sh" # helm, kubectl, kubernetes-validate for tests/tests/helm_chart.rs
