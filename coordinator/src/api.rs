@@ -244,6 +244,8 @@ pub struct ClustersResponse {
     pub report_ttl_seconds: f64,
     /// The candidate table of the latest decision, if any.
     pub decision: Option<crate::failover::detector::DecisionRecord>,
+    /// Every secondary scored now: who could be promoted, in which order, or why not.
+    pub candidates: crate::failover::scorer::CandidateTable,
 }
 
 async fn get_clusters(
@@ -261,7 +263,9 @@ async fn get_clusters(
         },
     };
     let view = s.state.view(&s.config, &topology, Utc::now());
+    let candidates = crate::failover::scorer::score(&view, &s.config.policy);
     Json(ClustersResponse {
+        candidates,
         view,
         report_ttl_seconds: s.config.policy.report_ttl.as_secs_f64(),
         decision: s.state.decision(),

@@ -39,10 +39,10 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
             (None, None) => "-".into(),
         };
         let eligible = resp
-            .decision
-            .as_ref()
-            .and_then(|d| d.table())
-            .and_then(|t| t.candidates.iter().find(|x| x.cluster == c.name))
+            .candidates
+            .candidates
+            .iter()
+            .find(|x| x.cluster == c.name)
             .map(|cand| match &cand.eligibility {
                 Eligibility::Eligible => match cand.rank {
                     Some(rank) => format!("yes (#{rank})"),
