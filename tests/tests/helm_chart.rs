@@ -369,9 +369,6 @@ fn the_role_is_namespaced_least_privilege_and_extractable_alone() {
         ("", "services", "vault-dr-active", "get"),
         ("", "services", "vault-dr-active", "patch"),
         ("", "events", "*", "create"),
-        ("", "events", "*", "patch"),
-        ("events.k8s.io", "events", "*", "create"),
-        ("events.k8s.io", "events", "*", "patch"),
     ]
     .into_iter()
     .map(|(a, b, c, d)| (a.into(), b.into(), c.into(), d.into()))
