@@ -1,0 +1,804 @@
+//! [`FakeApiServer`]: a fake Kubernetes apiserver over plain HTTP on 127.0.0.1, faithful to the
+//! real one for what vault-dr uses (Lease, ConfigMap, Service, Event): create answers 201 or 409
+//! AlreadyExists, get 404 NotFound, replace with a stale resourceVersion 409 Conflict, JSON merge
+//! patch (conditional when it carries `metadata.resourceVersion`), delete, list, and one
+//! resourceVersion counter that rises on every write. Errors are `Status` objects as the real
+//! apiserver sends them, so kube's error handling sees what it would see in a cluster.
+//!
+//! Every request is recorded as a [`Call`] with its RBAC verb, so a test can check each one is
+//! allowed by the chart's Role.
+//!
+//! [`test_client`] picks the cluster for a test: the fake, or a real cluster when
+//! `VAULT_DR_TEST_KUBECONFIG` names a kubeconfig (then object names get a unique suffix and the
+//! namespace comes from `VAULT_DR_TEST_NAMESPACE`, default `default`).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Names a kubeconfig: the Kubernetes tests then run against that cluster instead of the fake.
+pub const ENV_KUBECONFIG: &str = "VAULT_DR_TEST_KUBECONFIG";
+/// Namespace used on a real cluster (default `default`).
+pub const ENV_NAMESPACE: &str = "VAULT_DR_TEST_NAMESPACE";
+
+/// An error of the fake apiserver or of choosing the test cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeError {
+    /// The listener could not be bound or served.
+    #[error("fake apiserver: {0}")]
+    Io(#[from] std::io::Error),
+    /// The URL of the fake is not a valid URI (cannot happen for 127.0.0.1:port).
+    #[error("fake apiserver url {0:?} is not a URI")]
+    Url(String),
+    /// The kubeconfig named by `VAULT_DR_TEST_KUBECONFIG` could not be used.
+    #[error("kubeconfig {path} (from {ENV_KUBECONFIG}): {message}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The kube client could not be built.
+    #[error("kube client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// One request the fake received, as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Call {
+    /// RBAC verb: get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+    /// API group (`""` for core, `coordination.k8s.io` for Lease).
+    pub group: String,
+    /// Resource (plural, lower case): `leases`, `configmaps`, `services`, `events`.
+    pub resource: String,
+    /// Object name, for requests on one object.
+    pub name: Option<String>,
+    /// Namespace, for namespaced requests.
+    pub namespace: Option<String>,
+}
+
+/// A resource type the fake serves.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    group: &'static str,
+    version: &'static str,
+    resource: &'static str,
+    kind: &'static str,
+}
+
+const KINDS: [Kind; 4] = [
+    Kind {
+        group: "coordination.k8s.io",
+        version: "v1",
+        resource: "leases",
+        kind: "Lease",
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "configmaps",
+        kind: "ConfigMap",
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "services",
+        kind: "Service",
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "events",
+        kind: "Event",
+    },
+];
+
+impl Kind {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `leases.coordination.k8s.io`, `configmaps`: how the apiserver names the resource in
+    /// messages.
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.resource.to_owned()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
+    }
+}
+
+/// (group, resource, namespace, name)
+type Key = (String, String, String, String);
+
+#[derive(Debug, Default)]
+struct Store {
+    objects: BTreeMap<Key, Value>,
+    resource_version: u64,
+    calls: Vec<Call>,
+}
+
+impl Store {
+    fn next_version(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+}
+
+type Shared = Arc<Mutex<Store>>;
+
+fn lock(store: &Shared) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The fake apiserver; stops when dropped.
+#[derive(Debug)]
+pub struct FakeApiServer {
+    url: String,
+    store: Shared,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeApiServer {
+    /// Serves on a free port of 127.0.0.1.
+    pub async fn start() -> Result<Self, FakeError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let store: Shared = Arc::new(Mutex::new(Store {
+            // Like etcd, versions are large and opaque to clients; start away from zero.
+            resource_version: 1000,
+            ..Store::default()
+        }));
+        let app = Router::new().fallback(handle).with_state(store.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(e) = server.await {
+                tracing::warn!("fake apiserver stopped: {e}");
+            }
+        });
+        Ok(Self {
+            url,
+            store,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A kube config for the fake: its URL, namespace `default`, no credentials.
+    pub fn config(&self) -> Result<kube::Config, FakeError> {
+        let uri = self
+            .url
+            .parse()
+            .map_err(|_| FakeError::Url(self.url.clone()))?;
+        Ok(kube::Config::new(uri))
+    }
+
+    /// A kube client for the fake.
+    pub fn client(&self) -> Result<kube::Client, FakeError> {
+        Ok(kube::Client::try_from(self.config()?)?)
+    }
+
+    /// Every request received so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.store).calls.clone()
+    }
+
+    /// The stored object, as JSON (`group` is `""` for core resources).
+    pub fn object(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let key = (
+            group.to_owned(),
+            resource.to_owned(),
+            namespace.to_owned(),
+            name.to_owned(),
+        );
+        lock(&self.store).objects.get(&key).cloned()
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// What a request addresses, parsed from its path.
+#[derive(Debug)]
+struct Target {
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    /// A subresource (`status`, `scale`): the fake serves none.
+    subresource: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        rest => (None, rest),
+    };
+    let (resource, name, subresource) = match rest {
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some((*name).to_owned()), None),
+        [resource, name, sub] => (*resource, Some((*name).to_owned()), Some((*sub).to_owned())),
+        _ => return None,
+    };
+    Some(Target {
+        group,
+        resource: resource.to_owned(),
+        namespace,
+        name,
+        subresource,
+    })
+}
+
+fn query(uri: &Uri) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The RBAC verb of a request.
+fn verb(method: &Method, has_name: bool, watch: bool) -> &'static str {
+    match (method.as_str(), has_name) {
+        ("GET", _) if watch => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String, details: Option<Value>) -> Response {
+    let mut body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    if let Some(d) = details {
+        body["details"] = d;
+    }
+    (code, axum::Json(body)).into_response()
+}
+
+fn details(kind: &Kind, name: &str) -> Value {
+    json!({ "name": name, "group": kind.group, "kind": kind.resource })
+}
+
+fn not_found(kind: &Kind, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{} \"{name}\" not found", kind.qualified()),
+        Some(details(kind, name)),
+    )
+}
+
+fn conflict(kind: &Kind, name: &str) -> Response {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+             please apply your changes to the latest version and try again",
+            kind.qualified()
+        ),
+        Some(details(kind, name)),
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message.into(), None)
+}
+
+fn ok(code: StatusCode, object: &Value) -> Response {
+    (code, axum::Json(object.clone())).into_response()
+}
+
+fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    object.get("metadata")?.get(field)?.as_str()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                target.remove(k);
+            } else {
+                merge_patch(target.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+fn set_meta(object: &mut Value, field: &str, value: Value) {
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = json!({});
+    }
+    object["metadata"][field] = value;
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn handle(
+    State(store): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(target) = parse_path(uri.path()) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            None,
+        );
+    };
+    let params = query(&uri);
+    let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+    let mut store = lock(&store);
+    store.calls.push(Call {
+        verb: verb(&method, target.name.is_some(), watch).to_owned(),
+        group: target.group.clone(),
+        resource: target.resource.clone(),
+        name: target.name.clone(),
+        namespace: target.namespace.clone(),
+    });
+    let Some(kind) = KINDS
+        .iter()
+        .find(|k| k.group == target.group && k.resource == target.resource)
+    else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            None,
+        );
+    };
+    if target.subresource.is_some() {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            None,
+        );
+    }
+    let Some(namespace) = target.namespace.clone() else {
+        // Cluster-wide requests: only list is meaningful for namespaced kinds.
+        return match (method.as_str(), target.name.is_some(), watch) {
+            ("GET", false, false) => list(&store, kind, None, &params),
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "namespaced resources need a namespace for this request".into(),
+                None,
+            ),
+        };
+    };
+    let name = target.name.clone();
+    match (method.as_str(), name) {
+        ("GET", _) if watch => {
+            // A watch that ends at once: clients reconnect. Nothing here uses watches.
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "",
+            )
+                .into_response()
+        }
+        ("GET", None) => list(&store, kind, Some(&namespace), &params),
+        ("GET", Some(name)) => {
+            let key = key(kind, &namespace, &name);
+            match store.objects.get(&key) {
+                Some(o) => ok(StatusCode::OK, o),
+                None => not_found(kind, &name),
+            }
+        }
+        ("POST", None) => create(&mut store, kind, &namespace, &body),
+        ("PUT", Some(name)) => update(&mut store, kind, &namespace, &name, &body),
+        ("PATCH", Some(name)) => patch(&mut store, kind, &namespace, &name, &headers, &body),
+        ("DELETE", Some(name)) => {
+            let key = key(kind, &namespace, &name);
+            match store.objects.remove(&key) {
+                Some(o) => {
+                    store.next_version();
+                    let uid = meta_str(&o, "uid").unwrap_or_default().to_owned();
+                    let body = json!({
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": { "name": name, "group": kind.group, "kind": kind.resource, "uid": uid },
+                    });
+                    ok(StatusCode::OK, &body)
+                }
+                None => not_found(kind, &name),
+            }
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+            None,
+        ),
+    }
+}
+
+fn key(kind: &Kind, namespace: &str, name: &str) -> Key {
+    (
+        kind.group.to_owned(),
+        kind.resource.to_owned(),
+        namespace.to_owned(),
+        name.to_owned(),
+    )
+}
+
+fn list(
+    store: &Store,
+    kind: &Kind,
+    namespace: Option<&str>,
+    params: &BTreeMap<String, String>,
+) -> Response {
+    // Equality label selectors only ("a=b,c=d"), which is all the tests use.
+    let mut wanted = Vec::new();
+    if let Some(selector) = params.get("labelSelector").filter(|s| !s.is_empty()) {
+        for term in selector.split(',') {
+            match term.split_once('=') {
+                Some((k, v)) if !k.contains('!') => {
+                    wanted.push((k.to_owned(), v.trim_start_matches('=').to_owned()));
+                }
+                _ => return bad_request(format!("unsupported label selector {selector:?}")),
+            }
+        }
+    }
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((g, r, ns, _), _)| {
+            g == kind.group && r == kind.resource && namespace.is_none_or(|n| n == ns)
+        })
+        .map(|(_, o)| o)
+        .filter(|o| {
+            wanted.iter().all(|(k, v)| {
+                o.get("metadata")
+                    .and_then(|m| m.get("labels"))
+                    .and_then(|l| l.get(k))
+                    .and_then(Value::as_str)
+                    == Some(v.as_str())
+            })
+        })
+        .cloned()
+        .collect();
+    ok(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", kind.kind),
+            "apiVersion": kind.api_version(),
+            "metadata": { "resourceVersion": store.resource_version.to_string() },
+            "items": items,
+        }),
+    )
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(Box::new(bad_request("the body is not a JSON object"))),
+        Err(e) => Err(Box::new(bad_request(format!(
+            "cannot decode the body: {e}"
+        )))),
+    }
+}
+
+fn check_namespace(object: &Value, namespace: &str) -> Result<(), Box<Response>> {
+    match meta_str(object, "namespace") {
+        Some(ns) if !ns.is_empty() && ns != namespace => Err(Box::new(bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ))),
+        _ => Ok(()),
+    }
+}
+
+static UIDS: AtomicU64 = AtomicU64::new(1);
+
+fn create(store: &mut Store, kind: &Kind, namespace: &str, body: &Bytes) -> Response {
+    let mut object = match parse_body(body) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    if let Err(r) = check_namespace(&object, namespace) {
+        return *r;
+    }
+    let name = match meta_str(&object, "name").filter(|n| !n.is_empty()) {
+        Some(n) => n.to_owned(),
+        None => match meta_str(&object, "generateName").filter(|n| !n.is_empty()) {
+            Some(prefix) => format!("{prefix}{:05x}", UIDS.fetch_add(1, Ordering::Relaxed)),
+            None => {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!(
+                        "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                        kind.kind
+                    ),
+                    None,
+                );
+            }
+        },
+    };
+    if meta_str(&object, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+        // What the real apiserver (etcd3 store) answers.
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "resourceVersion should not be set on objects to be created".into(),
+            None,
+        );
+    }
+    let key = key(kind, namespace, &name);
+    if store.objects.contains_key(&key) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", kind.qualified()),
+            Some(details(kind, &name)),
+        );
+    }
+    let rv = store.next_version();
+    object["apiVersion"] = json!(kind.api_version());
+    object["kind"] = json!(kind.kind);
+    set_meta(&mut object, "name", json!(name));
+    set_meta(&mut object, "namespace", json!(namespace));
+    set_meta(
+        &mut object,
+        "uid",
+        json!(format!(
+            "00000000-0000-4000-8000-{:012x}",
+            UIDS.fetch_add(1, Ordering::Relaxed)
+        )),
+    );
+    set_meta(&mut object, "creationTimestamp", json!(now_rfc3339()));
+    set_meta(&mut object, "resourceVersion", json!(rv));
+    store.objects.insert(key, object.clone());
+    ok(StatusCode::CREATED, &object)
+}
+
+/// Puts back what a write may not change (identity, creation) and stamps a new version.
+fn finish_write(store: &mut Store, kind: &Kind, old: &Value, object: &mut Value) {
+    object["apiVersion"] = json!(kind.api_version());
+    object["kind"] = json!(kind.kind);
+    for field in ["name", "namespace", "uid", "creationTimestamp"] {
+        if let Some(v) = old.get("metadata").and_then(|m| m.get(field)) {
+            set_meta(object, field, v.clone());
+        }
+    }
+    let rv = store.next_version();
+    set_meta(object, "resourceVersion", json!(rv));
+}
+
+fn update(store: &mut Store, kind: &Kind, namespace: &str, name: &str, body: &Bytes) -> Response {
+    let mut object = match parse_body(body) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    if let Err(r) = check_namespace(&object, namespace) {
+        return *r;
+    }
+    if let Some(body_name) = meta_str(&object, "name").filter(|n| *n != name) {
+        return bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        ));
+    }
+    let key = key(kind, namespace, name);
+    let Some(old) = store.objects.get(&key).cloned() else {
+        return not_found(kind, name);
+    };
+    // No resourceVersion: an unconditional update, as these kinds allow.
+    if let Some(rv) = meta_str(&object, "resourceVersion").filter(|rv| !rv.is_empty())
+        && Some(rv) != meta_str(&old, "resourceVersion")
+    {
+        return conflict(kind, name);
+    }
+    finish_write(store, kind, &old, &mut object);
+    store.objects.insert(key, object.clone());
+    ok(StatusCode::OK, &object)
+}
+
+fn patch(
+    store: &mut Store,
+    kind: &Kind,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    // Strategic merge equals merge for the plain maps these kinds use (no lists patched here).
+    if media != "application/merge-patch+json" && media != "application/strategic-merge-patch+json"
+    {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the fake apiserver does not support patch type {content_type:?}"),
+            None,
+        );
+    }
+    let patch = match parse_body(body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let key = key(kind, namespace, name);
+    let Some(old) = store.objects.get(&key).cloned() else {
+        return not_found(kind, name);
+    };
+    // A resourceVersion in the patch is a precondition, as in the real apiserver.
+    if let Some(rv) = meta_str(&patch, "resourceVersion")
+        && Some(rv) != meta_str(&old, "resourceVersion")
+    {
+        return conflict(kind, name);
+    }
+    let mut object = old.clone();
+    merge_patch(&mut object, &patch);
+    finish_write(store, kind, &old, &mut object);
+    store.objects.insert(key, object.clone());
+    ok(StatusCode::OK, &object)
+}
+
+/// The cluster a Kubernetes test runs against: the fake, or a real one from
+/// `VAULT_DR_TEST_KUBECONFIG`.
+pub struct TestKube {
+    /// A client for it.
+    pub client: kube::Client,
+    /// Namespace to work in.
+    pub namespace: String,
+    config: kube::Config,
+    suffix: String,
+    fake: Option<FakeApiServer>,
+}
+
+impl std::fmt::Debug for TestKube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestKube")
+            .field("cluster_url", &self.config.cluster_url)
+            .field("namespace", &self.namespace)
+            .field("suffix", &self.suffix)
+            .field("fake", &self.fake)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestKube {
+    /// `base` made unique for this run (unchanged on the fake, which is fresh per test).
+    pub fn name(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
+    }
+
+    /// The fake, when the test runs on it.
+    pub fn fake(&self) -> Option<&FakeApiServer> {
+        self.fake.as_ref()
+    }
+
+    /// The kube config of the cluster, to build clients with extra layers.
+    pub fn config(&self) -> kube::Config {
+        self.config.clone()
+    }
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// The cluster for one test: a fresh [`FakeApiServer`], or the cluster of the kubeconfig named
+/// by `VAULT_DR_TEST_KUBECONFIG` (namespace from `VAULT_DR_TEST_NAMESPACE`, default `default`;
+/// names get a unique suffix so runs do not collide).
+pub async fn test_client() -> Result<TestKube, FakeError> {
+    match std::env::var(ENV_KUBECONFIG).ok().filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let failed = |message: String| FakeError::Kubeconfig {
+                path: path.clone(),
+                message,
+            };
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(&path).map_err(|e| failed(e.to_string()))?;
+            let namespace = std::env::var(ENV_NAMESPACE)
+                .ok()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".to_owned());
+            let mut config = kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+            config.default_namespace = namespace.clone();
+            let client = kube::Client::try_from(config.clone())?;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let suffix = format!(
+                "-{:x}{:x}{:x}",
+                std::process::id(),
+                nanos & 0xff_ffff,
+                RUNS.fetch_add(1, Ordering::Relaxed)
+            );
+            Ok(TestKube {
+                client,
+                namespace,
+                config,
+                suffix,
+                fake: None,
+            })
+        }
+        None => {
+            let fake = FakeApiServer::start().await?;
+            let config = fake.config()?;
+            Ok(TestKube {
+                client: kube::Client::try_from(config.clone())?,
+                namespace: "default".to_owned(),
+                config,
+                suffix: String::new(),
+                fake: Some(fake),
+            })
+        }
+    }
+}
