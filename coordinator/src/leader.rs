@@ -40,7 +40,14 @@ impl Leader {
 
     /// Runs the lease loop and the tick loop until `shutdown` turns true, then gives the lease up.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let renew = self.service.config.coordination.renew_period();
+        // Followers must notice an expired lease quickly: try at least once a second, so a
+        // takeover takes at most the lease duration plus one second.
+        let renew = self
+            .service
+            .config
+            .coordination
+            .renew_period()
+            .min(Duration::from_secs(1));
         let mut lease_tick = tokio::time::interval(renew);
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(self.service.config.policy.probe_interval);

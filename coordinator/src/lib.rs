@@ -19,12 +19,17 @@ pub mod vault;
 pub mod view;
 
 use crate::api::Service;
-use crate::config::{Config, CoordinationConfig, StoreConfig};
+use crate::config::{Config, CoordinationConfig, StoreConfig, TrafficConfig};
 use crate::coordination::Coordination;
+use crate::coordination::kubernetes::{
+    KubernetesCoordination, KubernetesEvents, KubernetesServiceSwitch,
+};
 use crate::coordination::local::LocalCoordination;
 pub use crate::error::{Error, Result};
+use crate::failover::actions::TrafficSwitch;
 use crate::failover::actions::{Actions, NoTrafficSwitch};
 use crate::failover::executor::Executor;
+use crate::failover::executor::StepHook;
 use crate::failover::openbao::{CanaryVerifier, DesiredStateReplication, SealFencer};
 use crate::leader::Leader;
 use crate::store::Store;
@@ -62,6 +67,8 @@ pub async fn run(
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry)?;
     let store = open_store(&config, &registry).await?;
+    let mut hooks: Vec<Arc<dyn StepHook>> = vec![Arc::new(metrics.clone())];
+    let mut kube_client: Option<kube::Client> = None;
     let coordination: Arc<dyn Coordination> = match &config.coordination {
         CoordinationConfig::Local {
             path,
@@ -72,12 +79,44 @@ pub async fn run(
             config.id.clone(),
             *lease_duration,
         )),
-        CoordinationConfig::Kubernetes { .. } => {
-            return Err(Error::Coordination(
-                coordination::CoordinationError::Unavailable(
-                    "the kubernetes backend is not wired into this build yet".into(),
-                ),
-            ));
+        k @ CoordinationConfig::Kubernetes {
+            namespace,
+            configmap_name,
+            ..
+        } => {
+            let c = KubernetesCoordination::from_config(k, config.id.clone()).await?;
+            hooks.push(Arc::new(KubernetesEvents::new(
+                c.client(),
+                namespace.clone(),
+                configmap_name.clone(),
+                config.id.clone(),
+            )?));
+            kube_client = Some(c.client());
+            Arc::new(c)
+        }
+    };
+    let traffic: Arc<dyn TrafficSwitch> = match &config.traffic {
+        TrafficConfig::None => Arc::new(NoTrafficSwitch),
+        TrafficConfig::Kubernetes { namespace, service } => {
+            let client = match kube_client {
+                Some(c) => c,
+                None => kube::Client::try_default().await.map_err(|e| {
+                    Error::Coordination(coordination::CoordinationError::Unavailable(format!(
+                        "no Kubernetes client for the Service switch: {e}"
+                    )))
+                })?,
+            };
+            Arc::new(KubernetesServiceSwitch::new(
+                client,
+                namespace.clone(),
+                service.clone(),
+            ))
+        }
+        TrafficConfig::Local { .. } => {
+            return Err(Error::Config(config::ConfigError {
+                field: "traffic.backend".into(),
+                message: "the local TCP forwarder is not available in this build yet".into(),
+            }));
         }
     };
     let state = Arc::new(state::State::default());
@@ -96,7 +135,7 @@ pub async fn run(
             promote_timeout: leader::PROMOTE_TIMEOUT,
             repoint_timeout: config.policy.report_ttl * 2,
         }),
-        traffic: Arc::new(NoTrafficSwitch),
+        traffic,
         verifier: Arc::new(CanaryVerifier {
             vault: action_client,
         }),
@@ -108,7 +147,7 @@ pub async fn run(
         actions,
         config.clusters.clone(),
     )
-    .with_hook(Arc::new(metrics.clone()));
+    .with_hook(Arc::new(failover::executor::Hooks(hooks)));
     let service = Service {
         config: config.clone(),
         state,

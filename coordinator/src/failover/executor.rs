@@ -57,6 +57,22 @@ pub trait StepHook: Send + Sync + std::fmt::Debug {
     fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>);
 }
 
+/// Several hooks as one (metrics and Kubernetes Events).
+#[derive(Debug, Clone)]
+pub struct Hooks(pub Vec<Arc<dyn StepHook>>);
+
+impl StepHook for Hooks {
+    fn started(&self, record: &FailoverRecord, step: Step) {
+        self.0.iter().for_each(|h| h.started(record, step));
+    }
+
+    fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>) {
+        self.0
+            .iter()
+            .for_each(|h| h.finished(record, step, seconds, error));
+    }
+}
+
 /// How often a step is tried before the executor moves on (or never gives up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempts {
