@@ -862,3 +862,225 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
         "queried but not exported: {missing:#?}\nexported: {exported:#?}"
     );
 }
+
+/// Whether `call` is granted by one of the Role's `rules`.
+fn allowed(rules: &[Value], call: &vault_dr_tests::fake_apiserver::Call) -> bool {
+    let has = |v: &Value, s: &str| v.as_array().is_some_and(|a| a.iter().any(|x| x == s));
+    rules.iter().any(|r| {
+        has(&r["apiGroups"], &call.group)
+            && has(&r["resources"], &call.resource)
+            && has(&r["verbs"], &call.verb)
+            && match r["resourceNames"].as_array() {
+                None => true,
+                Some(names) if names.is_empty() => true,
+                Some(names) => call
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| names.iter().any(|x| x == n)),
+            }
+    })
+}
+
+/// The acceptance test of the chart's RBAC: render the chart (CI values: Kubernetes coordination,
+/// Service switch), run the coordinator's Kubernetes backend against the fake apiserver through a
+/// whole failover, and check that every API call it made is allowed by the rendered Role and that
+/// the client Service now selects the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
+    use std::sync::Arc;
+    use vault_dr_coordinator::coordination::Coordination;
+    use vault_dr_coordinator::coordination::kubernetes::{
+        KubernetesCoordination, KubernetesEvents, KubernetesServiceSwitch,
+    };
+    use vault_dr_coordinator::failover::actions::Actions;
+    use vault_dr_coordinator::failover::actions::test_util::Recorder;
+    use vault_dr_coordinator::failover::executor::{Executor, Hooks, StepHook};
+    use vault_dr_coordinator::failover::scorer::CandidateTable;
+    use vault_dr_coordinator::failover::{FailoverStatus, Step};
+    use vault_dr_coordinator::store::Store;
+    use vault_dr_coordinator::store::embedded::EmbeddedStore;
+    use vault_dr_coordinator::topology::Topology;
+    use vault_dr_tests::fake_apiserver::FakeApiServer;
+
+    let ci = vec![
+        "-f".to_owned(),
+        chart().join("ci/test-values.yaml").display().to_string(),
+    ];
+    let role_text = {
+        let (ok, out, err) = run(
+            Command::new(tool("bin/helm"))
+                .args(["template", "vault-dr"])
+                .arg(chart())
+                .args([
+                    "--namespace",
+                    NAMESPACE,
+                    "-s",
+                    "templates/coordinator-role.yaml",
+                ])
+                .args(&ci),
+            None,
+        );
+        assert!(ok, "{err}");
+        out
+    };
+    let role = yaml_docs(&role_text).remove(0);
+    let rules = role["rules"].as_array().unwrap().clone();
+
+    // The coordinator's own configuration as the chart renders it.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "bearer\n").unwrap();
+    let env = BTreeMap::from([
+        (
+            coord_config::ENV_TOKEN_FILE.to_owned(),
+            token.display().to_string(),
+        ),
+        (
+            coord_config::ENV_VAULT_TOKEN_FILE.to_owned(),
+            token.display().to_string(),
+        ),
+        (coord_config::ENV_NAMESPACE.to_owned(), NAMESPACE.to_owned()),
+        (
+            coord_config::ENV_ID.to_owned(),
+            "vault-dr-coordinator-0".to_owned(),
+        ),
+    ]);
+    let config = CoordConfig::parse(&rendered_config(&ci), dir.path(), &env).unwrap();
+    let coord_config::CoordinationConfig::Kubernetes {
+        namespace,
+        lease_name,
+        configmap_name,
+        ..
+    } = config.coordination.clone()
+    else {
+        panic!("the CI values must select the kubernetes backend");
+    };
+    let coord_config::TrafficConfig::Kubernetes { service, .. } = config.traffic.clone() else {
+        panic!("the CI values must select the Service switch");
+    };
+    let primary = config.cluster(&config.initial_primary).unwrap().clone();
+    let target = config
+        .clusters
+        .iter()
+        .find(|c| c.name != primary.name)
+        .unwrap()
+        .clone();
+
+    // The user's client Service exists before vault-dr runs and selects the primary.
+    let fake = FakeApiServer::start().await.unwrap();
+    let client = fake.client().unwrap();
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), &namespace);
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": { "name": service, "namespace": namespace },
+        "spec": { "selector": primary.selector, "ports": [{ "port": 8200 }] }
+    }))
+    .unwrap();
+    services.create(&Default::default(), &svc).await.unwrap();
+    let before = fake.calls().len();
+
+    let coordination = Arc::new(KubernetesCoordination::new(
+        client.clone(),
+        namespace.clone(),
+        lease_name,
+        configmap_name.clone(),
+        config.id.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(1),
+    ));
+    assert!(coordination.try_acquire_or_renew().await.unwrap());
+    let current = coordination
+        .write_topology(&Topology::initial(primary.name.clone()), None)
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&dir.path().join("s.sqlite"), Duration::from_secs(60)).unwrap(),
+    );
+    store.init().await.unwrap();
+    let recorder = Recorder::new();
+    let events = Arc::new(
+        KubernetesEvents::new(
+            client.clone(),
+            namespace.clone(),
+            configmap_name,
+            config.id.clone(),
+        )
+        .unwrap(),
+    );
+    let actions = Actions {
+        traffic: Arc::new(KubernetesServiceSwitch::new(
+            client.clone(),
+            namespace.clone(),
+            service.clone(),
+        )),
+        ..recorder.actions()
+    };
+    let hooks: Vec<Arc<dyn StepHook>> = vec![events.clone()];
+    let executor = Executor::new(
+        config.id.clone(),
+        coordination.clone(),
+        store,
+        actions,
+        config.clusters.clone(),
+    )
+    .with_hook(Arc::new(Hooks(hooks)));
+    let table = CandidateTable {
+        at: chrono::Utc::now(),
+        candidates: Vec::new(),
+        winner: Some(target.name.clone()),
+    };
+    executor
+        .begin(&current, &target.name, "primary down (test)", table, false)
+        .await
+        .unwrap();
+    let done = executor.resume().await.unwrap().unwrap();
+    assert_eq!(done.status, FailoverStatus::Done);
+    assert_eq!(done.steps.len(), Step::ALL.len());
+    events.flush().await;
+    coordination.release().await.unwrap();
+
+    let calls: Vec<_> = fake.calls().into_iter().skip(before).collect();
+    assert!(calls.iter().any(|c| c.resource == "leases"), "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.resource == "configmaps" && c.verb == "update"),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.resource == "services" && c.verb == "patch"),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.resource == "events" && c.verb == "create"),
+        "{calls:?}"
+    );
+    let denied: Vec<_> = calls.iter().filter(|c| !allowed(&rules, c)).collect();
+    assert!(
+        denied.is_empty(),
+        "calls the rendered Role does not allow: {denied:#?}\nrules: {rules:#?}"
+    );
+    for c in &calls {
+        assert_eq!(
+            c.namespace.as_deref(),
+            Some(namespace.as_str()),
+            "namespaced only: {c:?}"
+        );
+    }
+    let selector = services
+        .get(&service)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .selector
+        .unwrap();
+    assert_eq!(
+        selector, target.selector,
+        "the client Service must select the new primary"
+    );
+}
