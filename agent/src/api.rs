@@ -180,6 +180,8 @@ mod tests {
             primary: "dc1".into(),
             primary_api_addr: None,
             failover_in_progress: false,
+            promotion: Default::default(),
+            final_snapshot_from: None,
         });
         let (status, body) = get(&s, "/v1/desired").await;
         assert_eq!(status, StatusCode::OK);

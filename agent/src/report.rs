@@ -160,7 +160,8 @@ impl Sender {
             serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)?;
         let term = desired.term;
         match self.shared.offer_desired(desired) {
-            Offer::Kept => {}
+            // Without a replication backend there is nothing to carry out for a new term.
+            Offer::Kept => self.shared.set_applied_term(term),
             Offer::StaleTerm => tracing::warn!(
                 term,
                 seen = self.shared.seen_term(),

@@ -29,6 +29,7 @@ struct Inner {
     observation: Option<Observation>,
     desired: Option<DesiredState>,
     seen_term: u64,
+    applied_term: u64,
     seq: u64,
 }
 
@@ -115,6 +116,17 @@ impl Shared {
         self.lock().seen_term
     }
 
+    /// Highest term whose desired state has been carried out.
+    pub fn applied_term(&self) -> u64 {
+        self.lock().applied_term
+    }
+
+    /// Records that the desired state of `term` has been carried out (never lowers it).
+    pub fn set_applied_term(&self, term: u64) {
+        let mut inner = self.lock();
+        inner.applied_term = inner.applied_term.max(term);
+    }
+
     /// Offers a desired state from the coordinator: kept unless its term is lower than the
     /// highest seen (the term is the fencing token) or it names another cluster.
     pub fn offer_desired(&self, d: DesiredState) -> Offer {
@@ -135,17 +147,17 @@ impl Shared {
         let mut inner = self.lock();
         let o = inner.observation.clone()?;
         inner.seq += 1;
-        Some(self.build(o, inner.seq, inner.seen_term))
+        Some(self.build(o, inner.seq, inner.seen_term, inner.applied_term))
     }
 
     /// The report as of now with the last `seq` used, without raising it (`GET /v1/report`).
     pub fn current_report(&self) -> Option<Report> {
         let inner = self.lock();
         let o = inner.observation.clone()?;
-        Some(self.build(o, inner.seq, inner.seen_term))
+        Some(self.build(o, inner.seq, inner.seen_term, inner.applied_term))
     }
 
-    fn build(&self, o: Observation, seq: u64, seen_term: u64) -> Report {
+    fn build(&self, o: Observation, seq: u64, seen_term: u64, applied_term: u64) -> Report {
         Report {
             schema_version: SCHEMA_VERSION,
             cluster: self.cluster.clone(),
@@ -159,6 +171,7 @@ impl Shared {
             replication: o.replication,
             primary_probe: o.primary_probe,
             seen_term,
+            applied_term,
         }
     }
 }
@@ -196,6 +209,8 @@ mod tests {
             primary: "dc1".into(),
             primary_api_addr: None,
             failover_in_progress: false,
+            promotion: Default::default(),
+            final_snapshot_from: None,
         }
     }
 

@@ -53,6 +53,8 @@ async fn reports(
                 primary: "dc1".into(),
                 primary_api_addr: f.primary.lock().unwrap().clone(),
                 failover_in_progress: false,
+                promotion: Default::default(),
+                final_snapshot_from: None,
             };
             axum::Json(desired).into_response()
         }

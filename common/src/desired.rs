@@ -47,7 +47,44 @@ pub struct DesiredState {
     /// API address of the primary cluster: what a secondary probes (as an observer) and
     /// replicates from. `None` on the primary itself.
     pub primary_api_addr: Option<Url>,
-    /// Whether a failover is in progress (agents keep probing but start nothing new).
+    /// Whether a failover is in progress. Agents keep probing and reporting but start no
+    /// restore or pull of their own meanwhile; only the promotion target acts (promoting).
     #[serde(default)]
     pub failover_in_progress: bool,
+    /// How the target of a promotion gets its data (shown in the decision).
+    #[serde(default)]
+    pub promotion: PromotionMode,
+    /// Planned switchover only: before promoting, the target pulls one final snapshot from this
+    /// address (the old primary, with client traffic already cut) and restores it, so that no
+    /// acknowledged write is lost. `None` in an unplanned failover.
+    #[serde(default)]
+    pub final_snapshot_from: Option<Url>,
+}
+
+/// What a promoted secondary restores before it takes traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionMode {
+    /// Restore the newest snapshot held when it is newer than the node's data (always so with
+    /// `restore: on-promotion`): fewer writes lost, a restore (~5 s) longer.
+    #[default]
+    Complete,
+    /// Promote what the node already has: lowest RTO, more writes lost.
+    Fast,
+}
+
+impl PromotionMode {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Fast => "fast",
+        }
+    }
+}
+
+impl fmt::Display for PromotionMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

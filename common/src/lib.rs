@@ -9,7 +9,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use desired::{DesiredState, Role};
+pub use desired::{DesiredState, PromotionMode, Role};
 pub use report::{
     HostStats, LatencySummary, NodeState, PeerProbe, ReplicationMode, ReplicationStatus, Report,
     SCHEMA_VERSION, VaultStatus,

@@ -43,6 +43,12 @@ pub struct Report {
     /// Highest term this agent has seen in a desired state (0 before the first answer).
     #[serde(default)]
     pub seen_term: u64,
+    /// Highest term whose desired state this agent has carried out: as the promotion target,
+    /// restored (per the promotion mode), unsealed and canary-written; as a secondary,
+    /// following (pulling from) that term's primary. The coordinator's promotion step waits for
+    /// this, not for `seen_term`.
+    #[serde(default)]
+    pub applied_term: u64,
 }
 
 /// What `GET sys/health` (and friends) say about one node.
@@ -304,6 +310,7 @@ mod tests {
             replication: ReplicationStatus::default(),
             primary_probe: None,
             seen_term: 1,
+            applied_term: 1,
         }
     }
 

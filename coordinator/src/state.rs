@@ -233,5 +233,7 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         primary,
         primary_api_addr,
         failover_in_progress: topology.failover.is_some(),
+        promotion: Default::default(),
+        final_snapshot_from: None,
     }
 }

@@ -104,6 +104,7 @@ fn report(cluster: &str, node: &str, seq: u64) -> Report {
         replication: ReplicationStatus::default(),
         primary_probe: None,
         seen_term: 0,
+        applied_term: 0,
     }
 }
 

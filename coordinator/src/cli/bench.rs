@@ -143,6 +143,7 @@ fn report(cluster: usize, node: usize, seq: u64, started: chrono::DateTime<Utc>)
         replication: ReplicationStatus::default(),
         primary_probe: None,
         seen_term: 1,
+        applied_term: 1,
     }
 }
 

@@ -481,6 +481,7 @@ pub(crate) mod synthetic {
             },
             primary_probe: None,
             seen_term: 1,
+            applied_term: 1,
         }
     }
 

@@ -398,6 +398,7 @@ pub fn report(cluster: &str, node: &str, seq: u64, received_at: DateTime<Utc>) -
                 latency_ms: None,
             }),
             seen_term: 3,
+            applied_term: 3,
         },
     }
 }
