@@ -25,9 +25,6 @@ pub enum Error {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
-    /// TLS material could not be loaded.
-    #[error("tls: {0}")]
-    Tls(String),
 }
 
 /// Result of the coordinator.

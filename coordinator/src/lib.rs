@@ -159,14 +159,55 @@ pub async fn run(
     let leader = Leader::new(service.clone(), executor, vault);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let loops = tokio::spawn(leader.run(stop_rx));
-    tracing::info!(id = %config.id, addr = %listener.local_addr()?, "coordinator listening");
+    let addr = listener.local_addr()?;
     let app = api::router(service);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    match &config.tls {
+        None => {
+            tracing::info!(id = %config.id, %addr, "coordinator listening (plain HTTP)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    let _ = stop_tx.send(true);
+                })
+                .await?;
+        }
+        Some((cert, key)) => {
+            let tls = tls_config(cert, key).await?;
+            tracing::info!(id = %config.id, %addr, "coordinator listening (TLS)");
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+    }
     let _ = loops.await;
     Ok(())
+}
+
+/// Loads the listener's certificate chain and key (PEM) for rustls with the aws-lc-rs provider.
+async fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig> {
+    // Several crates link rustls; make the provider choice explicit once per process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_chain_file(cert, key)
+        .await
+        .map_err(|e| {
+            Error::Config(config::ConfigError {
+                field: "tls.cert_file".into(),
+                message: format!(
+                    "cannot load the certificate {} and key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ),
+            })
+        })
 }

@@ -103,6 +103,10 @@ async fn run_coordinator(args: &CoordinatorArgs) -> i32 {
     };
     match crate::run(config, listener, vault_dr_common::shutdown::signal()).await {
         Ok(()) => 0,
+        Err(e @ crate::Error::Config(_)) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
         Err(e) => {
             eprintln!("error: {e}");
             exit::SOFTWARE
