@@ -9,6 +9,7 @@ pub mod config;
 pub mod coordination;
 pub mod error;
 pub mod failover;
+pub mod failpoint;
 pub mod lab;
 pub mod leader;
 pub mod metrics;
@@ -64,6 +65,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = Arc::new(config);
+    failpoint::arm(&config::ProcessEnv).map_err(|e| {
+        Error::Config(config::ConfigError {
+            field: failpoint::ENV_FAILPOINT.into(),
+            message: e.to_string(),
+        })
+    })?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry)?;
     let store = open_store(&config, &registry).await?;

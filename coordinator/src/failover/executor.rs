@@ -249,6 +249,7 @@ impl Executor {
                 return Ok(Some(record));
             };
             self.start_step(&mut record, step).await;
+            crate::failpoint::before(step).await;
             let started = std::time::Instant::now();
             let outcome = self.run_step(&current.value, &f, step).await?;
             let error = outcome.as_ref().err().map(|e| e.0.clone());
@@ -273,6 +274,7 @@ impl Executor {
                 .await?;
             self.finish_step(&mut record, step, detail, error, started.elapsed())
                 .await;
+            crate::failpoint::after(step).await;
             if step == Step::Done {
                 tracing::info!(failover = %record.id, "done: {} is primary in term {}", record.to, record.term);
                 return Ok(Some(record));
