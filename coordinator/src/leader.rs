@@ -74,18 +74,22 @@ impl Leader {
                     } else if !leader && was_leader {
                         tracing::warn!(id = %self.service.config.id, "lost leadership; acting no more");
                     }
-                    if let Some(since) = leader_since.filter(|_| leader) {
+                    // Count the time since the previous lease tick if we led then, also when
+                    // leadership just ended.
+                    if let Some(since) = leader_since.take() {
                         m.leader_seconds.add(since.elapsed().as_secs_f64());
+                    }
+                    if leader {
                         leader_since = Some(Instant::now());
                     }
                     was_leader = leader;
                     m.is_leader.set(i64::from(leader));
                 }
                 _ = tick.tick() => {
-                    if self.service.coordination.is_leader() {
-                        if let Err(e) = self.tick().await {
-                            tracing::warn!("tick failed: {e}");
-                        }
+                    if self.service.coordination.is_leader()
+                        && let Err(e) = self.tick().await
+                    {
+                        tracing::warn!("tick failed: {e}");
                     }
                 }
             }

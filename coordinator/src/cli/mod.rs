@@ -9,6 +9,7 @@ pub mod status;
 use crate::config::{Config, ProcessEnv};
 use serde::de::DeserializeOwned;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 use vault_dr_common::Secret;
@@ -117,9 +118,15 @@ async fn run_coordinator(args: &CoordinatorArgs) -> i32 {
 /// How to reach the coordinator (flags shared by every API command).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
-    /// Coordinator URL.
-    #[arg(long, env = "VAULT_DR_URL", default_value = "http://127.0.0.1:8300")]
-    pub url: Url,
+    /// Coordinator URL, or several replicas' URLs separated by commas: the command talks to
+    /// the leader (the replica whose `/readyz` answers 200).
+    #[arg(
+        long,
+        env = "VAULT_DR_URL",
+        default_value = "http://127.0.0.1:8300",
+        value_delimiter = ','
+    )]
+    pub url: Vec<Url>,
     /// File holding the coordinator's bearer token.
     #[arg(long, env = "VAULT_DR_TOKEN_FILE")]
     pub token_file: PathBuf,
@@ -169,12 +176,47 @@ pub enum CliError {
     Decode(String),
 }
 
-/// A small authenticated client of the coordinator API.
+/// A small authenticated client of the coordinator API. Given several replicas, it talks to
+/// the leader (found on the first request); with none leading, to the first that answers.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: Url,
+    bases: Vec<Url>,
+    base: Arc<tokio::sync::OnceCell<Url>>,
     token: Secret,
+}
+
+/// One coordinator replica as the CLI sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Replica {
+    /// The URL it was asked at.
+    pub url: Url,
+    /// Its id (lease holder name), when it answered `/v1/topology`.
+    pub id: Option<String>,
+    /// `leader` (`/readyz` 200), `follower` (503) or `unreachable`.
+    pub role: ReplicaRole,
+}
+
+/// Role of a coordinator replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaRole {
+    /// Holds the lease: `/readyz` is 200.
+    Leader,
+    /// Answers, but `/readyz` is not 200.
+    Follower,
+    /// Does not answer.
+    Unreachable,
+}
+
+impl std::fmt::Display for ReplicaRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Leader => "leader",
+            Self::Follower => "follower",
+            Self::Unreachable => "unreachable",
+        })
+    }
 }
 
 impl Client {
@@ -195,11 +237,70 @@ impl Client {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| CliError::Decode(e.to_string()))?;
+        if args.url.is_empty() {
+            return Err(CliError::Decode("--url names no coordinator".into()));
+        }
+        let base = Arc::new(tokio::sync::OnceCell::new());
+        if let [only] = args.url.as_slice() {
+            // One URL: no need to look for the leader.
+            let _ = base.set(only.clone());
+        }
         Ok(Self {
             http,
-            base: args.url.clone(),
+            bases: args.url.clone(),
+            base,
             token,
         })
+    }
+
+    /// Every replica given, with its role (asked in parallel).
+    pub async fn replicas(&self) -> Vec<Replica> {
+        futures::future::join_all(self.bases.iter().map(|url| self.replica(url))).await
+    }
+
+    async fn replica(&self, url: &Url) -> Replica {
+        let role = match url.join("readyz") {
+            Ok(u) => match self
+                .http
+                .get(u)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => ReplicaRole::Leader,
+                Ok(_) => ReplicaRole::Follower,
+                Err(_) => ReplicaRole::Unreachable,
+            },
+            Err(_) => ReplicaRole::Unreachable,
+        };
+        let id = match role {
+            ReplicaRole::Unreachable => None,
+            _ => self
+                .get_at(url, "v1/topology")
+                .await
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_owned)),
+        };
+        Replica {
+            url: url.clone(),
+            id,
+            role,
+        }
+    }
+
+    /// The URL requests go to: the leader, else the first replica that answers, else the first.
+    async fn base(&self) -> &Url {
+        self.base
+            .get_or_init(|| async {
+                let replicas = self.replicas().await;
+                replicas
+                    .iter()
+                    .find(|r| r.role == ReplicaRole::Leader)
+                    .or_else(|| replicas.iter().find(|r| r.role == ReplicaRole::Follower))
+                    .map(|r| r.url.clone())
+                    .unwrap_or_else(|| self.bases[0].clone())
+            })
+            .await
     }
 
     /// `GET` a JSON document.
@@ -210,8 +311,12 @@ impl Client {
 
     /// `GET` raw JSON.
     pub async fn get_value(&self, path: &str) -> Result<serde_json::Value, CliError> {
-        let url = self
-            .base
+        let base = self.base().await.clone();
+        self.get_at(&base, path).await
+    }
+
+    async fn get_at(&self, base: &Url, path: &str) -> Result<serde_json::Value, CliError> {
+        let url = base
             .join(path)
             .map_err(|e| CliError::Decode(e.to_string()))?;
         let resp = self
@@ -221,7 +326,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| CliError::Unreachable {
-                url: self.base.to_string(),
+                url: base.to_string(),
                 message: if e.is_timeout() {
                     "timeout".into()
                 } else {

@@ -1,25 +1,52 @@
 //! `vault-dr status`: one line per cluster — role, state, lag, p99 latency, CPU, memory, report
-//! age, and whether it could be promoted (or why not).
+//! age, and whether it could be promoted (or why not) — then the coordinator replicas given with
+//! `--url a,b,c` and the role of each (leader, follower, unreachable). The data comes from the
+//! leader.
 
-use super::{ApiArgs, CliError, Client, Output, opt, table};
+use super::{ApiArgs, CliError, Client, Output, Replica, opt, table};
 use crate::api::ClustersResponse;
 use crate::failover::scorer::Eligibility;
 use crate::view::NodeView;
 
-/// Fetches `/v1/clusters` and `/v1/topology` and renders them.
+/// Fetches `/v1/clusters` and `/v1/topology` from the leader, asks every replica its role, and
+/// renders them. The JSON output adds `leader` (the lease holder's id) and `replicas`.
 pub async fn run(args: &ApiArgs) -> Result<String, CliError> {
     let client = Client::new(args)?;
     let clusters: serde_json::Value = client.get_value("v1/clusters").await?;
     let topology: serde_json::Value = client.get_value("v1/topology").await?;
+    let replicas = client.replicas().await;
     if args.output == Output::Json {
-        let doc = serde_json::json!({ "topology": topology, "clusters": clusters });
+        let doc = serde_json::json!({
+            "leader": topology["leader"],
+            "replicas": replicas,
+            "topology": topology,
+            "clusters": clusters,
+        });
         return serde_json::to_string_pretty(&doc).map_err(|e| CliError::Decode(e.to_string()));
     }
     let resp: ClustersResponse =
         serde_json::from_value(clusters).map_err(|e| CliError::Decode(e.to_string()))?;
     let topo: crate::api::TopologyResponse =
         serde_json::from_value(topology).map_err(|e| CliError::Decode(e.to_string()))?;
-    Ok(render(&resp, &topo))
+    let mut out = render(&resp, &topo);
+    out.push('\n');
+    out.push_str(&render_replicas(&replicas));
+    Ok(out)
+}
+
+/// Renders the coordinator replicas and their roles.
+pub fn render_replicas(replicas: &[Replica]) -> String {
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone().unwrap_or_else(|| "-".into()),
+                r.role.to_string(),
+                r.url.to_string(),
+            ]
+        })
+        .collect();
+    table(&["COORDINATOR", "ROLE", "URL"], &rows)
 }
 
 fn freshest(nodes: &[NodeView]) -> Option<&NodeView> {
@@ -101,4 +128,41 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
         &rows,
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ReplicaRole;
+
+    #[test]
+    fn replicas_are_listed_with_their_role_and_the_unreachable_without_id() {
+        let r = |url: &str, id: Option<&str>, role| Replica {
+            url: url::Url::parse(url).unwrap(),
+            id: id.map(str::to_owned),
+            role,
+        };
+        let text = render_replicas(&[
+            r("http://127.0.0.1:1/", Some("a"), ReplicaRole::Follower),
+            r("http://127.0.0.1:2/", Some("b"), ReplicaRole::Leader),
+            r("http://127.0.0.1:3/", None, ReplicaRole::Unreachable),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["COORDINATOR", "ROLE", "URL"]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["a", "follower", "http://127.0.0.1:1/"]
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["b", "leader", "http://127.0.0.1:2/"]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["-", "unreachable", "http://127.0.0.1:3/"]
+        );
+    }
 }
