@@ -8,8 +8,10 @@
 //! during a panic, and under a small shell watchdog that kills it when the owning process dies.
 
 pub mod error;
+pub mod group;
 pub mod openbao;
 pub mod process;
+pub mod token;
 pub mod tools;
 
 pub use error::LabError;

@@ -1,0 +1,1123 @@
+//! [`DrGroup`]: a whole DR group on one machine, for `vault-dr drill`, `vault-dr bench rto` and
+//! the fault tests: N single-node OpenBao clusters (shared static seal, fast election), the DR
+//! token in each, one `vault-dr-agent` PROCESS per node, K `vault-dr coordinator` PROCESSES
+//! (local coordination file, one shared store, the local traffic forwarder on a fixed port, a
+//! fast policy), and optionally a cgroup v2 per cluster holding its `bao` process.
+//!
+//! Every process runs under a [`ChildGuard`], so dropping the group (also during a panic or
+//! after Ctrl-C unwinds the drill) kills everything; the run directory and the cgroups are
+//! removed too unless [`GroupSpec::keep`] is set.
+//!
+//! [`Placement`] is the hook for network-namespace fault tests: per cluster, a command prefix
+//! (`ip netns exec NS`) and a bind IP for the cluster's agent. The agents use it here; the
+//! cluster processes are started by [`LabCluster::start_group_with`] on loopback.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use url::Url;
+use vault_dr_common::Secret;
+
+use super::LabCluster;
+use super::error::LabError;
+use super::process::ChildGuard;
+
+/// Environment variable naming the `vault-dr-agent` executable.
+pub const ENV_AGENT_BIN: &str = "VAULT_DR_AGENT_BIN";
+/// Environment variable naming the `vault-dr` executable (the coordinator).
+pub const ENV_COORDINATOR_BIN: &str = "VAULT_DR_BIN";
+/// Name of the DR policy written into every cluster.
+pub const DR_POLICY: &str = "vault-dr";
+/// How long the group may take to be ready after the clusters started.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How a secondary's agent restores pulled snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// Restore every pulled snapshot at once (warm standby).
+    #[default]
+    Continuous,
+    /// Keep snapshots on disk; restore the newest at promotion.
+    OnPromotion,
+}
+
+impl RestoreMode {
+    /// The agent flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continuous => "continuous",
+            Self::OnPromotion => "on-promotion",
+        }
+    }
+}
+
+/// How the coordinator promotes (`[policy] promotion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromotionMode {
+    /// Restore the newest snapshot before serving.
+    #[default]
+    Complete,
+    /// Serve what the target holds at once.
+    Fast,
+}
+
+impl PromotionMode {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Fast => "fast",
+        }
+    }
+}
+
+/// Where one cluster's processes run: a command prefix (e.g. `ip netns exec vdr-s1`) and the
+/// IP its agent binds. The default is the host's loopback without a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Words put before the program (empty: none).
+    pub command_prefix: Vec<OsString>,
+    /// Address the agent listens on.
+    pub bind_ip: IpAddr,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            command_prefix: Vec::new(),
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// Cluster names; the first is the initial primary.
+    pub clusters: Vec<String>,
+    /// Coordinator processes (at least 1).
+    pub coordinators: usize,
+    /// Snapshot restore mode of the secondaries.
+    pub restore: RestoreMode,
+    /// Promotion mode of the coordinators (`None`: the config key is left out).
+    pub promotion: Option<PromotionMode>,
+    /// How often secondaries pull a snapshot.
+    pub snapshot_interval: Duration,
+    /// Agents' probe and report interval.
+    pub agent_interval: Duration,
+    /// Start the local traffic forwarder (the stable client address).
+    pub traffic: bool,
+    /// Use MongoDB instead of the shared embedded store.
+    pub mongodb_uri: Option<Secret>,
+    /// Put each cluster's `bao` into a cgroup v2 of its own and give its agent `--cgroup-root`.
+    pub cgroups: bool,
+    /// Per cluster placement (missing: [`Placement::default`]).
+    pub placements: BTreeMap<String, Placement>,
+    /// Run directory (None: a fresh temporary one).
+    pub dir: Option<PathBuf>,
+    /// Keep the run directory when the group is dropped.
+    pub keep: bool,
+    /// Coordinator policy: probe interval.
+    pub probe_interval: Duration,
+    /// Coordinator policy: consecutive agreeing ticks before the primary is down.
+    pub confirm: u32,
+    /// Coordinator policy: report TTL.
+    pub report_ttl: Duration,
+    /// Coordinator policy: cooldown after a failover.
+    pub cooldown: Duration,
+}
+
+impl Default for GroupSpec {
+    fn default() -> Self {
+        Self {
+            clusters: ["p", "s1", "s2", "s3"].map(String::from).to_vec(),
+            coordinators: 3,
+            restore: RestoreMode::Continuous,
+            promotion: Some(PromotionMode::Complete),
+            snapshot_interval: Duration::from_secs(2),
+            agent_interval: Duration::from_millis(500),
+            traffic: true,
+            mongodb_uri: None,
+            cgroups: false,
+            placements: BTreeMap::new(),
+            dir: None,
+            keep: false,
+            probe_interval: Duration::from_millis(500),
+            confirm: 2,
+            report_ttl: Duration::from_secs(3),
+            cooldown: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One running coordinator process.
+#[derive(Debug)]
+pub struct LabCoordinator {
+    /// Its id (lease holder name).
+    pub id: String,
+    /// Its API address.
+    pub url: Url,
+    /// Its config file.
+    pub config_path: PathBuf,
+    /// Its log file.
+    pub log_path: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl LabCoordinator {
+    /// The pid, None once killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// SIGKILLs the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+}
+
+/// One running agent process.
+#[derive(Debug)]
+pub struct LabAgent {
+    /// Its cluster.
+    pub cluster: String,
+    /// Its node.
+    pub node: String,
+    /// Its log file.
+    pub log_path: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl LabAgent {
+    /// The pid, None once killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// SIGKILLs the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+}
+
+/// Per-cluster cgroups v2 under one parent directory of this run; removed on drop.
+#[derive(Debug)]
+pub struct Cgroups {
+    parent: PathBuf,
+    clusters: BTreeMap<String, PathBuf>,
+    /// Whether the hierarchy accounts memory (`memory.current`); false on a hybrid host where
+    /// the memory controller is bound to cgroup v1.
+    pub memory_accounted: bool,
+}
+
+impl Cgroups {
+    /// The cgroup of `cluster`.
+    pub fn of(&self, cluster: &str) -> Option<&Path> {
+        self.clusters.get(cluster).map(PathBuf::as_path)
+    }
+
+    /// Moves process `pid` into the cgroup of `cluster`.
+    pub fn add(&self, cluster: &str, pid: u32) -> Result<(), LabError> {
+        let dir = self
+            .of(cluster)
+            .ok_or_else(|| LabError::Invalid(format!("no cgroup for cluster {cluster}")))?;
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .map_err(|e| LabError::io(format!("write {}", procs.display()), e))
+    }
+
+    /// Creates `<cgroup2 mount>/vault-dr-<pid>-<tag>/<cluster>` for every cluster. An error
+    /// when no cgroup v2 hierarchy is mounted or it is not writable (the drill says so).
+    fn create(names: &[String]) -> Result<Self, LabError> {
+        let mount = cgroup2_mount().ok_or_else(|| {
+            LabError::Invalid("no cgroup v2 hierarchy is mounted (see /proc/mounts)".into())
+        })?;
+        let tag: u32 = rand::random();
+        let parent = mount.join(format!("vault-dr-{}-{tag:08x}", std::process::id()));
+        std::fs::create_dir(&parent).map_err(|e| {
+            LabError::io(
+                format!("create cgroup {} (needs root)", parent.display()),
+                e,
+            )
+        })?;
+        let mut me = Self {
+            parent,
+            clusters: BTreeMap::new(),
+            memory_accounted: false,
+        };
+        // Let the children have the controllers the parent has (best effort).
+        if let Ok(ctl) = std::fs::read_to_string(me.parent.join("cgroup.controllers")) {
+            let want: Vec<String> = ctl
+                .split_whitespace()
+                .filter(|c| matches!(*c, "cpu" | "memory"))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !want.is_empty() {
+                let _ = std::fs::write(me.parent.join("cgroup.subtree_control"), want.join(" "));
+            }
+        }
+        for n in names {
+            let dir = me.parent.join(n);
+            std::fs::create_dir(&dir)
+                .map_err(|e| LabError::io(format!("create cgroup {}", dir.display()), e))?;
+            me.clusters.insert(n.clone(), dir);
+        }
+        me.memory_accounted = me
+            .clusters
+            .values()
+            .all(|d| d.join("memory.current").exists());
+        Ok(me)
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.clusters.values() {
+            // Whatever is still inside (stress-ng workers) dies; then the directory can go.
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for dir in self.clusters.values() {
+            while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.parent);
+    }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on
+/// a hybrid one), from `/proc/mounts`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// The run directory; removed on drop unless kept.
+#[derive(Debug)]
+struct RunDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A running DR group. Field order is drop order: processes first, then cgroups, then files.
+#[derive(Debug)]
+pub struct DrGroup {
+    agents: Vec<LabAgent>,
+    coordinators: Vec<LabCoordinator>,
+    extra: Vec<ChildGuard>,
+    clusters: Vec<LabCluster>,
+    cgroups: Option<Cgroups>,
+    /// Why cgroups are not in use, when they were asked for.
+    cgroup_error: Option<String>,
+    token_file: PathBuf,
+    dr_token_file: PathBuf,
+    dr_token: Secret,
+    coordinator_token: Secret,
+    traffic_addr: Option<Url>,
+    agent_flags_missing: Vec<String>,
+    http: reqwest::Client,
+    dir: RunDir,
+}
+
+impl DrGroup {
+    /// Starts everything in `spec` and waits until one coordinator leads, every node has
+    /// reported and every secondary is eligible (seeded by replication).
+    pub async fn start(spec: &GroupSpec) -> Result<Self, LabError> {
+        if spec.clusters.len() < 2 || spec.coordinators == 0 {
+            return Err(LabError::Invalid(
+                "a DR group needs at least two clusters and one coordinator".into(),
+            ));
+        }
+        let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
+        let coordinator_bin = find_sibling("vault-dr", ENV_COORDINATOR_BIN)?;
+        let dir = make_run_dir(spec)?;
+        let names: Vec<&str> = spec.clusters.iter().map(String::as_str).collect();
+        let clusters = LabCluster::start_group_with(&names, true, Some(&dir.path)).await?;
+        let http = lab_http()?;
+
+        let dr_token = Secret::new(format!("vdr-{:032x}", rand::random::<u128>()));
+        let coordinator_token = Secret::new(format!("{:032x}", rand::random::<u128>()));
+        let dr_token_file = dir.path.join("dr.token");
+        let token_file = dir.path.join("coordinator.token");
+        write_private(&dr_token_file, dr_token.expose())?;
+        write_private(&token_file, coordinator_token.expose())?;
+        let dr_tokens = clusters
+            .iter()
+            .map(|c| create_dr_token(&http, c, &dr_token));
+        futures::future::try_join_all(dr_tokens).await?;
+
+        let (cgroups, cgroup_error) = if spec.cgroups {
+            match Cgroups::create(&spec.clusters) {
+                Ok(cg) => {
+                    for c in &clusters {
+                        for n in c.nodes() {
+                            if let Some(pid) = n.pid() {
+                                cg.add(c.name(), pid)?;
+                            }
+                        }
+                    }
+                    (Some(cg), None)
+                }
+                Err(e) => (None, Some(e.to_string())),
+            }
+        } else {
+            (None, None)
+        };
+
+        let ports = free_ports(spec.coordinators + 1)?;
+        let coordinator_urls: Vec<Url> = ports[..spec.coordinators]
+            .iter()
+            .map(|p| loopback(*p))
+            .collect::<Result<_, _>>()?;
+        let traffic_addr = if spec.traffic {
+            Some(loopback(ports[spec.coordinators])?)
+        } else {
+            None
+        };
+        let mut group = DrGroup {
+            agents: Vec::new(),
+            coordinators: Vec::new(),
+            extra: Vec::new(),
+            clusters,
+            cgroups,
+            cgroup_error,
+            token_file,
+            dr_token_file,
+            dr_token,
+            coordinator_token,
+            traffic_addr,
+            agent_flags_missing: Vec::new(),
+            http,
+            dir,
+        };
+        for (i, url) in coordinator_urls.iter().enumerate() {
+            let port = url.port().unwrap_or_default();
+            group.spawn_coordinator(spec, &coordinator_bin, i + 1, port)?;
+        }
+        let help = agent_help(&agent_bin).await;
+        let mut missing = Vec::new();
+        let mut agents = Vec::new();
+        for c in &group.clusters {
+            for n in c.nodes() {
+                let placement = spec.placements.get(c.name()).cloned().unwrap_or_default();
+                let (args, miss) =
+                    group.agent_args(spec, &help, c, n, &placement, &coordinator_urls);
+                for m in miss {
+                    if !missing.contains(&m) {
+                        missing.push(m);
+                    }
+                }
+                let log_path = n.dir().join("agent.log");
+                let (program, all_args) = with_prefix(&placement, &agent_bin, args);
+                let child = ChildGuard::spawn(
+                    &format!("agent {}", n.name()),
+                    &program,
+                    &all_args,
+                    &log_path,
+                )?;
+                agents.push(LabAgent {
+                    cluster: c.name().to_owned(),
+                    node: n.name().to_owned(),
+                    log_path,
+                    child: Some(child),
+                });
+            }
+        }
+        group.agents = agents;
+        group.agent_flags_missing = missing;
+        group.wait_ready(&spec.clusters[0], READY_TIMEOUT).await?;
+        Ok(group)
+    }
+
+    fn spawn_coordinator(
+        &mut self,
+        spec: &GroupSpec,
+        bin: &Path,
+        index: usize,
+        port: u16,
+    ) -> Result<(), LabError> {
+        let id = format!("coordinator-{index}");
+        let config_path = self.dir.path.join(format!("{id}.toml"));
+        let log_path = self.dir.path.join(format!("{id}.log"));
+        let text = self.coordinator_config(spec, &id, port);
+        std::fs::write(&config_path, text)
+            .map_err(|e| LabError::io(format!("write {}", config_path.display()), e))?;
+        let args: Vec<OsString> = vec![
+            "coordinator".into(),
+            "--config".into(),
+            config_path.clone().into_os_string(),
+        ];
+        let child = ChildGuard::spawn(&id, bin, &args, &log_path)?;
+        self.coordinators.push(LabCoordinator {
+            id,
+            url: loopback(port)?,
+            config_path,
+            log_path,
+            child: Some(child),
+        });
+        Ok(())
+    }
+
+    /// The TOML of one coordinator.
+    fn coordinator_config(&self, spec: &GroupSpec, id: &str, port: u16) -> String {
+        let q = |p: &Path| toml_str(&p.display().to_string());
+        let mut t = format!(
+            "listen = \"127.0.0.1:{port}\"\nid = {}\ntoken_file = {}\nvault_token_file = {}\n",
+            toml_str(id),
+            q(&self.token_file),
+            q(&self.dr_token_file),
+        );
+        t.push_str("\n[store]\n");
+        match &spec.mongodb_uri {
+            Some(uri) => t.push_str(&format!(
+                "mongodb_uri = {}\ndatabase = {}\n",
+                toml_str(uri.expose()),
+                toml_str(&format!("vault_dr_drill_{}", std::process::id()))
+            )),
+            None => t.push_str(&format!(
+                "path = {}\n",
+                q(&self.dir.path.join("store.sqlite"))
+            )),
+        }
+        t.push_str(&format!(
+            "\n[coordination]\nbackend = \"local\"\npath = {}\n",
+            q(&self.dir.path.join("coordination.json"))
+        ));
+        if let Some(addr) = &self.traffic_addr {
+            t.push_str(&format!(
+                "\n[traffic]\nbackend = \"local\"\nlisten = \"127.0.0.1:{}\"\n",
+                addr.port().unwrap_or_default()
+            ));
+        }
+        let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
+        let probe_timeout = spec.probe_interval.mul_f64(0.8);
+        t.push_str(&format!(
+            "\n[policy]\nprobe_interval = {}\nprobe_timeout = {}\nconfirm = {}\nreport_ttl = {}\ncooldown = {}\n",
+            ms(spec.probe_interval),
+            ms(probe_timeout),
+            spec.confirm,
+            ms(spec.report_ttl),
+            ms(spec.cooldown),
+        ));
+        if let Some(p) = spec.promotion {
+            t.push_str(&format!("promotion = \"{}\"\n", p.as_str()));
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            let addrs: Vec<String> = c
+                .nodes()
+                .iter()
+                .map(|n| toml_str(n.api_addr().as_str()))
+                .collect();
+            let nodes: Vec<String> = c.nodes().iter().map(|n| toml_str(n.name())).collect();
+            t.push_str(&format!(
+                "\n[[clusters]]\nname = {}\nrole = \"{}\"\napi_addrs = [{}]\nnodes = [{}]\n",
+                toml_str(c.name()),
+                if i == 0 { "primary" } else { "secondary" },
+                addrs.join(", "),
+                nodes.join(", "),
+            ));
+        }
+        t
+    }
+
+    /// The agent's arguments, and the wanted flags this agent build does not know (left out).
+    fn agent_args(
+        &self,
+        spec: &GroupSpec,
+        help: &str,
+        cluster: &LabCluster,
+        node: &super::LabNode,
+        placement: &Placement,
+        coordinators: &[Url],
+    ) -> (Vec<OsString>, Vec<String>) {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut missing = Vec::new();
+        let mut push = |flag: &str, value: Option<OsString>, required: bool| {
+            if required || help.contains(flag) {
+                args.push(flag.into());
+                if let Some(v) = value {
+                    args.push(v);
+                }
+            } else {
+                missing.push(flag.to_owned());
+            }
+        };
+        let urls: Vec<String> = coordinators
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            .collect();
+        // A build without the comma-separated list gets the first coordinator only.
+        let url_list = if help.contains("comma") {
+            urls.join(",")
+        } else {
+            urls.first().cloned().unwrap_or_default()
+        };
+        push("--vault-addr", Some(node.api_addr().as_str().into()), true);
+        push(
+            "--vault-token-file",
+            Some(self.dr_token_file.clone().into_os_string()),
+            true,
+        );
+        push("--cluster", Some(cluster.name().into()), true);
+        push("--node", Some(node.name().into()), true);
+        push("--coordinator-url", Some(url_list.into()), true);
+        push(
+            "--coordinator-token-file",
+            Some(self.token_file.clone().into_os_string()),
+            true,
+        );
+        push(
+            "--interval",
+            Some(format!("{}ms", spec.agent_interval.as_millis()).into()),
+            true,
+        );
+        push(
+            "--listen",
+            Some(format!("{}:0", fmt_ip(placement.bind_ip)).into()),
+            true,
+        );
+        push(
+            "--vault-pid-file",
+            Some(node.pid_file().to_path_buf().into_os_string()),
+            true,
+        );
+        push("--replication", Some("snapshot".into()), false);
+        push("--restore", Some(spec.restore.as_str().into()), false);
+        push(
+            "--snapshot-interval",
+            Some(format!("{}ms", spec.snapshot_interval.as_millis()).into()),
+            false,
+        );
+        push(
+            "--snapshot-dir",
+            Some(node.dir().join("snapshots").into_os_string()),
+            false,
+        );
+        if let Some(cg) = self.cgroups.as_ref().and_then(|c| c.of(cluster.name())) {
+            push(
+                "--cgroup-root",
+                Some(cg.to_path_buf().into_os_string()),
+                false,
+            );
+        }
+        (args, missing)
+    }
+
+    /// Waits until one coordinator leads with `primary` as primary, every node's agent has
+    /// reported, and every secondary is eligible.
+    pub async fn wait_ready(&self, primary: &str, timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.readiness(primary).await {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            if let Some(e) = self.dead_process() {
+                return Err(e);
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Invalid(format!(
+                    "the DR group was not ready after {timeout:?}: {last} (logs in {})",
+                    self.dir.path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn readiness(&self, primary: &str) -> Result<(), String> {
+        let leader = self.leader().await.ok_or("no coordinator leads yet")?;
+        let v = self
+            .get_json(&leader, "v1/clusters")
+            .await
+            .ok_or("the leader has no view yet")?;
+        let clusters = v.pointer("/view/clusters").and_then(Value::as_object);
+        let clusters = clusters.ok_or("the view has no clusters")?;
+        for c in &self.clusters {
+            let reported = clusters
+                .get(c.name())
+                .and_then(|cv| cv.get("nodes"))
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            if reported < c.nodes().len() {
+                return Err(format!("no report yet from every node of {}", c.name()));
+            }
+        }
+        let topo_primary = v
+            .pointer("/view/topology/primary")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if topo_primary != primary {
+            return Err(format!("the primary is {topo_primary}, not {primary}"));
+        }
+        let candidates = v
+            .pointer("/candidates/candidates")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for c in self.clusters.iter().filter(|c| c.name() != primary) {
+            let row = candidates
+                .iter()
+                .find(|r| r.get("cluster").and_then(Value::as_str) == Some(c.name()));
+            let eligible = row
+                .and_then(|r| r.get("eligibility"))
+                .is_some_and(|e| e == "eligible");
+            if !eligible {
+                let why = row
+                    .and_then(|r| r.get("eligibility"))
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "no row".into());
+                return Err(format!("{} is not eligible yet: {why}", c.name()));
+            }
+        }
+        Ok(())
+    }
+
+    /// An error naming the first agent or coordinator that exited on its own.
+    fn dead_process(&self) -> Option<LabError> {
+        let agents = self
+            .agents
+            .iter()
+            .map(|a| (a.pid(), format!("agent {}", a.node), &a.log_path));
+        let coords = self
+            .coordinators
+            .iter()
+            .map(|c| (c.pid(), c.id.clone(), &c.log_path));
+        for (pid, name, log) in agents.chain(coords) {
+            if let Some(pid) = pid
+                && !super::process::pid_alive(pid)
+            {
+                return Some(LabError::Exited {
+                    node: name,
+                    log: log.clone(),
+                    tail: tail(log),
+                });
+            }
+        }
+        None
+    }
+
+    /// The URL of the coordinator that currently leads, if one does.
+    pub async fn leader(&self) -> Option<Url> {
+        for c in &self.coordinators {
+            if c.child.is_none() {
+                continue;
+            }
+            if let Some(v) = self.get_json(&c.url, "v1/topology").await
+                && v.get("is_leader").and_then(Value::as_bool) == Some(true)
+            {
+                return Some(c.url.clone());
+            }
+        }
+        None
+    }
+
+    /// `GET <base>/<path>` with the coordinator token; None on any failure or non-2xx.
+    pub async fn get_json(&self, base: &Url, path: &str) -> Option<Value> {
+        let url = base.join(path).ok()?;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.coordinator_token.expose())
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+
+    /// The clusters; the first is the initial primary.
+    pub fn clusters(&self) -> &[LabCluster] {
+        &self.clusters
+    }
+
+    /// The clusters, to kill, stop or seal nodes.
+    pub fn clusters_mut(&mut self) -> &mut [LabCluster] {
+        &mut self.clusters
+    }
+
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&LabCluster> {
+        self.clusters.iter().find(|c| c.name() == name)
+    }
+
+    /// The coordinators.
+    pub fn coordinators(&self) -> &[LabCoordinator] {
+        &self.coordinators
+    }
+
+    /// The coordinators, to kill one.
+    pub fn coordinators_mut(&mut self) -> &mut [LabCoordinator] {
+        &mut self.coordinators
+    }
+
+    /// The agents.
+    pub fn agents(&self) -> &[LabAgent] {
+        &self.agents
+    }
+
+    /// The agents, to kill one.
+    pub fn agents_mut(&mut self) -> &mut [LabAgent] {
+        &mut self.agents
+    }
+
+    /// The stable client address (the local traffic forwarder), when started.
+    pub fn traffic_addr(&self) -> Option<&Url> {
+        self.traffic_addr.as_ref()
+    }
+
+    /// The file holding the coordinators' bearer token.
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    /// The coordinators' bearer token.
+    pub fn coordinator_token(&self) -> &Secret {
+        &self.coordinator_token
+    }
+
+    /// The DR token (same id in every cluster).
+    pub fn dr_token(&self) -> &Secret {
+        &self.dr_token
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    /// The cgroups, when in use.
+    pub fn cgroups(&self) -> Option<&Cgroups> {
+        self.cgroups.as_ref()
+    }
+
+    /// Why cgroups were asked for but are not in use.
+    pub fn cgroup_error(&self) -> Option<&str> {
+        self.cgroup_error.as_deref()
+    }
+
+    /// Agent flags the drill wanted but this agent build does not know (left out).
+    pub fn agent_flags_missing(&self) -> &[String] {
+        &self.agent_flags_missing
+    }
+
+    /// An HTTP client for loopback without proxies.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Keeps a further process (e.g. stress-ng) alive as long as the group and kills it with
+    /// the group.
+    pub fn adopt(&mut self, child: ChildGuard) {
+        self.extra.push(child);
+    }
+
+    /// Every pid this group started and still holds (servers, agents, coordinators, extras).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut p: Vec<u32> = self
+            .clusters
+            .iter()
+            .flat_map(|c| c.nodes().iter().filter_map(super::LabNode::pid))
+            .collect();
+        p.extend(self.agents.iter().filter_map(LabAgent::pid));
+        p.extend(self.coordinators.iter().filter_map(LabCoordinator::pid));
+        p.extend(self.extra.iter().map(ChildGuard::pid));
+        p
+    }
+}
+
+/// `program` with the placement's prefix: (`ip`, [`netns`, `exec`, `NS`, program, args...]).
+fn with_prefix(
+    placement: &Placement,
+    program: &Path,
+    args: Vec<OsString>,
+) -> (PathBuf, Vec<OsString>) {
+    match placement.command_prefix.split_first() {
+        None => (program.to_path_buf(), args),
+        Some((first, rest)) => {
+            let mut all: Vec<OsString> = rest.to_vec();
+            all.push(program.as_os_str().to_owned());
+            all.extend(args);
+            (PathBuf::from(first), all)
+        }
+    }
+}
+
+fn fmt_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// `vault-dr-agent --help`, empty when it cannot be run (then every optional flag is left out).
+async fn agent_help(bin: &Path) -> String {
+    match tokio::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .await
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Creates (idempotently) the DR policy and a periodic token with the fixed id `token` in
+/// `cluster`, with its root token. The same id in every cluster of the group, so the token
+/// keeps working after a snapshot of another cluster is restored.
+async fn create_dr_token(
+    http: &reqwest::Client,
+    cluster: &LabCluster,
+    token: &Secret,
+) -> Result<(), LabError> {
+    let policy = dr_policy_text();
+    let base = cluster.api_addr();
+    let call = |path: &str, body: Value| {
+        let url = base.join(&format!("v1/{path}"));
+        let root = cluster.root_token().expose().to_owned();
+        let what = format!("POST {path}");
+        async move {
+            let url = url.map_err(|e| LabError::Invalid(format!("{what}: {e}")))?;
+            let resp = http
+                .post(url)
+                .header("X-Vault-Token", root)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|source| LabError::Http {
+                    target: cluster.name().to_owned(),
+                    what: what.clone(),
+                    source,
+                })?;
+            let status = resp.status().as_u16();
+            if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(LabError::Api {
+                    target: cluster.name().to_owned(),
+                    what,
+                    status,
+                    body: resp.text().await.unwrap_or_default(),
+                })
+            }
+        }
+    };
+    call(
+        &format!("sys/policies/acl/{DR_POLICY}"),
+        json!({ "policy": policy }),
+    )
+    .await?;
+    call(
+        "auth/token/create-orphan",
+        json!({
+            "id": token.expose(),
+            "policies": [DR_POLICY],
+            "period": "24h",
+            "display_name": "vault-dr",
+            "no_default_policy": false,
+        }),
+    )
+    .await
+}
+
+/// `policies/vault-dr.hcl` of the workspace when present, else the same rules inline.
+fn dr_policy_text() -> String {
+    if let Some(root) = super::tools::workspace_root()
+        && let Ok(text) = std::fs::read_to_string(root.join("policies").join("vault-dr.hcl"))
+    {
+        return text;
+    }
+    r#"path "sys/storage/raft/snapshot" { capabilities = ["read", "update"] }
+path "sys/storage/raft/snapshot-force" { capabilities = ["update"] }
+path "sys/storage/raft/autopilot/state" { capabilities = ["read"] }
+path "sys/storage/raft/configuration" { capabilities = ["read"] }
+path "sys/seal" { capabilities = ["update", "sudo"] }
+path "sys/health" { capabilities = ["read"] }
+path "sys/leader" { capabilities = ["read"] }
+path "secret/data/vault-dr/*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/vault-dr/*" { capabilities = ["read"] }
+"#
+    .to_owned()
+}
+
+fn make_run_dir(spec: &GroupSpec) -> Result<RunDir, LabError> {
+    let (path, remove) = match &spec.dir {
+        Some(p) => (p.clone(), false),
+        None => {
+            let tag: u64 = rand::random();
+            (
+                std::env::temp_dir()
+                    .join(format!("vault-dr-drill-{}-{tag:016x}", std::process::id())),
+                !spec.keep,
+            )
+        }
+    };
+    std::fs::create_dir_all(&path)
+        .map_err(|e| LabError::io(format!("create run dir {}", path.display()), e))?;
+    let path = std::fs::canonicalize(&path)
+        .map_err(|e| LabError::io(format!("resolve run dir {}", path.display()), e))?;
+    Ok(RunDir { path, remove })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LabError::io(format!("create {}", path.display()), e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| LabError::io(format!("write {}", path.display()), e))
+}
+
+/// Finds `name`: `$env`, else next to the running executable, else one folder up (a test
+/// binary lives in `target/<profile>/deps/`).
+pub fn find_sibling(name: &str, env: &str) -> Result<PathBuf, LabError> {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| LabError::io("locate the running executable", e))?;
+    let mut looked = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(p.display().to_string());
+    }
+    Err(LabError::ToolNotFound {
+        tool: name.to_owned(),
+        env_var: env.to_owned(),
+        looked: format!(
+            "{} (build it: cargo build --release --workspace)",
+            looked.join(", ")
+        ),
+    })
+}
+
+fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LabError::io("bind 127.0.0.1:0 to pick a free port", e))?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| LabError::io("read a picked port", e))
+        })
+        .collect()
+}
+
+fn loopback(port: u16) -> Result<Url, LabError> {
+    Url::parse(&format!("http://127.0.0.1:{port}/"))
+        .map_err(|e| LabError::Invalid(format!("loopback url for port {port}: {e}")))
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn lab_http() -> Result<reqwest::Client, LabError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|source| LabError::Http {
+            target: "lab".into(),
+            what: "build HTTP client".into(),
+            source,
+        })
+}
+
+/// The last lines of a log.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_goes_before_the_program() {
+        let p = Placement {
+            command_prefix: vec!["ip".into(), "netns".into(), "exec".into(), "ns1".into()],
+            bind_ip: "10.0.0.2".parse().unwrap(),
+        };
+        let (prog, args) = with_prefix(&p, Path::new("/bin/agent"), vec!["--x".into()]);
+        assert_eq!(prog, PathBuf::from("ip"));
+        assert_eq!(
+            args,
+            ["netns", "exec", "ns1", "/bin/agent", "--x"].map(OsString::from)
+        );
+        let (prog, args) = with_prefix(&Placement::default(), Path::new("/bin/agent"), vec![]);
+        assert_eq!((prog, args.len()), (PathBuf::from("/bin/agent"), 0));
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
+        let parsed: toml::Value = toml::from_str(&format!("k = {}", toml_str("x\"\n\\"))).unwrap();
+        assert_eq!(parsed["k"].as_str(), Some("x\"\n\\"));
+    }
+
+    #[test]
+    fn ipv6_bind_addresses_are_bracketed() {
+        assert_eq!(fmt_ip("::1".parse().unwrap()), "[::1]");
+        assert_eq!(fmt_ip("127.0.0.1".parse().unwrap()), "127.0.0.1");
+    }
+
+    #[test]
+    fn the_inline_policy_covers_snapshot_seal_and_canary() {
+        let p = dr_policy_text();
+        for path in ["sys/storage/raft/snapshot", "sys/seal", "secret/"] {
+            assert!(p.contains(path), "{path} missing in {p}");
+        }
+    }
+}
