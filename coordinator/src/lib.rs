@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod coordination;
+pub mod drill;
 pub mod error;
 pub mod failover;
 pub mod failpoint;

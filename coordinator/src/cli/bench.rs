@@ -25,6 +25,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         iterations: usize,
     },
+    /// Repeats the drill N times: p50/p95/max RTO and RPO, and OpenBao's own in-cluster
+    /// failover measured in the same run, with the ratio.
+    Rto {
+        /// Drills (and OpenBao in-cluster failovers).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The drill's flags.
+        #[command(flatten)]
+        drill: super::drill::DrillArgs,
+    },
     /// N agents reporting once a second into one coordinator (goal: p99 at most 20 ms).
     Ingest {
         /// Simulated agents.
@@ -47,6 +57,7 @@ pub async fn main(cmd: BenchCommand) -> i32 {
             println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
             Ok(())
         }
+        BenchCommand::Rto { runs, drill } => return super::drill::bench_rto(runs, &drill).await,
         BenchCommand::Ingest { agents, seconds } => ingest(agents, seconds).await,
     };
     match result {

@@ -2,6 +2,7 @@
 //! `history`; and the `bench` commands.
 
 pub mod bench;
+pub mod drill;
 pub mod explain;
 pub mod history;
 pub mod status;
@@ -41,6 +42,9 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Runs a whole DR group on this machine (four OpenBao clusters, agents, three
+    /// coordinators, a client), kills the primary and shows the failover: timeline, RTO, RPO.
+    Drill(drill::DrillArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +69,7 @@ pub async fn main(command: Command) -> i32 {
         Command::Status(api) => status::run(&api).await,
         Command::Explain(api) => explain::run(&api).await,
         Command::History { api, limit } => history::run(&api, limit).await,
+        Command::Drill(args) => return drill::run(&args).await,
         Command::Bench(b) => return bench::main(b).await,
     };
     match printed {

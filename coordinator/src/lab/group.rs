@@ -103,6 +103,8 @@ pub struct GroupSpec {
     pub clusters: Vec<String>,
     /// Coordinator processes (at least 1).
     pub coordinators: usize,
+    /// Clusters the operator excludes from promotion.
+    pub excluded: Vec<String>,
     /// Snapshot restore mode of the secondaries.
     pub restore: RestoreMode,
     /// Promotion mode of the coordinators (`None`: the config key is left out).
@@ -138,6 +140,7 @@ impl Default for GroupSpec {
         Self {
             clusters: ["p", "s1", "s2", "s3"].map(String::from).to_vec(),
             coordinators: 3,
+            excluded: Vec::new(),
             restore: RestoreMode::Continuous,
             promotion: Some(PromotionMode::Complete),
             snapshot_interval: Duration::from_secs(2),
@@ -532,11 +535,12 @@ impl DrGroup {
                 .collect();
             let nodes: Vec<String> = c.nodes().iter().map(|n| toml_str(n.name())).collect();
             t.push_str(&format!(
-                "\n[[clusters]]\nname = {}\nrole = \"{}\"\napi_addrs = [{}]\nnodes = [{}]\n",
+                "\n[[clusters]]\nname = {}\nrole = \"{}\"\napi_addrs = [{}]\nnodes = [{}]\nexcluded = {}\n",
                 toml_str(c.name()),
                 if i == 0 { "primary" } else { "secondary" },
                 addrs.join(", "),
                 nodes.join(", "),
+                spec.excluded.iter().any(|e| e == c.name()),
             ));
         }
         t

@@ -1,0 +1,911 @@
+//! `vault-dr drill`: the whole system on real servers on one machine. Starts a [`DrGroup`]
+//! (four OpenBao clusters, an agent per node, three coordinators, the stable client address),
+//! runs the client [`workload`], optionally [`stress`]es chosen secondaries, faults the
+//! primary (`kill`, `stop` or `seal`), and follows the failover live. The result is a
+//! [`DrillReport`]: the timeline (detected, decided with the candidate table, fenced, promoted,
+//! repointed, switched, verified, first acknowledged client write), RTO (fault to the first
+//! acknowledged write on the new primary) and RPO (acknowledged writes missing on the new
+//! primary, each read back).
+//!
+//! Everything started here belongs to the group or to a task aborted on drop, so returning,
+//! failing, panicking or being cancelled (Ctrl-C drops the future) leaves no process behind.
+
+pub mod progress;
+pub mod rto;
+pub mod stress;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+use vault_dr_common::Secret;
+
+use crate::failover::detector::{DecisionRecord, Phase};
+use crate::failover::scorer::CandidateTable;
+use crate::failover::{FailoverRecord, FailoverStatus, Step};
+use crate::lab::LabError;
+use crate::lab::group::{DrGroup, GroupSpec, PromotionMode, RestoreMode};
+use progress::Progress;
+use workload::{ClientStats, Workload};
+
+/// Errors that stop a drill before it has a result.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// Starting or driving the lab failed.
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    /// The client workload failed where it must not.
+    #[error("client: {0}")]
+    Client(String),
+    /// The options make no sense.
+    #[error("invalid drill options: {0}")]
+    Invalid(String),
+}
+
+/// The fault injected into the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGKILL the primary's `bao`.
+    #[default]
+    Kill,
+    /// SIGSTOP it: the port stays open, nothing answers.
+    Stop,
+    /// Seal it through the API.
+    Seal,
+}
+
+impl Fault {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Stop => "stop",
+            Self::Seal => "seal",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// Clusters (the first, `p`, is the primary; the others `s1`, `s2`, ...).
+    pub clusters: usize,
+    /// Coordinator processes.
+    pub coordinators: usize,
+    /// Restore mode of the secondaries.
+    pub restore: RestoreMode,
+    /// Promotion mode.
+    pub promotion: PromotionMode,
+    /// The fault.
+    pub fault: Fault,
+    /// Secondaries to stress before the fault.
+    pub stress: Vec<String>,
+    /// How long stress-ng runs.
+    pub stress_duration: Duration,
+    /// How long the stress runs before the fault.
+    pub stress_lead: Duration,
+    /// Secondaries excluded from promotion.
+    pub exclude: Vec<String>,
+    /// MongoDB instead of the embedded store.
+    pub mongodb_uri: Option<Secret>,
+    /// Snapshot pull interval of the secondaries.
+    pub snapshot_interval: Duration,
+    /// Pause between client rounds (read + write).
+    pub write_period: Duration,
+    /// Healthy workload time before the fault (and before the stress).
+    pub warmup: Duration,
+    /// How long to wait for the failover and the first write after the fault.
+    pub failover_timeout: Duration,
+    /// Keep the run directory.
+    pub keep: bool,
+}
+
+impl Default for DrillOptions {
+    fn default() -> Self {
+        Self {
+            clusters: 4,
+            coordinators: 3,
+            restore: RestoreMode::Continuous,
+            promotion: PromotionMode::Complete,
+            fault: Fault::Kill,
+            stress: Vec::new(),
+            stress_duration: Duration::from_secs(30),
+            stress_lead: Duration::from_secs(10),
+            exclude: Vec::new(),
+            mongodb_uri: None,
+            snapshot_interval: Duration::from_secs(2),
+            write_period: Duration::from_millis(100),
+            warmup: Duration::from_secs(3),
+            failover_timeout: Duration::from_secs(120),
+            keep: false,
+        }
+    }
+}
+
+impl DrillOptions {
+    /// The cluster names: `p`, `s1`, `s2`, ...
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut v = vec!["p".to_owned()];
+        v.extend((1..self.clusters).map(|i| format!("s{i}")));
+        v
+    }
+
+    fn validate(&self) -> Result<(), DrillError> {
+        if self.clusters < 2 || self.coordinators == 0 {
+            return Err(DrillError::Invalid(
+                "at least 2 clusters and 1 coordinator".into(),
+            ));
+        }
+        let names = self.cluster_names();
+        for n in self.stress.iter().chain(&self.exclude) {
+            if !names.contains(n) {
+                return Err(DrillError::Invalid(format!(
+                    "{n:?} is not a cluster of this drill ({})",
+                    names.join(", ")
+                )));
+            }
+        }
+        if self.exclude.len() + 1 >= self.clusters {
+            return Err(DrillError::Invalid(
+                "every secondary is excluded: nothing could be promoted".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One line of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEvent {
+    /// `fault`, `detected`, `decided`, `fenced`, `promoted`, `repointed`, `switched`,
+    /// `verified`, `done`, `first_write`.
+    pub event: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Seconds after the fault.
+    pub after_fault_seconds: f64,
+    /// What happened.
+    pub detail: String,
+}
+
+/// The stress phase as it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StressReport {
+    /// Stressed clusters.
+    pub clusters: Vec<String>,
+    /// Whether stress-ng and `bao` shared a per-cluster cgroup that the agent read.
+    pub in_cgroups: bool,
+    /// What the agents can and cannot see of it.
+    pub note: String,
+}
+
+/// The result of one drill.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillReport {
+    /// Exactly one promotion finished, the client wrote on the new primary, RPO was measured.
+    pub ok: bool,
+    /// Why not ok.
+    pub problems: Vec<String>,
+    /// Every cluster, the primary first.
+    pub clusters: Vec<String>,
+    /// The primary before the fault.
+    pub primary: String,
+    /// The fault.
+    pub fault: Fault,
+    /// The restore mode.
+    pub restore: RestoreMode,
+    /// The promotion mode.
+    pub promotion: PromotionMode,
+    /// The store (`embedded` or `mongodb`).
+    pub store: String,
+    /// Coordinator processes.
+    pub coordinators: usize,
+    /// Snapshot interval, seconds.
+    pub snapshot_interval_seconds: f64,
+    /// When the fault was injected.
+    pub fault_at: DateTime<Utc>,
+    /// The winner of the candidate table just before the fault.
+    pub expected_target: Option<String>,
+    /// The new primary.
+    pub target: Option<String>,
+    /// Failovers in the journal at the end (one expected).
+    pub promotions: usize,
+    /// The term at the end.
+    pub term: Option<u64>,
+    /// Timeline, in order.
+    pub timeline: Vec<TimelineEvent>,
+    /// The decision's candidate table.
+    pub candidates: Option<CandidateTable>,
+    /// The candidate table just before the fault (shows the stress).
+    pub candidates_before_fault: Option<CandidateTable>,
+    /// Fault to first acknowledged write on the new primary, seconds.
+    pub rto_seconds: Option<f64>,
+    /// Acknowledged writes missing on the new primary.
+    pub rpo_writes: Option<u64>,
+    /// Seconds between the oldest missing acknowledged write and the fault.
+    pub rpo_seconds: Option<f64>,
+    /// Client writes per snapshot interval (the RPO bound of snapshot replication).
+    pub writes_per_snapshot_interval: f64,
+    /// The client's counters.
+    pub client: ClientStats,
+    /// The stress phase, if any.
+    pub stress: Option<StressReport>,
+    /// Agent flags the drill wanted but this agent build does not know.
+    pub agent_flags_missing: Vec<String>,
+    /// Every pid the drill started (all gone when it returns).
+    pub pids: Vec<u32>,
+    /// The run directory (removed at the end unless `--keep`).
+    pub run_dir: PathBuf,
+    /// Start to ready (clusters, agents, coordinators, seeding), seconds.
+    pub setup_seconds: f64,
+    /// The whole drill, seconds.
+    pub total_seconds: f64,
+}
+
+/// Runs one drill. An `Err` means it could not run; a finished drill whose checks failed is an
+/// `Ok` report with `ok = false` and the `problems`.
+pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport, DrillError> {
+    opts.validate()?;
+    let began = Instant::now();
+    let names = opts.cluster_names();
+    let spec = GroupSpec {
+        clusters: names.clone(),
+        coordinators: opts.coordinators,
+        excluded: opts.exclude.clone(),
+        restore: opts.restore,
+        promotion: Some(opts.promotion),
+        snapshot_interval: opts.snapshot_interval,
+        traffic: true,
+        mongodb_uri: opts.mongodb_uri.clone(),
+        cgroups: !opts.stress.is_empty(),
+        keep: opts.keep,
+        ..GroupSpec::default()
+    };
+    let mut group = progress
+        .wait(
+            &format!(
+                "starting {} OpenBao clusters, {} agents, {} coordinators; waiting for a leader and seeded secondaries",
+                names.len(),
+                names.len(),
+                opts.coordinators
+            ),
+            DrGroup::start(&spec),
+        )
+        .await?;
+    if !group.agent_flags_missing().is_empty() {
+        progress.line(format!(
+            "warning: this vault-dr-agent does not know {}; they were left out",
+            group.agent_flags_missing().join(", ")
+        ));
+    }
+    let setup_seconds = began.elapsed().as_secs_f64();
+    let primary = names[0].clone();
+    let traffic = group
+        .traffic_addr()
+        .cloned()
+        .ok_or_else(|| DrillError::Invalid("the group has no stable client address".into()))?;
+    progress.line(format!(
+        "ready: primary {primary}, leader {}, client address {traffic}",
+        group
+            .leader()
+            .await
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "-".into())
+    ));
+
+    // The client token must be in the secondaries' data before the fault: create it, then
+    // wait until every secondary has pulled a snapshot taken after it.
+    let (root, api) = {
+        let p = group
+            .cluster(&primary)
+            .ok_or_else(|| DrillError::Invalid("no primary".into()))?;
+        (p.root_token().clone(), p.api_addr().clone())
+    };
+    let token = workload::create_client_token(group.http(), &api, &root).await?;
+    let token_at = Utc::now();
+    let client = progress
+        .wait(
+            &format!(
+                "client: first write of secret/{} through {traffic}",
+                workload::SECRET_PATH
+            ),
+            Workload::start(
+                traffic.clone(),
+                token.clone(),
+                group.dir(),
+                opts.write_period,
+                Duration::from_secs(30),
+            ),
+        )
+        .await?;
+    progress
+        .wait(
+            "waiting until every secondary holds a snapshot with the client token",
+            wait_replicated_after(&group, &primary, token_at, Duration::from_secs(60)),
+        )
+        .await?;
+    tokio::time::sleep(opts.warmup).await;
+
+    let stress = if opts.stress.is_empty() {
+        None
+    } else {
+        let in_cgroups = stress::start(&mut group, &opts.stress, opts.stress_duration)?;
+        let note = stress_note(&group, in_cgroups);
+        progress.line(format!(
+            "stress-ng (CPU {}%, {} for {} s) on {}: {note}",
+            stress::CPU_LOAD_PERCENT,
+            stress::VM_BYTES,
+            opts.stress_duration.as_secs(),
+            opts.stress.join(", ")
+        ));
+        progress
+            .wait(
+                "letting the agents report the stress",
+                tokio::time::sleep(opts.stress_lead),
+            )
+            .await;
+        Some(StressReport {
+            clusters: opts.stress.clone(),
+            in_cgroups,
+            note,
+        })
+    };
+
+    let candidates_before_fault = candidates_now(&group).await;
+    let expected_target = candidates_before_fault
+        .as_ref()
+        .and_then(|t| t.winner.clone());
+    if let Some(t) = &candidates_before_fault {
+        progress.line(format!(
+            "candidates before the fault (winner {}):\n{}",
+            t.winner.as_deref().unwrap_or("none"),
+            crate::cli::explain::render_table(t)
+        ));
+    }
+
+    // The fault.
+    let fault_at = Utc::now();
+    let fault_detail = inject(&mut group, &primary, opts.fault).await?;
+    progress.line(format!("FAULT: {fault_detail}"));
+    let mut timeline = vec![TimelineEvent {
+        event: "fault".into(),
+        at: fault_at,
+        after_fault_seconds: 0.0,
+        detail: fault_detail,
+    }];
+
+    let followed = follow(
+        &group,
+        &client,
+        &primary,
+        fault_at,
+        opts,
+        progress,
+        &mut timeline,
+    )
+    .await;
+    // A little more traffic on the new primary, then stop the client.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = client.stop().await;
+    let acked = read_acked(&group)?;
+
+    let mut problems = Vec::new();
+    let mut target = None;
+    let mut candidates = None;
+    if let Some(rec) = &followed.record {
+        target = Some(rec.to.clone());
+        candidates = Some(rec.table.clone());
+        if rec.status != FailoverStatus::Done {
+            problems.push(format!("the failover {} ended {:?}", rec.id, rec.status));
+        }
+    } else {
+        problems.push(format!(
+            "no failover finished within {} s of the fault",
+            opts.failover_timeout.as_secs()
+        ));
+    }
+    if let Some(p) = &followed.problem {
+        problems.push(p.clone());
+    }
+    // Give a second failover the chance to show up before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = failovers(&group).await.unwrap_or_default();
+    let term = topology_term(&group).await;
+    if records.len() != 1 {
+        problems.push(format!(
+            "{} failovers in the journal, exactly one expected",
+            records.len()
+        ));
+    }
+
+    let first = followed.first_write.clone();
+    let rto_seconds = first
+        .as_ref()
+        .map(|w| seconds_between(fault_at, w.acked_at));
+    if first.is_none() {
+        problems.push("no client write was acknowledged after the fault".into());
+    }
+    let (mut rpo_writes, mut rpo_seconds) = (None, None);
+    if let Some(t) = &target
+        && let Some(c) = group.cluster(t)
+    {
+        let before: Vec<_> = acked
+            .iter()
+            .filter(|w| w.acked_at <= fault_at)
+            .cloned()
+            .collect();
+        let after: Vec<_> = acked
+            .iter()
+            .filter(|w| w.acked_at > fault_at)
+            .cloned()
+            .collect();
+        match workload::missing_writes(c.api_addr(), &token, &acked).await {
+            Ok(missing) => {
+                let lost_after = missing.iter().filter(|m| after.contains(m)).count();
+                if lost_after > 0 {
+                    problems.push(format!(
+                        "{lost_after} writes acknowledged after the fault are missing on {t}"
+                    ));
+                }
+                rpo_writes = Some(missing.len() as u64);
+                rpo_seconds = Some(
+                    missing
+                        .iter()
+                        .filter(|m| before.contains(m))
+                        .map(|m| seconds_between(m.sent_at, fault_at))
+                        .fold(0.0, f64::max),
+                );
+            }
+            Err(e) => problems.push(format!("reading the acknowledged writes back: {e}")),
+        }
+    }
+    let rounds_per_second = 1.0 / opts.write_period.as_secs_f64().max(0.001);
+    let report = DrillReport {
+        ok: problems.is_empty(),
+        problems,
+        clusters: names.clone(),
+        primary,
+        fault: opts.fault,
+        restore: opts.restore,
+        promotion: opts.promotion,
+        store: if opts.mongodb_uri.is_some() {
+            "mongodb"
+        } else {
+            "embedded"
+        }
+        .into(),
+        coordinators: opts.coordinators,
+        snapshot_interval_seconds: opts.snapshot_interval.as_secs_f64(),
+        fault_at,
+        expected_target,
+        target,
+        promotions: records.len(),
+        term,
+        timeline,
+        candidates,
+        candidates_before_fault,
+        rto_seconds,
+        rpo_writes,
+        rpo_seconds,
+        writes_per_snapshot_interval: opts.snapshot_interval.as_secs_f64() * rounds_per_second,
+        client: stats,
+        stress,
+        agent_flags_missing: group.agent_flags_missing().to_vec(),
+        pids: group.pids(),
+        run_dir: group.dir().to_path_buf(),
+        setup_seconds,
+        total_seconds: 0.0,
+    };
+    progress
+        .wait("stopping every process", async { drop(group) })
+        .await;
+    Ok(DrillReport {
+        total_seconds: began.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+/// The acknowledged writes from the client's log file.
+fn read_acked(group: &DrGroup) -> Result<Vec<workload::AckedWrite>, DrillError> {
+    let path = group.dir().join("client-writes.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| DrillError::Client(format!("read {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn stress_note(group: &DrGroup, in_cgroups: bool) -> String {
+    match (in_cgroups, group.cgroups(), group.cgroup_error()) {
+        (true, Some(cg), _) if cg.memory_accounted => {
+            "bao and stress-ng share a cgroup per cluster; its agent reads CPU and memory there"
+                .into()
+        }
+        (true, Some(_), _) => "bao and stress-ng share a cgroup v2 per cluster, but this host's \
+             cgroup v2 has no memory controller (hybrid v1/v2): the agent falls back to the bao \
+             process and sees the stress only as contention"
+            .into(),
+        (_, _, Some(e)) => format!(
+            "cgroups are not writable here ({e}): stress-ng runs outside, the agents see it only \
+             as contention on the machine"
+        ),
+        _ => "stress-ng runs outside any per-cluster cgroup".into(),
+    }
+}
+
+async fn inject(group: &mut DrGroup, primary: &str, fault: Fault) -> Result<String, DrillError> {
+    let Some(cluster) = group
+        .clusters_mut()
+        .iter_mut()
+        .find(|c| c.name() == primary)
+    else {
+        return Err(DrillError::Invalid(format!("no cluster {primary}")));
+    };
+    let node = &mut cluster.nodes_mut()[0];
+    let pid = node
+        .pid()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "-".into());
+    match fault {
+        Fault::Kill => {
+            node.kill();
+            Ok(format!("SIGKILL {primary}'s bao (pid {pid})"))
+        }
+        Fault::Stop => {
+            node.stop();
+            Ok(format!(
+                "SIGSTOP {primary}'s bao (pid {pid}): port open, no answers"
+            ))
+        }
+        Fault::Seal => {
+            let url = cluster
+                .api_addr()
+                .join("v1/sys/seal")
+                .map_err(|e| DrillError::Invalid(e.to_string()))?;
+            let resp = cluster
+                .client()
+                .put(url)
+                .header("X-Vault-Token", cluster.root_token().expose())
+                .send()
+                .await
+                .map_err(|e| DrillError::Client(format!("seal {primary}: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(DrillError::Client(format!(
+                    "seal {primary}: HTTP {}",
+                    resp.status().as_u16()
+                )));
+            }
+            Ok(format!("sealed {primary} through sys/seal"))
+        }
+    }
+}
+
+/// What was seen while following the failover.
+struct Followed {
+    record: Option<FailoverRecord>,
+    first_write: Option<workload::AckedWrite>,
+    problem: Option<String>,
+}
+
+/// Polls the coordinators and the client until the failover is done and the client has
+/// written after the fault; adds each event to the timeline (and prints it) as it is seen.
+async fn follow(
+    group: &DrGroup,
+    client: &Workload,
+    primary: &str,
+    fault_at: DateTime<Utc>,
+    opts: &DrillOptions,
+    progress: &Progress,
+    timeline: &mut Vec<TimelineEvent>,
+) -> Followed {
+    let deadline = Instant::now() + opts.failover_timeout;
+    let mut detected = false;
+    let mut seen_steps: Vec<Step> = Vec::new();
+    let mut record: Option<FailoverRecord> = None;
+    let mut first_write = None;
+    let mut leader: Option<Url> = None;
+    let push =
+        |timeline: &mut Vec<TimelineEvent>, event: &str, at: DateTime<Utc>, detail: String| {
+            let after = seconds_between(fault_at, at);
+            progress.line(format!("{event:<12} +{after:6.2} s  {detail}"));
+            timeline.push(TimelineEvent {
+                event: event.into(),
+                at,
+                after_fault_seconds: after,
+                detail,
+            });
+        };
+    let wait = async {
+        loop {
+            if leader.is_none() {
+                leader = group.leader().await;
+            }
+            if !detected && let Some(l) = &leader {
+                match group.get_json(l, "v1/decisions/latest").await {
+                    Some(v) => {
+                        if let Ok(d) = serde_json::from_value::<DecisionRecord>(v) {
+                            let since = match d.phase {
+                                Phase::Suspect { since, .. } if since >= fault_at => Some(since),
+                                Phase::FailingOver { .. } if d.primary == primary => Some(d.at),
+                                _ => None,
+                            };
+                            if let Some(since) = since {
+                                detected = true;
+                                push(
+                                    timeline,
+                                    "detected",
+                                    since,
+                                    format!("primary {primary}: {}", d.sentence),
+                                );
+                            }
+                        }
+                    }
+                    None => leader = None,
+                }
+            }
+            if let Some(all) = failovers(group).await
+                && let Some(rec) = all
+                    .into_iter()
+                    .find(|r| r.decided_at >= fault_at - chrono::Duration::seconds(1))
+            {
+                if !detected {
+                    detected = true;
+                    push(
+                        timeline,
+                        "detected",
+                        rec.decided_at,
+                        format!("primary {primary} down (seen with the decision)"),
+                    );
+                }
+                if seen_steps.is_empty() {
+                    seen_steps.push(Step::Decided);
+                    push(
+                        timeline,
+                        "decided",
+                        rec.decided_at,
+                        format!(
+                            "term {}: {} -> {} ({})",
+                            rec.term, rec.from, rec.to, rec.reason
+                        ),
+                    );
+                    progress.line(format!(
+                        "candidate table:\n{}",
+                        crate::cli::explain::render_table(&rec.table)
+                    ));
+                }
+                for s in &rec.steps {
+                    if s.step == Step::Decided || seen_steps.contains(&s.step) {
+                        continue;
+                    }
+                    if let Some(done) = s.finished_at {
+                        seen_steps.push(s.step);
+                        push(timeline, s.step.as_str(), done, s.detail.clone());
+                    }
+                }
+                let finished = rec.status != FailoverStatus::InProgress;
+                record = Some(rec);
+                if finished && first_write.is_some() {
+                    return None;
+                }
+            }
+            if first_write.is_none()
+                && let Some(w) = client.first_acked_sent_after(fault_at)
+            {
+                let on = record
+                    .as_ref()
+                    .map(|r| r.to.clone())
+                    .unwrap_or_else(|| "?".into());
+                push(
+                    timeline,
+                    "first_write",
+                    w.acked_at,
+                    format!(
+                        "client write #{} (version {}) acknowledged through the stable address, new primary {on}",
+                        w.seq, w.version
+                    ),
+                );
+                first_write = Some(w);
+                if record
+                    .as_ref()
+                    .is_some_and(|r| r.status != FailoverStatus::InProgress)
+                {
+                    return None;
+                }
+            }
+            if Instant::now() > deadline {
+                return Some(format!(
+                    "timed out {} s after the fault",
+                    opts.failover_timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let problem = progress
+        .wait(
+            "waiting for the failover and the first client write on the new primary",
+            wait,
+        )
+        .await;
+    timeline.sort_by_key(|e| e.at);
+    Followed {
+        record,
+        first_write,
+        problem,
+    }
+}
+
+/// The journal from the first coordinator that answers.
+async fn failovers(group: &DrGroup) -> Option<Vec<FailoverRecord>> {
+    for c in group.coordinators() {
+        if c.pid().is_none() {
+            continue;
+        }
+        if let Some(v) = group.get_json(&c.url, "v1/failovers").await
+            && let Ok(r) = serde_json::from_value::<Vec<FailoverRecord>>(v)
+        {
+            return Some(r);
+        }
+    }
+    None
+}
+
+async fn topology_term(group: &DrGroup) -> Option<u64> {
+    for c in group.coordinators() {
+        if let Some(v) = group.get_json(&c.url, "v1/topology").await
+            && let Some(t) = v.pointer("/topology/term").and_then(Value::as_u64)
+        {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// The leader's candidate table now.
+async fn candidates_now(group: &DrGroup) -> Option<CandidateTable> {
+    let leader = group.leader().await?;
+    let v = group.get_json(&leader, "v1/clusters").await?;
+    serde_json::from_value(v.get("candidates")?.clone()).ok()
+}
+
+/// Waits until every secondary's agent reports a successful replication after `t`.
+async fn wait_replicated_after(
+    group: &DrGroup,
+    primary: &str,
+    t: DateTime<Utc>,
+    timeout: Duration,
+) -> Result<(), DrillError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut behind = Vec::new();
+        match group.leader().await {
+            Some(l) => match group.get_json(&l, "v1/clusters").await {
+                Some(v) => {
+                    for c in group.clusters().iter().filter(|c| c.name() != primary) {
+                        let nodes = v
+                            .pointer(&format!("/view/clusters/{}/nodes", c.name()))
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default();
+                        let fresh = nodes.iter().any(|n| {
+                            n.pointer("/report/replication/last_success_at")
+                                .and_then(Value::as_str)
+                                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                                .is_some_and(|at| at.with_timezone(&Utc) > t)
+                        });
+                        if !fresh {
+                            behind.push(c.name().to_owned());
+                        }
+                    }
+                }
+                None => behind.push("(no view)".into()),
+            },
+            None => behind.push("(no leader)".into()),
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DrillError::Lab(LabError::Invalid(format!(
+                "no snapshot pulled after the client token was created by {} within {} s \
+                 (is snapshot replication on? agent logs in {})",
+                behind.join(", "),
+                timeout.as_secs(),
+                group.dir().display()
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+}
+
+/// The report for people: the timeline, the candidate table, RTO, RPO and the verdict.
+pub fn render(r: &DrillReport) -> String {
+    let mut out = format!(
+        "vault-dr drill: {} clusters ({} primary; {}), {} coordinators, {} store, restore {}, promotion {}, fault {}\n",
+        r.clusters.len(),
+        r.primary,
+        r.clusters[1..].join(", "),
+        r.coordinators,
+        r.store,
+        r.restore.as_str(),
+        r.promotion.as_str(),
+        r.fault.as_str(),
+    );
+    out.push_str(&format!(
+        "setup {:.1} s, whole drill {:.1} s\n\ntimeline (seconds after the fault)\n",
+        r.setup_seconds, r.total_seconds
+    ));
+    for e in &r.timeline {
+        out.push_str(&format!(
+            "  {:>7.2}  {:<12} {}\n",
+            e.after_fault_seconds, e.event, e.detail
+        ));
+    }
+    if let Some(s) = &r.stress {
+        out.push_str(&format!(
+            "\nstress on {}: {}\n",
+            s.clusters.join(", "),
+            s.note
+        ));
+    }
+    if let Some(t) = &r.candidates_before_fault {
+        out.push_str("\ncandidates just before the fault\n");
+        out.push_str(&crate::cli::explain::render_table(t));
+    }
+    if let Some(t) = &r.candidates {
+        out.push_str("\ncandidates at the decision\n");
+        out.push_str(&crate::cli::explain::render_table(t));
+    }
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} s"));
+    out.push_str(&format!(
+        "\nRTO  {}  (fault -> first acknowledged client write on the new primary)\n",
+        f(r.rto_seconds)
+    ));
+    out.push_str(&format!(
+        "RPO  {} acknowledged writes missing on the new primary (oldest {} before the fault); \
+         one snapshot interval ({:.1} s) is about {:.0} writes\n",
+        r.rpo_writes.map_or("-".into(), |v| v.to_string()),
+        f(r.rpo_seconds),
+        r.snapshot_interval_seconds,
+        r.writes_per_snapshot_interval
+    ));
+    out.push_str(&format!(
+        "client: {} writes acknowledged, {} failed; {} reads ok, {} failed\n",
+        r.client.writes_acked, r.client.writes_failed, r.client.reads_ok, r.client.reads_failed
+    ));
+    out.push_str(&format!(
+        "promotions: {} ({} -> {}, term {})\n",
+        r.promotions,
+        r.primary,
+        r.target.as_deref().unwrap_or("-"),
+        r.term.map_or("-".into(), |t| t.to_string())
+    ));
+    if !r.agent_flags_missing.is_empty() {
+        out.push_str(&format!(
+            "note: this agent build lacks {}\n",
+            r.agent_flags_missing.join(", ")
+        ));
+    }
+    if r.ok {
+        out.push_str("\nOK: exactly one promotion, clients served by the new primary\n");
+    } else {
+        out.push_str("\nFAILED:\n");
+        for p in &r.problems {
+            out.push_str(&format!("  - {p}\n"));
+        }
+        out.push_str(&format!(
+            "(logs: run again with --keep and look in {})\n",
+            r.run_dir.display()
+        ));
+    }
+    out
+}

@@ -1,0 +1,286 @@
+//! `vault-dr bench rto`: repeats the drill N times and summarises RTO and RPO (p50, p95, max);
+//! in the same run it measures OpenBao's own in-cluster failover N times (a fresh 3-node raft
+//! cluster with `performance_multiplier = 1`: SIGKILL the active node, time to the first
+//! successful write through a surviving node) and prints the ratio of the p50s.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::progress::Progress;
+use super::{DrillError, DrillOptions, DrillReport};
+use crate::lab::LabCluster;
+
+/// p50, p95 and max of a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Samples.
+    pub n: usize,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile (nearest rank).
+    pub p95: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Summary {
+    /// Summarises `values` (None when empty).
+    pub fn of(values: &[f64]) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let rank = |q: f64| {
+            let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+            v[i]
+        };
+        Some(Self {
+            n: v.len(),
+            p50: rank(0.5),
+            p95: rank(0.95),
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// The figures of one drill run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFigures {
+    /// The drill's verdict.
+    pub ok: bool,
+    /// Fault to first acknowledged write on the new primary.
+    pub rto_seconds: Option<f64>,
+    /// Acknowledged writes lost.
+    pub rpo_writes: Option<u64>,
+    /// Age of the oldest lost write at the fault.
+    pub rpo_seconds: Option<f64>,
+    /// Seconds after the fault of each timeline event (where the time goes).
+    pub phases: Vec<(String, f64)>,
+    /// Problems, if not ok.
+    pub problems: Vec<String>,
+}
+
+impl From<&DrillReport> for RunFigures {
+    fn from(r: &DrillReport) -> Self {
+        Self {
+            ok: r.ok,
+            rto_seconds: r.rto_seconds,
+            rpo_writes: r.rpo_writes,
+            rpo_seconds: r.rpo_seconds,
+            phases: r
+                .timeline
+                .iter()
+                .map(|e| (e.event.clone(), e.after_fault_seconds))
+                .collect(),
+            problems: r.problems.clone(),
+        }
+    }
+}
+
+/// The result of `bench rto`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RtoReport {
+    /// Restore mode.
+    pub restore: String,
+    /// Promotion mode.
+    pub promotion: String,
+    /// Every drill run.
+    pub runs: Vec<RunFigures>,
+    /// RTO over the runs that produced one.
+    pub rto: Option<Summary>,
+    /// RPO (writes).
+    pub rpo_writes: Option<Summary>,
+    /// RPO (seconds).
+    pub rpo_seconds: Option<Summary>,
+    /// Median seconds after the fault of each timeline event, in timeline order.
+    pub phases_p50: Vec<(String, f64)>,
+    /// OpenBao's in-cluster failover: seconds from killing the active node to the first write.
+    pub openbao_failover: Vec<f64>,
+    /// Its summary.
+    pub openbao: Option<Summary>,
+    /// vault-dr p50 RTO divided by OpenBao's p50.
+    pub ratio_p50: Option<f64>,
+}
+
+/// Runs `runs` drills with `drill` options and `runs` OpenBao in-cluster failovers.
+pub async fn run(
+    runs: usize,
+    drill: &DrillOptions,
+    progress: &Progress,
+) -> Result<RtoReport, DrillError> {
+    let mut figures = Vec::new();
+    for i in 0..runs {
+        progress.line(format!("drill {}/{runs}", i + 1));
+        let quiet = Progress::new(true);
+        let r = progress
+            .wait(
+                &format!("drill {}/{runs}", i + 1),
+                super::run(drill, &quiet),
+            )
+            .await?;
+        progress.line(format!(
+            "drill {}/{runs}: RTO {} RPO {} writes{}",
+            i + 1,
+            r.rto_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
+            r.rpo_writes.map_or("-".into(), |v| v.to_string()),
+            if r.ok {
+                String::new()
+            } else {
+                format!(" FAILED: {}", r.problems.join("; "))
+            }
+        ));
+        figures.push(RunFigures::from(&r));
+    }
+    let mut openbao = Vec::new();
+    for i in 0..runs {
+        let t = progress
+            .wait(
+                &format!("OpenBao in-cluster failover {}/{runs}", i + 1),
+                openbao_failover(),
+            )
+            .await?;
+        progress.line(format!(
+            "OpenBao in-cluster failover {}/{runs}: {t:.2} s",
+            i + 1
+        ));
+        openbao.push(t);
+    }
+    let vals = |f: &dyn Fn(&RunFigures) -> Option<f64>| -> Vec<f64> {
+        figures.iter().filter_map(f).collect()
+    };
+    let rto = Summary::of(&vals(&|r| r.rto_seconds));
+    let openbao_summary = Summary::of(&openbao);
+    let mut phases_p50 = Vec::new();
+    if let Some(first) = figures.first() {
+        for (name, _) in &first.phases {
+            let v: Vec<f64> = figures
+                .iter()
+                .filter_map(|r| r.phases.iter().find(|(n, _)| n == name).map(|(_, s)| *s))
+                .collect();
+            if let Some(s) = Summary::of(&v) {
+                phases_p50.push((name.clone(), s.p50));
+            }
+        }
+    }
+    Ok(RtoReport {
+        restore: drill.restore.as_str().into(),
+        promotion: drill.promotion.as_str().into(),
+        rpo_writes: Summary::of(&vals(&|r| r.rpo_writes.map(|w| w as f64))),
+        rpo_seconds: Summary::of(&vals(&|r| r.rpo_seconds)),
+        ratio_p50: match (rto, openbao_summary) {
+            (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
+            _ => None,
+        },
+        rto,
+        runs: figures,
+        phases_p50,
+        openbao_failover: openbao,
+        openbao: openbao_summary,
+    })
+}
+
+/// One OpenBao in-cluster failover: a fresh 3-node cluster with fast election, a write every
+/// 50 ms; SIGKILL the active node; seconds until a write through a surviving node succeeds.
+pub async fn openbao_failover() -> Result<f64, DrillError> {
+    let mut cluster = LabCluster::start_ha("ha", 3, true, None).await?;
+    cluster.kv_put("bench/rto", &json!({ "n": 0 })).await?;
+    let active = cluster
+        .active_node()
+        .await
+        .ok_or_else(|| DrillError::Client("the HA cluster has no active node".into()))?;
+    let survivors: Vec<url::Url> = cluster
+        .nodes()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != active)
+        .map(|(_, n)| n.api_addr().clone())
+        .collect();
+    let http = super::workload::client_http()?;
+    let root = cluster.root_token().clone();
+    let killed = Instant::now();
+    cluster.nodes_mut()[active].kill();
+    let deadline = killed + Duration::from_secs(60);
+    let mut n = 0u64;
+    loop {
+        for addr in &survivors {
+            n += 1;
+            let Ok(url) = addr.join("v1/secret/data/bench/rto") else {
+                continue;
+            };
+            let ok = http
+                .post(url)
+                .header("X-Vault-Token", root.expose())
+                .json(&json!({ "data": { "n": n } }))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(killed.elapsed().as_secs_f64());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(DrillError::Client(
+                "OpenBao elected no new active node within 60 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The report for people.
+pub fn render(r: &RtoReport) -> String {
+    let s = |v: &Option<Summary>, unit: &str| match v {
+        Some(s) => format!(
+            "p50 {:.2}{unit}  p95 {:.2}{unit}  max {:.2}{unit}  (n={})",
+            s.p50, s.p95, s.max, s.n
+        ),
+        None => "-".into(),
+    };
+    let mut out = format!(
+        "vault-dr bench rto: {} drills, restore {}, promotion {}\n",
+        r.runs.len(),
+        r.restore,
+        r.promotion
+    );
+    out.push_str(&format!("  RTO        {}\n", s(&r.rto, " s")));
+    out.push_str(&format!("  RPO        {}\n", s(&r.rpo_writes, " writes")));
+    out.push_str(&format!("  RPO age    {}\n", s(&r.rpo_seconds, " s")));
+    out.push_str(&format!(
+        "  OpenBao in-cluster failover (3 nodes, performance_multiplier 1)  {}\n",
+        s(&r.openbao, " s")
+    ));
+    out.push_str(&format!(
+        "  ratio (vault-dr p50 RTO / OpenBao p50)  {}\n",
+        r.ratio_p50.map_or("-".into(), |v| format!("{v:.2}"))
+    ));
+    out.push_str("  where the time goes (p50 seconds after the fault):");
+    for (name, t) in &r.phases_p50 {
+        out.push_str(&format!(" {name} {t:.2};"));
+    }
+    out.push('\n');
+    let failed = r.runs.iter().filter(|x| !x.ok).count();
+    if failed > 0 {
+        out.push_str(&format!("  {failed} drills FAILED:\n"));
+        for x in r.runs.iter().filter(|x| !x.ok) {
+            out.push_str(&format!("    - {}\n", x.problems.join("; ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let s = Summary::of(&[5.0, 1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert_eq!((s.n, s.p50, s.p95, s.max), (5, 3.0, 5.0, 5.0));
+        let one = Summary::of(&[2.5]).unwrap();
+        assert_eq!((one.p50, one.p95, one.max), (2.5, 2.5, 2.5));
+        assert!(Summary::of(&[]).is_none());
+    }
+}
