@@ -1,0 +1,66 @@
+# vault-dr: least-privilege policy of the DR token.
+#
+# The same token id exists in every cluster of a DR group (created by root with
+# `auth/token/create id=<fixed> policies=vault-dr`), so it keeps working after a snapshot
+# restore replaces a cluster's token store with the primary's. Agents and coordinators use it;
+# nothing here needs root. Every path below was checked against OpenBao 2.7.2: an agent with
+# only this policy pulls, restores, quarantines and promotes (tests/tests/replication_agent.rs).
+
+# Agent (secondary): pull a raft snapshot from the primary (GET, no sudo needed), and restore
+# one into the local node (POST needs sudo). The clusters of a group share one seal, so the
+# verified restore works; snapshot-force is for an operator recovering into a node with other
+# keys (the agent never forces: a forced restore with foreign keys seals the node).
+path "sys/storage/raft/snapshot" {
+  capabilities = ["read", "update", "sudo"]
+}
+path "sys/storage/raft/snapshot-force" {
+  capabilities = ["update", "sudo"]
+}
+
+# Agent: wait for a restore to finish (a token request blocks until it has).
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+# Agent: keep the periodic token alive.
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+# Agent (promotion target): the canary write and read after promotion.
+path "cubbyhole/vault-dr-canary" {
+  capabilities = ["create", "read", "update"]
+}
+# Coordinator: its own canary.
+path "cubbyhole/vault-dr/canary" {
+  capabilities = ["create", "read", "update"]
+}
+
+# Agent probes: raft indices and autopilot health.
+path "sys/leader" {
+  capabilities = ["read"]
+}
+path "sys/storage/raft/autopilot/state" {
+  capabilities = ["read"]
+}
+path "sys/storage/raft/configuration" {
+  capabilities = ["read"]
+}
+path "sys/health" {
+  capabilities = ["read"]
+}
+path "sys/metrics" {
+  capabilities = ["read"]
+}
+
+# Coordinator: fence an unreachable-then-returning old primary in an unplanned failover.
+path "sys/seal" {
+  capabilities = ["update", "sudo"]
+}
+
+# Drill: its probe secrets, and nothing else of the KV store.
+path "secret/data/vault-dr/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/vault-dr/*" {
+  capabilities = ["read"]
+}
