@@ -42,6 +42,18 @@ pub const ENV_VAULT_PID_FILE: &str = "VAULT_DR_AGENT_VAULT_PID_FILE";
 pub const ENV_VAULT_PROCESS_NAME: &str = "VAULT_DR_AGENT_VAULT_PROCESS_NAME";
 /// Env: log one JSON object per line (`--log-json`).
 pub const ENV_LOG_JSON: &str = "VAULT_DR_AGENT_LOG_JSON";
+/// Env: replication backend, `none` or `snapshot` (`--replication`).
+pub const ENV_REPLICATION: &str = "VAULT_DR_AGENT_REPLICATION";
+/// Env: directory of pulled snapshots (`--snapshot-dir`).
+pub const ENV_SNAPSHOT_DIR: &str = "VAULT_DR_AGENT_SNAPSHOT_DIR";
+/// Env: pull interval, humantime (`--snapshot-interval`).
+pub const ENV_SNAPSHOT_INTERVAL: &str = "VAULT_DR_AGENT_SNAPSHOT_INTERVAL";
+/// Env: snapshots kept (`--snapshot-keep`).
+pub const ENV_SNAPSHOT_KEEP: &str = "VAULT_DR_AGENT_SNAPSHOT_KEEP";
+/// Env: when a secondary restores, `continuous` or `on-promotion` (`--restore`).
+pub const ENV_RESTORE: &str = "VAULT_DR_AGENT_RESTORE";
+/// Env: directory of quarantined (diverged) data (`--quarantine-dir`).
+pub const ENV_QUARANTINE_DIR: &str = "VAULT_DR_AGENT_QUARANTINE_DIR";
 
 /// Default Vault address.
 pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
@@ -53,6 +65,12 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8210";
 pub const DEFAULT_PROCESS_NAME: &str = "bao";
 /// Where cgroup v2 is mounted.
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Default snapshot pull interval.
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default number of snapshots kept.
+pub const DEFAULT_SNAPSHOT_KEEP: usize = 3;
+/// Default quarantine directory, inside the snapshot directory.
+pub const DEFAULT_QUARANTINE_SUBDIR: &str = "quarantine";
 
 /// Read access to environment variables.
 pub trait Env {
@@ -100,7 +118,7 @@ struct Args {
     cluster: Option<String>,
     #[arg(long, value_name = "NAME", help = help("Node name, unique in its cluster (required)", ENV_NODE))]
     node: Option<String>,
-    #[arg(long, value_name = "URL", help = help("Coordinator base URL; without it the agent only probes and serves metrics", ENV_COORDINATOR_URL))]
+    #[arg(long, value_name = "URL[,URL...]", help = help("Coordinator base URL, or a comma-separated list (the agent moves on to the next on a connection error or 503); without it the agent only probes and serves metrics", ENV_COORDINATOR_URL))]
     coordinator_url: Option<String>,
     #[arg(long, value_name = "FILE", help = help("File holding the coordinator bearer token", ENV_COORDINATOR_TOKEN_FILE))]
     coordinator_token_file: Option<PathBuf>,
@@ -116,6 +134,59 @@ struct Args {
     vault_process_name: Option<String>,
     #[arg(long, help = help("Log one JSON object per line", ENV_LOG_JSON))]
     log_json: bool,
+    #[command(flatten)]
+    snapshot: SnapshotArgs,
+}
+
+/// The replication flags.
+#[derive(Debug, clap::Args)]
+struct SnapshotArgs {
+    #[arg(long, value_name = "none|snapshot", help = help("Replication backend: snapshot = pull raft snapshots from the primary [default: none]", ENV_REPLICATION))]
+    replication: Option<String>,
+    #[arg(long, value_name = "DIR", help = help("Directory of pulled snapshots (required with --replication snapshot)", ENV_SNAPSHOT_DIR))]
+    snapshot_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DURATION", help = help("Snapshot pull interval [default: 5s]", ENV_SNAPSHOT_INTERVAL))]
+    snapshot_interval: Option<String>,
+    #[arg(long, value_name = "N", help = help("Snapshots kept on disk, newest first [default: 3]", ENV_SNAPSHOT_KEEP))]
+    snapshot_keep: Option<String>,
+    #[arg(long, value_name = "continuous|on-promotion", help = help("continuous: restore every pulled snapshot (warm standby); on-promotion: restore the newest at promotion [default: continuous]", ENV_RESTORE))]
+    restore: Option<String>,
+    #[arg(long, value_name = "DIR", help = help("Where a returning ex-primary saves its diverged data [default: <snapshot-dir>/quarantine]", ENV_QUARANTINE_DIR))]
+    quarantine_dir: Option<PathBuf>,
+}
+
+/// When a secondary restores pulled snapshots into its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Restore every pulled snapshot at once (warm standby).
+    Continuous,
+    /// Keep the newest few; restore the newest at promotion.
+    OnPromotion,
+}
+
+/// The snapshot backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Directory of pulled snapshots (and the agent's restore record).
+    pub dir: PathBuf,
+    /// Pull interval (> 0).
+    pub interval: Duration,
+    /// Snapshots kept (>= 1).
+    pub keep: usize,
+    /// When to restore.
+    pub restore: RestoreMode,
+    /// Where a returning ex-primary saves its diverged data.
+    pub quarantine_dir: PathBuf,
+}
+
+/// The replication backend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReplicationConfig {
+    /// No replication of the agent's own: Enterprise status only.
+    #[default]
+    None,
+    /// Raft snapshot shipping.
+    Snapshot(SnapshotConfig),
 }
 
 /// Connection to the local Vault/OpenBao node.
@@ -153,6 +224,11 @@ pub struct Config {
     pub node: String,
     /// The coordinator; `None` = probe and serve metrics only.
     pub coordinator: Option<CoordinatorConfig>,
+    /// Further coordinator URLs after `coordinator.url`, tried in order (the list of
+    /// `--coordinator-url` after its first entry).
+    pub coordinator_fallbacks: Vec<Url>,
+    /// The replication backend.
+    pub replication: ReplicationConfig,
     /// Probe and report interval (> 0).
     pub interval: Duration,
     /// Listen address of the HTTP server.
@@ -201,11 +277,25 @@ impl Config {
         };
         let cluster = required_name(pick(a.cluster, ENV_CLUSTER), "--cluster", ENV_CLUSTER)?;
         let node = required_name(pick(a.node, ENV_NODE), "--node", ENV_NODE)?;
+        let replication = parse_replication(&a.snapshot, env, vault.token.is_some())?;
 
+        let mut coordinator_fallbacks = Vec::new();
         let coordinator = match pick(a.coordinator_url, ENV_COORDINATOR_URL) {
             None => None,
             Some(raw) => {
-                let url = parse_url(&raw, "--coordinator-url", ENV_COORDINATOR_URL)?;
+                let mut urls = raw
+                    .split(',')
+                    .map(|u| parse_url(u, "--coordinator-url", ENV_COORDINATOR_URL))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter();
+                let Some(url) = urls.next() else {
+                    return Err(config_error(
+                        "--coordinator-url",
+                        ENV_COORDINATOR_URL,
+                        "is empty",
+                    ));
+                };
+                coordinator_fallbacks = urls.collect();
                 let token_file = pick_path(a.coordinator_token_file, ENV_COORDINATOR_TOKEN_FILE)
                     .ok_or_else(|| {
                         config_error(
@@ -260,6 +350,8 @@ impl Config {
             cluster,
             node,
             coordinator,
+            coordinator_fallbacks,
+            replication,
             interval,
             listen,
             vault_pid_file: pick_path(a.vault_pid_file, ENV_VAULT_PID_FILE),
@@ -282,6 +374,8 @@ impl Config {
             cluster: cluster.into(),
             node: node.into(),
             coordinator: None,
+            coordinator_fallbacks: Vec::new(),
+            replication: ReplicationConfig::None,
             interval: DEFAULT_INTERVAL,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             vault_pid_file: None,
@@ -290,6 +384,102 @@ impl Config {
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
         }
     }
+}
+
+/// The replication flags: `none` ignores the snapshot flags; `snapshot` needs a directory and
+/// the Vault token (the DR token), and validates interval, keep and restore mode.
+fn parse_replication(
+    a: &SnapshotArgs,
+    env: &dyn Env,
+    has_token: bool,
+) -> Result<ReplicationConfig> {
+    let pick = |flag: &Option<String>, key: &str| flag.clone().or_else(|| non_empty(env.var(key)));
+    let pick_path = |flag: &Option<PathBuf>, key: &str| {
+        flag.clone()
+            .or_else(|| non_empty(env.var(key)).map(PathBuf::from))
+    };
+    let backend = pick(&a.replication, ENV_REPLICATION).unwrap_or_else(|| "none".into());
+    match backend.trim().to_ascii_lowercase().as_str() {
+        "none" => return Ok(ReplicationConfig::None),
+        "snapshot" => {}
+        other => {
+            return Err(config_error(
+                "--replication",
+                ENV_REPLICATION,
+                format!("{other:?} is not one of none, snapshot"),
+            ));
+        }
+    }
+    let dir = pick_path(&a.snapshot_dir, ENV_SNAPSHOT_DIR).ok_or_else(|| {
+        config_error(
+            "--snapshot-dir",
+            ENV_SNAPSHOT_DIR,
+            "is required with --replication snapshot",
+        )
+    })?;
+    if !has_token {
+        return Err(config_error(
+            "--vault-token-file",
+            ENV_VAULT_TOKEN_FILE,
+            "is required with --replication snapshot (the DR token)",
+        ));
+    }
+    let interval = match pick(&a.snapshot_interval, ENV_SNAPSHOT_INTERVAL) {
+        None => DEFAULT_SNAPSHOT_INTERVAL,
+        Some(raw) => {
+            let d = humantime::parse_duration(raw.trim()).map_err(|e| {
+                config_error(
+                    "--snapshot-interval",
+                    ENV_SNAPSHOT_INTERVAL,
+                    format!("{raw:?} is not a duration (e.g. 5s): {e}"),
+                )
+            })?;
+            if d.is_zero() {
+                return Err(config_error(
+                    "--snapshot-interval",
+                    ENV_SNAPSHOT_INTERVAL,
+                    "must be greater than zero",
+                ));
+            }
+            d
+        }
+    };
+    let keep = match pick(&a.snapshot_keep, ENV_SNAPSHOT_KEEP) {
+        None => DEFAULT_SNAPSHOT_KEEP,
+        Some(raw) => match raw.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(config_error(
+                    "--snapshot-keep",
+                    ENV_SNAPSHOT_KEEP,
+                    format!("{raw:?} is not a whole number of at least 1"),
+                ));
+            }
+        },
+    };
+    let restore = match pick(&a.restore, ENV_RESTORE)
+        .map(|r| r.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("continuous") => RestoreMode::Continuous,
+        Some("on-promotion") => RestoreMode::OnPromotion,
+        Some(other) => {
+            return Err(config_error(
+                "--restore",
+                ENV_RESTORE,
+                format!("{other:?} is not one of continuous, on-promotion"),
+            ));
+        }
+    };
+    let quarantine_dir = pick_path(&a.quarantine_dir, ENV_QUARANTINE_DIR)
+        .unwrap_or_else(|| dir.join(DEFAULT_QUARANTINE_SUBDIR));
+    Ok(ReplicationConfig::Snapshot(SnapshotConfig {
+        dir,
+        interval,
+        keep,
+        restore,
+        quarantine_dir,
+    }))
 }
 
 fn config_error(flag: &'static str, env: &'static str, message: impl Into<String>) -> Error {
@@ -608,6 +798,117 @@ mod tests {
             &[(ENV_LOG_JSON, "perhaps")],
         );
         assert_eq!(flag_of(r), "--log-json");
+    }
+
+    #[test]
+    fn snapshot_replication_defaults_and_needs_a_dir_and_the_dr_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "dr-token").unwrap();
+        let t = token.to_str().unwrap();
+        let base = ["--cluster", "a", "--node", "b"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v, &[])
+        };
+        assert_eq!(with(&[]).unwrap().replication, ReplicationConfig::None);
+        let c = with(&[
+            "--replication",
+            "snapshot",
+            "--snapshot-dir",
+            "/var/snap",
+            "--vault-token-file",
+            t,
+        ])
+        .unwrap();
+        assert_eq!(
+            c.replication,
+            ReplicationConfig::Snapshot(SnapshotConfig {
+                dir: "/var/snap".into(),
+                interval: Duration::from_secs(5),
+                keep: 3,
+                restore: RestoreMode::Continuous,
+                quarantine_dir: "/var/snap/quarantine".into(),
+            })
+        );
+        assert_eq!(
+            flag_of(with(&[
+                "--replication",
+                "snapshot",
+                "--vault-token-file",
+                t
+            ])),
+            "--snapshot-dir"
+        );
+        assert_eq!(
+            flag_of(with(&["--replication", "snapshot", "--snapshot-dir", "/x"])),
+            "--vault-token-file"
+        );
+        assert_eq!(flag_of(with(&["--replication", "rsync"])), "--replication");
+        let snap = [
+            "--replication",
+            "snapshot",
+            "--snapshot-dir",
+            "/x",
+            "--vault-token-file",
+            t,
+        ];
+        for (flag, bad) in [
+            ("--snapshot-interval", "0s"),
+            ("--snapshot-interval", "often"),
+            ("--snapshot-keep", "0"),
+            ("--snapshot-keep", "many"),
+            ("--restore", "sometimes"),
+        ] {
+            let mut v = snap.to_vec();
+            v.extend_from_slice(&[flag, bad]);
+            assert_eq!(flag_of(with(&v)), flag, "{flag} {bad}");
+        }
+        let mut v = snap.to_vec();
+        v.extend_from_slice(&["--restore", "on-promotion", "--snapshot-keep", "5"]);
+        let ReplicationConfig::Snapshot(s) = with(&v).unwrap().replication else {
+            panic!("snapshot expected");
+        };
+        assert_eq!((s.restore, s.keep), (RestoreMode::OnPromotion, 5));
+    }
+
+    #[test]
+    fn a_coordinator_url_list_keeps_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "x").unwrap();
+        let c = parse(
+            &[
+                "--cluster",
+                "a",
+                "--node",
+                "b",
+                "--coordinator-url",
+                "http://127.0.0.1:1, http://127.0.0.1:2,http://127.0.0.1:3",
+                "--coordinator-token-file",
+                token.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.coordinator.unwrap().url.port(), Some(1));
+        let rest: Vec<_> = c.coordinator_fallbacks.iter().map(|u| u.port()).collect();
+        assert_eq!(rest, vec![Some(2), Some(3)]);
+        let r = parse(
+            &[
+                "--cluster",
+                "a",
+                "--node",
+                "b",
+                "--coordinator-url",
+                "http://127.0.0.1:1,ftp://x",
+                "--coordinator-token-file",
+                token.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(flag_of(r), "--coordinator-url");
     }
 
     #[test]

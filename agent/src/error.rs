@@ -35,6 +35,9 @@ pub enum Error {
     /// The HTTP server stopped with an error.
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    /// The snapshot directory cannot be used.
+    #[error("snapshot directory")]
+    SnapshotStore(#[source] crate::replication::snapshot::store::StoreError),
     /// A Vault request got no HTTP answer (refused, reset, timed out).
     #[error("{what}: no answer from Vault")]
     VaultRequest {

@@ -45,9 +45,33 @@ pub async fn run(
         config.vault.addr.clone(),
         config.vault.token.clone(),
     ));
-    let replicator: Arc<dyn replication::Replicator> = Arc::new(
-        replication::enterprise::EnterpriseStatus::new(vault.clone()),
-    );
+    let mut tasks = tokio::task::JoinSet::new();
+    let replicator: Arc<dyn replication::Replicator> = match &config.replication {
+        config::ReplicationConfig::None => Arc::new(
+            replication::enterprise::EnterpriseStatus::new(vault.clone()),
+        ),
+        config::ReplicationConfig::Snapshot(s) => {
+            let status = Arc::new(replication::snapshot::SnapshotStatus::default());
+            let token = config.vault.token.clone().ok_or(Error::Config {
+                flag: "--vault-token-file",
+                env: config::ENV_VAULT_TOKEN_FILE,
+                message: "is required with --replication snapshot (the DR token)".into(),
+            })?;
+            let shipper = replication::snapshot::Shipper::new(
+                s.clone(),
+                &config.node,
+                vault.clone(),
+                vault::http_client(&config.vault, replication::snapshot::TRANSFER_TIMEOUT)?,
+                token,
+                shared.clone(),
+                metrics.clone(),
+                status.clone(),
+            )
+            .map_err(Error::SnapshotStore)?;
+            tasks.spawn(shipper.run());
+            status
+        }
+    };
     let system = system::SystemSampler::new(
         config.cgroup_root.clone(),
         config.vault_pid_file.clone(),
@@ -55,10 +79,17 @@ pub async fn run(
     );
     let prober = probe::Prober::new(vault, replicator, system, shared.clone(), metrics.clone());
 
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(prober.run(config.interval));
     if let Some(c) = &config.coordinator {
-        let sender = report::Sender::new(c, shared.clone(), metrics.clone())?;
+        let mut sender = report::Sender::new(
+            c,
+            &config.coordinator_fallbacks,
+            shared.clone(),
+            metrics.clone(),
+        )?;
+        if matches!(config.replication, config::ReplicationConfig::Snapshot(_)) {
+            sender = sender.replication_applies_terms();
+        }
         tasks.spawn(sender.run(config.interval));
     }
     shared.set_running(true);
@@ -67,6 +98,8 @@ pub async fn run(
         node = %config.node,
         vault = %config.vault.addr,
         coordinator = config.coordinator.as_ref().map(|c| c.url.to_string()),
+        coordinator_fallbacks = config.coordinator_fallbacks.len(),
+        replication = ?config.replication,
         interval = ?config.interval,
         listen = ?listener.local_addr().ok(),
         "agent started"

@@ -44,7 +44,21 @@ pub struct Metrics {
     pub desired_term: IntGauge,
     /// `vault_dr_agent_probe_latency_p99_seconds`: p99 of the rolling window.
     pub probe_latency_p99: Gauge,
+    /// `vault_dr_agent_snapshot_pulls_total{result}`: snapshot pulls, `ok` or `error`.
+    pub snapshot_pulls: IntCounterVec,
+    /// `vault_dr_agent_snapshot_restores_total{result}`: restores into the local node.
+    pub snapshot_restores: IntCounterVec,
+    /// `vault_dr_agent_snapshot_restore_duration_seconds`: POST to serving the restored data.
+    pub snapshot_restore_duration: Histogram,
+    /// `vault_dr_agent_snapshot_quarantines_total`: diverged data saved by a returning
+    /// ex-primary.
+    pub snapshot_quarantines: IntCounter,
+    /// `vault_dr_agent_snapshot_index`: raft index of the newest snapshot held.
+    pub snapshot_index: IntGauge,
 }
+
+/// Results of a snapshot pull or restore (the `result` label).
+pub const SNAPSHOT_RESULTS: [&str; 2] = ["ok", "error"];
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> Result<T> {
     r.register(Box::new(c.clone()))?;
@@ -153,7 +167,57 @@ impl Metrics {
                     "p99 of the rolling probe latency window",
                 )?,
             )?,
+            snapshot_pulls: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{P}snapshot_pulls_total"),
+                        "Raft snapshot pulls from the primary, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            snapshot_restores: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{P}snapshot_restores_total"),
+                        "Snapshot restores into the local node, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            snapshot_restore_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        format!("{P}snapshot_restore_duration_seconds"),
+                        "Time from the restore request to the node serving the restored data",
+                    )
+                    .buckets(vec![
+                        1.0, 2.5, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+                    ]),
+                )?,
+            )?,
+            snapshot_quarantines: reg(
+                r,
+                IntCounter::new(
+                    format!("{P}snapshot_quarantines_total"),
+                    "Diverged data saved by a returning ex-primary before it follows",
+                )?,
+            )?,
+            snapshot_index: reg(
+                r,
+                IntGauge::new(
+                    format!("{P}snapshot_index"),
+                    "Raft index of the newest snapshot held",
+                )?,
+            )?,
         };
+        for res in SNAPSHOT_RESULTS {
+            m.snapshot_pulls.with_label_values(&[res]).inc_by(0);
+            m.snapshot_restores.with_label_values(&[res]).inc_by(0);
+        }
         // Every series exists from the start, so absent() and rate() work before the first event.
         for s in NodeState::ALL {
             m.node_state.with_label_values(&[s.as_str()]).set(0);

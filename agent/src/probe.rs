@@ -118,7 +118,13 @@ impl Prober {
     pub async fn round(&mut self) -> Observation {
         let health = self.vault.health().await;
         let latency_ms = health.latency.map(|d| d.as_secs_f64() * 1000.0);
-        let state = health.health.state;
+        // While this agent's own restore runs the node blocks requests by design: report it as
+        // restoring, and do not ask it for indices or replication meanwhile.
+        let state = if self.shared.is_restoring() {
+            NodeState::Restoring
+        } else {
+            health.health.state
+        };
         self.window
             .push(if failed(state) { None } else { latency_ms });
 

@@ -1,5 +1,7 @@
 //! Sending reports: every interval `POST <coordinator>/v1/reports` with the bearer token, keep
-//! the desired state from the answer. When the coordinator is down or answers garbage, back
+//! the desired state from the answer. With several coordinator URLs the agent posts to the one
+//! that last answered 2xx and moves on to the next on a connection error or a 503 (a follower
+//! coordinator answers 503), trying each at most once per report. When the coordinator is down or answers garbage, back
 //! off with full jitter (never faster than the interval), count the failure by kind, and keep
 //! going; the probe loop is a separate task and never waits for this one.
 
@@ -9,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::state::{Offer, Shared};
 use rand::Rng;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use url::Url;
 use vault_dr_common::{DesiredState, Secret};
@@ -96,10 +99,12 @@ impl SendFailure {
 #[derive(Debug)]
 pub struct Sender {
     http: reqwest::Client,
-    url: Url,
+    urls: Vec<Url>,
+    current: AtomicUsize,
     token: Secret,
     shared: Arc<Shared>,
     metrics: Metrics,
+    replication_applies: bool,
 }
 
 /// Builds the coordinator client.
@@ -118,19 +123,44 @@ pub fn http_client(c: &CoordinatorConfig) -> Result<reqwest::Client> {
 }
 
 impl Sender {
-    /// A sender to `config.url`.
-    pub fn new(config: &CoordinatorConfig, shared: Arc<Shared>, metrics: Metrics) -> Result<Self> {
-        let mut url = config.url.clone();
-        if let Ok(mut segs) = url.path_segments_mut() {
-            segs.pop_if_empty().extend(["v1", "reports"]);
-        }
+    /// A sender to `config.url`, then `fallbacks` in order.
+    pub fn new(
+        config: &CoordinatorConfig,
+        fallbacks: &[Url],
+        shared: Arc<Shared>,
+        metrics: Metrics,
+    ) -> Result<Self> {
+        let urls = std::iter::once(&config.url)
+            .chain(fallbacks)
+            .map(|base| {
+                let mut url = base.clone();
+                if let Ok(mut segs) = url.path_segments_mut() {
+                    segs.pop_if_empty().extend(["v1", "reports"]);
+                }
+                url
+            })
+            .collect();
         Ok(Self {
             http: http_client(config)?,
-            url,
+            urls,
+            current: AtomicUsize::new(0),
             token: config.token.clone(),
             shared,
             metrics,
+            replication_applies: false,
         })
+    }
+
+    /// Leaves `applied_term` to the replication backend (it sets it once it has carried out
+    /// the desired state); without this, a kept desired state counts as applied at once.
+    pub fn replication_applies_terms(mut self) -> Self {
+        self.replication_applies = true;
+        self
+    }
+
+    /// The report URL in use (the one that last answered 2xx).
+    pub fn current_url(&self) -> &Url {
+        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
     }
 
     /// Sends one report (if there is an observation yet) and handles the answer.
@@ -138,30 +168,30 @@ impl Sender {
         let Some(report) = self.shared.next_report() else {
             return Ok(());
         };
-        let classify = |e: reqwest::Error| match request_error_kind(&e) {
-            "timeout" => SendFailure::Timeout,
-            "decode" => SendFailure::Decode,
-            _ => SendFailure::Connect,
-        };
-        let resp = self
-            .http
-            .post(self.url.clone())
-            .bearer_auth(self.token.expose())
-            .json(&report)
-            .send()
-            .await
-            .map_err(classify)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(classify)?;
-        if !status.is_success() {
-            return Err(SendFailure::Status(status.as_u16()));
+        let first = self.current.load(Ordering::Relaxed);
+        let mut result = Err(SendFailure::Connect);
+        for step in 0..self.urls.len() {
+            let i = (first + step) % self.urls.len();
+            result = self.post(&self.urls[i], &report).await;
+            match result {
+                Ok(_) => {
+                    if i != first {
+                        tracing::info!(url = %self.urls[i], "reporting to another coordinator");
+                    }
+                    self.current.store(i, Ordering::Relaxed);
+                    break;
+                }
+                // Not there or not the leader: the next one may be.
+                Err(SendFailure::Connect | SendFailure::Status(503)) => continue,
+                Err(_) => break,
+            }
         }
-        let desired: DesiredState =
-            serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)?;
+        let desired = result?;
         let term = desired.term;
         match self.shared.offer_desired(desired) {
             // Without a replication backend there is nothing to carry out for a new term.
-            Offer::Kept => self.shared.set_applied_term(term),
+            Offer::Kept if !self.replication_applies => self.shared.set_applied_term(term),
+            Offer::Kept => {}
             Offer::StaleTerm => tracing::warn!(
                 term,
                 seen = self.shared.seen_term(),
@@ -176,6 +206,33 @@ impl Sender {
             .set(i64::try_from(self.shared.seen_term()).unwrap_or(i64::MAX));
         self.metrics.reports_sent.inc();
         Ok(())
+    }
+
+    /// Posts one report to `url`; the desired state from a 2xx answer.
+    async fn post(
+        &self,
+        url: &Url,
+        report: &vault_dr_common::Report,
+    ) -> std::result::Result<DesiredState, SendFailure> {
+        let classify = |e: reqwest::Error| match request_error_kind(&e) {
+            "timeout" => SendFailure::Timeout,
+            "decode" => SendFailure::Decode,
+            _ => SendFailure::Connect,
+        };
+        let resp = self
+            .http
+            .post(url.clone())
+            .bearer_auth(self.token.expose())
+            .json(report)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(classify)?;
+        if !status.is_success() {
+            return Err(SendFailure::Status(status.as_u16()));
+        }
+        serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)
     }
 
     /// Sends every `interval`, backing off after failures, until the task is dropped.

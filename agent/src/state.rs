@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use vault_dr_common::{
-    DesiredState, HostStats, PeerProbe, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
+    DesiredState, HostStats, NodeState, PeerProbe, ReplicationStatus, Report, SCHEMA_VERSION,
+    VaultStatus,
 };
 
 /// One probe round's findings.
@@ -42,6 +43,7 @@ pub struct Shared {
     inner: Mutex<Inner>,
     ready: AtomicBool,
     running: AtomicBool,
+    restoring: AtomicBool,
 }
 
 /// What [`Shared::offer_desired`] did with a desired state.
@@ -65,6 +67,7 @@ impl Shared {
             inner: Mutex::new(Inner::default()),
             ready: AtomicBool::new(false),
             running: AtomicBool::new(false),
+            restoring: AtomicBool::new(false),
         }
     }
 
@@ -104,6 +107,17 @@ impl Shared {
     /// Whether the loops are running.
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Acquire)
+    }
+
+    /// Marks a snapshot restore started by this agent as in flight (or finished): reports
+    /// say `restoring` meanwhile, whatever the last probe saw.
+    pub fn set_restoring(&self, restoring: bool) {
+        self.restoring.store(restoring, Ordering::Release);
+    }
+
+    /// Whether a restore started by this agent is in flight.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring.load(Ordering::Acquire)
     }
 
     /// The kept desired state.
@@ -157,7 +171,10 @@ impl Shared {
         Some(self.build(o, inner.seq, inner.seen_term, inner.applied_term))
     }
 
-    fn build(&self, o: Observation, seq: u64, seen_term: u64, applied_term: u64) -> Report {
+    fn build(&self, mut o: Observation, seq: u64, seen_term: u64, applied_term: u64) -> Report {
+        if self.is_restoring() {
+            o.vault.state = NodeState::Restoring;
+        }
         Report {
             schema_version: SCHEMA_VERSION,
             cluster: self.cluster.clone(),

@@ -248,6 +248,14 @@ pub struct ReplicationStatus {
     pub last_success_at: Option<DateTime<Utc>>,
     /// Short kind of the latest replication error.
     pub last_error: Option<String>,
+    /// Snapshot backend: raft index of the snapshot last restored into this node (`None` when
+    /// the agent never restored one).
+    #[serde(default)]
+    pub restored_index: Option<u64>,
+    /// Snapshot backend: path of the newest quarantine snapshot, the diverged data a returning
+    /// ex-primary saved before it was turned into a secondary.
+    #[serde(default)]
+    pub quarantined: Option<String>,
 }
 
 /// An agent's own probe of another cluster (the primary).

@@ -39,6 +39,8 @@ impl Kind {
 
 /// What one status answer means.
 #[derive(Debug, Clone, PartialEq)]
+// Short-lived parse result: boxing the status would only add an allocation per probe.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// 404: the server has no such replication (OpenBao, Vault Community).
     Unsupported,
@@ -126,6 +128,7 @@ pub fn parse(kind: Kind, status: u16, body: &[u8]) -> Result<Parsed> {
         last_remote_wal: d.last_remote_wal,
         last_success_at: None,
         last_error: None,
+        ..ReplicationStatus::default()
     }))
 }
 

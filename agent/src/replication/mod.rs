@@ -1,10 +1,11 @@
 //! Cross-cluster replication as seen from this node, behind the [`Replicator`] seam.
 //!
 //! One file per backend: [`enterprise`] reads Vault Enterprise's own DR / performance
-//! replication status (OpenBao answers 404 there, which is mode `none`). The snapshot shipper
-//! for OpenBao will sit beside it as `snapshot.rs`, implementing the same trait.
+//! replication status (OpenBao answers 404 there, which is mode `none`); [`snapshot`] ships raft
+//! snapshots for OpenBao and publishes its status through the same trait.
 
 pub mod enterprise;
+pub mod snapshot;
 
 use async_trait::async_trait;
 use vault_dr_common::ReplicationStatus;

@@ -1,0 +1,689 @@
+//! The snapshot backend (OpenBao, Vault Community): raft snapshot shipping driven by the
+//! desired state.
+//!
+//! - **Secondary** (only the agent of the cluster's active node acts): every `interval`, pull
+//!   `GET sys/storage/raft/snapshot` from the term's primary into the [`store::Store`] (temp
+//!   file, fsync, rename, metadata, newest K kept), then restore it at once (`continuous`) or
+//!   keep it (`on-promotion`). `applied_term` = the term once a pull from its primary worked.
+//! - **Promotion** (desired role primary for a term above `applied_term`): stop pulling; with
+//!   `final_snapshot_from` pull one last snapshot from there and restore it; else with
+//!   `promotion: complete` restore the newest snapshot held that is newer than the node's data;
+//!   `fast` keeps what the node has. Then the node must be active and pass a canary write and
+//!   read in the DR token's cubbyhole; only then `applied_term` = term. A node that already was
+//!   primary never restores over its own (live) data.
+//! - **Returning ex-primary** (desired role secondary in a term after the one it was primary
+//!   in): once no failover is in progress, save its own node's snapshot to the quarantine
+//!   directory (nothing is destroyed silently), then restore the primary's snapshot and follow.
+//!
+//! No snapshot is restored unless its DR term is allowed (never older than the seen term on a
+//! secondary), its size and SHA-256 match and the archive parses with the recorded index. While
+//! a restore runs the agent reports `restoring`, until the node answers again with the restored
+//! data (applied index at least the snapshot's, a token request served).
+
+pub mod archive;
+pub mod store;
+
+use crate::config::{RestoreMode, SnapshotConfig};
+use crate::error::request_error_kind;
+use crate::metrics::Metrics;
+use crate::replication::Replicator;
+use crate::state::Shared;
+use crate::vault::{self, VaultClient};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::{NodeRecord, SnapshotMeta, Store, StoreError};
+use url::Url;
+use vault_dr_common::{
+    DesiredState, NodeState, PromotionMode, ReplicationMode, ReplicationStatus, Role, Secret,
+};
+
+/// Longest pause between two looks at the desired state.
+pub const TICK: Duration = Duration::from_millis(500);
+/// Timeout of one snapshot transfer (pull or restore upload).
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a restore may take until the node serves the restored data (measured: about 5 s
+/// plus 25 ms per MB).
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a promotion waits for the node to be active and to take the canary.
+pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one poll while waiting.
+const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between polls while waiting.
+const POLL: Duration = Duration::from_millis(100);
+/// The canary path, in the DR token's cubbyhole.
+pub const CANARY_PATH: &str = "cubbyhole/vault-dr-canary";
+
+/// What went wrong in one step of the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// The snapshot store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A request got no answer.
+    #[error("{what}: no answer")]
+    Request {
+        /// The request.
+        what: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A request got an unexpected status.
+    #[error("{what}: HTTP {status}")]
+    Status {
+        /// The request.
+        what: String,
+        /// The status.
+        status: u16,
+    },
+    /// The local node is not active.
+    #[error("the local node is {0}, not active")]
+    NotActive(NodeState),
+    /// The node did not serve the restored data in time.
+    #[error("the node did not serve snapshot index {index} within {after:?}")]
+    RestoreTimeout {
+        /// The snapshot's raft index.
+        index: u64,
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The canary write or read failed.
+    #[error("canary: {0}")]
+    Canary(String),
+    /// A blocking file task died.
+    #[error("file task failed")]
+    Task,
+}
+
+impl ShipError {
+    /// Bounded kind for `last_error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.kind(),
+            Self::Request { source, .. } => request_error_kind(source),
+            Self::Status { .. } => "status",
+            Self::NotActive(_) => "not_active",
+            Self::RestoreTimeout { .. } => "restore_timeout",
+            Self::Canary(_) => "canary",
+            Self::Task => "internal",
+        }
+    }
+}
+
+/// The replication status the backend publishes; the probe loop reads it.
+#[derive(Debug, Default)]
+pub struct SnapshotStatus(Mutex<ReplicationStatus>);
+
+impl SnapshotStatus {
+    fn set(&self, s: ReplicationStatus) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+    }
+
+    /// The latest published status.
+    pub fn get(&self) -> ReplicationStatus {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Replicator for SnapshotStatus {
+    async fn status(&self) -> ReplicationStatus {
+        self.get()
+    }
+}
+
+/// Clears the `restoring` flag when a restore ends, also on an early error.
+struct RestoringFlag<'a>(&'a Shared);
+
+impl<'a> RestoringFlag<'a> {
+    fn raise(shared: &'a Shared) -> Self {
+        shared.set_restoring(true);
+        Self(shared)
+    }
+}
+
+impl Drop for RestoringFlag<'_> {
+    fn drop(&mut self) {
+        self.0.set_restoring(false);
+    }
+}
+
+/// The snapshot backend of one agent.
+#[derive(Debug)]
+pub struct Shipper {
+    config: SnapshotConfig,
+    node: String,
+    vault: Arc<VaultClient>,
+    http: reqwest::Client,
+    token: Secret,
+    store: Store,
+    record: NodeRecord,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    status: Arc<SnapshotStatus>,
+    last_pull: Option<Instant>,
+    primary_index: Option<u64>,
+    last_success_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+impl Shipper {
+    /// A backend for the node behind `vault`, authenticating with `token` (the DR token) both
+    /// locally and at the primary. `http` is used for transfers (long timeout).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: SnapshotConfig,
+        node: &str,
+        vault: Arc<VaultClient>,
+        http: reqwest::Client,
+        token: Secret,
+        shared: Arc<Shared>,
+        metrics: Metrics,
+        status: Arc<SnapshotStatus>,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open(&config.dir, config.keep)?;
+        let record = store.node_record();
+        let me = Self {
+            config,
+            node: node.to_owned(),
+            vault,
+            http,
+            token,
+            store,
+            record,
+            shared,
+            metrics,
+            status,
+            last_pull: None,
+            primary_index: None,
+            last_success_at: None,
+            last_error: None,
+        };
+        me.publish();
+        Ok(me)
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        let mut ticker = tokio::time::interval(TICK.min(self.config.interval));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.tick().await;
+            self.publish();
+        }
+    }
+
+    /// One look at the desired state and the node; acts when something is due.
+    pub async fn tick(&mut self) {
+        let Some(d) = self.shared.desired() else {
+            return;
+        };
+        let result = match d.role {
+            Role::Primary if d.term > self.shared.applied_term() => self.promote(&d).await,
+            Role::Primary => Ok(()),
+            Role::Secondary => self.follow(&d).await,
+        };
+        if let Err(e) = result {
+            if self.last_error.as_deref() != Some(e.kind()) {
+                tracing::warn!(kind = e.kind(), error = %e, term = d.term, role = %d.role, "snapshot replication step failed");
+            }
+            self.last_error = Some(e.kind().to_owned());
+        }
+    }
+
+    /// Secondary role: pull (and maybe restore) when due; an ex-primary first quarantines.
+    async fn follow(&mut self, d: &DesiredState) -> Result<(), ShipError> {
+        // Meanwhile only the promotion target acts.
+        if d.failover_in_progress {
+            return Ok(());
+        }
+        let Some(primary) = d.primary_api_addr.clone() else {
+            return Ok(());
+        };
+        let state = self.vault.health().await.health.state;
+        if state != NodeState::Active {
+            // Standbys of a secondary leave the work to the active node's agent.
+            return Ok(());
+        }
+        self.primary_index = self.primary_applied_index(&primary).await;
+        let ex_primary = self.record.primary_term.is_some_and(|t| t < d.term);
+        let due = self
+            .last_pull
+            .is_none_or(|t| t.elapsed() >= self.config.interval);
+        if !due && !ex_primary {
+            return Ok(());
+        }
+        self.last_pull = Some(Instant::now());
+        let pulled = self.pull(&primary, d.term).await?;
+        let restore_now = ex_primary
+            || (self.config.restore == RestoreMode::Continuous
+                && self
+                    .record
+                    .restored
+                    .as_ref()
+                    .is_none_or(|r| pulled.newer_than(r)));
+        if restore_now {
+            // Data this agent did not put there (a returning ex-primary's diverged writes, or a
+            // fresh node's own) is saved before it is replaced.
+            if ex_primary || self.record.restored.is_none() {
+                self.quarantine().await?;
+            }
+            self.restore(&pulled, d.term).await?;
+            if ex_primary {
+                tracing::info!(
+                    term = d.term,
+                    quarantined = ?self.record.quarantined,
+                    "ex-primary now follows the primary of this term"
+                );
+                self.record.primary_term = None;
+                self.save_record()?;
+            }
+        }
+        if self.shared.applied_term() < d.term {
+            tracing::info!(term = d.term, primary = %d.primary, "following the primary of this term");
+        }
+        self.shared.set_applied_term(d.term);
+        self.last_error = None;
+        Ok(())
+    }
+
+    /// Primary role for a new term: restore per the promotion mode, check, canary, apply.
+    async fn promote(&mut self, d: &DesiredState) -> Result<(), ShipError> {
+        let started = Instant::now();
+        let before = self.shared.applied_term();
+        let state = self.vault.health().await.health.state;
+        if matches!(state, NodeState::Standby | NodeState::PerformanceStandby) {
+            // The agent of the cluster's active node promotes; standbys follow raft.
+            return Ok(());
+        }
+        self.wait_active(ACTIVE_TIMEOUT).await?;
+        // A node that already is the primary holds the live data: nothing is restored over it.
+        let was_secondary = self.record.primary_term.is_none();
+        let mut restored = None;
+        if was_secondary {
+            if let Some(src) = &d.final_snapshot_from {
+                let m = self.pull(src, d.term).await?;
+                self.restore(&m, d.term).await?;
+                restored = Some(m.index);
+            } else if d.promotion == PromotionMode::Complete {
+                restored = self.restore_newest(before).await?;
+            }
+        }
+        self.wait_active(ACTIVE_TIMEOUT).await?;
+        self.canary(d.term).await?;
+        self.record.primary_term = Some(d.term);
+        self.save_record()?;
+        self.shared.set_applied_term(d.term);
+        self.last_error = None;
+        tracing::info!(
+            term = d.term,
+            promotion = %d.promotion,
+            final_snapshot = d.final_snapshot_from.is_some(),
+            restored_index = ?restored,
+            took_s = started.elapsed().as_secs_f64(),
+            "promoted: node active, canary written and read"
+        );
+        Ok(())
+    }
+
+    /// Restores the newest held snapshot of term `min_term` or later that is newer than the
+    /// node's data, skipping any that fails verification. Its index, or `None` when none was.
+    async fn restore_newest(&mut self, min_term: u64) -> Result<Option<u64>, ShipError> {
+        for m in self.store.list() {
+            if m.term < min_term {
+                break;
+            }
+            if self
+                .record
+                .restored
+                .as_ref()
+                .is_some_and(|r| !m.newer_than(r))
+            {
+                break;
+            }
+            match self.restore(&m, min_term).await {
+                Ok(_) => return Ok(Some(m.index)),
+                Err(ShipError::Store(e)) => {
+                    tracing::warn!(file = %m.file, error = %e, "snapshot refused, trying an older one");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Pulls one snapshot from `from` into the store, in DR term `term`.
+    async fn pull(&mut self, from: &Url, term: u64) -> Result<SnapshotMeta, ShipError> {
+        let result = async {
+            let mut incoming = self.store.begin()?;
+            self.download(from, "pull snapshot", |c| incoming.write(c))
+                .await?;
+            let store = self.store.clone();
+            let source = from.to_string();
+            let meta = tokio::task::spawn_blocking(move || {
+                store.commit(incoming, term, &source, Utc::now())
+            })
+            .await
+            .map_err(|_| ShipError::Task)??;
+            Ok(meta)
+        }
+        .await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .snapshot_pulls
+            .with_label_values(&[label])
+            .inc();
+        if let Ok(m) = &result {
+            self.last_success_at = Some(m.taken_at);
+            tracing::debug!(index = m.index, size = m.size, term, "snapshot pulled");
+        }
+        result
+    }
+
+    /// `GET <base>/v1/sys/storage/raft/snapshot` with the token, each chunk to `sink`.
+    async fn download(
+        &self,
+        base: &Url,
+        what: &str,
+        mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), ShipError> {
+        let request_error = |source| ShipError::Request {
+            what: what.to_owned(),
+            source,
+        };
+        let mut resp = self
+            .http
+            .get(vault::endpoint(base, "sys/storage/raft/snapshot"))
+            .header("X-Vault-Token", self.token.expose())
+            .send()
+            .await
+            .map_err(request_error)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(ShipError::Status {
+                what: what.to_owned(),
+                status,
+            });
+        }
+        while let Some(chunk) = resp.chunk().await.map_err(request_error)? {
+            sink(&chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the local node's own data to `<quarantine-dir>/<term>-<time>.snap` (+ metadata).
+    async fn quarantine(&mut self) -> Result<(), ShipError> {
+        let dir = self.config.quarantine_dir.clone();
+        let mut incoming = store::begin_in(&dir)?;
+        let local = self.vault.addr().clone();
+        self.download(&local, "quarantine snapshot", |c| incoming.write(c))
+            .await?;
+        let term = self.record.primary_term.unwrap_or(0);
+        let now = Utc::now();
+        let name = format!("{term}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
+        let source = local.to_string();
+        let meta = tokio::task::spawn_blocking(move || {
+            store::commit_in(&dir, incoming, &name, term, &source, now).map(|m| dir.join(m.file))
+        })
+        .await
+        .map_err(|_| ShipError::Task)??;
+        tracing::warn!(path = %meta.display(), term, "saved this node's own data to quarantine before replacing it");
+        self.metrics.snapshot_quarantines.inc();
+        self.record.quarantined = Some(meta);
+        self.save_record()?;
+        Ok(())
+    }
+
+    /// Verifies `m` (term at least `min_term`) and restores it into the local node; reports
+    /// `restoring` until the node serves the restored data. Returns the time that took.
+    async fn restore(&mut self, m: &SnapshotMeta, min_term: u64) -> Result<Duration, ShipError> {
+        let result = self.restore_inner(m, min_term).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .snapshot_restores
+            .with_label_values(&[label])
+            .inc();
+        result
+    }
+
+    async fn restore_inner(
+        &mut self,
+        m: &SnapshotMeta,
+        min_term: u64,
+    ) -> Result<Duration, ShipError> {
+        let store = self.store.clone();
+        let meta = m.clone();
+        let path = tokio::task::spawn_blocking(move || store.verify(&meta, min_term))
+            .await
+            .map_err(|_| ShipError::Task)??;
+        let body = tokio::fs::read(&path).await.map_err(|source| {
+            ShipError::Store(StoreError::Io {
+                what: format!("read {}", path.display()),
+                source,
+            })
+        })?;
+        let before = self
+            .vault
+            .leader()
+            .await
+            .ok()
+            .and_then(|l| l.raft_applied_index);
+        let _flag = RestoringFlag::raise(&self.shared);
+        let started = Instant::now();
+        let what = "restore snapshot";
+        let resp = self
+            .http
+            .post(vault::endpoint(
+                self.vault.addr(),
+                "sys/storage/raft/snapshot",
+            ))
+            .header("X-Vault-Token", self.token.expose())
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| ShipError::Request {
+                what: what.into(),
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        if !matches!(status, 200 | 204) {
+            return Err(ShipError::Status {
+                what: what.into(),
+                status,
+            });
+        }
+        self.wait_restored(m.index, before, started).await?;
+        let took = started.elapsed();
+        self.metrics
+            .snapshot_restore_duration
+            .observe(took.as_secs_f64());
+        self.record.restored = Some(m.clone());
+        self.save_record()?;
+        tracing::info!(
+            index = m.index,
+            term = m.term,
+            size = m.size,
+            took_s = took.as_secs_f64(),
+            "snapshot restored; the node serves it"
+        );
+        Ok(took)
+    }
+
+    /// Waits until the node answers as active, its applied index moved (from `before`) to at
+    /// least `index`, and a token request is served (requests block while a restore runs).
+    async fn wait_restored(
+        &self,
+        index: u64,
+        before: Option<u64>,
+        started: Instant,
+    ) -> Result<(), ShipError> {
+        loop {
+            if started.elapsed() > RESTORE_TIMEOUT {
+                return Err(ShipError::RestoreTimeout {
+                    index,
+                    after: RESTORE_TIMEOUT,
+                });
+            }
+            let applied = self.local_applied_index().await;
+            let moved = applied.is_some_and(|a| a >= index && before.is_none_or(|b| a != b));
+            if moved && self.token_served().await {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn local_applied_index(&self) -> Option<u64> {
+        let resp = self
+            .http
+            .get(vault::endpoint(self.vault.addr(), "sys/leader"))
+            .timeout(POLL_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        if resp.status().as_u16() != 200 {
+            return None;
+        }
+        let v: Value = resp.json().await.ok()?;
+        v.get("raft_applied_index").and_then(Value::as_u64)
+    }
+
+    /// Whether `auth/token/lookup-self` answers 200 within the poll timeout.
+    async fn token_served(&self) -> bool {
+        let r = self
+            .http
+            .get(vault::endpoint(self.vault.addr(), "auth/token/lookup-self"))
+            .header("X-Vault-Token", self.token.expose())
+            .timeout(POLL_TIMEOUT)
+            .send()
+            .await;
+        matches!(r, Ok(r) if r.status().as_u16() == 200)
+    }
+
+    /// Raft applied index of the primary (`sys/leader`, no token).
+    async fn primary_applied_index(&self, primary: &Url) -> Option<u64> {
+        let resp = self
+            .http
+            .get(vault::endpoint(primary, "sys/leader"))
+            .timeout(POLL_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        let v: Value = resp.json().await.ok()?;
+        v.get("raft_applied_index").and_then(Value::as_u64)
+    }
+
+    /// Waits until the local node answers `sys/health` as active.
+    async fn wait_active(&self, timeout: Duration) -> Result<(), ShipError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = self.vault.health().await.health.state;
+            if state == NodeState::Active {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ShipError::NotActive(state));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Writes `{term, node, at}` to the canary path and reads it back.
+    async fn canary(&self, term: u64) -> Result<(), ShipError> {
+        let url = vault::endpoint(self.vault.addr(), CANARY_PATH);
+        let at = Utc::now().to_rfc3339();
+        let body = json!({ "term": term, "node": self.node, "at": at });
+        let deadline = Instant::now() + ACTIVE_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let write = self
+                .http
+                .post(url.clone())
+                .header("X-Vault-Token", self.token.expose())
+                .timeout(POLL_TIMEOUT)
+                .json(&body)
+                .send()
+                .await;
+            match write {
+                Ok(r) if matches!(r.status().as_u16(), 200 | 204) => {
+                    let read = self
+                        .http
+                        .get(url.clone())
+                        .header("X-Vault-Token", self.token.expose())
+                        .timeout(POLL_TIMEOUT)
+                        .send()
+                        .await;
+                    match read {
+                        Ok(r) if r.status().as_u16() == 200 => {
+                            let v: Value = r.json().await.unwrap_or(Value::Null);
+                            if v.pointer("/data/at").and_then(Value::as_str) == Some(at.as_str()) {
+                                return Ok(());
+                            }
+                            last = "read back a different value".into();
+                        }
+                        Ok(r) => last = format!("read: HTTP {}", r.status().as_u16()),
+                        Err(e) => last = format!("read: {}", request_error_kind(&e)),
+                    }
+                }
+                Ok(r) => last = format!("write: HTTP {}", r.status().as_u16()),
+                Err(e) => last = format!("write: {}", request_error_kind(&e)),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Err(ShipError::Canary(last))
+    }
+
+    fn save_record(&self) -> Result<(), ShipError> {
+        self.store.save_node_record(&self.record)?;
+        Ok(())
+    }
+
+    /// Publishes the replication status for the probe loop and the metrics.
+    fn publish(&self) {
+        let newest = self.store.newest();
+        let secondary = self
+            .shared
+            .desired()
+            .is_some_and(|d| d.role == Role::Secondary);
+        let lag_entries = match (&newest, self.primary_index) {
+            (Some(m), Some(p)) if secondary => Some(p.saturating_sub(m.index)),
+            _ => None,
+        };
+        let lag_seconds = newest
+            .as_ref()
+            .filter(|_| secondary)
+            .map(|m| (Utc::now() - m.taken_at).num_milliseconds().max(0) as f64 / 1000.0);
+        if let Some(m) = &newest {
+            self.metrics
+                .snapshot_index
+                .set(i64::try_from(m.index).unwrap_or(i64::MAX));
+        }
+        self.status.set(ReplicationStatus {
+            mode: ReplicationMode::Snapshot,
+            // Held snapshots count: a complete promotion restores them.
+            seeded: self.record.restored.is_some() || newest.is_some(),
+            lag_entries,
+            lag_seconds,
+            replicated_index: newest.as_ref().map(|m| m.index),
+            last_success_at: self.last_success_at,
+            last_error: self.last_error.clone(),
+            restored_index: self.record.restored.as_ref().map(|m| m.index),
+            quarantined: self
+                .record
+                .quarantined
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            ..ReplicationStatus::default()
+        });
+    }
+}
