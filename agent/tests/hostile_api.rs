@@ -1,0 +1,191 @@
+//! The agent against a hostile coordinator (issue 8, scenario 7, the agent's side of the
+//! report exchange): the answers to its reports are garbage, 100 000 nested arrays, a 4 MiB
+//! string, a desired state for another cluster, a stale term, error statuses and a redirect to
+//! another origin. The agent keeps running and serving, counts each failure by kind, keeps only
+//! the valid desired state of its own cluster with the highest term, and never sends its bearer
+//! token to the other origin.
+
+// Test code: a failed unwrap is a failed test (clippy.toml allows it only inside #[test] fns).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use url::Url;
+use vault_dr_agent::Config;
+use vault_dr_agent::config::CoordinatorConfig;
+use vault_dr_common::{DesiredState, Role, Secret};
+
+const TOKEN: &str = "hostile-api-bearer-7f3e9";
+
+/// What the hostile coordinator answers to report number n (1-based); after the list, the
+/// valid desired state again.
+fn answer(n: usize, thief: &str) -> Response {
+    let desired = |cluster: &str, term: u64| {
+        axum::Json(DesiredState {
+            term,
+            cluster: cluster.into(),
+            role: Role::Secondary,
+            primary: "dc1".into(),
+            primary_api_addr: None,
+            failover_in_progress: false,
+            promotion: Default::default(),
+            final_snapshot_from: None,
+        })
+        .into_response()
+    };
+    match n {
+        1 => (StatusCode::OK, vec![0xffu8, 0x00, 0x13, 0x37]).into_response(),
+        2 => (StatusCode::OK, "[".repeat(100_000)).into_response(),
+        3 => (StatusCode::OK, format!("\"{}\"", "a".repeat(4 << 20))).into_response(),
+        4 => desired("dc9", 50),
+        5 => desired("dc2", 5),
+        6 => desired("dc2", 3),
+        7 => (
+            StatusCode::OK,
+            r#"{"term":"7","cluster":"dc2","role":"primary","primary":"dc2"}"#,
+        )
+            .into_response(),
+        8 => (StatusCode::UNAUTHORIZED, "{\"error\":\"no\"}").into_response(),
+        9 => (StatusCode::SERVICE_UNAVAILABLE, "follower").into_response(),
+        10 => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, format!("{thief}/v1/reports"))],
+        )
+            .into_response(),
+        _ => desired("dc2", 5),
+    }
+}
+
+#[derive(Clone, Default)]
+struct Hostile {
+    count: Arc<Mutex<usize>>,
+    thief: Arc<Mutex<String>>,
+}
+
+async fn reports(State(h): State<Hostile>) -> Response {
+    let n = {
+        let mut c = h.count.lock().unwrap();
+        *c += 1;
+        *c
+    };
+    let thief = h.thief.lock().unwrap().clone();
+    answer(n, &thief)
+}
+
+/// The other origin: records every Authorization header it gets.
+#[derive(Clone, Default)]
+struct Thief {
+    seen: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+async fn steal(State(t): State<Thief>, headers: HeaderMap) -> Response {
+    t.seen.lock().unwrap().push(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, "follower").into_response()
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_do_not_crash_the_agent_nor_move_its_desired_state() {
+    let thief = Thief::default();
+    let thief_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thief_url = format!("http://{}", thief_listener.local_addr().unwrap());
+    let thief_app = Router::new()
+        .route("/v1/reports", post(steal))
+        .with_state(thief.clone());
+    let thief_server = tokio::spawn(async move { axum::serve(thief_listener, thief_app).await });
+
+    let hostile = Hostile::default();
+    *hostile.thief.lock().unwrap() = thief_url;
+    let coord = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coord_addr = coord.local_addr().unwrap();
+    let app = Router::new()
+        .route("/v1/reports", post(reports))
+        .with_state(hostile.clone());
+    let server = tokio::spawn(async move { axum::serve(coord, app).await });
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let vault = Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
+    drop(closed);
+    let mut config = Config::minimal("dc2", "dc2-0", vault);
+    config.interval = Duration::from_millis(50);
+    config.coordinator = Some(CoordinatorConfig {
+        url: Url::parse(&format!("http://{coord_addr}")).unwrap(),
+        token: Secret::new(TOKEN),
+        ca_certs: Vec::new(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+
+    // Wait until every hostile answer was served and a few valid ones after them (the agent
+    // backs off after failures, so this takes some seconds).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while *hostile.count.lock().unwrap() < 13 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent stopped reporting after {} answers",
+            hostile.count.lock().unwrap()
+        );
+        assert!(!agent.is_finished(), "the agent ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &str| http.get(format!("{agent_url}{path}")).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200, "still alive");
+    let desired: DesiredState = get("/v1/desired").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (desired.cluster.as_str(), desired.term, desired.role),
+        ("dc2", 5, Role::Secondary),
+        "only the valid desired state of its own cluster with the highest term is kept"
+    );
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    let failures = |kind: &str| {
+        metric(
+            &text,
+            &format!("vault_dr_agent_report_send_failures_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    // Garbage, nesting, the 4 MiB string and the wrongly typed term: undecodable.
+    assert!(failures("decode") >= 4.0, "decode failures: {text}");
+    // 401, 503 (and the thief's 503 after the redirect).
+    assert!(failures("status") >= 2.0, "status failures: {text}");
+    assert_eq!(metric(&text, "vault_dr_agent_desired_term"), 5.0);
+    // The redirect may or may not be followed; if it is, the token stays at home.
+    let seen = thief.seen.lock().unwrap().clone();
+    println!("the other origin got {} request(s): {seen:?}", seen.len());
+    for auth in &seen {
+        assert!(
+            !auth.as_deref().unwrap_or("").contains(TOKEN),
+            "the bearer token was sent to another origin"
+        );
+    }
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("the agent stops within 5 s")
+        .unwrap()
+        .unwrap();
+    server.abort();
+    thief_server.abort();
+}
