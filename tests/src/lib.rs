@@ -8,3 +8,4 @@ pub mod prometheus;
 pub use vault_dr_coordinator::lab;
 pub mod mongo;
 pub mod fake_apiserver;
+pub mod netns;

@@ -7,7 +7,7 @@
 //! all (`{}`), and answers with the root token. Nothing here logs or prints a token or the key.
 
 use std::ffi::OsString;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,6 +60,29 @@ pub struct LabNode {
     bao: PathBuf,
     client: reqwest::Client,
     child: Option<ChildGuard>,
+    /// Runs `bao` through this prefix (e.g. `ip netns exec <ns>`); empty: directly.
+    prefix: Vec<OsString>,
+}
+
+/// Where the nodes of a lab cluster run: the IP address their listeners bind (and advertise)
+/// and a command prefix that `bao server` is started through, e.g. `ip netns exec <ns>` to put
+/// a cluster on its own network namespace ("host"). The default is `127.0.0.1`, no prefix.
+/// The prefix must exec the program (not fork), so the started pid stays `bao`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHost {
+    /// The address the API and cluster listeners bind.
+    pub ip: IpAddr,
+    /// Program and arguments put in front of `bao server ...`.
+    pub prefix: Vec<OsString>,
+}
+
+impl Default for NodeHost {
+    fn default() -> Self {
+        Self {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            prefix: Vec::new(),
+        }
+    }
 }
 
 /// The directory of a lab; removed on drop when the lab created it.
@@ -145,6 +168,7 @@ struct NodeSpec {
     cluster_port: u16,
     fast_election: bool,
     retry_join: Vec<Url>,
+    ip: IpAddr,
 }
 
 impl LabCluster {
@@ -168,14 +192,28 @@ impl LabCluster {
         fast_election: bool,
         base_dir: Option<&Path>,
     ) -> Result<Vec<LabCluster>, LabError> {
-        if names.is_empty() {
+        let placed: Vec<(&str, NodeHost)> =
+            names.iter().map(|n| (*n, NodeHost::default())).collect();
+        Self::start_group_on(&placed, fast_election, base_dir).await
+    }
+
+    /// [`LabCluster::start_group_with`], each cluster on its own [`NodeHost`]: its node binds
+    /// `host.ip` (API and cluster port) and `bao` runs through `host.prefix`, e.g. in a network
+    /// namespace. The lab's own HTTP client must be able to reach `host.ip` (a namespace on a
+    /// bridge of the root namespace is).
+    pub async fn start_group_on(
+        clusters: &[(&str, NodeHost)],
+        fast_election: bool,
+        base_dir: Option<&Path>,
+    ) -> Result<Vec<LabCluster>, LabError> {
+        if clusters.is_empty() {
             return Err(LabError::Invalid(
                 "start_group needs at least one name".into(),
             ));
         }
-        for (i, n) in names.iter().enumerate() {
+        for (i, (n, _)) in clusters.iter().enumerate() {
             check_name(n)?;
-            if names[..i].contains(n) {
+            if clusters[..i].iter().any(|(m, _)| m == n) {
                 return Err(LabError::Invalid(format!("duplicate cluster name {n:?}")));
             }
         }
@@ -183,22 +221,25 @@ impl LabCluster {
         let dir = Arc::new(LabDir::new(base_dir)?);
         let key = dir.write_seal_key()?;
         let client = http_client()?;
-        let starts = names
+        let starts = clusters
             .iter()
-            .map(|n| Self::start_single(n, fast_election, &bao, &dir, &key, &client));
+            .map(|(n, host)| Self::start_single(n, fast_election, host, &bao, &dir, &key, &client));
         futures::future::try_join_all(starts).await
     }
 
     /// One single-node cluster of [`LabCluster::start_group`].
+    #[allow(clippy::too_many_arguments)]
     async fn start_single(
         name: &str,
         fast_election: bool,
+        host: &NodeHost,
         bao: &Path,
         dir: &Arc<LabDir>,
         key: &Path,
         client: &reqwest::Client,
     ) -> Result<LabCluster, LabError> {
-        let mut nodes = Self::spawn_nodes(name, 1, fast_election, bao, dir, key, client).await?;
+        let mut nodes =
+            Self::spawn_nodes(name, 1, fast_election, host, bao, dir, key, client).await?;
         let root_token = init(&nodes[0]).await?;
         let cluster = LabCluster {
             name: name.to_owned(),
@@ -235,8 +276,9 @@ impl LabCluster {
         let dir = Arc::new(LabDir::new(base_dir)?);
         let key = dir.write_seal_key()?;
         let client = http_client()?;
+        let host = NodeHost::default();
         let nodes =
-            Self::spawn_nodes(name, nodes, fast_election, &bao, &dir, &key, &client).await?;
+            Self::spawn_nodes(name, nodes, fast_election, &host, &bao, &dir, &key, &client).await?;
         let root_token = init(&nodes[0]).await?;
         let cluster = LabCluster {
             name: name.to_owned(),
@@ -265,6 +307,7 @@ impl LabCluster {
         name: &str,
         count: usize,
         fast_election: bool,
+        host: &NodeHost,
         bao: &Path,
         dir: &Arc<LabDir>,
         key: &Path,
@@ -275,7 +318,7 @@ impl LabCluster {
             attempt += 1;
             let ports = free_ports(2 * count)?;
             let api_urls = (0..count)
-                .map(|i| loopback_url(ports[2 * i]))
+                .map(|i| host_url(host.ip, ports[2 * i]))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut nodes = Vec::with_capacity(count);
             for i in 0..count {
@@ -296,6 +339,7 @@ impl LabCluster {
                     } else {
                         Vec::new()
                     },
+                    ip: host.ip,
                 };
                 nodes.push(LabNode::create(
                     &spec,
@@ -303,6 +347,7 @@ impl LabCluster {
                     &dir.path.join(name),
                     key,
                     client,
+                    &host.prefix,
                 )?);
             }
             for n in &mut nodes {
@@ -546,6 +591,7 @@ impl LabNode {
         cluster_dir: &Path,
         seal_key: &Path,
         client: &reqwest::Client,
+        prefix: &[OsString],
     ) -> Result<Self, LabError> {
         let dir = cluster_dir.join(&spec.node);
         let data_dir = dir.join("data");
@@ -553,7 +599,7 @@ impl LabNode {
             .map_err(|e| LabError::io(format!("create {}", data_dir.display()), e))?;
         let node = LabNode {
             name: spec.node.clone(),
-            api_addr: loopback_url(spec.api_port)?,
+            api_addr: host_url(spec.ip, spec.api_port)?,
             config_path: dir.join("config.hcl"),
             log_path: dir.join("bao.log"),
             pid_file: dir.join("bao.pid"),
@@ -562,6 +608,7 @@ impl LabNode {
             bao: bao.to_path_buf(),
             client: client.clone(),
             child: None,
+            prefix: prefix.to_vec(),
         };
         let config = render_config(spec, &node.data_dir, &node.pid_file, seal_key);
         std::fs::write(&node.config_path, config)
@@ -571,11 +618,21 @@ impl LabNode {
 
     /// Starts `bao server` with this node's config (log appended to [`LabNode::log_path`]).
     fn spawn(&mut self) -> Result<(), LabError> {
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "server".into(),
             format!("-config={}", self.config_path.display()).into(),
         ];
-        let guard = ChildGuard::spawn(&self.name, &self.bao, &args, &self.log_path)?;
+        let program = match self.prefix.split_first() {
+            None => self.bao.clone(),
+            Some((first, rest)) => {
+                let mut full = rest.to_vec();
+                full.push(self.bao.clone().into_os_string());
+                full.append(&mut args);
+                args = full;
+                PathBuf::from(first)
+            }
+        };
+        let guard = ChildGuard::spawn(&self.name, &program, &args, &self.log_path)?;
         self.child = Some(guard);
         Ok(())
     }
@@ -585,7 +642,7 @@ impl LabNode {
         &self.name
     }
 
-    /// The node's API address, `http://127.0.0.1:<port>`.
+    /// The node's API address, `http://127.0.0.1:<port>` (or its [`NodeHost`]'s IP).
     pub fn api_addr(&self) -> &Url {
         &self.api_addr
     }
@@ -793,15 +850,15 @@ fn render_config(spec: &NodeSpec, data_dir: &Path, pid_file: &Path, seal_key: &P
 ui = false
 cluster_name = {cluster_q}
 pid_file = {pid_file}
-api_addr = "http://127.0.0.1:{api}"
-cluster_addr = "https://127.0.0.1:{cport}"
+api_addr = "http://{api}"
+cluster_addr = "https://{cport}"
 
 storage "raft" {{
 {raft}}}
 
 listener "tcp" {{
-  address = "127.0.0.1:{api}"
-  cluster_address = "127.0.0.1:{cport}"
+  address = "{api}"
+  cluster_address = "{cport}"
   tls_disable = true
   telemetry {{
     unauthenticated_metrics_access = true
@@ -822,8 +879,8 @@ seal "static" {{
         cluster = spec.cluster,
         cluster_q = hcl_str(&spec.cluster),
         pid_file = hcl_str(&pid_file.display().to_string()),
-        api = spec.api_port,
-        cport = spec.cluster_port,
+        api = std::net::SocketAddr::new(spec.ip, spec.api_port),
+        cport = std::net::SocketAddr::new(spec.ip, spec.cluster_port),
         key = hcl_str(&format!("file://{}", seal_key.display())),
     )
 }
@@ -875,9 +932,16 @@ fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {
         .collect()
 }
 
+#[cfg(test)]
 fn loopback_url(port: u16) -> Result<Url, LabError> {
-    Url::parse(&format!("http://127.0.0.1:{port}"))
-        .map_err(|e| LabError::Invalid(format!("loopback url for port {port}: {e}")))
+    host_url(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// `http://<ip>:<port>` (IPv6 in brackets).
+fn host_url(ip: IpAddr, port: u16) -> Result<Url, LabError> {
+    let addr = std::net::SocketAddr::new(ip, port);
+    Url::parse(&format!("http://{addr}"))
+        .map_err(|e| LabError::Invalid(format!("url for {ip} port {port}: {e}")))
 }
 
 /// `<api_addr>/v1/<path>`.
@@ -931,6 +995,7 @@ mod tests {
             cluster_port: 18201,
             fast_election: true,
             retry_join: vec![loopback_url(18210).unwrap()],
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let c = render_config(
             &spec,
