@@ -9,7 +9,7 @@ use std::time::Duration;
 use vault_dr_common::Secret;
 
 use crate::drill::progress::Progress;
-use crate::drill::{self, DrillOptions, Fault};
+use crate::drill::{self, DrillOptions, Fault, TrafficMode};
 use crate::lab::group::{PromotionMode, RestoreMode};
 
 /// Exit code after Ctrl-C / SIGTERM.
@@ -23,6 +23,10 @@ pub struct DrillArgs {
     /// Fault injected into the primary.
     #[arg(long, value_enum, default_value_t = Fault::Kill)]
     pub fault: Fault,
+    /// How the client reaches the primary: the coordinators' local forwarder (a stable
+    /// address), or `follow` (no traffic switch; it asks the coordinators for the primary).
+    #[arg(long, value_enum, default_value_t = TrafficMode::Local)]
+    pub traffic: TrafficMode,
     /// How secondaries restore pulled snapshots.
     #[arg(long, value_enum, default_value_t = RestoreArg::Continuous)]
     pub restore: RestoreArg,
@@ -84,6 +88,7 @@ impl DrillArgs {
     /// The drill options these flags describe.
     pub fn options(&self) -> DrillOptions {
         DrillOptions {
+            traffic: self.traffic,
             clusters: self.clusters,
             coordinators: self.coordinators,
             restore: match self.restore {

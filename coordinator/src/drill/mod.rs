@@ -69,9 +69,22 @@ impl Fault {
     }
 }
 
+/// How the client reaches the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficMode {
+    /// Through the coordinators' local TCP forwarder (the stable address they switch).
+    #[default]
+    Local,
+    /// No traffic switch: the client asks the coordinators for the primary before each round.
+    Follow,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
+    /// How the client reaches the primary.
+    pub traffic: TrafficMode,
     /// Clusters (the first, `p`, is the primary; the others `s1`, `s2`, ...).
     pub clusters: usize,
     /// Coordinator processes.
@@ -107,6 +120,7 @@ pub struct DrillOptions {
 impl Default for DrillOptions {
     fn default() -> Self {
         Self {
+            traffic: TrafficMode::Local,
             clusters: 4,
             coordinators: 3,
             restore: RestoreMode::Continuous,
@@ -196,6 +210,8 @@ pub struct DrillReport {
     pub primary: String,
     /// The fault.
     pub fault: Fault,
+    /// How the client reached the primary.
+    pub traffic: TrafficMode,
     /// The restore mode.
     pub restore: RestoreMode,
     /// The promotion mode.
@@ -236,6 +252,8 @@ pub struct DrillReport {
     pub stress: Option<StressReport>,
     /// Agent flags the drill wanted but this agent build does not know.
     pub agent_flags_missing: Vec<String>,
+    /// Coordinator config keys the drill wanted but this build does not know.
+    pub coordinator_keys_missing: Vec<String>,
     /// Every pid the drill started (all gone when it returns).
     pub pids: Vec<u32>,
     /// The run directory (removed at the end unless `--keep`).
@@ -259,7 +277,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         restore: opts.restore,
         promotion: Some(opts.promotion),
         snapshot_interval: opts.snapshot_interval,
-        traffic: true,
+        traffic: opts.traffic == TrafficMode::Local,
         mongodb_uri: opts.mongodb_uri.clone(),
         cgroups: !opts.stress.is_empty(),
         keep: opts.keep,
@@ -284,18 +302,33 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     }
     let setup_seconds = began.elapsed().as_secs_f64();
     let primary = names[0].clone();
-    let traffic = group
-        .traffic_addr()
-        .cloned()
-        .ok_or_else(|| DrillError::Invalid("the group has no stable client address".into()))?;
+    let target = match group.traffic_addr() {
+        Some(addr) => workload::Target::Stable(addr.clone()),
+        None => workload::Target::Follow {
+            coordinators: group.coordinators().iter().map(|c| c.url.clone()).collect(),
+            token: group.coordinator_token().clone(),
+            clusters: group
+                .clusters()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.api_addr().clone()))
+                .collect(),
+        },
+    };
     progress.line(format!(
-        "ready: primary {primary}, leader {}, client address {traffic}",
+        "ready: primary {primary}, leader {}, client talks to {}",
         group
             .leader()
             .await
             .map(|u| u.to_string())
-            .unwrap_or_else(|| "-".into())
+            .unwrap_or_else(|| "-".into()),
+        target.describe()
     ));
+    if !group.coordinator_keys_missing().is_empty() {
+        progress.line(format!(
+            "warning: this coordinator build does not know {}; left out",
+            group.coordinator_keys_missing().join(", ")
+        ));
+    }
 
     // The client token must be in the secondaries' data before the fault: create it, then
     // wait until every secondary has pulled a snapshot taken after it.
@@ -310,11 +343,12 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     let client = progress
         .wait(
             &format!(
-                "client: first write of secret/{} through {traffic}",
-                workload::SECRET_PATH
+                "client: first write of secret/{} through {}",
+                workload::SECRET_PATH,
+                target.describe()
             ),
             Workload::start(
-                traffic.clone(),
+                target.clone(),
                 token.clone(),
                 group.dir(),
                 opts.write_period,
@@ -325,7 +359,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     progress
         .wait(
             "waiting until every secondary holds a snapshot with the client token",
-            wait_replicated_after(&group, &primary, token_at, Duration::from_secs(60)),
+            wait_replicated_after(&group, &primary, token_at, &token, Duration::from_secs(60)),
         )
         .await?;
     tokio::time::sleep(opts.warmup).await;
@@ -470,6 +504,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         clusters: names.clone(),
         primary,
         fault: opts.fault,
+        traffic: opts.traffic,
         restore: opts.restore,
         promotion: opts.promotion,
         store: if opts.mongodb_uri.is_some() {
@@ -495,6 +530,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         client: stats,
         stress,
         agent_flags_missing: group.agent_flags_missing().to_vec(),
+        coordinator_keys_missing: group.coordinator_keys_missing().to_vec(),
         pids: group.pids(),
         run_dir: group.dir().to_path_buf(),
         setup_seconds,
@@ -521,6 +557,16 @@ fn read_acked(group: &DrGroup) -> Result<Vec<workload::AckedWrite>, DrillError> 
 }
 
 fn stress_note(group: &DrGroup, in_cgroups: bool) -> String {
+    if in_cgroups
+        && group
+            .agent_flags_missing()
+            .iter()
+            .any(|f| f == "--cgroup-root")
+    {
+        return "bao and stress-ng share a cgroup v2 per cluster, but this agent build has no \
+                --cgroup-root: it measures the bao process only and sees the stress as contention"
+            .into();
+    }
     match (in_cgroups, group.cgroups(), group.cgroup_error()) {
         (true, Some(cg), _) if cg.memory_accounted => {
             "bao and stress-ng share a cgroup per cluster; its agent reads CPU and memory there"
@@ -705,8 +751,10 @@ async fn follow(
                     "first_write",
                     w.acked_at,
                     format!(
-                        "client write #{} (version {}) acknowledged through the stable address, new primary {on}",
-                        w.seq, w.version
+                        "client write #{} (version {}) acknowledged through {}, new primary {on}",
+                        w.seq,
+                        w.version,
+                        client.via()
                     ),
                 );
                 first_write = Some(w);
@@ -773,11 +821,26 @@ async fn candidates_now(group: &DrGroup) -> Option<CandidateTable> {
     serde_json::from_value(v.get("candidates")?.clone()).ok()
 }
 
-/// Waits until every secondary's agent reports a successful replication after `t`.
+/// Whether `api_addr` already knows `token` (a restored snapshot holds it).
+async fn token_served(http: &reqwest::Client, api_addr: &Url, token: &Secret) -> bool {
+    let Ok(url) = api_addr.join("v1/auth/token/lookup-self") else {
+        return false;
+    };
+    http.get(url)
+        .header("X-Vault-Token", token.expose())
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Waits until every secondary holds the client token: it serves it (restored), or its
+/// agent reports a snapshot pulled after `t` (kept for restore at promotion).
 async fn wait_replicated_after(
     group: &DrGroup,
     primary: &str,
     t: DateTime<Utc>,
+    token: &Secret,
     timeout: Duration,
 ) -> Result<(), DrillError> {
     let deadline = Instant::now() + timeout;
@@ -798,7 +861,7 @@ async fn wait_replicated_after(
                                 .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                                 .is_some_and(|at| at.with_timezone(&Utc) > t)
                         });
-                        if !fresh {
+                        if !fresh && !token_served(group.http(), c.api_addr(), token).await {
                             behind.push(c.name().to_owned());
                         }
                     }
@@ -830,12 +893,16 @@ fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
 /// The report for people: the timeline, the candidate table, RTO, RPO and the verdict.
 pub fn render(r: &DrillReport) -> String {
     let mut out = format!(
-        "vault-dr drill: {} clusters ({} primary; {}), {} coordinators, {} store, restore {}, promotion {}, fault {}\n",
+        "vault-dr drill: {} clusters ({} primary; {}), {} coordinators, {} store, traffic {}, restore {}, promotion {}, fault {}\n",
         r.clusters.len(),
         r.primary,
         r.clusters[1..].join(", "),
         r.coordinators,
         r.store,
+        match r.traffic {
+            TrafficMode::Local => "local forwarder",
+            TrafficMode::Follow => "client follows the topology",
+        },
         r.restore.as_str(),
         r.promotion.as_str(),
         r.fault.as_str(),
@@ -889,6 +956,12 @@ pub fn render(r: &DrillReport) -> String {
         r.target.as_deref().unwrap_or("-"),
         r.term.map_or("-".into(), |t| t.to_string())
     ));
+    if !r.coordinator_keys_missing.is_empty() {
+        out.push_str(&format!(
+            "note: this coordinator build lacks {}\n",
+            r.coordinator_keys_missing.join(", ")
+        ));
+    }
     if !r.agent_flags_missing.is_empty() {
         out.push_str(&format!(
             "note: this agent build lacks {}\n",

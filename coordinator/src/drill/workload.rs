@@ -3,7 +3,8 @@
 //! token created on the primary. Every acknowledged write is logged with its time, in memory
 //! and as one JSON line in `client-writes.jsonl` in the run directory.
 //!
-//! Each request opens a fresh connection (no keep-alive): a pooled connection through the TCP
+//! The client talks to a [`Target`]: the stable address, or (without a traffic switch) the
+//! primary named by the coordinators. Each request opens a fresh connection (no keep-alive): a pooled connection through the TCP
 //! forwarder would stay tied to the old primary after the switch.
 
 use std::io::Write;
@@ -63,6 +64,7 @@ pub struct Workload {
     log: Arc<Mutex<Vec<AckedWrite>>>,
     counters: Arc<Counters>,
     log_path: PathBuf,
+    via: String,
 }
 
 #[derive(Debug, Default)]
@@ -206,17 +208,74 @@ async fn write(
         .ok_or_else(|| DrillError::Client("write answered without a version".into()))
 }
 
+/// Where the client sends its requests.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The stable client address (the coordinators' traffic switch moves it).
+    Stable(Url),
+    /// No traffic switch: before each round the client asks the coordinators which cluster is
+    /// primary (`GET /v1/topology`) and talks to it directly.
+    Follow {
+        /// Coordinator base URLs, tried in order.
+        coordinators: Vec<Url>,
+        /// Their bearer token.
+        token: Secret,
+        /// API address of every cluster.
+        clusters: std::collections::BTreeMap<String, Url>,
+    },
+}
+
+impl Target {
+    /// The address for the next request (None: no coordinator answered).
+    async fn resolve(&self, http: &reqwest::Client) -> Option<Url> {
+        match self {
+            Self::Stable(u) => Some(u.clone()),
+            Self::Follow {
+                coordinators,
+                token,
+                clusters,
+            } => {
+                for c in coordinators {
+                    let Ok(url) = c.join("v1/topology") else {
+                        continue;
+                    };
+                    let Ok(resp) = http.get(url).bearer_auth(token.expose()).send().await else {
+                        continue;
+                    };
+                    if !resp.status().is_success() {
+                        continue;
+                    }
+                    let v: Value = resp.json().await.unwrap_or(Value::Null);
+                    if let Some(p) = v.pointer("/topology/primary").and_then(Value::as_str) {
+                        return clusters.get(p).cloned();
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// For messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Stable(u) => format!("the stable address {u}"),
+            Self::Follow { .. } => "the primary named by the coordinators' topology".into(),
+        }
+    }
+}
+
 impl Workload {
     /// Writes the secret once (must succeed within `first_write_timeout`), then starts the
     /// read/write loop with `period` between rounds.
     pub async fn start(
-        addr: Url,
+        target: Target,
         token: Secret,
         run_dir: &Path,
         period: Duration,
         first_write_timeout: Duration,
     ) -> Result<Self, DrillError> {
         let http = client_http()?;
+        let via = target.describe();
         let log_path = run_dir.join("client-writes.jsonl");
         let mut file = std::fs::File::create(&log_path)
             .map_err(|e| DrillError::Client(format!("create {}: {e}", log_path.display())))?;
@@ -225,7 +284,11 @@ impl Workload {
         let deadline = tokio::time::Instant::now() + first_write_timeout;
         let first = loop {
             let sent_at = Utc::now();
-            match write(&http, &addr, &token, 0).await {
+            let attempt = match target.resolve(&http).await {
+                Some(addr) => write(&http, &addr, &token, 0).await,
+                None => Err(DrillError::Client("no coordinator names a primary".into())),
+            };
+            match attempt {
                 Ok(version) => {
                     break AckedWrite {
                         seq: 0,
@@ -236,7 +299,8 @@ impl Workload {
                 }
                 Err(e) if tokio::time::Instant::now() > deadline => {
                     return Err(DrillError::Client(format!(
-                        "the first write through {addr} did not succeed: {e}"
+                        "the first write through {} did not succeed: {e}",
+                        target.describe()
                     )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -251,6 +315,12 @@ impl Workload {
                 if *stopped.borrow() {
                     return;
                 }
+                let Some(addr) = target.resolve(&http).await else {
+                    c.reads_failed.fetch_add(1, Ordering::Relaxed);
+                    c.writes_failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(period).await;
+                    continue;
+                };
                 let read = call(
                     &http,
                     &addr,
@@ -288,6 +358,7 @@ impl Workload {
             }
         });
         Ok(Self {
+            via,
             task: Some(task),
             stop,
             log,
@@ -319,6 +390,11 @@ impl Workload {
             reads_ok: self.counters.reads_ok.load(Ordering::Relaxed),
             reads_failed: self.counters.reads_failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// How the client reaches the primary, for messages.
+    pub fn via(&self) -> &str {
+        &self.via
     }
 
     /// The JSON-lines log of acknowledged writes.

@@ -340,6 +340,8 @@ pub struct DrGroup {
     coordinator_token: Secret,
     traffic_addr: Option<Url>,
     agent_flags_missing: Vec<String>,
+    coordinator_keys_missing: Vec<String>,
+    excluded: Vec<String>,
     http: reqwest::Client,
     dir: RunDir,
 }
@@ -412,6 +414,8 @@ impl DrGroup {
             coordinator_token,
             traffic_addr,
             agent_flags_missing: Vec::new(),
+            coordinator_keys_missing: Vec::new(),
+            excluded: spec.excluded.clone(),
             http,
             dir,
         };
@@ -464,7 +468,22 @@ impl DrGroup {
         let id = format!("coordinator-{index}");
         let config_path = self.dir.path.join(format!("{id}.toml"));
         let log_path = self.dir.path.join(format!("{id}.log"));
-        let text = self.coordinator_config(spec, &id, port);
+        let mut text = self.coordinator_config(spec, &id, port, spec.promotion);
+        // A build without `[policy] promotion` gets the config without it (and the drill says so).
+        if spec.promotion.is_some()
+            && let Err(e) = crate::config::Config::parse(&text, &self.dir.path, &BTreeMap::new())
+            && e.field == "policy.promotion"
+        {
+            text = self.coordinator_config(spec, &id, port, None);
+            if !self
+                .coordinator_keys_missing
+                .iter()
+                .any(|k| k == "policy.promotion")
+            {
+                self.coordinator_keys_missing
+                    .push("policy.promotion".into());
+            }
+        }
         std::fs::write(&config_path, text)
             .map_err(|e| LabError::io(format!("write {}", config_path.display()), e))?;
         let args: Vec<OsString> = vec![
@@ -484,7 +503,13 @@ impl DrGroup {
     }
 
     /// The TOML of one coordinator.
-    fn coordinator_config(&self, spec: &GroupSpec, id: &str, port: u16) -> String {
+    fn coordinator_config(
+        &self,
+        spec: &GroupSpec,
+        id: &str,
+        port: u16,
+        promotion: Option<PromotionMode>,
+    ) -> String {
         let q = |p: &Path| toml_str(&p.display().to_string());
         let mut t = format!(
             "listen = \"127.0.0.1:{port}\"\nid = {}\ntoken_file = {}\nvault_token_file = {}\n",
@@ -524,7 +549,7 @@ impl DrGroup {
             ms(spec.report_ttl),
             ms(spec.cooldown),
         ));
-        if let Some(p) = spec.promotion {
+        if let Some(p) = promotion {
             t.push_str(&format!("promotion = \"{}\"\n", p.as_str()));
         }
         for (i, c) in self.clusters.iter().enumerate() {
@@ -630,7 +655,7 @@ impl DrGroup {
     }
 
     /// Waits until one coordinator leads with `primary` as primary, every node's agent has
-    /// reported, and every secondary is eligible.
+    /// reported, and every secondary that is not excluded is eligible.
     pub async fn wait_ready(&self, primary: &str, timeout: Duration) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -681,7 +706,11 @@ impl DrGroup {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        for c in self.clusters.iter().filter(|c| c.name() != primary) {
+        let wanted = self
+            .clusters
+            .iter()
+            .filter(|c| c.name() != primary && !self.excluded.iter().any(|e| e == c.name()));
+        for c in wanted {
             let row = candidates
                 .iter()
                 .find(|r| r.get("cluster").and_then(Value::as_str) == Some(c.name()));
@@ -828,6 +857,11 @@ impl DrGroup {
     /// Agent flags the drill wanted but this agent build does not know (left out).
     pub fn agent_flags_missing(&self) -> &[String] {
         &self.agent_flags_missing
+    }
+
+    /// Coordinator config keys the spec wanted but this build does not know (left out).
+    pub fn coordinator_keys_missing(&self) -> &[String] {
+        &self.coordinator_keys_missing
     }
 
     /// An HTTP client for loopback without proxies.
