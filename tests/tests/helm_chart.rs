@@ -565,6 +565,12 @@ fn agent_env_vars() -> BTreeSet<&'static str> {
         a::ENV_VAULT_PID_FILE,
         a::ENV_VAULT_PROCESS_NAME,
         a::ENV_LOG_JSON,
+        a::ENV_REPLICATION,
+        a::ENV_SNAPSHOT_DIR,
+        a::ENV_SNAPSHOT_INTERVAL,
+        a::ENV_SNAPSHOT_KEEP,
+        a::ENV_RESTORE,
+        a::ENV_QUARANTINE_DIR,
     ]
     .into_iter()
     .collect()
@@ -612,7 +618,13 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
             name(agent_cm)
         );
         // The way the official charts place them: the Vault container, the extra containers,
-        // the extra volumes in one pod.
+        // the extra volumes and the StatefulSet's `data` claim (the quarantine lives there) in
+        // one pod.
+        let mut pod_volumes = server["volumes"].as_array().unwrap().clone();
+        pod_volumes.push(json!({
+            "name": "data",
+            "persistentVolumeClaim": {"claimName": "data-openbao-dc1-0"}
+        }));
         let pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -620,7 +632,7 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
             "spec": {
                 "shareProcessNamespace": server["shareProcessNamespace"],
                 "containers": [{"name": "openbao", "image": "openbao/openbao:2.7.2"}, sidecar],
-                "volumes": server["volumes"],
+                "volumes": pod_volumes,
             }
         });
         let file = dir.path().join(example.replace(".yaml", ".json"));
@@ -633,13 +645,15 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
             "{example}: {}",
             lines.join("\n")
         );
-        // Every mount names a declared volume; the token comes from the referenced Secret.
-        let volumes: BTreeSet<&str> = server["volumes"]
+        // Every mount names a declared volume or the charts' `data` claim; the token comes from
+        // the referenced Secret.
+        let mut volumes: BTreeSet<&str> = server["volumes"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v["name"].as_str().unwrap())
             .collect();
+        volumes.insert("data");
         for m in sidecar["volumeMounts"].as_array().unwrap() {
             assert!(
                 volumes.contains(m["name"].as_str().unwrap()),
