@@ -1,0 +1,673 @@
+//! Fault suite on network namespaces (issue 8, scenarios 1–4): each OpenBao cluster and its
+//! agent (a `vault-dr-agent` process) live on their own namespace ("host") on one bridge; the
+//! coordinator runs in-process in the root namespace and listens on the bridge address. Faults
+//! are packet filter rules and an NFQUEUE delay inside a host (see `vault_dr_tests::netns`).
+//! Each scenario asserts on the journal (`GET /v1/failovers`), the topology, the OpenBao
+//! clusters and, where a client writes, its acknowledged-write log; each prints one row of the
+//! closing-note table (also appended to `<target>/tmp/faults_netns.md`).
+//!
+//! Needs root, `ip`, `iptables`, `python3`, `stress-ng`, `.tools/bin/bao` (run
+//! `scripts/setup.sh`) and the built `vault-dr-agent` (`cargo build --workspace`).
+//! Policy: probe 500 ms, confirm 2, report TTL 2 s, fast raft election.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::lab::LabCluster;
+use vault_dr_coordinator::lab::openbao::NodeHost;
+use vault_dr_coordinator::lab::process::ChildGuard;
+use vault_dr_tests::netns::{Host, Net};
+
+const TOKEN: &str = "faults-netns-token";
+/// Detection needs the report TTL to lapse plus `confirm` ticks: about 3 s here.
+const DETECTION: Duration = Duration::from_secs(3);
+
+/// The in-process coordinator; stopped on drop.
+struct CoordinatorTask {
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), vault_dr_coordinator::Error>>,
+}
+
+impl Drop for CoordinatorTask {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.handle.abort();
+    }
+}
+
+/// One fault lab. Field order is drop order: processes, then clusters, then namespaces, then
+/// the bridge, then files.
+struct Lab {
+    stress: Vec<ChildGuard>,
+    _agents: BTreeMap<String, ChildGuard>,
+    _coordinator: CoordinatorTask,
+    clusters: Vec<LabCluster>,
+    hosts: Vec<Host>,
+    net: Net,
+    dir: tempfile::TempDir,
+    url: String,
+    http: reqwest::Client,
+}
+
+struct LabOptions {
+    names: &'static [&'static str],
+    cooldown: &'static str,
+}
+
+fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VAULT_DR_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("vault-dr-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --workspace` (scripts/test.sh does) first",
+        bin.display()
+    );
+    bin
+}
+
+impl Lab {
+    async fn start(opts: LabOptions) -> Lab {
+        let net = Net::create().expect("create a bridge (run as root; see scripts/setup.sh)");
+        let hosts: Vec<Host> = opts.names.iter().map(|n| net.host(n).unwrap()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let placed: Vec<(&str, NodeHost)> = opts
+            .names
+            .iter()
+            .zip(&hosts)
+            .map(|(n, h)| {
+                (
+                    *n,
+                    NodeHost {
+                        ip: h.ip().into(),
+                        prefix: h.exec_prefix(),
+                    },
+                )
+            })
+            .collect();
+        let clusters = LabCluster::start_group_on(&placed, true, Some(dir.path()))
+            .await
+            .expect("start OpenBao in namespaces (needs .tools/bin/bao: run scripts/setup.sh)");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, TOKEN).unwrap();
+
+        let gw = net.gateway();
+        let port = std::net::TcpListener::bind((gw, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://{gw}:{port}");
+        let mut text = format!(
+            "listen = \"{gw}:{port}\"\nid = \"faults\"\ntoken_file = \"token\"\n\
+             [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
+             [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
+             report_ttl = \"2s\"\ncooldown = \"{}\"\n",
+            opts.cooldown
+        );
+        for (i, c) in clusters.iter().enumerate() {
+            text.push_str(&format!(
+                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{3}\"]\n",
+                c.name(),
+                if i == 0 { "primary" } else { "secondary" },
+                c.api_addr(),
+                c.nodes()[0].name(),
+            ));
+        }
+        let env = BTreeMap::from([(ENV_TOKEN_FILE.to_owned(), token_file.display().to_string())]);
+        let config = Config::parse(&text, dir.path(), &env).unwrap();
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let coordinator = CoordinatorTask {
+            stop: Some(stop),
+            handle,
+        };
+
+        let agent_bin = agent_binary();
+        let mut agents = BTreeMap::new();
+        for (c, h) in clusters.iter().zip(&hosts) {
+            let node = &c.nodes()[0];
+            let args: Vec<OsString> = vec![
+                "--vault-addr".into(),
+                node.api_addr().as_str().into(),
+                "--cluster".into(),
+                c.name().into(),
+                "--node".into(),
+                node.name().into(),
+                "--coordinator-url".into(),
+                url.clone().into(),
+                "--coordinator-token-file".into(),
+                token_file.clone().into_os_string(),
+                "--interval".into(),
+                "300ms".into(),
+                "--listen".into(),
+                format!("{}:0", h.ip()).into(),
+                "--vault-pid-file".into(),
+                node.pid_file().as_os_str().to_owned(),
+            ];
+            let log = node.dir().join("agent.log");
+            let g = h.spawn(&format!("agent {}", c.name()), &agent_bin, &args, &log);
+            agents.insert(c.name().to_owned(), g.unwrap());
+        }
+        let lab = Lab {
+            stress: Vec::new(),
+            _agents: agents,
+            _coordinator: coordinator,
+            clusters,
+            hosts,
+            net,
+            dir,
+            url,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        };
+        lab.wait_ready().await;
+        lab
+    }
+
+    async fn get(&self, path: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Until the coordinator leads, has a report from every cluster and every secondary is
+    /// eligible.
+    async fn wait_ready(&self) {
+        let t = Instant::now();
+        loop {
+            let mut why = String::from("no view");
+            if let Some(v) = self.get("v1/clusters").await {
+                let reported = self
+                    .clusters
+                    .iter()
+                    .filter(|c| {
+                        v.pointer(&format!("/view/clusters/{}/nodes", c.name()))
+                            .and_then(Value::as_array)
+                            .is_some_and(|a| !a.is_empty())
+                    })
+                    .count();
+                let eligible = v
+                    .pointer("/candidates/candidates")
+                    .and_then(Value::as_array)
+                    .map_or(0, |rows| {
+                        rows.iter()
+                            .filter(|r| r.get("eligibility") == Some(&json!("eligible")))
+                            .count()
+                    });
+                if reported == self.clusters.len() && eligible == self.clusters.len() - 1 {
+                    return;
+                }
+                why = format!("{reported} clusters reported, {eligible} eligible");
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                let logs: Vec<String> = self
+                    .clusters
+                    .iter()
+                    .map(|c| c.nodes()[0].dir().join("agent.log").display().to_string())
+                    .collect();
+                panic!("lab not ready after 60 s: {why}; agent logs {logs:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn failovers(&self) -> Vec<FailoverRecord> {
+        let v = self.get("v1/failovers").await.unwrap_or(json!([]));
+        serde_json::from_value(v).unwrap_or_default()
+    }
+
+    async fn topology(&self) -> (String, u64) {
+        let v = self.get("v1/topology").await.unwrap_or(Value::Null);
+        let primary = v
+            .pointer("/topology/primary")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let term = v
+            .pointer("/topology/term")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        (primary, term)
+    }
+
+    fn host(&self, name: &str) -> &Host {
+        self.hosts.iter().find(|h| h.name() == name).unwrap()
+    }
+
+    fn cluster(&self, name: &str) -> &LabCluster {
+        self.clusters.iter().find(|c| c.name() == name).unwrap()
+    }
+
+    /// Watches the latest decision for `watch`: how many ticks were suspect, and the most
+    /// telling observer sentence seen (the one with the most observers down).
+    async fn watch_decisions(&self, watch: Duration) -> (u32, u32, String) {
+        let t = Instant::now();
+        let (mut ticks, mut suspect, mut worst, mut worst_score) = (0, 0, String::new(), -1i32);
+        let mut last_at = String::new();
+        while t.elapsed() < watch {
+            if let Some(d) = self.get("v1/decisions/latest").await {
+                let at = d["at"].as_str().unwrap_or_default().to_owned();
+                if at != last_at {
+                    last_at = at;
+                    ticks += 1;
+                    if d["decision"]["kind"] == "suspect" {
+                        suspect += 1;
+                        let o = &d["decision"]["observers"];
+                        let score = i32::from(o["direct_down"] == true)
+                            + i32::from(o["reports_down"] == true)
+                            + o["secondaries_down"].as_i64().unwrap_or(0) as i32;
+                        if score > worst_score {
+                            worst_score = score;
+                            worst = d["sentence"].as_str().unwrap_or_default().to_owned();
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        (ticks, suspect, worst)
+    }
+}
+
+/// One row of the closing-note table: printed and appended to `<target>/tmp/faults_netns.md`.
+fn table_row(scenario: &str, expected: &str, observed: &str, rto: Option<f64>) {
+    let rto = rto.map_or("–".to_owned(), |s| format!("{s:.1} s"));
+    let row = format!("| {scenario} | {expected} | {observed} | {rto} |");
+    println!("FAULT TABLE {row}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults_netns.md");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{row}");
+    }
+}
+
+/// Seconds from `from` to the end of the failover's Done step.
+fn rto(record: &FailoverRecord, from: DateTime<Utc>) -> Option<f64> {
+    let done = record.step(Step::Done)?.finished_at?;
+    Some((done - from).num_milliseconds() as f64 / 1000.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
+    let lab = Lab::start(LabOptions {
+        names: &["p", "s1", "s2"],
+        cooldown: "60s",
+    })
+    .await;
+    let p = lab.host("p");
+    p.cut_from(lab.net.gateway()).unwrap();
+    // The coordinator really lost the primary (its own probe fails) ...
+    let direct = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .unwrap()
+        .get(lab.cluster("p").api_addr().join("v1/sys/health").unwrap())
+        .send()
+        .await;
+    assert!(direct.is_err(), "the root namespace still reaches p");
+    // ... while a secondary's host still does.
+    let from_s1 = lab.host("s1").exec(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "2",
+            "-w",
+            "%{http_code}",
+            lab.cluster("p")
+                .api_addr()
+                .join("v1/sys/health")
+                .unwrap()
+                .as_str(),
+        ],
+    );
+    assert_eq!(
+        from_s1.as_deref().ok(),
+        Some("200"),
+        "s1 cannot reach p: {from_s1:?}"
+    );
+
+    let watch = DETECTION * 5;
+    let (ticks, suspect, worst) = lab.watch_decisions(watch).await;
+    let failovers = lab.failovers().await;
+    let (primary, term) = lab.topology().await;
+    assert!(
+        failovers.is_empty(),
+        "promoted while the secondaries see p: {failovers:?}"
+    );
+    assert_eq!((primary.as_str(), term), ("p", 1));
+    assert!(suspect > 0, "the cut was never noticed ({ticks} ticks)");
+    assert!(
+        worst.contains("direct probe down") && worst.contains("quorum not met"),
+        "{worst}"
+    );
+    // Nothing fenced the primary: once healed it serves writes at once.
+    lab.host("p").heal().unwrap();
+    lab.cluster("p")
+        .kv_put("s1/after", &json!({"v": 1}))
+        .await
+        .unwrap();
+    table_row(
+        "1 coordinator cut off from the primary only",
+        "no promotion",
+        &format!(
+            "no promotion in {} s ({suspect} of {ticks} ticks suspect: {worst}); term 1",
+            watch.as_secs()
+        ),
+        None,
+    );
+}
+
+/// A client that writes `n` to KV `client/<n>` on whatever cluster the coordinator names as
+/// primary, and logs every acknowledged write with the cluster that acknowledged it.
+async fn client_writer(
+    lab_url: String,
+    addrs: BTreeMap<String, url::Url>,
+    tokens: BTreeMap<String, String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<(u64, String, DateTime<Utc>)> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        let topo: Option<Value> = async {
+            http.get(format!("{lab_url}/v1/topology"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()
+        }
+        .await;
+        let primary = topo
+            .as_ref()
+            .and_then(|t| t.pointer("/topology/primary"))
+            .and_then(Value::as_str)
+            .unwrap_or("p")
+            .to_owned();
+        n += 1;
+        let url = addrs[&primary]
+            .join(&format!("v1/secret/data/client/{n}"))
+            .unwrap();
+        let r = http
+            .post(url)
+            .header("X-Vault-Token", &tokens[&primary])
+            .json(&json!({"data": {"n": n}}))
+            .send()
+            .await;
+        if matches!(&r, Ok(resp) if resp.status().is_success()) {
+            acked.push((n, primary, Utc::now()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_isolated_primary_is_replaced_exactly_once() {
+    let lab = Lab::start(LabOptions {
+        names: &["p", "s1", "s2"],
+        cooldown: "60s",
+    })
+    .await;
+    let addrs: BTreeMap<String, url::Url> = lab
+        .clusters
+        .iter()
+        .map(|c| (c.name().to_owned(), c.api_addr().clone()))
+        .collect();
+    let tokens: BTreeMap<String, String> = lab
+        .clusters
+        .iter()
+        .map(|c| (c.name().to_owned(), c.root_token().expose().to_owned()))
+        .collect();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(client_writer(lab.url.clone(), addrs, tokens, stop_rx));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let cut_at = Utc::now();
+    lab.host("p").cut().unwrap();
+    let t = Instant::now();
+    let done = loop {
+        let f = lab.failovers().await;
+        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
+            break r.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no finished failover 60 s after isolating p: {f:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Heal the old primary: it must not win clients back, nor cause a second failover.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab.host("p").heal().unwrap();
+    tokio::time::sleep(DETECTION * 2).await;
+    stop_tx.send(true).unwrap();
+    let acked = writer.await.unwrap();
+
+    let all = lab.failovers().await;
+    assert_eq!(all.len(), 1, "exactly one promotion: {all:?}");
+    assert_eq!((done.term, done.from.as_str()), (2, "p"));
+    let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
+    assert_eq!(steps, Step::ALL, "each step once, in order");
+    let (primary, term) = lab.topology().await;
+    assert_eq!((primary.as_str(), term), (done.to.as_str(), 2));
+    let switched = done
+        .step(Step::Switched)
+        .and_then(|s| s.finished_at)
+        .unwrap();
+    let from_old: Vec<_> = acked
+        .iter()
+        .filter(|(_, c, at)| c == "p" && *at > switched)
+        .collect();
+    assert!(
+        from_old.is_empty(),
+        "writes acknowledged by the old primary after the switch: {from_old:?}"
+    );
+    // Every write acknowledged by the new primary after the switch is there.
+    let new = lab.cluster(&done.to);
+    let after: Vec<u64> = acked
+        .iter()
+        .filter(|(_, c, at)| *c == done.to && *at > switched)
+        .map(|(n, _, _)| *n)
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "the client never wrote to the new primary"
+    );
+    for n in &after {
+        assert!(
+            new.kv_get(&format!("client/{n}")).await.unwrap().is_some(),
+            "acknowledged write {n} missing on {}",
+            done.to
+        );
+    }
+    let rto = rto(&done, cut_at);
+    table_row(
+        "2 primary fully isolated",
+        "exactly one promotion; no write acknowledged by the old primary after the switch",
+        &format!(
+            "1 failover p -> {} (term 2); {} writes acked, 0 by p after the switch, {} by {} all readable; none more after healing p",
+            done.to,
+            acked.len(),
+            after.len(),
+            done.to
+        ),
+        rto,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_latency_and_cpu_stress_do_not_promote() {
+    let mut lab = Lab::start(LabOptions {
+        names: &["p", "s1", "s2"],
+        cooldown: "60s",
+    })
+    .await;
+    for h in &lab.hosts {
+        h.delay(200).unwrap();
+    }
+    let stress_ng = which("stress-ng");
+    for h in &lab.hosts {
+        let log = lab.dir.path().join(format!("stress-{}.log", h.name()));
+        let args: Vec<OsString> = ["--cpu", "1", "--cpu-load", "50", "--timeout", "120s"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        lab.stress
+            .push(h.spawn("stress-ng", &stress_ng, &args, &log).unwrap());
+    }
+    // The delay is real: a health check from the root namespace takes 2 × 200 ms or more.
+    let t = Instant::now();
+    let r = lab
+        .http
+        .get(lab.cluster("p").api_addr().join("v1/sys/health").unwrap())
+        .send()
+        .await
+        .unwrap();
+    let rtt = t.elapsed();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        rtt >= Duration::from_millis(390),
+        "no added latency: {rtt:?}"
+    );
+
+    let watch = DETECTION * 5;
+    let (ticks, suspect, worst) = lab.watch_decisions(watch).await;
+    let failovers = lab.failovers().await;
+    let (primary, term) = lab.topology().await;
+    assert!(
+        failovers.is_empty(),
+        "promoted under latency and load: {failovers:?}"
+    );
+    assert_eq!((primary.as_str(), term), ("p", 1));
+    for s in &mut lab.stress {
+        assert!(s.is_running(), "stress-ng ended early");
+    }
+    table_row(
+        "3 200 ms latency + CPU stress on every cluster",
+        "no promotion",
+        &format!(
+            "no promotion in {} s (health RTT {} ms; {suspect} of {ticks} ticks suspect{})",
+            watch.as_secs(),
+            rtt.as_millis(),
+            if worst.is_empty() {
+                String::new()
+            } else {
+                format!(": {worst}")
+            }
+        ),
+        None,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
+    let cooldown = Duration::from_secs(60);
+    let lab = Lab::start(LabOptions {
+        names: &["p", "s1", "s2"],
+        cooldown: "60s",
+    })
+    .await;
+    let t = Instant::now();
+    let mut flaps = 0;
+    let mut cuts: Vec<DateTime<Utc>> = Vec::new();
+    // Down 4 s / up 3 s, always on whatever cluster is primary now, for 35 s (< cooldown).
+    while t.elapsed() < Duration::from_secs(35) {
+        let (primary, _) = lab.topology().await;
+        let h = lab.host(if primary.is_empty() { "p" } else { &primary });
+        h.cut().unwrap();
+        cuts.push(Utc::now());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        h.heal().unwrap();
+        flaps += 1;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    tokio::time::sleep(DETECTION).await;
+    let f = lab.failovers().await;
+    let mut decided: Vec<DateTime<Utc>> = f.iter().map(|r| r.decided_at).collect();
+    decided.sort();
+    for w in decided.windows(2) {
+        let gap = (w[1] - w[0]).to_std().unwrap_or_default();
+        assert!(gap >= cooldown, "two failovers {gap:?} apart: {f:?}");
+    }
+    assert!(
+        f.len() <= 1,
+        "more than one failover within one cooldown: {f:?}"
+    );
+    // RTO from the cut that led to the decision (the last one before it).
+    let rto = f.first().and_then(|r| {
+        let cut = cuts.iter().rev().find(|c| **c <= r.decided_at)?;
+        rto(r, *cut)
+    });
+    let observed = match f.first() {
+        None => format!("{flaps} flaps in 35 s, no failover"),
+        Some(r) => format!(
+            "{flaps} flaps in 35 s, 1 failover {} -> {} ({:?}), then none (cooldown 60 s)",
+            r.from, r.to, r.status
+        ),
+    };
+    table_row(
+        "4 flapping primary (down 4 s / up 3 s)",
+        "at most one failover per cooldown",
+        &observed,
+        rto,
+    );
+}
+
+fn which(tool: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(tool))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| panic!("{tool} not on PATH: run scripts/setup.sh"))
+}
