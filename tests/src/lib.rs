@@ -8,4 +8,5 @@ pub mod prometheus;
 pub use vault_dr_coordinator::lab;
 pub mod mongo;
 pub mod fake_apiserver;
+pub mod coordinators;
 pub mod netns;

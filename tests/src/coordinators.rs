@@ -1,0 +1,640 @@
+//! [`CoordinatorGroup`]: several `vault-dr coordinator` processes sharing one coordination
+//! backend (the local file, or a Kubernetes Lease and ConfigMap) and one embedded store, for the
+//! high-availability tests and the takeover benchmark.
+//!
+//! Every replica is a real process under a [`ChildGuard`] (dies with the guard, also on panic,
+//! and with the owning process), started through `sh -c 'ulimit -c 0; exec env VAR=… prog …'`
+//! so a test can give one replica its own environment (a failpoint, `KUBECONFIG`) without
+//! touching this process's environment, and so an abort leaves no core file. `kill` is a real
+//! SIGKILL; `signal` sends SIGSTOP/SIGCONT to the replica itself.
+
+use crate::lab::process::{ChildGuard, Signal};
+use serde::de::DeserializeOwned;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// The bearer token every replica of a group accepts (tests only).
+pub const TOKEN: &str = "ha-test-token";
+
+/// An error of starting or driving a coordinator group.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    /// The `vault-dr` binary was not found next to the test executable.
+    #[error(
+        "vault-dr binary not found (looked at {looked}): run `cargo build --workspace` \
+         (scripts/test.sh does) before the tests"
+    )]
+    BinaryMissing {
+        /// Where it was looked for.
+        looked: String,
+    },
+    /// A file could not be written or a process not started.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A lab process could not be started.
+    #[error(transparent)]
+    Lab(#[from] crate::lab::LabError),
+    /// A wait ran out.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HaError {
+    let what = what.into();
+    move |source| HaError::Io { what, source }
+}
+
+/// The `vault-dr` binary of this build: next to the running executable (`target/<profile>/`)
+/// or one level up (a test runs from `target/<profile>/deps/`).
+pub fn vault_dr_binary() -> Result<PathBuf, HaError> {
+    let exe = std::env::current_exe().map_err(io("current executable"))?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("vault-dr"))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| HaError::BinaryMissing {
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Where the replicas coordinate.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One shared file in the group's directory.
+    Local,
+    /// A Lease and a ConfigMap through the apiserver of `kubeconfig` (given to each replica
+    /// as `KUBECONFIG`).
+    Kubernetes {
+        /// Kubeconfig file the replicas read.
+        kubeconfig: PathBuf,
+        /// Namespace of the Lease and ConfigMap.
+        namespace: String,
+        /// Lease name.
+        lease_name: String,
+        /// ConfigMap name.
+        configmap_name: String,
+    },
+}
+
+/// One cluster of the DR group as the coordinators' configuration names it.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Cluster name.
+    pub name: String,
+    /// API address.
+    pub api_addr: Url,
+    /// Whether it starts as the primary.
+    pub primary: bool,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// Coordination backend.
+    pub backend: Backend,
+    /// Number of replicas (ids `c1`, `c2`, …).
+    pub replicas: usize,
+    /// The DR group.
+    pub clusters: Vec<ClusterSpec>,
+    /// Lines of the `[policy]` table (TOML).
+    pub policy: String,
+    /// Lines added to the `[coordination]` table (e.g. lease settings); empty for defaults.
+    pub coordination: String,
+    /// DR token the coordinators use against OpenBao (fencing, canary), if any.
+    pub vault_token: Option<String>,
+}
+
+/// One replica.
+#[derive(Debug)]
+pub struct Replica {
+    /// Its id (`c1`, …): the lease holder name.
+    pub id: String,
+    /// Its API base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    config: PathBuf,
+    log: PathBuf,
+    guard: Option<ChildGuard>,
+}
+
+impl Replica {
+    /// The replica's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.as_ref().map(ChildGuard::pid)
+    }
+
+    /// Its log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Several coordinator processes of one DR group.
+#[derive(Debug)]
+pub struct CoordinatorGroup {
+    dir: tempfile::TempDir,
+    program: PathBuf,
+    prefix: Vec<OsString>,
+    base_env: Vec<(String, String)>,
+    /// The replicas, in id order.
+    pub replicas: Vec<Replica>,
+    http: reqwest::Client,
+}
+
+fn free_port() -> Result<u16, HaError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind 127.0.0.1:0"))?;
+    Ok(l.local_addr().map_err(io("local address"))?.port())
+}
+
+impl CoordinatorGroup {
+    /// Writes every replica's configuration (nothing starts yet). `program` and `prefix` run a
+    /// coordinator as `program prefix… coordinator --config FILE` (the `vault-dr` binary with
+    /// no prefix).
+    pub fn new(spec: &GroupSpec, program: PathBuf, prefix: Vec<OsString>) -> Result<Self, HaError> {
+        let dir = tempfile::tempdir().map_err(io("temporary directory"))?;
+        std::fs::write(dir.path().join("token"), TOKEN).map_err(io("write the token file"))?;
+        if let Some(t) = &spec.vault_token {
+            std::fs::write(dir.path().join("vault-token"), t)
+                .map_err(io("write the vault token file"))?;
+        }
+        let mut base_env = Vec::new();
+        let coordination = match &spec.backend {
+            Backend::Local => {
+                format!(
+                    "backend = \"local\"\npath = \"coordination.json\"\n{}",
+                    spec.coordination
+                )
+            }
+            Backend::Kubernetes {
+                kubeconfig,
+                namespace,
+                lease_name,
+                configmap_name,
+            } => {
+                base_env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
+                format!(
+                    "backend = \"kubernetes\"\nnamespace = \"{namespace}\"\n\
+                     lease_name = \"{lease_name}\"\nconfigmap_name = \"{configmap_name}\"\n{}",
+                    spec.coordination
+                )
+            }
+        };
+        let mut clusters = String::new();
+        for c in &spec.clusters {
+            clusters.push_str(&format!(
+                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{0}-0\"]\n",
+                c.name,
+                if c.primary { "primary" } else { "secondary" },
+                c.api_addr,
+            ));
+        }
+        let mut replicas = Vec::new();
+        for i in 1..=spec.replicas {
+            let id = format!("c{i}");
+            let port = free_port()?;
+            let text = format!(
+                "listen = \"127.0.0.1:{port}\"\nid = \"{id}\"\ntoken_file = \"token\"\n{vault}\
+                 [store]\npath = \"store.sqlite\"\n[coordination]\n{coordination}\n\
+                 [policy]\n{policy}\n{clusters}",
+                vault = if spec.vault_token.is_some() {
+                    "vault_token_file = \"vault-token\"\n"
+                } else {
+                    ""
+                },
+                policy = spec.policy,
+            );
+            let config = dir.path().join(format!("{id}.toml"));
+            std::fs::write(&config, text).map_err(io(format!("write {}", config.display())))?;
+            replicas.push(Replica {
+                log: dir.path().join(format!("{id}.log")),
+                url: format!("http://127.0.0.1:{port}"),
+                id,
+                config,
+                guard: None,
+            });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| HaError::Io {
+                what: "http client".into(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(Self {
+            dir,
+            program,
+            prefix,
+            base_env,
+            replicas,
+            http,
+        })
+    }
+
+    /// The group's directory (configs, token, store, shared coordination file, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The token file the CLI and agents use.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    /// Every replica's URL, comma-separated (for `--url` and the agents).
+    pub fn urls(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| r.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts replica `i` (index into [`Self::replicas`]) with `env` added to its environment.
+    pub fn start(&mut self, i: usize, env: &[(&str, &str)]) -> Result<(), HaError> {
+        let r = &mut self.replicas[i];
+        let mut args: Vec<OsString> = vec![
+            "-c".into(),
+            "ulimit -c 0; exec env \"$@\"".into(),
+            "vault-dr-replica".into(),
+        ];
+        for (k, v) in self
+            .base_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(env.iter().copied())
+        {
+            args.push(format!("{k}={v}").into());
+        }
+        args.push(self.program.clone().into_os_string());
+        args.extend(self.prefix.iter().cloned());
+        args.extend(["coordinator".into(), "--config".into()]);
+        args.push(r.config.clone().into_os_string());
+        r.guard = Some(ChildGuard::spawn(
+            &format!("coordinator {}", r.id),
+            Path::new("sh"),
+            &args,
+            &r.log,
+        )?);
+        Ok(())
+    }
+
+    /// Starts every replica that is not running, with no extra environment.
+    pub fn start_all(&mut self) -> Result<(), HaError> {
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].guard.is_none() {
+                self.start(i, &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs replica `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut g) = self.replicas[i].guard.take() {
+            g.kill();
+        }
+    }
+
+    /// Whether replica `i`'s process is still there (a stopped one counts; an aborted one not).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.replicas[i]
+            .guard
+            .as_mut()
+            .is_some_and(ChildGuard::is_running)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, …) to replica `i`.
+    pub fn signal(&self, i: usize, signal: Signal) {
+        if let Some(g) = &self.replicas[i].guard {
+            g.signal(signal);
+        }
+    }
+
+    /// Whether replica `i` answers `/readyz` with 200 (it leads).
+    pub async fn is_ready(&self, i: usize) -> bool {
+        ready(&self.http, &self.replicas[i].url).await
+    }
+
+    /// Indices of the replicas whose `/readyz` is 200 right now (asked in parallel).
+    pub async fn leaders(&self) -> Vec<usize> {
+        let tasks: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let (http, url) = (self.http.clone(), r.url.clone());
+                tokio::spawn(async move { ready(&http, &url).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            if matches!(t.await, Ok(true)) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Waits until exactly one replica other than `except` leads; returns it and when it was
+    /// first seen leading. Polls every 50 ms.
+    pub async fn wait_leader(
+        &self,
+        except: Option<usize>,
+        timeout: Duration,
+    ) -> Result<(usize, Instant), HaError> {
+        let start = Instant::now();
+        loop {
+            let leaders: Vec<usize> = self
+                .leaders()
+                .await
+                .into_iter()
+                .filter(|i| Some(*i) != except)
+                .collect();
+            if let [one] = leaders.as_slice() {
+                return Ok((*one, Instant::now()));
+            }
+            if start.elapsed() > timeout {
+                return Err(HaError::Timeout(format!(
+                    "no single leader (other than {except:?}) within {timeout:?}: ready {leaders:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET` a JSON document from replica `i` with the group's token (`None` on any failure).
+    pub async fn get<T: DeserializeOwned>(&self, i: usize, path: &str) -> Option<T> {
+        let url = format!("{}{path}", self.replicas[i].url);
+        let r = self.http.get(url).bearer_auth(TOKEN).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// `GET /metrics` of replica `i` as text.
+    pub async fn metrics(&self, i: usize) -> Option<String> {
+        let url = format!("{}/metrics", self.replicas[i].url);
+        self.http.get(url).send().await.ok()?.text().await.ok()
+    }
+
+    /// Every replica's log, labelled (for failure messages).
+    pub fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| format!("----- {} -----\n{}", r.id, r.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+async fn ready(http: &reqwest::Client, base: &str) -> bool {
+    matches!(
+        http.get(format!("{base}/readyz"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await,
+        Ok(r) if r.status().is_success()
+    )
+}
+
+/// The value of the sample `name` (exact, with its labels if any) in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// A kubeconfig for an apiserver at `server` with no credentials (the fake apiserver).
+pub fn write_kubeconfig(path: &Path, server: &str, namespace: &str) -> Result<(), HaError> {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
+         current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    );
+    std::fs::write(path, text).map_err(io(format!("write {}", path.display())))
+}
+
+/// An in-process agent; stops when dropped.
+#[derive(Debug)]
+pub struct AgentGuard {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Starts an in-process agent for node `<cluster>-0` at `vault`, reporting every 300 ms to the
+/// coordinator replicas `coordinators` (the first, then the others in turn) with the group's
+/// token, using `dr_token` against OpenBao and snapshot replication (continuous restore, pulls
+/// every second) under `dir`.
+pub fn spawn_agent(
+    cluster: &str,
+    vault: &Url,
+    coordinators: &[Url],
+    dr_token: &vault_dr_common::Secret,
+    dir: &Path,
+) -> Result<AgentGuard, HaError> {
+    use vault_dr_agent::config::{
+        CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig,
+    };
+    let (first, rest) = coordinators
+        .split_first()
+        .ok_or_else(|| HaError::Timeout("no coordinator URL for the agent".into()))?;
+    let snapshots = dir.join(format!("agent-{cluster}"));
+    std::fs::create_dir_all(&snapshots).map_err(io(format!("create {}", snapshots.display())))?;
+    let mut config =
+        vault_dr_agent::Config::minimal(cluster, &format!("{cluster}-0"), vault.clone());
+    config.interval = Duration::from_millis(300);
+    config.vault.token = Some(dr_token.clone());
+    config.coordinator = Some(CoordinatorConfig {
+        url: first.clone(),
+        token: vault_dr_common::Secret::new(TOKEN),
+        ca_certs: Vec::new(),
+    });
+    config.coordinator_fallbacks = rest.to_vec();
+    config.replication = ReplicationConfig::Snapshot(SnapshotConfig {
+        dir: snapshots.clone(),
+        interval: Duration::from_secs(1),
+        keep: 2,
+        restore: RestoreMode::Continuous,
+        quarantine_dir: snapshots.join("quarantine"),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("agent listener: {e}");
+                return;
+            }
+        };
+        if let Err(e) = vault_dr_agent::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        {
+            tracing::error!("agent stopped: {e}");
+        }
+    });
+    Ok(AgentGuard { stop: Some(stop) })
+}
+
+/// The `[policy]` of the failover tests: probe every 500 ms, confirm on 2 ticks, reports fresh
+/// for 2 s, a cooldown long enough that one test never sees a second failover.
+pub const FAILOVER_POLICY: &str = "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n\
+     confirm = 2\nreport_ttl = \"2s\"\ncooldown = \"300s\"\n";
+
+/// The DR token id every lab cluster of a failover test gets (tests only).
+pub const DR_TOKEN: &str = "vault-dr-ha-test-dr-token";
+
+/// A DR group of real single-node OpenBao clusters (the first is the primary), each with the
+/// DR token, a coordinator group in front (not started yet), and one in-process agent per
+/// cluster (started with [`DrLab::start_agents`]).
+#[derive(Debug)]
+pub struct DrLab {
+    /// The clusters, the primary first.
+    pub clusters: Vec<crate::lab::LabCluster>,
+    /// The coordinator replicas.
+    pub group: CoordinatorGroup,
+    /// Running agents by cluster name.
+    pub agents: std::collections::BTreeMap<String, AgentGuard>,
+    /// The DR token.
+    pub dr_token: vault_dr_common::Secret,
+}
+
+impl DrLab {
+    /// Starts the clusters and writes the coordinator configurations.
+    pub async fn start(names: &[&str], backend: Backend, replicas: usize) -> Result<Self, HaError> {
+        let clusters = crate::lab::LabCluster::start_group_with(names, true, None).await?;
+        let dr_token = vault_dr_common::Secret::new(DR_TOKEN);
+        for c in &clusters {
+            c.create_dr_token(&dr_token).await?;
+        }
+        let spec = GroupSpec {
+            backend,
+            replicas,
+            clusters: clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ClusterSpec {
+                    name: c.name().to_owned(),
+                    api_addr: c.api_addr().clone(),
+                    primary: i == 0,
+                })
+                .collect(),
+            policy: FAILOVER_POLICY.into(),
+            coordination: String::new(),
+            vault_token: Some(DR_TOKEN.into()),
+        };
+        let group = CoordinatorGroup::new(&spec, vault_dr_binary()?, Vec::new())?;
+        Ok(Self {
+            clusters,
+            group,
+            agents: std::collections::BTreeMap::new(),
+            dr_token,
+        })
+    }
+
+    /// Starts one agent per cluster, each given every coordinator URL in id order.
+    pub fn start_agents(&mut self) -> Result<(), HaError> {
+        self.start_agents_with_last(None)
+    }
+
+    /// Stops the running agents and starts one per cluster, each given every coordinator URL,
+    /// replica `last` (if any) at the end of the list.
+    pub fn start_agents_with_last(&mut self, last: Option<usize>) -> Result<(), HaError> {
+        self.agents.clear();
+        let mut order: Vec<usize> = (0..self.group.replicas.len())
+            .filter(|i| Some(*i) != last)
+            .collect();
+        order.extend(last);
+        let urls: Vec<Url> = order
+            .iter()
+            .filter_map(|i| Url::parse(&self.group.replicas[*i].url).ok())
+            .collect();
+        for c in &self.clusters {
+            let agent = spawn_agent(
+                c.name(),
+                c.api_addr(),
+                &urls,
+                &self.dr_token,
+                self.group.dir(),
+            )?;
+            self.agents.insert(c.name().to_owned(), agent);
+        }
+        Ok(())
+    }
+
+    /// Waits until replica `leader` has a fresh report from every cluster and every secondary
+    /// is eligible for promotion (seeded by replication, not lagging).
+    pub async fn wait_failover_ready(
+        &self,
+        leader: usize,
+        timeout: Duration,
+    ) -> Result<(), HaError> {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            if let Some(v) = self
+                .group
+                .get::<serde_json::Value>(leader, "/v1/clusters")
+                .await
+            {
+                let reporting = self
+                    .clusters
+                    .iter()
+                    .filter(|c| {
+                        v["view"]["clusters"][c.name()]["nodes"]
+                            .as_array()
+                            .is_some_and(|n| !n.is_empty())
+                    })
+                    .count();
+                let candidates = v["candidates"]["candidates"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let eligible = candidates
+                    .iter()
+                    .filter(|c| c["eligibility"] == serde_json::json!("eligible"))
+                    .count();
+                if reporting == self.clusters.len() && eligible + 1 == self.clusters.len() {
+                    return Ok(());
+                }
+                last = format!(
+                    "{reporting} clusters reporting, {eligible} eligible: {}",
+                    serde_json::to_string(&candidates).unwrap_or_default()
+                );
+            }
+            if start.elapsed() > timeout {
+                return Err(HaError::Timeout(format!(
+                    "the group was not ready for a failover within {timeout:?}: {last}\n{}",
+                    self.group.logs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

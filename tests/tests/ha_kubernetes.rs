@@ -1,0 +1,131 @@
+//! Coordinator high availability on the `kubernetes` backend with three real `vault-dr
+//! coordinator` processes: the Lease names the leader, and after kill -9 of the leader the Lease
+//! moves to another replica within the lease duration plus one second, and `/readyz` with it.
+//!
+//! The replicas find the apiserver the way the kube client does, through `KUBECONFIG`: a
+//! kubeconfig for the fake apiserver (started in this test), or the file named by
+//! `VAULT_DR_TEST_KUBECONFIG`, in which case the test runs unchanged against that cluster (Lease
+//! and ConfigMap names get a unique suffix, namespace from `VAULT_DR_TEST_NAMESPACE`).
+//!
+//! Needs `.tools/bin/bao` (run `scripts/setup.sh`) and the built `vault-dr` binary
+//! (`cargo build --workspace`, which `scripts/test.sh` runs first).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use std::time::{Duration, Instant};
+use vault_dr_tests::coordinators::{
+    Backend, ClusterSpec, CoordinatorGroup, GroupSpec, vault_dr_binary, write_kubeconfig,
+};
+use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
+use vault_dr_tests::lab::LabCluster;
+
+/// The default lease (the group runs with the default coordination settings).
+const LEASE: Duration = Duration::from_secs(5);
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
+    let kube = test_client().await.unwrap();
+    let kubeconfig_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = match kube.fake() {
+        Some(fake) => {
+            let path = kubeconfig_dir.path().join("kubeconfig");
+            write_kubeconfig(&path, fake.url(), &kube.namespace).unwrap();
+            path
+        }
+        None => std::env::var(ENV_KUBECONFIG).unwrap().into(),
+    };
+    let lease_name = kube.name("vault-dr-coordinator");
+    let clusters = LabCluster::start_group_with(&["p", "s1"], true, None)
+        .await
+        .unwrap();
+    let spec = GroupSpec {
+        backend: Backend::Kubernetes {
+            kubeconfig,
+            namespace: kube.namespace.clone(),
+            lease_name: lease_name.clone(),
+            configmap_name: kube.name("vault-dr-topology"),
+        },
+        replicas: 3,
+        clusters: clusters
+            .iter()
+            .map(|c| ClusterSpec {
+                name: c.name().to_owned(),
+                api_addr: c.api_addr().clone(),
+                primary: c.name() == "p",
+            })
+            .collect(),
+        policy: "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n".into(),
+        coordination: String::new(),
+        vault_token: None,
+    };
+    let mut group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
+    group.start_all().unwrap();
+    let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
+        Ok(l) => l,
+        Err(e) => panic!("{e}\n{}", group.logs()),
+    };
+    let first_id = group.replicas[first].id.clone();
+    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &kube.namespace);
+    assert_eq!(
+        holder(&leases, &lease_name).await.as_deref(),
+        Some(first_id.as_str()),
+        "the Lease names the replica whose /readyz is 200"
+    );
+    // It stays that way: the followers do not steal a live lease.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(group.leaders().await, vec![first]);
+    assert_eq!(
+        holder(&leases, &lease_name).await.as_deref(),
+        Some(first_id.as_str())
+    );
+
+    group.kill(first);
+    let killed = Instant::now();
+    let (moved_to, moved_after) = loop {
+        if let Some(h) = holder(&leases, &lease_name)
+            .await
+            .filter(|h| *h != first_id)
+        {
+            break (h, killed.elapsed());
+        }
+        assert!(
+            killed.elapsed() < LEASE + Duration::from_secs(10),
+            "the Lease did not move:\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (second, ready_at) = group
+        .wait_leader(Some(first), Duration::from_secs(10))
+        .await
+        .unwrap();
+    println!(
+        "Lease moved from {first_id} to {moved_to} {:.2} s after kill -9; /readyz 200 after {:.2} s",
+        moved_after.as_secs_f64(),
+        (ready_at - killed).as_secs_f64()
+    );
+    assert_eq!(group.replicas[second].id, moved_to);
+    assert!(
+        moved_after <= LEASE + Duration::from_secs(1),
+        "takeover took {moved_after:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        holder(&leases, &lease_name).await.as_deref(),
+        Some(moved_to.as_str()),
+        "the new holder keeps the Lease"
+    );
+    assert_eq!(group.leaders().await, vec![second]);
+}

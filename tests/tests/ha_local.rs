@@ -1,0 +1,299 @@
+//! Coordinator high availability on the `local` backend, with three real `vault-dr coordinator`
+//! processes sharing one coordination file and one store, in front of real OpenBao clusters:
+//!
+//! - kill -9 the leader: another replica holds the lease within the lease duration plus one
+//!   second, `/readyz` moves to it, its leader metrics move, and `vault-dr status --url a,b,c`
+//!   names it and lists every replica's role;
+//! - kill the leader between `Fenced` and `Promoted` (failpoint `crash-after:fenced`): the next
+//!   leader finishes the failover; the journal shows each step exactly once.
+//!
+//! Needs `.tools/bin/bao` (run `scripts/setup.sh`) and the built `vault-dr` binary
+//! (`cargo build --workspace`, which `scripts/test.sh` runs first).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+use vault_dr_common::NodeState;
+use vault_dr_coordinator::coordination::Coordination;
+use vault_dr_coordinator::coordination::local::LocalCoordination;
+use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
+use vault_dr_coordinator::view::View;
+use vault_dr_tests::coordinators::{
+    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, sample, vault_dr_binary,
+};
+use vault_dr_tests::lab::LabCluster;
+
+/// The default lease (the group runs with the default coordination settings).
+const LEASE: Duration = Duration::from_secs(5);
+
+async fn status(group: &CoordinatorGroup) -> String {
+    let out = tokio::process::Command::new(vault_dr_binary().unwrap())
+        .args(["status", "--url", &group.urls(), "--token-file"])
+        .arg(group.token_file())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "vault-dr status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn replica_row<'a>(status: &'a str, id: &str) -> Vec<&'a str> {
+    status
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&id) && w.len() == 3)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus_one_second() {
+    let clusters = LabCluster::start_group_with(&["p", "s1"], true, None)
+        .await
+        .unwrap();
+    let spec = GroupSpec {
+        backend: Backend::Local,
+        replicas: 3,
+        clusters: clusters
+            .iter()
+            .map(|c| ClusterSpec {
+                name: c.name().to_owned(),
+                api_addr: c.api_addr().clone(),
+                primary: c.name() == "p",
+            })
+            .collect(),
+        policy: "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n".into(),
+        coordination: String::new(),
+        vault_token: None,
+    };
+    let mut group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
+    group.start_all().unwrap();
+    let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
+        Ok(l) => l,
+        Err(e) => panic!("{e}\n{}", group.logs()),
+    };
+    let first_id = group.replicas[first].id.clone();
+
+    // Leader metrics: 1 on the leader only, one transition, time as leader rising.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..3 {
+        let m = group.metrics(i).await.unwrap();
+        let leading = i == first;
+        assert_eq!(
+            sample(&m, "vault_dr_coordinator_is_leader"),
+            Some(f64::from(u8::from(leading))),
+            "replica {i}"
+        );
+        assert_eq!(
+            sample(&m, "vault_dr_coordinator_leader_transitions_total"),
+            Some(f64::from(u8::from(leading))),
+            "replica {i}"
+        );
+        let secs = sample(&m, "vault_dr_coordinator_leader_seconds_total").unwrap();
+        if leading {
+            assert!(secs >= 1.0, "time as leader moves: {secs}");
+        } else {
+            assert_eq!(secs, 0.0);
+        }
+    }
+
+    let text = status(&group).await;
+    println!("{text}");
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains(&format!("leader {first_id}")),
+        "{text}"
+    );
+    for r in &group.replicas {
+        let role = if r.id == first_id {
+            "leader"
+        } else {
+            "follower"
+        };
+        assert_eq!(replica_row(&text, &r.id)[1..2], [role], "{text}");
+    }
+
+    // kill -9 the leader and watch the shared lease.
+    let observer = LocalCoordination::new(group.dir().join("coordination.json"), "observer", LEASE);
+    group.kill(first);
+    let killed = Instant::now();
+    let (holder, moved_after) = loop {
+        let lease = observer.lease().await.unwrap();
+        if let Some(h) = lease.holder.filter(|h| *h != first_id) {
+            break (h, killed.elapsed());
+        }
+        assert!(
+            killed.elapsed() < LEASE + Duration::from_secs(5),
+            "the lease did not move:\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (second, ready_at) = group
+        .wait_leader(Some(first), Duration::from_secs(10))
+        .await
+        .unwrap();
+    println!(
+        "lease moved to {holder} {:.2} s after kill -9 of {first_id}; /readyz 200 after {:.2} s",
+        moved_after.as_secs_f64(),
+        (ready_at - killed).as_secs_f64()
+    );
+    assert!(
+        moved_after <= LEASE + Duration::from_secs(1),
+        "takeover took {moved_after:?}"
+    );
+    assert_eq!(group.replicas[second].id, holder);
+
+    let m = group.metrics(second).await.unwrap();
+    assert_eq!(sample(&m, "vault_dr_coordinator_is_leader"), Some(1.0));
+    assert_eq!(
+        sample(&m, "vault_dr_coordinator_leader_transitions_total"),
+        Some(1.0)
+    );
+
+    let text = status(&group).await;
+    println!("{text}");
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains(&format!("leader {holder}")),
+        "{text}"
+    );
+    assert_eq!(replica_row(&text, &holder)[1], "leader", "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("unreachable") && l.contains(&group.replicas[first].url)),
+        "the killed replica is listed as unreachable: {text}"
+    );
+    let third = (0..3).find(|i| *i != first && *i != second).unwrap();
+    assert_eq!(
+        replica_row(&text, &group.replicas[third].id)[1],
+        "follower",
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_leader_step_by_step_once()
+ {
+    let mut lab = DrLab::start(&["p", "s1", "s2"], Backend::Local, 3)
+        .await
+        .unwrap();
+    // c1 leads first, armed to abort right after Fenced completes; the others start later.
+    lab.group
+        .start(0, &[(ENV_FAILPOINT, "crash-after:fenced")])
+        .unwrap();
+    let (first, _) = lab
+        .group
+        .wait_leader(None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(first, 0);
+    lab.group.start_all().unwrap();
+    lab.start_agents().unwrap();
+    lab.wait_failover_ready(0, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The followers have seen the lease by now and are ready to take over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(lab.group.leaders().await, vec![0]);
+
+    lab.clusters[0].nodes_mut()[0].kill();
+    let killed = Instant::now();
+    while lab.group.is_running(0) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "c1 never reached its failpoint:\n{}",
+            lab.group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let aborted = killed.elapsed();
+    assert!(
+        lab.group.replicas[0]
+            .log_text()
+            .contains("failpoint reached: aborting the process"),
+        "c1 died at its failpoint:\n{}",
+        lab.group.replicas[0].log_text()
+    );
+
+    // At the crash the topology records Fenced as the last completed step, in term 2.
+    let observer =
+        LocalCoordination::new(lab.group.dir().join("coordination.json"), "observer", LEASE);
+    let at_crash = observer.read_topology().await.unwrap().unwrap().value;
+    assert_eq!(at_crash.term, 2, "{at_crash:?}");
+    let f = at_crash.failover.clone().unwrap();
+    assert_eq!(
+        (f.from.as_str(), f.completed),
+        ("p", Step::Fenced),
+        "{at_crash:?}"
+    );
+
+    let (next, _) = lab
+        .group
+        .wait_leader(Some(0), LEASE + Duration::from_secs(10))
+        .await
+        .unwrap();
+    let done = loop {
+        let all: Vec<FailoverRecord> = lab
+            .group
+            .get(next, "/v1/failovers")
+            .await
+            .unwrap_or_default();
+        if let Some(r) = all.iter().find(|r| r.status == FailoverStatus::Done) {
+            assert_eq!(all.len(), 1, "one failover: {all:#?}");
+            break r.clone();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "the next leader did not finish the failover: {all:#?}\n{}",
+            lab.group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "c1 aborted {:.1} s after the primary died; journal: {done:#?}",
+        aborted.as_secs_f64()
+    );
+    assert_eq!(
+        (done.term, done.from.as_str(), done.to.as_str()),
+        (2, "p", f.to.as_str())
+    );
+    let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
+    assert_eq!(steps, Step::ALL, "each step exactly once, in order");
+    let next_id = lab.group.replicas[next].id.clone();
+    for s in &done.steps {
+        let by = if s.step <= Step::Fenced {
+            "c1"
+        } else {
+            next_id.as_str()
+        };
+        assert_eq!(s.by, by, "{:?} run by {by}", s.step);
+        assert!(s.finished_at.is_some(), "{:?} finished", s.step);
+    }
+    let t = observer.read_topology().await.unwrap().unwrap().value;
+    assert_eq!(
+        (t.primary.as_str(), t.term, t.failover.is_none()),
+        (f.to.as_str(), 2, true)
+    );
+    // The promoted cluster acknowledged term 2 as an active primary.
+    let clusters: serde_json::Value = lab.group.get(next, "/v1/clusters").await.unwrap();
+    let view: View = serde_json::from_value(clusters["view"].clone()).unwrap();
+    let report = &view.clusters[&f.to]
+        .nodes
+        .iter()
+        .max_by_key(|n| n.received_at)
+        .unwrap()
+        .report;
+    assert_eq!(
+        (report.seen_term, report.vault.state),
+        (2, NodeState::Active)
+    );
+}

@@ -1,0 +1,173 @@
+//! Split brain between coordinator replicas: the leader is frozen (SIGSTOP) just as it sees the
+//! primary die, stays frozen past the expiry of its lease while another replica takes over and
+//! fails over, and is then resumed (SIGCONT) still believing, from its own point of view, that
+//! it was in the middle of leading. Exactly one promotion and one term increase must happen:
+//! the journal holds one failover, to term 2, each step once; the topology says term 2 with
+//! the target as primary; on the OpenBao side only the target acts as primary of term 2 (its
+//! agent applied term 2 as the primary, every other live cluster follows it) and the dead old
+//! primary was fenced once.
+//!
+//! Three real `vault-dr coordinator` processes on the local backend, three real OpenBao
+//! clusters with the DR token, and in-process agents given all three coordinator URLs.
+//! Needs `.tools/bin/bao` (run `scripts/setup.sh`) and the built `vault-dr` binary
+//! (`cargo build --workspace`, which `scripts/test.sh` runs first).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+use vault_dr_common::{NodeState, Role};
+use vault_dr_coordinator::api::TopologyResponse;
+use vault_dr_coordinator::failover::detector::{Decision, DecisionRecord};
+use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::view::View;
+use vault_dr_tests::coordinators::{Backend, DrLab, sample};
+use vault_dr_tests::lab::process::Signal;
+
+const LEASE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_lease_cannot_promote_a_second_time() {
+    let mut lab = DrLab::start(&["p", "s1", "s2"], Backend::Local, 3)
+        .await
+        .unwrap();
+    lab.group.start_all().unwrap();
+    let (stale, _) = lab
+        .group
+        .wait_leader(None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    lab.start_agents().unwrap();
+    lab.wait_failover_ready(stale, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // The primary dies; freeze the leader as soon as it stops saying "no action" (it suspects
+    // the primary, or has already decided).
+    lab.clusters[0].nodes_mut()[0].kill();
+    let killed = Instant::now();
+    let seen = loop {
+        let d: Option<DecisionRecord> = lab.group.get(stale, "/v1/decisions/latest").await;
+        if let Some(d) = d.filter(|d| !matches!(d.decision, Decision::NoAction { .. })) {
+            break d;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the leader never suspected the dead primary:\n{}",
+            lab.group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    lab.group.signal(stale, Signal::Stop);
+    let frozen = Instant::now();
+    println!(
+        "froze {} on: {}",
+        lab.group.replicas[stale].id, seen.sentence
+    );
+    // The agents keep posting to the replica that last answered them, and move on only after a
+    // connection error or a 503, not after a timeout, so a frozen leader would hold them all.
+    // Restart them with the frozen replica last in their list until the agent also moves on
+    // after a timeout (agent/src/report.rs).
+    lab.start_agents_with_last(Some(stale)).unwrap();
+
+    // Another replica takes over once the frozen one's lease has expired, and fails over.
+    let (leader, _) = lab
+        .group
+        .wait_leader(Some(stale), LEASE + Duration::from_secs(10))
+        .await
+        .unwrap();
+    let done = loop {
+        let f: Vec<FailoverRecord> = lab
+            .group
+            .get(leader, "/v1/failovers")
+            .await
+            .unwrap_or_default();
+        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
+            break r.clone();
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(120),
+            "no finished failover: {f:#?}\n{}",
+            lab.group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        frozen.elapsed() > LEASE,
+        "the frozen leader's lease expired first"
+    );
+
+    // Wake the stale leader: it must notice it lost the lease and do nothing.
+    lab.group.signal(stale, Signal::Cont);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let all: Vec<FailoverRecord> = lab.group.get(leader, "/v1/failovers").await.unwrap();
+    assert_eq!(all.len(), 1, "exactly one failover: {all:#?}");
+    let record = &all[0];
+    assert_eq!(record.id, done.id);
+    assert_eq!(record.status, FailoverStatus::Done);
+    assert_eq!((record.term, record.from.as_str()), (2, "p"));
+    let steps: Vec<Step> = record.steps.iter().map(|s| s.step).collect();
+    assert_eq!(steps, Step::ALL, "each step once, in order: {record:#?}");
+    let target = record.to.clone();
+
+    let topo: TopologyResponse = lab.group.get(leader, "/v1/topology").await.unwrap();
+    let t = topo.topology.clone().unwrap();
+    assert_eq!(
+        (t.primary.as_str(), t.term, t.failover.is_none()),
+        (target.as_str(), 2, true),
+        "{topo:#?}"
+    );
+    assert_eq!(
+        topo.leader.as_deref(),
+        Some(lab.group.replicas[leader].id.as_str())
+    );
+    // The stale replica is a follower and says so.
+    assert_eq!(lab.group.leaders().await, vec![leader]);
+    let m = lab.group.metrics(stale).await.unwrap();
+    assert_eq!(sample(&m, "vault_dr_coordinator_is_leader"), Some(0.0));
+    assert_eq!(
+        sample(&m, "vault_dr_coordinator_failovers_total").unwrap_or(0.0)
+            + sample(
+                &lab.group.metrics(leader).await.unwrap(),
+                "vault_dr_coordinator_failovers_total"
+            )
+            .unwrap_or(0.0),
+        1.0,
+        "one failover begun across the two replicas that led"
+    );
+
+    // OpenBao side: only the target acts as primary of term 2, every other live cluster follows
+    // it, and the dead old primary was fenced once.
+    let desired_primaries: Vec<&String> = topo
+        .desired
+        .iter()
+        .filter(|(_, d)| d.role == Role::Primary)
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(desired_primaries, vec![&target], "{topo:#?}");
+    let clusters: serde_json::Value = lab.group.get(leader, "/v1/clusters").await.unwrap();
+    let view: View = serde_json::from_value(clusters["view"].clone()).unwrap();
+    for c in lab.clusters.iter().skip(1) {
+        let cv = &view.clusters[c.name()];
+        let report = &cv
+            .nodes
+            .iter()
+            .max_by_key(|n| n.received_at)
+            .unwrap_or_else(|| panic!("{} reports", c.name()))
+            .report;
+        assert_eq!(report.seen_term, 2, "{} acknowledged term 2", c.name());
+        if c.name() == target {
+            assert_eq!(report.vault.state, NodeState::Active);
+        }
+    }
+    let fenced = record
+        .steps
+        .iter()
+        .filter(|s| s.step == Step::Fenced)
+        .count();
+    assert_eq!(fenced, 1);
+    assert!(
+        lab.clusters[0].nodes()[0].health().await.is_err(),
+        "the old primary stays down"
+    );
+}
