@@ -18,20 +18,19 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use url::Url;
 use vault_dr_common::Secret;
 
 use super::LabCluster;
 use super::error::LabError;
+use super::openbao::NodeHost;
 use super::process::ChildGuard;
 
 /// Environment variable naming the `vault-dr-agent` executable.
 pub const ENV_AGENT_BIN: &str = "VAULT_DR_AGENT_BIN";
 /// Environment variable naming the `vault-dr` executable (the coordinator).
 pub const ENV_COORDINATOR_BIN: &str = "VAULT_DR_BIN";
-/// Name of the DR policy written into every cluster.
-pub const DR_POLICY: &str = "vault-dr";
 /// How long the group may take to be ready after the clusters started.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -77,24 +76,10 @@ impl PromotionMode {
     }
 }
 
-/// Where one cluster's processes run: a command prefix (e.g. `ip netns exec vdr-s1`) and the
-/// IP its agent binds. The default is the host's loopback without a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
-    /// Words put before the program (empty: none).
-    pub command_prefix: Vec<OsString>,
-    /// Address the agent listens on.
-    pub bind_ip: IpAddr,
-}
-
-impl Default for Placement {
-    fn default() -> Self {
-        Self {
-            command_prefix: Vec::new(),
-            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        }
-    }
-}
+/// Where one cluster's processes run: the IP its `bao` and its agent bind, and a command
+/// prefix (e.g. `ip netns exec vdr-s1`) both are started through. The default is the host's
+/// loopback without a prefix. The same type as the lab's [`NodeHost`].
+pub type Placement = NodeHost;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -121,6 +106,9 @@ pub struct GroupSpec {
     pub cgroups: bool,
     /// Per cluster placement (missing: [`Placement::default`]).
     pub placements: BTreeMap<String, Placement>,
+    /// The address the coordinators listen on (agents in a network namespace need one they
+    /// can reach; the default is 127.0.0.1).
+    pub coordinator_ip: IpAddr,
     /// Run directory (None: a fresh temporary one).
     pub dir: Option<PathBuf>,
     /// Keep the run directory when the group is dropped.
@@ -149,6 +137,7 @@ impl Default for GroupSpec {
             mongodb_uri: None,
             cgroups: false,
             placements: BTreeMap::new(),
+            coordinator_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             dir: None,
             keep: false,
             probe_interval: Duration::from_millis(500),
@@ -358,8 +347,15 @@ impl DrGroup {
         let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
         let coordinator_bin = find_sibling("vault-dr", ENV_COORDINATOR_BIN)?;
         let dir = make_run_dir(spec)?;
-        let names: Vec<&str> = spec.clusters.iter().map(String::as_str).collect();
-        let clusters = LabCluster::start_group_with(&names, true, Some(&dir.path)).await?;
+        let placed: Vec<(&str, NodeHost)> = spec
+            .clusters
+            .iter()
+            .map(|n| {
+                let host = spec.placements.get(n).cloned().unwrap_or_default();
+                (n.as_str(), host)
+            })
+            .collect();
+        let clusters = LabCluster::start_group_on(&placed, true, Some(&dir.path)).await?;
         let http = lab_http()?;
 
         let dr_token = Secret::new(format!("vdr-{:032x}", rand::random::<u128>()));
@@ -368,9 +364,7 @@ impl DrGroup {
         let token_file = dir.path.join("coordinator.token");
         write_private(&dr_token_file, dr_token.expose())?;
         write_private(&token_file, coordinator_token.expose())?;
-        let dr_tokens = clusters
-            .iter()
-            .map(|c| create_dr_token(&http, c, &dr_token));
+        let dr_tokens = clusters.iter().map(|c| c.create_dr_token(&dr_token));
         futures::future::try_join_all(dr_tokens).await?;
 
         let (cgroups, cgroup_error) = if spec.cgroups {
@@ -394,10 +388,13 @@ impl DrGroup {
         let ports = free_ports(spec.coordinators + 1)?;
         let coordinator_urls: Vec<Url> = ports[..spec.coordinators]
             .iter()
-            .map(|p| loopback(*p))
+            .map(|p| url_of(spec.coordinator_ip, *p))
             .collect::<Result<_, _>>()?;
         let traffic_addr = if spec.traffic {
-            Some(loopback(ports[spec.coordinators])?)
+            Some(url_of(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                ports[spec.coordinators],
+            )?)
         } else {
             None
         };
@@ -494,7 +491,7 @@ impl DrGroup {
         let child = ChildGuard::spawn(&id, bin, &args, &log_path)?;
         self.coordinators.push(LabCoordinator {
             id,
-            url: loopback(port)?,
+            url: url_of(spec.coordinator_ip, port)?,
             config_path,
             log_path,
             child: Some(child),
@@ -512,7 +509,8 @@ impl DrGroup {
     ) -> String {
         let q = |p: &Path| toml_str(&p.display().to_string());
         let mut t = format!(
-            "listen = \"127.0.0.1:{port}\"\nid = {}\ntoken_file = {}\nvault_token_file = {}\n",
+            "listen = \"{}:{port}\"\nid = {}\ntoken_file = {}\nvault_token_file = {}\n",
+            fmt_ip(spec.coordinator_ip),
             toml_str(id),
             q(&self.token_file),
             q(&self.dr_token_file),
@@ -624,7 +622,7 @@ impl DrGroup {
         );
         push(
             "--listen",
-            Some(format!("{}:0", fmt_ip(placement.bind_ip)).into()),
+            Some(format!("{}:0", fmt_ip(placement.ip)).into()),
             true,
         );
         push(
@@ -895,7 +893,7 @@ fn with_prefix(
     program: &Path,
     args: Vec<OsString>,
 ) -> (PathBuf, Vec<OsString>) {
-    match placement.command_prefix.split_first() {
+    match placement.prefix.split_first() {
         None => (program.to_path_buf(), args),
         Some((first, rest)) => {
             let mut all: Vec<OsString> = rest.to_vec();
@@ -923,84 +921,6 @@ async fn agent_help(bin: &Path) -> String {
         Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
         Err(_) => String::new(),
     }
-}
-
-/// Creates (idempotently) the DR policy and a periodic token with the fixed id `token` in
-/// `cluster`, with its root token. The same id in every cluster of the group, so the token
-/// keeps working after a snapshot of another cluster is restored.
-async fn create_dr_token(
-    http: &reqwest::Client,
-    cluster: &LabCluster,
-    token: &Secret,
-) -> Result<(), LabError> {
-    let policy = dr_policy_text();
-    let base = cluster.api_addr();
-    let call = |path: &str, body: Value| {
-        let url = base.join(&format!("v1/{path}"));
-        let root = cluster.root_token().expose().to_owned();
-        let what = format!("POST {path}");
-        async move {
-            let url = url.map_err(|e| LabError::Invalid(format!("{what}: {e}")))?;
-            let resp = http
-                .post(url)
-                .header("X-Vault-Token", root)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|source| LabError::Http {
-                    target: cluster.name().to_owned(),
-                    what: what.clone(),
-                    source,
-                })?;
-            let status = resp.status().as_u16();
-            if (200..300).contains(&status) {
-                Ok(())
-            } else {
-                Err(LabError::Api {
-                    target: cluster.name().to_owned(),
-                    what,
-                    status,
-                    body: resp.text().await.unwrap_or_default(),
-                })
-            }
-        }
-    };
-    call(
-        &format!("sys/policies/acl/{DR_POLICY}"),
-        json!({ "policy": policy }),
-    )
-    .await?;
-    call(
-        "auth/token/create-orphan",
-        json!({
-            "id": token.expose(),
-            "policies": [DR_POLICY],
-            "period": "24h",
-            "display_name": "vault-dr",
-            "no_default_policy": false,
-        }),
-    )
-    .await
-}
-
-/// `policies/vault-dr.hcl` of the workspace when present, else the same rules inline.
-fn dr_policy_text() -> String {
-    if let Some(root) = super::tools::workspace_root()
-        && let Ok(text) = std::fs::read_to_string(root.join("policies").join("vault-dr.hcl"))
-    {
-        return text;
-    }
-    r#"path "sys/storage/raft/snapshot" { capabilities = ["read", "update"] }
-path "sys/storage/raft/snapshot-force" { capabilities = ["update"] }
-path "sys/storage/raft/autopilot/state" { capabilities = ["read"] }
-path "sys/storage/raft/configuration" { capabilities = ["read"] }
-path "sys/seal" { capabilities = ["update", "sudo"] }
-path "sys/health" { capabilities = ["read"] }
-path "sys/leader" { capabilities = ["read"] }
-path "secret/data/vault-dr/*" { capabilities = ["create", "read", "update"] }
-path "secret/metadata/vault-dr/*" { capabilities = ["read"] }
-"#
-    .to_owned()
 }
 
 fn make_run_dir(spec: &GroupSpec) -> Result<RunDir, LabError> {
@@ -1077,9 +997,9 @@ fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {
         .collect()
 }
 
-fn loopback(port: u16) -> Result<Url, LabError> {
-    Url::parse(&format!("http://127.0.0.1:{port}/"))
-        .map_err(|e| LabError::Invalid(format!("loopback url for port {port}: {e}")))
+fn url_of(ip: IpAddr, port: u16) -> Result<Url, LabError> {
+    Url::parse(&format!("http://{}:{port}/", fmt_ip(ip)))
+        .map_err(|e| LabError::Invalid(format!("url for {ip} port {port}: {e}")))
 }
 
 /// A TOML basic string.
@@ -1125,8 +1045,8 @@ mod tests {
     #[test]
     fn a_prefix_goes_before_the_program() {
         let p = Placement {
-            command_prefix: vec!["ip".into(), "netns".into(), "exec".into(), "ns1".into()],
-            bind_ip: "10.0.0.2".parse().unwrap(),
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), "ns1".into()],
+            ip: "10.0.0.2".parse().unwrap(),
         };
         let (prog, args) = with_prefix(&p, Path::new("/bin/agent"), vec!["--x".into()]);
         assert_eq!(prog, PathBuf::from("ip"));
@@ -1149,13 +1069,5 @@ mod tests {
     fn ipv6_bind_addresses_are_bracketed() {
         assert_eq!(fmt_ip("::1".parse().unwrap()), "[::1]");
         assert_eq!(fmt_ip("127.0.0.1".parse().unwrap()), "127.0.0.1");
-    }
-
-    #[test]
-    fn the_inline_policy_covers_snapshot_seal_and_canary() {
-        let p = dr_policy_text();
-        for path in ["sys/storage/raft/snapshot", "sys/seal", "secret/"] {
-            assert!(p.contains(path), "{path} missing in {p}");
-        }
     }
 }

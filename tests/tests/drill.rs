@@ -1,0 +1,150 @@
+//! `vault-dr drill --json` end to end, as a newcomer runs it: the real `vault-dr` binary starts
+//! three OpenBao clusters, an agent process per node, two coordinator processes and the client,
+//! kills the primary, and reports. s1 is excluded, so s2 is the expected target. Asserts one
+//! promotion to s2, a finished timeline, an RPO within one snapshot interval of writes, and that
+//! no process it started is alive after it exits and its run directory is gone.
+//!
+//! Needs `.tools/bin/bao` (run `scripts/setup.sh`) and the built binaries (`cargo build
+//! --workspace`, which `scripts/test.sh` runs first).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X")
+    })
+}
+
+#[test]
+fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_leaves_nothing() {
+    binary("vault-dr-agent");
+    let started = Instant::now();
+    let out = std::process::Command::new(binary("vault-dr"))
+        .args([
+            "drill",
+            "--json",
+            "--clusters",
+            "3",
+            "--coordinators",
+            "2",
+            "--exclude",
+            "s1",
+            "--restore",
+            "on-promotion",
+            "--traffic",
+            "follow",
+            "--snapshot-interval",
+            "1s",
+            "--warmup",
+            "2s",
+        ])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "drill took {:.1} s; progress:\n{stderr}",
+        took.as_secs_f64()
+    );
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout}\n{stderr}"));
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(
+        out.status.success(),
+        "exit {:?}, problems {}",
+        out.status.code(),
+        report["problems"]
+    );
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["promotions"], 1, "exactly one promotion");
+    assert_eq!(report["term"], 2);
+    assert_eq!(report["primary"], "p");
+    assert_eq!(report["target"], "s2", "s1 is excluded: s2 must win");
+    let s1 = report["candidates"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "s1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s1["eligibility"]["ineligible"]["reason"], "excluded",
+        "{s1}"
+    );
+
+    let events: Vec<&str> = report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for want in [
+        "fault",
+        "detected",
+        "decided",
+        "fenced",
+        "promoted",
+        "repointed",
+        "switched",
+        "first_write",
+    ] {
+        assert!(events.contains(&want), "{want} missing in {events:?}");
+    }
+    let rto = report["rto_seconds"].as_f64().unwrap();
+    assert!(rto > 0.0 && rto < 60.0, "RTO {rto}");
+
+    // RPO: at most the writes of one snapshot interval (plus the pull and restore of that
+    // snapshot, which the interval does not count).
+    let interval = report["snapshot_interval_seconds"].as_f64().unwrap();
+    let per_interval = report["writes_per_snapshot_interval"].as_f64().unwrap();
+    let rpo_writes = report["rpo_writes"].as_u64().unwrap();
+    let rpo_seconds = report["rpo_seconds"].as_f64().unwrap();
+    assert!(
+        rpo_seconds <= interval + 1.5,
+        "lost writes reach back {rpo_seconds} s, snapshot interval {interval} s"
+    );
+    assert!(
+        (rpo_writes as f64) <= per_interval * (interval + 1.5) / interval,
+        "{rpo_writes} writes lost, {per_interval} per interval"
+    );
+    assert!(report["client"]["writes_acked"].as_u64().unwrap() > 20);
+
+    // Nothing left behind: every pid it started is gone, and so is its run directory.
+    let pids: Vec<u64> = report["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(
+        pids.len() >= 3 + 3 + 2 - 1,
+        "servers, agents and coordinators listed: {pids:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left: Vec<u64> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let dir = PathBuf::from(report["run_dir"].as_str().unwrap());
+    assert!(!dir.exists(), "run directory {} left behind", dir.display());
+}
