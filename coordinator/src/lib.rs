@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod topology;
+pub mod traffic;
 pub mod vault;
 pub mod view;
 
@@ -103,6 +104,7 @@ pub async fn run(
             Arc::new(c)
         }
     };
+    let mut forwarder: Option<Arc<traffic::LocalForwarder>> = None;
     let traffic: Arc<dyn TrafficSwitch> = match &config.traffic {
         TrafficConfig::None => Arc::new(NoTrafficSwitch),
         TrafficConfig::Kubernetes { namespace, service } => {
@@ -120,11 +122,14 @@ pub async fn run(
                 service.clone(),
             ))
         }
-        TrafficConfig::Local { .. } => {
-            return Err(Error::Config(config::ConfigError {
-                field: "traffic.backend".into(),
-                message: "the local TCP forwarder is not available in this build yet".into(),
-            }));
+        TrafficConfig::Local { listen } => {
+            let f = traffic::LocalForwarder::new(
+                *listen,
+                config.clusters.iter().map(|c| c.name.clone()).collect(),
+                traffic::ForwarderMetrics::new(&registry)?,
+            );
+            forwarder = Some(f.clone());
+            f
         }
     };
     let state = Arc::new(state::State::default());
@@ -166,6 +171,16 @@ pub async fn run(
     };
     let leader = Leader::new(service.clone(), executor, vault);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(f) = forwarder {
+        // Listens only while this replica leads; closed when `run` stops.
+        tokio::spawn(traffic::supervise(
+            f,
+            service.coordination.clone(),
+            config.clusters.clone(),
+            traffic::REFRESH_PERIOD,
+            stop_rx.clone(),
+        ));
+    }
     let loops = tokio::spawn(leader.run(stop_rx));
     let addr = listener.local_addr()?;
     let app = api::router(service);

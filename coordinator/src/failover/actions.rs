@@ -44,6 +44,15 @@ pub trait Replication: Send + Sync + std::fmt::Debug {
 pub trait TrafficSwitch: Send + Sync + std::fmt::Debug {
     /// Sends client traffic to `to` from now on.
     async fn switch(&self, to: &ClusterConfig, term: u64) -> ActionResult;
+
+    /// Sends client traffic nowhere (a planned switchover, before the final snapshot): open
+    /// connections are closed and new ones refused until the next [`TrafficSwitch::switch`].
+    /// The default, for switches that cannot cut, says so and does nothing.
+    async fn cut(&self, term: u64) -> ActionResult {
+        Ok(format!(
+            "no traffic switch to cut in term {term}; clients may still write to the old primary"
+        ))
+    }
 }
 
 /// Proves the new primary works.
@@ -117,13 +126,12 @@ pub mod test_util {
             if let Ok(mut c) = self.calls.lock() {
                 c.push(format!("{action} {cluster} {term}"));
             }
-            if let Ok(mut f) = self.failures.lock() {
-                if let Some(n) = f.get_mut(action) {
-                    if *n > 0 {
-                        *n -= 1;
-                        return Err(ActionError(format!("{action} failed on purpose")));
-                    }
-                }
+            if let Ok(mut f) = self.failures.lock()
+                && let Some(n) = f.get_mut(action)
+                && *n > 0
+            {
+                *n -= 1;
+                return Err(ActionError(format!("{action} failed on purpose")));
             }
             Ok(format!("{action} {cluster}"))
         }
@@ -170,6 +178,9 @@ pub mod test_util {
     impl TrafficSwitch for Recorder {
         async fn switch(&self, to: &ClusterConfig, term: u64) -> ActionResult {
             self.record("switch", &to.name, term)
+        }
+        async fn cut(&self, term: u64) -> ActionResult {
+            self.record("cut", "traffic", term)
         }
     }
 
