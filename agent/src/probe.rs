@@ -118,17 +118,16 @@ impl Prober {
     pub async fn round(&mut self) -> Observation {
         let health = self.vault.health().await;
         let latency_ms = health.latency.map(|d| d.as_secs_f64() * 1000.0);
-        // While this agent's own restore runs the node blocks requests by design: report it as
-        // restoring, and do not ask it for indices or replication meanwhile.
-        let state = if self.shared.is_restoring() {
-            NodeState::Restoring
-        } else {
-            health.health.state
-        };
+        let state = health.health.state;
+        // While this agent's own restore runs the node blocks requests by design: do not ask
+        // it for indices or replication meanwhile. Reports and the state metric say
+        // `restoring` for as long as the flag is up (the stored observation keeps what the
+        // node answered, so nothing stale is left once the restore is over).
+        let restoring = self.shared.is_restoring();
         self.window
             .push(if failed(state) { None } else { latency_ms });
 
-        let serving = state.is_serving();
+        let serving = state.is_serving() && !restoring;
         let desired = self.shared.desired();
         let (leader, autopilot, replication, primary_probe) = tokio::join!(
             async {
@@ -182,7 +181,13 @@ impl Prober {
         let replication = replication
             .or_else(|| self.shared.observation().map(|o| o.replication))
             .unwrap_or_default();
-        self.metrics.observe_vault(&vault);
+        if restoring {
+            let mut shown = vault.clone();
+            shown.state = NodeState::Restoring;
+            self.metrics.observe_vault(&shown);
+        } else {
+            self.metrics.observe_vault(&vault);
+        }
         self.metrics.observe_host(&host);
         self.metrics.observe_replication(&replication);
         let o = Observation {

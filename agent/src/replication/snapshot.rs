@@ -113,24 +113,62 @@ impl ShipError {
     }
 }
 
-/// The replication status the backend publishes; the probe loop reads it.
+/// The replication status the backend publishes; the probe loop reads it. Lag is refreshed
+/// by its own loop (also while a pull or restore keeps the main loop busy).
 #[derive(Debug, Default)]
-pub struct SnapshotStatus(Mutex<ReplicationStatus>);
+pub struct SnapshotStatus(Mutex<Published>);
+
+#[derive(Debug, Default)]
+struct Published {
+    status: ReplicationStatus,
+    newest_taken_at: Option<DateTime<Utc>>,
+    primary_index: Option<u64>,
+    secondary: bool,
+}
+
+impl Published {
+    fn refresh_lag(&mut self) {
+        let s = &mut self.status;
+        s.lag_entries = match (s.replicated_index, self.primary_index) {
+            (Some(held), Some(p)) if self.secondary => Some(p.saturating_sub(held)),
+            _ => None,
+        };
+        s.lag_seconds = self
+            .newest_taken_at
+            .filter(|_| self.secondary)
+            .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+}
 
 impl SnapshotStatus {
-    fn set(&self, s: ReplicationStatus) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
-    }
-
-    /// The latest published status.
-    pub fn get(&self) -> ReplicationStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    }
+
+    fn set(&self, s: ReplicationStatus, newest_taken_at: Option<DateTime<Utc>>, secondary: bool) {
+        let mut p = self.lock();
+        p.status = s;
+        p.newest_taken_at = newest_taken_at;
+        p.secondary = secondary;
+        if !secondary {
+            p.primary_index = None;
+        }
+        p.refresh_lag();
+    }
+
+    fn set_primary_index(&self, index: u64) {
+        let mut p = self.lock();
+        p.primary_index = Some(index);
+        p.refresh_lag();
+    }
+
+    /// The latest published status, lag as of now.
+    pub fn get(&self) -> ReplicationStatus {
+        let mut p = self.lock();
+        p.refresh_lag();
+        p.status.clone()
     }
 }
 
@@ -171,7 +209,6 @@ pub struct Shipper {
     metrics: Metrics,
     status: Arc<SnapshotStatus>,
     last_pull: Option<Instant>,
-    primary_index: Option<u64>,
     last_success_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
 }
@@ -204,7 +241,6 @@ impl Shipper {
             metrics,
             status,
             last_pull: None,
-            primary_index: None,
             last_success_at: None,
             last_error: None,
         };
@@ -214,13 +250,23 @@ impl Shipper {
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
-        let mut ticker = tokio::time::interval(TICK.min(self.config.interval));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            self.tick().await;
-            self.publish();
-        }
+        let tick = TICK.min(self.config.interval);
+        let lag = watch_lag(
+            self.shared.clone(),
+            self.http.clone(),
+            self.status.clone(),
+            tick,
+        );
+        let main = async {
+            let mut ticker = tokio::time::interval(tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                self.tick().await;
+                self.publish();
+            }
+        };
+        tokio::join!(main, lag);
     }
 
     /// One look at the desired state and the node; acts when something is due.
@@ -255,7 +301,6 @@ impl Shipper {
             // Standbys of a secondary leave the work to the active node's agent.
             return Ok(());
         }
-        self.primary_index = self.primary_applied_index(&primary).await;
         let ex_primary = self.record.primary_term.is_some_and(|t| t < d.term);
         let due = self
             .last_pull
@@ -292,6 +337,7 @@ impl Shipper {
         if self.shared.applied_term() < d.term {
             tracing::info!(term = d.term, primary = %d.primary, "following the primary of this term");
         }
+        self.publish();
         self.shared.set_applied_term(d.term);
         self.last_error = None;
         Ok(())
@@ -323,6 +369,7 @@ impl Shipper {
         self.canary(d.term).await?;
         self.record.primary_term = Some(d.term);
         self.save_record()?;
+        self.publish();
         self.shared.set_applied_term(d.term);
         self.last_error = None;
         tracing::info!(
@@ -570,19 +617,6 @@ impl Shipper {
         matches!(r, Ok(r) if r.status().as_u16() == 200)
     }
 
-    /// Raft applied index of the primary (`sys/leader`, no token).
-    async fn primary_applied_index(&self, primary: &Url) -> Option<u64> {
-        let resp = self
-            .http
-            .get(vault::endpoint(primary, "sys/leader"))
-            .timeout(POLL_TIMEOUT)
-            .send()
-            .await
-            .ok()?;
-        let v: Value = resp.json().await.ok()?;
-        v.get("raft_applied_index").and_then(Value::as_u64)
-    }
-
     /// Waits until the local node answers `sys/health` as active.
     async fn wait_active(&self, timeout: Duration) -> Result<(), ShipError> {
         let deadline = Instant::now() + timeout;
@@ -655,25 +689,15 @@ impl Shipper {
             .shared
             .desired()
             .is_some_and(|d| d.role == Role::Secondary);
-        let lag_entries = match (&newest, self.primary_index) {
-            (Some(m), Some(p)) if secondary => Some(p.saturating_sub(m.index)),
-            _ => None,
-        };
-        let lag_seconds = newest
-            .as_ref()
-            .filter(|_| secondary)
-            .map(|m| (Utc::now() - m.taken_at).num_milliseconds().max(0) as f64 / 1000.0);
         if let Some(m) = &newest {
             self.metrics
                 .snapshot_index
                 .set(i64::try_from(m.index).unwrap_or(i64::MAX));
         }
-        self.status.set(ReplicationStatus {
+        let status = ReplicationStatus {
             mode: ReplicationMode::Snapshot,
             // Held snapshots count: a complete promotion restores them.
             seeded: self.record.restored.is_some() || newest.is_some(),
-            lag_entries,
-            lag_seconds,
             replicated_index: newest.as_ref().map(|m| m.index),
             last_success_at: self.last_success_at,
             last_error: self.last_error.clone(),
@@ -684,6 +708,107 @@ impl Shipper {
                 .as_ref()
                 .map(|p| p.display().to_string()),
             ..ReplicationStatus::default()
-        });
+        };
+        self.status
+            .set(status, newest.as_ref().map(|m| m.taken_at), secondary);
+    }
+}
+
+/// Every `tick`, on a secondary, reads the primary's raft applied index (`sys/leader`, no
+/// token) into the published status, so that lag stays current while a pull or restore runs.
+async fn watch_lag(
+    shared: Arc<Shared>,
+    http: reqwest::Client,
+    status: Arc<SnapshotStatus>,
+    tick: Duration,
+) {
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(primary) = shared
+            .desired()
+            .filter(|d| d.role == Role::Secondary)
+            .and_then(|d| d.primary_api_addr)
+        else {
+            continue;
+        };
+        let index = async {
+            let resp = http
+                .get(vault::endpoint(&primary, "sys/leader"))
+                .timeout(POLL_TIMEOUT)
+                .send()
+                .await
+                .ok()?;
+            let v: Value = resp.json().await.ok()?;
+            v.get("raft_applied_index").and_then(Value::as_u64)
+        }
+        .await;
+        if let Some(i) = index {
+            status.set_primary_index(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(index: u64, age_s: i64) -> (ReplicationStatus, Option<DateTime<Utc>>) {
+        (
+            ReplicationStatus {
+                mode: ReplicationMode::Snapshot,
+                replicated_index: Some(index),
+                ..ReplicationStatus::default()
+            },
+            Some(Utc::now() - chrono::Duration::seconds(age_s)),
+        )
+    }
+
+    #[test]
+    fn lag_is_the_primary_index_minus_the_newest_held_and_its_age() {
+        let s = SnapshotStatus::default();
+        let (st, at) = held(100, 4);
+        s.set(st, at, true);
+        assert_eq!(s.get().lag_entries, None, "no primary index read yet");
+        s.set_primary_index(160);
+        let r = s.get();
+        assert_eq!(r.lag_entries, Some(60));
+        let age = r.lag_seconds.unwrap();
+        assert!((4.0..5.0).contains(&age), "{age}");
+        // A newer snapshot held: the lag falls.
+        let (st, at) = held(158, 0);
+        s.set(st, at, true);
+        assert_eq!(s.get().lag_entries, Some(2));
+        // A primary index below the snapshot's (a lagging read) is no negative lag.
+        s.set_primary_index(150);
+        assert_eq!(s.get().lag_entries, Some(0));
+    }
+
+    #[test]
+    fn a_primary_reports_no_lag() {
+        let s = SnapshotStatus::default();
+        s.set_primary_index(160);
+        let (st, at) = held(100, 4);
+        s.set(st, at, false);
+        let r = s.get();
+        assert_eq!((r.lag_entries, r.lag_seconds), (None, None));
+    }
+
+    #[test]
+    fn errors_have_bounded_kinds() {
+        assert_eq!(ShipError::NotActive(NodeState::Sealed).kind(), "not_active");
+        assert_eq!(
+            ShipError::Store(StoreError::Checksum("f".into())).kind(),
+            "checksum"
+        );
+        assert_eq!(
+            ShipError::RestoreTimeout {
+                index: 1,
+                after: RESTORE_TIMEOUT
+            }
+            .kind(),
+            "restore_timeout"
+        );
     }
 }
