@@ -601,3 +601,111 @@ async fn a_returning_ex_primary_quarantines_its_diverged_data_and_follows() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_pulls_a_final_snapshot_and_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clusters, token_file) = group(&["p", "s1"], dir.path()).await;
+    let (p, s1) = (&clusters[0], &clusters[1]);
+    let (fake, coord, _stop) = Fake::start().await;
+    fake.set(desired(1, p, p, false));
+    fake.set(desired(1, s1, p, false));
+    let root = p.root_token().clone();
+    let a1 = Agent::start(
+        s1,
+        &coord,
+        &token_file,
+        dir.path(),
+        RestoreMode::OnPromotion,
+    )
+    .await;
+    a1.wait_for("s1 follows p", Duration::from_secs(60), |r| {
+        r.applied_term == 1 && r.replication.replicated_index.is_some()
+    })
+    .await;
+
+    // Clients write to p until the traffic is cut; every acknowledged write must survive.
+    let mut acknowledged = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        put(
+            p.api_addr(),
+            &root,
+            &format!("sw/{acknowledged}"),
+            json!({"i": acknowledged}),
+        )
+        .await;
+        acknowledged += 1;
+    }
+    // Traffic cut (Fenced); s1 becomes primary with a final snapshot from p.
+    let mut to_s1 = desired(2, s1, s1, true);
+    to_s1.final_snapshot_from = Some(p.api_addr().clone());
+    fake.set(desired(2, p, s1, true));
+    fake.set(to_s1);
+    let started = Instant::now();
+    a1.wait_for(
+        "s1 promoted with the final snapshot",
+        Duration::from_secs(90),
+        |r| r.applied_term == 2 && r.vault.state == NodeState::Active,
+    )
+    .await;
+    println!(
+        "replication_agent: planned switchover (final pull + restore + canary) took {:.2} s for {acknowledged} writes",
+        started.elapsed().as_secs_f64()
+    );
+    for i in 0..acknowledged {
+        assert_eq!(
+            get(s1.api_addr(), &root, &format!("sw/{i}")).await,
+            Some(json!({"i": i})),
+            "acknowledged write sw/{i} of {acknowledged} is on the new primary"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_promotion_keeps_the_node_data_and_only_canaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clusters, token_file) = group(&["p", "s1"], dir.path()).await;
+    let (p, s1) = (&clusters[0], &clusters[1]);
+    let (fake, coord, _stop) = Fake::start().await;
+    fake.set(desired(1, p, p, false));
+    fake.set(desired(1, s1, p, false));
+    put(p.api_addr(), p.root_token(), "fast/x", json!({"v": "x"})).await;
+    let a1 = Agent::start(
+        s1,
+        &coord,
+        &token_file,
+        dir.path(),
+        RestoreMode::OnPromotion,
+    )
+    .await;
+    a1.wait_for("s1 holds a snapshot", Duration::from_secs(60), |r| {
+        r.applied_term == 1 && r.replication.replicated_index.is_some()
+    })
+    .await;
+    let mut fast = desired(2, s1, s1, true);
+    fast.promotion = PromotionMode::Fast;
+    fake.set(desired(2, p, s1, true));
+    fake.set(fast);
+    let started = Instant::now();
+    let r = a1
+        .wait_for("s1 promoted fast", Duration::from_secs(60), |r| {
+            r.applied_term == 2
+        })
+        .await;
+    println!(
+        "replication_agent: fast promotion (canary only) took {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(r.replication.restored_index, None, "nothing restored");
+    // s1 kept its own data: its own root token works, p's secret is not there.
+    assert_eq!(get(s1.api_addr(), s1.root_token(), "fast/x").await, None);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let own = http
+        .get(s1.api_addr().join("v1/secret/config").unwrap())
+        .header("X-Vault-Token", s1.root_token().expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200, "s1's own root token still works");
+}
