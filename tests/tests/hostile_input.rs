@@ -625,6 +625,38 @@ async fn the_coordinator_refuses_hostile_requests_stores_nothing_and_keeps_servi
     // Below HTTP.
     raw_attacks(c.addr, "/v1/reports").await;
 
+    // A flood: 300 bad requests at once (wrong token, garbage, oversized), then it still serves.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..300usize {
+        let req = match i % 3 {
+            0 => client
+                .post(url("/v1/reports"))
+                .bearer_auth("wrong")
+                .body(good.clone()),
+            1 => client
+                .post(url("/v1/reports"))
+                .bearer_auth(&token)
+                .body(format!("{{\"garbage\": {i}")),
+            _ => client
+                .post(url("/v1/reports"))
+                .bearer_auth(&token)
+                .body(vec![b'x'; 70_000]),
+        };
+        flood.spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    }
+    let mut answered = 0;
+    while let Some(done) = flood.join_next().await {
+        if let Ok(status) = done.unwrap() {
+            answered += 1;
+            assert!((400..500).contains(&status), "flood answer {status}");
+        }
+    }
+    assert!(
+        answered >= 200,
+        "only {answered} of 300 flood requests were answered"
+    );
+    assert_eq!(send(client.get(url("/healthz"))).await.0, 200);
+
     // Nothing of all that is kept.
     assert!(
         no_nodes(&nodes_seen(&c).await),
