@@ -1,14 +1,18 @@
-//! Fault suite on network namespaces (issue 8, scenarios 1–4): each OpenBao cluster and its
-//! agent (a `vault-dr-agent` process) live on their own namespace ("host") on one bridge; the
-//! coordinator runs in-process in the root namespace and listens on the bridge address. Faults
-//! are packet filter rules and an NFQUEUE delay inside a host (see `vault_dr_tests::netns`).
-//! Each scenario asserts on the journal (`GET /v1/failovers`), the topology, the OpenBao
-//! clusters and, where a client writes, its acknowledged-write log; each prints one row of the
-//! closing-note table (also appended to `<target>/tmp/faults_netns.md`).
+//! Fault suite on network namespaces (issue 8, scenarios 1–6): each OpenBao cluster lives on
+//! its own namespace ("host") on one bridge; faults are packet filter rules and an NFQUEUE
+//! delay inside a host (see `vault_dr_tests::netns`). Scenarios 1–5: the coordinator runs
+//! in-process in the root namespace, listening on the bridge address, and each cluster's agent
+//! is a `vault-dr-agent` process on the cluster's host. Scenario 6: three `vault-dr coordinator`
+//! processes (local lease) with in-process agents (snapshot replication, DR token), the first
+//! leader armed with a crash failpoint. Each scenario asserts on the journal, the topology, the
+//! OpenBao clusters and, where a client writes, its acknowledged-write log; each prints one row
+//! of the closing-note table (`FAULT TABLE | ...`, also appended to
+//! `<target>/tmp/faults_netns.md`).
 //!
-//! Needs root, `ip`, `iptables`, `python3`, `stress-ng`, `.tools/bin/bao` (run
-//! `scripts/setup.sh`) and the built `vault-dr-agent` (`cargo build --workspace`).
-//! Policy: probe 500 ms, confirm 2, report TTL 2 s, fast raft election.
+//! Needs root, `ip`, `iptables`, `python3`, `curl`, `stress-ng`, SecantusDB and `.tools/bin/bao`
+//! (run `scripts/setup.sh`) and the built `vault-dr` and `vault-dr-agent` (`cargo build
+//! --workspace`). Policy: probe 500 ms, confirm 2, report TTL 2 s, fast raft election.
+//! Run: `cargo test -p vault-dr-tests --test faults_netns -- --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -65,6 +69,8 @@ struct Lab {
 struct LabOptions {
     names: &'static [&'static str],
     cooldown: &'static str,
+    /// The `[store]` table's lines (default: an embedded file).
+    store: Option<String>,
 }
 
 fn agent_binary() -> PathBuf {
@@ -120,9 +126,10 @@ impl Lab {
         let url = format!("http://{gw}:{port}");
         let mut text = format!(
             "listen = \"{gw}:{port}\"\nid = \"faults\"\ntoken_file = \"token\"\n\
-             [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
+             [store]\n{}\n[coordination]\npath = \"coordination.json\"\n\
              [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
              report_ttl = \"2s\"\ncooldown = \"{}\"\n",
+            opts.store.as_deref().unwrap_or("path = \"store.sqlite\""),
             opts.cooldown
         );
         for (i, c) in clusters.iter().enumerate() {
@@ -330,6 +337,7 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
+        store: None,
     })
     .await;
     let p = lab.host("p");
@@ -455,6 +463,7 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
+        store: None,
     })
     .await;
     let addrs: BTreeMap<String, url::Url> = lab
@@ -549,6 +558,7 @@ async fn s3_latency_and_cpu_stress_do_not_promote() {
     let mut lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
+        store: None,
     })
     .await;
     for h in &lab.hosts {
@@ -614,6 +624,7 @@ async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
+        store: None,
     })
     .await;
     let t = Instant::now();
@@ -670,4 +681,298 @@ fn which(tool: &str) -> PathBuf {
                 .find(|p| p.exists())
         })
         .unwrap_or_else(|| panic!("{tool} not on PATH: run scripts/setup.sh"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() {
+    use vault_dr_coordinator::store::Store;
+    use vault_dr_coordinator::store::mongo::MongoStore;
+    let mut mongo = vault_dr_tests::mongo::MongoServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start SecantusDB (run `bash scripts/setup.sh`): {e}"));
+    let db = format!("faults_{}", std::process::id());
+    let store = format!("mongodb_uri = \"{}\"\ndatabase = \"{db}\"", mongo.uri());
+    let lab = Lab::start(LabOptions {
+        names: &["p", "s1", "s2"],
+        cooldown: "60s",
+        store: Some(store),
+    })
+    .await;
+    let cut_at = Utc::now();
+    lab.host("p").cut().unwrap();
+    // MongoDB dies as soon as the detector suspects the primary: the whole failover (decision,
+    // every journaled step) runs during the outage.
+    let t = Instant::now();
+    loop {
+        let d = lab.get("v1/decisions/latest").await.unwrap_or(Value::Null);
+        if d["decision"]["kind"] == "suspect" || d["decision"]["kind"] == "fail_over" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never suspected: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mongo.kill();
+    let killed_at = Utc::now();
+    // The list (`GET /v1/failovers`) asks MongoDB; the topology and the record by id come
+    // from the coordination backend and the write buffer.
+    let done = loop {
+        let (primary, term) = lab.topology().await;
+        let topo = lab.get("v1/topology").await.unwrap_or(Value::Null);
+        if term == 2
+            && topo
+                .pointer("/topology/failover")
+                .is_none_or(Value::is_null)
+        {
+            let id = FailoverRecord::id_for(2, "p", &primary);
+            let r: FailoverRecord = serde_json::from_value(
+                lab.get(&format!("v1/failovers/{id}"))
+                    .await
+                    .unwrap_or(Value::Null),
+            )
+            .unwrap_or_else(|e| panic!("record {id} not served during the outage: {e}"));
+            assert_eq!(r.status, FailoverStatus::Done, "{r:?}");
+            break r;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no finished failover while MongoDB is down: term {term}, primary {primary}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let list_during_outage = lab.get("v1/failovers").await.is_some();
+    assert!(
+        done.decided_at > killed_at,
+        "decided before the outage: {done:?}"
+    );
+    let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
+    assert_eq!(steps, Step::ALL, "each step once, in order");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outage = (Utc::now() - killed_at).num_milliseconds() as f64 / 1000.0;
+
+    // MongoDB returns, empty (in-memory storage): whatever it holds now was re-sent.
+    mongo.restart().await.unwrap();
+    let direct = MongoStore::connect(&mongo.uri(), &db, Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let stored = loop {
+        if let Ok(Some(r)) = direct.failover(&done.id).await
+            && r.status == FailoverStatus::Done
+        {
+            break r;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the journal never reached MongoDB after it returned"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(stored.steps.len(), Step::ALL.len(), "{stored:?}");
+    assert_eq!((stored.term, stored.to.as_str()), (2, done.to.as_str()));
+    let reached = t.elapsed().as_secs_f64();
+    table_row(
+        "5 MongoDB killed during a failover",
+        "failover completes; journal reaches MongoDB after it returns",
+        &format!(
+            "failover p -> {} Done during a {outage:.0} s outage (GET /v1/failovers {} meanwhile); full journal (7 steps) in MongoDB {reached:.1} s after restart",
+            done.to,
+            if list_during_outage {
+                "answered"
+            } else {
+                "failed"
+            }
+        ),
+        rto(&done, cut_at),
+    );
+}
+
+/// Scenario 6, one step: three coordinator processes (local lease of 3 s), the first leads
+/// armed with the failpoint `failpoint` (`crash-after:<step>`, or `crash-before:fenced` for
+/// "right after Decided": the Decided step is not run by the executor); the primary's host is
+/// isolated; the next leader must finish the failover, each step exactly once.
+async fn leader_killed_at(step: &str, failpoint: &str) {
+    use vault_dr_tests::coordinators::{
+        Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, FAILOVER_POLICY, GroupSpec,
+        vault_dr_binary,
+    };
+    let net = Net::create().expect("create a bridge (run as root; see scripts/setup.sh)");
+    let names = ["p", "s1", "s2"];
+    let hosts: Vec<Host> = names.iter().map(|n| net.host(n).unwrap()).collect();
+    let placed: Vec<(&str, NodeHost)> = names
+        .iter()
+        .zip(&hosts)
+        .map(|(n, h)| {
+            (
+                *n,
+                NodeHost {
+                    ip: h.ip().into(),
+                    prefix: h.exec_prefix(),
+                },
+            )
+        })
+        .collect();
+    let clusters = LabCluster::start_group_on(&placed, true, None)
+        .await
+        .expect("start OpenBao in namespaces (needs .tools/bin/bao: run scripts/setup.sh)");
+    let dr_token = vault_dr_common::Secret::new(DR_TOKEN);
+    for c in &clusters {
+        c.create_dr_token(&dr_token).await.unwrap();
+    }
+    let spec = GroupSpec {
+        backend: Backend::Local,
+        replicas: 3,
+        clusters: clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClusterSpec {
+                name: c.name().to_owned(),
+                api_addr: c.api_addr().clone(),
+                primary: i == 0,
+            })
+            .collect(),
+        policy: FAILOVER_POLICY.into(),
+        coordination: "lease_duration = \"3s\"\nrenew_period = \"1s\"\n".into(),
+        vault_token: Some(DR_TOKEN.into()),
+    };
+    let group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
+    let mut lab = DrLab {
+        clusters,
+        group,
+        agents: BTreeMap::new(),
+        dr_token,
+    };
+    lab.group
+        .start(0, &[("VAULT_DR_FAILPOINT", failpoint)])
+        .unwrap();
+    let (first, _) = lab
+        .group
+        .wait_leader(None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(first, 0);
+    lab.group.start_all().unwrap();
+    lab.start_agents().unwrap();
+    lab.wait_failover_ready(0, Duration::from_secs(90))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let cut_at = Utc::now();
+    hosts[0].cut().unwrap();
+    let t = Instant::now();
+    while lab.group.is_running(0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "c1 never reached {failpoint}:\n{}",
+            lab.group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lab.group.replicas[0]
+            .log_text()
+            .contains("failpoint reached"),
+        "c1 died elsewhere than at {failpoint}:\n{}",
+        lab.group.replicas[0].log_text()
+    );
+    let (next, _) = lab
+        .group
+        .wait_leader(Some(0), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let done = loop {
+        let all: Vec<FailoverRecord> = lab
+            .group
+            .get(next, "/v1/failovers")
+            .await
+            .unwrap_or_default();
+        if let Some(r) = all.iter().find(|r| r.status == FailoverStatus::Done) {
+            assert_eq!(all.len(), 1, "one failover: {all:#?}");
+            break r.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the next leader did not finish after {failpoint}: {all:#?}\n{}",
+            lab.group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
+    assert_eq!(
+        steps,
+        Step::ALL,
+        "each step once, in order, after {failpoint}"
+    );
+    assert_eq!((done.term, done.from.as_str()), (2, "p"));
+    let by: Vec<&str> = done.steps.iter().map(|s| s.by.as_str()).collect();
+    assert!(
+        by.contains(&"c1") && by.iter().any(|b| *b != "c1"),
+        "steps by both leaders: {by:?}"
+    );
+    // Still exactly one a few seconds later, and the new primary serves a write.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all: Vec<FailoverRecord> = lab
+        .group
+        .get(next, "/v1/failovers")
+        .await
+        .unwrap_or_default();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    // The new primary serves writes; it restored p's snapshots, so p's root token is the one
+    // its token store knows.
+    let target = lab.clusters.iter().find(|c| c.name() == done.to).unwrap();
+    let write = target
+        .client()
+        .post(target.api_addr().join("v1/secret/data/s6/after").unwrap())
+        .header("X-Vault-Token", lab.clusters[0].root_token().expose())
+        .json(&json!({"data": {"step": step}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(write.status().is_success(), "{:?}", write.status());
+    table_row(
+        &format!("6 leader killed after {step} ({failpoint})"),
+        "the failover completes exactly once",
+        &format!(
+            "1 failover p -> {}, 7 steps once each (by {}), next leader {}",
+            done.to,
+            by.join(","),
+            lab.group.replicas[next].id
+        ),
+        rto(&done, cut_at),
+    );
+    drop(lab);
+    drop(hosts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_after_decided() {
+    leader_killed_at("decided", "crash-before:fenced").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_after_fenced() {
+    leader_killed_at("fenced", "crash-after:fenced").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_after_promoted() {
+    leader_killed_at("promoted", "crash-after:promoted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_after_repointed() {
+    leader_killed_at("repointed", "crash-after:repointed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_after_switched() {
+    leader_killed_at("switched", "crash-after:switched").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_after_verified() {
+    leader_killed_at("verified", "crash-after:verified").await;
 }
