@@ -532,6 +532,9 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
             format!("listen = \"127.0.0.1:{mongo_port}\"")
         } else if line.starts_with("id = ") && section.is_empty() {
             "id = \"mongo-hygiene\"".to_owned()
+        } else if section == "[policy]" && line.starts_with("confirm = ") {
+            // It must never act on the real clusters: it has no agents and never confirms.
+            "confirm = 100000".to_owned()
         } else if section == "[store]" && line.starts_with("path = ") {
             format!(
                 "mongodb_uri = \"mongodb://vaultdr:{mongo_password}@127.0.0.1:{closed}/?serverSelectionTimeoutMS=500&connectTimeoutMS=500\""
@@ -553,9 +556,38 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
     );
     std::fs::write(&mongo_config, text).unwrap();
     let mongo_log = run_dir.join("mongo-coordinator.log");
-    let mut mongo_args = os(&["coordinator", "--config"]);
+    // Logged at trace level (through `env`, which execs, so the guard's pid is the process).
+    let env_bin = PathBuf::from("/usr/bin/env");
+    let mut mongo_args = os(&["RUST_LOG=trace"]);
+    mongo_args.push(cli.clone().into_os_string());
+    mongo_args.extend(os(&["coordinator", "--config"]));
     mongo_args.push(mongo_config.clone().into_os_string());
-    let mongo = ChildGuard::spawn("mongo coordinator", &cli, &mongo_args, &mongo_log).unwrap();
+    let mongo = ChildGuard::spawn("mongo coordinator", &env_bin, &mongo_args, &mongo_log).unwrap();
+    // An agent at trace level that reports (with the bearer token and the DR token in use) to
+    // the leader under a node name the leader does not know: every report is refused (422).
+    let trace_log = run_dir.join("trace-agent.log");
+    let s2 = group.cluster("s2").unwrap();
+    let mut trace_args = os(&["RUST_LOG=trace"]);
+    trace_args.push(agent_bin.clone().into_os_string());
+    trace_args.extend(os(&[
+        "--cluster",
+        "s2",
+        "--node",
+        "s2-trace",
+        "--vault-addr",
+        s2.api_addr().as_str(),
+        "--coordinator-url",
+        &leader_url,
+        "--interval",
+        "200ms",
+        "--listen",
+        "127.0.0.1:0",
+        "--vault-token-file",
+    ]));
+    trace_args.push(run_dir.join("dr.token").into_os_string());
+    trace_args.push("--coordinator-token-file".into());
+    trace_args.push(group.token_file().to_path_buf().into_os_string());
+    let trace_agent = ChildGuard::spawn("trace agent", &env_bin, &trace_args, &trace_log).unwrap();
     let mongo_base = Url::parse(&format!("http://127.0.0.1:{mongo_port}/")).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     for path in [
@@ -573,6 +605,16 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
         answers.push((format!("GET mongo coordinator /{path} -> {status}"), body));
     }
     group.adopt(mongo);
+    group.adopt(trace_agent);
+    let trace_text = std::fs::read_to_string(&trace_log).unwrap_or_default();
+    assert!(
+        trace_text.contains("TRACE") || trace_text.contains("DEBUG"),
+        "the trace agent logs at trace level"
+    );
+    assert!(
+        trace_text.contains("422"),
+        "the trace agent's reports were refused as from an unknown node"
+    );
 
     // Scan: the answers and outputs collected above.
     let mut scan = Scan::default();
