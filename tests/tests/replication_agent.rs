@@ -708,4 +708,22 @@ async fn a_fast_promotion_keeps_the_node_data_and_only_canaries() {
         .await
         .unwrap();
     assert_eq!(own.status(), 200, "s1's own root token still works");
+    // The agent renewed its periodic DR token (the policy allows renew-self).
+    let dr = Secret::new(std::fs::read_to_string(&token_file).unwrap());
+    let me: Value = http
+        .get(s1.api_addr().join("v1/auth/token/lookup-self").unwrap())
+        .header("X-Vault-Token", dr.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        me.pointer("/data/last_renewal_time")
+            .and_then(Value::as_i64)
+            .is_some_and(|t| t > 0),
+        "the DR token was renewed: {}",
+        me["data"]["last_renewal_time"]
+    );
 }

@@ -53,6 +53,8 @@ pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between polls while waiting.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the agent renews the (periodic) DR token on its node.
+pub const RENEW_EVERY: Duration = Duration::from_secs(3600);
 /// The canary path, in the DR token's cubbyhole.
 pub const CANARY_PATH: &str = "cubbyhole/vault-dr-canary";
 
@@ -211,6 +213,7 @@ pub struct Shipper {
     last_pull: Option<Instant>,
     last_success_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
+    last_renew: Option<Instant>,
 }
 
 impl Shipper {
@@ -243,6 +246,7 @@ impl Shipper {
             last_pull: None,
             last_success_at: None,
             last_error: None,
+            last_renew: None,
         };
         me.publish();
         Ok(me)
@@ -271,6 +275,9 @@ impl Shipper {
 
     /// One look at the desired state and the node; acts when something is due.
     pub async fn tick(&mut self) {
+        if self.last_renew.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
+            self.renew_token().await;
+        }
         let Some(d) = self.shared.desired() else {
             return;
         };
@@ -519,38 +526,9 @@ impl Shipper {
                 source,
             })
         })?;
-        let before = self
-            .vault
-            .leader()
-            .await
-            .ok()
-            .and_then(|l| l.raft_applied_index);
         let _flag = RestoringFlag::raise(&self.shared);
-        let started = Instant::now();
-        let what = "restore snapshot";
-        let resp = self
-            .http
-            .post(vault::endpoint(
-                self.vault.addr(),
-                "sys/storage/raft/snapshot",
-            ))
-            .header("X-Vault-Token", self.token.expose())
-            .body(body)
-            .send()
-            .await
-            .map_err(|source| ShipError::Request {
-                what: what.into(),
-                source,
-            })?;
-        let status = resp.status().as_u16();
-        if !matches!(status, 200 | 204) {
-            return Err(ShipError::Status {
-                what: what.into(),
-                status,
-            });
-        }
-        self.wait_restored(m.index, before, started).await?;
-        let took = started.elapsed();
+        let took =
+            restore_snapshot(&self.http, self.vault.addr(), &self.token, body, m.index).await?;
         self.metrics
             .snapshot_restore_duration
             .observe(took.as_secs_f64());
@@ -564,57 +542,6 @@ impl Shipper {
             "snapshot restored; the node serves it"
         );
         Ok(took)
-    }
-
-    /// Waits until the node answers as active, its applied index moved (from `before`) to at
-    /// least `index`, and a token request is served (requests block while a restore runs).
-    async fn wait_restored(
-        &self,
-        index: u64,
-        before: Option<u64>,
-        started: Instant,
-    ) -> Result<(), ShipError> {
-        loop {
-            if started.elapsed() > RESTORE_TIMEOUT {
-                return Err(ShipError::RestoreTimeout {
-                    index,
-                    after: RESTORE_TIMEOUT,
-                });
-            }
-            let applied = self.local_applied_index().await;
-            let moved = applied.is_some_and(|a| a >= index && before.is_none_or(|b| a != b));
-            if moved && self.token_served().await {
-                return Ok(());
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn local_applied_index(&self) -> Option<u64> {
-        let resp = self
-            .http
-            .get(vault::endpoint(self.vault.addr(), "sys/leader"))
-            .timeout(POLL_TIMEOUT)
-            .send()
-            .await
-            .ok()?;
-        if resp.status().as_u16() != 200 {
-            return None;
-        }
-        let v: Value = resp.json().await.ok()?;
-        v.get("raft_applied_index").and_then(Value::as_u64)
-    }
-
-    /// Whether `auth/token/lookup-self` answers 200 within the poll timeout.
-    async fn token_served(&self) -> bool {
-        let r = self
-            .http
-            .get(vault::endpoint(self.vault.addr(), "auth/token/lookup-self"))
-            .header("X-Vault-Token", self.token.expose())
-            .timeout(POLL_TIMEOUT)
-            .send()
-            .await;
-        matches!(r, Ok(r) if r.status().as_u16() == 200)
     }
 
     /// Waits until the local node answers `sys/health` as active.
@@ -677,6 +604,28 @@ impl Shipper {
         Err(ShipError::Canary(last))
     }
 
+    /// Renews the DR token on the local node (`auth/token/renew-self`), so that a periodic
+    /// token never expires while the agent runs. Retried next tick when the node is not there.
+    async fn renew_token(&mut self) {
+        let r = self
+            .http
+            .post(vault::endpoint(self.vault.addr(), "auth/token/renew-self"))
+            .header("X-Vault-Token", self.token.expose())
+            .timeout(POLL_TIMEOUT)
+            .json(&json!({}))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => self.last_renew = Some(Instant::now()),
+            // Answered, but no: say so once an hour, do not hammer the node.
+            Ok(r) => {
+                tracing::warn!(status = r.status().as_u16(), "the DR token was not renewed");
+                self.last_renew = Some(Instant::now());
+            }
+            Err(_) => {}
+        }
+    }
+
     fn save_record(&self) -> Result<(), ShipError> {
         self.store.save_node_record(&self.record)?;
         Ok(())
@@ -714,6 +663,80 @@ impl Shipper {
     }
 }
 
+/// Restores the snapshot `body` (raft index `index`) into the node at `addr` with `token`
+/// (`POST sys/storage/raft/snapshot`, verified against the shared seal, never forced) and waits
+/// until the node serves the restored data: its applied index moved to at least `index` and a
+/// token request is answered (requests block while OpenBao restores). The time from the POST
+/// to that point. The agent's restore path, public for the replication benchmark.
+pub async fn restore_snapshot(
+    http: &reqwest::Client,
+    addr: &Url,
+    token: &Secret,
+    body: Vec<u8>,
+    index: u64,
+) -> Result<Duration, ShipError> {
+    let before = applied_index(http, addr).await;
+    let started = Instant::now();
+    let what = "restore snapshot";
+    let resp = http
+        .post(vault::endpoint(addr, "sys/storage/raft/snapshot"))
+        .header("X-Vault-Token", token.expose())
+        .body(body)
+        .send()
+        .await
+        .map_err(|source| ShipError::Request {
+            what: what.into(),
+            source,
+        })?;
+    let status = resp.status().as_u16();
+    if !matches!(status, 200 | 204) {
+        return Err(ShipError::Status {
+            what: what.into(),
+            status,
+        });
+    }
+    loop {
+        if started.elapsed() > RESTORE_TIMEOUT {
+            return Err(ShipError::RestoreTimeout {
+                index,
+                after: RESTORE_TIMEOUT,
+            });
+        }
+        let applied = applied_index(http, addr).await;
+        let moved = applied.is_some_and(|a| a >= index && before.is_none_or(|b| a != b));
+        if moved && token_served(http, addr, token).await {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Raft applied index of the node at `addr` (`sys/leader`, no token).
+async fn applied_index(http: &reqwest::Client, addr: &Url) -> Option<u64> {
+    let resp = http
+        .get(vault::endpoint(addr, "sys/leader"))
+        .timeout(POLL_TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    if resp.status().as_u16() != 200 {
+        return None;
+    }
+    let v: Value = resp.json().await.ok()?;
+    v.get("raft_applied_index").and_then(Value::as_u64)
+}
+
+/// Whether `auth/token/lookup-self` answers 200 within the poll timeout.
+async fn token_served(http: &reqwest::Client, addr: &Url, token: &Secret) -> bool {
+    let r = http
+        .get(vault::endpoint(addr, "auth/token/lookup-self"))
+        .header("X-Vault-Token", token.expose())
+        .timeout(POLL_TIMEOUT)
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status().as_u16() == 200)
+}
+
 /// Every `tick`, on a secondary, reads the primary's raft applied index (`sys/leader`, no
 /// token) into the published status, so that lag stays current while a pull or restore runs.
 async fn watch_lag(
@@ -733,18 +756,7 @@ async fn watch_lag(
         else {
             continue;
         };
-        let index = async {
-            let resp = http
-                .get(vault::endpoint(&primary, "sys/leader"))
-                .timeout(POLL_TIMEOUT)
-                .send()
-                .await
-                .ok()?;
-            let v: Value = resp.json().await.ok()?;
-            v.get("raft_applied_index").and_then(Value::as_u64)
-        }
-        .await;
-        if let Some(i) = index {
+        if let Some(i) = applied_index(&http, &primary).await {
             status.set_primary_index(i);
         }
     }
