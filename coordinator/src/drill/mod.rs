@@ -821,9 +821,10 @@ async fn candidates_now(group: &DrGroup) -> Option<CandidateTable> {
     serde_json::from_value(v.get("candidates")?.clone()).ok()
 }
 
-/// Whether `api_addr` already knows `token` (a restored snapshot holds it).
+/// Whether `api_addr` already serves the client's secret to the client's token (a restored
+/// snapshot holds both).
 async fn token_served(http: &reqwest::Client, api_addr: &Url, token: &Secret) -> bool {
-    let Ok(url) = api_addr.join("v1/auth/token/lookup-self") else {
+    let Ok(url) = api_addr.join(&format!("v1/secret/data/{}", workload::SECRET_PATH)) else {
         return false;
     };
     http.get(url)
@@ -844,32 +845,53 @@ async fn wait_replicated_after(
     timeout: Duration,
 ) -> Result<(), DrillError> {
     let deadline = Instant::now() + timeout;
+    let secondaries: Vec<(String, Url)> = group
+        .clusters()
+        .iter()
+        .filter(|c| c.name() != primary)
+        .map(|c| (c.name().to_owned(), c.api_addr().clone()))
+        .collect();
+    // Once a secondary holds the token every later snapshot holds it too: remember it.
+    let mut holding: Vec<String> = Vec::new();
     loop {
-        let mut behind = Vec::new();
-        match group.leader().await {
-            Some(l) => match group.get_json(&l, "v1/clusters").await {
-                Some(v) => {
-                    for c in group.clusters().iter().filter(|c| c.name() != primary) {
-                        let nodes = v
-                            .pointer(&format!("/view/clusters/{}/nodes", c.name()))
-                            .and_then(Value::as_array)
-                            .cloned()
-                            .unwrap_or_default();
-                        let fresh = nodes.iter().any(|n| {
-                            n.pointer("/report/replication/last_success_at")
-                                .and_then(Value::as_str)
-                                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                                .is_some_and(|at| at.with_timezone(&Utc) > t)
-                        });
-                        if !fresh && !token_served(group.http(), c.api_addr(), token).await {
-                            behind.push(c.name().to_owned());
-                        }
-                    }
-                }
-                None => behind.push("(no view)".into()),
-            },
-            None => behind.push("(no leader)".into()),
+        let view = match group.leader().await {
+            Some(l) => group.get_json(&l, "v1/clusters").await,
+            None => None,
+        };
+        let pending: Vec<&(String, Url)> = secondaries
+            .iter()
+            .filter(|(n, _)| !holding.contains(n))
+            .collect();
+        // A secondary that restores continuously blocks requests for seconds at a time, so
+        // ask all of them at once.
+        let served = futures::future::join_all(
+            pending
+                .iter()
+                .map(|(_, addr)| token_served(group.http(), addr, token)),
+        )
+        .await;
+        for ((name, _), served) in pending.iter().zip(served) {
+            let nodes = view
+                .as_ref()
+                .and_then(|v| v.pointer(&format!("/view/clusters/{name}/nodes")))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let pulled = nodes.iter().any(|n| {
+                n.pointer("/report/replication/last_success_at")
+                    .and_then(Value::as_str)
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .is_some_and(|at| at.with_timezone(&Utc) > t)
+            });
+            if served || pulled {
+                holding.push(name.clone());
+            }
         }
+        let behind: Vec<&str> = secondaries
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !holding.iter().any(|h| h == n))
+            .collect();
         if behind.is_empty() {
             return Ok(());
         }
