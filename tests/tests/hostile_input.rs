@@ -1,7 +1,7 @@
 //! Hostile input against a real coordinator and a real agent, each serving on a loopback port
 //! (issue 8, scenario 7): every endpoint gets malformed, oversized, unauthenticated,
 //! wrong-token, wrong-method, garbage-path, huge-header and replayed requests. Each one gets a
-//! 4xx (or, below HTTP, a closed connection), nothing of it is stored (the coordinator's
+//! 4xx (or, below HTTP, a closed connection), no switchover begins, nothing of it is stored (the coordinator's
 //! `/v1/clusters` and its SQLite store after shutdown hold only the one valid report), the
 //! server still answers afterwards, and no error body carries the bearer token.
 //!
@@ -514,6 +514,73 @@ async fn the_coordinator_refuses_hostile_requests_stores_nothing_and_keeps_servi
         );
         assert!(!answer.1.contains(&token));
     }
+
+    // The operator's switchover: unauthenticated, malformed, oversized, impossible targets.
+    // Nothing may begin (dc2 never reported, so it is not eligible; dc1 is the primary).
+    let switchover = |auth: Option<&str>, body: Vec<u8>| {
+        let mut req = client
+            .post(url("/v1/switchover"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req
+    };
+    let bearer = format!("Bearer {token}");
+    for (name, auth) in &wrong_auth {
+        let answer = send(switchover(auth.as_deref(), br#"{"to":"dc2"}"#.to_vec())).await;
+        assert_eq!(answer.0, 401, "{name} on POST /v1/switchover: {}", answer.1);
+        assert_rejected(&format!("{name} on POST /v1/switchover"), &answer, &token);
+    }
+    let switchovers: Vec<(&str, Vec<u8>)> = vec![
+        ("empty body", Vec::new()),
+        ("not JSON", b"dc2".to_vec()),
+        ("to missing", b"{}".to_vec()),
+        ("to a number", br#"{"to": 2}"#.to_vec()),
+        ("to null", br#"{"to": null}"#.to_vec()),
+        ("to an array", br#"{"to": ["dc2", "dc1"]}"#.to_vec()),
+        ("unknown cluster", br#"{"to": "dc9"}"#.to_vec()),
+        ("path traversal", br#"{"to": "../../etc/passwd"}"#.to_vec()),
+        ("unicode", "{\"to\": \"dc2\u{202e}\"}".as_bytes().to_vec()),
+        ("the primary itself", br#"{"to": "dc1"}"#.to_vec()),
+        (
+            "a secondary that never reported",
+            br#"{"to": "dc2"}"#.to_vec(),
+        ),
+        (
+            "3 kB name",
+            format!("{{\"to\": \"{}\"}}", "d".repeat(3000)).into_bytes(),
+        ),
+        (
+            "5 kB body",
+            format!("{{\"to\": \"{}\"}}", "d".repeat(5000)).into_bytes(),
+        ),
+        ("1 MB body", vec![b' '; 1 << 20]),
+        ("60 000 nested arrays", "[".repeat(60_000).into_bytes()),
+    ];
+    for (name, body) in switchovers {
+        let Some(answer) = try_send(switchover(Some(&bearer), body)).await else {
+            assert!(
+                name.ends_with("MB body"),
+                "switchover ({name}): closed without an answer"
+            );
+            continue;
+        };
+        assert_rejected(&format!("switchover ({name})"), &answer, &token);
+        println!("switchover ({name}) -> {}", answer.0);
+    }
+    for method in ["GET", "PUT", "DELETE"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let answer = send(client.request(m, url("/v1/switchover")).bearer_auth(&token)).await;
+        assert_eq!(answer.0, 405, "{method} /v1/switchover");
+    }
+    let (status, body) = send(client.get(url("/v1/failovers")).bearer_auth(&token)).await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "[]"),
+        "no hostile switchover began a failover"
+    );
 
     // Malformed, oversized and invalid reports.
     let with = |f: &dyn Fn(&mut serde_json::Value)| {
