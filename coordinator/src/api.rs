@@ -1,6 +1,7 @@
 //! The coordinator's HTTP API: agent reports in, topology, clusters, decisions and failover
-//! history out, plus `/metrics`, `/healthz` and `/readyz` (200 only on the leader, so a
-//! Kubernetes Service in front of the replicas reaches the leader only).
+//! history out, planned switchovers (`POST /v1/switchover`, leader only), plus `/metrics`,
+//! `/healthz` and `/readyz` (200 only on the leader, so a Kubernetes Service in front of the
+//! replicas reaches the leader only).
 
 use crate::config::Config;
 use crate::coordination::Coordination;
@@ -24,6 +25,8 @@ use vault_dr_common::{Report, SCHEMA_VERSION};
 
 /// Largest accepted report body.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+/// Largest accepted switchover request body.
+pub const MAX_SWITCHOVER_BYTES: usize = 4 * 1024;
 
 /// Everything the handlers need.
 #[derive(Debug, Clone)]
@@ -54,6 +57,10 @@ pub fn router(service: Service) -> Router {
         .route("/v1/decisions/latest", get(get_decision))
         .route("/v1/failovers", get(get_failovers))
         .route("/v1/failovers/{id}", get(get_failover))
+        .route(
+            "/v1/switchover",
+            post(post_switchover).layer(DefaultBodyLimit::max(MAX_SWITCHOVER_BYTES)),
+        )
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(get_ready))
@@ -328,6 +335,161 @@ async fn get_failover(
     }
 }
 
+/// `POST /v1/switchover` body: the cluster to make primary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// Name of the secondary to promote.
+    pub to: String,
+}
+
+/// `POST /v1/switchover` answer (202): the failover that was begun.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchoverResponse {
+    /// Journal id (`GET /v1/failovers/{id}` follows it).
+    pub id: String,
+    /// The term it establishes.
+    pub term: u64,
+    /// Current primary.
+    pub from: String,
+    /// Cluster being promoted.
+    pub to: String,
+    /// One sentence for the operator.
+    pub message: String,
+}
+
+async fn post_switchover(
+    axum::extract::State(s): axum::extract::State<Service>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    use crate::failover::executor::ExecError;
+    use crate::failover::scorer::{Eligibility, Ineligible};
+    if !authorised(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let request: SwitchoverRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"to\": \"<cluster>\"}}: {e}"),
+            );
+        }
+    };
+    let to = request.to;
+    if !s.coordination.is_leader() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this coordinator is not the leader; send the switchover to the leader",
+        );
+    }
+    if s.config.cluster(&to).is_none() {
+        let known: Vec<_> = s.config.clusters.iter().map(|c| c.name.as_str()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{to:?} is not a cluster of this DR group (clusters: {})",
+                known.join(", ")
+            ),
+        );
+    }
+    let Some(executor) = s.state.executor() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the executor is not running yet",
+        );
+    };
+    let current = match s.coordination.read_topology().await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the topology is not initialised yet; retry in a second",
+            );
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    if let Some(f) = &current.value.failover {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "failover {} ({} -> {}) is in progress; wait until it is done",
+                f.id, f.from, f.to
+            ),
+        );
+    }
+    if current.value.primary == to {
+        return error(StatusCode::CONFLICT, format!("{to} is already the primary"));
+    }
+    let view = s.state.view(&s.config, &current.value, Utc::now());
+    let table = crate::failover::scorer::score(&view, &s.config.policy);
+    match table.candidate(&to).map(|c| &c.eligibility) {
+        Some(Eligibility::Eligible) => {}
+        Some(Eligibility::Ineligible(why)) => {
+            // A restoring standby is eligible (see the scorer); anything else is refused with
+            // the scorer's reason.
+            let hint = match why {
+                Ineligible::Excluded => "; remove `excluded` from its configuration first",
+                _ => "",
+            };
+            return error(
+                StatusCode::CONFLICT,
+                format!("{to} cannot be promoted now: {why}{hint}"),
+            );
+        }
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{to:?} has no candidate row"),
+            );
+        }
+    }
+    let reason = format!(
+        "planned switchover {} -> {to} requested by the operator",
+        current.value.primary
+    );
+    match executor.begin(&current, &to, &reason, table, true).await {
+        Ok(rec) => {
+            s.metrics.failovers_started.inc();
+            s.metrics.failover_in_progress.set(1);
+            if let Ok(Some(t)) = s.coordination.read_topology().await {
+                s.state.set_topology(t.value);
+            }
+            tracing::info!(failover = %rec.id, "planned switchover begun: {} -> {} in term {}", rec.from, rec.to, rec.term);
+            (
+                StatusCode::ACCEPTED,
+                Json(SwitchoverResponse {
+                    message: format!(
+                        "switchover {} -> {} begun in term {}: client traffic is cut, {} restores a final snapshot of {} and is promoted",
+                        rec.from, rec.to, rec.term, rec.to, rec.from
+                    ),
+                    id: rec.id,
+                    term: rec.term,
+                    from: rec.from,
+                    to: rec.to,
+                }),
+            )
+                .into_response()
+        }
+        Err(ExecError::NotLeader) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this coordinator lost the lease; send the switchover to the new leader",
+        ),
+        Err(e @ (ExecError::Conflict(_) | ExecError::Refused(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e @ ExecError::UnknownCluster(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ ExecError::Coordination(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
 async fn get_metrics(axum::extract::State(s): axum::extract::State<Service>) -> Response {
     let mut out = String::new();
     match prometheus::TextEncoder::new().encode_utf8(&s.registry.gather(), &mut out) {
@@ -341,5 +503,238 @@ async fn get_ready(axum::extract::State(s): axum::extract::State<Service>) -> Re
         (StatusCode::OK, "leader").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "follower").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordination::local::LocalCoordination;
+    use crate::failover::actions::test_util::Recorder;
+    use crate::failover::executor::Executor;
+    use crate::failover::scorer::synthetic::report;
+    use crate::metrics::Metrics;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::topology::Topology;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "switchover-test-token";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        service: Service,
+        recorder: Arc<Recorder>,
+    }
+
+    async fn fixture(leader: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        let env = BTreeMap::from([(
+            crate::config::ENV_TOKEN_FILE.to_owned(),
+            dir.path().join("token").display().to_string(),
+        )]);
+        let config = Config::parse(
+            r#"
+            [[clusters]]
+            name = "dc1"
+            role = "primary"
+            api_addrs = ["http://127.0.0.1:9"]
+            nodes = ["dc1-0"]
+            [[clusters]]
+            name = "dc2"
+            api_addrs = ["http://127.0.0.1:9"]
+            nodes = ["dc2-0"]
+            [[clusters]]
+            name = "dc3"
+            api_addrs = ["http://127.0.0.1:9"]
+            nodes = ["dc3-0"]
+            excluded = true
+            "#,
+            dir.path(),
+            &env,
+        )
+        .unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            EmbeddedStore::open(&dir.path().join("s.sqlite"), Duration::from_secs(3600)).unwrap(),
+        );
+        store.init().await.unwrap();
+        let local = Arc::new(LocalCoordination::new(
+            dir.path().join("c.json"),
+            "test",
+            Duration::from_secs(30),
+        ));
+        assert!(local.try_acquire_or_renew().await.unwrap());
+        local
+            .write_topology(&Topology::initial("dc1"), None)
+            .await
+            .unwrap();
+        if !leader {
+            local.release().await.unwrap();
+        }
+        let coordination: Arc<dyn Coordination> = local;
+        let state = Arc::new(State::default());
+        state.set_topology(Topology::initial("dc1"));
+        let now = Utc::now();
+        for c in ["dc1", "dc2", "dc3"] {
+            let r = report(c, &format!("{c}-0"), now);
+            state.accept_report(&config, r, now).unwrap();
+        }
+        let recorder = Recorder::new();
+        let executor = Executor::new(
+            "test",
+            coordination.clone(),
+            store.clone(),
+            recorder.actions(),
+            config.clusters.clone(),
+        );
+        state.set_executor(executor);
+        let service = Service {
+            config: Arc::new(config),
+            state,
+            store,
+            coordination,
+            metrics,
+            registry,
+        };
+        Fixture {
+            _dir: dir,
+            service,
+            recorder,
+        }
+    }
+
+    async fn switchover(
+        service: &Service,
+        token: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let req = Request::post("/v1/switchover")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = router(service.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_switchover_to_a_healthy_secondary_begins_a_planned_failover() {
+        let f = fixture(true).await;
+        let (status, body) = switchover(&f.service, TOKEN, r#"{"to":"dc2"}"#).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["id"], "2-dc1-dc2");
+        assert_eq!(body["term"], 2);
+        let t = f
+            .service
+            .coordination
+            .read_topology()
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        let fo = t.failover.unwrap();
+        assert!(fo.planned, "a switchover is a planned failover");
+        assert_eq!(
+            (fo.from.as_str(), fo.to.as_str(), t.term),
+            ("dc1", "dc2", 2)
+        );
+        let rec = f
+            .service
+            .store
+            .failover("2-dc1-dc2")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            rec.reason.contains("requested by the operator"),
+            "{}",
+            rec.reason
+        );
+        assert!(
+            f.recorder.calls().is_empty(),
+            "the API only decides; the leader loop runs the steps"
+        );
+        // A second request while it runs is refused.
+        let (status, body) = switchover(&f.service, TOKEN, r#"{"to":"dc2"}"#).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            body["error"].as_str().unwrap().contains("is in progress"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_switchover_requests_get_a_4xx_with_a_sentence_and_change_nothing() {
+        let f = fixture(true).await;
+        let rows = [
+            (
+                TOKEN,
+                r#"{"to":"dc1"}"#,
+                StatusCode::CONFLICT,
+                "already the primary",
+            ),
+            (
+                TOKEN,
+                r#"{"to":"nope"}"#,
+                StatusCode::NOT_FOUND,
+                "not a cluster",
+            ),
+            (TOKEN, r#"{"to":"dc3"}"#, StatusCode::CONFLICT, "excluded"),
+            (
+                TOKEN,
+                r#"{"target":"dc2"}"#,
+                StatusCode::BAD_REQUEST,
+                "the body must be",
+            ),
+            (
+                TOKEN,
+                "not json",
+                StatusCode::BAD_REQUEST,
+                "the body must be",
+            ),
+            (
+                "wrong",
+                r#"{"to":"dc2"}"#,
+                StatusCode::UNAUTHORIZED,
+                "bearer token",
+            ),
+        ];
+        for (token, body, want, words) in rows {
+            let (status, answer) = switchover(&f.service, token, body).await;
+            assert_eq!(status, want, "{body}: {answer}");
+            let msg = answer["error"].as_str().unwrap_or_default();
+            assert!(msg.contains(words), "{body}: {msg}");
+        }
+        let t = f
+            .service
+            .coordination
+            .read_topology()
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        assert_eq!((t.term, t.failover.is_none()), (1, true));
+    }
+
+    #[tokio::test]
+    async fn a_follower_refuses_a_switchover_with_503() {
+        let f = fixture(false).await;
+        let (status, body) = switchover(&f.service, TOKEN, r#"{"to":"dc2"}"#).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body["error"].as_str().unwrap().contains("not the leader"),
+            "{body}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use url::Url;
-use vault_dr_common::Secret;
+use vault_dr_common::{PromotionMode, Secret};
 
 /// Environment variable overriding `listen`.
 pub const ENV_LISTEN: &str = "VAULT_DR_LISTEN";
@@ -333,10 +333,10 @@ fn toml_field(e: &toml::de::Error) -> String {
     // toml's messages look like "unknown field `x`, expected ..." or carry a key path; we return
     // a best-effort field name and keep the full message as the message.
     let msg = e.message();
-    if let Some(start) = msg.find('`') {
-        if let Some(len) = msg[start + 1..].find('`') {
-            return msg[start + 1..start + 1 + len].to_owned();
-        }
+    if let Some(start) = msg.find('`')
+        && let Some(len) = msg[start + 1..].find('`')
+    {
+        return msg[start + 1..start + 1 + len].to_owned();
     }
     "file".to_owned()
 }
@@ -711,6 +711,7 @@ struct PolicyFile {
     cooldown: Option<String>,
     quorum: Option<QuorumMode>,
     report_retention: Option<String>,
+    promotion: Option<String>,
 }
 
 impl PolicyFile {
@@ -738,6 +739,17 @@ impl PolicyFile {
                 self.report_retention,
                 d.report_retention,
             )?,
+            promotion: match self.promotion.as_deref() {
+                None => d.promotion,
+                Some("complete") => PromotionMode::Complete,
+                Some("fast") => PromotionMode::Fast,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "policy.promotion",
+                        format!("{other:?} is not a promotion mode (complete or fast)"),
+                    ));
+                }
+            },
         };
         if p.confirm == 0 {
             return Err(ConfigError::new("policy.confirm", "must be at least 1"));
@@ -800,6 +812,11 @@ pub struct Policy {
     /// How long report history is kept in the store.
     #[serde(with = "humantime_serde_compat")]
     pub report_retention: Duration,
+    /// How a promoted secondary gets its data (`complete`: restore the newest snapshot first,
+    /// the default; `fast`: promote what it has). Goes into every desired state and into the
+    /// failover's journal record.
+    #[serde(default)]
+    pub promotion: PromotionMode,
 }
 
 impl Default for Policy {
@@ -814,6 +831,7 @@ impl Default for Policy {
             cooldown: Duration::from_secs(300),
             quorum: QuorumMode::Majority,
             report_retention: Duration::from_secs(24 * 3600),
+            promotion: PromotionMode::Complete,
         }
     }
 }
@@ -934,6 +952,18 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let e = parse(&format!("surprise = 1\n{GOOD}")).unwrap_err();
         assert_eq!(e.field, "surprise");
+    }
+
+    #[test]
+    fn the_promotion_mode_defaults_to_complete_and_parses_fast() {
+        assert_eq!(
+            parse(GOOD).unwrap().policy.promotion,
+            PromotionMode::Complete
+        );
+        let fast = GOOD.replace("confirm = 2", "confirm = 2\npromotion = \"fast\"");
+        assert_eq!(parse(&fast).unwrap().policy.promotion, PromotionMode::Fast);
+        let bad = GOOD.replace("confirm = 2", "confirm = 2\npromotion = \"quick\"");
+        assert_eq!(field_of(&bad), "policy.promotion");
     }
 
     #[test]

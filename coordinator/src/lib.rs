@@ -160,7 +160,10 @@ pub async fn run(
         actions,
         config.clusters.clone(),
     )
-    .with_hook(Arc::new(failover::executor::Hooks(hooks)));
+    .with_hook(Arc::new(failover::executor::Hooks(hooks)))
+    .with_promotion(config.policy.promotion);
+    // The API begins planned switchovers with it (POST /v1/switchover).
+    state.set_executor(executor.clone());
     let service = Service {
         config: config.clone(),
         state,

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::failover::Step;
 use crate::failover::detector::DecisionRecord;
+use crate::failover::executor::Executor;
 use crate::topology::Topology;
 use crate::view::{ClusterView, DirectProbe, NodeView, View};
 use chrono::{DateTime, Utc};
@@ -55,6 +56,7 @@ pub struct State {
     probes: RwLock<HashMap<String, DirectProbe>>,
     topology: RwLock<Option<Topology>>,
     decision: RwLock<Option<DecisionRecord>>,
+    executor: RwLock<Option<Executor>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -76,7 +78,7 @@ impl State {
         let cluster = config
             .cluster(&report.cluster)
             .ok_or_else(|| ReportRejection::UnknownCluster(report.cluster.clone()))?;
-        if !cluster.nodes.iter().any(|n| *n == report.node) {
+        if !cluster.nodes.contains(&report.node) {
             return Err(ReportRejection::UnknownNode {
                 cluster: report.cluster.clone(),
                 node: report.node.clone(),
@@ -121,6 +123,17 @@ impl State {
     /// The topology last read, if any.
     pub fn topology(&self) -> Option<Topology> {
         read(&self.topology).clone()
+    }
+
+    /// Makes `executor` available to the API (a planned switchover begins there; the leader
+    /// loop resumes it on its next tick).
+    pub fn set_executor(&self, executor: Executor) {
+        *write(&self.executor) = Some(executor);
+    }
+
+    /// The executor, once `run` wired it.
+    pub fn executor(&self) -> Option<Executor> {
+        read(&self.executor).clone()
     }
 
     /// Keeps the latest decision.
@@ -192,7 +205,10 @@ impl State {
 ///
 /// During a failover from `from` to `to` in term N: the old primary is a secondary of `to` from
 /// the decision on; the target becomes primary once fencing completed (its agent then promotes
-/// it); the other secondaries follow `to` once it is promoted.
+/// it); the other secondaries follow `to` once it is promoted. In a planned switchover the
+/// target's desired state also names the old primary's API address as `final_snapshot_from`
+/// once fencing (the traffic cut) completed, so it restores the final snapshot before promoting.
+/// Every desired state carries the policy's promotion mode.
 pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> DesiredState {
     let (role, primary) = match &topology.failover {
         None => {
@@ -210,9 +226,9 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
                 } else {
                     (Role::Secondary, f.from.clone())
                 }
-            } else if cluster == f.from {
-                (Role::Secondary, f.to.clone())
-            } else if f.completed >= Step::Promoted {
+            } else if cluster == f.from || f.completed >= Step::Promoted {
+                // The old primary follows the new one from the decision on (its agent waits
+                // for the end of the failover before it acts); the others once it is promoted.
                 (Role::Secondary, f.to.clone())
             } else {
                 (Role::Secondary, f.from.clone())
@@ -226,6 +242,12 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
                 .and_then(|c| c.api_addrs.first().cloned())
         })
         .flatten();
+    let final_snapshot_from = topology
+        .failover
+        .as_ref()
+        .filter(|f| f.planned && f.to == cluster && f.completed >= Step::Fenced)
+        .and_then(|f| config.cluster(&f.from))
+        .and_then(|c| c.api_addrs.first().cloned());
     DesiredState {
         term: topology.term,
         cluster: cluster.to_owned(),
@@ -233,7 +255,164 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         primary,
         primary_api_addr,
         failover_in_progress: topology.failover.is_some(),
-        promotion: Default::default(),
-        final_snapshot_from: None,
+        promotion: config.policy.promotion,
+        final_snapshot_from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::FailoverInProgress;
+    use std::collections::BTreeMap;
+    use vault_dr_common::PromotionMode;
+
+    fn config(promotion: PromotionMode) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t").unwrap();
+        let env = BTreeMap::from([(
+            crate::config::ENV_TOKEN_FILE.to_owned(),
+            dir.path().join("token").display().to_string(),
+        )]);
+        let mut text = String::from("[policy]\n");
+        text.push_str(&format!("promotion = \"{promotion}\"\n"));
+        for (i, name) in ["p", "s1", "s2"].iter().enumerate() {
+            text.push_str(&format!(
+                "[[clusters]]\nname = \"{name}\"\napi_addrs = [\"http://127.0.0.1:{}\"]\nnodes = [\"{name}-0\"]\n{}",
+                8200 + i,
+                if i == 0 { "role = \"primary\"\n" } else { "" }
+            ));
+        }
+        Config::parse(&text, dir.path(), &env).unwrap()
+    }
+
+    fn during(planned: bool, completed: Step) -> Topology {
+        Topology {
+            primary: "p".into(),
+            term: 2,
+            failover: Some(FailoverInProgress {
+                id: "2-p-s1".into(),
+                from: "p".into(),
+                to: "s1".into(),
+                completed,
+                planned,
+            }),
+            last_failover_at: None,
+        }
+    }
+
+    /// (role, primary, final snapshot source port, failover in progress)
+    fn summary(d: &DesiredState) -> (Role, String, Option<u16>, bool) {
+        (
+            d.role,
+            d.primary.clone(),
+            d.final_snapshot_from.as_ref().and_then(|u| u.port()),
+            d.failover_in_progress,
+        )
+    }
+
+    #[test]
+    fn desired_states_follow_the_failover_step_by_step() {
+        let c = config(PromotionMode::Complete);
+        use Role::{Primary as P, Secondary as S};
+        type Want<'a> = (Role, &'a str, Option<u16>, bool);
+        let rows: Vec<(&str, Topology, &str, Want)> = vec![
+            (
+                "steady: the primary",
+                Topology::initial("p"),
+                "p",
+                (P, "p", None, false),
+            ),
+            (
+                "steady: a secondary follows p",
+                Topology::initial("p"),
+                "s2",
+                (S, "p", None, false),
+            ),
+            (
+                "unplanned, decided: the target still follows p",
+                during(false, Step::Decided),
+                "s1",
+                (S, "p", None, true),
+            ),
+            (
+                "unplanned, fenced: the target promotes, no final snapshot",
+                during(false, Step::Fenced),
+                "s1",
+                (P, "s1", None, true),
+            ),
+            (
+                "unplanned: the old primary is a secondary of the target at once",
+                during(false, Step::Decided),
+                "p",
+                (S, "s1", None, true),
+            ),
+            (
+                "unplanned, fenced: the others still follow p",
+                during(false, Step::Fenced),
+                "s2",
+                (S, "p", None, true),
+            ),
+            (
+                "unplanned, promoted: the others follow the target",
+                during(false, Step::Promoted),
+                "s2",
+                (S, "s1", None, true),
+            ),
+            (
+                "planned, decided: no final snapshot before the cut",
+                during(true, Step::Decided),
+                "s1",
+                (S, "p", None, true),
+            ),
+            (
+                "planned, fenced: the target pulls the final snapshot from p",
+                during(true, Step::Fenced),
+                "s1",
+                (P, "s1", Some(8200), true),
+            ),
+            (
+                "planned, fenced: only the target gets the final snapshot source",
+                during(true, Step::Fenced),
+                "s2",
+                (S, "p", None, true),
+            ),
+            (
+                "planned, fenced: the old primary waits as a secondary of the target",
+                during(true, Step::Fenced),
+                "p",
+                (S, "s1", None, true),
+            ),
+        ];
+        for (name, t, cluster, (role, primary, port, in_progress)) in rows {
+            let d = desired_state(&c, &t, cluster);
+            assert_eq!(
+                summary(&d),
+                (role, primary.to_owned(), port, in_progress),
+                "{name}"
+            );
+            assert_eq!(d.term, t.term, "{name}");
+            assert_eq!(
+                d.primary_api_addr.is_some(),
+                role == S,
+                "{name}: a secondary knows where to pull from"
+            );
+        }
+    }
+
+    #[test]
+    fn every_desired_state_carries_the_policy_promotion_mode() {
+        for mode in [PromotionMode::Complete, PromotionMode::Fast] {
+            let c = config(mode);
+            for t in [
+                Topology::initial("p"),
+                during(false, Step::Fenced),
+                during(true, Step::Promoted),
+            ] {
+                for cluster in ["p", "s1", "s2"] {
+                    assert_eq!(desired_state(&c, &t, cluster).promotion, mode);
+                }
+            }
+        }
     }
 }

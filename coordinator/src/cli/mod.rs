@@ -6,6 +6,7 @@ pub mod drill;
 pub mod explain;
 pub mod history;
 pub mod status;
+pub mod switchover;
 
 use crate::config::{Config, ProcessEnv};
 use serde::de::DeserializeOwned;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Planned switchover: cut client traffic, restore a final snapshot of the primary into
+    /// the target, promote it, switch traffic. No acknowledged write is lost.
+    Switchover(switchover::SwitchoverArgs),
 }
 
 /// Flags of `vault-dr coordinator`.
@@ -71,6 +75,7 @@ pub async fn main(command: Command) -> i32 {
         Command::History { api, limit } => history::run(&api, limit).await,
         Command::Drill(args) => return drill::run(&args).await,
         Command::Bench(b) => return bench::main(b).await,
+        Command::Switchover(args) => switchover::run(&args).await,
     };
     match printed {
         Ok(text) => {
@@ -179,6 +184,9 @@ pub enum CliError {
     /// The answer was not what this CLI understands.
     #[error("unexpected answer from the coordinator: {0}")]
     Decode(String),
+    /// Something the command waits for did not happen in time.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// A small authenticated client of the coordinator API. Given several replicas, it talks to
@@ -318,6 +326,45 @@ impl Client {
     pub async fn get_value(&self, path: &str) -> Result<serde_json::Value, CliError> {
         let base = self.base().await.clone();
         self.get_at(&base, path).await
+    }
+
+    /// `POST` a JSON body and return the JSON answer.
+    pub async fn post_value(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, CliError> {
+        let base = self.base().await.clone();
+        let url = base
+            .join(path)
+            .map_err(|e| CliError::Decode(e.to_string()))?;
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(self.token.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| CliError::Unreachable {
+                url: base.to_string(),
+                message: if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "connection failed".into()
+                },
+            })?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| CliError::Decode(format!("not JSON: {e}")))?;
+        if !status.is_success() {
+            return Err(CliError::Status {
+                status: status.as_u16(),
+                body: body["error"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+        Ok(body)
     }
 
     async fn get_at(&self, base: &Url, path: &str) -> Result<serde_json::Value, CliError> {

@@ -8,6 +8,10 @@
 //!   each step written before it runs and again when it finished, one entry per step.
 //! - Before every attempt the executor checks that it still holds the lease, and every step's
 //!   completion is itself a CAS: a coordinator that lost leadership stops at its next write.
+//! - In a planned switchover the Fenced step cuts client traffic instead of sealing the old
+//!   primary: the old primary must stay up so the target can pull a final snapshot from it
+//!   (see `state::desired_state`), and with no client able to write there, nothing
+//!   acknowledged after that snapshot can be lost.
 
 use crate::config::ClusterConfig;
 use crate::coordination::{Coordination, CoordinationError};
@@ -19,6 +23,7 @@ use crate::topology::{FailoverInProgress, Topology, Versioned};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
+use vault_dr_common::PromotionMode;
 
 /// Why the executor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +127,7 @@ pub struct Executor {
     clusters: Vec<ClusterConfig>,
     retry: RetryPolicy,
     hook: Option<Arc<dyn StepHook>>,
+    promotion: PromotionMode,
 }
 
 impl Executor {
@@ -141,7 +147,15 @@ impl Executor {
             clusters,
             retry: RetryPolicy::default(),
             hook: None,
+            promotion: PromotionMode::default(),
         }
+    }
+
+    /// Records `mode` (the policy's promotion mode, which the agents receive in their desired
+    /// state) in every failover's reason, so the journal shows how the target got its data.
+    pub fn with_promotion(mut self, mode: PromotionMode) -> Self {
+        self.promotion = mode;
+        self
     }
 
     /// Uses `retry` instead of the default back-off.
@@ -190,6 +204,8 @@ impl Executor {
         self.cluster(&from)?;
         let term = current.value.term + 1;
         let id = FailoverRecord::id_for(term, &from, to);
+        let reason = format!("{reason}; promotion: {}", self.promotion);
+        let reason = reason.as_str();
         let next = Topology {
             primary: from.clone(),
             term,
@@ -381,6 +397,8 @@ impl Executor {
             }
             let result = match step {
                 Step::Decided => Ok("decided".to_owned()),
+                // Planned: cut client traffic, keep the old primary up for the final snapshot.
+                Step::Fenced if f.planned => self.actions.traffic.cut(term).await,
                 Step::Fenced => {
                     self.actions
                         .fencer
@@ -536,6 +554,38 @@ mod tests {
         let stored = r.store.failover(&done.id).await.unwrap().unwrap();
         assert_eq!(stored, done);
         assert_eq!(e.resume().await.unwrap(), None, "nothing left to do");
+    }
+
+    #[tokio::test]
+    async fn a_planned_switchover_cuts_traffic_instead_of_sealing_and_records_the_promotion_mode() {
+        let r = rig().await;
+        let e = executor(&r, "a", r.coordination.clone()).with_promotion(PromotionMode::Fast);
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        let rec = e
+            .begin(&current, "dc2", "operator asked", table(), true)
+            .await
+            .unwrap();
+        assert!(rec.planned);
+        assert_eq!(rec.reason, "operator asked; promotion: fast");
+        let done = e.resume().await.unwrap().unwrap();
+        assert_eq!(
+            r.recorder.calls(),
+            [
+                "cut traffic 2",
+                "promote dc2 2",
+                "repoint dc3->dc2 2",
+                "switch dc2 2",
+                "verify dc2 2"
+            ],
+            "no seal in a planned switchover: the target pulls the final snapshot from dc1"
+        );
+        assert_eq!(done.step(Step::Fenced).unwrap().detail, "cut traffic");
+        assert!(
+            done.step(Step::Decided)
+                .unwrap()
+                .detail
+                .contains("promotion: fast")
+        );
     }
 
     #[tokio::test]

@@ -3,8 +3,10 @@
 //! - Fencing seals every reachable node of the old primary with the DR token.
 //! - Promotion and re-pointing go through the desired state: the topology already names the new
 //!   primary and term, every agent receives it in the answer to its next report, and the step
-//!   completes once the agents acknowledge the term (`Report::seen_term`). The replication
-//!   backend in the agent does the cluster-side work (restore, canary) before acknowledging.
+//!   completes once the agents report the term as carried out (`Report::applied_term`, not
+//!   merely seen): the target only after it stopped pulling, restored (complete promotion or a
+//!   planned switchover's final snapshot), found its node unsealed and active and did a canary
+//!   write; a secondary once it follows the new primary.
 //! - Verification writes and reads a canary in the DR token's cubbyhole on the new primary.
 
 use crate::config::ClusterConfig;
@@ -59,7 +61,8 @@ pub struct DesiredStateReplication {
 }
 
 impl DesiredStateReplication {
-    /// Nodes of `cluster` whose fresh report acknowledges `term`, and whether one of them is active.
+    /// Nodes of `cluster` whose fresh report says `term` is carried out (`applied_term`), and
+    /// whether one of those is the active node.
     fn acks(&self, cluster: &str, term: u64) -> (usize, bool) {
         let now = Utc::now();
         let ttl = self.report_ttl.as_secs_f64();
@@ -68,13 +71,29 @@ impl DesiredStateReplication {
         for n in self.state.latest_reports() {
             if n.report.cluster == cluster
                 && n.age_seconds(now) <= ttl
-                && n.report.seen_term >= term
+                && n.report.applied_term >= term
             {
                 acked += 1;
                 active |= n.report.vault.state == NodeState::Active;
             }
         }
         (acked, active)
+    }
+
+    /// Fresh nodes of `cluster` that have seen `term` but not carried it out yet (for messages).
+    fn seen_only(&self, cluster: &str, term: u64) -> usize {
+        let now = Utc::now();
+        let ttl = self.report_ttl.as_secs_f64();
+        self.state
+            .latest_reports()
+            .iter()
+            .filter(|n| {
+                n.report.cluster == cluster
+                    && n.age_seconds(now) <= ttl
+                    && n.report.seen_term >= term
+                    && n.report.applied_term < term
+            })
+            .count()
     }
 }
 
@@ -86,13 +105,14 @@ impl Replication for DesiredStateReplication {
             let (acked, active) = self.acks(&target.name, term);
             if acked > 0 && active {
                 return Ok(format!(
-                    "{} acknowledged primary in term {term} and is active ({acked} node(s))",
+                    "{} is primary in term {term}: its agent applied the term and the node is active ({acked} node(s))",
                     target.name
                 ));
             }
             if tokio::time::Instant::now() >= deadline {
+                let seen = self.seen_only(&target.name, term);
                 return Err(ActionError(format!(
-                    "{} has not acknowledged term {term} as an active primary within {:?} ({acked} node(s) acknowledged)",
+                    "{} has not applied term {term} as an active primary within {:?} ({acked} node(s) applied it, {seen} saw it and are still working on it)",
                     target.name, self.promote_timeout
                 )));
             }
@@ -132,7 +152,7 @@ impl Replication for DesiredStateReplication {
                     .filter(|n| !pending.contains(n))
                     .collect();
                 return Ok(format!(
-                    "{} follow {} in term {term}; {} not reporting yet and will follow on their next report",
+                    "{} follow {} in term {term}; {} not following yet (down, or still restoring) and will follow when their agents apply the term",
                     if done.is_empty() {
                         "none".to_owned()
                     } else {
@@ -144,5 +164,137 @@ impl Replication for DesiredStateReplication {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::failover::scorer::synthetic::report;
+    use std::collections::BTreeMap;
+
+    fn config() -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t").unwrap();
+        let env = BTreeMap::from([(
+            crate::config::ENV_TOKEN_FILE.to_owned(),
+            dir.path().join("token").display().to_string(),
+        )]);
+        let text = r#"
+            [[clusters]]
+            name = "p"
+            role = "primary"
+            api_addrs = ["http://127.0.0.1:8200"]
+            nodes = ["p-0"]
+            [[clusters]]
+            name = "s1"
+            api_addrs = ["http://127.0.0.1:8201"]
+            nodes = ["s1-0", "s1-1"]
+            [[clusters]]
+            name = "s2"
+            api_addrs = ["http://127.0.0.1:8202"]
+            nodes = ["s2-0"]
+        "#;
+        Config::parse(text, dir.path(), &env).unwrap()
+    }
+
+    struct Rig {
+        config: Config,
+        state: Arc<State>,
+        replication: DesiredStateReplication,
+        seq: std::sync::atomic::AtomicU64,
+        started: chrono::DateTime<Utc>,
+    }
+
+    fn rig() -> Rig {
+        let state = Arc::new(State::default());
+        Rig {
+            config: config(),
+            replication: DesiredStateReplication {
+                state: state.clone(),
+                report_ttl: Duration::from_secs(60),
+                promote_timeout: Duration::from_secs(2),
+                repoint_timeout: Duration::from_secs(2),
+            },
+            state,
+            seq: std::sync::atomic::AtomicU64::new(1),
+            started: Utc::now(),
+        }
+    }
+
+    impl Rig {
+        fn report(&self, node: &str, state: NodeState, seen: u64, applied: u64) {
+            let cluster = node.split('-').next().unwrap();
+            let mut r = report(cluster, node, self.started);
+            r.seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            r.vault.state = state;
+            r.seen_term = seen;
+            r.applied_term = applied;
+            self.state
+                .accept_report(&self.config, r, Utc::now())
+                .unwrap();
+        }
+
+        fn cluster(&self, name: &str) -> ClusterConfig {
+            self.config.cluster(name).unwrap().clone()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn promotion_waits_for_the_applied_term_not_the_seen_term() {
+        let r = rig();
+        // Seen but still restoring: not promoted yet.
+        r.report("s1-0", NodeState::Restoring, 2, 1);
+        let err = r
+            .replication
+            .promote(&r.cluster("s1"), 2)
+            .await
+            .unwrap_err();
+        assert!(err.0.contains("1 saw it"), "{err}");
+        // Applied, active: promoted.
+        r.report("s1-0", NodeState::Active, 2, 2);
+        let ok = r.replication.promote(&r.cluster("s1"), 2).await.unwrap();
+        assert!(ok.contains("s1 is primary in term 2"), "{ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn promotion_needs_the_applying_node_to_be_active() {
+        let r = rig();
+        r.report("s1-0", NodeState::Standby, 2, 2);
+        assert!(r.replication.promote(&r.cluster("s1"), 2).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn promotion_completes_as_soon_as_the_agent_reports_it_applied() {
+        let r = Arc::new(rig());
+        r.report("s1-0", NodeState::Restoring, 2, 1);
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move { r.replication.promote(&r.cluster("s1"), 2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "still restoring: the step waits");
+        r.report("s1-0", NodeState::Active, 2, 2);
+        assert!(waiting.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repointing_waits_for_every_other_secondary_to_apply_the_term() {
+        let r = rig();
+        r.report("s2-0", NodeState::Active, 2, 1);
+        let partial = r
+            .replication
+            .repoint(&[r.cluster("s2")], &r.cluster("s1"), 2)
+            .await
+            .unwrap();
+        assert!(partial.contains("s2 not following yet"), "{partial}");
+        r.report("s2-0", NodeState::Active, 2, 2);
+        let done = r
+            .replication
+            .repoint(&[r.cluster("s2")], &r.cluster("s1"), 2)
+            .await
+            .unwrap();
+        assert_eq!(done, "s2 now follow s1 in term 2");
     }
 }

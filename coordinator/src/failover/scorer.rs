@@ -694,6 +694,31 @@ mod tests {
                 None,
             ),
             (
+                "a warm standby restoring while the probe gets errors stays eligible",
+                |b| {
+                    b.node_state("dc2", NodeState::Restoring)
+                        .direct("dc2", Some(NodeState::Error))
+                },
+                None,
+            ),
+            (
+                "a restoring standby before the coordinator's first probe stays eligible",
+                |b| {
+                    b.node_state("dc2", NodeState::Restoring)
+                        .direct("dc2", None)
+                },
+                None,
+            ),
+            (
+                "a stale restoring report no longer vouches for a standby whose probe fails",
+                |b| {
+                    b.node_state("dc2", NodeState::Restoring)
+                        .report_age("dc2", 12)
+                        .direct("dc2", Some(NodeState::Unreachable))
+                },
+                Some(Ineligible::Unreachable),
+            ),
+            (
                 "replication mode none is never 'never seeded' and its unknown lag is allowed",
                 |b| {
                     b.reports("dc2", |r| {
