@@ -1,17 +1,39 @@
-//! The `local` coordination backend: coordinator processes on one machine share one JSON file
-//! holding the lease (holder and expiry) and the topology (with a generation number for
-//! compare-and-swap). Every read-modify-write holds an exclusive `flock` on a side file.
+//! The `local` coordination backend: coordinator processes on one machine share one state
+//! (the lease, with holder and expiry, and the topology, with a generation number for
+//! compare-and-swap) kept as immutable generation files next to the configured path:
+//! `<path>.00000000000000000042` holds generation 42.
+//!
+//! No lock is ever held between operations or across a pause: a writer reads the newest
+//! generation N, computes the new state, writes it to a private temporary file, and publishes
+//! it with `link(tmp, <path>.N+1)`, which fails if any other writer published N+1 first; then
+//! it reads again and re-decides. So a replica frozen in the middle of an update (SIGSTOP, a
+//! paused VM) blocks nobody, and when it resumes its stale update is refused. (An exclusive
+//! `flock` held by a frozen process would stall every other replica, the lease takeover
+//! included, for as long as it stays frozen.) Old generations beyond the newest
+//! [`KEEP_GENERATIONS`] are deleted by the writers. A plain file at `<path>` itself (the
+//! earlier single-file layout) is read as generation 0.
 
 use super::{Coordination, CoordinationError, LeaseInfo, Result};
 use crate::topology::{Topology, Versioned};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Generations kept on disk (older ones are deleted by the writers).
+pub const KEEP_GENERATIONS: u64 = 16;
+
+/// How many times one update re-reads and re-decides after losing a publish race.
+const MAX_ATTEMPTS: usize = 64;
+
+/// Digits of the generation suffix (zero-padded, so names sort by generation).
+const GENERATION_DIGITS: usize = 20;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
@@ -39,7 +61,6 @@ struct Stored {
 #[derive(Debug)]
 pub struct LocalCoordination {
     path: PathBuf,
-    lock_path: PathBuf,
     id: String,
     lease_duration: Duration,
     /// Local monotonic deadline until which we consider ourselves leader.
@@ -47,14 +68,11 @@ pub struct LocalCoordination {
 }
 
 impl LocalCoordination {
-    /// Uses `path` (created on first write) as the shared file; `id` is this replica's name.
+    /// Uses `path` (its generation files are created on first write) as the shared state; `id`
+    /// is this replica's name.
     pub fn new(path: impl Into<PathBuf>, id: impl Into<String>, lease_duration: Duration) -> Self {
-        let path = path.into();
-        let mut lock = path.clone().into_os_string();
-        lock.push(".lock");
         Self {
-            path,
-            lock_path: PathBuf::from(lock),
+            path: path.into(),
             id: id.into(),
             lease_duration,
             leader_until: Mutex::new(None),
@@ -63,11 +81,11 @@ impl LocalCoordination {
 
     fn with_state<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut State) -> Result<(T, bool)> + Send + 'static,
+        f: impl Fn(&mut State) -> Result<(T, bool)> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T>> + Send + 'static {
-        let (path, lock_path) = (self.path.clone(), self.lock_path.clone());
+        let path = self.path.clone();
         async move {
-            tokio::task::spawn_blocking(move || locked_update(&path, &lock_path, f))
+            tokio::task::spawn_blocking(move || update(&path, f))
                 .await
                 .map_err(|e| CoordinationError::Unavailable(format!("task failed: {e}")))?
         }
@@ -78,46 +96,178 @@ fn unavailable(what: &str, path: &Path, e: std::io::Error) -> CoordinationError 
     CoordinationError::Unavailable(format!("{what} {}: {e}", path.display()))
 }
 
-/// Runs `f` on the state under an exclusive lock; writes it back atomically when `f` says so.
-fn locked_update<T>(
-    path: &Path,
-    lock_path: &Path,
-    f: impl FnOnce(&mut State) -> Result<(T, bool)>,
-) -> Result<T> {
+/// `<path>.<generation>`.
+fn generation_path(path: &Path, generation: u64) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{generation:0GENERATION_DIGITS$}"));
+    PathBuf::from(p)
+}
+
+/// The generations present next to `path`, unsorted.
+fn generations(path: &Path) -> Result<Vec<u64>> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err(CoordinationError::Unavailable(format!(
+            "{} names no file",
+            path.display()
+        )));
+    };
+    let mut prefix: OsString = name.to_owned();
+    prefix.push(".");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(unavailable("cannot list", &dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if let Some(digits) = file.strip_prefix(&prefix)
+            && digits.len() == GENERATION_DIGITS
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(g) = digits.parse()
+        {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+fn read_state(file: &Path) -> std::io::Result<Result<State>> {
+    let bytes = std::fs::read(file)?;
+    if bytes.is_empty() {
+        return Ok(Ok(State::default()));
+    }
+    Ok(serde_json::from_slice(&bytes)
+        .map_err(|e| CoordinationError::Corrupt(format!("{}: {e}", file.display()))))
+}
+
+/// The newest generation and its state (generation 0: the legacy single file, or nothing yet).
+fn latest(path: &Path) -> Result<(u64, State)> {
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(newest) = generations(path)?.into_iter().max() else {
+            return match read_state(path) {
+                Ok(state) => Ok((0, state?)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, State::default())),
+                Err(e) => Err(unavailable("cannot read", path, e)),
+            };
+        };
+        let file = generation_path(path, newest);
+        match read_state(&file) {
+            Ok(state) => return Ok((newest, state?)),
+            // Deleted as an old generation between the listing and the read: list again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(unavailable("cannot read", &file, e)),
+        }
+    }
+    Err(CoordinationError::Unavailable(format!(
+        "{}: the newest generation kept vanishing",
+        path.display()
+    )))
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `state` to a private temporary file next to `path` and returns its name.
+fn write_tmp(path: &Path, state: &State) -> Result<PathBuf> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = PathBuf::from(tmp);
+    let bytes =
+        serde_json::to_vec_pretty(state).map_err(|e| CoordinationError::Corrupt(e.to_string()))?;
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(unavailable("cannot write", &tmp, e));
+    }
+    Ok(tmp)
+}
+
+/// Deletes generations older than the newest [`KEEP_GENERATIONS`] (best effort).
+fn prune(path: &Path, newest: u64) {
+    let Ok(all) = generations(path) else {
+        return;
+    };
+    for g in all {
+        if g + KEEP_GENERATIONS <= newest {
+            let _ = std::fs::remove_file(generation_path(path, g));
+        }
+    }
+}
+
+/// Runs `f` on the newest state; when it says so, publishes the result as the next
+/// generation, re-reading and re-running `f` whenever another writer published first.
+fn update<T>(path: &Path, f: impl Fn(&mut State) -> Result<(T, bool)>) -> Result<T> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| unavailable("cannot create", dir, e))?;
     }
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock_path)
-        .map_err(|e| unavailable("cannot open", lock_path, e))?;
-    lock.lock()
-        .map_err(|e| unavailable("cannot lock", lock_path, e))?;
-    let mut state = match std::fs::read(path) {
-        Ok(bytes) if bytes.is_empty() => State::default(),
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| CoordinationError::Corrupt(format!("{}: {e}", path.display())))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-        Err(e) => return Err(unavailable("cannot read", path, e)),
-    };
-    let (out, dirty) = f(&mut state)?;
-    if dirty {
-        let mut tmp = path.to_path_buf().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let bytes = serde_json::to_vec_pretty(&state)
-            .map_err(|e| CoordinationError::Corrupt(e.to_string()))?;
-        let mut file = File::create(&tmp).map_err(|e| unavailable("cannot create", &tmp, e))?;
-        file.write_all(&bytes)
-            .map_err(|e| unavailable("cannot write", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| unavailable("cannot sync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| unavailable("cannot replace", path, e))?;
+    for _ in 0..MAX_ATTEMPTS {
+        let (generation, mut state) = latest(path)?;
+        let (out, dirty) = f(&mut state)?;
+        if !dirty {
+            return Ok(out);
+        }
+        let tmp = write_tmp(path, &state)?;
+        let next = generation_path(path, generation + 1);
+        // `link` publishes the complete file atomically and fails if the name exists.
+        let published = std::fs::hard_link(&tmp, &next);
+        let _ = std::fs::remove_file(&tmp);
+        match published {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+                    && let Ok(d) = File::open(dir)
+                {
+                    let _ = d.sync_all();
+                }
+                prune(path, generation + 1);
+                return Ok(out);
+            }
+            // Another writer published this generation first: decide again on its state.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(unavailable("cannot publish", &next, e)),
+        }
     }
-    drop(lock);
-    Ok(out)
+    Err(CoordinationError::Unavailable(format!(
+        "{}: lost {MAX_ATTEMPTS} publish races in a row",
+        path.display()
+    )))
+}
+
+/// The lease decision of `try_acquire_or_renew` on `s`: (whether `id` holds it, dirty).
+fn acquire_or_renew(s: &mut State, id: &str, duration: Duration) -> (bool, bool) {
+    let now = Utc::now();
+    let expires_at = now + chrono::Duration::from_std(duration).unwrap_or_default();
+    match &mut s.lease {
+        Some(l) if l.holder == id => {
+            l.renewed_at = now;
+            l.expires_at = expires_at;
+            (true, true)
+        }
+        Some(l) if l.expires_at > now => (false, false),
+        _ => {
+            s.transitions += 1;
+            s.lease = Some(Lease {
+                holder: id.to_owned(),
+                acquired_at: now,
+                renewed_at: now,
+                expires_at,
+            });
+            (true, true)
+        }
+    }
 }
 
 impl LocalCoordination {
@@ -136,28 +286,7 @@ impl Coordination for LocalCoordination {
         let started = Instant::now();
         let (id, duration) = (self.id.clone(), self.lease_duration);
         let won = self
-            .with_state(move |s| {
-                let now = Utc::now();
-                let expires_at = now + chrono::Duration::from_std(duration).unwrap_or_default();
-                match &mut s.lease {
-                    Some(l) if l.holder == id => {
-                        l.renewed_at = now;
-                        l.expires_at = expires_at;
-                        Ok((true, true))
-                    }
-                    Some(l) if l.expires_at > now => Ok((false, false)),
-                    _ => {
-                        s.transitions += 1;
-                        s.lease = Some(Lease {
-                            holder: id,
-                            acquired_at: now,
-                            renewed_at: now,
-                            expires_at,
-                        });
-                        Ok((true, true))
-                    }
-                }
-            })
+            .with_state(move |s| Ok(acquire_or_renew(s, &id, duration)))
             .await?;
         let mut until = self.leader_until.lock().unwrap_or_else(|p| p.into_inner());
         // Count the lease from before the write started, less a margin for clock reads, so we
@@ -223,7 +352,9 @@ impl Coordination for LocalCoordination {
         self.with_state(move |s| {
             let current = s.topology.as_ref().map(|t| t.generation.to_string());
             if current != expected {
-                return Err(CoordinationError::Conflict { expected });
+                return Err(CoordinationError::Conflict {
+                    expected: expected.clone(),
+                });
             }
             let generation = s.topology.as_ref().map_or(1, |t| t.generation + 1);
             s.topology = Some(Stored {
@@ -232,7 +363,7 @@ impl Coordination for LocalCoordination {
             });
             Ok((
                 Versioned {
-                    value,
+                    value: value.clone(),
                     version: generation.to_string(),
                 },
                 true,
@@ -310,6 +441,61 @@ mod tests {
         let now = b.read_topology().await.unwrap().unwrap();
         assert_eq!(now, second);
         assert_eq!(now.value.primary, "dc1");
+    }
+
+    #[test]
+    fn a_replica_paused_between_read_and_publish_blocks_nobody_and_then_decides_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coord.json");
+        let lease = Duration::from_secs(5);
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        // a reads a free lease; while it is "frozen" before publishing, b takes the lease
+        // (nothing a holds can stop b). a's publish then loses, and a decides again on b's
+        // state: the lease is b's and live, so a does not take it.
+        let a_won = update(&path, |s| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                let b_won = update(&path, |s2| Ok(acquire_or_renew(s2, "b", lease))).unwrap();
+                assert!(b_won);
+            }
+            Ok(acquire_or_renew(s, "a", lease))
+        })
+        .unwrap();
+        assert!(!a_won);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a decided again once");
+        let (_, state) = latest(&path).unwrap();
+        assert_eq!(state.lease.unwrap().holder, "b");
+        assert_eq!(state.transitions, 1);
+    }
+
+    #[tokio::test]
+    async fn old_generations_are_pruned_and_a_legacy_single_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coord.json");
+        let legacy = State {
+            lease: None,
+            transitions: 4,
+            topology: Some(Stored {
+                generation: 7,
+                value: Topology::initial("dc2"),
+            }),
+        };
+        std::fs::write(&path, serde_json::to_vec(&legacy).unwrap()).unwrap();
+        let a = LocalCoordination::new(&path, "a", Duration::from_secs(5));
+        let t = a.read_topology().await.unwrap().unwrap();
+        assert_eq!((t.value.primary.as_str(), t.version.as_str()), ("dc2", "7"));
+        for _ in 0..40 {
+            assert!(a.try_acquire_or_renew().await.unwrap());
+        }
+        let gens = generations(&path).unwrap();
+        assert_eq!(gens.iter().max(), Some(&40));
+        assert!(
+            gens.len() as u64 <= KEEP_GENERATIONS,
+            "{} generations kept",
+            gens.len()
+        );
+        let lease = a.lease().await.unwrap();
+        assert_eq!((lease.holder.as_deref(), lease.transitions), (Some("a"), 5));
+        assert_eq!(a.read_topology().await.unwrap().unwrap().version, "7");
     }
 
     #[tokio::test]
