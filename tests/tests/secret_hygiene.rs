@@ -239,15 +239,20 @@ async fn fetch(req: reqwest::RequestBuilder) -> (u16, String) {
 
 /// Runs a command to the end (at most 30 s) and returns its exit code, stdout and stderr.
 async fn run(program: &Path, args: &[OsString]) -> (Option<i32>, String) {
+    run_for(program, args, Duration::from_secs(30)).await
+}
+
+/// [`run`] with a time limit; the command is killed when it is exceeded (or on panic).
+async fn run_for(program: &Path, args: &[OsString], limit: Duration) -> (Option<i32>, String) {
     let out = tokio::time::timeout(
-        Duration::from_secs(30),
+        limit,
         tokio::process::Command::new(program)
             .args(args)
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .unwrap_or_else(|_| panic!("{} {args:?} did not finish in 30 s", program.display()))
+    .unwrap_or_else(|_| panic!("{} {args:?} did not finish in {limit:?}", program.display()))
     .unwrap();
     (
         out.status.code(),
@@ -263,8 +268,12 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
+/// The two tests each run a whole DR group; on two cores they take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error() {
+    let _turn = SERIAL.lock().await;
     let spec = GroupSpec {
         clusters: ["p", "s1", "s2"].map(String::from).to_vec(),
         coordinators: 2,
@@ -734,4 +743,123 @@ fn rand_u128() -> u128 {
     let mut b = s.build_hasher();
     b.write_u64(2);
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// Removes a kept run directory when dropped (also on panic).
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drill_leaves_no_token_or_seal_key_in_its_output_logs_or_store() {
+    let _turn = SERIAL.lock().await;
+    let cli = find_sibling("vault-dr", ENV_COORDINATOR_BIN).unwrap();
+    find_sibling("vault-dr-agent", ENV_AGENT_BIN).unwrap();
+    let (code, out) = run_for(
+        &cli,
+        &os(&[
+            "drill",
+            "--json",
+            "--keep",
+            "--clusters",
+            "3",
+            "--coordinators",
+            "2",
+            "--warmup",
+            "2s",
+        ]),
+        Duration::from_secs(240),
+    )
+    .await;
+    let json_start = out
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON from the drill: {out}"));
+    let mut stream =
+        serde_json::Deserializer::from_str(&out[json_start..]).into_iter::<serde_json::Value>();
+    let report = stream
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("the drill printed no JSON report: {out}"));
+    let run_dir = PathBuf::from(
+        report["run_dir"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no run_dir in {report}")),
+    );
+    let _remove = RemoveDir(run_dir.clone());
+    assert!(
+        report["promotions"].as_u64().unwrap_or(0) >= 1,
+        "the drill (exit {code:?}) promoted nothing: {report}"
+    );
+    assert!(run_dir.is_dir(), "--keep kept {}", run_dir.display());
+
+    let read = |name: &str| {
+        std::fs::read_to_string(run_dir.join(name))
+            .unwrap_or_else(|e| panic!("{name} in the kept run directory: {e}"))
+    };
+    let mut files = Vec::new();
+    walk(&run_dir, &mut files);
+    let key_path = files
+        .iter()
+        .find(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("static-seal-") && n.ends_with(".key"))
+        })
+        .unwrap_or_else(|| panic!("no seal key in {}", run_dir.display()))
+        .clone();
+    let seal_key = std::fs::read(&key_path).unwrap();
+    let secrets = vec![
+        Secret::token("the DR token", &read("dr.token")),
+        Secret::token("the coordinator bearer token", &read("coordinator.token")),
+        Secret::key("the static seal key", &seal_key),
+    ];
+
+    let mut scan = Scan::default();
+    scan.check("the drill's stdout and stderr", out.as_bytes(), &secrets);
+    let exempt_files = [
+        run_dir.join("dr.token"),
+        run_dir.join("coordinator.token"),
+        key_path.clone(),
+    ];
+    let mut logs = 0;
+    for f in &files {
+        if exempt(f, &exempt_files) {
+            continue;
+        }
+        let data = std::fs::read(f).unwrap_or_default();
+        if f.extension().is_some_and(|e| e == "log") {
+            logs += 1;
+        }
+        scan.check(&f.display().to_string(), &data, &secrets);
+    }
+    let store = run_dir.join("store.sqlite");
+    let mut rows = 0;
+    for (table, dump, count) in sqlite_tables(&store) {
+        rows += count;
+        scan.check(
+            &format!("{} table {table}", store.display()),
+            &dump,
+            &secrets,
+        );
+    }
+    // 3 bao, 3 agents, 2 coordinators.
+    assert!(logs >= 8, "only {logs} log files in {}", run_dir.display());
+    assert!(rows > 0, "the drill's store is empty");
+    println!(
+        "drill: scanned {} places, {} bytes ({} files, {rows} store rows) for {} secrets",
+        scan.places,
+        scan.bytes,
+        files.len(),
+        secrets.len()
+    );
+    assert!(
+        scan.leaks.is_empty(),
+        "SECRET LEAKED in the drill ({}):\n{}",
+        scan.leaks.len(),
+        scan.leaks.join("\n")
+    );
 }
