@@ -430,11 +430,27 @@ async fn on_promotion_mode_holds_snapshots_until_promoted_then_restores_and_cana
         r.applied_term == 1 && r.replication.replicated_index.is_some()
     })
     .await;
-    // Snapshots accumulate…
+    // An idle primary: nothing new, no further pull.
+    tokio::time::sleep(PULL * 3).await;
+    assert_eq!(
+        Agent::files(&a1.snapshot_dir, "snap").len(),
+        1,
+        "no pull while the primary applied nothing new"
+    );
+    // Writes on p: snapshots accumulate…
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Agent::files(&a1.snapshot_dir, "snap").len() < 2 {
+    let mut n = 0;
+    while Agent::files(&a1.snapshot_dir, "snap").len() < 3 {
         assert!(Instant::now() < deadline, "snapshots accumulate");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        put(
+            p.api_addr(),
+            &root,
+            &format!("onpromo/more/{n}"),
+            json!({"n": n}),
+        )
+        .await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // …but s1's data is its own: p's token is unknown there, s1's root still works.
     assert_eq!(get(s1.api_addr(), &root, "onpromo/x").await, None);

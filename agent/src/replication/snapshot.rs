@@ -135,10 +135,15 @@ impl Published {
             (Some(held), Some(p)) if self.secondary => Some(p.saturating_sub(held)),
             _ => None,
         };
-        s.lag_seconds = self
-            .newest_taken_at
-            .filter(|_| self.secondary)
-            .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+        // Caught up (the primary applied nothing newer): no data is missing, however old the
+        // snapshot is.
+        s.lag_seconds = match s.lag_entries {
+            Some(0) => Some(0.0),
+            _ => self
+                .newest_taken_at
+                .filter(|_| self.secondary)
+                .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0),
+        };
     }
 }
 
@@ -158,6 +163,10 @@ impl SnapshotStatus {
             p.primary_index = None;
         }
         p.refresh_lag();
+    }
+
+    fn primary_index(&self) -> Option<u64> {
+        self.lock().primary_index
     }
 
     fn set_primary_index(&self, index: u64) {
@@ -315,6 +324,12 @@ impl Shipper {
         if !due && !ex_primary {
             return Ok(());
         }
+        if !ex_primary && self.up_to_date(d.term) {
+            // Nothing new on the primary since the newest snapshot held (and, when
+            // continuous, restored): no pull, no restore that would block the node again.
+            self.last_pull = Some(Instant::now());
+            return Ok(());
+        }
         self.last_pull = Some(Instant::now());
         let pulled = self.pull(&primary, d.term).await?;
         let restore_now = ex_primary
@@ -348,6 +363,25 @@ impl Shipper {
         self.shared.set_applied_term(d.term);
         self.last_error = None;
         Ok(())
+    }
+
+    /// Whether this term's primary has applied nothing beyond the newest snapshot held (pulled
+    /// in this term), and in continuous mode that snapshot is the one restored.
+    fn up_to_date(&self, term: u64) -> bool {
+        if self.shared.applied_term() < term {
+            return false;
+        }
+        let (Some(primary), Some(newest)) = (self.status.primary_index(), self.store.newest())
+        else {
+            return false;
+        };
+        let restored = self.config.restore == RestoreMode::OnPromotion
+            || self
+                .record
+                .restored
+                .as_ref()
+                .is_some_and(|r| r.sha256 == newest.sha256);
+        newest.term == term && primary <= newest.index && restored
     }
 
     /// Primary role for a new term: restore per the promotion mode, check, canary, apply.
@@ -795,6 +829,11 @@ mod tests {
         // A primary index below the snapshot's (a lagging read) is no negative lag.
         s.set_primary_index(150);
         assert_eq!(s.get().lag_entries, Some(0));
+        assert_eq!(
+            s.get().lag_seconds,
+            Some(0.0),
+            "caught up: nothing is missing"
+        );
     }
 
     #[test]
