@@ -1,0 +1,684 @@
+//! Issue 4 acceptance: snapshot replication, promotion, fencing, the stable client address and
+//! the planned switchover, end to end on four real OpenBao clusters (p, s1, s2, s3; one shared
+//! static seal; fast elections), an in-process agent per node with `--replication snapshot` and
+//! the DR token (policy `vault-dr`, never root), and one in-process coordinator with the local
+//! TCP forwarder as the stable address. Clients use the old primary's root token through the
+//! stable address throughout (after a restore the primary's tokens work on the secondary).
+//!
+//! - continuous mode: kill p -> the best-ranked secondary is promoted; every secret acked before
+//!   the newest snapshot reads back through the stable address, new writes work; the restarted
+//!   old primary takes no client writes, quarantines its diverged data and becomes a secondary
+//!   of the new primary;
+//! - on-promotion mode: a planned switchover (`vault-dr switchover --to s1 --wait`) while a
+//!   client keeps writing through the stable address loses no acknowledged write; then killing
+//!   s1 promotes another cluster that restores on promotion, and every secret acked before the
+//!   newest snapshot reads back.
+//!
+//! Needs `.tools/bin/bao` (run `scripts/setup.sh`) and the built `vault-dr` binary
+//! (`cargo build --workspace`, which `scripts/test.sh` runs first). Timings are printed.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use url::Url;
+use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
+use vault_dr_common::{Report, Secret};
+use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_tests::lab::LabCluster;
+
+/// The coordinator's bearer token (agents and CLI).
+const TOKEN: &str = "replication-it-token";
+/// Pull interval of every agent.
+const PULL: Duration = Duration::from_secs(1);
+
+/// An in-process agent; stops when dropped.
+struct Agent {
+    url: String,
+    quarantine_dir: PathBuf,
+    _stop: oneshot::Sender<()>,
+}
+
+/// The whole group; everything stops when it is dropped (the clusters kill their `bao`).
+struct Group {
+    clusters: Vec<LabCluster>,
+    agents: BTreeMap<String, Agent>,
+    dir: tempfile::TempDir,
+    coordinator_url: String,
+    stable: Url,
+    client_token: Secret,
+    http: reqwest::Client,
+    _coordinator: oneshot::Sender<()>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.finish()
+}
+
+async fn start_agent(
+    cluster: &LabCluster,
+    coordinator: &str,
+    dr_token: &Secret,
+    dir: &Path,
+    restore: RestoreMode,
+) -> Agent {
+    let mut config = vault_dr_agent::Config::minimal(
+        cluster.name(),
+        cluster.nodes()[0].name(),
+        cluster.api_addr().clone(),
+    );
+    config.interval = Duration::from_millis(250);
+    config.vault.token = Some(dr_token.clone());
+    config.coordinator = Some(CoordinatorConfig {
+        url: Url::parse(coordinator).unwrap(),
+        token: Secret::new(TOKEN),
+        ca_certs: Vec::new(),
+    });
+    let quarantine_dir = dir.join(format!("{}-quarantine", cluster.name()));
+    config.replication = ReplicationConfig::Snapshot(SnapshotConfig {
+        dir: dir.join(format!("{}-snapshots", cluster.name())),
+        interval: PULL,
+        keep: 3,
+        restore,
+        quarantine_dir: quarantine_dir.clone(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(vault_dr_agent::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    Agent {
+        url,
+        quarantine_dir,
+        _stop: stop,
+    }
+}
+
+impl Group {
+    async fn start(restore: RestoreMode) -> Self {
+        let clusters = LabCluster::start_group_with(&["p", "s1", "s2", "s3"], true, None)
+            .await
+            .expect("lab group starts (run `bash scripts/setup.sh` if bao is missing)");
+        let dir = tempfile::tempdir().unwrap();
+        let dr_token = Secret::new(format!("vdr-it-{:016x}", rand_u64()));
+        for c in &clusters {
+            c.create_dr_token(&dr_token).await.unwrap();
+        }
+        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        std::fs::write(dir.path().join("dr.token"), dr_token.expose()).unwrap();
+        let port = free_port();
+        let traffic_port = free_port();
+        let coordinator_url = format!("http://127.0.0.1:{port}");
+        let mut text = format!(
+            "listen = \"127.0.0.1:{port}\"\nid = \"it\"\ntoken_file = \"token\"\n\
+             vault_token_file = \"dr.token\"\n\
+             [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
+             [traffic]\nbackend = \"local\"\nlisten = \"127.0.0.1:{traffic_port}\"\n\
+             [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
+             report_ttl = \"3s\"\ncooldown = \"0s\"\nmax_lag = \"60s\"\n"
+        );
+        for c in &clusters {
+            text.push_str(&format!(
+                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{3}\"]\n",
+                c.name(),
+                if c.name() == "p" { "primary" } else { "secondary" },
+                c.api_addr(),
+                c.nodes()[0].name(),
+            ));
+        }
+        let env = BTreeMap::from([(
+            ENV_TOKEN_FILE.to_owned(),
+            dir.path().join("token").display().to_string(),
+        )]);
+        let config = Config::parse(&text, dir.path(), &env).unwrap();
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(vault_dr_coordinator::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let mut agents = BTreeMap::new();
+        for c in &clusters {
+            let a = start_agent(c, &coordinator_url, &dr_token, dir.path(), restore).await;
+            agents.insert(c.name().to_owned(), a);
+        }
+        let client_token = clusters[0].root_token().clone();
+        // A new connection per request: the forwarder closes connections on a switch, and a
+        // pooled one would turn into a spurious error.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Self {
+            clusters,
+            agents,
+            dir,
+            coordinator_url,
+            stable: Url::parse(&format!("http://127.0.0.1:{traffic_port}")).unwrap(),
+            client_token,
+            http,
+            _coordinator: stop,
+        }
+    }
+
+    fn cluster(&self, name: &str) -> &LabCluster {
+        self.clusters.iter().find(|c| c.name() == name).unwrap()
+    }
+
+    async fn api<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
+        let r = self
+            .http
+            .get(format!("{}/{path}", self.coordinator_url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    async fn report(&self, cluster: &str) -> Option<Report> {
+        let r = self
+            .http
+            .get(format!("{}/v1/report", self.agents[cluster].url))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Waits until `pred` holds for the agent report of `cluster`.
+    async fn wait_report(
+        &self,
+        cluster: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Report) -> bool,
+    ) -> Report {
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            if let Some(r) = self.report(cluster).await {
+                if pred(&r) {
+                    return r;
+                }
+                last = Some(r);
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{cluster}: {what} not within {timeout:?}; last report: {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the leader serves the stable address and every secondary is seeded.
+    async fn wait_ready(&self) {
+        for c in ["s1", "s2", "s3"] {
+            self.wait_report(c, "seeded", Duration::from_secs(90), |r| {
+                r.replication.seeded && r.applied_term >= 1
+            })
+            .await;
+        }
+        let started = Instant::now();
+        while write(&self.http, &self.stable, &self.client_token, "ready", "1")
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the stable address never reached p"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for a finished failover to `term`; returns it.
+    async fn wait_done(&self, term: u64, timeout: Duration) -> FailoverRecord {
+        let started = Instant::now();
+        loop {
+            let all: Vec<FailoverRecord> = self.api("v1/failovers").await.unwrap_or_default();
+            if let Some(r) = all
+                .iter()
+                .find(|r| r.term == term && r.status == FailoverStatus::Done)
+            {
+                return r.clone();
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "no finished failover to term {term} within {timeout:?}: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// KV v2 write of `{"v": value}` at `secret/<path>`; Err with the reason when not acknowledged.
+async fn write(
+    http: &reqwest::Client,
+    addr: &Url,
+    token: &Secret,
+    path: &str,
+    value: &str,
+) -> Result<(), String> {
+    let r = http
+        .post(addr.join(&format!("v1/secret/data/{path}")).unwrap())
+        .header("X-Vault-Token", token.expose())
+        .json(&json!({ "data": { "v": value } }))
+        .send()
+        .await
+        .map_err(|e| format!("transport: {e}"))?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", r.status()))
+    }
+}
+
+/// KV v2 read of `secret/<path>`: the `v` field, None when absent or unreadable.
+async fn read(http: &reqwest::Client, addr: &Url, token: &Secret, path: &str) -> Option<String> {
+    let r = http
+        .get(addr.join(&format!("v1/secret/data/{path}")).ok()?)
+        .header("X-Vault-Token", token.expose())
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    v.pointer("/data/data/v")?.as_str().map(str::to_owned)
+}
+
+/// Reads `path` until it equals `want` (the stable address may need a moment after a switch).
+async fn read_eventually(
+    http: &reqwest::Client,
+    addr: &Url,
+    token: &Secret,
+    path: &str,
+    want: &str,
+    timeout: Duration,
+) -> bool {
+    let started = Instant::now();
+    loop {
+        if read(http, addr, token, path).await.as_deref() == Some(want) {
+            return true;
+        }
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every key of `keys` reads back through `addr`; the missing ones.
+async fn missing(
+    http: &reqwest::Client,
+    addr: &Url,
+    token: &Secret,
+    keys: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in keys {
+        if !read_eventually(http, addr, token, k, k, Duration::from_secs(2)).await {
+            out.push(k.clone());
+        }
+    }
+    out
+}
+
+/// Seconds from `t0` to when `step` of `r` finished.
+fn at(r: &FailoverRecord, step: Step, t0: chrono::DateTime<chrono::Utc>) -> f64 {
+    let done = r.step(step).and_then(|s| s.finished_at).unwrap();
+    (done - t0).num_milliseconds() as f64 / 1000.0
+}
+
+fn print_timeline(what: &str, r: &FailoverRecord, t0: chrono::DateTime<chrono::Utc>) {
+    let line: Vec<String> = Step::ALL
+        .iter()
+        .filter(|s| r.step(**s).and_then(|x| x.finished_at).is_some())
+        .map(|s| format!("{s} {:.2} s", at(r, *s, t0)))
+        .collect();
+    println!(
+        "{what} ({} -> {}, term {}): {}",
+        r.from,
+        r.to,
+        r.term,
+        line.join(", ")
+    );
+    for s in &r.steps {
+        println!("  {:<10} {}", s.step.as_str(), s.detail);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_kill_the_primary_then_it_returns_as_a_quarantined_secondary() {
+    let mut g = Group::start(RestoreMode::Continuous).await;
+    g.wait_ready().await;
+    let (http, stable, token) = (&g.http.clone(), &g.stable.clone(), &g.client_token.clone());
+
+    // Acknowledged writes through the stable address, then wait until every secondary holds
+    // them (their newest restored snapshot covers them).
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let k = format!("early/{i}");
+        write(http, stable, token, &k, &k).await.unwrap();
+        acked.push(k);
+    }
+    for c in ["s1", "s2", "s3"] {
+        let addr = g.cluster(c).api_addr();
+        assert!(
+            read_eventually(
+                http,
+                addr,
+                token,
+                "early/39",
+                "early/39",
+                Duration::from_secs(60)
+            )
+            .await,
+            "{c} never restored a snapshot holding early/39"
+        );
+    }
+    // Written on p after that: may or may not be in the newest snapshot (the RPO window).
+    for i in 0..5 {
+        let k = format!("late/{i}");
+        write(http, stable, token, &k, &k).await.unwrap();
+    }
+
+    let killed = chrono::Utc::now();
+    g.clusters[0].nodes_mut()[0].kill();
+    let done = g.wait_done(2, Duration::from_secs(120)).await;
+    print_timeline("continuous failover after kill", &done, killed);
+    assert_eq!(done.from, "p");
+    assert!(!done.planned);
+    let winner = done.table.winner.clone().unwrap();
+    assert_eq!(done.to, winner, "the rank-1 candidate is promoted");
+    assert_eq!(
+        done.table.candidates[0].rank,
+        Some(1),
+        "{:#?}",
+        done.table.candidates
+    );
+    assert!(
+        done.reason.contains("promotion: complete"),
+        "{}",
+        done.reason
+    );
+    println!(
+        "RTO (kill to done): {:.2} s; promoted at {:.2} s",
+        at(&done, Step::Done, killed),
+        at(&done, Step::Promoted, killed)
+    );
+
+    let lost = missing(http, stable, token, &acked).await;
+    assert!(
+        lost.is_empty(),
+        "acked before the newest snapshot but not readable through the stable address: {lost:?}"
+    );
+    write(http, stable, token, "after/1", "after/1")
+        .await
+        .expect("a new write through the stable address works with p's token");
+    let new_primary = g.cluster(&done.to).api_addr().clone();
+    assert_eq!(
+        read(http, &new_primary, token, "after/1").await.as_deref(),
+        Some("after/1"),
+        "the stable address leads to the new primary"
+    );
+
+    // The old primary comes back: no client writes reach it, its data goes to quarantine, and
+    // it follows the new primary.
+    g.clusters[0].nodes_mut()[0].restart().await.unwrap();
+    let old = g.cluster("p").api_addr().clone();
+    for i in 0..10 {
+        let k = format!("back/{i}");
+        write(http, stable, token, &k, &k).await.unwrap();
+        assert_eq!(
+            read(http, &new_primary, token, &k).await.as_deref(),
+            Some(k.as_str()),
+            "{k} went to the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = g
+        .wait_report(
+            "p",
+            "following the new primary",
+            Duration::from_secs(120),
+            |r| r.applied_term >= 2 && r.replication.restored_index.is_some(),
+        )
+        .await;
+    println!("old primary follows: {:?}", r.replication);
+    let quarantined: Vec<_> = std::fs::read_dir(&g.agents["p"].quarantine_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        quarantined
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "snap")),
+        "p's diverged data is in quarantine: {quarantined:?}"
+    );
+    assert!(
+        read_eventually(
+            http,
+            &old,
+            token,
+            "back/9",
+            "back/9",
+            Duration::from_secs(60)
+        )
+        .await,
+        "p replicates the new primary's writes"
+    );
+    // Still one failover, still term 2.
+    let all: Vec<FailoverRecord> = g.api("v1/failovers").await.unwrap();
+    assert_eq!(all.len(), 1, "{all:#?}");
+}
+
+/// Keeps writing `sw/<n>` through `stable` until told to stop; the keys that were acknowledged,
+/// and the longest gap between two acknowledgements.
+fn spawn_writer(
+    http: reqwest::Client,
+    stable: Url,
+    token: Secret,
+    prefix: &'static str,
+) -> (
+    Arc<Mutex<Vec<String>>>,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<(usize, Duration)>,
+) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let out = acked.clone();
+    let task = tokio::spawn(async move {
+        let mut failed = 0usize;
+        let mut last_ack = Instant::now();
+        let mut longest = Duration::ZERO;
+        for i in 0.. {
+            if stopped.try_recv().is_ok() {
+                break;
+            }
+            let k = format!("{prefix}/{i}");
+            match write(&http, &stable, &token, &k, &k).await {
+                Ok(()) => {
+                    longest = longest.max(last_ack.elapsed());
+                    last_ack = Instant::now();
+                    out.lock().unwrap().push(k);
+                }
+                Err(_) => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (failed, longest)
+    });
+    (acked, stop, task)
+}
+
+fn vault_dr_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("vault-dr");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_a_restore() {
+    let mut g = Group::start(RestoreMode::OnPromotion).await;
+    g.wait_ready().await;
+
+    // A client keeps writing through the stable address during the whole switchover.
+    let (acked, stop, writer) = spawn_writer(
+        g.http.clone(),
+        g.stable.clone(),
+        g.client_token.clone(),
+        "sw",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = chrono::Utc::now();
+    let out = tokio::process::Command::new(vault_dr_binary())
+        .args([
+            "switchover",
+            "--to",
+            "s1",
+            "--wait",
+            "--url",
+            &g.coordinator_url,
+            "--token-file",
+        ])
+        .arg(g.dir.path().join("token"))
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    println!("{printed}");
+    assert!(
+        out.status.success(),
+        "vault-dr switchover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("switchover done: s1 is primary in term 2"),
+        "{printed}"
+    );
+    for step in [
+        "fenced",
+        "promoted",
+        "repointed",
+        "switched",
+        "verified",
+        "done",
+    ] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(step)),
+            "{step} printed: {printed}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop.send(());
+    let (failed, longest) = writer.await.unwrap();
+    let done = g.wait_done(2, Duration::from_secs(10)).await;
+    print_timeline("switchover", &done, started);
+    assert!(done.planned);
+    assert_eq!((done.from.as_str(), done.to.as_str()), ("p", "s1"));
+    assert!(
+        done.step(Step::Fenced)
+            .unwrap()
+            .detail
+            .contains("cut client traffic"),
+        "the Fenced step cut traffic instead of sealing: {:#?}",
+        done.steps
+    );
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    println!(
+        "switchover: {} writes acked, {failed} refused during the cut, longest gap between acks {:.2} s, done in {:.2} s",
+        acked.len(),
+        longest.as_secs_f64(),
+        at(&done, Step::Done, started)
+    );
+    assert!(acked.len() > 20, "the client wrote during the test");
+    let (http, stable, token) = (&g.http.clone(), &g.stable.clone(), &g.client_token.clone());
+    let lost = missing(http, stable, token, &acked).await;
+    assert!(
+        lost.is_empty(),
+        "switchover lost {} acknowledged write(s): {lost:?}",
+        lost.len()
+    );
+    let s1 = g.cluster("s1").api_addr().clone();
+    let last = acked.last().unwrap();
+    assert_eq!(
+        read(http, &s1, token, last).await.as_deref(),
+        Some(last.as_str()),
+        "the stable address now leads to s1"
+    );
+
+    // On-promotion standbys (s2, s3, and p once it follows s1) hold snapshots of s1 without
+    // restoring them. More acked writes, then wait for a couple of pulls and kill s1.
+    g.wait_report("p", "following s1", Duration::from_secs(120), |r| {
+        r.applied_term >= 2
+    })
+    .await;
+    let mut second = Vec::new();
+    for i in 0..30 {
+        let k = format!("two/{i}");
+        write(http, stable, token, &k, &k).await.unwrap();
+        second.push(k);
+    }
+    tokio::time::sleep(PULL * 4).await;
+    for c in ["p", "s2", "s3"] {
+        let r = g.report(c).await.unwrap();
+        println!(
+            "{c} before the kill: applied_term {}, lag {:?} entries / {:?} s",
+            r.applied_term, r.replication.lag_entries, r.replication.lag_seconds
+        );
+    }
+    let killed = chrono::Utc::now();
+    let idx = g.clusters.iter().position(|c| c.name() == "s1").unwrap();
+    g.clusters[idx].nodes_mut()[0].kill();
+    let done = g.wait_done(3, Duration::from_secs(120)).await;
+    print_timeline("on-promotion failover after kill", &done, killed);
+    assert_eq!(done.from, "s1");
+    assert!(!done.planned);
+    println!(
+        "on-promotion RTO (kill to done): {:.2} s",
+        at(&done, Step::Done, killed)
+    );
+    let mut all_acked = acked.clone();
+    all_acked.extend(second);
+    let lost = missing(http, stable, token, &all_acked).await;
+    assert!(
+        lost.is_empty(),
+        "acked before the newest snapshot but lost after an on-promotion failover: {lost:?}"
+    );
+    write(http, stable, token, "three/1", "three/1")
+        .await
+        .expect("new writes work on the promoted cluster");
+}
