@@ -34,6 +34,8 @@ use vault_dr_coordinator::lab::process::ChildGuard;
 use vault_dr_tests::netns::{Host, Net};
 
 const TOKEN: &str = "faults-netns-token";
+/// The DR token id of the scenarios with replication (tests only).
+const DR_TOKEN_ID: &str = "vault-dr-faults-netns-dr-token";
 /// Detection needs the report TTL to lapse plus `confirm` ticks: about 3 s here.
 const DETECTION: Duration = Duration::from_secs(3);
 
@@ -63,6 +65,8 @@ struct Lab {
     net: Net,
     dir: tempfile::TempDir,
     url: String,
+    /// The stable client address (the coordinator's local forwarder), with `replicate`.
+    traffic: Option<String>,
     http: reqwest::Client,
 }
 
@@ -71,6 +75,9 @@ struct LabOptions {
     cooldown: &'static str,
     /// The `[store]` table's lines (default: an embedded file).
     store: Option<String>,
+    /// Snapshot replication (continuous restore every second) with the DR token in every
+    /// cluster, agents and coordinator; and the local traffic forwarder on the bridge address.
+    replicate: bool,
 }
 
 fn agent_binary() -> PathBuf {
@@ -116,6 +123,14 @@ impl Lab {
             .expect("start OpenBao in namespaces (needs .tools/bin/bao: run scripts/setup.sh)");
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, TOKEN).unwrap();
+        let dr_token_file = dir.path().join("dr.token");
+        if opts.replicate {
+            let dr = vault_dr_common::Secret::new(DR_TOKEN_ID);
+            for c in &clusters {
+                c.create_dr_token(&dr).await.unwrap();
+            }
+            std::fs::write(&dr_token_file, DR_TOKEN_ID).unwrap();
+        }
 
         let gw = net.gateway();
         let port = std::net::TcpListener::bind((gw, 0))
@@ -124,6 +139,11 @@ impl Lab {
             .unwrap()
             .port();
         let url = format!("http://{gw}:{port}");
+        let traffic_port = std::net::TcpListener::bind((gw, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut text = format!(
             "listen = \"{gw}:{port}\"\nid = \"faults\"\ntoken_file = \"token\"\n\
              [store]\n{}\n[coordination]\npath = \"coordination.json\"\n\
@@ -132,6 +152,12 @@ impl Lab {
             opts.store.as_deref().unwrap_or("path = \"store.sqlite\""),
             opts.cooldown
         );
+        if opts.replicate {
+            text = format!("vault_token_file = \"dr.token\"\n{text}");
+            text.push_str(&format!(
+                "[traffic]\nbackend = \"local\"\nlisten = \"{gw}:{traffic_port}\"\n"
+            ));
+        }
         for (i, c) in clusters.iter().enumerate() {
             text.push_str(&format!(
                 "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{3}\"]\n",
@@ -157,7 +183,7 @@ impl Lab {
         let mut agents = BTreeMap::new();
         for (c, h) in clusters.iter().zip(&hosts) {
             let node = &c.nodes()[0];
-            let args: Vec<OsString> = vec![
+            let mut args: Vec<OsString> = vec![
                 "--vault-addr".into(),
                 node.api_addr().as_str().into(),
                 "--cluster".into(),
@@ -175,6 +201,25 @@ impl Lab {
                 "--vault-pid-file".into(),
                 node.pid_file().as_os_str().to_owned(),
             ];
+            if opts.replicate {
+                for (flag, value) in [
+                    ("--vault-token-file", dr_token_file.display().to_string()),
+                    ("--replication", "snapshot".into()),
+                    ("--restore", "continuous".into()),
+                    ("--snapshot-interval", "1s".into()),
+                    (
+                        "--snapshot-dir",
+                        node.dir().join("snapshots").display().to_string(),
+                    ),
+                    (
+                        "--quarantine-dir",
+                        node.dir().join("quarantine").display().to_string(),
+                    ),
+                ] {
+                    args.push(flag.into());
+                    args.push(value.into());
+                }
+            }
             let log = node.dir().join("agent.log");
             let g = h.spawn(&format!("agent {}", c.name()), &agent_bin, &args, &log);
             agents.insert(c.name().to_owned(), g.unwrap());
@@ -188,6 +233,9 @@ impl Lab {
             net,
             dir,
             url,
+            traffic: opts
+                .replicate
+                .then(|| format!("http://{gw}:{traffic_port}")),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(5))
@@ -272,6 +320,16 @@ impl Lab {
         (primary, term)
     }
 
+    /// Copies every agent's log to `<target>/tmp/faults_netns-<scenario>-<cluster>-agent.log`
+    /// (the lab directory goes with the lab).
+    fn keep_agent_logs(&self, scenario: &str) {
+        for c in &self.clusters {
+            let to = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("faults_netns-{scenario}-{}-agent.log", c.name()));
+            let _ = std::fs::copy(c.nodes()[0].dir().join("agent.log"), to);
+        }
+    }
+
     fn host(&self, name: &str) -> &Host {
         self.hosts.iter().find(|h| h.name() == name).unwrap()
     }
@@ -326,6 +384,18 @@ fn table_row(scenario: &str, expected: &str, observed: &str, rto: Option<f64>) {
     }
 }
 
+/// `decided +Xs: fenced +Ys …`: when each step finished, in seconds after the cut `from`.
+fn timeline(record: &FailoverRecord, from: DateTime<Utc>) -> String {
+    let secs = |at: DateTime<Utc>| (at - from).num_milliseconds() as f64 / 1000.0;
+    let mut out = format!("decided +{:.1}s", secs(record.decided_at));
+    for s in record.steps.iter().filter(|s| s.step != Step::Decided) {
+        if let Some(done) = s.finished_at {
+            out.push_str(&format!(", {} +{:.1}s", s.step, secs(done)));
+        }
+    }
+    out
+}
+
 /// Seconds from `from` to the end of the failover's Done step.
 fn rto(record: &FailoverRecord, from: DateTime<Utc>) -> Option<f64> {
     let done = record.step(Step::Done)?.finished_at?;
@@ -338,6 +408,7 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
         store: None,
+        replicate: false,
     })
     .await;
     let p = lab.host("p");
@@ -407,14 +478,13 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
     );
 }
 
-/// A client that writes `n` to KV `client/<n>` on whatever cluster the coordinator names as
-/// primary, and logs every acknowledged write with the cluster that acknowledged it.
+/// A client that writes `n` to KV `client/<n>` through the stable address every 100 ms and
+/// logs every acknowledged write with the time of the acknowledgement.
 async fn client_writer(
-    lab_url: String,
-    addrs: BTreeMap<String, url::Url>,
-    tokens: BTreeMap<String, String>,
+    stable: String,
+    token: String,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<(u64, String, DateTime<Utc>)> {
+) -> Vec<(u64, DateTime<Utc>)> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(1500))
@@ -423,39 +493,44 @@ async fn client_writer(
     let mut acked = Vec::new();
     let mut n = 0u64;
     while !*stop.borrow() {
-        let topo: Option<Value> = async {
-            http.get(format!("{lab_url}/v1/topology"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()
-        }
-        .await;
-        let primary = topo
-            .as_ref()
-            .and_then(|t| t.pointer("/topology/primary"))
-            .and_then(Value::as_str)
-            .unwrap_or("p")
-            .to_owned();
         n += 1;
-        let url = addrs[&primary]
-            .join(&format!("v1/secret/data/client/{n}"))
-            .unwrap();
         let r = http
-            .post(url)
-            .header("X-Vault-Token", &tokens[&primary])
+            .post(format!("{stable}/v1/secret/data/client/{n}"))
+            .header("X-Vault-Token", &token)
             .json(&json!({"data": {"n": n}}))
             .send()
             .await;
         if matches!(&r, Ok(resp) if resp.status().is_success()) {
-            acked.push((n, primary, Utc::now()));
+            acked.push((n, Utc::now()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     acked
+}
+
+/// Which of `keys` (KV `client/<n>`) `cluster` holds, read with `token`.
+async fn held(cluster: &LabCluster, token: &str, keys: &[u64]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for n in keys {
+        let r = cluster
+            .client()
+            .get(
+                cluster
+                    .api_addr()
+                    .join(&format!("v1/secret/data/client/{n}"))
+                    .unwrap(),
+            )
+            .header("X-Vault-Token", token)
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => out.push(*n),
+            404 => {}
+            s => panic!("{}: GET client/{n}: {s}", cluster.name()),
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,21 +539,16 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
         store: None,
+        replicate: true,
     })
     .await;
-    let addrs: BTreeMap<String, url::Url> = lab
-        .clusters
-        .iter()
-        .map(|c| (c.name().to_owned(), c.api_addr().clone()))
-        .collect();
-    let tokens: BTreeMap<String, String> = lab
-        .clusters
-        .iter()
-        .map(|c| (c.name().to_owned(), c.root_token().expose().to_owned()))
-        .collect();
+    // The client's token is p's root token: the secondaries restore p's snapshots, so it is
+    // valid on whichever cluster serves (only this test client uses it).
+    let token = lab.cluster("p").root_token().expose().to_owned();
+    let stable = lab.traffic.clone().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let writer = tokio::spawn(client_writer(lab.url.clone(), addrs, tokens, stop_rx));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = tokio::spawn(client_writer(stable, token.clone(), stop_rx));
+    tokio::time::sleep(Duration::from_secs(12)).await;
 
     let cut_at = Utc::now();
     lab.host("p").cut().unwrap();
@@ -494,10 +564,12 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    // Heal the old primary: it must not win clients back, nor cause a second failover.
+    // The old primary comes back: unsealed, active, with its own (diverged) data. The stable
+    // address must keep going to the new primary, and nothing may fail over again.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let heal_at = Utc::now();
     lab.host("p").heal().unwrap();
-    tokio::time::sleep(DETECTION * 2).await;
+    tokio::time::sleep(DETECTION * 3).await;
     stop_tx.send(true).unwrap();
     let acked = writer.await.unwrap();
 
@@ -508,46 +580,65 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
     assert_eq!(steps, Step::ALL, "each step once, in order");
     let (primary, term) = lab.topology().await;
     assert_eq!((primary.as_str(), term), (done.to.as_str(), 2));
+
+    // Every write acknowledged through the stable address after the switch was acknowledged by
+    // the new primary: it holds all of them (the old one could only have kept them to itself).
+    let new = lab.cluster(&done.to);
     let switched = done
         .step(Step::Switched)
         .and_then(|s| s.finished_at)
         .unwrap();
-    let from_old: Vec<_> = acked
-        .iter()
-        .filter(|(_, c, at)| c == "p" && *at > switched)
-        .collect();
-    assert!(
-        from_old.is_empty(),
-        "writes acknowledged by the old primary after the switch: {from_old:?}"
-    );
-    // Every write acknowledged by the new primary after the switch is there.
-    let new = lab.cluster(&done.to);
     let after: Vec<u64> = acked
         .iter()
-        .filter(|(_, c, at)| *c == done.to && *at > switched)
-        .map(|(n, _, _)| *n)
+        .filter(|(_, at)| *at > switched)
+        .map(|(n, _)| *n)
+        .collect();
+    let after_heal = acked.iter().filter(|(_, at)| *at > heal_at).count();
+    assert!(after_heal > 0, "no write acknowledged after p came back");
+    let on_new = held(new, &token, &after).await;
+    let not_on_new: Vec<u64> = after
+        .iter()
+        .filter(|n| !on_new.contains(n))
+        .copied()
         .collect();
     assert!(
-        !after.is_empty(),
-        "the client never wrote to the new primary"
+        not_on_new.is_empty(),
+        "acknowledged through the stable address after the switch but not on {}: {not_on_new:?}",
+        done.to
     );
-    for n in &after {
-        assert!(
-            new.kv_get(&format!("client/{n}")).await.unwrap().is_some(),
-            "acknowledged write {n} missing on {}",
-            done.to
-        );
-    }
+    // RPO of an unplanned failover with continuous restore: what p acknowledged in its last
+    // moments may be lost, nothing older than a few snapshot intervals.
+    let before: Vec<(u64, DateTime<Utc>)> = acked
+        .iter()
+        .filter(|(_, at)| *at < cut_at)
+        .copied()
+        .collect();
+    let keys: Vec<u64> = before.iter().map(|(n, _)| *n).collect();
+    let kept = held(new, &token, &keys).await;
+    let lost: Vec<&(u64, DateTime<Utc>)> =
+        before.iter().filter(|(n, _)| !kept.contains(n)).collect();
+    let oldest_lost = lost
+        .iter()
+        .map(|(_, at)| (cut_at - *at).num_milliseconds() as f64 / 1000.0)
+        .fold(0.0, f64::max);
+    assert!(
+        oldest_lost <= 15.0,
+        "lost a write acknowledged {oldest_lost:.1} s before the cut: {lost:?}"
+    );
     let rto = rto(&done, cut_at);
+    println!("s2 timeline: {}", timeline(&done, cut_at));
+    lab.keep_agent_logs("s2");
     table_row(
         "2 primary fully isolated",
-        "exactly one promotion; no write acknowledged by the old primary after the switch",
+        "exactly one promotion; no write acknowledged by the old primary through the stable address after the switch",
         &format!(
-            "1 failover p -> {} (term 2); {} writes acked, 0 by p after the switch, {} by {} all readable; none more after healing p",
+            "1 failover p -> {} (term 2), none after p returned; {} writes acked through the stable address, all {} after the switch ({after_heal} after p returned) on {}; RPO: {} of {} pre-cut writes lost (the oldest acked {oldest_lost:.1} s before the cut)",
             done.to,
             acked.len(),
             after.len(),
-            done.to
+            done.to,
+            lost.len(),
+            before.len()
         ),
         rto,
     );
@@ -559,6 +650,7 @@ async fn s3_latency_and_cpu_stress_do_not_promote() {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
         store: None,
+        replicate: false,
     })
     .await;
     for h in &lab.hosts {
@@ -625,6 +717,7 @@ async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
         names: &["p", "s1", "s2"],
         cooldown: "60s",
         store: None,
+        replicate: false,
     })
     .await;
     let t = Instant::now();
@@ -696,6 +789,7 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         names: &["p", "s1", "s2"],
         cooldown: "60s",
         store: Some(store),
+        replicate: false,
     })
     .await;
     let cut_at = Utc::now();
