@@ -328,6 +328,7 @@ impl Shipper {
             // Nothing new on the primary since the newest snapshot held (and, when
             // continuous, restored): no pull, no restore that would block the node again.
             self.last_pull = Some(Instant::now());
+            self.last_error = None;
             return Ok(());
         }
         self.last_pull = Some(Instant::now());
