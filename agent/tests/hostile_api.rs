@@ -189,3 +189,87 @@ async fn hostile_answers_do_not_crash_the_agent_nor_move_its_desired_state() {
     server.abort();
     thief_server.abort();
 }
+
+/// The other origin of a Vault redirect: records the paths and `X-Vault-Token` headers it gets.
+#[derive(Clone, Default)]
+struct VaultThief {
+    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+}
+
+async fn steal_vault_token(
+    State(t): State<VaultThief>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    t.seen.lock().unwrap().push((
+        uri.path().to_owned(),
+        headers
+            .get("x-vault-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    ));
+    (StatusCode::NOT_FOUND, "").into_response()
+}
+
+/// Found by this suite: reqwest follows redirects by default and strips only `Authorization`
+/// and cookies on a cross-origin hop, so the agent's Vault client hands the DR token in
+/// `X-Vault-Token` to whatever host a 307 names (`sys/leader`, `sys/storage/raft/autopilot/
+/// state`, ... all arrive at the other origin with the token). Fix: build the Vault client in
+/// `agent/src/vault/mod.rs` (`http_client`) with `.redirect(reqwest::redirect::Policy::none())`
+/// (the coordinator client in `agent/src/report.rs` too), then remove the `ignore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug, owner agent/src/vault/mod.rs: the Vault client follows cross-origin redirects with X-Vault-Token"]
+async fn a_vault_redirect_to_another_origin_gets_no_token() {
+    let thief = VaultThief::default();
+    let thief_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thief_url = format!("http://{}", thief_listener.local_addr().unwrap());
+    let thief_app = Router::new()
+        .fallback(steal_vault_token)
+        .with_state(thief.clone());
+    let thief_server = tokio::spawn(async move { axum::serve(thief_listener, thief_app).await });
+    // A "Vault" that is healthy and active, and redirects everything else to the other origin.
+    let vault_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vault_addr = vault_listener.local_addr().unwrap();
+    let vault_app = Router::new().fallback(move |uri: axum::http::Uri| {
+        let target = format!("{thief_url}{uri}");
+        async move {
+            if uri.path() == "/v1/sys/health" {
+                return axum::Json(serde_json::json!({
+                    "initialized": true, "sealed": false, "standby": false,
+                    "version": "2.7.2", "cluster_name": "x", "cluster_id": "y"
+                }))
+                .into_response();
+            }
+            (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response()
+        }
+    });
+    let vault_server = tokio::spawn(async move { axum::serve(vault_listener, vault_app).await });
+
+    let mut config = Config::minimal(
+        "dc2",
+        "dc2-0",
+        Url::parse(&format!("http://{vault_addr}")).unwrap(),
+    );
+    config.interval = Duration::from_millis(100);
+    config.vault.token = Some(Secret::new(TOKEN));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = thief.seen.lock().unwrap().clone();
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    vault_server.abort();
+    thief_server.abort();
+    let leaked: std::collections::BTreeSet<&String> = seen
+        .iter()
+        .filter(|(_, t)| t.as_deref() == Some(TOKEN))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the Vault token went to another origin with: {leaked:?}"
+    );
+}
