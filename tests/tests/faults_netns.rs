@@ -9,7 +9,7 @@
 //! of the closing-note table (`FAULT TABLE | ...`, also appended to
 //! `<target>/tmp/faults_netns.md`).
 //!
-//! Needs root, `ip`, `iptables`, `python3`, `curl`, `stress-ng`, SecantusDB and `.tools/bin/bao`
+//! Needs root, `ip`, `iptables`, `python3`, `stress-ng`, SecantusDB and `.tools/bin/bao`
 //! (run `scripts/setup.sh`) and the built `vault-dr` and `vault-dr-agent` (`cargo build
 //! --workspace`). Policy: probe 500 ms, confirm 2, report TTL 2 s, fast raft election.
 //! Run: `cargo test -p vault-dr-tests --test faults_netns -- --nocapture`.
@@ -424,23 +424,13 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
         .await;
     assert!(direct.is_err(), "the root namespace still reaches p");
     // ... while a secondary's host still does.
-    let from_s1 = lab.host("s1").exec(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-m",
-            "2",
-            "-w",
-            "%{http_code}",
-            lab.cluster("p")
-                .api_addr()
-                .join("v1/sys/health")
-                .unwrap()
-                .as_str(),
-        ],
+    let health = lab.cluster("p").api_addr().join("v1/sys/health").unwrap();
+    let probe = format!(
+        "import urllib.request as u\n\
+         o = u.build_opener(u.ProxyHandler({{}}))\n\
+         print(o.open('{health}', timeout=2).status, end='')"
     );
+    let from_s1 = lab.host("s1").exec("python3", &["-c", &probe]);
     assert_eq!(
         from_s1.as_deref().ok(),
         Some("200"),
