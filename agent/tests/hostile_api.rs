@@ -190,10 +190,13 @@ async fn hostile_answers_do_not_crash_the_agent_nor_move_its_desired_state() {
     thief_server.abort();
 }
 
+/// Request paths with the `X-Vault-Token` each carried.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// The other origin of a Vault redirect: records the paths and `X-Vault-Token` headers it gets.
 #[derive(Clone, Default)]
 struct VaultThief {
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
 }
 
 async fn steal_vault_token(
