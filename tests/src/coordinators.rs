@@ -588,6 +588,43 @@ impl DrLab {
         Ok(())
     }
 
+    /// Waits until replica `leader` holds a report of `cluster` whose agent applied `term` (as
+    /// the promoted primary: restored, active, canary written; as a secondary: following that
+    /// term's primary); returns that report.
+    pub async fn wait_applied(
+        &self,
+        leader: usize,
+        cluster: &str,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<vault_dr_common::Report, HaError> {
+        let start = Instant::now();
+        loop {
+            let report = self
+                .group
+                .get::<serde_json::Value>(leader, "/v1/clusters")
+                .await
+                .and_then(|v| {
+                    serde_json::from_value::<Vec<vault_dr_coordinator::view::NodeView>>(
+                        v["view"]["clusters"][cluster]["nodes"].clone(),
+                    )
+                    .ok()
+                })
+                .and_then(|nodes| nodes.into_iter().max_by_key(|n| n.received_at))
+                .map(|n| n.report);
+            match report {
+                Some(r) if r.applied_term >= term => return Ok(r),
+                last if start.elapsed() > timeout => {
+                    return Err(HaError::Timeout(format!(
+                        "{cluster} did not apply term {term} within {timeout:?}; last report: \
+                         {last:?}"
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     /// Waits until replica `leader` has a fresh report from every cluster and every secondary
     /// is eligible for promotion (seeded by replication, not lagging).
     pub async fn wait_failover_ready(

@@ -18,7 +18,6 @@ use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
-use vault_dr_coordinator::view::View;
 use vault_dr_tests::coordinators::{
     Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, sample, vault_dr_binary,
 };
@@ -283,17 +282,14 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
         (t.primary.as_str(), t.term, t.failover.is_none()),
         (f.to.as_str(), 2, true)
     );
-    // The promoted cluster acknowledged term 2 as an active primary.
-    let clusters: serde_json::Value = lab.group.get(next, "/v1/clusters").await.unwrap();
-    let view: View = serde_json::from_value(clusters["view"].clone()).unwrap();
-    let report = &view.clusters[&f.to]
-        .nodes
-        .iter()
-        .max_by_key(|n| n.received_at)
-        .unwrap()
-        .report;
-    assert_eq!(
-        (report.seen_term, report.vault.state),
-        (2, NodeState::Active)
-    );
+    // The promoted cluster applied term 2 as an active primary; the other follows it.
+    let report = lab
+        .wait_applied(next, &f.to, 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(report.vault.state, NodeState::Active);
+    let other = if f.to == "s1" { "s2" } else { "s1" };
+    lab.wait_applied(next, other, 2, Duration::from_secs(60))
+        .await
+        .unwrap();
 }

@@ -1,7 +1,8 @@
-//! Split brain between coordinator replicas: the leader is frozen (SIGSTOP) just as it sees the
-//! primary die, stays frozen past the expiry of its lease while another replica takes over and
-//! fails over, and is then resumed (SIGCONT) still believing, from its own point of view, that
-//! it was in the middle of leading. Exactly one promotion and one term increase must happen:
+//! Split brain between coordinator replicas: the leader is frozen (SIGSTOP) either just as it
+//! starts to suspect the dead primary, or in the middle of the failover it began (term already
+//! raised, steps running); it stays frozen past the expiry of its lease while another replica
+//! takes over and fails over (or resumes the failover), and is then resumed (SIGCONT) still
+//! believing, from its own point of view, that it was in the middle of leading. Exactly one promotion and one term increase must happen:
 //! the journal holds one failover, to term 2, each step once; the topology says term 2 with
 //! the target as primary; on the OpenBao side only the target acts as primary of term 2 (its
 //! agent applied term 2 as the primary, every other live cluster follows it) and the dead old
@@ -17,16 +18,35 @@
 use std::time::{Duration, Instant};
 use vault_dr_common::{NodeState, Role};
 use vault_dr_coordinator::api::TopologyResponse;
+use vault_dr_coordinator::coordination::Coordination;
+use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failover::detector::{Decision, DecisionRecord};
 use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
-use vault_dr_coordinator::view::View;
 use vault_dr_tests::coordinators::{Backend, DrLab, sample};
 use vault_dr_tests::lab::process::Signal;
 
 const LEASE: Duration = Duration::from_secs(5);
 
+/// When the test freezes the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freeze {
+    /// As soon as its decision is no longer "no action" (it suspects the dead primary).
+    Suspecting,
+    /// As soon as the topology shows the failover it began (term 2 raised, steps running).
+    MidFailover,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_frozen_past_its_lease_cannot_promote_a_second_time() {
+async fn a_leader_frozen_while_it_suspects_the_primary_cannot_promote_a_second_time() {
+    split_brain(Freeze::Suspecting).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_in_the_middle_of_its_failover_cannot_promote_a_second_time() {
+    split_brain(Freeze::MidFailover).await;
+}
+
+async fn split_brain(freeze: Freeze) {
     let mut lab = DrLab::start(&["p", "s1", "s2"], Backend::Local, 3)
         .await
         .unwrap();
@@ -40,29 +60,40 @@ async fn a_leader_frozen_past_its_lease_cannot_promote_a_second_time() {
     lab.wait_failover_ready(stale, Duration::from_secs(60))
         .await
         .unwrap();
+    let observer =
+        LocalCoordination::new(lab.group.dir().join("coordination.json"), "observer", LEASE);
 
-    // The primary dies; freeze the leader as soon as it stops saying "no action" (it suspects
-    // the primary, or has already decided).
+    // The primary dies; freeze the leader at the chosen point.
     lab.clusters[0].nodes_mut()[0].kill();
     let killed = Instant::now();
     let seen = loop {
-        let d: Option<DecisionRecord> = lab.group.get(stale, "/v1/decisions/latest").await;
-        if let Some(d) = d.filter(|d| !matches!(d.decision, Decision::NoAction { .. })) {
-            break d;
+        match freeze {
+            Freeze::Suspecting => {
+                let d: Option<DecisionRecord> = lab.group.get(stale, "/v1/decisions/latest").await;
+                if let Some(d) = d.filter(|d| !matches!(d.decision, Decision::NoAction { .. })) {
+                    break d.sentence;
+                }
+            }
+            Freeze::MidFailover => {
+                let t = observer.read_topology().await.unwrap().unwrap().value;
+                if let Some(f) = t.failover {
+                    break format!(
+                        "failover {} in term {}, last step {}",
+                        f.id, t.term, f.completed
+                    );
+                }
+            }
         }
         assert!(
             killed.elapsed() < Duration::from_secs(30),
-            "the leader never suspected the dead primary:\n{}",
+            "the leader never got to {freeze:?}:\n{}",
             lab.group.logs()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     lab.group.signal(stale, Signal::Stop);
     let frozen = Instant::now();
-    println!(
-        "froze {} on: {}",
-        lab.group.replicas[stale].id, seen.sentence
-    );
+    println!("froze {} on: {seen}", lab.group.replicas[stale].id);
     // The agents keep posting to the replica that last answered them, and move on only after a
     // connection error or a 503, not after a timeout, so a frozen leader would hold them all.
     // Restart them with the frozen replica last in their list until the agent also moves on
@@ -70,11 +101,14 @@ async fn a_leader_frozen_past_its_lease_cannot_promote_a_second_time() {
     lab.start_agents_with_last(Some(stale)).unwrap();
 
     // Another replica takes over once the frozen one's lease has expired, and fails over.
-    let (leader, _) = lab
+    let (leader, _) = match lab
         .group
         .wait_leader(Some(stale), LEASE + Duration::from_secs(10))
         .await
-        .unwrap();
+    {
+        Ok(l) => l,
+        Err(e) => panic!("{e}\n{}", lab.group.logs()),
+    };
     let done = loop {
         let f: Vec<FailoverRecord> = lab
             .group
@@ -145,17 +179,12 @@ async fn a_leader_frozen_past_its_lease_cannot_promote_a_second_time() {
         .map(|(c, _)| c)
         .collect();
     assert_eq!(desired_primaries, vec![&target], "{topo:#?}");
-    let clusters: serde_json::Value = lab.group.get(leader, "/v1/clusters").await.unwrap();
-    let view: View = serde_json::from_value(clusters["view"].clone()).unwrap();
     for c in lab.clusters.iter().skip(1) {
-        let cv = &view.clusters[c.name()];
-        let report = &cv
-            .nodes
-            .iter()
-            .max_by_key(|n| n.received_at)
-            .unwrap_or_else(|| panic!("{} reports", c.name()))
-            .report;
-        assert_eq!(report.seen_term, 2, "{} acknowledged term 2", c.name());
+        let report = lab
+            .wait_applied(leader, c.name(), 2, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(report.applied_term, 2, "{}", c.name());
         if c.name() == target {
             assert_eq!(report.vault.state, NodeState::Active);
         }
