@@ -112,3 +112,34 @@ fn help_exits_0_and_lists_the_environment_variables() {
         assert!(stdout.contains(var), "--help lacks {var}: {stdout}");
     }
 }
+
+#[test]
+fn snapshot_replication_flags_exit_64_naming_the_flag() {
+    assert_usage_error(&with_names(&["--replication", "rsync"]), "--replication");
+    assert_usage_error(
+        &with_names(&["--replication", "snapshot"]),
+        "--snapshot-dir",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "dr").unwrap();
+    let token = token.to_str().unwrap();
+    let snap = [
+        "--replication",
+        "snapshot",
+        "--snapshot-dir",
+        "/tmp/x",
+        "--vault-token-file",
+        token,
+    ];
+    for (flag, bad) in [
+        ("--snapshot-interval", "0s"),
+        ("--snapshot-keep", "0"),
+        ("--restore", "later"),
+    ] {
+        let mut args: Vec<&str> = NAMES.to_vec();
+        args.extend(snap);
+        args.extend([flag, bad]);
+        assert_usage_error(&args, flag);
+    }
+}
