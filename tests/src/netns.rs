@@ -689,17 +689,17 @@ mod tests {
         let a = net.host("a").unwrap();
         let _sa = server(&a);
         let before = connect(a.ip(), T).unwrap();
-        assert!(before < Duration::from_millis(100), "{before:?}");
+        assert!(before < Duration::from_millis(190), "{before:?}");
         a.delay(200).unwrap();
         // SYN-ACK and the data each leave a delayed by 200 ms.
         let slow = connect(a.ip(), Duration::from_secs(3)).unwrap();
         assert!(
-            slow >= Duration::from_millis(390) && slow < Duration::from_millis(1000),
+            slow >= Duration::from_millis(390) && slow < Duration::from_millis(2000),
             "{slow:?}"
         );
         a.clear().unwrap();
         let after = connect(a.ip(), T).unwrap();
-        assert!(after < Duration::from_millis(100), "{after:?}");
+        assert!(after < Duration::from_millis(190), "{after:?}");
     }
 
     #[test]
