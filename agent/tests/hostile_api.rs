@@ -276,3 +276,86 @@ async fn a_vault_redirect_to_another_origin_gets_no_token() {
         "the Vault token went to another origin with: {leaked:?}"
     );
 }
+
+/// Found by this suite: the agent follows a 307 on `POST /v1/reports` to another origin
+/// (reqwest's default policy), re-posts its report there (without the bearer token) and adopts
+/// the desired state that origin answers: whoever can make the coordinator's address redirect
+/// (a proxy, an ingress rule) can steer the agent's term and role. Fix: `.redirect(reqwest::
+/// redirect::Policy::none())` in `http_client` of `agent/src/report.rs`, then remove the
+/// `ignore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug, owner agent/src/report.rs: the report sender follows cross-origin redirects and adopts the answer"]
+async fn a_report_redirect_to_another_origin_is_not_followed() {
+    // The other origin answers with a desired state of a higher term that makes dc2 primary.
+    let thief_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thief_url = format!("http://{}", thief_listener.local_addr().unwrap());
+    let hits = Arc::new(Mutex::new(0usize));
+    let counted = hits.clone();
+    let thief_app = Router::new().route(
+        "/v1/reports",
+        post(move || {
+            let counted = counted.clone();
+            async move {
+                *counted.lock().unwrap() += 1;
+                axum::Json(DesiredState {
+                    term: 99,
+                    cluster: "dc2".into(),
+                    role: Role::Primary,
+                    primary: "dc2".into(),
+                    primary_api_addr: None,
+                    failover_in_progress: false,
+                    promotion: Default::default(),
+                    final_snapshot_from: None,
+                })
+            }
+        }),
+    );
+    let thief_server = tokio::spawn(async move { axum::serve(thief_listener, thief_app).await });
+    let coord = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coord_addr = coord.local_addr().unwrap();
+    let app = Router::new().route(
+        "/v1/reports",
+        post(move || {
+            let target = format!("{thief_url}/v1/reports");
+            async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]) }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(coord, app).await });
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let vault = Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
+    drop(closed);
+    let mut config = Config::minimal("dc2", "dc2-0", vault);
+    config.interval = Duration::from_millis(100);
+    config.coordinator = Some(CoordinatorConfig {
+        url: Url::parse(&format!("http://{coord_addr}")).unwrap(),
+        token: Secret::new(TOKEN),
+        ca_certs: Vec::new(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let desired = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{agent_url}/v1/desired"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let hits = *hits.lock().unwrap();
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    server.abort();
+    thief_server.abort();
+    assert_eq!(hits, 0, "the report went to another origin {hits} time(s)");
+    assert_eq!(
+        desired, 404,
+        "a desired state from another origin was adopted"
+    );
+}
