@@ -877,7 +877,7 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
 /// armed with the failpoint `failpoint` (`crash-after:<step>`, or `crash-before:fenced` for
 /// "right after Decided": the Decided step is not run by the executor); the primary's host is
 /// isolated; the next leader must finish the failover, each step exactly once.
-async fn leader_killed_at(step: &str, failpoint: &str) {
+async fn leader_killed_at(moment: &str, failpoint: &str) {
     use vault_dr_tests::coordinators::{
         Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, FAILOVER_POLICY, GroupSpec,
         vault_dr_binary,
@@ -1011,13 +1011,13 @@ async fn leader_killed_at(step: &str, failpoint: &str) {
         .client()
         .post(target.api_addr().join("v1/secret/data/s6/after").unwrap())
         .header("X-Vault-Token", lab.clusters[0].root_token().expose())
-        .json(&json!({"data": {"step": step}}))
+        .json(&json!({"data": {"moment": moment}}))
         .send()
         .await
         .unwrap();
     assert!(write.status().is_success(), "{:?}", write.status());
     table_row(
-        &format!("6 leader killed after {step} ({failpoint})"),
+        &format!("6 leader killed {moment} ({failpoint})"),
         "the failover completes exactly once",
         &format!(
             "1 failover p -> {}, 7 steps once each (by {}), next leader {}",
@@ -1033,30 +1033,40 @@ async fn leader_killed_at(step: &str, failpoint: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_leader_killed_after_decided() {
-    leader_killed_at("decided", "crash-before:fenced").await;
+    leader_killed_at("after decided", "crash-before:fenced").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_leader_killed_after_fenced() {
-    leader_killed_at("fenced", "crash-after:fenced").await;
+    leader_killed_at("after fenced", "crash-after:fenced").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_leader_killed_after_promoted() {
-    leader_killed_at("promoted", "crash-after:promoted").await;
+    leader_killed_at("after promoted", "crash-after:promoted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_leader_killed_after_repointed() {
-    leader_killed_at("repointed", "crash-after:repointed").await;
+    leader_killed_at("after repointed", "crash-after:repointed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_leader_killed_after_switched() {
-    leader_killed_at("switched", "crash-after:switched").await;
+    leader_killed_at("after switched", "crash-after:switched").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_leader_killed_after_verified() {
-    leader_killed_at("verified", "crash-after:verified").await;
+    leader_killed_at("after verified", "crash-after:verified").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_when_promoted_has_started() {
+    leader_killed_at("when promoted has started", "crash-before:promoted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_leader_killed_when_verified_has_started() {
+    leader_killed_at("when verified has started", "crash-before:verified").await;
 }
