@@ -208,7 +208,8 @@ impl State {
 /// it); the other secondaries follow `to` once it is promoted. In a planned switchover the
 /// target's desired state also names the old primary's API address as `final_snapshot_from`
 /// once fencing (the traffic cut) completed, so it restores the final snapshot before promoting.
-/// Every desired state carries the policy's promotion mode.
+/// Every desired state carries the policy's promotion mode. `failover_in_progress` holds every
+/// agent still until the target is promoted, and the old primary and the target until Done.
 pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> DesiredState {
     let (role, primary) = match &topology.failover {
         None => {
@@ -242,6 +243,14 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
                 .and_then(|c| c.api_addrs.first().cloned())
         })
         .flatten();
+    // Agents start no pull or restore of their own while a failover is in progress. The other
+    // secondaries are released once the target is promoted: re-pointing them (the Repointed
+    // step waits for their applied_term) means pulling from the new primary. The old primary
+    // and the target stay held until Done.
+    let failover_in_progress = topology
+        .failover
+        .as_ref()
+        .is_some_and(|f| cluster == f.to || cluster == f.from || f.completed < Step::Promoted);
     let final_snapshot_from = topology
         .failover
         .as_ref()
@@ -254,7 +263,7 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         role,
         primary,
         primary_api_addr,
-        failover_in_progress: topology.failover.is_some(),
+        failover_in_progress,
         promotion: config.policy.promotion,
         final_snapshot_from,
     }
@@ -354,10 +363,22 @@ mod tests {
                 (S, "p", None, true),
             ),
             (
-                "unplanned, promoted: the others follow the target",
+                "unplanned, promoted: the others follow the target and may pull again",
                 during(false, Step::Promoted),
                 "s2",
+                (S, "s1", None, false),
+            ),
+            (
+                "unplanned, promoted: the old primary stays held until done",
+                during(false, Step::Promoted),
+                "p",
                 (S, "s1", None, true),
+            ),
+            (
+                "planned, repointed: the target stays held until done",
+                during(true, Step::Repointed),
+                "s1",
+                (P, "s1", Some(8200), true),
             ),
             (
                 "planned, decided: no final snapshot before the cut",

@@ -73,7 +73,9 @@ impl TrafficSwitch for LocalForwarder {
             Some(closed) => format!(
                 "forwarder on {listen} cut client traffic for term {term}: new connections are closed at once; closed {closed} open connection(s)"
             ),
-            None => format!("forwarder on {listen} was already cut (term {term})"),
+            None => format!(
+                "forwarder on {listen} had already cut client traffic for term {term} (the topology showed the switchover first)"
+            ),
         })
     }
 }
@@ -319,6 +321,6 @@ mod tests {
         );
         assert_eq!(f.target(), None);
         let again = f.cut(2).await.unwrap();
-        assert!(again.contains("already cut"), "{again}");
+        assert!(again.contains("already cut client traffic"), "{again}");
     }
 }
