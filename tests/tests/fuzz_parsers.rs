@@ -463,6 +463,24 @@ fn field_matches(field: &str, section: &str, key: &str) -> bool {
 
 #[test]
 fn mutated_config_files_never_panic_and_errors_name_the_changed_field() {
+    mutated_config_files(false);
+}
+
+/// Found by this suite: serde's type and value errors from toml ("invalid type: map, expected
+/// a string", "invalid value: integer `-5`, expected i32") carry no key in their message, so
+/// `toml_field` in `coordinator/src/config.rs` names the field `file` (or the value). Fix:
+/// locate the key from `toml::de::Error::span()` in the source text (the key left of `=` on
+/// that line, under the last `[section]` header), then remove the `ignore`.
+#[test]
+#[ignore = "known gap, owner coordinator/src/config.rs toml_field: type errors name `file`, not the key"]
+fn mutated_config_files_name_the_changed_field_also_for_type_errors() {
+    mutated_config_files(true);
+}
+
+/// Replaces one value of a good file with a random TOML value (or drops the line): never a
+/// panic, every error names a field, and that field is the changed one; `strict` also for
+/// serde's type and value errors.
+fn mutated_config_files(strict: bool) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "t").unwrap();
     assert!(
@@ -500,9 +518,10 @@ fn mutated_config_files_never_panic_and_errors_name_the_changed_field() {
                     // Known gap (reported): serde's type and value errors from toml ("invalid
                     // type: map, expected a string") name the file (or the value), not the
                     // key; counted and shown, not failed.
-                    if ["invalid type", "invalid value", "invalid length"]
-                        .iter()
-                        .any(|p| e.message.starts_with(p))
+                    if !strict
+                        && ["invalid type", "invalid value", "invalid length"]
+                            .iter()
+                            .any(|p| e.message.starts_with(p))
                     {
                         type_errors.borrow_mut().push(format!(
                             "{section} {} -> field {:?}",
