@@ -500,18 +500,17 @@ async fn continuous_kill_the_primary_then_it_returns_as_a_quarantined_secondary(
     assert_eq!(all.len(), 1, "{all:#?}");
 }
 
-/// Keeps writing `sw/<n>` through `stable` until told to stop; the keys that were acknowledged,
-/// and the longest gap between two acknowledgements.
-fn spawn_writer(
-    http: reqwest::Client,
-    stable: Url,
-    token: Secret,
-    prefix: &'static str,
-) -> (
+/// A background writer: the keys it got acknowledged, how to stop it, and its task (which
+/// returns the refused writes and the longest gap between two acknowledgements).
+type Writer = (
     Arc<Mutex<Vec<String>>>,
     oneshot::Sender<()>,
     tokio::task::JoinHandle<(usize, Duration)>,
-) {
+);
+
+/// Keeps writing `sw/<n>` through `stable` until told to stop; the keys that were acknowledged,
+/// and the longest gap between two acknowledgements.
+fn spawn_writer(http: reqwest::Client, stable: Url, token: Secret, prefix: &'static str) -> Writer {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let (stop, mut stopped) = oneshot::channel::<()>();
     let out = acked.clone();
