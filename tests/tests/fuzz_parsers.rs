@@ -36,7 +36,7 @@ use vault_dr_coordinator::topology::Topology;
 
 /// Cases per property: enough to find the shallow bugs, small enough for CI (each target runs
 /// in a few seconds on the 2-core CI machine).
-const CASES: u32 = 256;
+const CASES: u32 = 1024;
 
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(RunnerConfig {
