@@ -1,4 +1,4 @@
-//! Bounded fuzzing (proptest, a few hundred cases each, seconds per target) of the parsers that
+//! Bounded fuzzing (proptest, about a thousand cases each, seconds per target) of the parsers that
 //! take outside input (issue 8, scenario 7):
 //! - the report parser: random bytes and mutated reports into `vault_dr_common::Report` never
 //!   panic, and whatever parses survives a round trip unchanged;
@@ -8,7 +8,9 @@
 //!   error names a field;
 //! - the agent's flags and environment (`vault_dr_agent::Config::parse`): random flags, values and
 //!   variables never panic, every configuration error names a `--flag` and its `VAULT_DR_AGENT_*`
-//!   variable, and no error or parsed configuration shows the token files' contents.
+//!   variable, and no error or parsed configuration shows the token files' contents;
+//! - the agent's desired-state intake: replayed, stale and foreign desired states never move it
+//!   backwards.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -736,4 +738,60 @@ fn a_valid_agent_command_line_parses() {
     let c = vault_dr_agent::Config::parse(argv, &HashMap::new()).unwrap();
     assert_eq!((c.cluster.as_str(), c.node.as_str()), ("dc1", "dc1-0"));
     assert!(!format!("{c:?}").contains(AGENT_SECRET));
+}
+
+/// One desired state as a coordinator (current, stale, or of another group member) may send.
+fn desired_state() -> impl Strategy<Value = vault_dr_common::DesiredState> {
+    (
+        prop_oneof![Just("dc1"), Just("dc2"), Just("dc9")],
+        0u64..8,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(cluster, term, primary, in_progress)| vault_dr_common::DesiredState {
+                term,
+                cluster: cluster.into(),
+                role: if primary {
+                    vault_dr_common::Role::Primary
+                } else {
+                    vault_dr_common::Role::Secondary
+                },
+                primary: if primary {
+                    cluster.into()
+                } else {
+                    "dc1".into()
+                },
+                primary_api_addr: None,
+                failover_in_progress: in_progress,
+                promotion: Default::default(),
+                final_snapshot_from: None,
+            },
+        )
+}
+
+#[test]
+fn replayed_and_foreign_desired_states_never_move_the_agent_backwards() {
+    // The agent's side of replays: any sequence of desired states (stale terms, other
+    // clusters, repeats) leaves the agent with the newest state of its own cluster, and its
+    // seen term never falls.
+    runner(CASES)
+        .run(&prop::collection::vec(desired_state(), 0..24), |offers| {
+            let shared = vault_dr_agent::state::Shared::new("dc2", "dc2-0");
+            let mut model: Option<vault_dr_common::DesiredState> = None;
+            let mut seen = 0u64;
+            for d in offers {
+                let before = shared.seen_term();
+                let _ = shared.offer_desired(d.clone());
+                prop_assert!(shared.seen_term() >= before, "the seen term fell");
+                if d.cluster == "dc2" && d.term >= seen {
+                    seen = d.term;
+                    model = Some(d);
+                }
+                prop_assert_eq!(shared.seen_term(), seen);
+                prop_assert_eq!(shared.desired(), model.clone());
+            }
+            Ok(())
+        })
+        .unwrap();
 }
