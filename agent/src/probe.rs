@@ -145,7 +145,9 @@ impl Prober {
                 }
             },
             async {
-                if serving {
+                // During this agent's own restore the status comes from the snapshot backend
+                // (memory, no request to the node) and its lag must stay current.
+                if serving || restoring {
                     Some(self.replicator.status().await)
                 } else {
                     None

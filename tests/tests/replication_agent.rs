@@ -403,6 +403,31 @@ async fn continuous_mode_replicates_writes_reports_restoring_and_lag_falls() {
         Agent::files(&a1.snapshot_dir, "json").len() > snaps.len(),
         "metadata beside each"
     );
+    // The snapshot metrics count what happened.
+    let text = a1
+        .http
+        .get(format!("{}/metrics", a1.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in /metrics"))
+    };
+    assert!(metric("vault_dr_agent_snapshot_pulls_total{result=\"ok\"}") >= 2.0);
+    assert!(metric("vault_dr_agent_snapshot_restores_total{result=\"ok\"}") >= 2.0);
+    assert!(metric("vault_dr_agent_snapshot_restore_duration_seconds_count") >= 2.0);
+    assert!(metric("vault_dr_agent_snapshot_restore_duration_seconds_sum") >= 2.0 * 4.0);
+    assert_eq!(
+        metric("vault_dr_agent_snapshot_quarantines_total"),
+        1.0,
+        "the fresh node's own data, once"
+    );
+    assert!(metric("vault_dr_agent_snapshot_index") > 0.0);
     watcher.abort();
     drop((ap, a1));
 }
