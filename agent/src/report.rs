@@ -107,11 +107,35 @@ pub struct Sender {
     replication_applies: bool,
 }
 
+/// Largest answer to a report the agent reads (a desired state is a few hundred bytes).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Reads at most `cap` bytes of a body; `Err(None)` when it is larger (announced or streamed).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> std::result::Result<Vec<u8>, Option<reqwest::Error>> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Some)? {
+        if body.len() + chunk.len() > cap {
+            return Err(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Builds the coordinator client.
 pub fn http_client(c: &CoordinatorConfig) -> Result<reqwest::Client> {
+    // Never follow a redirect: the answer must come from the configured coordinator, and the
+    // bearer token must not travel anywhere else.
     let mut b = reqwest::Client::builder()
         .timeout(SEND_TIMEOUT)
         .connect_timeout(SEND_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(1);
     for cert in &c.ca_certs {
         b = b.add_root_certificate(cert.clone());
@@ -181,8 +205,10 @@ impl Sender {
                     self.current.store(i, Ordering::Relaxed);
                     break;
                 }
-                // Not there or not the leader: the next one may be.
-                Err(SendFailure::Connect | SendFailure::Status(503)) => continue,
+                // Not there, frozen or not the leader: the next one may be.
+                Err(SendFailure::Connect | SendFailure::Timeout | SendFailure::Status(503)) => {
+                    continue;
+                }
                 Err(_) => break,
             }
         }
@@ -228,10 +254,15 @@ impl Sender {
             .await
             .map_err(classify)?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(classify)?;
         if !status.is_success() {
             return Err(SendFailure::Status(status.as_u16()));
         }
+        let body = read_capped(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| match e {
+                Some(e) => classify(e),
+                None => SendFailure::Decode,
+            })?;
         serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)
     }
 

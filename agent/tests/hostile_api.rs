@@ -217,11 +217,9 @@ async fn steal_vault_token(
 /// Found by this suite: reqwest follows redirects by default and strips only `Authorization`
 /// and cookies on a cross-origin hop, so the agent's Vault client hands the DR token in
 /// `X-Vault-Token` to whatever host a 307 names (`sys/leader`, `sys/storage/raft/autopilot/
-/// state`, ... all arrive at the other origin with the token). Fix: build the Vault client in
-/// `agent/src/vault/mod.rs` (`http_client`) with `.redirect(reqwest::redirect::Policy::none())`
-/// (the coordinator client in `agent/src/report.rs` too), then remove the `ignore`.
+/// state`, ... all arrived at the other origin with the token). Fixed: the Vault client in
+/// `agent/src/vault/mod.rs` (`http_client`) follows no redirect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug, owner agent/src/vault/mod.rs: the Vault client follows cross-origin redirects with X-Vault-Token"]
 async fn a_vault_redirect_to_another_origin_gets_no_token() {
     let thief = VaultThief::default();
     let thief_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -280,11 +278,9 @@ async fn a_vault_redirect_to_another_origin_gets_no_token() {
 /// Found by this suite: the agent follows a 307 on `POST /v1/reports` to another origin
 /// (reqwest's default policy), re-posts its report there (without the bearer token) and adopts
 /// the desired state that origin answers: whoever can make the coordinator's address redirect
-/// (a proxy, an ingress rule) can steer the agent's term and role. Fix: `.redirect(reqwest::
-/// redirect::Policy::none())` in `http_client` of `agent/src/report.rs`, then remove the
-/// `ignore`.
+/// (a proxy, an ingress rule) could steer the agent's term and role. Fixed: the coordinator
+/// client in `agent/src/report.rs` follows no redirect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug, owner agent/src/report.rs: the report sender follows cross-origin redirects and adopts the answer"]
 async fn a_report_redirect_to_another_origin_is_not_followed() {
     // The other origin answers with a desired state of a higher term that makes dc2 primary.
     let thief_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -29,9 +29,11 @@ fn error_kind(e: &reqwest::Error) -> &'static str {
 impl VaultClient {
     /// A client whose requests time out after `timeout`; `token` is the DR token (seal, canary).
     pub fn new(timeout: Duration, token: Option<Secret>) -> reqwest::Result<Self> {
+        // Never follow a redirect: reqwest would carry X-Vault-Token to whatever origin it names.
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         Ok(Self { http, token })

@@ -35,9 +35,11 @@ pub struct Leader {
 
 /// Builds the `reqwest` client used for Vault (and peer) probes.
 pub fn http_client(config: &VaultConfig, timeout: Duration) -> Result<reqwest::Client> {
+    // Never follow a redirect: reqwest would carry X-Vault-Token to whatever origin it names.
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(1)
         .no_proxy()
         .tls_danger_accept_invalid_certs(config.skip_verify);
