@@ -40,16 +40,20 @@ impl Leader {
 
     /// Runs the lease loop and the tick loop until `shutdown` turns true, then gives the lease up.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        // Followers must notice an expired lease quickly: try at least once a second, so a
-        // takeover takes at most the lease duration plus one second.
+        // The leader renews at least once a second; followers must notice an expired lease
+        // quickly, so they try every FOLLOWER_POLL: a takeover takes at most the lease duration
+        // plus FOLLOWER_POLL (plus one backend round trip), well inside lease + 1 s.
         let renew = self
             .service
             .config
             .coordination
             .renew_period()
             .min(Duration::from_secs(1));
-        let mut lease_tick = tokio::time::interval(renew);
+        let mut lease_tick = tokio::time::interval(renew.min(FOLLOWER_POLL));
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A tick that comes this soon after the leader's last renewal is skipped by the leader.
+        let renew_skip = renew.saturating_sub(FOLLOWER_POLL / 2);
+        let mut last_try: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.service.config.policy.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = false;
@@ -58,6 +62,10 @@ impl Leader {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = lease_tick.tick() => {
+                    if was_leader && last_try.is_some_and(|t| t.elapsed() < renew_skip) {
+                        continue;
+                    }
+                    last_try = Some(Instant::now());
                     let m = &self.service.metrics;
                     let leader = match self.service.coordination.try_acquire_or_renew().await {
                         Ok(l) => l,
@@ -266,6 +274,10 @@ fn decision_kind(d: &Decision) -> &'static str {
         Decision::Resume { .. } => "resume",
     }
 }
+
+/// How often a follower tries to take the lease (the leader renews at its own renew period,
+/// at most a second apart).
+pub const FOLLOWER_POLL: Duration = Duration::from_millis(500);
 
 /// Default time the executor waits for the target's agent to acknowledge a promotion.
 pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -6,9 +6,9 @@
 //! ```
 //!
 //! Three coordinator replicas run with the default lease settings (5 s lease, 1.5 s renew
-//! period; followers retry at least once a second) on the `local` backend (one shared file)
-//! and/or the `kubernetes` backend (the fake apiserver, or the cluster of
-//! `VAULT_DR_TEST_KUBECONFIG`). Each round: wait until one replica leads and every replica runs,
+//! period; the leader renews at least once a second, followers retry every 500 ms) on the
+//! `local` backend (shared generation files) and/or the `kubernetes` backend (the fake
+//! apiserver, or the cluster of `VAULT_DR_TEST_KUBECONFIG`). Each round: wait until one replica leads and every replica runs,
 //! wait a varying 1.5–2.5 s (so the kill falls at different points of the renewal cycle), kill -9
 //! the leader, and time (a) until the lease names another replica and (b) until another
 //! replica's `/readyz` answers 200; then restart the killed replica as a follower. Prints each
@@ -193,7 +193,7 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
         )),
     };
     let where_ = match (&kube, which) {
-        (_, Which::Local) => "one shared file".to_owned(),
+        (_, Which::Local) => "shared generation files".to_owned(),
         (Some(k), _) if k.fake().is_some() => "the fake apiserver".to_owned(),
         _ => format!("the cluster of {ENV_KUBECONFIG}"),
     };
@@ -203,7 +203,7 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
         which.name(),
         LEASE,
         RENEW,
-        RENEW.min(Duration::from_secs(1)),
+        vault_dr_coordinator::leader::FOLLOWER_POLL,
     );
     group.start_all()?;
     let mut rounds = Vec::new();
