@@ -25,6 +25,9 @@ use vault_dr_common::{Report, SCHEMA_VERSION};
 
 /// Largest accepted report body.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// How long a report's body may take to arrive once its headers are in.
+pub const REPORT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest accepted switchover request body.
 pub const MAX_SWITCHOVER_BYTES: usize = 4 * 1024;
 
@@ -91,7 +94,7 @@ fn authorised(service: &Service, headers: &HeaderMap) -> bool {
 async fn post_report(
     axum::extract::State(s): axum::extract::State<Service>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let _timer = s.metrics.report_duration.start_timer();
     let reject = |reason: &str, status: StatusCode, message: String| {
@@ -108,9 +111,44 @@ async fn post_report(
             "missing or wrong bearer token".into(),
         );
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return reject("body", e.status(), e.body_text()),
+    // The token and the announced length are checked before a byte of the body is read, and the
+    // body must arrive in time: a client cannot hold a connection open by announcing much and
+    // sending little.
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_REPORT_BYTES as u64) {
+        return reject(
+            "body",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a report is at most {MAX_REPORT_BYTES} bytes"),
+        );
+    }
+    let body = match tokio::time::timeout(
+        REPORT_BODY_TIMEOUT,
+        axum::body::to_bytes(body, MAX_REPORT_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return reject(
+                "body",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a report is at most {MAX_REPORT_BYTES} bytes"),
+            );
+        }
+        Err(_) => {
+            return reject(
+                "body",
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    REPORT_BODY_TIMEOUT.as_secs()
+                ),
+            );
+        }
     };
     // Check the version first so that a newer agent gets a clear answer rather than a parse error.
     let value: serde_json::Value = match serde_json::from_slice(&body) {

@@ -28,6 +28,17 @@ pub enum ReportRejection {
         /// Node named in the report.
         node: String,
     },
+    /// `agent_started_at` or `sent_at` lies further in the future than [`MAX_CLOCK_SKEW_SECONDS`]:
+    /// accepting it would make every later real report of the node look like a replay.
+    #[error(
+        "report from the future: {field} is {ahead_seconds} s ahead of the coordinator's clock"
+    )]
+    ClockSkew {
+        /// Which timestamp.
+        field: &'static str,
+        /// How far ahead, in seconds.
+        ahead_seconds: i64,
+    },
     /// Same agent process, sequence number not higher than one already accepted.
     #[error("replayed or reordered report (seq {seq} <= {last})")]
     Replay {
@@ -45,9 +56,13 @@ impl ReportRejection {
             Self::UnknownCluster(_) => "unknown_cluster",
             Self::UnknownNode { .. } => "unknown_node",
             Self::Replay { .. } => "replay",
+            Self::ClockSkew { .. } => "clock_skew",
         }
     }
 }
+
+/// How far an agent's clock may run ahead of the coordinator's before its report is refused.
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 60;
 
 /// Shared mutable state. Locks are held only for map operations, never across `.await`.
 #[derive(Debug, Default)]
@@ -83,6 +98,18 @@ impl State {
                 cluster: report.cluster.clone(),
                 node: report.node.clone(),
             });
+        }
+        for (field, at) in [
+            ("agent_started_at", report.agent_started_at),
+            ("sent_at", report.sent_at),
+        ] {
+            let ahead_seconds = (at - received_at).num_seconds();
+            if ahead_seconds > MAX_CLOCK_SKEW_SECONDS {
+                return Err(ReportRejection::ClockSkew {
+                    field,
+                    ahead_seconds,
+                });
+            }
         }
         let key = (report.cluster.clone(), report.node.clone());
         let mut reports = write(&self.reports);

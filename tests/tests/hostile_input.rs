@@ -918,14 +918,11 @@ async fn the_agent_refuses_hostile_requests_and_keeps_serving() {
     assert!(!task.is_finished(), "the agent is still running");
 }
 
-/// Found by this suite: a report whose `agent_started_at` lies in the future is accepted, and
-/// from then on every real report of that node is a "replay" (409), also after the real agent
-/// restarts, until the coordinator restarts: any holder of the (shared) agent token can silence
-/// any node. Fix in `coordinator/src/state.rs` `accept_report`: refuse (422, a new
-/// `ReportRejection::ClockSkew`) a report whose `agent_started_at` or `sent_at` is more than a
-/// small skew (say 60 s) after `received_at`; then remove the `ignore`.
+/// Found by this suite: a report whose `agent_started_at` lay in the future was accepted, and
+/// from then on every real report of that node was a "replay" (409), also after the real agent
+/// restarted: any holder of the (shared) agent token could silence any node. Fixed in
+/// `coordinator/src/state.rs` `accept_report`: more than 60 s ahead is refused (422, clock_skew).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug, owner coordinator/src/state.rs: a report from the future locks its node out"]
 async fn a_report_from_the_future_is_refused_and_does_not_lock_the_node_out() {
     let c = coordinator().await;
     let client = http();
@@ -955,15 +952,11 @@ async fn a_report_from_the_future_is_refused_and_does_not_lock_the_node_out() {
     );
 }
 
-/// Found by this suite: `POST /v1/reports` reads the body before it checks the token or the
-/// announced length, so an unauthenticated client that announces a huge `Content-Length` and
-/// sends nothing holds a connection and a task open indefinitely (no 413, no timeout). Fix in
-/// `coordinator/src/api.rs`: take the unread body, check the token and `Content-Length` (413
-/// above `MAX_REPORT_BYTES`) first, then read it with `axum::body::to_bytes(body,
-/// MAX_REPORT_BYTES)` under a timeout (or `tower_http::limit::RequestBodyLimitLayer` plus a
-/// `TimeoutLayer`); then remove the `ignore`.
+/// Found by this suite: `POST /v1/reports` read the body before it checked the token or the
+/// announced length, so an unauthenticated client announcing a huge `Content-Length` held a
+/// connection open indefinitely. Fixed in `coordinator/src/api.rs`: token and `Content-Length`
+/// first (401/413), then the body is read with a cap under a 5 s timeout (408).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug, owner coordinator/src/api.rs: a lying Content-Length holds the connection before auth"]
 async fn an_unauthenticated_huge_content_length_is_refused_at_once() {
     let c = coordinator().await;
     let request = b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
