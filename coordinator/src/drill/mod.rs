@@ -1004,3 +1004,111 @@ pub fn render(r: &DrillReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> DrillReport {
+        let at = Utc::now();
+        DrillReport {
+            ok: true,
+            problems: Vec::new(),
+            clusters: vec!["p".into(), "s1".into()],
+            primary: "p".into(),
+            fault: Fault::Kill,
+            traffic: TrafficMode::Local,
+            restore: RestoreMode::Continuous,
+            promotion: PromotionMode::Fast,
+            store: "embedded".into(),
+            coordinators: 3,
+            snapshot_interval_seconds: 2.0,
+            fault_at: at,
+            expected_target: Some("s1".into()),
+            target: Some("s1".into()),
+            promotions: 1,
+            term: Some(2),
+            timeline: vec![TimelineEvent {
+                event: "first_write".into(),
+                at,
+                after_fault_seconds: 2.5,
+                detail: "client write #9".into(),
+            }],
+            candidates: None,
+            candidates_before_fault: None,
+            rto_seconds: Some(2.5),
+            rpo_writes: Some(3),
+            rpo_seconds: Some(0.4),
+            writes_per_snapshot_interval: 20.0,
+            client: ClientStats::default(),
+            stress: None,
+            agent_flags_missing: Vec::new(),
+            coordinator_keys_missing: Vec::new(),
+            pids: vec![1, 2],
+            run_dir: PathBuf::from("/tmp/x"),
+            setup_seconds: 10.0,
+            total_seconds: 40.0,
+        }
+    }
+
+    #[test]
+    fn clusters_are_named_p_then_s1_onwards() {
+        let o = DrillOptions {
+            clusters: 4,
+            ..DrillOptions::default()
+        };
+        assert_eq!(o.cluster_names(), ["p", "s1", "s2", "s3"]);
+    }
+
+    #[test]
+    fn options_naming_unknown_clusters_or_excluding_every_secondary_are_refused() {
+        let bad = DrillOptions {
+            stress: vec!["s9".into()],
+            ..DrillOptions::default()
+        };
+        assert!(matches!(bad.validate(), Err(DrillError::Invalid(m)) if m.contains("s9")));
+        let all = DrillOptions {
+            clusters: 3,
+            exclude: vec!["s1".into(), "s2".into()],
+            ..DrillOptions::default()
+        };
+        assert!(all.validate().is_err());
+        assert!(DrillOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_text_report_shows_rto_rpo_the_timeline_and_the_verdict() {
+        let text = render(&report());
+        assert!(text.contains("RTO  2.50 s"), "{text}");
+        assert!(text.contains("RPO  3 acknowledged writes"), "{text}");
+        assert!(text.contains("first_write"), "{text}");
+        assert!(text.contains("OK: exactly one promotion"), "{text}");
+        let failed = DrillReport {
+            ok: false,
+            problems: vec!["2 failovers in the journal, exactly one expected".into()],
+            ..report()
+        };
+        let text = render(&failed);
+        assert!(text.contains("FAILED:\n  - 2 failovers"), "{text}");
+    }
+
+    #[test]
+    fn the_json_report_round_trips() {
+        let r = report();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["fault"], "kill");
+        assert_eq!(v["restore"], "continuous");
+        assert_eq!(v["promotion"], "fast");
+        assert_eq!(v["traffic"], "local");
+        let back: DrillReport = serde_json::from_value(v).unwrap();
+        assert_eq!(back.rto_seconds, Some(2.5));
+    }
+
+    #[test]
+    fn seconds_between_is_signed_and_precise() {
+        let a = Utc::now();
+        let b = a + chrono::Duration::milliseconds(1500);
+        assert!((seconds_between(a, b) - 1.5).abs() < 1e-9);
+        assert!((seconds_between(b, a) + 1.5).abs() < 1e-9);
+    }
+}
