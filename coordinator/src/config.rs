@@ -318,7 +318,7 @@ impl Config {
     pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             // toml names the key and position in its message; keep it whole.
-            ConfigError::new(toml_field(&e), e.message().to_owned())
+            ConfigError::new(toml_field(&e, text), e.message().to_owned())
         })?;
         validate(raw, base, env)
     }
@@ -329,16 +329,76 @@ impl Config {
     }
 }
 
-fn toml_field(e: &toml::de::Error) -> String {
-    // toml's messages look like "unknown field `x`, expected ..." or carry a key path; we return
-    // a best-effort field name and keep the full message as the message.
+/// The field a toml error is about. "unknown field `x`" and "missing field `x`" name it; serde's
+/// type and value errors ("invalid type: map, expected a string") do not, so the key is found
+/// from the error's span in `text`: the key left of `=` on that line (or the nearest line above
+/// with one, for a multi-line value) under the last `[section]` header (`[[clusters]]` counted,
+/// as `clusters[i]`).
+fn toml_field(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message();
-    if let Some(start) = msg.find('`')
-        && let Some(len) = msg[start + 1..].find('`')
-    {
-        return msg[start + 1..start + 1 + len].to_owned();
+    let named = msg.find('`').and_then(|start| {
+        msg[start + 1..]
+            .find('`')
+            .map(|len| msg[start + 1..start + 1 + len].to_owned())
+    });
+    let is_name_error = msg.starts_with("unknown field") || msg.starts_with("missing field");
+    if is_name_error && let Some(n) = named {
+        return n;
     }
-    "file".to_owned()
+    if let Some(span) = e.span()
+        && let Some(field) = field_at(text, span.start)
+    {
+        return field;
+    }
+    named.unwrap_or_else(|| "file".to_owned())
+}
+
+/// `section.key` of the line holding byte `offset` of `text`.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_no = text.get(..offset)?.bytes().filter(|&b| b == b'\n').count();
+    let lines: Vec<&str> = text.lines().collect();
+    // A table value (`key = {}` re-serialised as `[key]`) is reported at its header.
+    if let Some(header) = lines.get(line_no).map(|l| l.trim())
+        && header.starts_with('[')
+    {
+        let name = header.trim_start_matches('[').split(']').next()?.trim();
+        return (!name.is_empty()).then(|| name.to_owned());
+    }
+    let key = lines
+        .get(..=line_no.min(lines.len().saturating_sub(1)))?
+        .iter()
+        .rev()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .find_map(|l| {
+            let (k, _) = l.split_once('=')?;
+            let k = k.trim().trim_matches('"').trim_matches('\'');
+            (!k.is_empty()).then(|| k.to_owned())
+        })?;
+    let mut section = None;
+    let mut tables: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for l in &lines[..line_no.min(lines.len())] {
+        let t = l.trim();
+        if let Some(name) = t
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .map(|(n, _)| n.trim())
+        {
+            let i = tables.entry(name).or_insert(0);
+            section = Some(format!("{name}[{i}]"));
+            *i += 1;
+        } else if let Some(name) = t
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(n, _)| n.trim())
+        {
+            section = Some(name.to_owned());
+        }
+    }
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key,
+    })
 }
 
 fn resolve(base: &Path, p: PathBuf) -> PathBuf {
@@ -556,7 +616,10 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
                 toml::to_string(&v).map_err(|e| ConfigError::new("policy", e.to_string()))?;
             toml::from_str::<PolicyFile>(&text)
                 .map_err(|e| {
-                    ConfigError::new(format!("policy.{}", toml_field(&e)), e.message().to_owned())
+                    ConfigError::new(
+                        format!("policy.{}", toml_field(&e, &text)),
+                        e.message().to_owned(),
+                    )
                 })?
                 .into_policy()?
         }

@@ -470,11 +470,9 @@ fn mutated_config_files_never_panic_and_errors_name_the_changed_field() {
 
 /// Found by this suite: serde's type and value errors from toml ("invalid type: map, expected
 /// a string", "invalid value: integer `-5`, expected i32") carry no key in their message, so
-/// `toml_field` in `coordinator/src/config.rs` names the field `file` (or the value). Fix:
-/// locate the key from `toml::de::Error::span()` in the source text (the key left of `=` on
-/// that line, under the last `[section]` header), then remove the `ignore`.
+/// `toml_field` in `coordinator/src/config.rs` named the field `file` (or the value). Fixed: the
+/// key is located from `toml::de::Error::span()` in the source text.
 #[test]
-#[ignore = "known gap, owner coordinator/src/config.rs toml_field: type errors name `file`, not the key"]
 fn mutated_config_files_name_the_changed_field_also_for_type_errors() {
     mutated_config_files(true);
 }
