@@ -32,7 +32,9 @@ impl VaultClient {
         // Never follow a redirect: reqwest would carry X-Vault-Token to whatever origin it names.
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout)
+            // A cut network drops packets silently: fencing an unreachable old primary must not
+            // wait out the whole action timeout before the failover moves on.
+            .connect_timeout(timeout.min(Duration::from_secs(1)))
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;

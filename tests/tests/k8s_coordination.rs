@@ -478,6 +478,22 @@ async fn the_service_switch_points_the_selector_at_the_new_primary() {
             .count();
         assert_eq!(patches, 2, "the idempotent retry must not patch");
     }
+    // A planned switchover cuts traffic first: the Service selects a label no pod carries, and
+    // the next switch replaces it whole.
+    let cut = switch.cut(5).await.unwrap();
+    assert!(cut.contains("now selects") && cut.contains("cut"), "{cut}");
+    assert_eq!(
+        services.get(&name).await.unwrap().spec.unwrap().selector,
+        Some(std::collections::BTreeMap::from([(
+            vault_dr_coordinator::coordination::kubernetes::CUT_LABEL.to_owned(),
+            "5".to_owned()
+        )]))
+    );
+    switch.switch(&dc2, 5).await.unwrap();
+    assert_eq!(
+        services.get(&name).await.unwrap().spec.unwrap().selector,
+        Some(dc2.selector.clone())
+    );
     let missing =
         KubernetesServiceSwitch::new(k.client.clone(), k.namespace.clone(), k.name("nope"));
     let err = missing.switch(&dc2, 4).await.unwrap_err();

@@ -33,12 +33,22 @@ pub struct Leader {
     pub raft_committed_index: Option<u64>,
 }
 
+/// Longest wait for a TCP connection to a Vault node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for the next bytes of an answer (a restore answers at once and works in the
+/// background; a snapshot of 100k secrets starts streaming in about a second).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the `reqwest` client used for Vault (and peer) probes.
 pub fn http_client(config: &VaultConfig, timeout: Duration) -> Result<reqwest::Client> {
     // Never follow a redirect: reqwest would carry X-Vault-Token to whatever origin it names.
+    // A cut network drops packets silently: give up connecting after a few seconds, and on a
+    // transfer that stalls, whatever the whole request's timeout (a snapshot pull of a cut
+    // primary must not hold a promotion for minutes).
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
-        .connect_timeout(timeout)
+        .connect_timeout(timeout.min(CONNECT_TIMEOUT))
+        .read_timeout(timeout.min(STALL_TIMEOUT))
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(1)
         .no_proxy()

@@ -503,6 +503,28 @@ impl TrafficSwitch for KubernetesServiceSwitch {
                 to.name, self.namespace, self.name
             )));
         }
+        self.select(&to.selector, &to.name, term).await
+    }
+
+    /// Points the Service at a label no pod carries (`vault-dr.io/cut: "<term>"`): its
+    /// endpoints empty, new client connections find nobody; the next `switch` replaces it.
+    async fn cut(&self, term: u64) -> ActionResult {
+        let selector = BTreeMap::from([(CUT_LABEL.to_owned(), term.to_string())]);
+        self.select(&selector, "no cluster (cut)", term).await
+    }
+}
+
+/// Selector label of a cut Service: no pod carries it.
+pub const CUT_LABEL: &str = "vault-dr.io/cut";
+
+impl KubernetesServiceSwitch {
+    /// Makes the Service select exactly `selector` (`what` names it in the journal).
+    async fn select(
+        &self,
+        selector: &BTreeMap<String, String>,
+        what: &str,
+        term: u64,
+    ) -> ActionResult {
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
@@ -515,18 +537,17 @@ impl TrafficSwitch for KubernetesServiceSwitch {
                 .map_err(|_| self.failed("read", "no answer within 10 s"))?
                 .map_err(|e| self.failed("read", e))?;
             let current = service.spec.and_then(|s| s.selector).unwrap_or_default();
-            if current == to.selector {
+            if current == *selector {
                 return Ok(format!(
-                    "service {}/{} already selects {} ({}, term {term})",
+                    "service {}/{} already selects {} ({what}, term {term})",
                     self.namespace,
                     self.name,
-                    show_selector(&to.selector),
-                    to.name
+                    show_selector(selector),
                 ));
             }
             let patch = selector_patch(
                 &current,
-                &to.selector,
+                selector,
                 service.metadata.resource_version.as_deref(),
             );
             let patched = tokio::time::timeout(
@@ -539,11 +560,10 @@ impl TrafficSwitch for KubernetesServiceSwitch {
             match patched {
                 Ok(_) => {
                     return Ok(format!(
-                        "service {}/{} now selects {} ({}, term {term}); it selected {}",
+                        "service {}/{} now selects {} ({what}, term {term}); it selected {}",
                         self.namespace,
                         self.name,
-                        show_selector(&to.selector),
-                        to.name,
+                        show_selector(selector),
                         show_selector(&current)
                     ));
                 }
