@@ -286,10 +286,13 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     let mut group = progress
         .wait(
             &format!(
-                "starting {} OpenBao clusters, {} agents, {} coordinators; waiting for a leader and seeded secondaries",
+                "starting {} OpenBao clusters, {} agents, {}; waiting for a leader and seeded secondaries",
                 names.len(),
                 names.len(),
-                opts.coordinators
+                match opts.coordinators {
+                    1 => "1 coordinator".to_owned(),
+                    n => format!("{n} coordinators"),
+                }
             ),
             DrGroup::start(&spec),
         )
