@@ -79,6 +79,12 @@ impl Leader {
                         m.leader_transitions.inc();
                         leader_since = Some(Instant::now());
                         *self.phase.lock().await = Phase::Healthy;
+                        // Load the topology now rather than at the next tick, so /readyz (and
+                        // the agents' reports) reach the new leader at once.
+                        match self.topology().await {
+                            Ok(t) => self.service.state.set_topology(t.value),
+                            Err(e) => tracing::warn!("topology not loaded on taking the lease: {e}"),
+                        }
                     } else if !leader && was_leader {
                         tracing::warn!(id = %self.service.config.id, "lost leadership; acting no more");
                     }
