@@ -38,6 +38,8 @@ pub const ENV_INTERVAL: &str = "VAULT_DR_AGENT_INTERVAL";
 pub const ENV_LISTEN: &str = "VAULT_DR_AGENT_LISTEN";
 /// Env: pid file of the Vault process (`--vault-pid-file`).
 pub const ENV_VAULT_PID_FILE: &str = "VAULT_DR_AGENT_VAULT_PID_FILE";
+/// Environment variable of `--cgroup-root`.
+pub const ENV_CGROUP_ROOT: &str = "VAULT_DR_AGENT_CGROUP_ROOT";
 /// Env: process name of Vault (`--vault-process-name`).
 pub const ENV_VAULT_PROCESS_NAME: &str = "VAULT_DR_AGENT_VAULT_PROCESS_NAME";
 /// Env: log one JSON object per line (`--log-json`).
@@ -130,6 +132,8 @@ struct Args {
     listen: Option<String>,
     #[arg(long, value_name = "FILE", help = help("Pid file of the Vault process", ENV_VAULT_PID_FILE))]
     vault_pid_file: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", help = help("cgroup v2 directory of the Vault node (its CPU, and memory when the controller is there) [default: /sys/fs/cgroup inside a container]", ENV_CGROUP_ROOT))]
+    cgroup_root: Option<PathBuf>,
     #[arg(long, value_name = "NAME", help = help("Vault process name (then `vault`) [default: bao]", ENV_VAULT_PROCESS_NAME))]
     vault_process_name: Option<String>,
     #[arg(long, help = help("Log one JSON object per line", ENV_LOG_JSON))]
@@ -241,6 +245,9 @@ pub struct Config {
     pub log_json: bool,
     /// Where cgroup v2 is mounted (tests point it at fixtures).
     pub cgroup_root: PathBuf,
+    /// Whether `cgroup_root` was given (`--cgroup-root`): then `cpu.stat` alone is enough and
+    /// memory comes from the Vault process when the memory controller is missing.
+    pub cgroup_explicit: bool,
 }
 
 impl Config {
@@ -324,6 +331,19 @@ impl Config {
             None => DEFAULT_INTERVAL,
             Some(raw) => parse_interval(&raw)?,
         };
+        let cgroup_root = pick_path(a.cgroup_root, ENV_CGROUP_ROOT);
+        if let Some(root) = &cgroup_root
+            && !root.join("cpu.stat").is_file()
+        {
+            return Err(config_error(
+                "--cgroup-root",
+                ENV_CGROUP_ROOT,
+                format!(
+                    "{} has no cpu.stat: not a cgroup v2 directory",
+                    root.display()
+                ),
+            ));
+        }
         let listen_raw = pick(a.listen, ENV_LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = listen_raw.parse::<SocketAddr>().map_err(|e| {
             config_error(
@@ -357,7 +377,8 @@ impl Config {
             vault_pid_file: pick_path(a.vault_pid_file, ENV_VAULT_PID_FILE),
             vault_process_names,
             log_json: a.log_json || parse_bool(env.var(ENV_LOG_JSON), "--log-json", ENV_LOG_JSON)?,
-            cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            cgroup_explicit: cgroup_root.is_some(),
+            cgroup_root: cgroup_root.unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_ROOT)),
         })
     }
 
@@ -382,6 +403,7 @@ impl Config {
             vault_process_names: vec![DEFAULT_PROCESS_NAME.into(), "vault".into()],
             log_json: false,
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            cgroup_explicit: false,
         }
     }
 }

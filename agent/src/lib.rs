@@ -76,7 +76,8 @@ pub async fn run(
         config.cgroup_root.clone(),
         config.vault_pid_file.clone(),
         config.vault_process_names.clone(),
-    );
+    )
+    .with_explicit_cgroup(config.cgroup_explicit);
     let prober = probe::Prober::new(vault, replicator, system, shared.clone(), metrics.clone());
 
     tasks.spawn(prober.run(config.interval));

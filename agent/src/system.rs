@@ -20,7 +20,7 @@ pub struct CgroupReading {
     /// `usage_usec` of `cpu.stat`, in microseconds.
     pub cpu_usage_usec: u64,
     /// `memory.current`, in bytes.
-    pub memory_current_bytes: u64,
+    pub memory_current_bytes: Option<u64>,
     /// `memory.max`, in bytes; `None` for `max` (unlimited) or a missing file.
     pub memory_max_bytes: Option<u64>,
 }
@@ -44,15 +44,21 @@ pub fn parse_memory_max(text: &str) -> Option<Option<u64>> {
 }
 
 impl CgroupReading {
-    /// Reads the three files under `root`; `None` when `cpu.stat` or `memory.current` is
-    /// missing or unreadable.
-    pub fn read(root: &Path) -> Option<Self> {
+    /// Reads the three files under `root`; `None` when `cpu.stat` is missing or unreadable, or
+    /// when `memory.current` is and `memory_required` (the default root: only a container's
+    /// cgroup has it, the host's root cgroup has `cpu.stat` too).
+    pub fn read(root: &Path, memory_required: bool) -> Option<Self> {
         let cpu = std::fs::read_to_string(root.join("cpu.stat")).ok()?;
-        let mem = std::fs::read_to_string(root.join("memory.current")).ok()?;
+        let mem = std::fs::read_to_string(root.join("memory.current"))
+            .ok()
+            .and_then(|m| m.trim().parse().ok());
+        if memory_required && mem.is_none() {
+            return None;
+        }
         let max = std::fs::read_to_string(root.join("memory.max")).ok();
         Some(Self {
             cpu_usage_usec: parse_cpu_stat(&cpu)?,
-            memory_current_bytes: mem.trim().parse().ok()?,
+            memory_current_bytes: mem,
             memory_max_bytes: max.as_deref().and_then(parse_memory_max).flatten(),
         })
     }
@@ -70,6 +76,7 @@ pub fn cores_between(prev_cpu_secs: f64, now_cpu_secs: f64, elapsed_secs: f64) -
 #[derive(Debug)]
 pub struct SystemSampler {
     cgroup_root: PathBuf,
+    cgroup_explicit: bool,
     pid_file: Option<PathBuf>,
     names: Vec<String>,
     sys: System,
@@ -86,6 +93,7 @@ impl SystemSampler {
     pub fn new(cgroup_root: PathBuf, pid_file: Option<PathBuf>, names: Vec<String>) -> Self {
         Self {
             cgroup_root,
+            cgroup_explicit: false,
             pid_file,
             names,
             sys: System::new(),
@@ -95,6 +103,13 @@ impl SystemSampler {
             prev_host: None,
             host_cpu_seconds: 0.0,
         }
+    }
+
+    /// Takes `cgroup_root` as given by the operator (`--cgroup-root`): its `cpu.stat` alone is
+    /// enough, memory then comes from the Vault process when the memory controller is missing.
+    pub fn with_explicit_cgroup(mut self, explicit: bool) -> Self {
+        self.cgroup_explicit = explicit;
+        self
     }
 
     /// The pid of the Vault process currently followed, if any.
@@ -109,8 +124,16 @@ impl SystemSampler {
 
     /// One sample, `now` being the time of the reading (tests pass their own instants).
     pub fn sample_at(&mut self, now: Instant) -> HostStats {
-        if let Some(r) = CgroupReading::read(&self.cgroup_root) {
-            return self.sample_cgroup(r, now);
+        if let Some(r) = CgroupReading::read(&self.cgroup_root, !self.cgroup_explicit) {
+            let mut stats = self.sample_cgroup(r, now);
+            if r.memory_current_bytes.is_none() {
+                // No memory controller in this cgroup: the Vault process's memory instead.
+                if let Some(p) = self.sample_process() {
+                    stats.memory_used_bytes = p.memory_used_bytes;
+                    stats.memory_limit_bytes = p.memory_limit_bytes;
+                }
+            }
+            return stats;
         }
         if let Some(stats) = self.sample_process() {
             return stats;
@@ -131,7 +154,7 @@ impl SystemSampler {
             source: HostSource::Cgroup,
             cpu_usage_cores: cores,
             cpu_seconds_total: secs,
-            memory_used_bytes: r.memory_current_bytes,
+            memory_used_bytes: r.memory_current_bytes.unwrap_or(0),
             memory_limit_bytes: r.memory_max_bytes,
         }
     }
@@ -248,6 +271,25 @@ mod tests {
         assert_eq!(parse_memory_max("max\n"), Some(None));
         assert_eq!(parse_memory_max("536870912\n"), Some(Some(536_870_912)));
         assert_eq!(parse_memory_max("lots"), None);
+    }
+
+    #[test]
+    fn an_explicit_cgroup_without_memory_controller_still_gives_its_cpu() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 4000000\n").unwrap();
+        // The default root needs memory.current (the host's root cgroup has cpu.stat too).
+        let mut default = SystemSampler::new(dir.path().into(), None, vec![]);
+        assert_ne!(default.sample().source, HostSource::Cgroup);
+        // Given by the operator, cpu.stat is enough (stress in that cgroup becomes visible).
+        let mut explicit =
+            SystemSampler::new(dir.path().into(), None, vec![]).with_explicit_cgroup(true);
+        let t0 = Instant::now();
+        let first = explicit.sample_at(t0);
+        assert_eq!(first.source, HostSource::Cgroup);
+        assert_eq!(first.cpu_seconds_total, 4.0);
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 5600000\n").unwrap();
+        let second = explicit.sample_at(t0 + Duration::from_secs(2));
+        assert!((second.cpu_usage_cores - 0.8).abs() < 1e-9, "{second:?}");
     }
 
     #[test]

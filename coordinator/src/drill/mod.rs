@@ -575,9 +575,9 @@ fn stress_note(group: &DrGroup, in_cgroups: bool) -> String {
             "bao and stress-ng share a cgroup per cluster; its agent reads CPU and memory there"
                 .into()
         }
-        (true, Some(_), _) => "bao and stress-ng share a cgroup v2 per cluster, but this host's \
-             cgroup v2 has no memory controller (hybrid v1/v2): the agent falls back to the bao \
-             process and sees the stress only as contention"
+        (true, Some(_), _) => "bao and stress-ng share a cgroup v2 per cluster; this host's \
+             cgroup v2 has no memory controller (hybrid v1/v2), so the agent reads the cgroup's \
+             CPU (the stress shows) and the bao process's memory (the stress's 100 MB does not)"
             .into(),
         (_, _, Some(e)) => format!(
             "cgroups are not writable here ({e}): stress-ng runs outside, the agents see it only \
