@@ -2,6 +2,8 @@
 //! bad input gets a 4xx, is counted, and stores nothing; a property test throws random bytes and
 //! random JSON at the endpoint without a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -160,7 +162,9 @@ async fn bad_reports_get_a_4xx_are_counted_and_store_nothing() {
     let f = fixture().await;
     let s = &f.service;
     let good = serde_json::to_vec(&report("dc2", "dc2-0", 1)).unwrap();
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+    // (what, token, body, expected status, rejection reason)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "no token",
             None,
@@ -345,10 +349,8 @@ proptest! {
 
     #[test]
     fn random_json_never_panics_and_never_stores(mut value in arbitrary_json(), keep_version in any::<bool>()) {
-        if keep_version {
-            if let Some(obj) = value.as_object_mut() {
-                obj.insert("schema_version".into(), SCHEMA_VERSION.into());
-            }
+        if keep_version && let Some(obj) = value.as_object_mut() {
+            obj.insert("schema_version".into(), SCHEMA_VERSION.into());
         }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {

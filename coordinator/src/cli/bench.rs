@@ -187,10 +187,10 @@ async fn ingest(agents: usize, seconds: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let ready_by = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                break;
-            }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
         }
         if Instant::now() > ready_by {
             return Err("the coordinator did not become leader within 20 s".into());
