@@ -52,6 +52,15 @@ path "sys/metrics" {
   capabilities = ["read"]
 }
 
+# Agent probes: replication status (Vault Enterprise; OpenBao answers 404, which is mode none,
+# but only when the policy lets the request reach the router: without these it is a 403).
+path "sys/replication/dr/status" {
+  capabilities = ["read"]
+}
+path "sys/replication/performance/status" {
+  capabilities = ["read"]
+}
+
 # Coordinator: fence an unreachable-then-returning old primary in an unplanned failover.
 path "sys/seal" {
   capabilities = ["update", "sudo"]

@@ -5,9 +5,20 @@
 #   .tools/bin/secantusd-py  -> SecantusDB MongoDB wire server inside the venv
 # plus the Debian packages prometheus, stress-ng, prometheus-node-exporter, iproute2, iptables (fault tests) and openssl (TLS test certificates).
 #
+# `--no-helm` skips helm, kubectl and kubernetes-validate (only the chart tests need them; the
+# drill does not).
+#
 # Idempotent: every step is skipped when its result is already present at the right version, so a
 # second run takes a few seconds. Safe as root on a fresh Debian machine without stdin (CI=true).
 set -euo pipefail
+
+WITH_HELM=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-helm) WITH_HELM=0 ;;
+        *) printf 'setup: unknown argument %s (only --no-helm)\n' "$arg" >&2; exit 64 ;;
+    esac
+done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
@@ -135,4 +146,6 @@ for tool in prometheus stress-ng prometheus-node-exporter ip; do
     command -v "$tool" >/dev/null || die "$tool not on PATH after install"
 done
 log "ok"
-bash "$ROOT/scripts/setup-helm.sh" # helm, kubectl, kubernetes-validate for tests/tests/helm_chart.rs
+if ((WITH_HELM)); then
+    bash "$ROOT/scripts/setup-helm.sh" # helm, kubectl, kubernetes-validate for tests/tests/helm_chart.rs
+fi

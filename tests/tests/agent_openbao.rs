@@ -126,7 +126,17 @@ async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
     let node = &cluster.nodes()[0];
     let mut config = Config::minimal("agent-life", node.name(), cluster.api_addr().clone());
     config.interval = Duration::from_millis(200);
-    config.vault.token = Some(cluster.root_token().clone());
+    // The agent holds the least-privilege DR token (policies/vault-dr.hcl), never root.
+    let dr = vault_dr_common::Secret::new(format!(
+        "vdr-agent-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    cluster.create_dr_token(&dr).await.unwrap();
+    config.vault.token = Some(dr);
     config.vault_pid_file = Some(node.pid_file().to_path_buf());
     let agent = Agent::start(config).await;
 
@@ -145,7 +155,7 @@ async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
     assert!(r.vault.raft_commit_index.is_some());
     assert!(
         r.vault.autopilot_healthy.is_some(),
-        "the root token may read autopilot state: {r:#?}"
+        "the DR token may read autopilot state: {r:#?}"
     );
     let l = r.vault.latency;
     assert!(

@@ -210,8 +210,14 @@ async fn bench() -> Result<bool> {
         .context("lab start (run scripts/setup.sh?)")?;
     let cluster = clusters.remove(0);
     let dir = tempfile::tempdir()?;
+    // The agent runs with the least-privilege DR token, as in production.
+    let dr = vault_dr_common::Secret::new(format!("vdr-bench-{}", std::process::id()));
+    cluster
+        .create_dr_token(&dr)
+        .await
+        .context("create the DR token")?;
     let vault_token = dir.path().join("vault-token");
-    std::fs::write(&vault_token, cluster.root_token().expose())?;
+    std::fs::write(&vault_token, dr.expose())?;
     let coord_token = dir.path().join("coordinator-token");
     std::fs::write(&coord_token, "bench-token")?;
     let coord = TcpListener::bind("127.0.0.1:0").await?;
