@@ -7,4 +7,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 cargo build --workspace --all-targets
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -334,16 +334,23 @@ impl CoordinatorGroup {
 
     /// Indices of the replicas whose `/readyz` is 200 right now (asked in parallel).
     pub async fn leaders(&self) -> Vec<usize> {
+        // Only replicas this group runs: the port of one not started yet (or killed) may meanwhile
+        // belong to another test's process, whose /readyz must not count here.
         let tasks: Vec<_> = self
             .replicas
             .iter()
-            .map(|r| {
+            .enumerate()
+            .filter(|(_, r)| {
+                r.pid()
+                    .is_some_and(vault_dr_coordinator::lab::process::pid_alive)
+            })
+            .map(|(i, r)| {
                 let (http, url) = (self.http.clone(), r.url.clone());
-                tokio::spawn(async move { ready(&http, &url).await })
+                (i, tokio::spawn(async move { ready(&http, &url).await }))
             })
             .collect();
         let mut out = Vec::new();
-        for (i, t) in tasks.into_iter().enumerate() {
+        for (i, t) in tasks {
             if matches!(t.await, Ok(true)) {
                 out.push(i);
             }
