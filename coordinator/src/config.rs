@@ -576,11 +576,8 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
         }
     };
     let traffic = match raw.traffic.backend.as_deref() {
-        None if raw.traffic.listen.is_some() => TrafficConfig::Local {
-            listen: socket(
-                "traffic.listen",
-                raw.traffic.listen.as_deref().unwrap_or_default(),
-            )?,
+        None if let Some(listen) = raw.traffic.listen.as_deref() => TrafficConfig::Local {
+            listen: socket("traffic.listen", listen)?,
         },
         None | Some("none") => TrafficConfig::None,
         Some("local") => TrafficConfig::Local {

@@ -249,6 +249,8 @@ fn update<T>(path: &Path, f: impl Fn(&mut State) -> Result<(T, bool)>) -> Result
 /// The lease decision of `try_acquire_or_renew` on `s`: (whether `id` holds it, dirty).
 fn acquire_or_renew(s: &mut State, id: &str, duration: Duration) -> (bool, bool) {
     let now = Utc::now();
+    // A duration chrono cannot hold (centuries) falls back to zero: the lease then lapses at
+    // once, which can only cost leadership, never make two leaders.
     let expires_at = now + chrono::Duration::from_std(duration).unwrap_or_default();
     match &mut s.lease {
         Some(l) if l.holder == id => {

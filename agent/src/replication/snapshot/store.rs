@@ -94,6 +94,15 @@ pub enum StoreError {
     /// The file's SHA-256 differs from the metadata.
     #[error("{0}: checksum mismatch")]
     Checksum(String),
+    /// Metadata or the node record could not be encoded as JSON.
+    #[error("encode {what}: {source}")]
+    Encode {
+        /// What was encoded.
+        what: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The archive is not a usable snapshot.
     #[error("{file}: {source}")]
     Archive {
@@ -124,6 +133,7 @@ impl StoreError {
             Self::Size { .. } => "truncated",
             Self::Checksum(_) => "checksum",
             Self::Archive { .. } | Self::Index { .. } => "corrupt",
+            Self::Encode { .. } => "encode",
         }
     }
 }
@@ -255,17 +265,32 @@ impl Store {
         verify_in(&self.dir, meta, min_term)
     }
 
-    /// The agent's record of its node (default when none was written yet).
+    /// The agent's record of its node: the default when none was written yet. An unreadable or
+    /// corrupt record is logged and also read as the default: the agent then no longer knows
+    /// it was a primary, so an operator must be told (its data is still quarantined before the
+    /// first restore in continuous mode).
     pub fn node_record(&self) -> NodeRecord {
-        std::fs::read(self.dir.join(NODE_RECORD))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        let path = self.dir.join(NODE_RECORD);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return NodeRecord::default(),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "node record unreadable; treating this node as never promoted");
+                return NodeRecord::default();
+            }
+        };
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::error!(path = %path.display(), error = %e, "node record corrupt; treating this node as never promoted");
+            NodeRecord::default()
+        })
     }
 
     /// Saves the record of the node atomically.
     pub fn save_node_record(&self, r: &NodeRecord) -> Result<(), StoreError> {
-        let body = serde_json::to_vec_pretty(r).unwrap_or_default();
+        let body = serde_json::to_vec_pretty(r).map_err(|source| StoreError::Encode {
+            what: "node record".into(),
+            source,
+        })?;
         write_atomic(&self.dir.join(NODE_RECORD), &body)
     }
 }
@@ -326,7 +351,10 @@ pub fn commit_in(
     };
     let dest = dir.join(&file_name);
     std::fs::rename(&tmp, &dest).map_err(io(format!("rename to {}", dest.display())))?;
-    let body = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+    let body = serde_json::to_vec_pretty(&meta).map_err(|source| StoreError::Encode {
+        what: format!("metadata of {file_name}"),
+        source,
+    })?;
     write_atomic(&dir.join(meta_name(&file_name)), &body)?;
     Ok(meta)
 }
@@ -534,5 +562,20 @@ mod tests {
         let again = Store::open(dir.path(), 3).unwrap();
         assert_eq!(again.node_record(), r);
         assert_eq!(again.list().len(), 1, "node.json is not a snapshot");
+    }
+
+    #[test]
+    fn a_corrupt_node_record_reads_as_default_and_a_save_repairs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        std::fs::write(dir.path().join(NODE_RECORD), b"{ truncated").unwrap();
+        assert_eq!(store.node_record(), NodeRecord::default());
+        let r = NodeRecord {
+            restored: None,
+            primary_term: Some(4),
+            quarantined: None,
+        };
+        store.save_node_record(&r).unwrap();
+        assert_eq!(store.node_record(), r);
     }
 }
