@@ -6,6 +6,7 @@
 pub mod prometheus;
 
 pub use vault_dr_coordinator::lab;
+pub mod agents;
 pub mod coordinators;
 pub mod fake_apiserver;
 pub mod mongo;

@@ -8,108 +8,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use std::time::Duration;
 use vault_dr_agent::Config;
 use vault_dr_common::report::HostSource;
-use vault_dr_common::{NodeState, ReplicationMode, Report};
+use vault_dr_common::{NodeState, ReplicationMode};
+use vault_dr_tests::agents::InProcessAgent;
 use vault_dr_tests::lab::LabCluster;
-
-/// An agent running in-process; stops when dropped.
-struct Agent {
-    url: String,
-    http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<vault_dr_agent::Result<()>>>,
-}
-
-impl Agent {
-    async fn start(config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(vault_dr_agent::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        Self {
-            url,
-            http,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn report(&self) -> Option<Report> {
-        let r = self
-            .http
-            .get(format!("{}/v1/report", self.url))
-            .send()
-            .await
-            .ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        r.json().await.ok()
-    }
-
-    /// Polls `/v1/report` until `pred` holds; panics with the last report after `timeout`.
-    async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Report) -> bool,
-    ) -> Report {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(r) = self.report().await {
-                if pred(&r) {
-                    return r;
-                }
-                last = Some(r);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not report {what} within {timeout:?}; last report: {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(5), t)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(t) = &self.task {
-            t.abort();
-        }
-    }
-}
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -138,7 +42,7 @@ async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
     cluster.create_dr_token(&dr).await.unwrap();
     config.vault.token = Some(dr);
     config.vault_pid_file = Some(node.pid_file().to_path_buf());
-    let agent = Agent::start(config).await;
+    let agent = InProcessAgent::start(config).await.unwrap();
 
     // Active, with identity, raft indices, autopilot and real latency figures.
     let r = agent
@@ -276,5 +180,5 @@ async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
             r.host.source == HostSource::Process
         })
         .await;
-    agent.shutdown().await;
+    agent.shutdown().await.unwrap().unwrap();
 }

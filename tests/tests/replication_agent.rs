@@ -29,6 +29,7 @@ use url::Url;
 use vault_dr_agent::Config;
 use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
 use vault_dr_common::{DesiredState, NodeState, PromotionMode, Report, Role, Secret};
+use vault_dr_tests::agents::InProcessAgent;
 use vault_dr_tests::lab::LabCluster;
 
 /// Pull interval of the agents under test.
@@ -104,11 +105,10 @@ fn desired(
 
 /// An agent running in-process; stops when dropped.
 struct Agent {
+    agent: InProcessAgent,
     url: String,
-    http: reqwest::Client,
     snapshot_dir: PathBuf,
     quarantine_dir: PathBuf,
-    _stop: oneshot::Sender<()>,
 }
 
 impl Agent {
@@ -140,57 +140,26 @@ impl Agent {
             restore,
             quarantine_dir: quarantine_dir.clone(),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(vault_dr_agent::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let agent = InProcessAgent::start(config).await.unwrap();
         Self {
-            url,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            url: agent.url.clone(),
+            agent,
             snapshot_dir,
             quarantine_dir,
-            _stop: stop,
         }
     }
 
     async fn report(&self) -> Option<Report> {
-        let r = self
-            .http
-            .get(format!("{}/v1/report", self.url))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        r.json().await.ok()
+        self.agent.report().await
     }
 
-    /// Polls the report until `pred` holds; panics with the last one after `timeout`.
     async fn wait_for(
         &self,
         what: &str,
         timeout: Duration,
         pred: impl Fn(&Report) -> bool,
     ) -> Report {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(r) = self.report().await {
-                if pred(&r) {
-                    return r;
-                }
-                last = Some(r);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not report {what} within {timeout:?}; last report: {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.agent.wait_for(what, timeout, pred).await
     }
 
     fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -404,15 +373,7 @@ async fn continuous_mode_replicates_writes_reports_restoring_and_lag_falls() {
         "metadata beside each"
     );
     // The snapshot metrics count what happened.
-    let text = a1
-        .http
-        .get(format!("{}/metrics", a1.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = a1.agent.metrics().await;
     let metric = |series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

@@ -1,0 +1,111 @@
+//! An agent running in-process on a free loopback port (`vault_dr_agent::run`), with the calls
+//! the integration tests make on it: its current report, polling until a report satisfies a
+//! predicate, its `/metrics` text, and an orderly shutdown. It stops when dropped.
+
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use vault_dr_common::Report;
+
+/// An in-process agent; its task is aborted when this is dropped.
+#[derive(Debug)]
+pub struct InProcessAgent {
+    /// Base URL of its HTTP API, `http://127.0.0.1:PORT`.
+    pub url: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<vault_dr_agent::Result<()>>>,
+}
+
+impl InProcessAgent {
+    /// Starts an agent with `config` on a free loopback port.
+    pub async fn start(config: vault_dr_agent::Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(vault_dr_agent::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Self {
+            url,
+            http,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// `GET /v1/report` (`None` before the first probe or on any failure).
+    pub async fn report(&self) -> Option<Report> {
+        let r = self
+            .http
+            .get(format!("{}/v1/report", self.url))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Polls the report every 100 ms until `pred` holds; panics with the last report after
+    /// `timeout` (this is test support: a timeout is a failed test).
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Report) -> bool,
+    ) -> Report {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Some(r) = self.report().await {
+                if pred(&r) {
+                    return r;
+                }
+                last = Some(r);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not report {what} within {timeout:?}; last report: {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /metrics` as text (empty on a failure).
+    pub async fn metrics(&self) -> String {
+        match self.http.get(format!("{}/metrics", self.url)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Asks the agent to stop and waits up to 5 s for it; the agent's own result.
+    pub async fn shutdown(mut self) -> Result<vault_dr_agent::Result<()>, String> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let Some(t) = self.task.take() else {
+            return Err("already stopped".into());
+        };
+        match tokio::time::timeout(Duration::from_secs(5), t).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(format!("agent task failed: {e}")),
+            Err(_) => Err("agent did not stop within 5 s".into()),
+        }
+    }
+}
+
+impl Drop for InProcessAgent {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
