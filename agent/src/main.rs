@@ -5,6 +5,8 @@ use anyhow::Context;
 use vault_dr_agent::{Config, config::ProcessEnv};
 
 fn main() -> anyhow::Result<()> {
+    // Before any TLS client is built.
+    vault_dr_common::http::install_crypto_provider();
     let config = match Config::parse(std::env::args_os(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {

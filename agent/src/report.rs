@@ -132,7 +132,7 @@ async fn read_capped(
 pub fn http_client(c: &CoordinatorConfig) -> Result<reqwest::Client> {
     // Never follow a redirect: the answer must come from the configured coordinator, and the
     // bearer token must not travel anywhere else.
-    let mut b = reqwest::Client::builder()
+    let mut b = vault_dr_common::http::client_builder()
         .timeout(SEND_TIMEOUT)
         .connect_timeout(SEND_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -105,7 +105,10 @@ async fn failures_are_counted_and_the_desired_state_is_kept() {
         let _ = stopped.await;
     }));
 
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let desired: DesiredState = loop {
         let r = http.get(format!("{agent_url}/v1/desired")).send().await;

@@ -149,7 +149,10 @@ async fn hostile_answers_do_not_crash_the_agent_nor_move_its_desired_state() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
     let get = |path: &str| http.get(format!("{agent_url}{path}")).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200, "still alive");
     let desired: DesiredState = get("/v1/desired").await.unwrap().json().await.unwrap();
@@ -335,7 +338,7 @@ async fn a_report_redirect_to_another_origin_is_not_followed() {
         let _ = stopped.await;
     }));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let desired = reqwest::Client::builder()
+    let desired = vault_dr_common::http::client_builder()
         .no_proxy()
         .build()
         .unwrap()

@@ -1,9 +1,10 @@
 //! Wire types and plumbing that both vault-dr binaries use, and nothing else: the agent's
 //! [`report::Report`], the coordinator's [`desired::DesiredState`] answer, the [`secret::Secret`]
-//! wrapper that keeps tokens out of logs, telemetry set-up and the shutdown signal.
+//! wrapper that keeps tokens out of logs, telemetry set-up, the HTTP client builder and the shutdown signal.
 
 pub mod desired;
 pub mod exit;
+pub mod http;
 pub mod report;
 pub mod secret;
 pub mod shutdown;

@@ -217,13 +217,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Loads the listener's certificate chain and key (PEM) for rustls with the aws-lc-rs provider.
+/// Loads the listener's certificate chain and key (PEM) for rustls with the ring provider.
 async fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<axum_server::tls_rustls::RustlsConfig> {
-    // Several crates link rustls; make the provider choice explicit once per process.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // axum-server is built without a provider of its own: install the workspace's one (ring).
+    vault_dr_common::http::install_crypto_provider();
     axum_server::tls_rustls::RustlsConfig::from_pem_chain_file(cert, key)
         .await
         .map_err(|e| {

@@ -6,6 +6,8 @@ use vault_dr_coordinator::cli::{self, Cli, Command};
 
 #[tokio::main]
 async fn main() {
+    // Before any TLS client (reqwest, kube, mongodb) or the TLS listener is built.
+    vault_dr_common::http::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {

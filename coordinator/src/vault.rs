@@ -30,7 +30,7 @@ impl VaultClient {
     /// A client whose requests time out after `timeout`; `token` is the DR token (seal, canary).
     pub fn new(timeout: Duration, token: Option<Secret>) -> reqwest::Result<Self> {
         // Never follow a redirect: reqwest would carry X-Vault-Token to whatever origin it names.
-        let http = reqwest::Client::builder()
+        let http = vault_dr_common::http::client_builder()
             .timeout(timeout)
             // A cut network drops packets silently: fencing an unreachable old primary must not
             // wait out the whole action timeout before the failover moves on.

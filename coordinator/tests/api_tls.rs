@@ -125,7 +125,7 @@ async fn the_api_is_served_over_tls_only_when_configured() {
 
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
-    let https = reqwest::Client::builder()
+    let https = vault_dr_common::http::client_builder()
         .add_root_certificate(ca)
         .timeout(Duration::from_secs(2))
         .build()
@@ -159,7 +159,7 @@ async fn the_api_is_served_over_tls_only_when_configured() {
     assert!(topology.status().is_success() || topology.status().as_u16() == 503);
 
     // Plain HTTP on the same port gets no HTTP answer.
-    let plain = reqwest::Client::builder()
+    let plain = vault_dr_common::http::client_builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
@@ -172,7 +172,7 @@ async fn the_api_is_served_over_tls_only_when_configured() {
         "plain HTTP must not be served: {r:?}"
     );
     // A client that does not trust the certificate is refused by its own TLS check.
-    let untrusting = reqwest::Client::builder()
+    let untrusting = vault_dr_common::http::client_builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();

@@ -26,7 +26,7 @@ impl InProcessAgent {
         let task = tokio::spawn(vault_dr_agent::run(config, listener, async {
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::builder()
+        let http = vault_dr_common::http::client_builder()
             .no_proxy()
             .build()
             .map_err(std::io::Error::other)?;

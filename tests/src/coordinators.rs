@@ -230,7 +230,7 @@ impl CoordinatorGroup {
                 guard: None,
             });
         }
-        let http = reqwest::Client::builder()
+        let http = vault_dr_common::http::client_builder()
             .timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| HaError::Io {

@@ -114,7 +114,7 @@ impl PrometheusServer {
         let child = ChildGuard::spawn("prometheus", &bin, &args, &log)?;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/"))
             .map_err(|e| PromError::Target(format!("prometheus listen url: {e}")))?;
-        let client = reqwest::Client::builder()
+        let client = vault_dr_common::http::client_builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .build()

@@ -69,7 +69,7 @@ async fn prometheus_scrapes_the_agent_and_answers_a_query() {
     assert!(first_value(&mem).is_some_and(|b| b > 0.0), "{mem}");
 
     // Found by name, the figures are a process's, not the host's.
-    let report: serde_json::Value = reqwest::Client::builder()
+    let report: serde_json::Value = vault_dr_common::http::client_builder()
         .no_proxy()
         .build()
         .unwrap()

@@ -129,7 +129,7 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
             )
         })
         .collect();
-    let http = reqwest::Client::builder()
+    let http = vault_dr_common::http::client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();

@@ -236,7 +236,7 @@ impl Lab {
             traffic: opts
                 .replicate
                 .then(|| format!("http://{gw}:{traffic_port}")),
-            http: reqwest::Client::builder()
+            http: vault_dr_common::http::client_builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -414,7 +414,7 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
     let p = lab.host("p");
     p.cut_from(lab.net.gateway()).unwrap();
     // The coordinator really lost the primary (its own probe fails) ...
-    let direct = reqwest::Client::builder()
+    let direct = vault_dr_common::http::client_builder()
         .no_proxy()
         .timeout(Duration::from_millis(800))
         .build()
@@ -475,7 +475,7 @@ async fn client_writer(
     token: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<(u64, DateTime<Utc>)> {
-    let http = reqwest::Client::builder()
+    let http = vault_dr_common::http::client_builder()
         .no_proxy()
         .timeout(Duration::from_millis(1500))
         .build()

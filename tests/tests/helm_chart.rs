@@ -819,7 +819,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
 
     // Wait until the leader has probed both clusters and holds a report from each agent, so
     // every per-cluster family exists.
-    let client = reqwest::Client::new();
+    let client = vault_dr_common::http::client_builder().build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let coordinator_metrics = loop {
         let text = get_text(&client, &format!("{coord_url}/metrics")).await;

@@ -52,7 +52,7 @@ fn free_port() -> u16 {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    vault_dr_common::http::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()

@@ -598,7 +598,7 @@ fn call(verb: &str, group: &str, resource: &str, name: Option<&str>) -> Call {
 #[tokio::test]
 async fn the_fake_apiserver_answers_like_kubernetes_and_records_rbac_verbs() {
     let fake = FakeApiServer::start().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = vault_dr_common::http::client_builder().build().unwrap();
     let base = format!("{}/api/v1/namespaces/default/configmaps", fake.url());
     let cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",

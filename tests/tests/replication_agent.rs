@@ -199,7 +199,10 @@ fn rand_u64() -> u64 {
 
 /// KV v2 write at `addr` with `token`.
 async fn put(addr: &Url, token: &Secret, path: &str, data: Value) {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
     let r = http
         .post(addr.join(&format!("v1/secret/data/{path}")).unwrap())
         .header("X-Vault-Token", token.expose())
@@ -212,7 +215,7 @@ async fn put(addr: &Url, token: &Secret, path: &str, data: Value) {
 
 /// KV v2 read at `addr` with `token`: the data, None on 404 (or a token not known there).
 async fn get(addr: &Url, token: &Secret, path: &str) -> Option<Value> {
-    let http = reqwest::Client::builder()
+    let http = vault_dr_common::http::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(3))
         .build()
@@ -275,7 +278,10 @@ async fn continuous_mode_replicates_writes_reports_restoring_and_lag_falls() {
         let seen = seen_restoring.clone();
         let url = a1.url.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            let http = vault_dr_common::http::client_builder()
+                .no_proxy()
+                .build()
+                .unwrap();
             loop {
                 if let Ok(r) = http.get(format!("{url}/v1/report")).send().await
                     && let Ok(r) = r.json::<Report>().await
@@ -468,7 +474,7 @@ async fn on_promotion_mode_holds_snapshots_until_promoted_then_restores_and_cana
     );
     // The canary sits in the DR token's cubbyhole.
     let dr = Secret::new(std::fs::read_to_string(&token_file).unwrap());
-    let v: Value = reqwest::Client::builder()
+    let v: Value = vault_dr_common::http::client_builder()
         .no_proxy()
         .build()
         .unwrap()
@@ -581,7 +587,10 @@ async fn a_returning_ex_primary_quarantines_its_diverged_data_and_follows() {
 
     // The quarantined file holds the diverged write: restore it into q and read it there.
     let body = std::fs::read(&file).unwrap();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
     let resp = http
         .post(q.api_addr().join("v1/sys/storage/raft/snapshot").unwrap())
         .header("X-Vault-Token", q.root_token().expose())
@@ -702,7 +711,10 @@ async fn a_fast_promotion_keeps_the_node_data_and_only_canaries() {
     assert_eq!(r.replication.restored_index, None, "nothing restored");
     // s1 kept its own data: its own root token works, p's secret is not there.
     assert_eq!(get(s1.api_addr(), s1.root_token(), "fast/x").await, None);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
     let own = http
         .get(s1.api_addr().join("v1/secret/config").unwrap())
         .header("X-Vault-Token", s1.root_token().expose())

@@ -163,7 +163,7 @@ impl Group {
         let client_token = clusters[0].root_token().clone();
         // A new connection per request: the forwarder closes connections on a switch, and a
         // pooled one would turn into a spurious error.
-        let http = reqwest::Client::builder()
+        let http = vault_dr_common::http::client_builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(5))

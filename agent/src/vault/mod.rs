@@ -45,7 +45,7 @@ pub fn http_client(config: &VaultConfig, timeout: Duration) -> Result<reqwest::C
     // A cut network drops packets silently: give up connecting after a few seconds, and on a
     // transfer that stalls, whatever the whole request's timeout (a snapshot pull of a cut
     // primary must not hold a promotion for minutes).
-    let mut b = reqwest::Client::builder()
+    let mut b = vault_dr_common::http::client_builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(CONNECT_TIMEOUT))
         .read_timeout(timeout.min(STALL_TIMEOUT))
@@ -244,7 +244,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = vault_dr_common::http::client_builder()
+            .no_proxy()
+            .build()
+            .unwrap();
         let base = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let p = probe_health(&http, &base).await;
         assert_eq!(p.health.state, NodeState::Unreachable);

@@ -180,7 +180,7 @@ async fn ingest(agents: usize, seconds: u64) -> Result<(), String> {
         .map_err(|e| format!("cannot start the coordinator: {e}"))?;
     let pid = child.id().ok_or("coordinator exited at once")?;
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
+    let http = vault_dr_common::http::client_builder()
         .timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(256)
         .build()

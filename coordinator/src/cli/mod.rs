@@ -246,7 +246,7 @@ impl Client {
                 message: "empty".into(),
             });
         }
-        let http = reqwest::Client::builder()
+        let http = vault_dr_common::http::client_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| CliError::Decode(e.to_string()))?;

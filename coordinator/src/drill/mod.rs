@@ -286,15 +286,34 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     let mut group = progress
         .wait(
             &format!(
-                "starting {} OpenBao clusters, {} agents, {}; waiting for a leader and seeded secondaries",
-                names.len(),
+                "starting {} OpenBao clusters and {}",
                 names.len(),
                 match opts.coordinators {
                     1 => "1 coordinator".to_owned(),
                     n => format!("{n} coordinators"),
                 }
             ),
-            DrGroup::start(&spec),
+            DrGroup::start_without_agents(&spec),
+        )
+        .await?;
+    let primary = names[0].clone();
+    // The client's token is created on the primary before any agent runs, so the snapshot every
+    // secondary is seeded from already holds it (it still reaches them only by replication).
+    let (root, api) = {
+        let p = group
+            .cluster(&primary)
+            .ok_or_else(|| DrillError::Invalid("no primary".into()))?;
+        (p.root_token().clone(), p.api_addr().clone())
+    };
+    let token = workload::create_client_token(group.http(), &api, &root).await?;
+    let token_at = Utc::now();
+    progress
+        .wait(
+            &format!(
+                "starting {} agents; waiting for a leader and secondaries seeded from {primary}",
+                names.len()
+            ),
+            group.start_agents(&spec),
         )
         .await?;
     if !group.agent_flags_missing().is_empty() {
@@ -304,7 +323,6 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         ));
     }
     let setup_seconds = began.elapsed().as_secs_f64();
-    let primary = names[0].clone();
     let target = match group.traffic_addr() {
         Some(addr) => workload::Target::Stable(addr.clone()),
         None => workload::Target::Follow {
@@ -333,16 +351,6 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         ));
     }
 
-    // The client token must be in the secondaries' data before the fault: create it, then
-    // wait until every secondary has pulled a snapshot taken after it.
-    let (root, api) = {
-        let p = group
-            .cluster(&primary)
-            .ok_or_else(|| DrillError::Invalid("no primary".into()))?;
-        (p.root_token().clone(), p.api_addr().clone())
-    };
-    let token = workload::create_client_token(group.http(), &api, &root).await?;
-    let token_at = Utc::now();
     let client = progress
         .wait(
             &format!(
@@ -359,6 +367,8 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
             ),
         )
         .await?;
+    // The client token must be in the secondaries' data before the fault: every secondary must
+    // serve it (normally true at once: they were seeded after it was created).
     progress
         .wait(
             "waiting until every secondary holds a snapshot with the client token",

@@ -84,7 +84,7 @@ impl Drop for Workload {
 
 /// An HTTP client without connection reuse and proxies.
 pub fn client_http() -> Result<reqwest::Client, DrillError> {
-    reqwest::Client::builder()
+    vault_dr_common::http::client_builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
         .connect_timeout(REQUEST_TIMEOUT)
@@ -428,7 +428,7 @@ pub async fn missing_writes(
     token: &Secret,
     writes: &[AckedWrite],
 ) -> Result<Vec<AckedWrite>, DrillError> {
-    let http = reqwest::Client::builder()
+    let http = vault_dr_common::http::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()

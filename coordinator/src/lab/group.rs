@@ -339,12 +339,23 @@ impl DrGroup {
     /// Starts everything in `spec` and waits until one coordinator leads, every node has
     /// reported and every secondary is eligible (seeded by replication).
     pub async fn start(spec: &GroupSpec) -> Result<Self, LabError> {
+        let mut group = Self::start_without_agents(spec).await?;
+        group.start_agents(spec).await?;
+        Ok(group)
+    }
+
+    /// The first half of [`DrGroup::start`]: the clusters (initialised, each with the DR token),
+    /// the cgroups and the coordinators, but no agent yet, so nothing replicates. Data written to
+    /// the primary now is in the snapshot every secondary is seeded from by
+    /// [`DrGroup::start_agents`].
+    pub async fn start_without_agents(spec: &GroupSpec) -> Result<Self, LabError> {
         if spec.clusters.len() < 2 || spec.coordinators == 0 {
             return Err(LabError::Invalid(
                 "a DR group needs at least two clusters and one coordinator".into(),
             ));
         }
-        let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
+        // Both binaries are looked up first, so a missing one fails before anything starts.
+        find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
         let coordinator_bin = find_sibling("vault-dr", ENV_COORDINATOR_BIN)?;
         let dir = make_run_dir(spec)?;
         let placed: Vec<(&str, NodeHost)> = spec
@@ -420,6 +431,15 @@ impl DrGroup {
             let port = url.port().unwrap_or_default();
             group.spawn_coordinator(spec, &coordinator_bin, i + 1, port)?;
         }
+        Ok(group)
+    }
+
+    /// The second half of [`DrGroup::start`]: an agent beside every node, then waits until one
+    /// coordinator leads, every node has reported and every secondary is eligible.
+    pub async fn start_agents(&mut self, spec: &GroupSpec) -> Result<(), LabError> {
+        let group = self;
+        let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
+        let coordinator_urls: Vec<Url> = group.coordinators.iter().map(|c| c.url.clone()).collect();
         let help = agent_help(&agent_bin).await;
         let mut missing = Vec::new();
         let mut agents = Vec::new();
@@ -451,8 +471,7 @@ impl DrGroup {
         }
         group.agents = agents;
         group.agent_flags_missing = missing;
-        group.wait_ready(&spec.clusters[0], READY_TIMEOUT).await?;
-        Ok(group)
+        group.wait_ready(&spec.clusters[0], READY_TIMEOUT).await
     }
 
     fn spawn_coordinator(
@@ -1018,7 +1037,7 @@ fn toml_str(s: &str) -> String {
 }
 
 fn lab_http() -> Result<reqwest::Client, LabError> {
-    reqwest::Client::builder()
+    vault_dr_common::http::client_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))

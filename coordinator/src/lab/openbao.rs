@@ -952,7 +952,7 @@ fn api_url(api_addr: &Url, path: &str) -> Result<Url, LabError> {
 }
 
 fn http_client() -> Result<reqwest::Client, LabError> {
-    reqwest::Client::builder()
+    vault_dr_common::http::client_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))

@@ -265,7 +265,7 @@ async fn bench() -> Result<bool> {
         &dir.path().join("node-exporter.log"),
     )?;
 
-    let http = reqwest::Client::builder()
+    let http = vault_dr_common::http::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()?;

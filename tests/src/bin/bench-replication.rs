@@ -60,7 +60,7 @@ fn args() -> Result<Args> {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    vault_dr_common::http::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()
