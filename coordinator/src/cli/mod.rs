@@ -338,42 +338,24 @@ impl Client {
         let url = base
             .join(path)
             .map_err(|e| CliError::Decode(e.to_string()))?;
-        let resp = self
-            .http
-            .post(url)
-            .bearer_auth(self.token.expose())
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| CliError::Unreachable {
-                url: base.to_string(),
-                message: if e.is_timeout() {
-                    "timeout".into()
-                } else {
-                    "connection failed".into()
-                },
-            })?;
-        let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| CliError::Decode(format!("not JSON: {e}")))?;
-        if !status.is_success() {
-            return Err(CliError::Status {
-                status: status.as_u16(),
-                body: body["error"].as_str().unwrap_or("").to_owned(),
-            });
-        }
-        Ok(body)
+        self.send(&base, self.http.post(url).json(body)).await
     }
 
     async fn get_at(&self, base: &Url, path: &str) -> Result<serde_json::Value, CliError> {
         let url = base
             .join(path)
             .map_err(|e| CliError::Decode(e.to_string()))?;
-        let resp = self
-            .http
-            .get(url)
+        self.send(base, self.http.get(url)).await
+    }
+
+    /// Sends `request` to the coordinator at `base` with the bearer token: the JSON answer, or
+    /// the error a CLI user can act on.
+    async fn send(
+        &self,
+        base: &Url,
+        request: reqwest::RequestBuilder,
+    ) -> Result<serde_json::Value, CliError> {
+        let resp = request
             .bearer_auth(self.token.expose())
             .send()
             .await

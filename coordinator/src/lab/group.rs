@@ -367,7 +367,7 @@ impl DrGroup {
             })
             .collect();
         let clusters = LabCluster::start_group_on(&placed, true, Some(&dir.path)).await?;
-        let http = lab_http()?;
+        let http = super::openbao::http_client()?;
 
         let dr_token = Secret::new(format!("vdr-{:032x}", rand::random::<u128>()));
         let coordinator_token = Secret::new(format!("{:032x}", rand::random::<u128>()));
@@ -1034,19 +1034,6 @@ fn toml_str(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn lab_http() -> Result<reqwest::Client, LabError> {
-    vault_dr_common::http::client_builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|source| LabError::Http {
-            target: "lab".into(),
-            what: "build HTTP client".into(),
-            source,
-        })
 }
 
 /// The last lines of a log.

@@ -951,7 +951,8 @@ fn api_url(api_addr: &Url, path: &str) -> Result<Url, LabError> {
         .map_err(|e| LabError::Invalid(format!("api path {path:?}: {e}")))
 }
 
-fn http_client() -> Result<reqwest::Client, LabError> {
+/// The lab's HTTP client: no proxy, short connect timeout, 30 s per request.
+pub(super) fn http_client() -> Result<reqwest::Client, LabError> {
     vault_dr_common::http::client_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
