@@ -333,6 +333,14 @@ impl Shipper {
         }
         self.last_pull = Some(Instant::now());
         let pulled = self.pull(&primary, d.term).await?;
+        if !ex_primary && self.shared.applied_term() < d.term {
+            // Following = pulling from this term's primary. Say so before a restore blocks
+            // this node for seconds: the coordinator's repoint step waits for it. An ex-primary
+            // applies the term only once its diverged data is quarantined and replaced.
+            tracing::info!(term = d.term, primary = %d.primary, "following the primary of this term");
+            self.publish();
+            self.shared.set_applied_term(d.term);
+        }
         let restore_now = ex_primary
             || (self.config.restore == RestoreMode::Continuous
                 && self

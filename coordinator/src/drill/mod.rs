@@ -367,12 +367,25 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
             ),
         )
         .await?;
-    // The client token must be in the secondaries' data before the fault: every secondary must
-    // serve it (normally true at once: they were seeded after it was created).
+    // The client's token must be in the secondaries' data before the fault, or no client could
+    // write after it. A warm standby (`continuous`) must serve it (its first restore is done);
+    // an `on-promotion` standby must hold a snapshot with it, which it restores when promoted.
+    let warm = opts.restore == RestoreMode::Continuous;
     progress
         .wait(
-            "waiting until every secondary holds a snapshot with the client token",
-            wait_replicated_after(&group, &primary, token_at, &token, Duration::from_secs(60)),
+            if warm {
+                "waiting until every secondary serves the client's token (restored)"
+            } else {
+                "waiting until every secondary holds a snapshot with the client's token"
+            },
+            wait_replicated_after(
+                &group,
+                &primary,
+                token_at,
+                &token,
+                warm,
+                Duration::from_secs(60),
+            ),
         )
         .await?;
     tokio::time::sleep(opts.warmup).await;
@@ -843,8 +856,10 @@ async fn candidates_now(group: &DrGroup) -> Option<CandidateTable> {
     serde_json::from_value(v.get("candidates")?.clone()).ok()
 }
 
-/// Whether `api_addr` already serves the client's secret to the client's token (a restored
-/// snapshot holds both).
+/// Whether `api_addr` already knows the client's token: a snapshot taken after it was created
+/// has been restored there. The token may read only the drill's secret (no default policy), so
+/// it asks for that: 200, or 404 while the restored snapshot predates the secret's first write,
+/// both prove the token; an unknown token gets 403.
 async fn token_served(http: &reqwest::Client, api_addr: &Url, token: &Secret) -> bool {
     let Ok(url) = api_addr.join(&format!("v1/secret/data/{}", workload::SECRET_PATH)) else {
         return false;
@@ -854,16 +869,17 @@ async fn token_served(http: &reqwest::Client, api_addr: &Url, token: &Secret) ->
         .timeout(Duration::from_secs(2))
         .send()
         .await
-        .is_ok_and(|r| r.status().is_success())
+        .is_ok_and(|r| matches!(r.status().as_u16(), 200 | 404))
 }
 
-/// Waits until every secondary holds the client token: it serves it (restored), or its
-/// agent reports a snapshot pulled after `t` (kept for restore at promotion).
+/// Waits until every secondary holds the client's token: it serves it (restored), or, unless
+/// `must_serve`, its agent reports a snapshot pulled after `t` (kept for restore at promotion).
 async fn wait_replicated_after(
     group: &DrGroup,
     primary: &str,
     t: DateTime<Utc>,
     token: &Secret,
+    must_serve: bool,
     timeout: Duration,
 ) -> Result<(), DrillError> {
     let deadline = Instant::now() + timeout;
@@ -905,7 +921,7 @@ async fn wait_replicated_after(
                     .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                     .is_some_and(|at| at.with_timezone(&Utc) > t)
             });
-            if served || pulled {
+            if served || (pulled && !must_serve) {
                 holding.push(name.clone());
             }
         }
@@ -919,9 +935,14 @@ async fn wait_replicated_after(
         }
         if Instant::now() > deadline {
             return Err(DrillError::Lab(LabError::Invalid(format!(
-                "no snapshot pulled after the client token was created by {} within {} s \
+                "{} did not {} the client's token within {} s \
                  (is snapshot replication on? agent logs in {})",
                 behind.join(", "),
+                if must_serve {
+                    "serve"
+                } else {
+                    "hold a snapshot with"
+                },
                 timeout.as_secs(),
                 group.dir().display()
             ))));
