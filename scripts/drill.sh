@@ -12,6 +12,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+if ! command -v cargo >/dev/null; then
+    printf 'drill.sh: cargo not found: install Rust first (https://rustup.rs), then run this again\n' >&2
+    exit 1
+fi
+
 setup_log="$(mktemp "${TMPDIR:-/tmp}/vault-dr-setup.XXXXXX")"
 nice -n 10 bash scripts/setup.sh --no-helm >"$setup_log" 2>&1 &
 setup_pid=$!
