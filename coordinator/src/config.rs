@@ -873,7 +873,7 @@ pub struct Policy {
     #[serde(with = "humantime_serde_compat")]
     pub report_retention: Duration,
     /// How a promoted secondary gets its data (`complete`: restore the newest snapshot first,
-    /// the default; `fast`: promote what it has). Goes into every desired state and into the
+    /// the default; `fast`: promote what it has once it restored a snapshot). Goes into every desired state and into the
     /// failover's journal record.
     #[serde(default)]
     pub promotion: PromotionMode,

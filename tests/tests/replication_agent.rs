@@ -674,7 +674,7 @@ async fn a_planned_switchover_pulls_a_final_snapshot_and_loses_no_acknowledged_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fast_promotion_keeps_the_node_data_and_only_canaries() {
+async fn a_fast_promotion_of_a_standby_that_never_restored_restores_the_newest_snapshot_first() {
     let dir = tempfile::tempdir().unwrap();
     let (clusters, token_file) = group(&["p", "s1"], dir.path()).await;
     let (p, s1) = (&clusters[0], &clusters[1]);
@@ -694,34 +694,15 @@ async fn a_fast_promotion_keeps_the_node_data_and_only_canaries() {
         r.applied_term == 1 && r.replication.replicated_index.is_some()
     })
     .await;
-    let mut fast = desired(2, s1, s1, true);
-    fast.promotion = PromotionMode::Fast;
-    fake.set(desired(2, p, s1, true));
-    fake.set(fast);
-    let started = Instant::now();
-    let r = a1
-        .wait_for("s1 promoted fast", Duration::from_secs(60), |r| {
-            r.applied_term == 2
-        })
-        .await;
-    println!(
-        "replication_agent: fast promotion (canary only) took {:.2} s",
-        started.elapsed().as_secs_f64()
+    assert_eq!(
+        a1.report().await.unwrap().replication.restored_index,
+        None,
+        "an on-promotion standby restores nothing before it is promoted"
     );
-    assert_eq!(r.replication.restored_index, None, "nothing restored");
-    // s1 kept its own data: its own root token works, p's secret is not there.
-    assert_eq!(get(s1.api_addr(), s1.root_token(), "fast/x").await, None);
     let http = vault_dr_common::http::client_builder()
         .no_proxy()
         .build()
         .unwrap();
-    let own = http
-        .get(s1.api_addr().join("v1/secret/config").unwrap())
-        .header("X-Vault-Token", s1.root_token().expose())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(own.status(), 200, "s1's own root token still works");
     // The agent renewed its periodic DR token (the policy allows renew-self).
     let dr = Secret::new(std::fs::read_to_string(&token_file).unwrap());
     let me: Value = http
@@ -739,5 +720,29 @@ async fn a_fast_promotion_keeps_the_node_data_and_only_canaries() {
             .is_some_and(|t| t > 0),
         "the DR token was renewed: {}",
         me["data"]["last_renewal_time"]
+    );
+    let mut fast = desired(2, s1, s1, true);
+    fast.promotion = PromotionMode::Fast;
+    fake.set(desired(2, p, s1, true));
+    fake.set(fast);
+    let started = Instant::now();
+    let r = a1
+        .wait_for(
+            "s1 promoted, the newest held snapshot restored first",
+            Duration::from_secs(90),
+            // The report's replication part is refreshed by the probe loop: wait for both.
+            |r| r.applied_term == 2 && r.replication.restored_index.is_some(),
+        )
+        .await;
+    println!(
+        "replication_agent: fast promotion of a never-restored standby (restore + canary) took {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    // `fast` would have kept s1's own, empty data: it restored the newest snapshot instead.
+    assert_eq!(r.vault.state, NodeState::Active);
+    assert_eq!(
+        get(s1.api_addr(), p.root_token(), "fast/x").await,
+        Some(json!({"v": "x"})),
+        "the primary's secret is on the promoted node"
     );
 }

@@ -8,7 +8,9 @@
 //! - **Promotion** (desired role primary for a term above `applied_term`): stop pulling; with
 //!   `final_snapshot_from` pull one last snapshot from there and restore it; else with
 //!   `promotion: complete` restore the newest snapshot held that is newer than the node's data;
-//!   `fast` keeps what the node has. Then the node must be active and pass a canary write and
+//!   `fast` keeps what the node has, unless the node never restored a snapshot (an
+//!   `on-promotion` standby): then it holds none of the primary's data, and the newest held
+//!   snapshot is restored whatever the mode. Then the node must be active and pass a canary write and
 //!   read in the DR token's cubbyhole; only then `applied_term` = term. A node that already was
 //!   primary never restores over its own (live) data.
 //! - **Returning ex-primary** (desired role secondary in a term after the one it was primary
@@ -411,7 +413,17 @@ impl Shipper {
                 let m = self.pull(src, d.term).await?;
                 self.restore(&m, d.term).await?;
                 restored = Some(m.index);
-            } else if d.promotion == PromotionMode::Complete {
+            } else if d.promotion == PromotionMode::Complete || self.record.restored.is_none() {
+                // `fast` keeps what the node has, which is only the primary's data once a
+                // snapshot was restored here. A standby that never restored one (on-promotion,
+                // or every restore failed) holds nothing of the primary's but its snapshots:
+                // whatever the mode, it restores the newest first.
+                if d.promotion == PromotionMode::Fast {
+                    tracing::warn!(
+                        term = d.term,
+                        "fast promotion of a node that never restored a snapshot: restoring the newest held first"
+                    );
+                }
                 restored = self.restore_newest(before).await?;
             }
         }
