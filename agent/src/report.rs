@@ -271,7 +271,16 @@ impl Sender {
         let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, interval);
         let mut delay = interval;
         loop {
-            tokio::time::sleep(delay).await;
+            if backoff.failures() == 0 {
+                // A newly applied term (a promotion done, a new primary followed) is reported
+                // at once: the coordinator's failover waits for it. Never while backing off.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = self.shared.applied_term_raised() => {}
+                }
+            } else {
+                tokio::time::sleep(delay).await;
+            }
             delay = match self.send_once().await {
                 Ok(()) => {
                     if backoff.failures() > 0 {

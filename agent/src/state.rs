@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use tokio::sync::Notify;
 use vault_dr_common::{
     DesiredState, HostStats, NodeState, PeerProbe, ReplicationStatus, Report, SCHEMA_VERSION,
     VaultStatus,
@@ -44,6 +45,11 @@ pub struct Shared {
     ready: AtomicBool,
     running: AtomicBool,
     restoring: AtomicBool,
+    /// Woken when a kept desired state differs from the one before (the replication backend
+    /// acts at once instead of at its next tick).
+    desired_changed: Notify,
+    /// Woken when `applied_term` rises (the report sender tells the coordinator at once).
+    applied_changed: Notify,
 }
 
 /// What [`Shared::offer_desired`] did with a desired state.
@@ -68,6 +74,8 @@ impl Shared {
             ready: AtomicBool::new(false),
             running: AtomicBool::new(false),
             restoring: AtomicBool::new(false),
+            desired_changed: Notify::new(),
+            applied_changed: Notify::new(),
         }
     }
 
@@ -137,8 +145,27 @@ impl Shared {
 
     /// Records that the desired state of `term` has been carried out (never lowers it).
     pub fn set_applied_term(&self, term: u64) {
-        let mut inner = self.lock();
-        inner.applied_term = inner.applied_term.max(term);
+        let raised = {
+            let mut inner = self.lock();
+            let raised = term > inner.applied_term;
+            inner.applied_term = inner.applied_term.max(term);
+            raised
+        };
+        if raised {
+            self.applied_changed.notify_one();
+        }
+    }
+
+    /// Resolves at the next rise of `applied_term` (or at once if one happened since the last
+    /// wait: the wake-up is kept).
+    pub async fn applied_term_raised(&self) {
+        self.applied_changed.notified().await;
+    }
+
+    /// Resolves when a different desired state is kept (or at once if one was since the last
+    /// wait).
+    pub async fn desired_changed(&self) {
+        self.desired_changed.notified().await;
     }
 
     /// Offers a desired state from the coordinator: kept unless its term is lower than the
@@ -147,12 +174,19 @@ impl Shared {
         if d.cluster != self.cluster {
             return Offer::WrongCluster;
         }
-        let mut inner = self.lock();
-        if d.term < inner.seen_term {
-            return Offer::StaleTerm;
+        let changed = {
+            let mut inner = self.lock();
+            if d.term < inner.seen_term {
+                return Offer::StaleTerm;
+            }
+            inner.seen_term = d.term;
+            let changed = inner.desired.as_ref() != Some(&d);
+            inner.desired = Some(d);
+            changed
+        };
+        if changed {
+            self.desired_changed.notify_one();
         }
-        inner.seen_term = d.term;
-        inner.desired = Some(d);
         Offer::Kept
     }
 
@@ -229,6 +263,42 @@ mod tests {
             promotion: Default::default(),
             final_snapshot_from: None,
         }
+    }
+
+    /// Whether `f` resolves within 50 ms.
+    async fn resolves(f: impl std::future::Future<Output = ()>) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(50), f)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_different_desired_state_and_a_raised_term_wake_their_waiters_once() {
+        let s = Shared::new("dc2", "n1");
+        assert!(!resolves(s.desired_changed()).await, "nothing kept yet");
+        assert_eq!(s.offer_desired(desired(1, "dc2")), Offer::Kept);
+        assert!(resolves(s.desired_changed()).await, "first desired state");
+        assert_eq!(s.offer_desired(desired(1, "dc2")), Offer::Kept);
+        assert!(
+            !resolves(s.desired_changed()).await,
+            "the same again: no wake-up"
+        );
+        let mut promoted = desired(2, "dc2");
+        promoted.role = Role::Primary;
+        s.offer_desired(promoted);
+        assert!(resolves(s.desired_changed()).await, "a new term");
+        s.offer_desired(desired(1, "dc2"));
+        assert!(
+            !resolves(s.desired_changed()).await,
+            "a stale term is not kept"
+        );
+
+        assert!(!resolves(s.applied_term_raised()).await);
+        s.set_applied_term(2);
+        assert!(resolves(s.applied_term_raised()).await, "raised to 2");
+        s.set_applied_term(2);
+        s.set_applied_term(1);
+        assert!(!resolves(s.applied_term_raised()).await, "not raised");
     }
 
     #[test]

@@ -276,7 +276,11 @@ impl Shipper {
             let mut ticker = tokio::time::interval(tick);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticker.tick().await;
+                // A new desired state (a promotion above all) is acted on at once.
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = self.shared.desired_changed() => {}
+                }
                 self.tick().await;
                 self.publish();
             }
