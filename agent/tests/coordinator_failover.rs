@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use url::Url;
 use vault_dr_agent::Config;
-use vault_dr_agent::config::CoordinatorConfig;
-use vault_dr_common::{DesiredState, Role, Secret};
+use vault_dr_common::{DesiredState, Role};
+
+mod support;
 
 /// One fake coordinator replica: leader (answers a desired state) or follower (503).
 #[derive(Clone, Default)]
@@ -64,9 +65,7 @@ async fn wait(what: &str, pred: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn reports_go_to_the_replica_that_answers_and_follow_the_leadership() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
-    drop(closed);
+    let dead = support::closed_port();
     let a = Replica::default();
     let b = Replica::default();
     b.leader.store(true, Ordering::SeqCst);
@@ -75,17 +74,9 @@ async fn reports_go_to_the_replica_that_answers_and_follow_the_leadership() {
     let vault = dead.clone();
     let mut config = Config::minimal("dc2", "n1", vault);
     config.interval = Duration::from_millis(50);
-    config.coordinator = Some(CoordinatorConfig {
-        url: dead,
-        token: Secret::new("t"),
-        ca_certs: Vec::new(),
-    });
+    config.coordinator = Some(support::coordinator(dead, "t"));
     config.coordinator_fallbacks = vec![a_url, b_url];
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let agent = support::spawn(config).await;
 
     // First report: dead port, then a (503), then b (leader) — all in one round.
     wait("b gets a report", || b.hits.load(Ordering::SeqCst) >= 1).await;
@@ -119,10 +110,5 @@ async fn reports_go_to_the_replica_that_answers_and_follow_the_leadership() {
     );
     assert!(b_after > b_before, "b answered 503 at least once first");
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await.unwrap().unwrap();
 }

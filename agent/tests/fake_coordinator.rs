@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use url::Url;
 use vault_dr_agent::Config;
-use vault_dr_agent::config::CoordinatorConfig;
-use vault_dr_common::{DesiredState, NodeState, Report, Role, Secret};
+use vault_dr_common::{DesiredState, NodeState, Report, Role};
+
+mod support;
 
 /// Every report received, with its `Authorization` header.
 type Received = Arc<Mutex<Vec<(Option<String>, Report)>>>;
@@ -88,22 +89,15 @@ async fn failures_are_counted_and_the_desired_state_is_kept() {
     let server = tokio::spawn(async move { axum::serve(coord, app).await });
 
     // The local Vault is a closed port: the agent must still report (as unreachable).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let vault = Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
-    drop(closed);
+    let vault = support::closed_port();
     let mut config = Config::minimal("dc2", "n1", vault);
     config.interval = Duration::from_millis(100);
-    config.coordinator = Some(CoordinatorConfig {
-        url: Url::parse(&format!("http://{coord_addr}")).unwrap(),
-        token: Secret::new("bearer-123"),
-        ca_certs: Vec::new(),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let agent_url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    config.coordinator = Some(support::coordinator(
+        Url::parse(&format!("http://{coord_addr}")).unwrap(),
+        "bearer-123",
+    ));
+    let agent = support::spawn(config).await;
+    let agent_url = agent.url.clone();
 
     let http = vault_dr_common::http::client_builder()
         .no_proxy()
@@ -198,11 +192,6 @@ async fn failures_are_counted_and_the_desired_state_is_kept() {
         assert_eq!(r.vault.state, NodeState::Unreachable);
     }
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await.unwrap().unwrap();
     server.abort();
 }

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use url::Url;
 use vault_dr_agent::Config;
-use vault_dr_agent::config::CoordinatorConfig;
 use vault_dr_common::{DesiredState, Role, Secret};
+
+mod support;
 
 const TOKEN: &str = "hostile-api-bearer-7f3e9";
 
@@ -119,22 +120,15 @@ async fn hostile_answers_do_not_crash_the_agent_nor_move_its_desired_state() {
         .with_state(hostile.clone());
     let server = tokio::spawn(async move { axum::serve(coord, app).await });
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let vault = Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
-    drop(closed);
+    let vault = support::closed_port();
     let mut config = Config::minimal("dc2", "dc2-0", vault);
     config.interval = Duration::from_millis(50);
-    config.coordinator = Some(CoordinatorConfig {
-        url: Url::parse(&format!("http://{coord_addr}")).unwrap(),
-        token: Secret::new(TOKEN),
-        ca_certs: Vec::new(),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let agent_url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    config.coordinator = Some(support::coordinator(
+        Url::parse(&format!("http://{coord_addr}")).unwrap(),
+        TOKEN,
+    ));
+    let agent = support::spawn(config).await;
+    let agent_url = agent.url.clone();
 
     // Wait until every hostile answer was served and a few valid ones after them (the agent
     // backs off after failures, so this takes some seconds).
@@ -183,11 +177,10 @@ async fn hostile_answers_do_not_crash_the_agent_nor_move_its_desired_state() {
         );
     }
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), agent)
+    agent
+        .stop()
         .await
         .expect("the agent stops within 5 s")
-        .unwrap()
         .unwrap();
     server.abort();
     thief_server.abort();
@@ -256,15 +249,10 @@ async fn a_vault_redirect_to_another_origin_gets_no_token() {
     );
     config.interval = Duration::from_millis(100);
     config.vault.token = Some(Secret::new(TOKEN));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let agent = support::spawn(config).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let seen = thief.seen.lock().unwrap().clone();
-    stop.send(()).unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    let _ = agent.stop().await;
     vault_server.abort();
     thief_server.abort();
     let leaked: std::collections::BTreeSet<&String> = seen
@@ -321,22 +309,15 @@ async fn a_report_redirect_to_another_origin_is_not_followed() {
     );
     let server = tokio::spawn(async move { axum::serve(coord, app).await });
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let vault = Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
-    drop(closed);
+    let vault = support::closed_port();
     let mut config = Config::minimal("dc2", "dc2-0", vault);
     config.interval = Duration::from_millis(100);
-    config.coordinator = Some(CoordinatorConfig {
-        url: Url::parse(&format!("http://{coord_addr}")).unwrap(),
-        token: Secret::new(TOKEN),
-        ca_certs: Vec::new(),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let agent_url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(vault_dr_agent::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    config.coordinator = Some(support::coordinator(
+        Url::parse(&format!("http://{coord_addr}")).unwrap(),
+        TOKEN,
+    ));
+    let agent = support::spawn(config).await;
+    let agent_url = agent.url.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let desired = vault_dr_common::http::client_builder()
         .no_proxy()
@@ -348,8 +329,7 @@ async fn a_report_redirect_to_another_origin_is_not_followed() {
         .unwrap()
         .status();
     let hits = *hits.lock().unwrap();
-    stop.send(()).unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    let _ = agent.stop().await;
     server.abort();
     thief_server.abort();
     assert_eq!(hits, 0, "the report went to another origin {hits} time(s)");

@@ -78,12 +78,20 @@ impl InProcessAgent {
         }
     }
 
-    /// `GET /metrics` as text (empty on a failure).
+    /// `GET /metrics` as text. Panics when the agent does not answer with it (test support: the
+    /// caller is about to assert on the text, and an empty one would hide why).
     pub async fn metrics(&self) -> String {
-        match self.http.get(format!("{}/metrics", self.url)).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        let url = format!("{}/metrics", self.url);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(resp.status(), 200, "GET {url}");
+        resp.text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: body: {e}"))
     }
 
     /// Asks the agent to stop and waits up to 5 s for it; the agent's own result.
@@ -108,4 +116,12 @@ impl Drop for InProcessAgent {
             t.abort();
         }
     }
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) in a Prometheus text
+/// exposition; panics with the text when it is not there.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {series} not found in:\n{text}"))
 }

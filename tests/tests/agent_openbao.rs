@@ -12,14 +12,8 @@ use std::time::Duration;
 use vault_dr_agent::Config;
 use vault_dr_common::report::HostSource;
 use vault_dr_common::{NodeState, ReplicationMode};
-use vault_dr_tests::agents::InProcessAgent;
+use vault_dr_tests::agents::{InProcessAgent, metric};
 use vault_dr_tests::lab::LabCluster;
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {series} not found in:\n{text}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {

@@ -380,11 +380,7 @@ async fn continuous_mode_replicates_writes_reports_restoring_and_lag_falls() {
     );
     // The snapshot metrics count what happened.
     let text = a1.agent.metrics().await;
-    let metric = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} not in /metrics"))
-    };
+    let metric = |series: &str| vault_dr_tests::agents::metric(&text, series);
     assert!(metric("vault_dr_agent_snapshot_pulls_total{result=\"ok\"}") >= 2.0);
     assert!(metric("vault_dr_agent_snapshot_restores_total{result=\"ok\"}") >= 2.0);
     assert!(metric("vault_dr_agent_snapshot_restore_duration_seconds_count") >= 2.0);

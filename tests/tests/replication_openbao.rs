@@ -32,6 +32,7 @@ use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, 
 use vault_dr_common::{Report, Secret};
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_tests::agents;
 use vault_dr_tests::lab::LabCluster;
 
 /// The coordinator's bearer token (agents and CLI).
@@ -39,11 +40,10 @@ const TOKEN: &str = "replication-it-token";
 /// Pull interval of every agent.
 const PULL: Duration = Duration::from_secs(1);
 
-/// An in-process agent; stops when dropped.
+/// An in-process agent (stops when dropped) and its quarantine directory.
 struct Agent {
-    url: String,
+    agent: agents::InProcessAgent,
     quarantine_dir: PathBuf,
-    _stop: oneshot::Sender<()>,
 }
 
 /// The whole group; everything stops when it is dropped (the clusters kill their `bao`).
@@ -100,16 +100,9 @@ async fn start_agent(
         restore,
         quarantine_dir: quarantine_dir.clone(),
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(vault_dr_agent::run(config, listener, async {
-        let _ = stopped.await;
-    }));
     Agent {
-        url,
+        agent: agents::InProcessAgent::start(config).await.unwrap(),
         quarantine_dir,
-        _stop: stop,
     }
 }
 
@@ -200,16 +193,7 @@ impl Group {
     }
 
     async fn report(&self, cluster: &str) -> Option<Report> {
-        let r = self
-            .http
-            .get(format!("{}/v1/report", self.agents[cluster].url))
-            .send()
-            .await
-            .ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        r.json().await.ok()
+        self.agents[cluster].agent.report().await
     }
 
     /// Waits until `pred` holds for the agent report of `cluster`.
