@@ -118,6 +118,24 @@ pub struct FailoverRecord {
 }
 
 impl FailoverRecord {
+    /// How far the record has got: one point per step started, one per step finished, and a
+    /// step's worth more once it has ended (done or failed). Every write of one failover only
+    /// raises it, so the stores keep the record with the highest progress: a leader that wakes
+    /// up after losing its lease can never put an older view of the journal back.
+    pub fn progress(&self) -> u64 {
+        let steps: u64 = self
+            .steps
+            .iter()
+            .map(|s| 1 + u64::from(s.finished_at.is_some()))
+            .sum();
+        steps
+            + if self.status == FailoverStatus::InProgress {
+                0
+            } else {
+                2
+            }
+    }
+
     /// The journal id of a failover to `term`.
     pub fn id_for(term: u64, from: &str, to: &str) -> String {
         format!("{term}-{from}-{to}")

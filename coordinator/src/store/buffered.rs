@@ -9,7 +9,7 @@
 //!
 //! The queue is coalesced where the newer write makes an older one pointless: a new decision
 //! replaces a queued decision (the store keeps only the latest), and a journal record replaces the
-//! queued record with the same id. So a long outage fills the queue with reports only.
+//! queued record with the same id unless it got less far ([`FailoverRecord::progress`]). So a long outage fills the queue with reports only.
 //!
 //! Reads go to the inner store, but `failover(id)`, `failovers(limit)` and `latest_decision()`
 //! overlay what is still queued, so a journal step written during an outage is visible to the
@@ -183,6 +183,13 @@ impl Shared {
             Write::Report(_) => None,
         };
         if let Some(i) = same {
+            // A journal record replaces a queued one only if it got at least as far (the
+            // stores apply the same rule).
+            if let (Write::Failover(new), Write::Failover(old)) = (&write, &q.queued[i])
+                && new.progress() < old.progress()
+            {
+                return Ok(());
+            }
             q.queued[i] = write;
             return Ok(());
         }
@@ -570,6 +577,12 @@ mod tests {
 
         async fn put_failover(&self, failover: &FailoverRecord) -> Result<()> {
             let mut r = self.wrote()?;
+            if r.failovers
+                .iter()
+                .any(|f| f.id == failover.id && f.progress() > failover.progress())
+            {
+                return Ok(());
+            }
             r.failovers.retain(|f| f.id != failover.id);
             r.failovers.push(failover.clone());
             Ok(())

@@ -275,14 +275,33 @@ impl Store for EmbeddedStore {
         let id = failover.id.clone();
         let term = int("term", failover.term)?;
         let decided_us = micros(failover.decided_at);
+        let progress = failover.progress();
         self.with("put_failover", move |c| {
-            c.execute(
+            // Read and write in one write transaction (other coordinator processes may share
+            // the file): a record that got less far than the stored one is not written.
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql("begin failover write"))?;
+            let stored: Option<String> = tx
+                .query_row("SELECT doc FROM failovers WHERE id = ?1", [&id], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(sql("select failover"))?;
+            if let Some(stored) = stored {
+                let stored: FailoverRecord = from_json("failover", &stored)?;
+                if stored.progress() > progress {
+                    tracing::warn!(failover = %id, stored = stored.progress(), offered = progress, "kept the journal record that got further; an older view was offered (a stale leader?)");
+                    return Ok(());
+                }
+            }
+            tx.execute(
                 "INSERT OR REPLACE INTO failovers (id, term, decided_us, doc)
                  VALUES (?1, ?2, ?3, ?4)",
                 params![id, term, decided_us, doc],
             )
-            .map(drop)
-            .map_err(sql("upsert failover"))
+            .map_err(sql("upsert failover"))?;
+            tx.commit().map_err(sql("commit failover write"))
         })
         .await
     }

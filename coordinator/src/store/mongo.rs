@@ -193,6 +193,16 @@ impl MongoStore {
     }
 }
 
+/// Whether MongoDB refused a write as a duplicate key (code 11000).
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
 /// The password of a `mongodb://user:password@host/...` connection string, if any.
 fn password_of(uri: &str) -> Option<String> {
     let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
@@ -383,9 +393,32 @@ impl Store for MongoStore {
             "decided_at": date(failover.decided_at),
             "decided_us": failover.decided_at.timestamp_micros(),
             "doc": to_doc("failover", failover)?,
+            "progress": int("progress", failover.progress())?,
         };
-        self.upsert(&self.failovers, doc! { "_id": &failover.id }, stored)
+        // Replace only a record that got no further (or one written before `progress` was
+        // stored). When the stored record got further the filter matches nothing, the upsert
+        // tries to insert the same _id and MongoDB refuses it as a duplicate key: that refusal
+        // is the intended outcome (a stale leader's older view is not written).
+        let filter = doc! {
+            "_id": &failover.id,
+            "$or": [
+                { "progress": { "$lte": int("progress", failover.progress())? } },
+                { "progress": { "$exists": false } },
+            ],
+        };
+        match self
+            .failovers
+            .replace_one(filter, stored)
+            .upsert(true)
             .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => {
+                tracing::warn!(failover = %failover.id, offered = failover.progress(), "kept the journal record that got further; an older view was offered (a stale leader?)");
+                Ok(())
+            }
+            Err(e) => Err(self.err("write to failovers", e)),
+        }
     }
 
     async fn failover(&self, id: &str) -> Result<Option<FailoverRecord>> {

@@ -195,8 +195,8 @@ where
     );
 }
 
-/// A journal record is inserted, replaced by id, read back, and listed newest first with a
-/// limit.
+/// A journal record is inserted, replaced by id (never by one that got less far), read back,
+/// and listed newest first with a limit.
 pub async fn failovers_are_replaced_by_id_and_listed_newest_first<S, F>(
     store: &dyn Store,
     settle: &S,
@@ -234,6 +234,16 @@ pub async fn failovers_are_replaced_by_id_and_listed_newest_first<S, F>(
         failover(store, &b.id).await,
         Some(b2.clone()),
         "replaced by id"
+    );
+    // An older view of the same failover (a leader that woke up after losing its lease) never
+    // replaces the record that got further.
+    assert!(b.progress() < b2.progress());
+    put_failover(store, &b).await;
+    settle().await;
+    assert_eq!(
+        failover(store, &b.id).await,
+        Some(b2.clone()),
+        "a record that got less far is not written back"
     );
     assert_eq!(failover(store, "suite-no-such-failover").await, None);
 
