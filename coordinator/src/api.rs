@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::coordination::Coordination;
+use crate::failover::executor::Executor;
 use crate::metrics::Metrics;
 use crate::state::{State, desired_state};
 use crate::store::{Store, StoredReport};
@@ -46,6 +47,9 @@ pub struct Service {
     pub metrics: Metrics,
     /// The registry `/metrics` renders.
     pub registry: prometheus::Registry,
+    /// The failover executor, with which `POST /v1/switchover` begins a planned switchover
+    /// (`None`: this service takes no switchover, e.g. a report-intake test).
+    pub executor: Option<Executor>,
 }
 
 /// Builds the router.
@@ -243,7 +247,7 @@ pub struct TopologyResponse {
     /// Current lease holder.
     pub leader: Option<String>,
     /// The topology (from the coordination backend).
-    pub topology: Option<crate::topology::Topology>,
+    pub topology: Option<crate::model::topology::Topology>,
     /// Desired state of every cluster.
     pub desired: BTreeMap<String, vault_dr_common::DesiredState>,
 }
@@ -284,13 +288,13 @@ async fn get_topology(
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ClustersResponse {
     /// The view (every cluster, its direct probe and the latest report of every node).
-    pub view: crate::view::View,
+    pub view: crate::model::view::View,
     /// Report TTL of the policy, so clients can mark stale reports.
     pub report_ttl_seconds: f64,
     /// The candidate table of the latest decision, if any.
-    pub decision: Option<crate::failover::detector::DecisionRecord>,
+    pub decision: Option<crate::model::DecisionRecord>,
     /// Every secondary scored now: who could be promoted, in which order, or why not.
-    pub candidates: crate::failover::scorer::CandidateTable,
+    pub candidates: crate::model::CandidateTable,
 }
 
 async fn get_clusters(
@@ -304,7 +308,7 @@ async fn get_clusters(
         Some(t) => t,
         None => match s.coordination.read_topology().await {
             Ok(Some(t)) => t.value,
-            _ => crate::topology::Topology::initial(s.config.initial_primary.clone()),
+            _ => crate::model::topology::Topology::initial(s.config.initial_primary.clone()),
         },
     };
     let view = s.state.view(&s.config, &topology, Utc::now());
@@ -402,7 +406,7 @@ async fn post_switchover(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     use crate::failover::executor::ExecError;
-    use crate::failover::scorer::{Eligibility, Ineligible};
+    use crate::model::{Eligibility, Ineligible};
     if !authorised(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
@@ -436,7 +440,7 @@ async fn post_switchover(
             ),
         );
     }
-    let Some(executor) = s.state.executor() else {
+    let Some(executor) = s.executor.clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the executor is not running yet",
@@ -549,11 +553,10 @@ mod tests {
     use super::*;
     use crate::coordination::local::LocalCoordination;
     use crate::failover::actions::test_util::Recorder;
-    use crate::failover::executor::Executor;
-    use crate::failover::scorer::synthetic::report;
     use crate::metrics::Metrics;
+    use crate::model::test_util::synthetic::report;
+    use crate::model::topology::Topology;
     use crate::store::embedded::EmbeddedStore;
-    use crate::topology::Topology;
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
@@ -631,7 +634,6 @@ mod tests {
             recorder.actions(),
             config.clusters.clone(),
         );
-        state.set_executor(executor);
         let service = Service {
             config: Arc::new(config),
             state,
@@ -639,6 +641,7 @@ mod tests {
             coordination,
             metrics,
             registry,
+            executor: Some(executor),
         };
         Fixture {
             _dir: dir,

@@ -16,7 +16,7 @@
 //! process killed at that instant by an outside `kill -9`.
 
 use crate::config::Env;
-use crate::failover::Step;
+use crate::model::Step;
 use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;

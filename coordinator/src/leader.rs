@@ -6,9 +6,10 @@
 
 use crate::api::Service;
 use crate::coordination::CoordinationError;
-use crate::failover::detector::{self, Decision, DecisionRecord, Phase};
+use crate::failover::detector;
 use crate::failover::executor::{ExecError, Executor};
-use crate::topology::{Topology, Versioned};
+use crate::model::topology::{Topology, Versioned};
+use crate::model::{Decision, DecisionRecord, Phase};
 use crate::vault::VaultClient;
 use chrono::Utc;
 use std::sync::Arc;

@@ -1,42 +1,38 @@
 //! vault-dr coordinator: aggregates agent reports, detects the loss of the primary with three
-//! observers, chooses the best secondary, and carries out a journaled failover. Also the CLI
-//! (`status`, `explain`, `history`, `bench`) and the local lab of real OpenBao processes that the
-//! drill and the tests share.
+//! observers, chooses the best secondary, and carries out a journaled failover. Also the
+//! operator's CLI (`status`, `explain`, `history`, `switchover`). The drill, the benchmarks and
+//! the process lab are the separate `vault-dr-lab` crate, which uses this one.
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod coordination;
-pub mod drill;
 pub mod error;
 pub mod failover;
 pub mod failpoint;
-pub mod lab;
 pub mod leader;
 pub mod metrics;
+pub mod model;
 pub mod state;
 pub mod store;
-pub mod topology;
 pub mod traffic;
 pub mod vault;
-pub mod view;
 
 use crate::api::Service;
 use crate::config::{Config, CoordinationConfig, StoreConfig, TrafficConfig};
 use crate::coordination::Coordination;
-use crate::coordination::kubernetes::{
-    KubernetesCoordination, KubernetesEvents, KubernetesServiceSwitch,
-};
+use crate::coordination::kubernetes::KubernetesCoordination;
 use crate::coordination::local::LocalCoordination;
 pub use crate::error::{Error, Result};
 use crate::failover::actions::TrafficSwitch;
 use crate::failover::actions::{Actions, NoTrafficSwitch};
 use crate::failover::executor::Executor;
-use crate::failover::executor::StepHook;
+use crate::failover::hooks::{Hooks, KubernetesEvents, StepHook};
 use crate::failover::openbao::{CanaryVerifier, DesiredStateReplication, SealFencer};
 use crate::leader::Leader;
 use crate::store::Store;
 use crate::store::buffered::BufferedStore;
+use crate::traffic::kubernetes::KubernetesServiceSwitch;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -160,10 +156,8 @@ pub async fn run(
         actions,
         config.clusters.clone(),
     )
-    .with_hook(Arc::new(failover::executor::Hooks(hooks)))
+    .with_hook(Arc::new(Hooks(hooks)))
     .with_promotion(config.policy.promotion);
-    // The API begins planned switchovers with it (POST /v1/switchover).
-    state.set_executor(executor.clone());
     let service = Service {
         config: config.clone(),
         state,
@@ -171,6 +165,8 @@ pub async fn run(
         coordination,
         metrics,
         registry,
+        // The API begins planned switchovers with it (POST /v1/switchover).
+        executor: Some(executor.clone()),
     };
     let leader = Leader::new(service.clone(), executor, vault);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

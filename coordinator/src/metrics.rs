@@ -1,7 +1,7 @@
 //! The coordinator's Prometheus metrics, registered on the one registry built in `run`.
 
-use crate::failover::executor::StepHook;
-use crate::failover::{FailoverRecord, Step};
+use crate::failover::hooks::StepHook;
+use crate::model::{FailoverRecord, Step};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry,

@@ -3,11 +3,10 @@
 //! the leader loop builds each tick's [`View`] from it.
 
 use crate::config::Config;
-use crate::failover::Step;
-use crate::failover::detector::DecisionRecord;
-use crate::failover::executor::Executor;
-use crate::topology::Topology;
-use crate::view::{ClusterView, DirectProbe, NodeView, View};
+use crate::model::DecisionRecord;
+use crate::model::Step;
+use crate::model::topology::Topology;
+use crate::model::view::{ClusterView, DirectProbe, NodeView, View};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -71,7 +70,6 @@ pub struct State {
     probes: RwLock<HashMap<String, DirectProbe>>,
     topology: RwLock<Option<Topology>>,
     decision: RwLock<Option<DecisionRecord>>,
-    executor: RwLock<Option<Executor>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -150,17 +148,6 @@ impl State {
     /// The topology last read, if any.
     pub fn topology(&self) -> Option<Topology> {
         read(&self.topology).clone()
-    }
-
-    /// Makes `executor` available to the API (a planned switchover begins there; the leader
-    /// loop resumes it on its next tick).
-    pub fn set_executor(&self, executor: Executor) {
-        *write(&self.executor) = Some(executor);
-    }
-
-    /// The executor, once `run` wired it.
-    pub fn executor(&self) -> Option<Executor> {
-        read(&self.executor).clone()
     }
 
     /// Keeps the latest decision.
@@ -299,7 +286,7 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::FailoverInProgress;
+    use crate::model::topology::FailoverInProgress;
     use std::collections::BTreeMap;
     use vault_dr_common::PromotionMode;
 

@@ -2,7 +2,7 @@
 //! sealing the old primary (fencing) and the canary write (verification).
 
 use crate::config::ClusterConfig;
-use crate::view::DirectProbe;
+use crate::model::view::DirectProbe;
 use chrono::Utc;
 use std::time::{Duration, Instant};
 use url::Url;

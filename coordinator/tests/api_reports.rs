@@ -21,10 +21,10 @@ use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::metrics::Metrics;
+use vault_dr_coordinator::model::topology::Topology;
 use vault_dr_coordinator::state::State;
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
-use vault_dr_coordinator::topology::Topology;
 
 const TOKEN: &str = "test-agent-token";
 
@@ -77,6 +77,7 @@ async fn fixture() -> Fixture {
         coordination,
         metrics,
         registry,
+        executor: None,
     };
     Fixture { _dir: dir, service }
 }

@@ -340,10 +340,7 @@ impl CoordinatorGroup {
             .replicas
             .iter()
             .enumerate()
-            .filter(|(_, r)| {
-                r.pid()
-                    .is_some_and(vault_dr_coordinator::lab::process::pid_alive)
-            })
+            .filter(|(_, r)| r.pid().is_some_and(vault_dr_lab::process::pid_alive))
             .map(|(i, r)| {
                 let (http, url) = (self.http.clone(), r.url.clone());
                 (i, tokio::spawn(async move { ready(&http, &url).await }))
@@ -612,7 +609,7 @@ impl DrLab {
                 .get::<serde_json::Value>(leader, "/v1/clusters")
                 .await
                 .and_then(|v| {
-                    serde_json::from_value::<Vec<vault_dr_coordinator::view::NodeView>>(
+                    serde_json::from_value::<Vec<vault_dr_coordinator::model::view::NodeView>>(
                         v["view"]["clusters"][cluster]["nodes"].clone(),
                     )
                     .ok()

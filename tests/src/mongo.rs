@@ -10,9 +10,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vault_dr_coordinator::lab::LabError;
-use vault_dr_coordinator::lab::process::ChildGuard;
-use vault_dr_coordinator::lab::tools;
+use vault_dr_lab::LabError;
+use vault_dr_lab::process::ChildGuard;
+use vault_dr_lab::tools;
 
 /// The executable's name (`VAULT_DR_SECANTUSD_PY` overrides the search).
 pub const TOOL: &str = "secantusd-py";

@@ -28,8 +28,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use vault_dr_coordinator::lab::LabError;
-use vault_dr_coordinator::lab::process::{ChildGuard, pid_alive};
+use vault_dr_lab::LabError;
+use vault_dr_lab::process::{ChildGuard, pid_alive};
 
 /// Every name starts with this, then the owner's pid and `-`.
 const PREFIX: &str = "vdr-";

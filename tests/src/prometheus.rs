@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use url::Url;
-use vault_dr_coordinator::lab::LabError;
-use vault_dr_coordinator::lab::process::ChildGuard;
-use vault_dr_coordinator::lab::tools;
+use vault_dr_lab::LabError;
+use vault_dr_lab::process::ChildGuard;
+use vault_dr_lab::tools;
 
 /// How long Prometheus may take to answer `/-/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

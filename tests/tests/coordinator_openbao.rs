@@ -16,9 +16,9 @@ use tokio::sync::oneshot;
 use url::Url;
 use vault_dr_coordinator::api::TopologyResponse;
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
-use vault_dr_coordinator::failover::detector::DecisionRecord;
-use vault_dr_coordinator::failover::scorer::{Eligibility, Ineligible};
-use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::model::DecisionRecord;
+use vault_dr_coordinator::model::{Eligibility, Ineligible};
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::lab::LabCluster;
 
 const TOKEN: &str = "integration-token";

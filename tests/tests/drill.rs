@@ -1,4 +1,5 @@
-//! `vault-dr drill --json` end to end, as a newcomer runs it: the real `vault-dr` binary starts
+//! `vault-dr drill --json` end to end, as a newcomer runs it: the real `vault-dr` binary runs
+//! `vault-dr-lab drill`, which starts
 //! three OpenBao clusters, an agent process per node, two coordinator processes (with the local
 //! forwarder as the stable client address) and the client, kills the primary, and reports.
 //! Secondaries keep snapshots and restore at promotion (`--restore on-promotion`), so the lost
@@ -38,6 +39,7 @@ fn alive(pid: u64) -> bool {
 #[test]
 fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_leaves_nothing() {
     binary("vault-dr-agent");
+    binary("vault-dr-lab");
     let started = Instant::now();
     let out = std::process::Command::new(binary("vault-dr"))
         .args([

@@ -27,10 +27,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
-use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
-use vault_dr_coordinator::lab::LabCluster;
-use vault_dr_coordinator::lab::openbao::NodeHost;
-use vault_dr_coordinator::lab::process::ChildGuard;
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_lab::LabCluster;
+use vault_dr_lab::openbao::NodeHost;
+use vault_dr_lab::process::ChildGuard;
 use vault_dr_tests::netns::{Host, Net};
 
 const TOKEN: &str = "faults-netns-token";

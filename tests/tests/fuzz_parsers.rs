@@ -31,10 +31,10 @@ use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::metrics::Metrics;
+use vault_dr_coordinator::model::topology::Topology;
 use vault_dr_coordinator::state::State;
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
-use vault_dr_coordinator::topology::Topology;
 
 /// Cases per property: enough to find the shallow bugs, small enough for CI (each target runs
 /// in a few seconds on the 2-core CI machine).
@@ -285,6 +285,7 @@ async fn intake() -> Intake {
         coordination,
         metrics,
         registry,
+        executor: None,
     };
     Intake { _dir: dir, service }
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use vault_dr_common::NodeState;
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
-use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::coordinators::{
     Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, sample, vault_dr_binary,
 };

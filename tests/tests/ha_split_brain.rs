@@ -20,8 +20,8 @@ use vault_dr_common::{NodeState, Role};
 use vault_dr_coordinator::api::TopologyResponse;
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
-use vault_dr_coordinator::failover::detector::{Decision, DecisionRecord};
-use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::model::{Decision, DecisionRecord};
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::coordinators::{Backend, DrLab, sample};
 use vault_dr_tests::lab::process::Signal;
 

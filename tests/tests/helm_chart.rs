@@ -903,17 +903,17 @@ fn allowed(rules: &[Value], call: &vault_dr_tests::fake_apiserver::Call) -> bool
 async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
     use std::sync::Arc;
     use vault_dr_coordinator::coordination::Coordination;
-    use vault_dr_coordinator::coordination::kubernetes::{
-        KubernetesCoordination, KubernetesEvents, KubernetesServiceSwitch,
-    };
+    use vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination;
     use vault_dr_coordinator::failover::actions::Actions;
     use vault_dr_coordinator::failover::actions::test_util::Recorder;
-    use vault_dr_coordinator::failover::executor::{Executor, Hooks, StepHook};
-    use vault_dr_coordinator::failover::scorer::CandidateTable;
-    use vault_dr_coordinator::failover::{FailoverStatus, Step};
+    use vault_dr_coordinator::failover::executor::Executor;
+    use vault_dr_coordinator::failover::hooks::{Hooks, KubernetesEvents, StepHook};
+    use vault_dr_coordinator::model::CandidateTable;
+    use vault_dr_coordinator::model::topology::Topology;
+    use vault_dr_coordinator::model::{FailoverStatus, Step};
     use vault_dr_coordinator::store::Store;
     use vault_dr_coordinator::store::embedded::EmbeddedStore;
-    use vault_dr_coordinator::topology::Topology;
+    use vault_dr_coordinator::traffic::kubernetes::KubernetesServiceSwitch;
     use vault_dr_tests::fake_apiserver::FakeApiServer;
 
     let ci = vec![

@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 use vault_dr_coordinator::config::ClusterConfig;
-use vault_dr_coordinator::coordination::kubernetes::{
-    EVENT_REASON, KubernetesCoordination, KubernetesEvents, KubernetesServiceSwitch,
-};
+use vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination;
 use vault_dr_coordinator::coordination::{Coordination, CoordinationError};
 use vault_dr_coordinator::failover::actions::TrafficSwitch;
-use vault_dr_coordinator::failover::executor::StepHook;
-use vault_dr_coordinator::failover::scorer::CandidateTable;
-use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
-use vault_dr_coordinator::topology::Topology;
+use vault_dr_coordinator::failover::hooks::{EVENT_REASON, KubernetesEvents, StepHook};
+use vault_dr_coordinator::model::CandidateTable;
+use vault_dr_coordinator::model::topology::Topology;
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::traffic::kubernetes::KubernetesServiceSwitch;
 use vault_dr_tests::fake_apiserver::{Call, FakeApiServer, TestKube, test_client};
 
 const LEASE: &str = "vault-dr-coordinator";
@@ -485,7 +484,7 @@ async fn the_service_switch_points_the_selector_at_the_new_primary() {
     assert_eq!(
         services.get(&name).await.unwrap().spec.unwrap().selector,
         Some(std::collections::BTreeMap::from([(
-            vault_dr_coordinator::coordination::kubernetes::CUT_LABEL.to_owned(),
+            vault_dr_coordinator::traffic::kubernetes::CUT_LABEL.to_owned(),
             "5".to_owned()
         )]))
     );

@@ -31,7 +31,7 @@ use url::Url;
 use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
 use vault_dr_common::{Report, Secret};
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
-use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::agents;
 use vault_dr_tests::lab::LabCluster;
 

@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
-use vault_dr_coordinator::failover::{FailoverRecord, FailoverStatus};
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
 use vault_dr_tests::lab::group::{
     DrGroup, ENV_AGENT_BIN, ENV_COORDINATOR_BIN, GroupSpec, find_sibling,
 };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use prometheus::Registry;
-use vault_dr_coordinator::failover::{FailoverStatus, Step, StepRecord};
+use vault_dr_coordinator::model::{FailoverStatus, Step, StepRecord};
 use vault_dr_coordinator::store::buffered::BufferedStore;
 use vault_dr_coordinator::store::mongo::MongoStore;
 use vault_dr_coordinator::store::{Store, StoreError, suite};

@@ -1,8 +1,8 @@
 //! `vault-dr explain`: the latest decision in one sentence and its full candidate table.
 
 use super::{ApiArgs, CliError, Client, Output, opt, table};
-use crate::failover::detector::{Decision, DecisionRecord};
-use crate::failover::scorer::{CandidateTable, Eligibility};
+use crate::model::{CandidateTable, Eligibility};
+use crate::model::{Decision, DecisionRecord};
 
 impl DecisionRecord {
     /// The candidate table of the decision, when it made one.

@@ -1,7 +1,7 @@
 //! `vault-dr history`: every failover with its steps, who ran them and how long each took.
 
 use super::{ApiArgs, CliError, Client, Output, table};
-use crate::failover::FailoverRecord;
+use crate::model::FailoverRecord;
 
 /// Fetches `/v1/failovers` and renders it.
 pub async fn run(args: &ApiArgs, limit: usize) -> Result<String, CliError> {

@@ -1,10 +1,9 @@
 //! The operator's command line against a running coordinator's API: `status`, `explain`,
-//! `history`; and the `bench` commands.
+//! `history`, `switchover`; `drill` and `bench` run the separate `vault-dr-lab` binary.
 
-pub mod bench;
-pub mod drill;
 pub mod explain;
 pub mod history;
+pub mod lab;
 pub mod status;
 pub mod switchover;
 
@@ -45,10 +44,12 @@ pub enum Command {
     },
     /// Runs a whole DR group on this machine (four OpenBao clusters, agents, three
     /// coordinators, a client), kills the primary and shows the failover: timeline, RTO, RPO.
-    Drill(drill::DrillArgs),
-    /// Benchmarks that print figures.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Runs `vault-dr-lab drill` (`cargo build -p vault-dr-lab`; not in the service image).
+    #[command(disable_help_flag = true)]
+    Drill(lab::LabArgs),
+    /// Benchmarks that print figures. Runs `vault-dr-lab bench`.
+    #[command(disable_help_flag = true)]
+    Bench(lab::LabArgs),
     /// Planned switchover: cut client traffic, restore a final snapshot of the primary into
     /// the target, promote it, switch traffic. No acknowledged write is lost.
     Switchover(switchover::SwitchoverArgs),
@@ -73,8 +74,8 @@ pub async fn main(command: Command) -> i32 {
         Command::Status(api) => status::run(&api).await,
         Command::Explain(api) => explain::run(&api).await,
         Command::History { api, limit } => history::run(&api, limit).await,
-        Command::Drill(args) => return drill::run(&args).await,
-        Command::Bench(b) => return bench::main(b).await,
+        Command::Drill(args) => return lab::run(&ProcessEnv, "drill", &args),
+        Command::Bench(args) => return lab::run(&ProcessEnv, "bench", &args),
         Command::Switchover(args) => switchover::run(&args).await,
     };
     match printed {

@@ -5,8 +5,8 @@
 
 use super::{ApiArgs, CliError, Client, Output, Replica, opt, table};
 use crate::api::ClustersResponse;
-use crate::failover::scorer::Eligibility;
-use crate::view::NodeView;
+use crate::model::Eligibility;
+use crate::model::view::NodeView;
 
 /// Fetches `/v1/clusters` and `/v1/topology` from the leader, asks every replica its role, and
 /// renders them. The JSON output adds `leader` (the lease holder's id) and `replicas`.

@@ -2,7 +2,7 @@
 //! prints every step as it completes until the failover is done.
 
 use super::{ApiArgs, CliError, Client, Output};
-use crate::failover::{FailoverRecord, FailoverStatus, Step};
+use crate::model::{FailoverRecord, FailoverStatus, Step};
 use std::time::Duration;
 
 /// Flags of `vault-dr switchover`.
@@ -121,8 +121,8 @@ pub fn summary(record: &FailoverRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failover::StepRecord;
-    use crate::failover::scorer::CandidateTable;
+    use crate::model::CandidateTable;
+    use crate::model::StepRecord;
     use chrono::{Duration as Chrono, Utc};
 
     fn record(finished: &[(Step, i64, Option<&str>)]) -> FailoverRecord {

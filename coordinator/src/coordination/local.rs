@@ -14,7 +14,7 @@
 //! earlier single-file layout) is read as generation 0.
 
 use super::{Coordination, CoordinationError, LeaseInfo, Result};
-use crate::topology::{Topology, Versioned};
+use crate::model::topology::{Topology, Versioned};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

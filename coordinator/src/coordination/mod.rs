@@ -7,7 +7,7 @@
 pub mod kubernetes;
 pub mod local;
 
-use crate::topology::{Topology, Versioned};
+use crate::model::topology::{Topology, Versioned};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 

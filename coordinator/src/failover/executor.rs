@@ -16,10 +16,11 @@
 use crate::config::ClusterConfig;
 use crate::coordination::{Coordination, CoordinationError};
 use crate::failover::actions::{ActionError, Actions};
-use crate::failover::scorer::CandidateTable;
-use crate::failover::{FailoverRecord, FailoverStatus, Step, StepRecord};
+use crate::failover::hooks::StepHook;
+use crate::model::CandidateTable;
+use crate::model::topology::{FailoverInProgress, Topology, Versioned};
+use crate::model::{FailoverRecord, FailoverStatus, Step, StepRecord};
 use crate::store::Store;
-use crate::topology::{FailoverInProgress, Topology, Versioned};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,30 +52,6 @@ impl From<CoordinationError> for ExecError {
             CoordinationError::Conflict { .. } => Self::Conflict(e.to_string()),
             other => Self::Coordination(other),
         }
-    }
-}
-
-/// Receives step events, for metrics and Kubernetes Events.
-pub trait StepHook: Send + Sync + std::fmt::Debug {
-    /// `step` of `record` was written to the journal and is about to run.
-    fn started(&self, record: &FailoverRecord, step: Step);
-    /// `step` of `record` finished (`error` set when it finished by giving up).
-    fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>);
-}
-
-/// Several hooks as one (metrics and Kubernetes Events).
-#[derive(Debug, Clone)]
-pub struct Hooks(pub Vec<Arc<dyn StepHook>>);
-
-impl StepHook for Hooks {
-    fn started(&self, record: &FailoverRecord, step: Step) {
-        self.0.iter().for_each(|h| h.started(record, step));
-    }
-
-    fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>) {
-        self.0
-            .iter()
-            .for_each(|h| h.finished(record, step, seconds, error));
     }
 }
 

@@ -1,14 +1,12 @@
 //! Failure detection, choice of secondary and the journaled failover.
 //!
-//! [`detector`] and [`scorer`] are pure; [`executor`] performs the side effects through the
-//! traits in [`actions`].
+//! [`detector`] and [`scorer`] are pure functions over the data in `crate::model`;
+//! [`executor`] performs the side effects through the traits in [`actions`] and tells the
+//! [`hooks`] (metrics, Kubernetes Events) about every step.
 
 pub mod actions;
 pub mod detector;
 pub mod executor;
-pub mod journal;
+pub mod hooks;
 pub mod openbao;
-
 pub mod scorer;
-
-pub use journal::{FailoverRecord, FailoverStatus, Step, StepRecord};

@@ -171,7 +171,7 @@ impl Replication for DesiredStateReplication {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::failover::scorer::synthetic::report;
+    use crate::model::test_util::synthetic::report;
     use std::collections::BTreeMap;
 
     fn config() -> Config {

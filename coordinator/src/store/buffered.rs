@@ -39,8 +39,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::{Result, Store, StoreError, StoredReport};
-use crate::failover::FailoverRecord;
-use crate::failover::detector::DecisionRecord;
+use crate::model::DecisionRecord;
+use crate::model::FailoverRecord;
 
 /// First retry delay after a failed write.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -711,9 +711,9 @@ mod tests {
         assert_eq!(inner.latest_reports().await.unwrap().len(), 1);
     }
 
-    fn fenced(at: DateTime<Utc>) -> crate::failover::StepRecord {
-        crate::failover::StepRecord {
-            step: crate::failover::Step::Fenced,
+    fn fenced(at: DateTime<Utc>) -> crate::model::StepRecord {
+        crate::model::StepRecord {
+            step: crate::model::Step::Fenced,
             started_at: at,
             finished_at: Some(at),
             by: "c0".into(),
@@ -766,7 +766,7 @@ mod tests {
         );
         // A newer version of a queued record still fits: it replaces the queued one.
         let mut f2 = f(2);
-        f2.status = crate::failover::FailoverStatus::Done;
+        f2.status = crate::model::FailoverStatus::Done;
         store.put_failover(&f2).await.unwrap();
         // So does a decision? No: none is queued and the queue is full of journal records.
         assert!(store.put_decision(&suite::decision(1, now)).await.is_err());
@@ -832,7 +832,7 @@ mod tests {
         assert!(store.flush(Duration::from_secs(5)).await);
         inner.set_down(true);
         let mut mid2 = mid.clone();
-        mid2.status = crate::failover::FailoverStatus::Done;
+        mid2.status = crate::model::FailoverStatus::Done;
         let new = suite::failover_record(3, "dc1", "dc3", now);
         store.put_failover(&mid2).await.unwrap();
         store.put_failover(&new).await.unwrap();

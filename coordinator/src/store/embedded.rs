@@ -27,8 +27,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Result, Store, StoreError, StoredReport};
-use crate::failover::FailoverRecord;
-use crate::failover::detector::DecisionRecord;
+use crate::model::DecisionRecord;
+use crate::model::FailoverRecord;
 
 /// History is pruned on every this many `put_report` calls (and on the first).
 pub const PRUNE_EVERY: u64 = 100;

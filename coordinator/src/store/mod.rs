@@ -12,8 +12,8 @@ pub mod buffered;
 pub mod embedded;
 pub mod mongo;
 
-use crate::failover::FailoverRecord;
-use crate::failover::detector::DecisionRecord;
+use crate::model::DecisionRecord;
+use crate::model::FailoverRecord;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -36,8 +36,8 @@ use serde::de::DeserializeOwned;
 use vault_dr_common::Secret;
 
 use super::{Result, Store, StoreError, StoredReport};
-use crate::failover::FailoverRecord;
-use crate::failover::detector::DecisionRecord;
+use crate::model::DecisionRecord;
+use crate::model::FailoverRecord;
 
 /// Connect and server-selection time-out: an unreachable server fails an operation this fast.
 pub const TIMEOUT: Duration = Duration::from_secs(2);

@@ -23,10 +23,10 @@ use vault_dr_common::report::{
 use vault_dr_common::{NodeState, Report};
 
 use super::{Store, StoredReport};
-use crate::failover::FailoverRecord;
-use crate::failover::detector::{Decision, DecisionRecord, Observers, Phase};
-use crate::failover::journal::{FailoverStatus, Step, StepRecord};
-use crate::failover::scorer::{Candidate, CandidateTable, Eligibility, Ineligible};
+use crate::model::FailoverRecord;
+use crate::model::journal::{FailoverStatus, Step, StepRecord};
+use crate::model::{Candidate, CandidateTable, Eligibility, Ineligible};
+use crate::model::{Decision, DecisionRecord, Observers, Phase};
 
 /// Runs every case against `store`.
 pub async fn run_all(store: Arc<dyn Store>) {

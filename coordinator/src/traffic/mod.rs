@@ -8,12 +8,13 @@
 //! explicit change is discarded, so the loop can never undo a cut it did not see.
 
 pub mod forwarder;
+pub mod kubernetes;
 
 use crate::config::ClusterConfig;
 use crate::coordination::Coordination;
-use crate::failover::Step;
 use crate::failover::actions::{ActionError, ActionResult, TrafficSwitch};
-use crate::topology::Topology;
+use crate::model::Step;
+use crate::model::topology::Topology;
 use async_trait::async_trait;
 pub use forwarder::{ForwarderMetrics, LocalForwarder, Target};
 use std::sync::Arc;
@@ -130,7 +131,7 @@ pub async fn supervise(
 mod tests {
     use super::*;
     use crate::coordination::local::LocalCoordination;
-    use crate::topology::FailoverInProgress;
+    use crate::model::topology::FailoverInProgress;
     use std::collections::BTreeMap;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

@@ -1,7 +1,7 @@
 //! The [`View`]: the leader's immutable snapshot of every cluster at one instant, built once per
 //! tick from the latest reports, the coordinator's own probes and the topology.
 
-use crate::topology::Topology;
+use crate::model::topology::Topology;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

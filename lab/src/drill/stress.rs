@@ -2,7 +2,7 @@
 //! worker at 80 % load and one VM worker holding 100 MB, for a fixed time, on chosen clusters.
 //!
 //! So that the cluster's agent sees it, `stress-ng` starts inside the cluster's cgroup (the one
-//! that also holds its `bao` process, see [`crate::lab::group::Cgroups`]): a tiny shell writes
+//! that also holds its `bao` process, see [`crate::group::Cgroups`]): a tiny shell writes
 //! its own pid into `cgroup.procs` and then `exec`s `stress-ng`, so every worker is born inside.
 //! Without cgroups it still runs (and still competes for the machine), and the drill says so.
 
@@ -10,9 +10,9 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::lab::LabError;
-use crate::lab::group::DrGroup;
-use crate::lab::process::ChildGuard;
+use crate::LabError;
+use crate::group::DrGroup;
+use crate::process::ChildGuard;
 
 /// CPU load of the CPU worker, percent.
 pub const CPU_LOAD_PERCENT: u32 = 80;
@@ -26,7 +26,7 @@ pub fn start(
     clusters: &[String],
     duration: Duration,
 ) -> Result<bool, LabError> {
-    let stress_ng = crate::lab::tools::find("stress-ng")?;
+    let stress_ng = crate::tools::find("stress-ng")?;
     let secs = duration.as_secs().max(1);
     let mut in_cgroups = true;
     for name in clusters {

@@ -487,7 +487,8 @@ impl DrGroup {
         let mut text = self.coordinator_config(spec, &id, port, spec.promotion);
         // A build without `[policy] promotion` gets the config without it (and the drill says so).
         if spec.promotion.is_some()
-            && let Err(e) = crate::config::Config::parse(&text, &self.dir.path, &BTreeMap::new())
+            && let Err(e) =
+                vault_dr_coordinator::config::Config::parse(&text, &self.dir.path, &BTreeMap::new())
             && e.field == "policy.promotion"
         {
             text = self.coordinator_config(spec, &id, port, None);

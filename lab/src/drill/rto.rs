@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::progress::Progress;
 use super::{DrillError, DrillOptions, DrillReport};
-use crate::lab::LabCluster;
+use crate::LabCluster;
 
 /// p50, p95 and max of a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
-//! `vault-dr drill` and `vault-dr bench rto`: flags, Ctrl-C handling, output and exit code.
-//! The work is in [`crate::drill`].
+//! The `vault-dr-lab` command line: `drill` and `bench …` (`vault-dr drill` and `vault-dr
+//! bench …` run this binary with the same arguments). Flags, Ctrl-C handling, output and exit
+//! code; the work is in [`crate::drill`] and [`crate::bench`].
 //!
 //! Ctrl-C or SIGTERM drops the running drill, and with it every process and file it started
 //! (the group's guards); the command then exits 130.
@@ -10,14 +11,42 @@ use vault_dr_common::Secret;
 
 use crate::drill::progress::Progress;
 use crate::drill::{self, DrillOptions, Fault, TrafficMode};
-use crate::lab::group::{PromotionMode, RestoreMode};
+use crate::group::{PromotionMode, RestoreMode};
+
+/// vault-dr-lab: the drill and the benchmarks of vault-dr, on real servers on this machine.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vault-dr-lab", version, about)]
+pub struct LabCli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCommand {
+    /// Runs a whole DR group on this machine (four OpenBao clusters, agents, three
+    /// coordinators, a client), kills the primary and shows the failover: timeline, RTO, RPO.
+    Drill(DrillArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+/// Runs a subcommand and returns the process exit code.
+pub async fn main(command: LabCommand) -> i32 {
+    match command {
+        LabCommand::Drill(args) => run(&args).await,
+        LabCommand::Bench(b) => crate::bench::main(b).await,
+    }
+}
 
 /// Exit code after Ctrl-C / SIGTERM.
 const INTERRUPTED: i32 = 130;
 /// Exit code when the drill ran but its checks failed (not exactly one promotion, ...).
 const FAILED: i32 = 1;
 
-/// Flags of `vault-dr drill` (also used by `bench rto`).
+/// Flags of `drill` (also used by `bench rto`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrillArgs {
     /// Fault injected into the primary.
@@ -112,7 +141,7 @@ impl DrillArgs {
     }
 }
 
-/// Runs `vault-dr drill`; returns the exit code.
+/// Runs `drill`; returns the exit code.
 pub async fn run(args: &DrillArgs) -> i32 {
     let progress = Progress::new(false);
     let opts = args.options();
@@ -148,7 +177,7 @@ pub async fn run(args: &DrillArgs) -> i32 {
     }
 }
 
-/// Runs `vault-dr bench rto`; returns the exit code.
+/// Runs `bench rto`; returns the exit code.
 pub async fn bench_rto(runs: usize, args: &DrillArgs) -> i32 {
     let progress = Progress::new(false);
     let opts = args.options();

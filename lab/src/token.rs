@@ -17,7 +17,7 @@ use super::openbao::LabCluster;
 pub const DR_POLICY_NAME: &str = "vault-dr";
 
 /// The DR policy, as shipped in `policies/vault-dr.hcl`.
-pub const DR_POLICY_HCL: &str = include_str!("../../../policies/vault-dr.hcl");
+pub const DR_POLICY_HCL: &str = include_str!("../../policies/vault-dr.hcl");
 
 /// Period of the DR token: it never expires while it is renewed at least this often.
 pub const DR_TOKEN_PERIOD: &str = "768h";

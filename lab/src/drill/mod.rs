@@ -24,12 +24,12 @@ use serde_json::Value;
 use url::Url;
 use vault_dr_common::Secret;
 
-use crate::failover::detector::{DecisionRecord, Phase};
-use crate::failover::scorer::CandidateTable;
-use crate::failover::{FailoverRecord, FailoverStatus, Step};
-use crate::lab::LabError;
-use crate::lab::group::{DrGroup, GroupSpec, PromotionMode, RestoreMode};
+use crate::LabError;
+use crate::group::{DrGroup, GroupSpec, PromotionMode, RestoreMode};
 use progress::Progress;
+use vault_dr_coordinator::model::CandidateTable;
+use vault_dr_coordinator::model::{DecisionRecord, Phase};
+use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use workload::{ClientStats, Workload};
 
 /// OpenBao's restore of a small snapshot (measured facts: about 5.5 s): the part of a warm
@@ -440,7 +440,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         progress.line(format!(
             "candidates before the fault (winner {}):\n{}",
             t.winner.as_deref().unwrap_or("none"),
-            crate::cli::explain::render_table(t)
+            vault_dr_coordinator::cli::explain::render_table(t)
         ));
     }
 
@@ -774,7 +774,7 @@ async fn follow(
                     );
                     progress.line(format!(
                         "candidate table:\n{}",
-                        crate::cli::explain::render_table(&rec.table)
+                        vault_dr_coordinator::cli::explain::render_table(&rec.table)
                     ));
                 }
                 for s in &rec.steps {
@@ -1009,11 +1009,11 @@ pub fn render(r: &DrillReport) -> String {
     }
     if let Some(t) = &r.candidates_before_fault {
         out.push_str("\ncandidates just before the fault\n");
-        out.push_str(&crate::cli::explain::render_table(t));
+        out.push_str(&vault_dr_coordinator::cli::explain::render_table(t));
     }
     if let Some(t) = &r.candidates {
         out.push_str("\ncandidates at the decision\n");
-        out.push_str(&crate::cli::explain::render_table(t));
+        out.push_str(&vault_dr_coordinator::cli::explain::render_table(t));
     }
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} s"));
     out.push_str(&format!(

@@ -4,7 +4,7 @@
 //! by compare-and-swap on its version, so two coordinators that both believe they lead cannot
 //! both raise the term.
 
-use crate::failover::Step;
+use crate::model::Step;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

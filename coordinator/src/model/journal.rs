@@ -1,7 +1,7 @@
 //! The failover journal: one record per failover with every step, its timing and outcome, and
 //! the candidate table the choice was made from.
 
-use crate::failover::scorer::CandidateTable;
+use crate::model::CandidateTable;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;

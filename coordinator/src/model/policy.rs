@@ -1,0 +1,90 @@
+//! The detection and choice [`Policy`] (the `[policy]` section once validated) and its
+//! [`QuorumMode`]. Plain data shared by the detector, the scorer, the executor and the API;
+//! parsing and validation are in `config`.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use vault_dr_common::PromotionMode;
+
+/// How many secondaries' agents must also fail to reach the primary before it is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuorumMode {
+    /// More than half of the secondaries with a fresh report (the default).
+    #[default]
+    Majority,
+    /// Every secondary with a fresh report.
+    All,
+    /// At least one secondary.
+    Any,
+}
+
+/// Detection and choice policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// How often the leader builds a view and probes every cluster.
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_interval: Duration,
+    /// Timeout of one direct probe.
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_timeout: Duration,
+    /// Consecutive evaluations on which all three observers must agree before the primary is
+    /// down.
+    pub confirm: u32,
+    /// A report older than this is stale: it neither proves the primary alive nor makes a
+    /// secondary eligible.
+    #[serde(with = "humantime_serde_compat")]
+    pub report_ttl: Duration,
+    /// A secondary further behind than this many raft entries is not eligible (`None`: no limit).
+    pub max_lag_entries: Option<u64>,
+    /// A secondary whose newest replicated data is older than this is not eligible.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_lag: Duration,
+    /// After a failover, no automatic failover for this long (anti-flap).
+    #[serde(with = "humantime_serde_compat")]
+    pub cooldown: Duration,
+    /// Agreement needed among the secondaries' agents.
+    pub quorum: QuorumMode,
+    /// How long report history is kept in the store.
+    #[serde(with = "humantime_serde_compat")]
+    pub report_retention: Duration,
+    /// How a promoted secondary gets its data (`complete`: restore the newest snapshot first,
+    /// the default; `fast`: promote what it has once it restored a snapshot). Goes into every desired state and into the
+    /// failover's journal record.
+    #[serde(default)]
+    pub promotion: PromotionMode,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(800),
+            confirm: 3,
+            report_ttl: Duration::from_secs(5),
+            max_lag_entries: None,
+            max_lag: Duration::from_secs(60),
+            cooldown: Duration::from_secs(300),
+            quorum: QuorumMode::Majority,
+            report_retention: Duration::from_secs(24 * 3600),
+            promotion: PromotionMode::Complete,
+        }
+    }
+}
+
+/// `serde` for `Duration` as a humantime string ("1s", "250ms", "5m").
+pub mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serialises as "1s 500ms".
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Parses "1s", "250ms", "5m".
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
