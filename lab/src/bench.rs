@@ -37,7 +37,7 @@ pub enum BenchCommand {
         runs: usize,
         /// The drill's flags.
         #[command(flatten)]
-        drill: crate::cli::DrillArgs,
+        drill: crate::drill::command::DrillArgs,
     },
     /// N agents reporting once a second into one coordinator (goal: p99 at most 20 ms).
     Ingest {
@@ -61,7 +61,7 @@ pub async fn main(cmd: BenchCommand) -> i32 {
             println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
             Ok(())
         }
-        BenchCommand::Rto { runs, drill } => return crate::cli::bench_rto(runs, &drill).await,
+        BenchCommand::Rto { runs, drill } => return crate::drill::command::bench_rto(runs, &drill).await,
         BenchCommand::Ingest { agents, seconds } => ingest(agents, seconds).await,
     };
     match result {

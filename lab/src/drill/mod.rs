@@ -10,6 +10,7 @@
 //! Everything started here belongs to the group or to a task aborted on drop, so returning,
 //! failing, panicking or being cancelled (Ctrl-C drops the future) leaves no process behind.
 
+pub mod command;
 pub mod progress;
 pub mod rto;
 pub mod stress;
