@@ -4,9 +4,10 @@
 //! replicas reaches the leader only).
 
 use crate::config::Config;
-use crate::coordination::Coordination;
+use crate::coordination::{Coordination, CoordinationError};
 use crate::failover::executor::Executor;
 use crate::metrics::Metrics;
+use crate::model::{Topology, Versioned};
 use crate::state::{State, desired_state};
 use crate::store::{Store, StoredReport};
 use axum::body::Bytes;
@@ -50,6 +51,47 @@ pub struct Service {
     /// The failover executor, with which `POST /v1/switchover` begins a planned switchover
     /// (`None`: this service takes no switchover, e.g. a report-intake test).
     pub executor: Option<Executor>,
+}
+
+impl Service {
+    /// Reads the topology from the coordination backend, writing the initial one (the
+    /// configured primary in term 1) when there is none yet, and caches it. With
+    /// [`Service::reload_topology`] the only writer of the cached topology that `/readyz`,
+    /// desired states and views read.
+    pub async fn load_topology(&self) -> Result<Versioned<Topology>, CoordinationError> {
+        let t = match self.coordination.read_topology().await? {
+            Some(t) => t,
+            None => {
+                let initial = Topology::initial(self.config.initial_primary.clone());
+                match self.coordination.write_topology(&initial, None).await {
+                    Ok(t) => {
+                        tracing::info!(
+                            "initialised topology: {} is primary in term 1",
+                            initial.primary
+                        );
+                        t
+                    }
+                    // Another replica initialised it first: read theirs.
+                    Err(CoordinationError::Conflict { .. }) => {
+                        self.coordination.read_topology().await?.ok_or_else(|| {
+                            CoordinationError::Unavailable("topology vanished".into())
+                        })?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        self.state.set_topology(t.value.clone());
+        Ok(t)
+    }
+
+    /// [`Service::load_topology`] after a step changed the topology; a failed read is logged
+    /// and the next tick reads again.
+    pub async fn reload_topology(&self) {
+        if let Err(e) = self.load_topology().await {
+            tracing::warn!("topology not reloaded: {e}");
+        }
+    }
 }
 
 /// Builds the router.
@@ -406,7 +448,7 @@ async fn post_switchover(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     use crate::failover::executor::ExecError;
-    use crate::model::{Eligibility, Ineligible};
+    use crate::model::{Decision, SwitchoverRefusal};
     if !authorised(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
@@ -430,16 +472,6 @@ async fn post_switchover(
             "this coordinator is not the leader; send the switchover to the leader",
         );
     }
-    if s.config.cluster(&to).is_none() {
-        let known: Vec<_> = s.config.clusters.iter().map(|c| c.name.as_str()).collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "{to:?} is not a cluster of this DR group (clusters: {})",
-                known.join(", ")
-            ),
-        );
-    }
     let Some(executor) = s.executor.clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -456,52 +488,29 @@ async fn post_switchover(
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    if let Some(f) = &current.value.failover {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "failover {} ({} -> {}) is in progress; wait until it is done",
-                f.id, f.from, f.to
-            ),
-        );
-    }
-    if current.value.primary == to {
-        return error(StatusCode::CONFLICT, format!("{to} is already the primary"));
-    }
     let view = s.state.view(&s.config, &current.value, Utc::now());
-    let table = crate::failover::scorer::score(&view, &s.config.policy);
-    match table.candidate(&to).map(|c| &c.eligibility) {
-        Some(Eligibility::Eligible) => {}
-        Some(Eligibility::Ineligible(why)) => {
-            // A restoring standby is eligible (see the scorer); anything else is refused with
-            // the scorer's reason.
-            let hint = match why {
-                Ineligible::Excluded => "; remove `excluded` from its configuration first",
-                _ => "",
+    let (reason, table) = match crate::failover::detector::switchover(&view, &to, &s.config.policy)
+    {
+        Ok(Decision::Switchover { reason, table, .. }) => (reason, table),
+        Ok(other) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected switchover decision: {other}"),
+            );
+        }
+        Err(refusal) => {
+            let status = match refusal {
+                SwitchoverRefusal::UnknownCluster { .. } => StatusCode::NOT_FOUND,
+                _ => StatusCode::CONFLICT,
             };
-            return error(
-                StatusCode::CONFLICT,
-                format!("{to} cannot be promoted now: {why}{hint}"),
-            );
+            return error(status, refusal.to_string());
         }
-        None => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("{to:?} has no candidate row"),
-            );
-        }
-    }
-    let reason = format!(
-        "planned switchover {} -> {to} requested by the operator",
-        current.value.primary
-    );
+    };
     match executor.begin(&current, &to, &reason, table, true).await {
         Ok(rec) => {
             s.metrics.failovers_started.inc();
             s.metrics.failover_in_progress.set(1);
-            if let Ok(Some(t)) = s.coordination.read_topology().await {
-                s.state.set_topology(t.value);
-            }
+            s.reload_topology().await;
             tracing::info!(failover = %rec.id, "planned switchover begun: {} -> {} in term {}", rec.from, rec.to, rec.term);
             (
                 StatusCode::ACCEPTED,

@@ -8,7 +8,6 @@ use crate::api::Service;
 use crate::coordination::CoordinationError;
 use crate::failover::detector;
 use crate::failover::executor::{ExecError, Executor};
-use crate::model::topology::{Topology, Versioned};
 use crate::model::{Decision, DecisionRecord, Phase};
 use crate::vault::VaultClient;
 use chrono::Utc;
@@ -82,9 +81,8 @@ impl Leader {
                         *self.phase.lock().await = Phase::Healthy;
                         // Load the topology now rather than at the next tick, so /readyz (and
                         // the agents' reports) reach the new leader at once.
-                        match self.topology().await {
-                            Ok(t) => self.service.state.set_topology(t.value),
-                            Err(e) => tracing::warn!("topology not loaded on taking the lease: {e}"),
+                        if let Err(e) = self.service.load_topology().await {
+                            tracing::warn!("topology not loaded on taking the lease: {e}");
                         }
                     } else if !leader && was_leader {
                         tracing::warn!(id = %self.service.config.id, "lost leadership; acting no more");
@@ -115,35 +113,6 @@ impl Leader {
         self.service.metrics.is_leader.set(0);
     }
 
-    async fn topology(&self) -> Result<Versioned<Topology>, CoordinationError> {
-        if let Some(t) = self.service.coordination.read_topology().await? {
-            return Ok(t);
-        }
-        let initial = Topology::initial(self.service.config.initial_primary.clone());
-        match self
-            .service
-            .coordination
-            .write_topology(&initial, None)
-            .await
-        {
-            Ok(t) => {
-                tracing::info!(
-                    "initialised topology: {} is primary in term 1",
-                    initial.primary
-                );
-                Ok(t)
-            }
-            // Another replica initialised it first: read theirs.
-            Err(CoordinationError::Conflict { .. }) => self
-                .service
-                .coordination
-                .read_topology()
-                .await?
-                .ok_or_else(|| CoordinationError::Unavailable("topology vanished".into())),
-            Err(e) => Err(e),
-        }
-    }
-
     /// One evaluation: probe, view, decide, record, act.
     pub async fn tick(self: &Arc<Self>) -> Result<(), CoordinationError> {
         let s = &self.service;
@@ -169,8 +138,7 @@ impl Leader {
             }
             s.state.set_probe(&c.name, p);
         }
-        let topology = self.topology().await?;
-        s.state.set_topology(topology.value.clone());
+        let topology = s.load_topology().await?;
         s.metrics
             .term
             .set(i64::try_from(topology.value.term).unwrap_or(i64::MAX));
@@ -229,9 +197,7 @@ impl Leader {
                     Ok(rec) => {
                         s.metrics.failovers_started.inc();
                         s.metrics.failover_in_progress.set(1);
-                        if let Ok(Some(t)) = s.coordination.read_topology().await {
-                            s.state.set_topology(t.value);
-                        }
+                        s.reload_topology().await;
                         tracing::info!(failover = %rec.id, "failover begun");
                         self.spawn_executor();
                     }
@@ -263,9 +229,7 @@ impl Leader {
                 Ok(None) => {}
                 Err(e) => tracing::warn!("failover paused: {e}"),
             }
-            if let Ok(Some(t)) = this.service.coordination.read_topology().await {
-                this.service.state.set_topology(t.value);
-            }
+            this.service.reload_topology().await;
             this.executing.store(false, Ordering::SeqCst);
         });
     }
@@ -279,6 +243,7 @@ fn decision_kind(d: &Decision) -> &'static str {
         Decision::NoCandidate { .. } => "no_candidate",
         Decision::CooldownBlocked { .. } => "cooldown_blocked",
         Decision::Resume { .. } => "resume",
+        Decision::Switchover { .. } => "switchover",
     }
 }
 

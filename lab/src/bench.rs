@@ -61,7 +61,9 @@ pub async fn main(cmd: BenchCommand) -> i32 {
             println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
             Ok(())
         }
-        BenchCommand::Rto { runs, drill } => return crate::drill::command::bench_rto(runs, &drill).await,
+        BenchCommand::Rto { runs, drill } => {
+            return crate::drill::command::bench_rto(runs, &drill).await;
+        }
         BenchCommand::Ingest { agents, seconds } => ingest(agents, seconds).await,
     };
     match result {

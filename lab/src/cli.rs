@@ -30,4 +30,3 @@ pub async fn main(command: LabCommand) -> i32 {
         LabCommand::Bench(b) => crate::bench::main(b).await,
     }
 }
-

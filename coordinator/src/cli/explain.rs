@@ -1,18 +1,8 @@
 //! `vault-dr explain`: the latest decision in one sentence and its full candidate table.
 
 use super::{ApiArgs, CliError, Client, Output, opt, table};
+use crate::model::DecisionRecord;
 use crate::model::{CandidateTable, Eligibility};
-use crate::model::{Decision, DecisionRecord};
-
-impl DecisionRecord {
-    /// The candidate table of the decision, when it made one.
-    pub fn table(&self) -> Option<&CandidateTable> {
-        match &self.decision {
-            Decision::Failover { table, .. } | Decision::NoCandidate { table, .. } => Some(table),
-            _ => None,
-        }
-    }
-}
 
 /// Fetches `/v1/decisions/latest` and renders it.
 pub async fn run(args: &ApiArgs) -> Result<String, CliError> {

@@ -27,7 +27,9 @@
 
 use crate::failover::scorer;
 use crate::model::view::{ClusterView, View};
-use crate::model::{Decision, FailoverRecord, Observers, Phase, Policy, QuorumMode};
+use crate::model::{
+    Decision, Eligibility, FailoverRecord, Observers, Phase, Policy, QuorumMode, SwitchoverRefusal,
+};
 use chrono::{DateTime, Utc};
 use vault_dr_common::NodeState;
 
@@ -214,14 +216,51 @@ pub fn step(phase: &Phase, view: &View, now: DateTime<Utc>, policy: &Policy) -> 
     )
 }
 
-/// A small builder of views for the detector's and scorer's tests and the executor's tests.
+/// The decision on an operator's planned switchover to `to`, from the same view and scorer as
+/// a failover: refused while a failover is in progress, when `to` is unknown or already the
+/// primary, or when the scorer says it cannot be promoted (a restoring standby can: see the
+/// scorer). Pure: the caller executes [`Decision::Switchover`].
+pub fn switchover(view: &View, to: &str, policy: &Policy) -> Result<Decision, SwitchoverRefusal> {
+    if !view.clusters.contains_key(to) {
+        return Err(SwitchoverRefusal::UnknownCluster {
+            to: to.to_owned(),
+            known: view.clusters.keys().cloned().collect(),
+        });
+    }
+    if let Some(f) = &view.topology.failover {
+        return Err(SwitchoverRefusal::InProgress {
+            id: f.id.clone(),
+            from: f.from.clone(),
+            to: f.to.clone(),
+        });
+    }
+    let from = view.topology.primary.clone();
+    if from == to {
+        return Err(SwitchoverRefusal::AlreadyPrimary { to: to.to_owned() });
+    }
+    let table = scorer::score(view, policy);
+    if let Some(Eligibility::Ineligible(why)) = table.candidate(to).map(|c| &c.eligibility) {
+        return Err(SwitchoverRefusal::Ineligible {
+            to: to.to_owned(),
+            why: why.clone(),
+        });
+    }
+    Ok(Decision::Switchover {
+        reason: format!("planned switchover {from} -> {to} requested by the operator"),
+        from,
+        to: to.to_owned(),
+        term: view.topology.term + 1,
+        table,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DecisionRecord;
     use crate::model::Step;
     use crate::model::test_util::{ViewBuilder, t0};
     use crate::model::topology::FailoverInProgress;
+    use crate::model::{DecisionRecord, Ineligible};
     use chrono::Duration;
     use std::time::Duration as StdDuration;
 
@@ -716,5 +755,150 @@ mod tests {
             "suspect: primary dc1 may be down, 1 of 3 confirming ticks (direct probe down, \
              reports down, 2 of 2 secondaries cannot reach it (quorum met))"
         );
+    }
+
+    /// One row per rule of [`switchover`]: the view, the target, and what must come out.
+    #[test]
+    fn a_planned_switchover_is_decided_by_the_same_rules_for_every_caller() {
+        let inflight = FailoverInProgress {
+            id: "2-dc1-dc2".into(),
+            from: "dc1".into(),
+            to: "dc2".into(),
+            completed: Step::Fenced,
+            planned: true,
+        };
+        let healthy = || ViewBuilder::healthy("dc1", &["dc2", "dc3"]);
+        /// The rule, the view, the target, and `Ok((from, term))` or the refusal.
+        type Row = (
+            &'static str,
+            View,
+            &'static str,
+            Result<(&'static str, u64), SwitchoverRefusal>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "an eligible secondary is switched to in the next term",
+                healthy().build(),
+                "dc2",
+                Ok(("dc1", 2)),
+            ),
+            (
+                "an unknown cluster is refused with the group's clusters",
+                healthy().build(),
+                "dc9",
+                Err(SwitchoverRefusal::UnknownCluster {
+                    to: "dc9".into(),
+                    known: vec!["dc1".into(), "dc2".into(), "dc3".into()],
+                }),
+            ),
+            (
+                "a failover in progress is never overtaken",
+                healthy()
+                    .topology(|t| t.failover = Some(inflight.clone()))
+                    .build(),
+                "dc3",
+                Err(SwitchoverRefusal::InProgress {
+                    id: "2-dc1-dc2".into(),
+                    from: "dc1".into(),
+                    to: "dc2".into(),
+                }),
+            ),
+            (
+                "the primary cannot be switched to itself",
+                healthy().build(),
+                "dc1",
+                Err(SwitchoverRefusal::AlreadyPrimary { to: "dc1".into() }),
+            ),
+            (
+                "an excluded secondary is refused with the scorer's reason",
+                healthy().with("dc2", |c| c.excluded = true).build(),
+                "dc2",
+                Err(SwitchoverRefusal::Ineligible {
+                    to: "dc2".into(),
+                    why: Ineligible::Excluded,
+                }),
+            ),
+            (
+                "a sealed secondary is refused with the scorer's reason",
+                healthy()
+                    .node_state("dc3", NodeState::Sealed)
+                    .direct("dc3", Some(NodeState::Sealed))
+                    .build(),
+                "dc3",
+                Err(SwitchoverRefusal::Ineligible {
+                    to: "dc3".into(),
+                    why: Ineligible::Sealed,
+                }),
+            ),
+            (
+                "a restoring standby may be switched to (the promote step waits for it)",
+                healthy()
+                    .node_state("dc2", NodeState::Restoring)
+                    .direct("dc2", Some(NodeState::Restoring))
+                    .build(),
+                "dc2",
+                Ok(("dc1", 2)),
+            ),
+        ];
+        for (rule, view, to, want) in rows {
+            let got = switchover(&view, to, &policy());
+            match (got, want) {
+                (
+                    Ok(Decision::Switchover {
+                        from,
+                        to: t,
+                        term,
+                        table,
+                        reason,
+                    }),
+                    Ok((f, n)),
+                ) => {
+                    assert_eq!((from.as_str(), t.as_str(), term), (f, to, n), "{rule}");
+                    assert_eq!(
+                        reason,
+                        format!("planned switchover {f} -> {to} requested by the operator"),
+                        "{rule}"
+                    );
+                    assert!(table.candidate(to).is_some(), "{rule}");
+                }
+                (Err(e), Err(w)) => assert_eq!(e, w, "{rule}"),
+                (got, want) => panic!("{rule}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn switchover_refusals_read_as_the_sentences_the_api_answers() {
+        let cases = [
+            (
+                SwitchoverRefusal::UnknownCluster {
+                    to: "dc9".into(),
+                    known: vec!["dc1".into(), "dc2".into()],
+                },
+                "\"dc9\" is not a cluster of this DR group (clusters: dc1, dc2)",
+            ),
+            (
+                SwitchoverRefusal::InProgress {
+                    id: "2-dc1-dc2".into(),
+                    from: "dc1".into(),
+                    to: "dc2".into(),
+                },
+                "failover 2-dc1-dc2 (dc1 -> dc2) is in progress; wait until it is done",
+            ),
+            (
+                SwitchoverRefusal::AlreadyPrimary { to: "dc1".into() },
+                "dc1 is already the primary",
+            ),
+            (
+                SwitchoverRefusal::Ineligible {
+                    to: "dc2".into(),
+                    why: Ineligible::Excluded,
+                },
+                "dc2 cannot be promoted now: excluded by the operator; remove `excluded` from its configuration first",
+            ),
+        ];
+        for (refusal, sentence) in cases {
+            assert_eq!(refusal.to_string(), sentence);
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! [`DecisionRecord`] that is stored and served. Plain data; the logic is
 //! `failover::detector::step`.
 
-use crate::model::candidate::CandidateTable;
+use crate::model::candidate::{CandidateTable, Ineligible};
 use crate::model::view::View;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,78 @@ pub enum Decision {
         /// Journal id.
         id: String,
     },
+    /// The operator asked for a planned switchover and the target may be promoted: switch over
+    /// now (cut instead of seal, final snapshot, nothing lost).
+    Switchover {
+        /// Old primary.
+        from: String,
+        /// Target.
+        to: String,
+        /// The new term.
+        term: u64,
+        /// Why.
+        reason: String,
+        /// The scorer's table.
+        table: CandidateTable,
+    },
+}
+
+/// Why a planned switchover is refused: the same checks for every caller, as data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SwitchoverRefusal {
+    /// `to` is not a cluster of the DR group.
+    UnknownCluster {
+        /// The requested target.
+        to: String,
+        /// The group's clusters.
+        known: Vec<String>,
+    },
+    /// A failover or switchover is already in progress.
+    InProgress {
+        /// Its journal id.
+        id: String,
+        /// Its old primary.
+        from: String,
+        /// Its target.
+        to: String,
+    },
+    /// `to` is the primary already.
+    AlreadyPrimary {
+        /// The requested target.
+        to: String,
+    },
+    /// The scorer says `to` cannot be promoted now.
+    Ineligible {
+        /// The requested target.
+        to: String,
+        /// The scorer's reason.
+        why: Ineligible,
+    },
+}
+
+impl fmt::Display for SwitchoverRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownCluster { to, known } => write!(
+                f,
+                "{to:?} is not a cluster of this DR group (clusters: {})",
+                known.join(", ")
+            ),
+            Self::InProgress { id, from, to } => write!(
+                f,
+                "failover {id} ({from} -> {to}) is in progress; wait until it is done"
+            ),
+            Self::AlreadyPrimary { to } => write!(f, "{to} is already the primary"),
+            Self::Ineligible { to, why } => {
+                let hint = match why {
+                    Ineligible::Excluded => "; remove `excluded` from its configuration first",
+                    _ => "",
+                };
+                write!(f, "{to} cannot be promoted now: {why}{hint}")
+            }
+        }
+    }
 }
 
 impl fmt::Display for Decision {
@@ -159,6 +231,13 @@ impl fmt::Display for Decision {
                 "cooldown: primary {primary} is down but the last failover was too recent, {remaining_seconds:.1} s left"
             ),
             Self::Resume { id } => write!(f, "resume: failover {id} is in progress"),
+            Self::Switchover {
+                from,
+                to,
+                term,
+                reason,
+                ..
+            } => write!(f, "switchover: {from} to {to} in term {term}, {reason}"),
         }
     }
 }
@@ -182,6 +261,16 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
+    /// The candidate table of the decision, when it made one.
+    pub fn table(&self) -> Option<&CandidateTable> {
+        match &self.decision {
+            Decision::Failover { table, .. }
+            | Decision::NoCandidate { table, .. }
+            | Decision::Switchover { table, .. } => Some(table),
+            _ => None,
+        }
+    }
+
     /// Bundles a tick's result with the view it was made from.
     pub fn new(phase: Phase, decision: Decision, view: &View) -> Self {
         Self {

@@ -14,7 +14,7 @@ pub mod topology;
 pub mod view;
 
 pub use candidate::{Candidate, CandidateTable, Eligibility, Ineligible};
-pub use decision::{Decision, DecisionRecord, Observers, Phase};
+pub use decision::{Decision, DecisionRecord, Observers, Phase, SwitchoverRefusal};
 pub use journal::{FailoverRecord, FailoverStatus, Step, StepRecord};
 pub use policy::{Policy, QuorumMode};
 pub use topology::{FailoverInProgress, Topology, Versioned};
