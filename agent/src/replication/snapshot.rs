@@ -1,5 +1,5 @@
 //! The snapshot backend (OpenBao, Vault Community): raft snapshot shipping driven by the
-//! desired state.
+//! desired state. Its Vault calls live in [`crate::vault::raft`] and [`crate::vault::token`].
 //!
 //! - **Secondary** (only the agent of the cluster's active node acts): every `interval`, pull
 //!   `GET sys/storage/raft/snapshot` from the term's primary into the [`store::Store`] (temp
@@ -26,14 +26,12 @@ pub mod archive;
 pub mod store;
 
 use crate::config::{RestoreMode, SnapshotConfig};
-use crate::error::request_error_kind;
 use crate::metrics::Metrics;
 use crate::replication::Replicator;
 use crate::state::Shared;
-use crate::vault::{self, VaultClient};
+use crate::vault::{POLL, VaultClient, raft, token};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{NodeRecord, SnapshotMeta, Store, StoreError};
@@ -42,23 +40,17 @@ use vault_dr_common::{
     DesiredState, NodeState, PromotionMode, ReplicationMode, ReplicationStatus, Role, Secret,
 };
 
+pub use crate::vault::raft::{RESTORE_TIMEOUT, restore_snapshot};
+pub use crate::vault::token::CANARY_PATH;
+
 /// Longest pause between two looks at the desired state.
 pub const TICK: Duration = Duration::from_millis(500);
 /// Timeout of one snapshot transfer (pull or restore upload).
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a restore may take until the node serves the restored data (measured: about 5 s
-/// plus 25 ms per MB).
-pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a promotion waits for the node to be active and to take the canary.
 pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Timeout of one poll while waiting.
-const POLL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause between polls while waiting.
-const POLL: Duration = Duration::from_millis(100);
 /// How often the agent renews the (periodic) DR token on its node.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3600);
-/// The canary path, in the DR token's cubbyhole.
-pub const CANARY_PATH: &str = "cubbyhole/vault-dr-canary";
 
 /// What went wrong in one step of the backend.
 #[derive(Debug, thiserror::Error)]
@@ -66,37 +58,13 @@ pub enum ShipError {
     /// The snapshot store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A request got no answer.
-    #[error("{what}: no answer")]
-    Request {
-        /// The request.
-        what: String,
-        /// The cause.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// A request got an unexpected status.
-    #[error("{what}: HTTP {status}")]
-    Status {
-        /// The request.
-        what: String,
-        /// The status.
-        status: u16,
-    },
+    /// A Vault request failed: no answer, an unexpected status, a restore not served in time,
+    /// a failed canary.
+    #[error(transparent)]
+    Vault(#[from] crate::Error),
     /// The local node is not active.
     #[error("the local node is {0}, not active")]
     NotActive(NodeState),
-    /// The node did not serve the restored data in time.
-    #[error("the node did not serve snapshot index {index} within {after:?}")]
-    RestoreTimeout {
-        /// The snapshot's raft index.
-        index: u64,
-        /// How long was waited.
-        after: Duration,
-    },
-    /// The canary write or read failed.
-    #[error("canary: {0}")]
-    Canary(String),
     /// A blocking file task died.
     #[error("file task failed")]
     Task,
@@ -107,11 +75,8 @@ impl ShipError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Store(e) => e.kind(),
-            Self::Request { source, .. } => request_error_kind(source),
-            Self::Status { .. } => "status",
+            Self::Vault(e) => e.kind(),
             Self::NotActive(_) => "not_active",
-            Self::RestoreTimeout { .. } => "restore_timeout",
-            Self::Canary(_) => "canary",
             Self::Task => "internal",
         }
     }
@@ -432,7 +397,15 @@ impl Shipper {
             }
         }
         self.wait_active(ACTIVE_TIMEOUT).await?;
-        self.canary(d.term).await?;
+        token::canary(
+            &self.http,
+            self.vault.addr(),
+            &self.token,
+            d.term,
+            &self.node,
+            ACTIVE_TIMEOUT,
+        )
+        .await?;
         self.record.primary_term = Some(d.term);
         self.save_record()?;
         self.publish();
@@ -479,8 +452,11 @@ impl Shipper {
     async fn pull(&mut self, from: &Url, term: u64) -> Result<SnapshotMeta, ShipError> {
         let result = async {
             let mut incoming = self.store.begin()?;
-            self.download(from, "pull snapshot", |c| incoming.write(c))
-                .await?;
+            let mut download =
+                raft::download_snapshot(&self.http, from, &self.token, "pull snapshot").await?;
+            while let Some(chunk) = download.chunk().await? {
+                incoming.write(&chunk)?;
+            }
             let store = self.store.clone();
             let source = from.to_string();
             let meta = tokio::task::spawn_blocking(move || {
@@ -488,7 +464,7 @@ impl Shipper {
             })
             .await
             .map_err(|_| ShipError::Task)??;
-            Ok(meta)
+            Ok::<_, ShipError>(meta)
         }
         .await;
         let label = if result.is_ok() { "ok" } else { "error" };
@@ -503,44 +479,16 @@ impl Shipper {
         result
     }
 
-    /// `GET <base>/v1/sys/storage/raft/snapshot` with the token, each chunk to `sink`.
-    async fn download(
-        &self,
-        base: &Url,
-        what: &str,
-        mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), ShipError> {
-        let request_error = |source| ShipError::Request {
-            what: what.to_owned(),
-            source,
-        };
-        let mut resp = self
-            .http
-            .get(vault::endpoint(base, "sys/storage/raft/snapshot"))
-            .header("X-Vault-Token", self.token.expose())
-            .send()
-            .await
-            .map_err(request_error)?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(ShipError::Status {
-                what: what.to_owned(),
-                status,
-            });
-        }
-        while let Some(chunk) = resp.chunk().await.map_err(request_error)? {
-            sink(&chunk)?;
-        }
-        Ok(())
-    }
-
     /// Saves the local node's own data to `<quarantine-dir>/<term>-<time>.snap` (+ metadata).
     async fn quarantine(&mut self) -> Result<(), ShipError> {
         let dir = self.config.quarantine_dir.clone();
         let mut incoming = store::begin_in(&dir)?;
         let local = self.vault.addr().clone();
-        self.download(&local, "quarantine snapshot", |c| incoming.write(c))
-            .await?;
+        let mut download =
+            raft::download_snapshot(&self.http, &local, &self.token, "quarantine snapshot").await?;
+        while let Some(chunk) = download.chunk().await? {
+            incoming.write(&chunk)?;
+        }
         let term = self.record.primary_term.unwrap_or(0);
         let now = Utc::now();
         let name = format!("{term}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
@@ -587,7 +535,8 @@ impl Shipper {
         })?;
         let _flag = RestoringFlag::raise(&self.shared);
         let took =
-            restore_snapshot(&self.http, self.vault.addr(), &self.token, body, m.index).await?;
+            raft::restore_snapshot(&self.http, self.vault.addr(), &self.token, body, m.index)
+                .await?;
         self.metrics
             .snapshot_restore_duration
             .observe(took.as_secs_f64());
@@ -618,67 +567,14 @@ impl Shipper {
         }
     }
 
-    /// Writes `{term, node, at}` to the canary path and reads it back.
-    async fn canary(&self, term: u64) -> Result<(), ShipError> {
-        let url = vault::endpoint(self.vault.addr(), CANARY_PATH);
-        let at = Utc::now().to_rfc3339();
-        let body = json!({ "term": term, "node": self.node, "at": at });
-        let deadline = Instant::now() + ACTIVE_TIMEOUT;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let write = self
-                .http
-                .post(url.clone())
-                .header("X-Vault-Token", self.token.expose())
-                .timeout(POLL_TIMEOUT)
-                .json(&body)
-                .send()
-                .await;
-            match write {
-                Ok(r) if matches!(r.status().as_u16(), 200 | 204) => {
-                    let read = self
-                        .http
-                        .get(url.clone())
-                        .header("X-Vault-Token", self.token.expose())
-                        .timeout(POLL_TIMEOUT)
-                        .send()
-                        .await;
-                    match read {
-                        Ok(r) if r.status().as_u16() == 200 => {
-                            let v: Value = r.json().await.unwrap_or(Value::Null);
-                            if v.pointer("/data/at").and_then(Value::as_str) == Some(at.as_str()) {
-                                return Ok(());
-                            }
-                            last = "read back a different value".into();
-                        }
-                        Ok(r) => last = format!("read: HTTP {}", r.status().as_u16()),
-                        Err(e) => last = format!("read: {}", request_error_kind(&e)),
-                    }
-                }
-                Ok(r) => last = format!("write: HTTP {}", r.status().as_u16()),
-                Err(e) => last = format!("write: {}", request_error_kind(&e)),
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        Err(ShipError::Canary(last))
-    }
-
-    /// Renews the DR token on the local node (`auth/token/renew-self`), so that a periodic
-    /// token never expires while the agent runs. Retried next tick when the node is not there.
+    /// Renews the DR token on the local node, so that a periodic token never expires while
+    /// the agent runs. Retried next tick when the node is not there.
     async fn renew_token(&mut self) {
-        let r = self
-            .http
-            .post(vault::endpoint(self.vault.addr(), "auth/token/renew-self"))
-            .header("X-Vault-Token", self.token.expose())
-            .timeout(POLL_TIMEOUT)
-            .json(&json!({}))
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status().is_success() => self.last_renew = Some(Instant::now()),
+        match token::renew_self(&self.http, self.vault.addr(), &self.token).await {
+            Ok(()) => self.last_renew = Some(Instant::now()),
             // Answered, but no: say so once an hour, do not hammer the node.
-            Ok(r) => {
-                tracing::warn!(status = r.status().as_u16(), "the DR token was not renewed");
+            Err(crate::Error::VaultStatus { status, .. }) => {
+                tracing::warn!(status, "the DR token was not renewed");
                 self.last_renew = Some(Instant::now());
             }
             Err(_) => {}
@@ -722,80 +618,6 @@ impl Shipper {
     }
 }
 
-/// Restores the snapshot `body` (raft index `index`) into the node at `addr` with `token`
-/// (`POST sys/storage/raft/snapshot`, verified against the shared seal, never forced) and waits
-/// until the node serves the restored data: its applied index moved to at least `index` and a
-/// token request is answered (requests block while OpenBao restores). The time from the POST
-/// to that point. The agent's restore path, public for the replication benchmark.
-pub async fn restore_snapshot(
-    http: &reqwest::Client,
-    addr: &Url,
-    token: &Secret,
-    body: Vec<u8>,
-    index: u64,
-) -> Result<Duration, ShipError> {
-    let before = applied_index(http, addr).await;
-    let started = Instant::now();
-    let what = "restore snapshot";
-    let resp = http
-        .post(vault::endpoint(addr, "sys/storage/raft/snapshot"))
-        .header("X-Vault-Token", token.expose())
-        .body(body)
-        .send()
-        .await
-        .map_err(|source| ShipError::Request {
-            what: what.into(),
-            source,
-        })?;
-    let status = resp.status().as_u16();
-    if !matches!(status, 200 | 204) {
-        return Err(ShipError::Status {
-            what: what.into(),
-            status,
-        });
-    }
-    loop {
-        if started.elapsed() > RESTORE_TIMEOUT {
-            return Err(ShipError::RestoreTimeout {
-                index,
-                after: RESTORE_TIMEOUT,
-            });
-        }
-        let applied = applied_index(http, addr).await;
-        let moved = applied.is_some_and(|a| a >= index && before.is_none_or(|b| a != b));
-        if moved && token_served(http, addr, token).await {
-            return Ok(started.elapsed());
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Raft applied index of the node at `addr` (`sys/leader`, no token).
-async fn applied_index(http: &reqwest::Client, addr: &Url) -> Option<u64> {
-    let resp = http
-        .get(vault::endpoint(addr, "sys/leader"))
-        .timeout(POLL_TIMEOUT)
-        .send()
-        .await
-        .ok()?;
-    if resp.status().as_u16() != 200 {
-        return None;
-    }
-    let v: Value = resp.json().await.ok()?;
-    v.get("raft_applied_index").and_then(Value::as_u64)
-}
-
-/// Whether `auth/token/lookup-self` answers 200 within the poll timeout.
-async fn token_served(http: &reqwest::Client, addr: &Url, token: &Secret) -> bool {
-    let r = http
-        .get(vault::endpoint(addr, "auth/token/lookup-self"))
-        .header("X-Vault-Token", token.expose())
-        .timeout(POLL_TIMEOUT)
-        .send()
-        .await;
-    matches!(r, Ok(r) if r.status().as_u16() == 200)
-}
-
 /// Every `tick`, on a secondary, reads the primary's raft applied index (`sys/leader`, no
 /// token) into the published status, so that lag stays current while a pull or restore runs.
 async fn watch_lag(
@@ -815,7 +637,7 @@ async fn watch_lag(
         else {
             continue;
         };
-        if let Some(i) = applied_index(&http, &primary).await {
+        if let Some(i) = raft::applied_index(&http, &primary).await {
             status.set_primary_index(i);
         }
     }
@@ -879,10 +701,10 @@ mod tests {
             "checksum"
         );
         assert_eq!(
-            ShipError::RestoreTimeout {
+            ShipError::Vault(crate::Error::VaultRestoreTimeout {
                 index: 1,
                 after: RESTORE_TIMEOUT
-            }
+            })
             .kind(),
             "restore_timeout"
         );
