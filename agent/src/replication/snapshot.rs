@@ -1,5 +1,9 @@
 //! The snapshot backend (OpenBao, Vault Community): raft snapshot shipping driven by the
-//! desired state. Its Vault calls live in [`crate::vault::raft`] and [`crate::vault::token`].
+//! desired state. This file owns the orchestration: each tick the [`Shipper`] gathers the facts
+//! (its record, the snapshots held, the pull timer, the primary's index and, when asked for,
+//! the node's state), asks the pure [`plan::plan`] for the next [`Action`], logs it and
+//! carries it out. The decisions and their rules live in [`plan`], the Vault calls in
+//! [`crate::vault::raft`] and [`crate::vault::token`], the files in [`store`].
 //!
 //! - **Secondary** (only the agent of the cluster's active node acts): every `interval`, pull
 //!   `GET sys/storage/raft/snapshot` from the term's primary into the [`store::Store`] (temp
@@ -10,9 +14,10 @@
 //!   `promotion: complete` restore the newest snapshot held that is newer than the node's data;
 //!   `fast` keeps what the node has, unless the node never restored a snapshot (an
 //!   `on-promotion` standby): then it holds none of the primary's data, and the newest held
-//!   snapshot is restored whatever the mode. Then the node must be active and pass a canary write and
-//!   read in the DR token's cubbyhole; only then `applied_term` = term. A node that already was
-//!   primary never restores over its own (live) data.
+//!   snapshot is restored whatever the mode (a refused one falls back to the next older). Then
+//!   the node must be active and pass a canary write and read in the DR token's cubbyhole; only
+//!   then `applied_term` = term. A node that already was primary never restores over its own
+//!   (live) data.
 //! - **Returning ex-primary** (desired role secondary in a term after the one it was primary
 //!   in): once no failover is in progress, save its own node's snapshot to the quarantine
 //!   directory (nothing is destroyed silently), then restore the primary's snapshot and follow.
@@ -23,22 +28,22 @@
 //! data (applied index at least the snapshot's, a token request served).
 
 pub mod archive;
+pub mod plan;
 pub mod store;
 
-use crate::config::{RestoreMode, SnapshotConfig};
+use crate::config::SnapshotConfig;
 use crate::metrics::Metrics;
 use crate::replication::Replicator;
 use crate::state::Shared;
 use crate::vault::{POLL, VaultClient, raft, token};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use plan::{Acknowledge, Action, AfterPull, NodeFacts, PlanState, PromotionData, RestoreWhy};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{NodeRecord, SnapshotMeta, Store, StoreError};
 use url::Url;
-use vault_dr_common::{
-    DesiredState, NodeState, PromotionMode, ReplicationMode, ReplicationStatus, Role, Secret,
-};
+use vault_dr_common::{DesiredState, NodeState, ReplicationMode, ReplicationStatus, Role, Secret};
 
 pub use crate::vault::raft::{RESTORE_TIMEOUT, restore_snapshot};
 pub use crate::vault::token::CANARY_PATH;
@@ -253,20 +258,19 @@ impl Shipper {
         tokio::join!(main, lag);
     }
 
-    /// One look at the desired state and the node; acts when something is due.
+    /// One look at the desired state and the node: gathers the facts, plans, and carries out
+    /// the action planned.
     pub async fn tick(&mut self) {
         if self.last_renew.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
             self.renew_token().await;
         }
-        let Some(d) = self.shared.desired() else {
+        let desired = self.shared.desired();
+        let action = self.next_action(desired.as_ref()).await;
+        let Some(d) = desired else {
+            tracing::trace!(%action);
             return;
         };
-        let result = match d.role {
-            Role::Primary if d.term > self.shared.applied_term() => self.promote(&d).await,
-            Role::Primary => Ok(()),
-            Role::Secondary => self.follow(&d).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = self.execute(&d, action).await {
             if self.last_error.as_deref() != Some(e.kind()) {
                 tracing::warn!(kind = e.kind(), error = %e, term = d.term, role = %d.role, "snapshot replication step failed");
             }
@@ -274,145 +278,174 @@ impl Shipper {
         }
     }
 
-    /// Secondary role: pull (and maybe restore) when due; an ex-primary first quarantines.
-    async fn follow(&mut self, d: &DesiredState) -> Result<(), ShipError> {
-        // Meanwhile only the promotion target acts.
-        if d.failover_in_progress {
-            return Ok(());
+    /// Gathers the facts and asks the plan; probes the node only when the plan asks for its
+    /// state (a probe of a node that is down takes seconds).
+    async fn next_action(&self, desired: Option<&DesiredState>) -> Action {
+        let snapshots = self.store.list();
+        let mut node = NodeFacts::default();
+        loop {
+            let action = plan::plan(&self.plan_state(), desired, &snapshots, &node);
+            if action == Action::ProbeNode && node.state.is_none() {
+                node.state = Some(self.vault.health().await.health.state);
+                continue;
+            }
+            return action;
         }
-        let Some(primary) = d.primary_api_addr.clone() else {
-            return Ok(());
-        };
-        let state = self.vault.health().await.health.state;
-        if state != NodeState::Active {
-            // Standbys of a secondary leave the work to the active node's agent.
-            return Ok(());
+    }
+
+    /// Carries out `action`, planned for `d`; the action's sentence is logged (at debug for
+    /// the routine ones: idle ticks, pulls).
+    async fn execute(&mut self, d: &DesiredState, action: Action) -> Result<(), ShipError> {
+        match action {
+            Action::Idle { .. } | Action::ProbeNode => {
+                tracing::trace!(%action);
+                Ok(())
+            }
+            Action::SkipPull { .. } => {
+                tracing::debug!(%action);
+                // Nothing new on the primary since the newest snapshot held (and, when
+                // continuous, restored): no pull, no restore that would block the node again.
+                self.last_pull = Some(Instant::now());
+                self.last_error = None;
+                Ok(())
+            }
+            Action::Follow {
+                ref from,
+                term,
+                acknowledge,
+            } => {
+                tracing::debug!(%action);
+                self.follow(d, from, term, acknowledge).await
+            }
+            Action::Rejoin { ref from, term, .. } => {
+                tracing::info!(%action);
+                self.rejoin(d, from, term).await
+            }
+            Action::Promote { term, ref data } => {
+                tracing::info!(%action);
+                self.promote(d, term, data).await
+            }
         }
-        let ex_primary = self.record.primary_term.is_some_and(|t| t < d.term);
-        let due = self
-            .last_pull
-            .is_none_or(|t| t.elapsed() >= self.config.interval);
-        if !due && !ex_primary {
-            return Ok(());
+    }
+
+    /// The facts the plan needs from this agent, as of now.
+    fn plan_state(&self) -> PlanState {
+        PlanState {
+            applied_term: self.shared.applied_term(),
+            restored: self.record.restored.clone(),
+            primary_term: self.record.primary_term,
+            restore: self.config.restore,
+            interval: self.config.interval,
+            since_last_pull: self.last_pull.map(|t| t.elapsed()),
+            primary_index: self.status.primary_index(),
         }
-        if !ex_primary && self.up_to_date(d.term) {
-            // Nothing new on the primary since the newest snapshot held (and, when
-            // continuous, restored): no pull, no restore that would block the node again.
-            self.last_pull = Some(Instant::now());
-            self.last_error = None;
-            return Ok(());
-        }
+    }
+
+    /// Secondary role: pull from the term's primary, acknowledge the term as planned, then
+    /// restore or keep the snapshot per [`plan::after_pull`].
+    async fn follow(
+        &mut self,
+        d: &DesiredState,
+        from: &Url,
+        term: u64,
+        acknowledge: Acknowledge,
+    ) -> Result<(), ShipError> {
         self.last_pull = Some(Instant::now());
-        let pulled = self.pull(&primary, d.term).await?;
-        if !ex_primary && self.shared.applied_term() < d.term {
+        let pulled = self.pull(from, term).await?;
+        if acknowledge == Acknowledge::AfterPull {
             // Following = pulling from this term's primary. Say so before a restore blocks
-            // this node for seconds: the coordinator's repoint step waits for it. An ex-primary
-            // applies the term only once its diverged data is quarantined and replaced.
-            tracing::info!(term = d.term, primary = %d.primary, "following the primary of this term");
+            // this node for seconds: the coordinator's repoint step waits for it.
+            tracing::info!(term, primary = %d.primary, "following the primary of this term");
             self.publish();
-            self.shared.set_applied_term(d.term);
+            self.shared.set_applied_term(term);
         }
-        let restore_now = ex_primary
-            || (self.config.restore == RestoreMode::Continuous
-                && self
-                    .record
-                    .restored
-                    .as_ref()
-                    .is_none_or(|r| pulled.newer_than(r)));
-        if restore_now {
-            // Data this agent did not put there (a returning ex-primary's diverged writes, or a
-            // fresh node's own) is saved before it is replaced.
-            if ex_primary || self.record.restored.is_none() {
-                self.quarantine().await?;
+        match plan::after_pull(self.config.restore, &pulled, self.record.restored.as_ref()) {
+            AfterPull::Keep(_) => {}
+            AfterPull::Restore { quarantine } => {
+                // Data this agent did not put there (a fresh node's own) is saved before it
+                // is replaced.
+                if quarantine.is_some() {
+                    self.quarantine().await?;
+                }
+                self.restore(&pulled, term).await?;
             }
-            self.restore(&pulled, d.term).await?;
-            if ex_primary {
-                tracing::info!(
-                    term = d.term,
-                    quarantined = ?self.record.quarantined,
-                    "ex-primary now follows the primary of this term"
-                );
-                self.record.primary_term = None;
-                self.save_record()?;
-            }
-        }
-        if self.shared.applied_term() < d.term {
-            tracing::info!(term = d.term, primary = %d.primary, "following the primary of this term");
         }
         self.publish();
-        self.shared.set_applied_term(d.term);
+        self.shared.set_applied_term(term);
         self.last_error = None;
         Ok(())
     }
 
-    /// Whether this term's primary has applied nothing beyond the newest snapshot held (pulled
-    /// in this term), and in continuous mode that snapshot is the one restored.
-    fn up_to_date(&self, term: u64) -> bool {
+    /// Returning ex-primary: pull, quarantine the node's diverged data, restore, forget the
+    /// primary record; it applies the term only once its data is quarantined and replaced.
+    async fn rejoin(&mut self, d: &DesiredState, from: &Url, term: u64) -> Result<(), ShipError> {
+        self.last_pull = Some(Instant::now());
+        let pulled = self.pull(from, term).await?;
+        self.quarantine().await?;
+        self.restore(&pulled, term).await?;
+        tracing::info!(
+            term,
+            quarantined = ?self.record.quarantined,
+            "ex-primary now follows the primary of this term"
+        );
+        self.record.primary_term = None;
+        self.save_record()?;
         if self.shared.applied_term() < term {
-            return false;
+            tracing::info!(term, primary = %d.primary, "following the primary of this term");
         }
-        let (Some(primary), Some(newest)) = (self.status.primary_index(), self.store.newest())
-        else {
-            return false;
-        };
-        let restored = self.config.restore == RestoreMode::OnPromotion
-            || self
-                .record
-                .restored
-                .as_ref()
-                .is_some_and(|r| r.sha256 == newest.sha256);
-        newest.term == term && primary <= newest.index && restored
+        self.publish();
+        self.shared.set_applied_term(term);
+        self.last_error = None;
+        Ok(())
     }
 
-    /// Primary role for a new term: restore per the promotion mode, check, canary, apply.
-    async fn promote(&mut self, d: &DesiredState) -> Result<(), ShipError> {
+    /// Primary role for a new term: get the data as planned, check, canary, apply.
+    async fn promote(
+        &mut self,
+        d: &DesiredState,
+        term: u64,
+        data: &PromotionData,
+    ) -> Result<(), ShipError> {
         let started = Instant::now();
-        let before = self.shared.applied_term();
-        let state = self.vault.health().await.health.state;
-        if matches!(state, NodeState::Standby | NodeState::PerformanceStandby) {
-            // The agent of the cluster's active node promotes; standbys follow raft.
-            return Ok(());
-        }
         self.wait_active(ACTIVE_TIMEOUT).await?;
-        // A node that already is the primary holds the live data: nothing is restored over it.
-        let was_secondary = self.record.primary_term.is_none();
-        let mut restored = None;
-        if was_secondary {
-            if let Some(src) = &d.final_snapshot_from {
-                let m = self.pull(src, d.term).await?;
-                self.restore(&m, d.term).await?;
-                restored = Some(m.index);
-            } else if d.promotion == PromotionMode::Complete || self.record.restored.is_none() {
-                // `fast` keeps what the node has, which is only the primary's data once a
-                // snapshot was restored here. A standby that never restored one (on-promotion,
-                // or every restore failed) holds nothing of the primary's but its snapshots:
-                // whatever the mode, it restores the newest first.
-                if d.promotion == PromotionMode::Fast {
+        let restored = match data {
+            PromotionData::Live { .. } | PromotionData::KeepRestored { .. } => None,
+            PromotionData::FinalSnapshot { from } => {
+                let m = self.pull(from, term).await?;
+                self.restore(&m, term).await?;
+                Some(m.index)
+            }
+            PromotionData::RestoreNewest {
+                candidates,
+                min_term,
+                why,
+            } => {
+                if *why == RestoreWhy::NeverRestored {
                     tracing::warn!(
-                        term = d.term,
+                        term,
                         "fast promotion of a node that never restored a snapshot: restoring the newest held first"
                     );
                 }
-                restored = self.restore_newest(before).await?;
+                self.restore_first(candidates, *min_term).await?
             }
-        }
+        };
         self.wait_active(ACTIVE_TIMEOUT).await?;
         token::canary(
             &self.http,
             self.vault.addr(),
             &self.token,
-            d.term,
+            term,
             &self.node,
             ACTIVE_TIMEOUT,
         )
         .await?;
-        self.record.primary_term = Some(d.term);
+        self.record.primary_term = Some(term);
         self.save_record()?;
         self.publish();
-        self.shared.set_applied_term(d.term);
+        self.shared.set_applied_term(term);
         self.last_error = None;
         tracing::info!(
-            term = d.term,
+            term,
             promotion = %d.promotion,
             final_snapshot = d.final_snapshot_from.is_some(),
             restored_index = ?restored,
@@ -422,13 +455,16 @@ impl Shipper {
         Ok(())
     }
 
-    /// Restores the newest held snapshot of term `min_term` or later that is newer than the
-    /// node's data, skipping any that fails verification. Its index, or `None` when none was.
-    async fn restore_newest(&mut self, min_term: u64) -> Result<Option<u64>, ShipError> {
-        for m in self.store.list() {
-            if m.term < min_term {
-                break;
-            }
+    /// Restores the first of `candidates` (newest first) that passes verification, skipping
+    /// any that fails it. Its index, or `None` when none was.
+    async fn restore_first(
+        &mut self,
+        candidates: &[SnapshotMeta],
+        min_term: u64,
+    ) -> Result<Option<u64>, ShipError> {
+        for m in candidates {
+            // A restore that worked but whose record could not be saved (a store error) still
+            // counts: nothing older is restored over it.
             if self
                 .record
                 .restored
@@ -437,7 +473,7 @@ impl Shipper {
             {
                 break;
             }
-            match self.restore(&m, min_term).await {
+            match self.restore(m, min_term).await {
                 Ok(_) => return Ok(Some(m.index)),
                 Err(ShipError::Store(e)) => {
                     tracing::warn!(file = %m.file, error = %e, "snapshot refused, trying an older one");
