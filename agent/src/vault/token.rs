@@ -97,3 +97,73 @@ pub async fn canary(
     }
     Err(Error::Canary(last))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    /// Serves `app` on a free loopback port; its base URL.
+    async fn serve(app: Router) -> Url {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        url
+    }
+
+    fn http() -> reqwest::Client {
+        vault_dr_common::http::client_builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+    }
+
+    fn token() -> Secret {
+        Secret::new("dr-token".to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_renewal_refused_is_a_status_and_no_answer_is_a_request_error() {
+        let ok =
+            serve(Router::new().route("/v1/auth/token/renew-self", post(|| async { "{}" }))).await;
+        assert!(renew_self(&http(), &ok, &token()).await.is_ok());
+        let refused = serve(Router::new().route(
+            "/v1/auth/token/renew-self",
+            post(|| async { StatusCode::FORBIDDEN }),
+        ))
+        .await;
+        let e = renew_self(&http(), &refused, &token()).await.unwrap_err();
+        assert!(matches!(e, Error::VaultStatus { status: 403, .. }), "{e}");
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            Url::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap()
+        };
+        let e = renew_self(&http(), &closed, &token()).await.unwrap_err();
+        assert_eq!(e.kind(), "connect");
+    }
+
+    #[tokio::test]
+    async fn a_canary_read_back_with_another_value_fails_naming_it() {
+        // Takes every write, always reads back an old canary.
+        let app = Router::new().route(
+            "/v1/cubbyhole/vault-dr-canary",
+            post(|| async { StatusCode::NO_CONTENT })
+                .get(|| async { r#"{"data":{"at":"2020-01-01T00:00:00Z"}}"# }),
+        );
+        let addr = serve(app).await;
+        let e = canary(
+            &http(),
+            &addr,
+            &token(),
+            4,
+            "dc2-0",
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), "canary");
+        assert_eq!(e.to_string(), "canary: read back a different value");
+    }
+}
