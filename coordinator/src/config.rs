@@ -41,27 +41,8 @@ pub const ENV_VARS: [&str; 8] = [
     ENV_ID,
 ];
 
-/// Read access to the environment, so tests pass a map instead of mutating the process.
-pub trait Env {
-    /// The value of `key`, if set and valid UTF-8.
-    fn var(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for BTreeMap<String, String> {
-    fn var(&self, key: &str) -> Option<String> {
-        self.get(key).cloned()
-    }
-}
+/// The environment seam, shared with the agent.
+pub use vault_dr_common::env::{Env, ProcessEnv};
 
 /// An invalid configuration: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
