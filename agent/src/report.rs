@@ -9,11 +9,11 @@ use crate::config::CoordinatorConfig;
 use crate::error::{Error, Result, request_error_kind};
 use crate::metrics::Metrics;
 use crate::state::{Offer, Shared};
-use vault_dr_common::backoff::Backoff;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use url::Url;
+use vault_dr_common::backoff::Backoff;
 use vault_dr_common::{DesiredState, Secret};
 
 /// First back-off ceiling after a failure.

@@ -14,9 +14,9 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use desired::{DesiredState, PromotionMode, Role};
+pub use env::{Env, ProcessEnv};
 pub use report::{
     HostStats, LatencySummary, NodeState, PeerProbe, ReplicationMode, ReplicationStatus, Report,
     SCHEMA_VERSION, VaultStatus,
 };
-pub use env::{Env, ProcessEnv};
 pub use secret::Secret;

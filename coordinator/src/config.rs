@@ -2,6 +2,7 @@
 //! service settings, from a TOML file plus `VAULT_DR_*` environment overrides, validated once.
 //! Every error names the field, and `main` turns it into exit code 64.
 
+use crate::model::policy::humantime_serde_compat;
 use crate::model::{Policy, QuorumMode};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -63,99 +64,242 @@ impl ConfigError {
     }
 }
 
-/// The file as written (before validation).
-#[derive(Debug, Clone, Deserialize)]
+/// The coordinator's TOML file as written: every section typed (durations as humantime
+/// strings, addresses, URLs and backends as what they are), nothing validated across fields
+/// yet. [`Config::parse`] reads it; the lab and the tests build one and serialise it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
+pub struct ConfigFile {
+    /// The API listener (`VAULT_DR_LISTEN`; default `0.0.0.0:8300`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// This replica's id (`VAULT_DR_ID`; default the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The agents' and the CLI's bearer token file (`VAULT_DR_TOKEN_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The DR Vault token file (`VAULT_DR_VAULT_TOKEN_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_token_file: Option<PathBuf>,
+    /// `[tls]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFile>,
+    /// `[store]`.
     #[serde(default)]
-    listen: Option<String>,
+    pub store: StoreFile,
+    /// `[coordination]`.
     #[serde(default)]
-    id: Option<String>,
+    pub coordination: CoordinationFile,
+    /// `[traffic]`.
     #[serde(default)]
-    token_file: Option<PathBuf>,
+    pub traffic: TrafficFile,
+    /// `[policy]`.
     #[serde(default)]
-    vault_token_file: Option<PathBuf>,
+    pub policy: PolicyFile,
+    /// `[[clusters]]`.
     #[serde(default)]
-    tls: Option<RawTls>,
-    #[serde(default)]
-    store: RawStore,
-    #[serde(default)]
-    coordination: RawCoordination,
-    #[serde(default)]
-    traffic: RawTraffic,
-    #[serde(default)]
-    policy: Option<toml::Value>,
-    #[serde(default)]
-    clusters: Vec<RawCluster>,
+    pub clusters: Vec<ClusterFile>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    cert_file: PathBuf,
-    key_file: PathBuf,
+pub struct TlsFile {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[store]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawStore {
-    #[serde(default)]
-    path: Option<PathBuf>,
-    #[serde(default)]
-    mongodb_uri: Option<String>,
-    #[serde(default)]
-    database: Option<String>,
-    #[serde(default)]
-    buffer: Option<usize>,
+pub struct StoreFile {
+    /// The embedded SQLite file (`VAULT_DR_STORE_PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// MongoDB instead (`VAULT_DR_MONGODB_URI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mongodb_uri: Option<String>,
+    /// MongoDB database (default `vault_dr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Writes buffered in front of the store (default 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<usize>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCoordination {
-    #[serde(default)]
-    backend: Option<String>,
-    #[serde(default)]
-    path: Option<PathBuf>,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    lease_name: Option<String>,
-    #[serde(default)]
-    configmap_name: Option<String>,
-    #[serde(default)]
-    lease_duration: Option<String>,
-    #[serde(default)]
-    renew_period: Option<String>,
+/// `coordination.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinationBackend {
+    /// Replicas on one machine sharing one file.
+    #[default]
+    Local,
+    /// A Lease and a ConfigMap.
+    Kubernetes,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[coordination]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTraffic {
+pub struct CoordinationFile {
+    /// The backend (default `local`).
     #[serde(default)]
-    backend: Option<String>,
-    #[serde(default)]
-    listen: Option<String>,
-    #[serde(default)]
-    service: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
+    pub backend: CoordinationBackend,
+    /// `local`: the shared file (`VAULT_DR_COORDINATION_PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// `kubernetes`: the namespace (`VAULT_DR_NAMESPACE`; default the pod's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `kubernetes`: the Lease (default `vault-dr-coordinator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_name: Option<String>,
+    /// `kubernetes`: the topology ConfigMap (default `vault-dr-topology`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configmap_name: Option<String>,
+    /// How long a lease lasts unrenewed (default 5 s).
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_duration: Option<Duration>,
+    /// How often the holder renews (default 1.5 s).
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub renew_period: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `traffic.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficBackend {
+    /// Clients follow the primary themselves.
+    None,
+    /// The leader's TCP forwarder on `listen`.
+    Local,
+    /// Patch a Service's selector.
+    Kubernetes,
+}
+
+/// `[traffic]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCluster {
-    name: String,
+pub struct TrafficFile {
+    /// The backend (default `none`, or `local` when `listen` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<TrafficBackend>,
+    /// `local`: the stable client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `kubernetes`: the client-facing Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `kubernetes`: its namespace (default the coordination namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `[policy]` as written: every field optional (defaults: [`Policy::default`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// See [`Policy::probe_interval`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub probe_interval: Option<Duration>,
+    /// See [`Policy::probe_timeout`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub probe_timeout: Option<Duration>,
+    /// See [`Policy::confirm`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<u32>,
+    /// See [`Policy::report_ttl`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub report_ttl: Option<Duration>,
+    /// See [`Policy::max_lag_entries`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_entries: Option<u64>,
+    /// See [`Policy::max_lag`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_lag: Option<Duration>,
+    /// See [`Policy::cooldown`] (`"0s"` disables anti-flap).
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cooldown: Option<Duration>,
+    /// See [`Policy::quorum`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumMode>,
+    /// See [`Policy::report_retention`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub report_retention: Option<Duration>,
+    /// See [`Policy::promotion`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionMode>,
+}
+
+/// `clusters[].role`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterRole {
+    /// The primary in term 1 (exactly one cluster).
+    Primary,
+    /// Every other cluster.
+    #[default]
+    Secondary,
+}
+
+/// One `[[clusters]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Unique name.
+    pub name: String,
+    /// Role in term 1 (default secondary).
     #[serde(default)]
-    role: Option<String>,
-    api_addrs: Vec<String>,
+    pub role: ClusterRole,
+    /// API addresses of its nodes.
+    pub api_addrs: Vec<String>,
+    /// Node names whose agents report for it.
     #[serde(default)]
-    nodes: Vec<String>,
+    pub nodes: Vec<String>,
+    /// Operator's priority (higher wins a tie).
     #[serde(default)]
-    priority: i32,
+    pub priority: i32,
+    /// Never promoted automatically.
     #[serde(default)]
-    excluded: bool,
-    #[serde(default)]
-    selector: BTreeMap<String, String>,
+    pub excluded: bool,
+    /// Pod labels of its nodes (Kubernetes traffic switch).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
 }
 
 /// One cluster of the DR group.
@@ -298,11 +442,7 @@ impl Config {
 
     /// Parses and validates TOML text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // toml names the key and position in its message; keep it whole.
-            ConfigError::new(toml_field(&e, text), e.message().to_owned())
-        })?;
-        validate(raw, base, env)
+        ConfigFile::parse(text)?.validate(base, env)
     }
 
     /// The cluster named `name`.
@@ -311,76 +451,21 @@ impl Config {
     }
 }
 
-/// The field a toml error is about. "unknown field `x`" and "missing field `x`" name it; serde's
-/// type and value errors ("invalid type: map, expected a string") do not, so the key is found
-/// from the error's span in `text`: the key left of `=` on that line (or the nearest line above
-/// with one, for a multi-line value) under the last `[section]` header (`[[clusters]]` counted,
-/// as `clusters[i]`).
-fn toml_field(e: &toml::de::Error, text: &str) -> String {
-    let msg = e.message();
-    let named = msg.find('`').and_then(|start| {
-        msg[start + 1..]
-            .find('`')
-            .map(|len| msg[start + 1..start + 1 + len].to_owned())
-    });
-    let is_name_error = msg.starts_with("unknown field") || msg.starts_with("missing field");
-    if is_name_error && let Some(n) = named {
-        return n;
-    }
-    if let Some(span) = e.span()
-        && let Some(field) = field_at(text, span.start)
-    {
-        return field;
-    }
-    named.unwrap_or_else(|| "file".to_owned())
-}
-
-/// `section.key` of the line holding byte `offset` of `text`.
-fn field_at(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let line_no = text.get(..offset)?.bytes().filter(|&b| b == b'\n').count();
-    let lines: Vec<&str> = text.lines().collect();
-    // A table value (`key = {}` re-serialised as `[key]`) is reported at its header.
-    if let Some(header) = lines.get(line_no).map(|l| l.trim())
-        && header.starts_with('[')
-    {
-        let name = header.trim_start_matches('[').split(']').next()?.trim();
-        return (!name.is_empty()).then(|| name.to_owned());
-    }
-    let key = lines
-        .get(..=line_no.min(lines.len().saturating_sub(1)))?
+/// The field an error is about: serde's path to the value, with the key of a "missing field"
+/// or "unknown field" error appended (serde reports those at the enclosing table).
+fn field_path(path: &str, message: &str) -> String {
+    let path = path.trim_matches('.');
+    let named = ["missing field `", "unknown field `"]
         .iter()
-        .rev()
-        .take_while(|l| !l.trim_start().starts_with('['))
-        .find_map(|l| {
-            let (k, _) = l.split_once('=')?;
-            let k = k.trim().trim_matches('"').trim_matches('\'');
-            (!k.is_empty()).then(|| k.to_owned())
-        })?;
-    let mut section = None;
-    let mut tables: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for l in &lines[..line_no.min(lines.len())] {
-        let t = l.trim();
-        if let Some(name) = t
-            .strip_prefix("[[")
-            .and_then(|r| r.split_once("]]"))
-            .map(|(n, _)| n.trim())
-        {
-            let i = tables.entry(name).or_insert(0);
-            section = Some(format!("{name}[{i}]"));
-            *i += 1;
-        } else if let Some(name) = t
-            .strip_prefix('[')
-            .and_then(|r| r.split_once(']'))
-            .map(|(n, _)| n.trim())
-        {
-            section = Some(name.to_owned());
-        }
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    match (path.is_empty(), named) {
+        (_, Some(key)) if path.ends_with(key) => path.to_owned(),
+        (true, Some(key)) => key.to_owned(),
+        (false, Some(key)) => format!("{path}.{key}"),
+        (true, None) => "file".to_owned(),
+        (false, None) => path.to_owned(),
     }
-    Some(match section {
-        Some(s) => format!("{s}.{key}"),
-        None => key,
-    })
 }
 
 fn resolve(base: &Path, p: PathBuf) -> PathBuf {
@@ -400,9 +485,13 @@ fn read_secret(field: &str, path: &Path) -> Result<Secret, ConfigError> {
     Ok(secret)
 }
 
-fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| ConfigError::new(field, format!("{text:?} is not a duration: {e}")))?;
+/// A positive duration, or the default.
+fn positive(
+    field: &str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = value.unwrap_or(default);
     if d.is_zero() {
         return Err(ConfigError::new(field, "must be greater than zero"));
     }
@@ -418,239 +507,319 @@ fn socket(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-    let listen_text = env
-        .var(ENV_LISTEN)
-        .or(raw.listen)
-        .unwrap_or_else(|| "0.0.0.0:8300".into());
-    let listen = socket("listen", &listen_text)?;
-    let id = env
-        .var(ENV_ID)
-        .or(raw.id)
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
+/// The service settings of a file: listener, id, tokens, TLS.
+struct ServiceSettings {
+    listen: SocketAddr,
+    id: String,
+    token: Secret,
+    vault_token: Option<Secret>,
+    tls: Option<(PathBuf, PathBuf)>,
+}
 
-    let token_file = env
-        .var(ENV_TOKEN_FILE)
-        .map(PathBuf::from)
-        .or(raw.token_file)
-        .ok_or_else(|| ConfigError::new("token_file", "required: the agents' bearer token file"))?;
-    let token = read_secret("token_file", &resolve(base, token_file))?;
-    let vault_token = match env
-        .var(ENV_VAULT_TOKEN_FILE)
-        .map(PathBuf::from)
-        .or(raw.vault_token_file)
-    {
-        Some(p) => Some(read_secret("vault_token_file", &resolve(base, p))?),
-        None => None,
-    };
-    let tls = match raw.tls {
-        Some(t) => {
-            let (c, k) = (resolve(base, t.cert_file), resolve(base, t.key_file));
-            for (field, p) in [("tls.cert_file", &c), ("tls.key_file", &k)] {
-                if !p.is_file() {
+impl ConfigFile {
+    /// Reads TOML text into the file form. A syntax error names the line and column; a type
+    /// or value error (and an unknown or missing key) names the field's path, e.g.
+    /// `clusters[1].priority`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" (line {line}, column {column})")
+                })
+                .unwrap_or_default();
+            ConfigError::new("file", format!("{}{at}", e.message().trim_end()))
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().trim_end().to_owned();
+            ConfigError::new(field_path(&path, &message), message)
+        })
+    }
+
+    /// The file as TOML text (what the lab and the tests write for their coordinators).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::new("file", e.to_string()))
+    }
+
+    /// Validates every section, applying the environment overrides; relative paths are
+    /// resolved against `base`.
+    pub fn validate(self, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let service = self.service(base, env)?;
+        let (store, store_buffer) = self.store.validate(base, env)?;
+        let namespace = || {
+            env.var(ENV_NAMESPACE)
+                .or_else(|| self.coordination.namespace.clone())
+                .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let coordination = self.coordination.validate(base, env, namespace())?;
+        let traffic = self.traffic.validate(namespace())?;
+        let policy = self.policy.validate()?;
+        let (clusters, initial_primary) = validate_clusters(self.clusters, &traffic)?;
+        Ok(Config {
+            listen: service.listen,
+            id: service.id,
+            token: service.token,
+            vault_token: service.vault_token,
+            tls: service.tls,
+            store,
+            store_buffer,
+            coordination,
+            traffic,
+            policy,
+            clusters,
+            initial_primary,
+        })
+    }
+
+    fn service(&self, base: &Path, env: &dyn Env) -> Result<ServiceSettings, ConfigError> {
+        let listen = match env.var(ENV_LISTEN).or_else(|| self.listen.clone()) {
+            Some(text) => socket("listen", &text)?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8300)),
+        };
+        let id = env
+            .var(ENV_ID)
+            .or_else(|| self.id.clone())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
+        let token_file = env
+            .var(ENV_TOKEN_FILE)
+            .map(PathBuf::from)
+            .or_else(|| self.token_file.clone())
+            .ok_or_else(|| {
+                ConfigError::new("token_file", "required: the agents' bearer token file")
+            })?;
+        let token = read_secret("token_file", &resolve(base, token_file))?;
+        let vault_token = match env
+            .var(ENV_VAULT_TOKEN_FILE)
+            .map(PathBuf::from)
+            .or_else(|| self.vault_token_file.clone())
+        {
+            Some(p) => Some(read_secret("vault_token_file", &resolve(base, p))?),
+            None => None,
+        };
+        let tls = match &self.tls {
+            Some(t) => {
+                let c = resolve(base, t.cert_file.clone());
+                let k = resolve(base, t.key_file.clone());
+                for (field, p) in [("tls.cert_file", &c), ("tls.key_file", &k)] {
+                    if !p.is_file() {
+                        return Err(ConfigError::new(
+                            field,
+                            format!("{} does not exist", p.display()),
+                        ));
+                    }
+                }
+                Some((c, k))
+            }
+            None => None,
+        };
+        Ok(ServiceSettings {
+            listen,
+            id,
+            token,
+            vault_token,
+            tls,
+        })
+    }
+}
+
+impl StoreFile {
+    fn validate(self, base: &Path, env: &dyn Env) -> Result<(StoreConfig, usize), ConfigError> {
+        let store = match env.var(ENV_MONGODB_URI).or(self.mongodb_uri) {
+            Some(uri) => {
+                if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
                     return Err(ConfigError::new(
-                        field,
-                        format!("{} does not exist", p.display()),
+                        "store.mongodb_uri",
+                        "must start with mongodb:// or mongodb+srv://",
                     ));
                 }
+                StoreConfig::Mongo {
+                    uri: Secret::new(uri),
+                    database: self.database.unwrap_or_else(|| "vault_dr".into()),
+                }
             }
-            Some((c, k))
+            None => StoreConfig::Embedded {
+                path: resolve(
+                    base,
+                    env.var(ENV_STORE_PATH)
+                        .map(PathBuf::from)
+                        .or(self.path)
+                        .unwrap_or_else(|| "vault-dr.sqlite".into()),
+                ),
+            },
+        };
+        let buffer = self.buffer.unwrap_or(10_000);
+        if buffer == 0 {
+            return Err(ConfigError::new(
+                "store.buffer",
+                "must be greater than zero",
+            ));
         }
-        None => None,
-    };
-
-    let store = match env.var(ENV_MONGODB_URI).or(raw.store.mongodb_uri) {
-        Some(uri) => {
-            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
-                return Err(ConfigError::new(
-                    "store.mongodb_uri",
-                    "must start with mongodb:// or mongodb+srv://",
-                ));
-            }
-            StoreConfig::Mongo {
-                uri: Secret::new(uri),
-                database: raw.store.database.unwrap_or_else(|| "vault_dr".into()),
-            }
-        }
-        None => StoreConfig::Embedded {
-            path: resolve(
-                base,
-                env.var(ENV_STORE_PATH)
-                    .map(PathBuf::from)
-                    .or(raw.store.path)
-                    .unwrap_or_else(|| "vault-dr.sqlite".into()),
-            ),
-        },
-    };
-    let store_buffer = raw.store.buffer.unwrap_or(10_000);
-    if store_buffer == 0 {
-        return Err(ConfigError::new(
-            "store.buffer",
-            "must be greater than zero",
-        ));
+        Ok((store, buffer))
     }
+}
 
-    let backend = raw.coordination.backend.unwrap_or_else(|| "local".into());
-    let lease_duration = duration(
-        "coordination.lease_duration",
-        raw.coordination.lease_duration.as_deref().unwrap_or("5s"),
-    )?;
-    let renew_period = duration(
-        "coordination.renew_period",
-        raw.coordination.renew_period.as_deref().unwrap_or("1500ms"),
-    )?;
-    if renew_period >= lease_duration {
-        return Err(ConfigError::new(
+impl CoordinationFile {
+    fn validate(
+        &self,
+        base: &Path,
+        env: &dyn Env,
+        namespace: Option<String>,
+    ) -> Result<CoordinationConfig, ConfigError> {
+        let lease_duration = positive(
+            "coordination.lease_duration",
+            self.lease_duration,
+            Duration::from_secs(5),
+        )?;
+        let renew_period = positive(
             "coordination.renew_period",
-            "must be shorter than coordination.lease_duration",
-        ));
-    }
-    let namespace = || {
-        env.var(ENV_NAMESPACE)
-            .or_else(|| raw.coordination.namespace.clone())
-            .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok())
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-    };
-    let coordination = match backend.as_str() {
-        "local" => CoordinationConfig::Local {
-            path: resolve(
-                base,
-                env.var(ENV_COORDINATION_PATH)
-                    .map(PathBuf::from)
-                    .or(raw.coordination.path.clone())
-                    .unwrap_or_else(|| "vault-dr.coordination.json".into()),
-            ),
-            lease_duration,
-            renew_period,
-        },
-        "kubernetes" => CoordinationConfig::Kubernetes {
-            namespace: namespace().ok_or_else(|| {
-                ConfigError::new(
-                    "coordination.namespace",
-                    format!("required outside a pod (or set {ENV_NAMESPACE})"),
-                )
-            })?,
-            lease_name: raw
-                .coordination
-                .lease_name
-                .clone()
-                .unwrap_or_else(|| "vault-dr-coordinator".into()),
-            configmap_name: raw
-                .coordination
-                .configmap_name
-                .clone()
-                .unwrap_or_else(|| "vault-dr-topology".into()),
-            lease_duration,
-            renew_period,
-        },
-        other => {
+            self.renew_period,
+            Duration::from_millis(1500),
+        )?;
+        if renew_period >= lease_duration {
             return Err(ConfigError::new(
-                "coordination.backend",
-                format!("{other:?} is not a backend (local or kubernetes)"),
+                "coordination.renew_period",
+                "must be shorter than coordination.lease_duration",
             ));
         }
-    };
-    let traffic = match raw.traffic.backend.as_deref() {
-        None if let Some(listen) = raw.traffic.listen.as_deref() => TrafficConfig::Local {
-            listen: socket("traffic.listen", listen)?,
-        },
-        None | Some("none") => TrafficConfig::None,
-        Some("local") => TrafficConfig::Local {
-            listen: socket(
-                "traffic.listen",
-                raw.traffic.listen.as_deref().ok_or_else(|| {
-                    ConfigError::new("traffic.listen", "required with backend = \"local\"")
-                })?,
-            )?,
-        },
-        Some("kubernetes") => TrafficConfig::Kubernetes {
-            namespace: raw
-                .traffic
-                .namespace
-                .clone()
-                .or_else(namespace)
-                .ok_or_else(|| ConfigError::new("traffic.namespace", "required outside a pod"))?,
-            service: raw.traffic.service.clone().ok_or_else(|| {
-                ConfigError::new("traffic.service", "required with backend = \"kubernetes\"")
-            })?,
-        },
-        Some(other) => {
-            return Err(ConfigError::new(
-                "traffic.backend",
-                format!("{other:?} is not a backend (none, local or kubernetes)"),
-            ));
-        }
-    };
-
-    let policy = match raw.policy {
-        Some(v) => {
-            let text =
-                toml::to_string(&v).map_err(|e| ConfigError::new("policy", e.to_string()))?;
-            toml::from_str::<PolicyFile>(&text)
-                .map_err(|e| {
+        Ok(match self.backend {
+            CoordinationBackend::Local => CoordinationConfig::Local {
+                path: resolve(
+                    base,
+                    env.var(ENV_COORDINATION_PATH)
+                        .map(PathBuf::from)
+                        .or_else(|| self.path.clone())
+                        .unwrap_or_else(|| "vault-dr.coordination.json".into()),
+                ),
+                lease_duration,
+                renew_period,
+            },
+            CoordinationBackend::Kubernetes => CoordinationConfig::Kubernetes {
+                namespace: namespace.ok_or_else(|| {
                     ConfigError::new(
-                        format!("policy.{}", toml_field(&e, &text)),
-                        e.message().to_owned(),
+                        "coordination.namespace",
+                        format!("required outside a pod (or set {ENV_NAMESPACE})"),
                     )
-                })?
-                .into_policy()?
-        }
-        None => Policy::default(),
-    };
-
-    if raw.clusters.len() < 2 {
-        return Err(ConfigError::new(
-            "clusters",
-            "at least two clusters (one primary, one secondary) are needed",
-        ));
+                })?,
+                lease_name: self
+                    .lease_name
+                    .clone()
+                    .unwrap_or_else(|| "vault-dr-coordinator".into()),
+                configmap_name: self
+                    .configmap_name
+                    .clone()
+                    .unwrap_or_else(|| "vault-dr-topology".into()),
+                lease_duration,
+                renew_period,
+            },
+        })
     }
-    let mut names = HashSet::new();
-    let mut clusters = Vec::new();
-    let mut primaries = Vec::new();
-    for (i, c) in raw.clusters.into_iter().enumerate() {
+}
+
+impl TrafficFile {
+    fn validate(&self, namespace: Option<String>) -> Result<TrafficConfig, ConfigError> {
+        let listen = || {
+            let text = self.listen.as_deref().ok_or_else(|| {
+                ConfigError::new("traffic.listen", "required with backend = \"local\"")
+            })?;
+            socket("traffic.listen", text)
+        };
+        Ok(match self.backend {
+            None if self.listen.is_some() => TrafficConfig::Local { listen: listen()? },
+            None | Some(TrafficBackend::None) => TrafficConfig::None,
+            Some(TrafficBackend::Local) => TrafficConfig::Local { listen: listen()? },
+            Some(TrafficBackend::Kubernetes) => TrafficConfig::Kubernetes {
+                namespace: self.namespace.clone().or(namespace).ok_or_else(|| {
+                    ConfigError::new("traffic.namespace", "required outside a pod")
+                })?,
+                service: self.service.clone().ok_or_else(|| {
+                    ConfigError::new("traffic.service", "required with backend = \"kubernetes\"")
+                })?,
+            },
+        })
+    }
+}
+
+impl PolicyFile {
+    fn validate(self) -> Result<Policy, ConfigError> {
+        let d = Policy::default();
+        let p = Policy {
+            probe_interval: positive(
+                "policy.probe_interval",
+                self.probe_interval,
+                d.probe_interval,
+            )?,
+            probe_timeout: positive("policy.probe_timeout", self.probe_timeout, d.probe_timeout)?,
+            confirm: self.confirm.unwrap_or(d.confirm),
+            report_ttl: positive("policy.report_ttl", self.report_ttl, d.report_ttl)?,
+            max_lag_entries: self.max_lag_entries,
+            max_lag: positive("policy.max_lag", self.max_lag, d.max_lag)?,
+            // A zero cooldown is allowed (tests, drills); it disables anti-flap.
+            cooldown: self.cooldown.unwrap_or(d.cooldown),
+            quorum: self.quorum.unwrap_or(d.quorum),
+            report_retention: positive(
+                "policy.report_retention",
+                self.report_retention,
+                d.report_retention,
+            )?,
+            promotion: self.promotion.unwrap_or(d.promotion),
+        };
+        if p.confirm == 0 {
+            return Err(ConfigError::new("policy.confirm", "must be at least 1"));
+        }
+        if p.probe_timeout > p.probe_interval {
+            return Err(ConfigError::new(
+                "policy.probe_timeout",
+                "must not exceed policy.probe_interval",
+            ));
+        }
+        if p.report_ttl < p.probe_interval {
+            return Err(ConfigError::new(
+                "policy.report_ttl",
+                "must be at least policy.probe_interval",
+            ));
+        }
+        Ok(p)
+    }
+}
+
+impl ClusterFile {
+    /// Checks one cluster (`clusters[i]`) on its own.
+    fn validate(self, i: usize, traffic: &TrafficConfig) -> Result<ClusterConfig, ConfigError> {
         let f = |name: &str| format!("clusters[{i}].{name}");
-        if c.name.is_empty()
-            || !c
+        if self.name.is_empty()
+            || !self
                 .name
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
         {
             return Err(ConfigError::new(
                 f("name"),
-                format!("{:?} must be non-empty letters, digits, '-' or '_'", c.name),
+                format!(
+                    "{:?} must be non-empty letters, digits, '-' or '_'",
+                    self.name
+                ),
             ));
         }
-        if !names.insert(c.name.clone()) {
-            return Err(ConfigError::new(
-                f("name"),
-                format!("{:?} is used by two clusters", c.name),
-            ));
-        }
-        match c.role.as_deref().unwrap_or("secondary") {
-            "primary" => primaries.push(c.name.clone()),
-            "secondary" => {}
-            other => {
-                return Err(ConfigError::new(
-                    f("role"),
-                    format!("{other:?} is neither primary nor secondary"),
-                ));
-            }
-        }
-        if c.api_addrs.is_empty() {
+        if self.api_addrs.is_empty() {
             return Err(ConfigError::new(
                 f("api_addrs"),
                 "at least one address is needed",
             ));
         }
         let mut api_addrs = Vec::new();
-        for (j, a) in c.api_addrs.iter().enumerate() {
+        for (j, a) in self.api_addrs.iter().enumerate() {
             let url = Url::parse(a).map_err(|e| {
                 ConfigError::new(
                     f(&format!("api_addrs[{j}]")),
@@ -665,14 +834,14 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
             }
             api_addrs.push(url);
         }
-        if c.nodes.is_empty() {
+        if self.nodes.is_empty() {
             return Err(ConfigError::new(
                 f("nodes"),
                 "at least one node name is needed (the agents' --node)",
             ));
         }
         let mut seen = HashSet::new();
-        for (j, n) in c.nodes.iter().enumerate() {
+        for (j, n) in self.nodes.iter().enumerate() {
             if n.is_empty() || !seen.insert(n) {
                 return Err(ConfigError::new(
                     f(&format!("nodes[{j}]")),
@@ -680,20 +849,51 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
                 ));
             }
         }
-        if matches!(traffic, TrafficConfig::Kubernetes { .. }) && c.selector.is_empty() {
+        if matches!(traffic, TrafficConfig::Kubernetes { .. }) && self.selector.is_empty() {
             return Err(ConfigError::new(
                 f("selector"),
                 "required with traffic.backend = \"kubernetes\" (pod labels of this cluster)",
             ));
         }
-        clusters.push(ClusterConfig {
-            name: c.name,
+        Ok(ClusterConfig {
+            name: self.name,
             api_addrs,
-            nodes: c.nodes,
-            priority: c.priority,
-            excluded: c.excluded,
-            selector: c.selector,
-        });
+            nodes: self.nodes,
+            priority: self.priority,
+            excluded: self.excluded,
+            selector: self.selector,
+        })
+    }
+}
+
+/// Checks every cluster and the group: at least two, unique names, exactly one primary, which
+/// is not excluded. Returns the clusters in file order and the initial primary.
+fn validate_clusters(
+    files: Vec<ClusterFile>,
+    traffic: &TrafficConfig,
+) -> Result<(Vec<ClusterConfig>, String), ConfigError> {
+    if files.len() < 2 {
+        return Err(ConfigError::new(
+            "clusters",
+            "at least two clusters (one primary, one secondary) are needed",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut clusters = Vec::new();
+    let mut primaries = Vec::new();
+    for (i, c) in files.into_iter().enumerate() {
+        let role = c.role;
+        let cluster = c.validate(i, traffic)?;
+        if !names.insert(cluster.name.clone()) {
+            return Err(ConfigError::new(
+                format!("clusters[{i}].name"),
+                format!("{:?} is used by two clusters", cluster.name),
+            ));
+        }
+        if role == ClusterRole::Primary {
+            primaries.push(cluster.name.clone());
+        }
+        clusters.push(cluster);
     }
     let initial_primary = match primaries.as_slice() {
         [one] => one.clone(),
@@ -723,93 +923,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Config
             "the initial primary cannot be excluded",
         ));
     }
-
-    Ok(Config {
-        listen,
-        id,
-        token,
-        vault_token,
-        tls,
-        store,
-        store_buffer,
-        coordination,
-        traffic,
-        policy,
-        clusters,
-        initial_primary,
-    })
-}
-
-/// `[policy]` as written: every field optional, durations as humantime strings.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    probe_interval: Option<String>,
-    probe_timeout: Option<String>,
-    confirm: Option<u32>,
-    report_ttl: Option<String>,
-    max_lag_entries: Option<u64>,
-    max_lag: Option<String>,
-    cooldown: Option<String>,
-    quorum: Option<QuorumMode>,
-    report_retention: Option<String>,
-    promotion: Option<String>,
-}
-
-impl PolicyFile {
-    fn into_policy(self) -> Result<Policy, ConfigError> {
-        let d = Policy::default();
-        let dur = |field: &str, v: Option<String>, def: Duration| match v {
-            Some(t) => duration(&format!("policy.{field}"), &t),
-            None => Ok(def),
-        };
-        let p = Policy {
-            probe_interval: dur("probe_interval", self.probe_interval, d.probe_interval)?,
-            probe_timeout: dur("probe_timeout", self.probe_timeout, d.probe_timeout)?,
-            confirm: self.confirm.unwrap_or(d.confirm),
-            report_ttl: dur("report_ttl", self.report_ttl, d.report_ttl)?,
-            max_lag_entries: self.max_lag_entries,
-            max_lag: dur("max_lag", self.max_lag, d.max_lag)?,
-            cooldown: match self.cooldown {
-                // A zero cooldown is allowed (tests, drills); it disables anti-flap.
-                Some(t) if t.trim() == "0s" || t.trim() == "0" => Duration::ZERO,
-                other => dur("cooldown", other, d.cooldown)?,
-            },
-            quorum: self.quorum.unwrap_or(d.quorum),
-            report_retention: dur(
-                "report_retention",
-                self.report_retention,
-                d.report_retention,
-            )?,
-            promotion: match self.promotion.as_deref() {
-                None => d.promotion,
-                Some("complete") => PromotionMode::Complete,
-                Some("fast") => PromotionMode::Fast,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "policy.promotion",
-                        format!("{other:?} is not a promotion mode (complete or fast)"),
-                    ));
-                }
-            },
-        };
-        if p.confirm == 0 {
-            return Err(ConfigError::new("policy.confirm", "must be at least 1"));
-        }
-        if p.probe_timeout > p.probe_interval {
-            return Err(ConfigError::new(
-                "policy.probe_timeout",
-                "must not exceed policy.probe_interval",
-            ));
-        }
-        if p.report_ttl < p.probe_interval {
-            return Err(ConfigError::new(
-                "policy.report_ttl",
-                "must be at least policy.probe_interval",
-            ));
-        }
-        Ok(p)
-    }
+    Ok((clusters, initial_primary))
 }
 
 #[cfg(test)]
@@ -945,5 +1059,52 @@ mod tests {
             Config::parse(GOOD, dir.path(), &env).unwrap_err().field,
             "store.mongodb_uri"
         );
+    }
+
+    #[test]
+    fn type_and_key_errors_name_the_path_of_the_field() {
+        let cases = [
+            (
+                "priority = 5",
+                "priority = \"high\"",
+                "clusters[1].priority",
+            ),
+            (
+                "confirm = 2",
+                "confirm = 2\nsurprise = 1",
+                "policy.surprise",
+            ),
+            ("confirm = 2", "confirm = -1", "policy.confirm"),
+            (
+                "probe_interval = \"500ms\"",
+                "probe_interval = 5",
+                "policy.probe_interval",
+            ),
+            ("name = \"dc2\"", "", "clusters[1].name"),
+        ];
+        for (from, to, field) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from} is in the fixture");
+            assert_eq!(field_of(&text), field, "{to}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let e = ConfigFile::parse("listen = \"a\"\n[policy\n").unwrap_err();
+        assert_eq!(e.field, "file");
+        assert!(e.message.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_file_written_from_the_type_reads_back_the_same() {
+        let file = ConfigFile::parse(GOOD).unwrap();
+        let text = file.to_toml().unwrap();
+        assert_eq!(ConfigFile::parse(&text).unwrap(), file, "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_with_token(dir.path());
+        let a = Config::parse(GOOD, dir.path(), &env).unwrap();
+        let b = Config::parse(&text, dir.path(), &env).unwrap();
+        assert_eq!((a.policy, a.clusters), (b.policy, b.clusters));
     }
 }

@@ -34,9 +34,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-use vault_dr_common::backoff::{Backoff, Jitter};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use vault_dr_common::backoff::{Backoff, Jitter};
 
 use super::{Result, Store, StoreError, StoredReport};
 use crate::model::DecisionRecord;
