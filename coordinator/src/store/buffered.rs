@@ -113,20 +113,20 @@ struct Metrics {
 impl Metrics {
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let backlog = IntGauge::new(
-            "vault_dr_coordinator_store_backlog",
+            crate::metrics::name("store_backlog"),
             "Store writes queued and not yet written.",
         )?;
         let failures = IntCounter::new(
-            "vault_dr_coordinator_store_write_failures_total",
+            crate::metrics::name("store_write_failures_total"),
             "Store write attempts that failed (each is retried).",
         )?;
         let dropped = IntCounter::new(
-            "vault_dr_coordinator_store_dropped_total",
+            crate::metrics::name("store_dropped_total"),
             "Store writes dropped because the write buffer was full.",
         )?;
         let duration = Histogram::with_opts(
             HistogramOpts::new(
-                "vault_dr_coordinator_store_write_duration_seconds",
+                crate::metrics::name("store_write_duration_seconds"),
                 "Duration of one write attempt to the store.",
             )
             .buckets(vec![
