@@ -356,12 +356,6 @@ fn the_role_is_namespaced_least_privilege_and_extractable_alone() {
             "vault-dr-coordinator",
             "update",
         ),
-        (
-            "coordination.k8s.io",
-            "leases",
-            "vault-dr-coordinator",
-            "patch",
-        ),
         ("coordination.k8s.io", "leases", "*", "create"),
         ("", "configmaps", "vault-dr-topology", "get"),
         ("", "configmaps", "vault-dr-topology", "update"),

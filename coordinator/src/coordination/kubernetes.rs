@@ -1,25 +1,26 @@
 //! The `kubernetes` coordination backend: [`KubernetesCoordination`], leader election on a
-//! `coordination.k8s.io/v1` Lease through the `kube-leader-election` crate (holder = this
-//! replica's id, so `kubectl get lease` shows the leader), and the topology in a ConfigMap
-//! written only by create (must not exist) or by replace carrying the resourceVersion just read,
-//! so a stale writer gets 409 Conflict. The Service switch is `traffic::kubernetes`, the Event
-//! hook `failover::hooks`.
+//! `coordination.k8s.io/v1` Lease (holder = this replica's id, so `kubectl get lease` shows the
+//! leader), and the topology in a ConfigMap written only by create (must not exist) or by
+//! replace carrying the resourceVersion just read, so a stale writer gets 409 Conflict. The
+//! Service switch is `traffic::kubernetes`, the Event hook `failover::events`.
 //!
-//! kube-leader-election acquires an expired lease with an unconditioned merge patch, so two
-//! replicas can both believe they won for up to one renew period. Safety never rests on the
-//! lease: every term raise is a compare-and-swap on the ConfigMap's resourceVersion.
+//! Every Lease write is conditional on the resourceVersion it was decided on ([`next_lease`]):
+//! of two replicas that both saw an expired Lease, one write succeeds and the other gets 409,
+//! so the replica that acts is always the one the Lease names (kube-leader-election, used
+//! before, acquired and renewed with unconditioned merge patches, and two replicas could both
+//! "win"). Safety still never rests on the lease alone: every term raise is a compare-and-swap
+//! on the ConfigMap's resourceVersion.
 
 use super::{Coordination, CoordinationError, LeaseInfo, Result};
 use crate::config::CoordinationConfig;
 use crate::model::topology::{Topology, Versioned};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
-use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -42,8 +43,7 @@ fn to_chrono(ts: Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(ts.as_second(), u32::try_from(ts.subsec_nanosecond()).ok()?)
 }
 
-/// The duration the Lease can express: whole seconds (what kube-leader-election writes into
-/// `leaseDurationSeconds`), at least one. Our own leadership deadline uses the same value, so it
+/// The duration the Lease can express: whole seconds (`leaseDurationSeconds`), at least one. Our own leadership deadline uses the same value, so it
 /// never outlives the lease other replicas see.
 pub fn effective_lease_duration(requested: Duration) -> Duration {
     Duration::from_secs(requested.as_secs().max(1))
@@ -78,10 +78,50 @@ pub fn lease_info(lease: &Lease, now: Timestamp) -> LeaseInfo {
     }
 }
 
+/// The Lease replica `id` writes at `now` to take or keep the lead, given the Lease as just
+/// read (`None`: there is none yet): `None` when another replica holds it unexpired. The
+/// result keeps the read `resourceVersion`, so writing it back is conditional: whoever wrote
+/// the Lease in between makes the write fail with 409 instead of being overwritten (two
+/// replicas can never both win one expired Lease). Taking it from another holder (or from
+/// none) sets `acquireTime` and counts a transition.
+pub fn next_lease(
+    current: Option<&Lease>,
+    id: &str,
+    name: &str,
+    now: Timestamp,
+    duration: Duration,
+) -> Option<Lease> {
+    if let Some(l) = current
+        && let Some(holder) = lease_info(l, now).holder
+        && holder != id
+    {
+        return None;
+    }
+    let mut lease = current.cloned().unwrap_or_else(|| Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    });
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let held = spec.holder_identity.as_deref() == Some(id);
+    if !held {
+        spec.acquire_time = Some(MicroTime(now));
+        spec.lease_transitions = Some(match current {
+            Some(_) => spec.lease_transitions.unwrap_or(0).saturating_add(1),
+            None => 0,
+        });
+    }
+    spec.holder_identity = Some(id.to_owned());
+    spec.renew_time = Some(MicroTime(now));
+    spec.lease_duration_seconds = Some(i32::try_from(duration.as_secs()).unwrap_or(i32::MAX));
+    Some(lease)
+}
+
 /// Leader election on a Lease and the topology in a ConfigMap, in one namespace.
 pub struct KubernetesCoordination {
     client: kube::Client,
-    lock: LeaseLock,
     leases: Api<Lease>,
     configmaps: Api<ConfigMap>,
     namespace: String,
@@ -122,20 +162,10 @@ impl KubernetesCoordination {
     ) -> Self {
         let (namespace, lease_name, id) = (namespace.into(), lease_name.into(), id.into());
         let lease_duration = effective_lease_duration(lease_duration);
-        let lock = LeaseLock::new(
-            client.clone(),
-            &namespace,
-            LeaseLockParams {
-                lease_name: lease_name.clone(),
-                holder_id: id.clone(),
-                lease_ttl: lease_duration,
-            },
-        );
         Self {
             leases: Api::namespaced(client.clone(), &namespace),
             configmaps: Api::namespaced(client.clone(), &namespace),
             client,
-            lock,
             namespace,
             lease_name,
             configmap_name: configmap_name.into(),
@@ -276,29 +306,47 @@ impl KubernetesCoordination {
 impl Coordination for KubernetesCoordination {
     async fn try_acquire_or_renew(&self) -> Result<bool> {
         let started = Instant::now();
-        let outcome = self
-            .timed("lease", self.lock.try_acquire_or_renew())
-            .await?;
-        let won = match outcome {
-            Ok(LeaseLockResult::Acquired(lease)) => lease
-                .spec
-                .and_then(|s| s.holder_identity)
-                .is_some_and(|h| h == self.id),
-            Ok(LeaseLockResult::NotAcquired(_)) => false,
-            // Another replica created the Lease between our get and our create.
-            Err(kube_leader_election::Error::CreateLease(ref e)) if api_code(e) == Some(409) => {
-                false
+        let what = format!("lease {}", self.lease_name);
+        let current = self
+            .timed(&what, self.leases.get_opt(&self.lease_name))
+            .await?
+            .map_err(|e| self.unavailable(&what, e))?;
+        let next = next_lease(
+            current.as_ref(),
+            &self.id,
+            &self.lease_name,
+            Timestamp::now(),
+            self.lease_duration,
+        );
+        let won = match next {
+            None => false,
+            Some(lease) => {
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PostParams::default()
+                };
+                let written = match current {
+                    None => self.timed(&what, self.leases.create(&pp, &lease)).await?,
+                    Some(_) => {
+                        self.timed(&what, self.leases.replace(&self.lease_name, &pp, &lease))
+                            .await?
+                    }
+                };
+                match written {
+                    Ok(l) => l
+                        .spec
+                        .and_then(|s| s.holder_identity)
+                        .is_some_and(|h| h == self.id),
+                    // Another replica wrote the Lease since we read it (or created it first):
+                    // it decided, not us.
+                    Err(e) if matches!(api_code(&e), Some(409 | 404)) => false,
+                    Err(e) => return Err(self.unavailable(&what, e)),
+                }
             }
-            Err(e @ kube_leader_election::Error::TraverseLease { .. }) => {
-                return Err(CoordinationError::Corrupt(format!(
-                    "lease {}: {e}",
-                    self.lease_name
-                )));
-            }
-            Err(e) => return Err(self.unavailable(&format!("lease {}", self.lease_name), e)),
         };
-        // Count the lease from before the write started, less a margin for clock skew and
-        // reads, so we stop acting before any other replica can see the lease as expired.
+        // Count the lease from before the read started, less a margin for clock skew and
+        // reads, so we stop acting before any other replica can see the lease as expired; and
+        // only while the Lease we last wrote names us.
         self.set_leader_until(won.then(|| started + self.lease_duration.mul_f64(0.8)));
         Ok(won)
     }
@@ -311,9 +359,8 @@ impl Coordination for KubernetesCoordination {
     async fn release(&self) -> Result<()> {
         self.set_leader_until(None);
         let what = format!("lease {}", self.lease_name);
-        // kube-leader-election's step_down patches without a precondition (it could clear a
-        // successor's hold) and leaves the lease unexpired for a second; we replace with the
-        // resourceVersion just read, and date the renewal in the past so takeover is at once.
+        // Replace with the resourceVersion just read (never clear a successor's hold), only
+        // when the Lease names us, and date the renewal in the past so takeover is at once.
         for _ in 0..3 {
             let Some(mut lease) = self
                 .timed(&what, self.leases.get_opt(&self.lease_name))
@@ -460,5 +507,48 @@ mod tests {
             effective_lease_duration(Duration::from_millis(300)),
             Duration::from_secs(1)
         );
+    }
+
+    /// One row per rule of [`next_lease`]: the Lease read, who asks, and what is written.
+    #[test]
+    fn a_lease_is_written_only_by_its_holder_or_over_an_expired_or_missing_one() {
+        let five = Duration::from_secs(5);
+        let now = at(100);
+        let mut read = lease("a", at(98), 5, 3);
+        read.metadata.resource_version = Some("42".into());
+        // a renews its own: holder, renewal and duration change, the rest is kept.
+        let renewed = next_lease(Some(&read), "a", "l", now, five).unwrap();
+        let spec = renewed.spec.as_ref().unwrap();
+        assert_eq!(renewed.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(spec.holder_identity.as_deref(), Some("a"));
+        assert_eq!(spec.renew_time, Some(MicroTime(now)));
+        assert_eq!(spec.lease_transitions, Some(3));
+        assert_eq!(spec.acquire_time, None);
+        // b may not take a's unexpired Lease.
+        assert_eq!(next_lease(Some(&read), "b", "l", now, five), None);
+        // b takes it once expired: conditional on the read version, one more transition.
+        let expired = lease("a", at(90), 5, 3);
+        let mut expired_read = expired.clone();
+        expired_read.metadata.resource_version = Some("43".into());
+        let taken = next_lease(Some(&expired_read), "b", "l", now, five).unwrap();
+        let spec = taken.spec.as_ref().unwrap();
+        assert_eq!(taken.metadata.resource_version.as_deref(), Some("43"));
+        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+        assert_eq!(spec.acquire_time, Some(MicroTime(now)));
+        assert_eq!(spec.lease_transitions, Some(4));
+        assert_eq!(spec.lease_duration_seconds, Some(5));
+        // A released Lease (no holder) is free at once.
+        let released = lease("", at(99), 1, 4);
+        let spec = next_lease(Some(&released), "c", "l", now, five)
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("c"));
+        assert_eq!(spec.lease_transitions, Some(5));
+        // No Lease yet: a new one with no version (a create), no transition yet.
+        let created = next_lease(None, "a", "l", now, five).unwrap();
+        assert_eq!(created.metadata.name.as_deref(), Some("l"));
+        assert_eq!(created.metadata.resource_version, None);
+        assert_eq!(created.spec.unwrap().lease_transitions, Some(0));
     }
 }
