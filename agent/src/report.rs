@@ -1,9 +1,11 @@
 //! Sending reports: every interval `POST <coordinator>/v1/reports` with the bearer token, keep
 //! the desired state from the answer. With several coordinator URLs the agent posts to the one
 //! that last answered 2xx and moves on to the next on a connection error or a 503 (a follower
-//! coordinator answers 503), trying each at most once per report. When the coordinator is down or answers garbage, back
-//! off with full jitter (never faster than the interval), count the failure by kind, and keep
-//! going; the probe loop is a separate task and never waits for this one.
+//! coordinator answers 503), trying each at most once per report. While no coordinator answers
+//! as leader, retry within at most 2 s (a new leader must hear from every agent at once); when
+//! one answers and refuses or answers garbage, back off with full jitter up to 30 s. Never
+//! faster than the interval; every failure is counted by kind; the probe loop is a separate
+//! task and never waits for this one.
 
 use crate::config::CoordinatorConfig;
 use crate::error::{Error, Result, request_error_kind};
@@ -18,8 +20,12 @@ use vault_dr_common::{DesiredState, Secret};
 
 /// First back-off ceiling after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// Largest back-off ceiling.
+/// Largest back-off ceiling when a coordinator answered and refused the report (4xx, garbage).
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Largest back-off ceiling while no coordinator answers as leader (every URL refused the
+/// connection, timed out or answered 503): a new leader must hear from every agent within
+/// about one report interval of becoming ready, or it has no observers to decide with.
+pub const NO_LEADER_BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// Timeout of one report request.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -221,7 +227,7 @@ impl Sender {
 
     /// Sends every `interval`, backing off after failures, until the task is dropped.
     pub async fn run(self, interval: Duration) {
-        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP).with_floor(interval);
+        let mut backoff = Retry::new(interval);
         let mut delay = interval;
         loop {
             if backoff.failures() == 0 {
@@ -247,7 +253,7 @@ impl Sender {
                 }
                 Err(f) => {
                     self.metrics.send_failed(f.kind());
-                    let d = backoff.next_delay(&mut rand::rng());
+                    let d = backoff.next_delay(f, &mut rand::rng());
                     // Log the first failure and then every tenth, not every second.
                     if backoff.failures() % 10 == 1 {
                         tracing::warn!(kind = f.kind(), ?f, failures = backoff.failures(), retry_in = ?d, "report not accepted");
@@ -259,10 +265,79 @@ impl Sender {
     }
 }
 
+/// The report loop's back-off: while no coordinator answers as leader it stays short
+/// ([`NO_LEADER_BACKOFF_CAP`]), so the agent finds a new leader within about an interval of its
+/// readiness; a coordinator that answers and refuses backs off up to [`BACKOFF_CAP`]. Never
+/// faster than the report interval.
+#[derive(Debug, Clone)]
+struct Retry {
+    searching: Backoff,
+    refused: Backoff,
+}
+
+impl Retry {
+    fn new(interval: Duration) -> Self {
+        Self {
+            searching: Backoff::new(BACKOFF_BASE, NO_LEADER_BACKOFF_CAP.max(interval))
+                .with_floor(interval),
+            refused: Backoff::new(BACKOFF_BASE, BACKOFF_CAP).with_floor(interval),
+        }
+    }
+
+    /// Consecutive failures of either kind.
+    fn failures(&self) -> u32 {
+        self.searching.failures() + self.refused.failures()
+    }
+
+    fn reset(&mut self) {
+        self.searching.reset();
+        self.refused.reset();
+    }
+
+    /// The delay after failure `f`.
+    fn next_delay(&mut self, f: SendFailure, rng: &mut impl rand::Rng) -> Duration {
+        match f {
+            SendFailure::Connect | SendFailure::Timeout | SendFailure::Status(503) => {
+                self.searching.next_delay(rng)
+            }
+            _ => self.refused.next_delay(rng),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn while_no_leader_answers_the_agent_retries_within_two_seconds_and_backs_off_only_on_refusals()
+    {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let interval = Duration::from_secs(1);
+        let mut r = Retry::new(interval);
+        for f in [
+            SendFailure::Connect,
+            SendFailure::Timeout,
+            SendFailure::Status(503),
+        ] {
+            for _ in 0..40 {
+                let d = r.next_delay(f, &mut rng);
+                assert!(d >= interval && d <= NO_LEADER_BACKOFF_CAP, "{f:?}: {d:?}");
+            }
+        }
+        let mut longest = Duration::ZERO;
+        for _ in 0..12 {
+            longest = longest.max(r.next_delay(SendFailure::Status(401), &mut rng));
+        }
+        assert!(
+            longest > NO_LEADER_BACKOFF_CAP,
+            "a refusing coordinator is backed off: {longest:?}"
+        );
+        assert!(longest <= BACKOFF_CAP);
+        r.reset();
+        assert_eq!(r.failures(), 0);
+    }
 
     #[test]
     fn the_ceiling_doubles_to_the_cap_and_resets() {
