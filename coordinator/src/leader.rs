@@ -75,7 +75,12 @@ impl Leader {
                         }
                     };
                     if leader && !was_leader {
-                        tracing::info!(id = %self.service.config.id, "became leader");
+                        tracing::info!(
+                            id = %self.service.config.id,
+                            "became leader; the agents' reports count as an observer after {:?}, once they had time to arrive",
+                            self.service.config.policy.report_ttl
+                        );
+                        self.service.state.set_leading_since(Some(Utc::now()));
                         m.leader_transitions.inc();
                         leader_since = Some(Instant::now());
                         *self.phase.lock().await = Phase::Healthy;
@@ -86,6 +91,7 @@ impl Leader {
                         }
                     } else if !leader && was_leader {
                         tracing::warn!(id = %self.service.config.id, "lost leadership; acting no more");
+                        self.service.state.set_leading_since(None);
                     }
                     // Count the time since the previous lease tick if we led then, also when
                     // leadership just ended.

@@ -70,6 +70,7 @@ pub struct State {
     probes: RwLock<HashMap<String, DirectProbe>>,
     topology: RwLock<Option<Topology>>,
     decision: RwLock<Option<DecisionRecord>>,
+    leading_since: RwLock<Option<DateTime<Utc>>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -211,7 +212,14 @@ impl State {
             at,
             topology: topology.clone(),
             clusters,
+            observing_since: *read(&self.leading_since),
         }
+    }
+
+    /// Records since when this coordinator leads (`None` when it stops): views carry it, so
+    /// the detector counts the agents' reports only once they had time to arrive.
+    pub fn set_leading_since(&self, since: Option<DateTime<Utc>>) {
+        *write(&self.leading_since) = since;
     }
 }
 

@@ -50,12 +50,16 @@ pub fn observe(view: &View, now: DateTime<Utc>, policy: &Policy) -> Observers {
     let direct_down = primary
         .and_then(|c| c.direct_probe.as_ref())
         .is_some_and(|p| fresh_at(p.at) && state_down(p.state));
-    let reports_down = !primary.is_some_and(|c| {
-        c.fresh_nodes(now, ttl).any(|n| {
-            let s = n.report.vault.state;
-            s.is_serving() || s == NodeState::Restoring
-        })
-    });
+    // A new leader has heard from no agent yet: their silence is no evidence until one
+    // report TTL has passed, or it would suspect every primary at every takeover.
+    let reports_warming = view.observing_since.is_some_and(fresh_at);
+    let reports_down = !reports_warming
+        && !primary.is_some_and(|c| {
+            c.fresh_nodes(now, ttl).any(|n| {
+                let s = n.report.vault.state;
+                s.is_serving() || s == NodeState::Restoring
+            })
+        });
     let mut secondaries_fresh = 0;
     let mut secondaries_down = 0;
     for cluster in view.clusters.values() {
@@ -83,6 +87,7 @@ pub fn observe(view: &View, now: DateTime<Utc>, policy: &Policy) -> Observers {
         secondaries_down,
         secondaries_fresh,
         quorum_met,
+        reports_warming,
     }
 }
 
@@ -900,5 +905,33 @@ mod tests {
         for (refusal, sentence) in cases {
             assert_eq!(refusal.to_string(), sentence);
         }
+    }
+
+    #[test]
+    fn a_new_leader_counts_the_agents_silence_only_once_their_reports_had_time_to_arrive() {
+        let p = policy();
+        // Just took the lease: no report has arrived yet, the primary answers the probe.
+        let fresh = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+            .no_reports("dc1")
+            .no_reports("dc2")
+            .no_reports("dc3")
+            .observing_since(t0() - Duration::seconds(1));
+        let (phase, d) = step(&Phase::Healthy, &fresh.clone().build(), t0(), &p);
+        assert_eq!(phase, Phase::Healthy, "{d}");
+        assert!(matches!(d, Decision::NoAction { .. }), "{d}");
+        let o = observe(&fresh.clone().build(), t0(), &p);
+        assert!(o.reports_warming && !o.reports_down, "{o}");
+        assert!(o.to_string().contains("reports not counted yet"), "{o}");
+        // One report TTL later the silence is evidence again.
+        let late = fresh.observing_since(t0() - Duration::seconds(6)).build();
+        let o = observe(&late, t0(), &p);
+        assert!(!o.reports_warming && o.reports_down, "{o}");
+        // A dead primary is still seen by the other two observers while warming, and the
+        // failover follows once the reports count.
+        let dead = dead3().observing_since(t0() - Duration::seconds(1)).build();
+        let o = observe(&dead, t0(), &p);
+        assert!(o.direct_down && o.quorum_met && !o.reports_down, "{o}");
+        let dead_later = dead3().observing_since(t0() - Duration::seconds(6)).build();
+        assert!(observe(&dead_later, t0(), &p).all_down());
     }
 }

@@ -43,6 +43,10 @@ pub struct Observers {
     pub secondaries_fresh: usize,
     /// Whether `secondaries_down` meets `policy.quorum` over `secondaries_fresh`.
     pub quorum_met: bool,
+    /// This coordinator leads for less than one report TTL: the agents' reports are still
+    /// arriving, so their silence is no evidence yet (`reports_down` is false).
+    #[serde(default)]
+    pub reports_warming: bool,
 }
 
 impl Observers {
@@ -64,7 +68,11 @@ impl fmt::Display for Observers {
             f,
             "direct probe {}, reports {}, {} of {} secondaries cannot reach it (quorum {})",
             say(self.direct_down),
-            say(self.reports_down),
+            if self.reports_warming {
+                "not counted yet (new leader)"
+            } else {
+                say(self.reports_down)
+            },
             self.secondaries_down,
             self.secondaries_fresh,
             if self.quorum_met { "met" } else { "not met" }

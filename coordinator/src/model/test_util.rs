@@ -33,6 +33,7 @@ impl ViewBuilder {
                 at,
                 topology: Topology::initial(primary),
                 clusters: BTreeMap::new(),
+                observing_since: None,
             },
         }
     }
@@ -188,6 +189,12 @@ impl ViewBuilder {
         self
     }
 
+    /// The coordinator leads since `at` (reports count one report TTL later).
+    pub fn observing_since(mut self, at: DateTime<Utc>) -> Self {
+        self.view.observing_since = Some(at);
+        self
+    }
+
     /// The view.
     pub fn build(self) -> View {
         self.view
@@ -309,6 +316,7 @@ pub mod synthetic {
             at,
             topology: Topology::initial("c0000"),
             clusters,
+            observing_since: None,
         }
     }
 }

@@ -16,6 +16,11 @@ pub struct View {
     pub topology: Topology,
     /// Every configured cluster by name.
     pub clusters: BTreeMap<String, ClusterView>,
+    /// Since when this coordinator leads and collects reports (`None`: not leading, or a
+    /// view built for a test or the API). Reports count as an observer only one report TTL
+    /// after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observing_since: Option<DateTime<Utc>>,
 }
 
 /// One cluster as seen by the coordinator.

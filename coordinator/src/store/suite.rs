@@ -502,6 +502,7 @@ pub fn decision(n: u32, at: DateTime<Utc>) -> DecisionRecord {
                     secondaries_down: 1,
                     secondaries_fresh: 2,
                     quorum_met: false,
+                    reports_warming: false,
                 },
             },
         )
