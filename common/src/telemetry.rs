@@ -3,12 +3,15 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`).
-/// `json = true` writes one JSON object per line (for log shippers). Calling it twice is harmless.
+/// `json = true` writes one JSON object per line (for log shippers). Colour codes only when
+/// stderr is a terminal, never into a log file or a pipe. Calling it twice is harmless.
 pub fn init(json: bool) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if json {
         builder.json().try_init()
