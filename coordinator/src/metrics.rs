@@ -47,6 +47,8 @@ pub struct Metrics {
     pub is_leader: IntGauge,
     /// Lease acquisitions by this replica.
     pub leader_transitions: IntCounter,
+    /// Lease reads or writes that failed (the backend unreachable, RBAC refused, ...).
+    pub lease_errors: IntCounter,
     /// Seconds this replica has been leader (cumulative).
     pub leader_seconds: Gauge,
 }
@@ -224,6 +226,13 @@ impl Metrics {
                 IntCounter::new(
                     name("leader_transitions_total"),
                     "Times this replica became leader",
+                )?,
+            )?,
+            lease_errors: reg(
+                r,
+                IntCounter::new(
+                    name("lease_errors_total"),
+                    "Lease reads or writes of this replica that failed",
                 )?,
             )?,
             leader_seconds: reg(
