@@ -225,8 +225,7 @@ async fn ingest(agents: usize, seconds: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .port();
     write_config(dir.path(), port, agents).map_err(|e| e.to_string())?;
-    let exe = crate::group::find_sibling("vault-dr", crate::group::ENV_COORDINATOR_BIN)
-        .map_err(|e| e.to_string())?;
+    let exe = crate::tools::built_binary("vault-dr").map_err(|e| e.to_string())?;
     let log =
         std::fs::File::create(dir.path().join("coordinator.log")).map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)

@@ -26,11 +26,8 @@ use super::LabCluster;
 use super::error::LabError;
 use super::openbao::NodeHost;
 use super::process::ChildGuard;
+use super::tools::built_binary;
 
-/// Environment variable naming the `vault-dr-agent` executable.
-pub const ENV_AGENT_BIN: &str = "VAULT_DR_AGENT_BIN";
-/// Environment variable naming the `vault-dr` executable (the coordinator).
-pub const ENV_COORDINATOR_BIN: &str = "VAULT_DR_BIN";
 /// How long the group may take to be ready after the clusters started.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -355,8 +352,8 @@ impl DrGroup {
             ));
         }
         // Both binaries are looked up first, so a missing one fails before anything starts.
-        find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
-        let coordinator_bin = find_sibling("vault-dr", ENV_COORDINATOR_BIN)?;
+        built_binary("vault-dr-agent")?;
+        let coordinator_bin = built_binary("vault-dr")?;
         let dir = make_run_dir(spec)?;
         let placed: Vec<(&str, NodeHost)> = spec
             .clusters
@@ -438,7 +435,7 @@ impl DrGroup {
     /// coordinator leads, every node has reported and every secondary is eligible.
     pub async fn start_agents(&mut self, spec: &GroupSpec) -> Result<(), LabError> {
         let group = self;
-        let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
+        let agent_bin = built_binary("vault-dr-agent")?;
         let coordinator_urls: Vec<Url> = group.coordinators.iter().map(|c| c.url.clone()).collect();
         let help = agent_help(&agent_bin).await;
         let mut missing = Vec::new();
@@ -974,32 +971,6 @@ fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
         .map_err(|e| LabError::io(format!("create {}", path.display()), e))?;
     f.write_all(text.as_bytes())
         .map_err(|e| LabError::io(format!("write {}", path.display()), e))
-}
-
-/// Finds `name`: `$env`, else next to the running executable, else one folder up (a test
-/// binary lives in `target/<profile>/deps/`).
-pub fn find_sibling(name: &str, env: &str) -> Result<PathBuf, LabError> {
-    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe =
-        std::env::current_exe().map_err(|e| LabError::io("locate the running executable", e))?;
-    let mut looked = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-        looked.push(p.display().to_string());
-    }
-    Err(LabError::ToolNotFound {
-        tool: name.to_owned(),
-        env_var: env.to_owned(),
-        looked: format!(
-            "{} (build it: cargo build --release --workspace)",
-            looked.join(", ")
-        ),
-    })
 }
 
 fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {

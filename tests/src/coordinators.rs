@@ -21,15 +21,6 @@ pub const TOKEN: &str = "ha-test-token";
 /// An error of starting or driving a coordinator group.
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
-    /// The `vault-dr` binary was not found next to the test executable.
-    #[error(
-        "vault-dr binary not found (looked at {looked}): run `cargo build --workspace` \
-         (scripts/test.sh does) before the tests"
-    )]
-    BinaryMissing {
-        /// Where it was looked for.
-        looked: String,
-    },
     /// A file could not be written or a process not started.
     #[error("{what}: {source}")]
     Io {
@@ -50,29 +41,6 @@ pub enum HaError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HaError {
     let what = what.into();
     move |source| HaError::Io { what, source }
-}
-
-/// The `vault-dr` binary of this build: next to the running executable (`target/<profile>/`)
-/// or one level up (a test runs from `target/<profile>/deps/`).
-pub fn vault_dr_binary() -> Result<PathBuf, HaError> {
-    let exe = std::env::current_exe().map_err(io("current executable"))?;
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("vault-dr"))
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| HaError::BinaryMissing {
-            looked: candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
 }
 
 /// Where the replicas coordinate.
@@ -553,7 +521,11 @@ impl DrLab {
             coordination: String::new(),
             vault_token: Some(DR_TOKEN.into()),
         };
-        let group = CoordinatorGroup::new(&spec, vault_dr_binary()?, Vec::new())?;
+        let group = CoordinatorGroup::new(
+            &spec,
+            crate::lab::tools::built_binary("vault-dr")?,
+            Vec::new(),
+        )?;
         Ok(Self {
             clusters,
             group,

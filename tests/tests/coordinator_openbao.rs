@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -20,6 +19,7 @@ use vault_dr_coordinator::model::DecisionRecord;
 use vault_dr_coordinator::model::{Eligibility, Ineligible};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::lab::tools::built_binary;
 
 const TOKEN: &str = "integration-token";
 
@@ -59,17 +59,6 @@ fn spawn_agent(
         .await;
     });
     Running { stop: Some(stop) }
-}
-
-fn vault_dr_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("vault-dr");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
 }
 
 async fn get<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Option<T> {
@@ -243,7 +232,7 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert_eq!(all.len(), 1);
 
     // The operator's view: `vault-dr history` and `vault-dr status` show it.
-    let out = tokio::process::Command::new(vault_dr_binary())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args(["history", "--url", &coordinator_url, "--token-file"])
         .arg(dir.path().join("token"))
         .output()
@@ -278,7 +267,7 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
             "{step} once in {history}"
         );
     }
-    let out = tokio::process::Command::new(vault_dr_binary())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args(["status", "--url", &coordinator_url, "--token-file"])
         .arg(dir.path().join("token"))
         .output()

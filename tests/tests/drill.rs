@@ -16,17 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
-}
+use vault_dr_lab::tools::built_binary;
 
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -38,10 +28,10 @@ fn alive(pid: u64) -> bool {
 
 #[test]
 fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_leaves_nothing() {
-    binary("vault-dr-agent");
-    binary("vault-dr-lab");
+    built_binary("vault-dr-agent").unwrap();
+    built_binary("vault-dr-lab").unwrap();
     let started = Instant::now();
-    let out = std::process::Command::new(binary("vault-dr"))
+    let out = std::process::Command::new(built_binary("vault-dr").unwrap())
         .args([
             "drill",
             "--json",

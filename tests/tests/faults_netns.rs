@@ -31,6 +31,7 @@ use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::LabCluster;
 use vault_dr_lab::openbao::NodeHost;
 use vault_dr_lab::process::ChildGuard;
+use vault_dr_lab::tools::built_binary;
 use vault_dr_tests::netns::{Host, Net};
 
 const TOKEN: &str = "faults-netns-token";
@@ -78,25 +79,6 @@ struct LabOptions {
     /// Snapshot replication (continuous restore every second) with the DR token in every
     /// cluster, agents and coordinator; and the local traffic forwarder on the bridge address.
     replicate: bool,
-}
-
-fn agent_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("VAULT_DR_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("vault-dr-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` (scripts/test.sh does) first",
-        bin.display()
-    );
-    bin
 }
 
 impl Lab {
@@ -179,7 +161,7 @@ impl Lab {
             handle,
         };
 
-        let agent_bin = agent_binary();
+        let agent_bin = built_binary("vault-dr-agent").unwrap();
         let mut agents = BTreeMap::new();
         for (c, h) in clusters.iter().zip(&hosts) {
             let node = &c.nodes()[0];
@@ -880,7 +862,6 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
 async fn leader_killed_at(moment: &str, failpoint: &str) {
     use vault_dr_tests::coordinators::{
         Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, FAILOVER_POLICY, GroupSpec,
-        vault_dr_binary,
     };
     let net = Net::create().expect("create a bridge (run as root; see scripts/setup.sh)");
     let names = ["p", "s1", "s2"];
@@ -921,7 +902,8 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         coordination: "lease_duration = \"3s\"\nrenew_period = \"1s\"\n".into(),
         vault_token: Some(DR_TOKEN.into()),
     };
-    let group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
+    let group =
+        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
     let mut lab = DrLab {
         clusters,
         group,

@@ -15,8 +15,9 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use std::time::{Duration, Instant};
+use vault_dr_lab::tools::built_binary;
 use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, GroupSpec, vault_dr_binary, write_kubeconfig,
+    Backend, ClusterSpec, CoordinatorGroup, GroupSpec, write_kubeconfig,
 };
 use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
 use vault_dr_tests::lab::LabCluster;
@@ -70,7 +71,8 @@ async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
         coordination: String::new(),
         vault_token: None,
     };
-    let mut group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
+    let mut group =
+        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
     group.start_all().unwrap();
     let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
         Ok(l) => l,

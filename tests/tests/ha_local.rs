@@ -18,8 +18,9 @@ use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_lab::tools::built_binary;
 use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, sample, vault_dr_binary,
+    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, sample,
 };
 use vault_dr_tests::lab::LabCluster;
 
@@ -27,7 +28,7 @@ use vault_dr_tests::lab::LabCluster;
 const LEASE: Duration = Duration::from_secs(5);
 
 async fn status(group: &CoordinatorGroup) -> String {
-    let out = tokio::process::Command::new(vault_dr_binary().unwrap())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args(["status", "--url", &group.urls(), "--token-file"])
         .arg(group.token_file())
         .output()
@@ -69,7 +70,8 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
         coordination: String::new(),
         vault_token: None,
     };
-    let mut group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
+    let mut group =
+        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
     group.start_all().unwrap();
     let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
         Ok(l) => l,

@@ -34,6 +34,7 @@ use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::agents;
 use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::lab::tools::built_binary;
 
 /// The coordinator's bearer token (agents and CLI).
 const TOKEN: &str = "replication-it-token";
@@ -522,17 +523,6 @@ fn spawn_writer(http: reqwest::Client, stable: Url, token: Secret, prefix: &'sta
     (acked, stop, task)
 }
 
-fn vault_dr_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("vault-dr");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_a_restore() {
     let mut g = Group::start(RestoreMode::OnPromotion).await;
@@ -547,7 +537,7 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = chrono::Utc::now();
-    let out = tokio::process::Command::new(vault_dr_binary())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args([
             "switchover",
             "--to",

@@ -24,10 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
-use vault_dr_tests::lab::group::{
-    DrGroup, ENV_AGENT_BIN, ENV_COORDINATOR_BIN, GroupSpec, find_sibling,
-};
+use vault_dr_tests::lab::group::{DrGroup, GroupSpec};
 use vault_dr_tests::lab::process::ChildGuard;
+use vault_dr_tests::lab::tools::built_binary;
 
 /// One secret and the byte strings it may show up as.
 struct Secret {
@@ -286,8 +285,8 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
         .expect("the DR group starts (needs .tools/bin/bao: run scripts/setup.sh; and the built binaries: cargo build --workspace)");
     let http = group.http().clone();
     let run_dir = group.dir().to_path_buf();
-    let cli = find_sibling("vault-dr", ENV_COORDINATOR_BIN).unwrap();
-    let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN).unwrap();
+    let cli = built_binary("vault-dr").unwrap();
+    let agent_bin = built_binary("vault-dr-agent").unwrap();
 
     // The secrets of this run.
     let mongo_password = format!("mongo-pw-{:032x}", rand_u128());
@@ -757,8 +756,8 @@ impl Drop for RemoveDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_drill_leaves_no_token_or_seal_key_in_its_output_logs_or_store() {
     let _turn = SERIAL.lock().await;
-    let cli = find_sibling("vault-dr", ENV_COORDINATOR_BIN).unwrap();
-    find_sibling("vault-dr-agent", ENV_AGENT_BIN).unwrap();
+    let cli = built_binary("vault-dr").unwrap();
+    built_binary("vault-dr-agent").unwrap();
     let (code, out) = run_for(
         &cli,
         &os(&[

@@ -13,7 +13,6 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -192,16 +191,10 @@ fn parse_seconds() -> Result<u64> {
 
 async fn bench() -> Result<bool> {
     let seconds = parse_seconds()?;
-    let root = tools::workspace_root().context("cannot find the workspace root")?;
-    let agent_bin = std::env::var_os("VAULT_DR_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/vault-dr-agent"));
-    if !agent_bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p vault-dr-agent` first",
-            agent_bin.display()
-        );
-    }
+    // The release agent: this bench runs as `cargo run --release --bin bench-agent`, so it is
+    // found beside this executable (or `$VAULT_DR_AGENT_BIN`).
+    let agent_bin = tools::built_binary("vault-dr-agent")
+        .context("run `cargo build --release -p vault-dr-agent` first")?;
     let exporter = tools::find("prometheus-node-exporter")
         .context("prometheus-node-exporter: run scripts/setup.sh")?;
 
