@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use url::Url;
@@ -27,6 +27,7 @@ use super::error::LabError;
 use super::openbao::NodeHost;
 use super::process::ChildGuard;
 use super::tools::built_binary;
+use super::wait::{try_wait_for, try_wait_for_blocking};
 
 /// How long the group may take to be ready after the clusters started.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -275,11 +276,11 @@ impl Drop for Cgroups {
             // Whatever is still inside (stress-ng workers) dies; then the directory can go.
             let _ = std::fs::write(dir.join("cgroup.kill"), "1");
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
         for dir in self.clusters.values() {
-            while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            // Best effort: a cgroup that is not empty after 3 s stays behind.
+            let _ = try_wait_for_blocking("the cgroup to empty", Duration::from_secs(3), || {
+                std::fs::remove_dir(dir).is_ok()
+            });
         }
         let _ = std::fs::remove_dir(&self.parent);
     }
@@ -672,23 +673,15 @@ impl DrGroup {
     /// Waits until one coordinator leads with `primary` as primary, every node's agent has
     /// reported, and every secondary that is not excluded is eligible.
     pub async fn wait_ready(&self, primary: &str, timeout: Duration) -> Result<(), LabError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.readiness(primary).await {
-                Ok(()) => return Ok(()),
-                Err(why) => why,
-            };
-            if let Some(e) = self.dead_process() {
-                return Err(e);
+        // Ready: Ok(Ok(())); a process died: Ok(Err(e)), which ends the wait at once.
+        try_wait_for("the DR group to be ready", timeout, || async {
+            match self.readiness(primary).await {
+                Ok(()) => Ok(Ok(())),
+                Err(why) => self.dead_process().map(Err).ok_or(why),
             }
-            if Instant::now() > deadline {
-                return Err(LabError::Invalid(format!(
-                    "the DR group was not ready after {timeout:?}: {last} (logs in {})",
-                    self.dir.path.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
+        .map_err(|t| LabError::Invalid(format!("{t} (logs in {})", self.dir.path.display())))?
     }
 
     async fn readiness(&self, primary: &str) -> Result<(), String> {

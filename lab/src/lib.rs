@@ -14,6 +14,8 @@
 //! - [`drill`]: `vault-dr-lab drill` (also reached as `vault-dr drill`).
 //! - [`bench`]: `vault-dr-lab bench …` (also reached as `vault-dr bench …`).
 //! - [`cli`]: the `vault-dr-lab` command line.
+//! - [`tools`], [`wait`]: finding executables and waiting on a condition, for the lab and the
+//!   integration tests.
 
 pub mod bench;
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod openbao;
 pub mod process;
 pub mod token;
 pub mod tools;
+pub mod wait;
 
 pub use error::LabError;
 pub use openbao::{LabCluster, LabNode};

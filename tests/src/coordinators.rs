@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
+use vault_dr_lab::wait::try_wait_for;
 
 /// The bearer token every replica of a group accepts (tests only).
 pub const TOKEN: &str = "ha-test-token";
@@ -330,24 +331,21 @@ impl CoordinatorGroup {
         except: Option<usize>,
         timeout: Duration,
     ) -> Result<(usize, Instant), HaError> {
-        let start = Instant::now();
-        loop {
+        let what = format!("a single leader other than {except:?}");
+        try_wait_for(&what, timeout, || async {
             let leaders: Vec<usize> = self
                 .leaders()
                 .await
                 .into_iter()
                 .filter(|i| Some(*i) != except)
                 .collect();
-            if let [one] = leaders.as_slice() {
-                return Ok((*one, Instant::now()));
+            match leaders.as_slice() {
+                [one] => Ok((*one, Instant::now())),
+                _ => Err(format!("ready {leaders:?}")),
             }
-            if start.elapsed() > timeout {
-                return Err(HaError::Timeout(format!(
-                    "no single leader (other than {except:?}) within {timeout:?}: ready {leaders:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .map_err(|t| HaError::Timeout(t.to_string()))
     }
 
     /// `GET` a JSON document from replica `i` with the group's token (`None` on any failure).
@@ -574,8 +572,8 @@ impl DrLab {
         term: u64,
         timeout: Duration,
     ) -> Result<vault_dr_common::Report, HaError> {
-        let start = Instant::now();
-        loop {
+        let what = format!("{cluster} to apply term {term}");
+        try_wait_for(&what, timeout, || async {
             let report = self
                 .group
                 .get::<serde_json::Value>(leader, "/v1/clusters")
@@ -589,16 +587,12 @@ impl DrLab {
                 .and_then(|nodes| nodes.into_iter().max_by_key(|n| n.received_at))
                 .map(|n| n.report);
             match report {
-                Some(r) if r.applied_term >= term => return Ok(r),
-                last if start.elapsed() > timeout => {
-                    return Err(HaError::Timeout(format!(
-                        "{cluster} did not apply term {term} within {timeout:?}; last report: \
-                         {last:?}"
-                    )));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                Some(r) if r.applied_term >= term => Ok(r),
+                last => Err(format!("last report: {last:?}")),
             }
-        }
+        })
+        .await
+        .map_err(|t| HaError::Timeout(t.to_string()))
     }
 
     /// Waits until replica `leader` has a fresh report from every cluster and every secondary
@@ -608,46 +602,38 @@ impl DrLab {
         leader: usize,
         timeout: Duration,
     ) -> Result<(), HaError> {
-        let start = Instant::now();
-        let mut last = String::new();
-        loop {
-            if let Some(v) = self
+        let ready = try_wait_for("the group to be ready for a failover", timeout, || async {
+            let v = self
                 .group
                 .get::<serde_json::Value>(leader, "/v1/clusters")
                 .await
-            {
-                let reporting = self
-                    .clusters
-                    .iter()
-                    .filter(|c| {
-                        v["view"]["clusters"][c.name()]["nodes"]
-                            .as_array()
-                            .is_some_and(|n| !n.is_empty())
-                    })
-                    .count();
-                let candidates = v["candidates"]["candidates"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let eligible = candidates
-                    .iter()
-                    .filter(|c| c["eligibility"] == serde_json::json!("eligible"))
-                    .count();
-                if reporting == self.clusters.len() && eligible + 1 == self.clusters.len() {
-                    return Ok(());
-                }
-                last = format!(
-                    "{reporting} clusters reporting, {eligible} eligible: {}",
-                    serde_json::to_string(&candidates).unwrap_or_default()
-                );
+                .ok_or_else(|| "no view".to_owned())?;
+            let reporting = self
+                .clusters
+                .iter()
+                .filter(|c| {
+                    v["view"]["clusters"][c.name()]["nodes"]
+                        .as_array()
+                        .is_some_and(|n| !n.is_empty())
+                })
+                .count();
+            let candidates = v["candidates"]["candidates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let eligible = candidates
+                .iter()
+                .filter(|c| c["eligibility"] == serde_json::json!("eligible"))
+                .count();
+            if reporting == self.clusters.len() && eligible + 1 == self.clusters.len() {
+                return Ok(());
             }
-            if start.elapsed() > timeout {
-                return Err(HaError::Timeout(format!(
-                    "the group was not ready for a failover within {timeout:?}: {last}\n{}",
-                    self.group.logs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Err(format!(
+                "{reporting} clusters reporting, {eligible} eligible: {}",
+                serde_json::to_string(&candidates).unwrap_or_default()
+            ))
+        })
+        .await;
+        ready.map_err(|t| HaError::Timeout(format!("{t}\n{}", self.group.logs())))
     }
 }

@@ -8,11 +8,12 @@
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vault_dr_lab::LabError;
 use vault_dr_lab::process::ChildGuard;
 use vault_dr_lab::tools;
+use vault_dr_lab::wait::try_wait_for;
 
 /// The executable's name (`VAULT_DR_SECANTUSD_PY` overrides the search).
 pub const TOOL: &str = "secantusd-py";
@@ -103,30 +104,41 @@ impl MongoServer {
         .collect();
         let log = self.log();
         let mut child = ChildGuard::spawn(&name, &self.program, &args, &log)?;
-        let started = Instant::now();
-        loop {
-            if !child.is_running() {
+        let addr = ("127.0.0.1", self.port);
+        let what = format!("connections on 127.0.0.1:{}", self.port);
+        // Some(true): it accepts; Some(false): it exited, which ends the wait at once.
+        let ready = try_wait_for(&what, READY_TIMEOUT, || {
+            let running = child.is_running();
+            async move {
+                if !running {
+                    return Some(false);
+                }
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .is_ok()
+                    .then_some(true)
+            }
+        })
+        .await;
+        match ready {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(LabError::Exited {
                     node: name,
                     tail: tail(&log),
                     log,
                 });
             }
-            let addr = ("127.0.0.1", self.port);
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
+            Err(_) => {
                 child.kill();
                 return Err(LabError::Timeout {
                     node: name,
-                    what: format!("connections on 127.0.0.1:{}", self.port),
+                    what,
                     after: READY_TIMEOUT,
                     tail: tail(&log),
                     log,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.child = Some(child);
         Ok(())

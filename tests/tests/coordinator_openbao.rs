@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
-use vault_dr_coordinator::api::TopologyResponse;
+use vault_dr_coordinator::api::{ClustersResponse, TopologyResponse};
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::model::DecisionRecord;
 use vault_dr_coordinator::model::{Eligibility, Ineligible};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::lab::LabCluster;
 use vault_dr_tests::lab::tools::built_binary;
+use vault_dr_tests::lab::wait::wait_for;
 
 const TOKEN: &str = "integration-token";
 
@@ -124,32 +125,30 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
         .unwrap();
 
     // Healthy: the coordinator leads, sees every node, and decides nothing for 8 s.
-    let t = Instant::now();
-    loop {
-        let d: Option<DecisionRecord> =
-            get(&http, &format!("{coordinator_url}/v1/decisions/latest")).await;
-        let clusters_seen: Option<serde_json::Value> =
-            get(&http, &format!("{coordinator_url}/v1/clusters")).await;
-        let nodes = clusters_seen
-            .as_ref()
-            .map(|v| {
-                v["view"]["clusters"]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .filter(|c| !c["nodes"].as_array().unwrap().is_empty())
-                    .count()
-            })
-            .unwrap_or(0);
-        if d.is_some() && nodes == 4 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "coordinator never saw all four agents"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "the coordinator to see all four agents",
+        Duration::from_secs(30),
+        || async {
+            let d: Option<DecisionRecord> =
+                get(&http, &format!("{coordinator_url}/v1/decisions/latest")).await;
+            let clusters_seen: Option<serde_json::Value> =
+                get(&http, &format!("{coordinator_url}/v1/clusters")).await;
+            let nodes = clusters_seen
+                .as_ref()
+                .map(|v| {
+                    v["view"]["clusters"]
+                        .as_object()
+                        .unwrap()
+                        .values()
+                        .filter(|c| !c["nodes"].as_array().unwrap().is_empty())
+                        .count()
+                })
+                .unwrap_or(0);
+            d.is_some() && nodes == 4
+        },
+    )
+    .await;
+    // A sleep on purpose: the assertions below are that nothing was decided meanwhile.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let failovers: Vec<FailoverRecord> = get(&http, &format!("{coordinator_url}/v1/failovers"))
         .await
@@ -166,24 +165,42 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
 
     // s3's agent goes silent; then the primary's process dies.
     drop(agents.remove("s3"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        "s3's report to go stale",
+        Duration::from_secs(30),
+        || async {
+            let v: ClustersResponse = get(&http, &format!("{coordinator_url}/v1/clusters")).await?;
+            v.candidates.candidates.iter().find(|c| {
+                c.cluster == "s3"
+                    && matches!(
+                        c.eligibility,
+                        Eligibility::Ineligible(Ineligible::ReportStale { .. })
+                    )
+            })?;
+            Some(())
+        },
+    )
+    .await;
     let killed_at = Instant::now();
     clusters[0].nodes_mut()[0].kill();
 
-    let done = loop {
-        let f: Vec<FailoverRecord> = get(&http, &format!("{coordinator_url}/v1/failovers"))
-            .await
-            .unwrap_or_default();
-        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
-            assert_eq!(f.len(), 1, "exactly one failover: {f:?}");
-            break r.clone();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(60),
-            "no finished failover 60 s after the kill: {f:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_for(
+        "a finished failover after the kill",
+        Duration::from_secs(60),
+        || async {
+            let f: Vec<FailoverRecord> = get(&http, &format!("{coordinator_url}/v1/failovers"))
+                .await
+                .unwrap_or_default();
+            match f.iter().find(|r| r.status == FailoverStatus::Done) {
+                Some(r) => {
+                    assert_eq!(f.len(), 1, "exactly one failover: {f:?}");
+                    Ok(r.clone())
+                }
+                None => Err(format!("{f:?}")),
+            }
+        },
+    )
+    .await;
     let decided_after = (done.decided_at - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0
         + killed_at.elapsed().as_secs_f64();
     println!("failover decided {decided_after:.2} s after the kill; journal: {done:#?}");
@@ -215,7 +232,8 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert_eq!(reason("s2"), Some(Eligibility::Eligible));
     assert_eq!(done.table.winner.as_deref(), Some("s2"));
 
-    // Nothing more happens: still one failover and term 2 a few seconds later.
+    // Nothing more happens: still one failover and term 2 a few seconds later. (A sleep on
+    // purpose: it proves that nothing happens.)
     tokio::time::sleep(Duration::from_secs(4)).await;
     let topo: TopologyResponse = get(&http, &format!("{coordinator_url}/v1/topology"))
         .await

@@ -32,6 +32,7 @@ use vault_dr_lab::LabCluster;
 use vault_dr_lab::openbao::NodeHost;
 use vault_dr_lab::process::ChildGuard;
 use vault_dr_lab::tools::built_binary;
+use vault_dr_lab::wait::{try_wait_for, wait_for, wait_for_every};
 use vault_dr_tests::netns::{Host, Net};
 
 const TOKEN: &str = "faults-netns-token";
@@ -245,41 +246,38 @@ impl Lab {
     /// Until the coordinator leads, has a report from every cluster and every secondary is
     /// eligible.
     async fn wait_ready(&self) {
-        let t = Instant::now();
-        loop {
-            let mut why = String::from("no view");
-            if let Some(v) = self.get("v1/clusters").await {
-                let reported = self
-                    .clusters
-                    .iter()
-                    .filter(|c| {
-                        v.pointer(&format!("/view/clusters/{}/nodes", c.name()))
-                            .and_then(Value::as_array)
-                            .is_some_and(|a| !a.is_empty())
-                    })
-                    .count();
-                let eligible = v
-                    .pointer("/candidates/candidates")
-                    .and_then(Value::as_array)
-                    .map_or(0, |rows| {
-                        rows.iter()
-                            .filter(|r| r.get("eligibility") == Some(&json!("eligible")))
-                            .count()
-                    });
-                if reported == self.clusters.len() && eligible == self.clusters.len() - 1 {
-                    return;
-                }
-                why = format!("{reported} clusters reported, {eligible} eligible");
+        let ready = try_wait_for("the lab to be ready", Duration::from_secs(60), || async {
+            let v = self.get("v1/clusters").await.ok_or("no view")?;
+            let reported = self
+                .clusters
+                .iter()
+                .filter(|c| {
+                    v.pointer(&format!("/view/clusters/{}/nodes", c.name()))
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
+                })
+                .count();
+            let eligible = v
+                .pointer("/candidates/candidates")
+                .and_then(Value::as_array)
+                .map_or(0, |rows| {
+                    rows.iter()
+                        .filter(|r| r.get("eligibility") == Some(&json!("eligible")))
+                        .count()
+                });
+            if reported == self.clusters.len() && eligible == self.clusters.len() - 1 {
+                return Ok(());
             }
-            if t.elapsed() > Duration::from_secs(60) {
-                let logs: Vec<String> = self
-                    .clusters
-                    .iter()
-                    .map(|c| c.nodes()[0].dir().join("agent.log").display().to_string())
-                    .collect();
-                panic!("lab not ready after 60 s: {why}; agent logs {logs:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            Err(format!("{reported} clusters reported, {eligible} eligible"))
+        })
+        .await;
+        if let Err(e) = ready {
+            let logs: Vec<String> = self
+                .clusters
+                .iter()
+                .map(|c| c.nodes()[0].dir().join("agent.log").display().to_string())
+                .collect();
+            panic!("{e}; agent logs {logs:?}");
         }
     }
 
@@ -524,20 +522,19 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
 
     let cut_at = Utc::now();
     lab.host("p").cut().unwrap();
-    let t = Instant::now();
-    let done = loop {
-        let f = lab.failovers().await;
-        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
-            break r.clone();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no finished failover 60 s after isolating p: {f:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_for(
+        "a finished failover after isolating p",
+        Duration::from_secs(60),
+        || async {
+            let f = lab.failovers().await;
+            let done = f.iter().find(|r| r.status == FailoverStatus::Done).cloned();
+            done.ok_or_else(|| format!("{f:?}"))
+        },
+    )
+    .await;
     // The old primary comes back: unsealed, active, with its own (diverged) data. The stable
-    // address must keep going to the new primary, and nothing may fail over again.
+    // address must keep going to the new primary, and nothing may fail over again. (The
+    // sleeps from here to the assertions are on purpose: they prove that nothing happens.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     let heal_at = Utc::now();
     lab.host("p").heal().unwrap();
@@ -769,45 +766,50 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
     // MongoDB dies as soon as the detector suspects the primary: the whole failover (decision,
     // every journaled step) runs during the outage.
     let t = Instant::now();
-    loop {
-        let d = lab.get("v1/decisions/latest").await.unwrap_or(Value::Null);
-        if d["decision"]["kind"] == "suspect" || d["decision"]["kind"] == "fail_over" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "never suspected: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Every 50 ms: MongoDB must die before the failover gets far.
+    wait_for_every(
+        Duration::from_millis(50),
+        "the detector to suspect p",
+        Duration::from_secs(20),
+        || async {
+            let d = lab.get("v1/decisions/latest").await.unwrap_or(Value::Null);
+            if d["decision"]["kind"] == "suspect" || d["decision"]["kind"] == "fail_over" {
+                Ok(())
+            } else {
+                Err(d)
+            }
+        },
+    )
+    .await;
     mongo.kill();
     let killed_at = Utc::now();
     // The list (`GET /v1/failovers`) asks MongoDB; the topology and the record by id come
     // from the coordination backend and the write buffer.
-    let done = loop {
-        let (primary, term) = lab.topology().await;
-        let topo = lab.get("v1/topology").await.unwrap_or(Value::Null);
-        if term == 2
-            && topo
-                .pointer("/topology/failover")
-                .is_none_or(Value::is_null)
-        {
-            let id = FailoverRecord::id_for(2, "p", &primary);
-            let r: FailoverRecord = serde_json::from_value(
-                lab.get(&format!("v1/failovers/{id}"))
-                    .await
-                    .unwrap_or(Value::Null),
-            )
-            .unwrap_or_else(|e| panic!("record {id} not served during the outage: {e}"));
-            assert_eq!(r.status, FailoverStatus::Done, "{r:?}");
-            break r;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no finished failover while MongoDB is down: term {term}, primary {primary}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_for(
+        "a finished failover while MongoDB is down",
+        Duration::from_secs(60).saturating_sub(t.elapsed()),
+        || async {
+            let (primary, term) = lab.topology().await;
+            let topo = lab.get("v1/topology").await.unwrap_or(Value::Null);
+            if term == 2
+                && topo
+                    .pointer("/topology/failover")
+                    .is_none_or(Value::is_null)
+            {
+                let id = FailoverRecord::id_for(2, "p", &primary);
+                let r: FailoverRecord = serde_json::from_value(
+                    lab.get(&format!("v1/failovers/{id}"))
+                        .await
+                        .unwrap_or(Value::Null),
+                )
+                .unwrap_or_else(|e| panic!("record {id} not served during the outage: {e}"));
+                assert_eq!(r.status, FailoverStatus::Done, "{r:?}");
+                return Ok(r);
+            }
+            Err(format!("term {term}, primary {primary}"))
+        },
+    )
+    .await;
     let list_during_outage = lab.get("v1/failovers").await.is_some();
     assert!(
         done.decided_at > killed_at,
@@ -824,18 +826,17 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         .await
         .unwrap();
     let t = Instant::now();
-    let stored = loop {
-        if let Ok(Some(r)) = direct.failover(&done.id).await
-            && r.status == FailoverStatus::Done
-        {
-            break r;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the journal never reached MongoDB after it returned"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let stored = wait_for(
+        "the journal to reach MongoDB after it returned",
+        Duration::from_secs(60),
+        || async {
+            match direct.failover(&done.id).await {
+                Ok(Some(r)) if r.status == FailoverStatus::Done => Some(r),
+                _ => None,
+            }
+        },
+    )
+    .await;
     assert_eq!(stored.steps.len(), Step::ALL.len(), "{stored:?}");
     assert_eq!((stored.term, stored.to.as_str()), (2, done.to.as_str()));
     let reached = t.elapsed().as_secs_f64();
@@ -924,19 +925,24 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
     lab.wait_failover_ready(0, Duration::from_secs(90))
         .await
         .unwrap();
+    // The followers have seen the lease by now. A sleep on purpose, as in ha_local: there is no
+    // condition to wait on, and nothing may happen meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let cut_at = Utc::now();
     hosts[0].cut().unwrap();
     let t = Instant::now();
-    while lab.group.is_running(0) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "c1 never reached {failpoint}:\n{}",
-            lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let group = &mut lab.group;
+    let stopped = try_wait_for(
+        &format!("c1 to reach {failpoint}"),
+        Duration::from_secs(60),
+        || {
+            let running = group.is_running(0);
+            async move { !running }
+        },
+    )
+    .await;
+    stopped.unwrap_or_else(|e| panic!("{e}:\n{}", lab.group.logs()));
     assert!(
         lab.group.replicas[0]
             .log_text()
@@ -949,23 +955,26 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .wait_leader(Some(0), Duration::from_secs(20))
         .await
         .unwrap();
-    let done = loop {
-        let all: Vec<FailoverRecord> = lab
-            .group
-            .get(next, "/v1/failovers")
-            .await
-            .unwrap_or_default();
-        if let Some(r) = all.iter().find(|r| r.status == FailoverStatus::Done) {
-            assert_eq!(all.len(), 1, "one failover: {all:#?}");
-            break r.clone();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the next leader did not finish after {failpoint}: {all:#?}\n{}",
-            lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = try_wait_for(
+        &format!("the next leader to finish after {failpoint}"),
+        Duration::from_secs(120).saturating_sub(t.elapsed()),
+        || async {
+            let all: Vec<FailoverRecord> = lab
+                .group
+                .get(next, "/v1/failovers")
+                .await
+                .unwrap_or_default();
+            match all.iter().find(|r| r.status == FailoverStatus::Done) {
+                Some(r) => {
+                    assert_eq!(all.len(), 1, "one failover: {all:#?}");
+                    Ok(r.clone())
+                }
+                None => Err(format!("{all:#?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
     let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
     assert_eq!(
         steps,
@@ -978,7 +987,8 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         by.contains(&"c1") && by.iter().any(|b| *b != "c1"),
         "steps by both leaders: {by:?}"
     );
-    // Still exactly one a few seconds later, and the new primary serves a write.
+    // Still exactly one a few seconds later, and the new primary serves a write. (A sleep on
+    // purpose: it proves that nothing happens.)
     tokio::time::sleep(Duration::from_secs(3)).await;
     let all: Vec<FailoverRecord> = lab
         .group

@@ -18,10 +18,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use vault_dr_common::Secret;
 use vault_dr_coordinator::config::{self as coord_config, Config as CoordConfig};
+use vault_dr_lab::wait::wait_for;
 use vault_dr_tests::lab::LabCluster;
 
 /// Kinds the chart renders whose schemas `kubernetes-validate` does not ship.
@@ -820,28 +821,29 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     // Wait until the leader has probed both clusters and holds a report from each agent, so
     // every per-cluster family exists.
     let client = vault_dr_common::http::client_builder().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let coordinator_metrics = loop {
-        let text = get_text(&client, &format!("{coord_url}/metrics")).await;
-        let ready = client
-            .get(format!("{coord_url}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        let ages = text
-            .lines()
-            .filter(|l| l.starts_with("vault_dr_coordinator_report_age_seconds{"))
-            .count();
-        if ready && ages >= 2 && text.contains("vault_dr_coordinator_cluster_state{") {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after 60 s the coordinator is not leading with two reports:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let coordinator_metrics = wait_for(
+        "the coordinator to lead with two reports",
+        Duration::from_secs(60),
+        || async {
+            let text = get_text(&client, &format!("{coord_url}/metrics")).await;
+            let ready = client
+                .get(format!("{coord_url}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            let ages = text
+                .lines()
+                .filter(|l| l.starts_with("vault_dr_coordinator_report_age_seconds{"))
+                .count();
+            if ready && ages >= 2 && text.contains("vault_dr_coordinator_cluster_state{") {
+                Ok(text)
+            } else {
+                Err(format!("\n{text}"))
+            }
+        },
+    )
+    .await;
     let mut exported = exported_names(&coordinator_metrics);
     for url in &agent_urls {
         let text = get_text(&client, url).await;

@@ -22,6 +22,7 @@ use vault_dr_common::{
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
+use vault_dr_lab::wait::wait_for;
 
 /// How long one raw exchange may take before the server counts as hung.
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,18 +110,17 @@ async fn coordinator() -> Coordinator {
     }));
     let base = format!("http://{addr}");
     let client = http();
-    let start = std::time::Instant::now();
-    loop {
-        let ready = client.get(format!("{base}/readyz")).send().await;
-        if matches!(&ready, Ok(r) if r.status() == 200) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the coordinator did not become ready (leader with a topology) in 20 s: {ready:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the coordinator to be ready (leader with a topology)",
+        Duration::from_secs(20),
+        || async {
+            match client.get(format!("{base}/readyz")).send().await {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     Coordinator {
         store_path: dir.path().join("store.sqlite"),
         _dir: dir,
@@ -830,14 +830,12 @@ async fn the_agent_refuses_hostile_requests_and_keeps_serving() {
     }));
     let base = format!("http://{addr}");
     let client = http();
-    let start = std::time::Instant::now();
-    while send(client.get(format!("{base}/readyz"))).await.0 != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the agent's first probe did not finish in 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the agent's first probe",
+        Duration::from_secs(20),
+        || async { send(client.get(format!("{base}/readyz"))).await.0 == 200 },
+    )
+    .await;
     let desired_before = send(client.get(format!("{base}/v1/desired"))).await;
     assert_eq!(desired_before.0, 404, "no desired state yet");
 

@@ -35,6 +35,7 @@ use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::agents;
 use vault_dr_tests::lab::LabCluster;
 use vault_dr_tests::lab::tools::built_binary;
+use vault_dr_tests::lab::wait::{try_wait_for, wait_for};
 
 /// The coordinator's bearer token (agents and CLI).
 const TOKEN: &str = "replication-it-token";
@@ -205,21 +206,13 @@ impl Group {
         timeout: Duration,
         pred: impl Fn(&Report) -> bool,
     ) -> Report {
-        let started = Instant::now();
-        let mut last = None;
-        loop {
-            if let Some(r) = self.report(cluster).await {
-                if pred(&r) {
-                    return r;
-                }
-                last = Some(r);
+        wait_for(&format!("{cluster}: {what}"), timeout, || async {
+            match self.report(cluster).await {
+                Some(r) if pred(&r) => Ok(r),
+                last => Err(format!("last report: {last:#?}")),
             }
-            assert!(
-                started.elapsed() < timeout,
-                "{cluster}: {what} not within {timeout:?}; last report: {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until the leader serves the stable address and every secondary is seeded.
@@ -230,36 +223,29 @@ impl Group {
             })
             .await;
         }
-        let started = Instant::now();
-        while write(&self.http, &self.stable, &self.client_token, "ready", "1")
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the stable address never reached p"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for(
+            "the stable address to reach p",
+            Duration::from_secs(30),
+            || write(&self.http, &self.stable, &self.client_token, "ready", "1"),
+        )
+        .await;
     }
 
     /// Waits for a finished failover to `term`; returns it.
     async fn wait_done(&self, term: u64, timeout: Duration) -> FailoverRecord {
-        let started = Instant::now();
-        loop {
-            let all: Vec<FailoverRecord> = self.api("v1/failovers").await.unwrap_or_default();
-            if let Some(r) = all
-                .iter()
-                .find(|r| r.term == term && r.status == FailoverStatus::Done)
-            {
-                return r.clone();
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "no finished failover to term {term} within {timeout:?}: {all:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for(
+            &format!("a finished failover to term {term}"),
+            timeout,
+            || async {
+                let all: Vec<FailoverRecord> = self.api("v1/failovers").await.unwrap_or_default();
+                let done = all
+                    .iter()
+                    .find(|r| r.term == term && r.status == FailoverStatus::Done)
+                    .cloned();
+                done.ok_or_else(|| format!("{all:#?}"))
+            },
+        )
+        .await
     }
 }
 
@@ -309,16 +295,11 @@ async fn read_eventually(
     want: &str,
     timeout: Duration,
 ) -> bool {
-    let started = Instant::now();
-    loop {
-        if read(http, addr, token, path).await.as_deref() == Some(want) {
-            return true;
-        }
-        if started.elapsed() > timeout {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    try_wait_for(&format!("{path} to read {want}"), timeout, || async {
+        read(http, addr, token, path).await.as_deref() == Some(want)
+    })
+    .await
+    .is_ok()
 }
 
 /// Every key of `keys` reads back through `addr`; the missing ones.
@@ -535,7 +516,12 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
         g.client_token.clone(),
         "sw",
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for(
+        "the writer's first acked writes",
+        Duration::from_secs(10),
+        || async { acked.lock().unwrap().len() >= 10 },
+    )
+    .await;
     let started = chrono::Utc::now();
     let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args([
@@ -575,7 +561,14 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
             "{step} printed: {printed}"
         );
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The writer goes on after the switchover: ten more acknowledged writes.
+    let before = acked.lock().unwrap().len();
+    wait_for(
+        "acked writes after the switchover",
+        Duration::from_secs(10),
+        || async { acked.lock().unwrap().len() >= before + 10 },
+    )
+    .await;
     let _ = stop.send(());
     let (failed, longest) = writer.await.unwrap();
     let done = g.wait_done(2, Duration::from_secs(10)).await;

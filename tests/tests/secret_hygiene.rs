@@ -27,6 +27,7 @@ use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
 use vault_dr_tests::lab::group::{DrGroup, GroupSpec};
 use vault_dr_tests::lab::process::ChildGuard;
 use vault_dr_tests::lab::tools::built_binary;
+use vault_dr_tests::lab::wait::try_wait_for;
 
 /// One secret and the byte strings it may show up as.
 struct Secret {
@@ -324,22 +325,21 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
     tokio::time::sleep(Duration::from_secs(3)).await;
     group.clusters_mut()[0].nodes_mut()[0].kill();
     let killed = Instant::now();
-    let done = loop {
-        let f: Vec<FailoverRecord> = group
-            .get_json(&leader, "v1/failovers")
-            .await
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
-            break r.clone();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(90),
-            "no finished failover 90 s after the kill: {f:?} (logs in {})",
-            run_dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let done = try_wait_for(
+        "a finished failover after the kill",
+        Duration::from_secs(90),
+        || async {
+            let f: Vec<FailoverRecord> = group
+                .get_json(&leader, "v1/failovers")
+                .await
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            let done = f.iter().find(|r| r.status == FailoverStatus::Done).cloned();
+            done.ok_or_else(|| format!("{f:?}"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e} (logs in {})", run_dir.display()));
     println!(
         "failover {} done {:.1} s after the kill",
         done.id,
