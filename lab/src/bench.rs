@@ -220,10 +220,7 @@ fn report(cluster: usize, node: usize, seq: u64, started: chrono::DateTime<Utc>)
 
 async fn ingest(agents: usize, seconds: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = crate::ports::reserve_loopback().map_err(|e| e.to_string())?;
     write_config(dir.path(), port, agents).map_err(|e| e.to_string())?;
     let exe = crate::tools::built_binary("vault-dr").map_err(|e| e.to_string())?;
     let log =

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use vault_dr_common::Secret;
 use super::LabCluster;
 use super::error::LabError;
 use super::openbao::NodeHost;
+use super::ports;
 use super::process::ChildGuard;
 use super::tools::built_binary;
 use super::wait::{try_wait_for, try_wait_for_blocking};
@@ -394,15 +395,13 @@ impl DrGroup {
             (None, None)
         };
 
-        let ports = free_ports(spec.coordinators + 1)?;
-        let coordinator_urls: Vec<Url> = ports[..spec.coordinators]
-            .iter()
-            .map(|p| url_of(spec.coordinator_ip, *p))
+        let coordinator_urls: Vec<Url> = (0..spec.coordinators)
+            .map(|_| url_of(spec.coordinator_ip, ports::reserve(spec.coordinator_ip)?))
             .collect::<Result<_, _>>()?;
         let traffic_addr = if spec.traffic {
             Some(url_of(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
-                ports[spec.coordinators],
+                ports::reserve_loopback()?,
             )?)
         } else {
             None
@@ -964,21 +963,6 @@ fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
         .map_err(|e| LabError::io(format!("create {}", path.display()), e))?;
     f.write_all(text.as_bytes())
         .map_err(|e| LabError::io(format!("write {}", path.display()), e))
-}
-
-fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LabError::io("bind 127.0.0.1:0 to pick a free port", e))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| LabError::io("read a picked port", e))
-        })
-        .collect()
 }
 
 fn url_of(ip: IpAddr, port: u16) -> Result<Url, LabError> {

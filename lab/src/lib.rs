@@ -14,8 +14,8 @@
 //! - [`drill`]: `vault-dr-lab drill` (also reached as `vault-dr drill`).
 //! - [`bench`]: `vault-dr-lab bench …` (also reached as `vault-dr bench …`).
 //! - [`cli`]: the `vault-dr-lab` command line.
-//! - [`tools`], [`wait`]: finding executables and waiting on a condition, for the lab and the
-//!   integration tests.
+//! - [`tools`], [`wait`], [`ports`]: finding executables, waiting on a condition and picking
+//!   ports, for the lab and the integration tests.
 
 pub mod bench;
 pub mod cli;
@@ -23,6 +23,7 @@ pub mod drill;
 pub mod error;
 pub mod group;
 pub mod openbao;
+pub mod ports;
 pub mod process;
 pub mod token;
 pub mod tools;

@@ -7,7 +7,7 @@
 //! all (`{}`), and answers with the root token. Nothing here logs or prints a token or the key.
 
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,7 +315,7 @@ impl LabCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let ports = free_ports(2 * count)?;
+            let ports = super::ports::reserve_loopback_n(2 * count)?;
             let api_urls = (0..count)
                 .map(|i| host_url(host.ip, ports[2 * i]))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -928,22 +928,6 @@ fn check_name(name: &str) -> Result<(), LabError> {
     }
 }
 
-/// `count` distinct free loopback ports (all bound at once, then released).
-fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LabError::io("bind 127.0.0.1:0 to pick a free port", e))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| LabError::io("read a picked port", e))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 fn loopback_url(port: u16) -> Result<Url, LabError> {
     host_url(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -1039,15 +1023,6 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a/b").is_err());
         assert!(check_name("a b").is_err());
-    }
-
-    #[test]
-    fn free_ports_are_distinct() {
-        let p = free_ports(8).unwrap();
-        let mut q = p.clone();
-        q.sort_unstable();
-        q.dedup();
-        assert_eq!(p.len(), q.len());
     }
 
     #[test]

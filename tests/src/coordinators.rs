@@ -127,11 +127,6 @@ pub struct CoordinatorGroup {
     http: reqwest::Client,
 }
 
-fn free_port() -> Result<u16, HaError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind 127.0.0.1:0"))?;
-    Ok(l.local_addr().map_err(io("local address"))?.port())
-}
-
 impl CoordinatorGroup {
     /// Writes every replica's configuration (nothing starts yet). `program` and `prefix` run a
     /// coordinator as `program prefix… coordinator --config FILE` (the `vault-dr` binary with
@@ -177,7 +172,7 @@ impl CoordinatorGroup {
         let mut replicas = Vec::new();
         for i in 1..=spec.replicas {
             let id = format!("c{i}");
-            let port = free_port()?;
+            let port = crate::lab::ports::reserve_loopback()?;
             let text = format!(
                 "listen = \"127.0.0.1:{port}\"\nid = \"{id}\"\ntoken_file = \"token\"\n{vault}\
                  [store]\npath = \"store.sqlite\"\n[coordination]\n{coordination}\n\

@@ -6,7 +6,6 @@
 //! In-memory storage starts empty after a restart.
 
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ impl MongoServer {
             .prefix("vault-dr-mongo-")
             .tempdir()
             .map_err(|e| LabError::io("create temp dir for secantusd", e))?;
-        let port = free_port()?;
+        let port = vault_dr_lab::ports::reserve_loopback()?;
         let mut server = Self {
             program,
             port,
@@ -149,14 +148,6 @@ impl Drop for MongoServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port that was free a moment ago on loopback.
-fn free_port() -> Result<u16, LabError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| LabError::io("find a free port on 127.0.0.1", e))
 }
 
 /// The last lines of a log file (empty if unreadable).

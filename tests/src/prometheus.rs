@@ -4,7 +4,6 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
@@ -98,13 +97,7 @@ impl PrometheusServer {
             what: format!("write {}", config_path.display()),
             source,
         })?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|source| PromError::Io {
-                what: "pick a free port".into(),
-                source,
-            })?;
+        let port = vault_dr_lab::ports::reserve_loopback()?;
         let log = dir.path().join("prometheus.log");
         let args: Vec<OsString> = vec![
             format!("--config.file={}", config_path.display()).into(),

@@ -77,11 +77,9 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Bound once and handed to the coordinator.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
     let coordinator_url = format!("http://127.0.0.1:{port}");
     // s1 is excluded by the operator, s3's agent will be stopped (stale report): s2 must win.
     let mut text = format!(
@@ -104,7 +102,6 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
         dir.path().join("token").display().to_string(),
     )]);
     let config = Config::parse(&text, dir.path(), &env).unwrap();
-    let listener = TcpListener::bind(config.listen).await.unwrap();
     let (stop_coordinator, stopped) = oneshot::channel::<()>();
     let coordinator = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
         let _ = stopped.await;

@@ -116,17 +116,11 @@ impl Lab {
         }
 
         let gw = net.gateway();
-        let port = std::net::TcpListener::bind((gw, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Bound once and handed to the coordinator; its traffic forwarder binds its own port.
+        let listener = TcpListener::bind((gw, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let url = format!("http://{gw}:{port}");
-        let traffic_port = std::net::TcpListener::bind((gw, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let traffic_port = vault_dr_lab::ports::reserve(gw.into()).unwrap();
         let mut text = format!(
             "listen = \"{gw}:{port}\"\nid = \"faults\"\ntoken_file = \"token\"\n\
              [store]\n{}\n[coordination]\npath = \"coordination.json\"\n\
@@ -152,7 +146,6 @@ impl Lab {
         }
         let env = BTreeMap::from([(ENV_TOKEN_FILE.to_owned(), token_file.display().to_string())]);
         let config = Config::parse(&text, dir.path(), &env).unwrap();
-        let listener = TcpListener::bind(config.listen).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
             let _ = stopped.await;

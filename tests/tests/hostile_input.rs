@@ -22,6 +22,7 @@ use vault_dr_common::{
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
+use vault_dr_lab::ports::closed_loopback;
 use vault_dr_lab::wait::wait_for;
 
 /// How long one raw exchange may take before the server counts as hung.
@@ -42,14 +43,6 @@ fn rand_u64() -> u64 {
             .as_nanos(),
     );
     h.finish()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http() -> reqwest::Client {
@@ -88,8 +81,10 @@ async fn coordinator() -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
     let token = fresh_token();
     std::fs::write(dir.path().join("token"), &token).unwrap();
-    let port = free_port();
-    let closed = free_port();
+    // Bound once and handed to the coordinator; the clusters' port stays closed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let closed = closed_loopback().unwrap();
     let text = format!(
         "listen = \"127.0.0.1:{port}\"\nid = \"hostile\"\ntoken_file = \"token\"\n\
          [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
@@ -102,7 +97,6 @@ async fn coordinator() -> Coordinator {
         dir.path().join("token").display().to_string(),
     )]);
     let config = Config::parse(&text, dir.path(), &env).unwrap();
-    let listener = TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
@@ -817,7 +811,7 @@ async fn the_coordinator_refuses_hostile_requests_stores_nothing_and_keeps_servi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_refuses_hostile_requests_and_keeps_serving() {
     // An agent without a coordinator, its Vault a closed port: it serves its API regardless.
-    let closed = free_port();
+    let closed = closed_loopback().unwrap();
     let vault = Url::parse(&format!("http://127.0.0.1:{closed}")).unwrap();
     let mut config = vault_dr_agent::Config::minimal("dc2", "dc2-0", vault);
     config.interval = Duration::from_millis(200);

@@ -34,6 +34,7 @@ use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::agents;
 use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::lab::ports::reserve_loopback;
 use vault_dr_tests::lab::tools::built_binary;
 use vault_dr_tests::lab::wait::{try_wait_for, wait_for};
 
@@ -58,14 +59,6 @@ struct Group {
     client_token: Secret,
     http: reqwest::Client,
     _coordinator: oneshot::Sender<()>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn rand_u64() -> u64 {
@@ -120,8 +113,11 @@ impl Group {
         }
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
         std::fs::write(dir.path().join("dr.token"), dr_token.expose()).unwrap();
-        let port = free_port();
-        let traffic_port = free_port();
+        // The coordinator's listener is bound once and handed over; its traffic forwarder
+        // binds its own port.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let traffic_port = reserve_loopback().unwrap();
         let coordinator_url = format!("http://127.0.0.1:{port}");
         let mut text = format!(
             "listen = \"127.0.0.1:{port}\"\nid = \"it\"\ntoken_file = \"token\"\n\
@@ -145,7 +141,6 @@ impl Group {
             dir.path().join("token").display().to_string(),
         )]);
         let config = Config::parse(&text, dir.path(), &env).unwrap();
-        let listener = TcpListener::bind(config.listen).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(vault_dr_coordinator::run(config, listener, async {
             let _ = stopped.await;

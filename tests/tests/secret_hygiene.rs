@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
 use vault_dr_tests::lab::group::{DrGroup, GroupSpec};
+use vault_dr_tests::lab::ports::{closed_loopback, reserve_loopback};
 use vault_dr_tests::lab::process::ChildGuard;
 use vault_dr_tests::lab::tools::built_binary;
 use vault_dr_tests::lab::wait::try_wait_for;
@@ -518,16 +519,8 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
     }
     // A coordinator whose MongoDB URI carries a password, pointing at a closed port: it must
     // complain about the store without showing the password, in its log and on its API.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mongo_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_loopback().unwrap();
+    let mongo_port = reserve_loopback().unwrap();
     let mongo_config = run_dir.join("mongo-coordinator.toml");
     let original = std::fs::read_to_string(&group.coordinators()[0].config_path).unwrap();
     let mut text = String::new();

@@ -26,12 +26,6 @@ const GOAL_CPU_PERCENT: f64 = 1.0;
 /// Goal: agent RSS / node-exporter RSS at most this.
 const GOAL_RSS_RATIO: f64 = 0.8;
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// VmRSS in KiB and utime+stime in clock ticks of `pid`.
 fn sample(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -217,7 +211,7 @@ async fn bench() -> Result<bool> {
     let coord_url = format!("http://{}", coord.local_addr()?);
     tokio::spawn(fake_coordinator(coord));
 
-    let agent_port = free_port()?;
+    let agent_port = vault_dr_tests::lab::ports::reserve_loopback()?;
     let agent_args: Vec<OsString> = [
         "--vault-addr",
         cluster.api_addr().as_str(),
@@ -247,7 +241,7 @@ async fn bench() -> Result<bool> {
         &agent_args,
         &dir.path().join("agent.log"),
     )?;
-    let exporter_port = free_port()?;
+    let exporter_port = vault_dr_tests::lab::ports::reserve_loopback()?;
     let exporter_args = vec![OsString::from(format!(
         "--web.listen-address=127.0.0.1:{exporter_port}"
     ))];

@@ -102,10 +102,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn closed_port_url() -> Result<url::Url> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    // The listener is dropped at once: nothing answers there.
+    let port = vault_dr_tests::lab::ports::closed_loopback()?;
+    // Nothing answers there.
     Ok(url::Url::parse(&format!("http://127.0.0.1:{port}"))?)
 }
 
