@@ -10,9 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use vault_dr_common::{
-    HostStats, LatencySummary, NodeState, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
-};
+use vault_dr_common::{NodeState, Report};
 use vault_dr_coordinator::failover::scorer::score;
 use vault_dr_coordinator::model::Policy;
 use vault_dr_coordinator::model::test_util::synthetic;
@@ -174,48 +172,23 @@ fn write_config(dir: &Path, port: u16, agents: usize) -> std::io::Result<()> {
     std::fs::write(dir.join("config.toml"), text)
 }
 
+/// The shared healthy report (`test_util::report`) of node `node` of cluster `c<cluster>`: the
+/// first node active, the others standbys, raft indexes and CPU seconds moving with `seq`.
 fn report(cluster: usize, node: usize, seq: u64, started: chrono::DateTime<Utc>) -> Report {
-    Report {
-        schema_version: SCHEMA_VERSION,
-        cluster: format!("c{cluster}"),
-        node: format!("c{cluster}-{node}"),
-        seq,
-        agent_started_at: started,
-        sent_at: Utc::now(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        vault: VaultStatus {
-            state: if node == 0 {
-                NodeState::Active
-            } else {
-                NodeState::Standby
-            },
-            last_probe_ms: Some(1.2),
-            latency: LatencySummary {
-                samples: 60,
-                p50_ms: 1.1,
-                p99_ms: 3.4,
-                error_ratio: 0.0,
-            },
-            version: Some("2.7.2".into()),
-            cluster_id: Some(format!("id-{cluster}")),
-            cluster_name: Some(format!("c{cluster}")),
-            raft_applied_index: Some(1000 + seq),
-            raft_commit_index: Some(1000 + seq),
-            autopilot_healthy: Some(true),
-            last_error: None,
-        },
-        host: HostStats {
-            cpu_usage_cores: 0.1,
-            cpu_seconds_total: seq as f64,
-            memory_used_bytes: 200 << 20,
-            memory_limit_bytes: Some(1 << 30),
-            ..HostStats::default()
-        },
-        replication: ReplicationStatus::default(),
-        primary_probe: None,
-        seen_term: 1,
-        applied_term: 1,
+    let mut r = vault_dr_coordinator::model::test_util::report(
+        &format!("c{cluster}"),
+        &format!("c{cluster}-{node}"),
+        Utc::now(),
+    );
+    r.seq = seq;
+    r.agent_started_at = started;
+    if node != 0 {
+        r.vault.state = NodeState::Standby;
     }
+    r.vault.raft_applied_index = Some(1000 + seq);
+    r.vault.raft_commit_index = Some(1000 + seq);
+    r.host.cpu_seconds_total = seq as f64;
+    r
 }
 
 async fn ingest(agents: usize, seconds: u64) -> Result<(), String> {

@@ -16,9 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use url::Url;
-use vault_dr_common::{
-    HostStats, LatencySummary, NodeState, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
-};
+use vault_dr_common::{NodeState, Report};
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
@@ -126,33 +124,15 @@ async fn coordinator() -> Coordinator {
     }
 }
 
+/// The shared healthy report (`test_util::report`) of a standby `node`, sent now, numbered
+/// `seq`, from an agent started at `started` (unix seconds) that applied no term yet.
 fn report(cluster: &str, node: &str, seq: u64, started: i64) -> Report {
-    Report {
-        schema_version: SCHEMA_VERSION,
-        cluster: cluster.into(),
-        node: node.into(),
-        seq,
-        agent_started_at: chrono::DateTime::from_timestamp(started, 0).unwrap(),
-        sent_at: chrono::Utc::now(),
-        agent_version: "hostile-test".into(),
-        vault: VaultStatus {
-            state: NodeState::Standby,
-            last_probe_ms: Some(1.0),
-            latency: LatencySummary::default(),
-            version: None,
-            cluster_id: None,
-            cluster_name: None,
-            raft_applied_index: Some(10),
-            raft_commit_index: Some(10),
-            autopilot_healthy: None,
-            last_error: None,
-        },
-        host: HostStats::default(),
-        replication: ReplicationStatus::default(),
-        primary_probe: None,
-        seen_term: 0,
-        applied_term: 0,
-    }
+    let mut r = vault_dr_coordinator::model::test_util::report(cluster, node, chrono::Utc::now());
+    r.seq = seq;
+    r.agent_started_at = chrono::DateTime::from_timestamp(started, 0).unwrap();
+    r.vault.state = NodeState::Standby;
+    (r.seen_term, r.applied_term) = (0, 0);
+    r
 }
 
 /// Sends one request; returns the status and the body.
