@@ -2,8 +2,11 @@
 # The local drill from a fresh checkout, in one command:
 #   1. scripts/setup.sh --no-helm (OpenBao, SecantusDB, the Debian packages) runs in the background,
 #      at low CPU priority, while
-#   2. cargo builds the two binaries the drill runs (`vault-dr`, `vault-dr-agent`; debug profile);
-#   3. then `target/debug/vault-dr drill "$@"` (see README "The drill" for its flags).
+#   2. cargo builds the three binaries the drill runs (`vault-dr-lab`, `vault-dr`, `vault-dr-agent`;
+#      debug profile) without the coordinator's Kubernetes and MongoDB backends, which the drill
+#      does not use (with `--mongodb-uri`, or VAULT_DR_MONGODB_URI set, the MongoDB store is
+#      built in);
+#   3. then `target/debug/vault-dr-lab drill "$@"` (see README "The drill" for its flags).
 # On a fresh 2-core machine the build is most of the time; setup mostly waits on the network, so
 # running both at once saves its whole duration. Exit status: setup's or cargo's when either fails,
 # else the drill's (0 = exactly one promotion, clients served by the new primary).
@@ -31,8 +34,14 @@ stop_setup() {
 }
 trap stop_setup INT TERM
 
+features=(--no-default-features)
+for arg in "$@"; do
+    [[ "$arg" == --mongodb-uri* ]] && features=(--no-default-features --features vault-dr-coordinator/mongodb)
+done
+[[ -n "${VAULT_DR_MONGODB_URI:-}" ]] && features=(--no-default-features --features vault-dr-coordinator/mongodb)
+
 build_rc=0
-cargo build --bin vault-dr --bin vault-dr-agent || build_rc=$?
+cargo build "${features[@]}" --bin vault-dr-lab --bin vault-dr --bin vault-dr-agent || build_rc=$?
 
 setup_rc=0
 wait "$setup_pid" || setup_rc=$?
@@ -49,4 +58,4 @@ if ((build_rc != 0)); then
 fi
 
 trap - INT TERM
-exec target/debug/vault-dr drill "$@"
+exec target/debug/vault-dr-lab drill "$@"

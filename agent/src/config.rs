@@ -6,7 +6,6 @@
 
 use crate::error::{Error, Result};
 use clap::Parser;
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -74,27 +73,8 @@ pub const DEFAULT_SNAPSHOT_KEEP: usize = 3;
 /// Default quarantine directory, inside the snapshot directory.
 pub const DEFAULT_QUARANTINE_SUBDIR: &str = "quarantine";
 
-/// Read access to environment variables.
-pub trait Env {
-    /// The value of `key`, `None` when unset.
-    fn var(&self, key: &str) -> Option<String>;
-}
-
-/// The real process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn var(&self, key: &str) -> Option<String> {
-        self.get(key).cloned()
-    }
-}
+/// The environment seam, shared with the coordinator.
+pub use vault_dr_common::env::{Env, ProcessEnv};
 
 fn help(text: &str, env: &str) -> String {
     format!("{text} [env: {env}]")
@@ -633,6 +613,7 @@ fn read_ca(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -1,5 +1,6 @@
 //! The agent's error type: configuration errors (exit 64, naming the field), HTTP client and
-//! server set-up, and the failures of single Vault or coordinator requests.
+//! server set-up, and the failures of single Vault or coordinator requests (also a restore not
+//! served in time and a failed promotion canary).
 
 /// Result with the agent's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,6 +65,17 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A restored snapshot was not served by the node in time.
+    #[error("the node did not serve snapshot index {index} within {after:?}")]
+    VaultRestoreTimeout {
+        /// The snapshot's raft index.
+        index: u64,
+        /// How long was waited.
+        after: std::time::Duration,
+    },
+    /// The promotion canary (a write and read in the DR token's cubbyhole) failed.
+    #[error("canary: {0}")]
+    Canary(String),
 }
 
 impl Error {
@@ -94,6 +106,8 @@ impl Error {
             Self::VaultRequest { source, .. } => request_error_kind(source),
             Self::VaultStatus { .. } => "status",
             Self::VaultDecode { .. } => "decode",
+            Self::VaultRestoreTimeout { .. } => "restore_timeout",
+            Self::Canary(_) => "canary",
             _ => "internal",
         }
     }

@@ -68,7 +68,7 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 impl Metrics {
     /// Creates and registers every metric in `r`.
     pub fn new(r: &Registry) -> Result<Self> {
-        const P: &str = "vault_dr_agent_";
+        const P: &str = vault_dr_common::telemetry::AGENT_METRICS_PREFIX;
         let g = |name: &str, help: &str| Gauge::new(format!("{P}{name}"), help);
         let m = Self {
             probe_duration: reg(

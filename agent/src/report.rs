@@ -9,11 +9,11 @@ use crate::config::CoordinatorConfig;
 use crate::error::{Error, Result, request_error_kind};
 use crate::metrics::Metrics;
 use crate::state::{Offer, Shared};
-use rand::Rng;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use url::Url;
+use vault_dr_common::backoff::Backoff;
 use vault_dr_common::{DesiredState, Secret};
 
 /// First back-off ceiling after a failure.
@@ -22,53 +22,6 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Timeout of one report request.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Exponential back-off with full jitter: after the n-th consecutive failure the delay is
-/// uniform in `[0, min(cap, base * 2^(n-1))]`, but never below `floor` (the report interval,
-/// so a failing coordinator is never asked more often than a healthy one).
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    floor: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    /// A back-off with the given bounds.
-    pub fn new(base: Duration, cap: Duration, floor: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            floor,
-            failures: 0,
-        }
-    }
-
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// Forgets the failures (after a success).
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// Records a failure and returns the delay before the next attempt.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let ceiling = self.ceiling();
-        let jittered = ceiling.mul_f64(rng.random_range(0.0..=1.0));
-        jittered.max(self.floor)
-    }
-
-    /// Upper bound of the current delay.
-    pub fn ceiling(&self) -> Duration {
-        let exp = self.failures.saturating_sub(1).min(20);
-        self.base.saturating_mul(1 << exp).min(self.cap)
-    }
-}
 
 /// Why one send failed; its label is the `kind` of the failure counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +221,7 @@ impl Sender {
 
     /// Sends every `interval`, backing off after failures, until the task is dropped.
     pub async fn run(self, interval: Duration) {
-        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, interval);
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP).with_floor(interval);
         let mut delay = interval;
         loop {
             if backoff.failures() == 0 {
@@ -313,7 +266,7 @@ mod tests {
 
     #[test]
     fn the_ceiling_doubles_to_the_cap_and_resets() {
-        let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, Duration::ZERO);
+        let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut ceilings = Vec::new();
         for _ in 0..9 {
@@ -337,7 +290,7 @@ mod tests {
         let floor = Duration::from_secs(1);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..50 {
-            let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, floor);
+            let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP).with_floor(floor);
             for _ in 0..6 {
                 b.next_delay(&mut rng);
             }

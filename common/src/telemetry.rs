@@ -16,3 +16,8 @@ pub fn init(json: bool) {
         builder.try_init()
     };
 }
+
+/// Prefix of every agent metric: `vault_dr_agent_<thing>_<unit>`.
+pub const AGENT_METRICS_PREFIX: &str = "vault_dr_agent_";
+/// Prefix of every coordinator metric: `vault_dr_coordinator_<thing>_<unit>`.
+pub const COORDINATOR_METRICS_PREFIX: &str = "vault_dr_coordinator_";

@@ -21,20 +21,36 @@ pub mod vault;
 use crate::api::Service;
 use crate::config::{Config, CoordinationConfig, StoreConfig, TrafficConfig};
 use crate::coordination::Coordination;
+#[cfg(feature = "kubernetes")]
 use crate::coordination::kubernetes::KubernetesCoordination;
 use crate::coordination::local::LocalCoordination;
 pub use crate::error::{Error, Result};
 use crate::failover::actions::TrafficSwitch;
 use crate::failover::actions::{Actions, NoTrafficSwitch};
+#[cfg(feature = "kubernetes")]
+use crate::failover::events::KubernetesEvents;
 use crate::failover::executor::Executor;
-use crate::failover::hooks::{Hooks, KubernetesEvents, StepHook};
+use crate::failover::hooks::{Hooks, StepHook};
 use crate::failover::openbao::{CanaryVerifier, DesiredStateReplication, SealFencer};
 use crate::leader::Leader;
 use crate::store::Store;
 use crate::store::buffered::BufferedStore;
+#[cfg(feature = "kubernetes")]
 use crate::traffic::kubernetes::KubernetesServiceSwitch;
 use std::future::Future;
 use std::sync::Arc;
+
+/// A configuration that needs a backend this binary was built without (the drill's lean build
+/// leaves out Kubernetes and MongoDB).
+#[cfg(not(all(feature = "kubernetes", feature = "mongodb")))]
+fn not_built(field: &str, feature: &str) -> Error {
+    Error::Config(config::ConfigError {
+        field: field.into(),
+        message: format!(
+            "this vault-dr was built without the {feature} backend (cargo feature `{feature}`)"
+        ),
+    })
+}
 
 /// Opens the configured store behind the write buffer.
 async fn open_store(config: &Config, registry: &prometheus::Registry) -> Result<Arc<dyn Store>> {
@@ -43,9 +59,12 @@ async fn open_store(config: &Config, registry: &prometheus::Registry) -> Result<
         StoreConfig::Embedded { path } => {
             Arc::new(store::embedded::EmbeddedStore::open(path, retention)?)
         }
+        #[cfg(feature = "mongodb")]
         StoreConfig::Mongo { uri, database } => {
             Arc::new(store::mongo::MongoStore::connect(uri.expose(), database, retention).await?)
         }
+        #[cfg(not(feature = "mongodb"))]
+        StoreConfig::Mongo { .. } => return Err(not_built("store.mongodb_uri", "mongodb")),
     };
     let buffered: Arc<dyn Store> = BufferedStore::new(inner, config.store_buffer, registry)
         .map_err(|e| Error::Store(store::StoreError::Unavailable(e.to_string())))?;
@@ -72,7 +91,9 @@ pub async fn run(
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry)?;
     let store = open_store(&config, &registry).await?;
+    #[cfg_attr(not(feature = "kubernetes"), allow(unused_mut))]
     let mut hooks: Vec<Arc<dyn StepHook>> = vec![Arc::new(metrics.clone())];
+    #[cfg(feature = "kubernetes")]
     let mut kube_client: Option<kube::Client> = None;
     let coordination: Arc<dyn Coordination> = match &config.coordination {
         CoordinationConfig::Local {
@@ -84,6 +105,11 @@ pub async fn run(
             config.id.clone(),
             *lease_duration,
         )),
+        #[cfg(not(feature = "kubernetes"))]
+        CoordinationConfig::Kubernetes { .. } => {
+            return Err(not_built("coordination.backend", "kubernetes"));
+        }
+        #[cfg(feature = "kubernetes")]
         k @ CoordinationConfig::Kubernetes {
             namespace,
             configmap_name,
@@ -103,6 +129,9 @@ pub async fn run(
     let mut forwarder: Option<Arc<traffic::LocalForwarder>> = None;
     let traffic: Arc<dyn TrafficSwitch> = match &config.traffic {
         TrafficConfig::None => Arc::new(NoTrafficSwitch),
+        #[cfg(not(feature = "kubernetes"))]
+        TrafficConfig::Kubernetes { .. } => return Err(not_built("traffic.backend", "kubernetes")),
+        #[cfg(feature = "kubernetes")]
         TrafficConfig::Kubernetes { namespace, service } => {
             let client = match kube_client {
                 Some(c) => c,

@@ -59,26 +59,31 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(
     Ok(m)
 }
 
+/// The full name of coordinator metric `thing` (`vault_dr_coordinator_<thing>`): the one
+/// place the prefix is spelled, for every component that registers metrics.
+pub fn name(thing: &str) -> String {
+    format!(
+        "{}{thing}",
+        vault_dr_common::telemetry::COORDINATOR_METRICS_PREFIX
+    )
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new(r: &Registry) -> prometheus::Result<Self> {
-        let p = "vault_dr_coordinator_";
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
         Ok(Self {
             reports_accepted: reg(
                 r,
-                IntCounter::new(
-                    format!("{p}reports_accepted_total"),
-                    "Agent reports accepted",
-                )?,
+                IntCounter::new(name("reports_accepted_total"), "Agent reports accepted")?,
             )?,
             reports_rejected: reg(
                 r,
                 IntCounterVec::new(
                     Opts::new(
-                        format!("{p}reports_rejected_total"),
+                        name("reports_rejected_total"),
                         "Agent reports rejected, by reason",
                     ),
                     &["reason"],
@@ -88,7 +93,7 @@ impl Metrics {
                 r,
                 Histogram::with_opts(
                     HistogramOpts::new(
-                        format!("{p}report_duration_seconds"),
+                        name("report_duration_seconds"),
                         "Time to handle one agent report",
                     )
                     .buckets(buckets.clone()),
@@ -96,13 +101,13 @@ impl Metrics {
             )?,
             term: reg(
                 r,
-                IntGauge::new(format!("{p}term"), "Current term of the DR group")?,
+                IntGauge::new(name("term"), "Current term of the DR group")?,
             )?,
             cluster_primary: reg(
                 r,
                 GaugeVec::new(
                     Opts::new(
-                        format!("{p}cluster_primary"),
+                        name("cluster_primary"),
                         "1 for the cluster serving as primary",
                     ),
                     &["cluster"],
@@ -112,7 +117,7 @@ impl Metrics {
                 r,
                 HistogramVec::new(
                     HistogramOpts::new(
-                        format!("{p}probe_duration_seconds"),
+                        name("probe_duration_seconds"),
                         "Direct probe latency per cluster",
                     )
                     .buckets(buckets.clone()),
@@ -123,7 +128,7 @@ impl Metrics {
                 r,
                 GaugeVec::new(
                     Opts::new(
-                        format!("{p}cluster_state"),
+                        name("cluster_state"),
                         "Direct probe state per cluster (one-hot)",
                     ),
                     &["cluster", "state"],
@@ -133,7 +138,7 @@ impl Metrics {
                 r,
                 GaugeVec::new(
                     Opts::new(
-                        format!("{p}cluster_replication_lag_entries"),
+                        name("cluster_replication_lag_entries"),
                         "Replication lag per cluster in raft entries",
                     ),
                     &["cluster"],
@@ -143,7 +148,7 @@ impl Metrics {
                 r,
                 GaugeVec::new(
                     Opts::new(
-                        format!("{p}cluster_replication_lag_seconds"),
+                        name("cluster_replication_lag_seconds"),
                         "Replication lag per cluster in seconds",
                     ),
                     &["cluster"],
@@ -153,7 +158,7 @@ impl Metrics {
                 r,
                 GaugeVec::new(
                     Opts::new(
-                        format!("{p}report_age_seconds"),
+                        name("report_age_seconds"),
                         "Age of the latest report per node",
                     ),
                     &["cluster", "node"],
@@ -162,28 +167,25 @@ impl Metrics {
             decisions: reg(
                 r,
                 IntCounterVec::new(
-                    Opts::new(format!("{p}decisions_total"), "Detector decisions by kind"),
+                    Opts::new(name("decisions_total"), "Detector decisions by kind"),
                     &["kind"],
                 )?,
             )?,
             failovers_started: reg(
                 r,
-                IntCounter::new(
-                    format!("{p}failovers_total"),
-                    "Failovers decided (term raised)",
-                )?,
+                IntCounter::new(name("failovers_total"), "Failovers decided (term raised)")?,
             )?,
             failovers_finished: reg(
                 r,
                 IntCounter::new(
-                    format!("{p}failovers_finished_total"),
+                    name("failovers_finished_total"),
                     "Failovers that reached Done",
                 )?,
             )?,
             failover_in_progress: reg(
                 r,
                 IntGauge::new(
-                    format!("{p}failover_in_progress"),
+                    name("failover_in_progress"),
                     "1 while a failover is in progress",
                 )?,
             )?,
@@ -191,7 +193,7 @@ impl Metrics {
                 r,
                 HistogramVec::new(
                     HistogramOpts::new(
-                        format!("{p}failover_step_duration_seconds"),
+                        name("failover_step_duration_seconds"),
                         "Duration of each failover step",
                     )
                     .buckets(vec![
@@ -204,7 +206,7 @@ impl Metrics {
                 r,
                 IntCounterVec::new(
                     Opts::new(
-                        format!("{p}failover_step_failures_total"),
+                        name("failover_step_failures_total"),
                         "Failover steps that gave up",
                     ),
                     &["step"],
@@ -213,21 +215,21 @@ impl Metrics {
             is_leader: reg(
                 r,
                 IntGauge::new(
-                    format!("{p}is_leader"),
+                    name("is_leader"),
                     "1 while this replica holds the coordination lease",
                 )?,
             )?,
             leader_transitions: reg(
                 r,
                 IntCounter::new(
-                    format!("{p}leader_transitions_total"),
+                    name("leader_transitions_total"),
                     "Times this replica became leader",
                 )?,
             )?,
             leader_seconds: reg(
                 r,
                 Gauge::new(
-                    format!("{p}leader_seconds_total"),
+                    name("leader_seconds_total"),
                     "Seconds this replica has been leader",
                 )?,
             )?,

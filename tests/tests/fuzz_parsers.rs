@@ -445,8 +445,8 @@ fn mutated_config_files_never_panic_and_errors_name_the_changed_field() {
 
 /// Found by this suite: serde's type and value errors from toml ("invalid type: map, expected
 /// a string", "invalid value: integer `-5`, expected i32") carry no key in their message, so
-/// `toml_field` in `coordinator/src/config.rs` named the field `file` (or the value). Fixed: the
-/// key is located from `toml::de::Error::span()` in the source text.
+/// the coordinator named the field `file` (or the value). Fixed: `ConfigFile::parse` takes the
+/// field's path from `serde_path_to_error`.
 #[test]
 fn mutated_config_files_name_the_changed_field_also_for_type_errors() {
     mutated_config_files(true);

@@ -908,8 +908,9 @@ async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
     use vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination;
     use vault_dr_coordinator::failover::actions::Actions;
     use vault_dr_coordinator::failover::actions::test_util::Recorder;
+    use vault_dr_coordinator::failover::events::KubernetesEvents;
     use vault_dr_coordinator::failover::executor::Executor;
-    use vault_dr_coordinator::failover::hooks::{Hooks, KubernetesEvents, StepHook};
+    use vault_dr_coordinator::failover::hooks::{Hooks, StepHook};
     use vault_dr_coordinator::model::CandidateTable;
     use vault_dr_coordinator::model::topology::Topology;
     use vault_dr_coordinator::model::{FailoverStatus, Step};

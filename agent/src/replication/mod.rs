@@ -2,7 +2,8 @@
 //!
 //! One file per backend: [`enterprise`] reads Vault Enterprise's own DR / performance
 //! replication status (OpenBao answers 404 there, which is mode `none`); [`snapshot`] ships raft
-//! snapshots for OpenBao and publishes its status through the same trait.
+//! snapshots for OpenBao and publishes its status through the same trait, its decisions being
+//! the pure [`snapshot::plan`] and its Vault calls in [`crate::vault`].
 
 pub mod enterprise;
 pub mod snapshot;

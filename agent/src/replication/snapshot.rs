@@ -1,5 +1,9 @@
 //! The snapshot backend (OpenBao, Vault Community): raft snapshot shipping driven by the
-//! desired state.
+//! desired state. This file owns the orchestration: each tick the [`Shipper`] gathers the facts
+//! (its record, the snapshots held, the pull timer, the primary's index and, when asked for,
+//! the node's state), asks the pure [`plan::plan`] for the next [`Action`], logs it and
+//! carries it out. The decisions and their rules live in [`plan`], the Vault calls in
+//! [`crate::vault::raft`] and [`crate::vault::token`], the files in [`store`].
 //!
 //! - **Secondary** (only the agent of the cluster's active node acts): every `interval`, pull
 //!   `GET sys/storage/raft/snapshot` from the term's primary into the [`store::Store`] (temp
@@ -10,9 +14,10 @@
 //!   `promotion: complete` restore the newest snapshot held that is newer than the node's data;
 //!   `fast` keeps what the node has, unless the node never restored a snapshot (an
 //!   `on-promotion` standby): then it holds none of the primary's data, and the newest held
-//!   snapshot is restored whatever the mode. Then the node must be active and pass a canary write and
-//!   read in the DR token's cubbyhole; only then `applied_term` = term. A node that already was
-//!   primary never restores over its own (live) data.
+//!   snapshot is restored whatever the mode (a refused one falls back to the next older). Then
+//!   the node must be active and pass a canary write and read in the DR token's cubbyhole; only
+//!   then `applied_term` = term. A node that already was primary never restores over its own
+//!   (live) data.
 //! - **Returning ex-primary** (desired role secondary in a term after the one it was primary
 //!   in): once no failover is in progress, save its own node's snapshot to the quarantine
 //!   directory (nothing is destroyed silently), then restore the primary's snapshot and follow.
@@ -23,42 +28,34 @@
 //! data (applied index at least the snapshot's, a token request served).
 
 pub mod archive;
+pub mod plan;
 pub mod store;
 
-use crate::config::{RestoreMode, SnapshotConfig};
-use crate::error::request_error_kind;
+use crate::config::SnapshotConfig;
 use crate::metrics::Metrics;
 use crate::replication::Replicator;
 use crate::state::Shared;
-use crate::vault::{self, VaultClient};
+use crate::vault::{POLL, VaultClient, raft, token};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use plan::{Acknowledge, Action, AfterPull, NodeFacts, PlanState, PromotionData, RestoreWhy};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{NodeRecord, SnapshotMeta, Store, StoreError};
 use url::Url;
-use vault_dr_common::{
-    DesiredState, NodeState, PromotionMode, ReplicationMode, ReplicationStatus, Role, Secret,
-};
+use vault_dr_common::{DesiredState, NodeState, ReplicationMode, ReplicationStatus, Role, Secret};
+
+pub use crate::vault::raft::{RESTORE_TIMEOUT, restore_snapshot};
+pub use crate::vault::token::CANARY_PATH;
 
 /// Longest pause between two looks at the desired state.
 pub const TICK: Duration = Duration::from_millis(500);
 /// Timeout of one snapshot transfer (pull or restore upload).
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a restore may take until the node serves the restored data (measured: about 5 s
-/// plus 25 ms per MB).
-pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a promotion waits for the node to be active and to take the canary.
 pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Timeout of one poll while waiting.
-const POLL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause between polls while waiting.
-const POLL: Duration = Duration::from_millis(100);
 /// How often the agent renews the (periodic) DR token on its node.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3600);
-/// The canary path, in the DR token's cubbyhole.
-pub const CANARY_PATH: &str = "cubbyhole/vault-dr-canary";
 
 /// What went wrong in one step of the backend.
 #[derive(Debug, thiserror::Error)]
@@ -66,37 +63,13 @@ pub enum ShipError {
     /// The snapshot store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A request got no answer.
-    #[error("{what}: no answer")]
-    Request {
-        /// The request.
-        what: String,
-        /// The cause.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// A request got an unexpected status.
-    #[error("{what}: HTTP {status}")]
-    Status {
-        /// The request.
-        what: String,
-        /// The status.
-        status: u16,
-    },
+    /// A Vault request failed: no answer, an unexpected status, a restore not served in time,
+    /// a failed canary.
+    #[error(transparent)]
+    Vault(#[from] crate::Error),
     /// The local node is not active.
     #[error("the local node is {0}, not active")]
     NotActive(NodeState),
-    /// The node did not serve the restored data in time.
-    #[error("the node did not serve snapshot index {index} within {after:?}")]
-    RestoreTimeout {
-        /// The snapshot's raft index.
-        index: u64,
-        /// How long was waited.
-        after: Duration,
-    },
-    /// The canary write or read failed.
-    #[error("canary: {0}")]
-    Canary(String),
     /// A blocking file task died.
     #[error("file task failed")]
     Task,
@@ -107,11 +80,8 @@ impl ShipError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Store(e) => e.kind(),
-            Self::Request { source, .. } => request_error_kind(source),
-            Self::Status { .. } => "status",
+            Self::Vault(e) => e.kind(),
             Self::NotActive(_) => "not_active",
-            Self::RestoreTimeout { .. } => "restore_timeout",
-            Self::Canary(_) => "canary",
             Self::Task => "internal",
         }
     }
@@ -288,20 +258,19 @@ impl Shipper {
         tokio::join!(main, lag);
     }
 
-    /// One look at the desired state and the node; acts when something is due.
+    /// One look at the desired state and the node: gathers the facts, plans, and carries out
+    /// the action planned.
     pub async fn tick(&mut self) {
         if self.last_renew.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
             self.renew_token().await;
         }
-        let Some(d) = self.shared.desired() else {
+        let desired = self.shared.desired();
+        let action = self.next_action(desired.as_ref()).await;
+        let Some(d) = desired else {
+            tracing::trace!(%action);
             return;
         };
-        let result = match d.role {
-            Role::Primary if d.term > self.shared.applied_term() => self.promote(&d).await,
-            Role::Primary => Ok(()),
-            Role::Secondary => self.follow(&d).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = self.execute(&d, action).await {
             if self.last_error.as_deref() != Some(e.kind()) {
                 tracing::warn!(kind = e.kind(), error = %e, term = d.term, role = %d.role, "snapshot replication step failed");
             }
@@ -309,137 +278,174 @@ impl Shipper {
         }
     }
 
-    /// Secondary role: pull (and maybe restore) when due; an ex-primary first quarantines.
-    async fn follow(&mut self, d: &DesiredState) -> Result<(), ShipError> {
-        // Meanwhile only the promotion target acts.
-        if d.failover_in_progress {
-            return Ok(());
+    /// Gathers the facts and asks the plan; probes the node only when the plan asks for its
+    /// state (a probe of a node that is down takes seconds).
+    async fn next_action(&self, desired: Option<&DesiredState>) -> Action {
+        let snapshots = self.store.list();
+        let mut node = NodeFacts::default();
+        loop {
+            let action = plan::plan(&self.plan_state(), desired, &snapshots, &node);
+            if action == Action::ProbeNode && node.state.is_none() {
+                node.state = Some(self.vault.health().await.health.state);
+                continue;
+            }
+            return action;
         }
-        let Some(primary) = d.primary_api_addr.clone() else {
-            return Ok(());
-        };
-        let state = self.vault.health().await.health.state;
-        if state != NodeState::Active {
-            // Standbys of a secondary leave the work to the active node's agent.
-            return Ok(());
+    }
+
+    /// Carries out `action`, planned for `d`; the action's sentence is logged (at debug for
+    /// the routine ones: idle ticks, pulls).
+    async fn execute(&mut self, d: &DesiredState, action: Action) -> Result<(), ShipError> {
+        match action {
+            Action::Idle { .. } | Action::ProbeNode => {
+                tracing::trace!(%action);
+                Ok(())
+            }
+            Action::SkipPull { .. } => {
+                tracing::debug!(%action);
+                // Nothing new on the primary since the newest snapshot held (and, when
+                // continuous, restored): no pull, no restore that would block the node again.
+                self.last_pull = Some(Instant::now());
+                self.last_error = None;
+                Ok(())
+            }
+            Action::Follow {
+                ref from,
+                term,
+                acknowledge,
+            } => {
+                tracing::debug!(%action);
+                self.follow(d, from, term, acknowledge).await
+            }
+            Action::Rejoin { ref from, term, .. } => {
+                tracing::info!(%action);
+                self.rejoin(d, from, term).await
+            }
+            Action::Promote { term, ref data } => {
+                tracing::info!(%action);
+                self.promote(d, term, data).await
+            }
         }
-        let ex_primary = self.record.primary_term.is_some_and(|t| t < d.term);
-        let due = self
-            .last_pull
-            .is_none_or(|t| t.elapsed() >= self.config.interval);
-        if !due && !ex_primary {
-            return Ok(());
+    }
+
+    /// The facts the plan needs from this agent, as of now.
+    fn plan_state(&self) -> PlanState {
+        PlanState {
+            applied_term: self.shared.applied_term(),
+            restored: self.record.restored.clone(),
+            primary_term: self.record.primary_term,
+            restore: self.config.restore,
+            interval: self.config.interval,
+            since_last_pull: self.last_pull.map(|t| t.elapsed()),
+            primary_index: self.status.primary_index(),
         }
-        if !ex_primary && self.up_to_date(d.term) {
-            // Nothing new on the primary since the newest snapshot held (and, when
-            // continuous, restored): no pull, no restore that would block the node again.
-            self.last_pull = Some(Instant::now());
-            self.last_error = None;
-            return Ok(());
-        }
+    }
+
+    /// Secondary role: pull from the term's primary, acknowledge the term as planned, then
+    /// restore or keep the snapshot per [`plan::after_pull`].
+    async fn follow(
+        &mut self,
+        d: &DesiredState,
+        from: &Url,
+        term: u64,
+        acknowledge: Acknowledge,
+    ) -> Result<(), ShipError> {
         self.last_pull = Some(Instant::now());
-        let pulled = self.pull(&primary, d.term).await?;
-        if !ex_primary && self.shared.applied_term() < d.term {
+        let pulled = self.pull(from, term).await?;
+        if acknowledge == Acknowledge::AfterPull {
             // Following = pulling from this term's primary. Say so before a restore blocks
-            // this node for seconds: the coordinator's repoint step waits for it. An ex-primary
-            // applies the term only once its diverged data is quarantined and replaced.
-            tracing::info!(term = d.term, primary = %d.primary, "following the primary of this term");
+            // this node for seconds: the coordinator's repoint step waits for it.
+            tracing::info!(term, primary = %d.primary, "following the primary of this term");
             self.publish();
-            self.shared.set_applied_term(d.term);
+            self.shared.set_applied_term(term);
         }
-        let restore_now = ex_primary
-            || (self.config.restore == RestoreMode::Continuous
-                && self
-                    .record
-                    .restored
-                    .as_ref()
-                    .is_none_or(|r| pulled.newer_than(r)));
-        if restore_now {
-            // Data this agent did not put there (a returning ex-primary's diverged writes, or a
-            // fresh node's own) is saved before it is replaced.
-            if ex_primary || self.record.restored.is_none() {
-                self.quarantine().await?;
+        match plan::after_pull(self.config.restore, &pulled, self.record.restored.as_ref()) {
+            AfterPull::Keep(_) => {}
+            AfterPull::Restore { quarantine } => {
+                // Data this agent did not put there (a fresh node's own) is saved before it
+                // is replaced.
+                if quarantine.is_some() {
+                    self.quarantine().await?;
+                }
+                self.restore(&pulled, term).await?;
             }
-            self.restore(&pulled, d.term).await?;
-            if ex_primary {
-                tracing::info!(
-                    term = d.term,
-                    quarantined = ?self.record.quarantined,
-                    "ex-primary now follows the primary of this term"
-                );
-                self.record.primary_term = None;
-                self.save_record()?;
-            }
-        }
-        if self.shared.applied_term() < d.term {
-            tracing::info!(term = d.term, primary = %d.primary, "following the primary of this term");
         }
         self.publish();
-        self.shared.set_applied_term(d.term);
+        self.shared.set_applied_term(term);
         self.last_error = None;
         Ok(())
     }
 
-    /// Whether this term's primary has applied nothing beyond the newest snapshot held (pulled
-    /// in this term), and in continuous mode that snapshot is the one restored.
-    fn up_to_date(&self, term: u64) -> bool {
+    /// Returning ex-primary: pull, quarantine the node's diverged data, restore, forget the
+    /// primary record; it applies the term only once its data is quarantined and replaced.
+    async fn rejoin(&mut self, d: &DesiredState, from: &Url, term: u64) -> Result<(), ShipError> {
+        self.last_pull = Some(Instant::now());
+        let pulled = self.pull(from, term).await?;
+        self.quarantine().await?;
+        self.restore(&pulled, term).await?;
+        tracing::info!(
+            term,
+            quarantined = ?self.record.quarantined,
+            "ex-primary now follows the primary of this term"
+        );
+        self.record.primary_term = None;
+        self.save_record()?;
         if self.shared.applied_term() < term {
-            return false;
+            tracing::info!(term, primary = %d.primary, "following the primary of this term");
         }
-        let (Some(primary), Some(newest)) = (self.status.primary_index(), self.store.newest())
-        else {
-            return false;
-        };
-        let restored = self.config.restore == RestoreMode::OnPromotion
-            || self
-                .record
-                .restored
-                .as_ref()
-                .is_some_and(|r| r.sha256 == newest.sha256);
-        newest.term == term && primary <= newest.index && restored
+        self.publish();
+        self.shared.set_applied_term(term);
+        self.last_error = None;
+        Ok(())
     }
 
-    /// Primary role for a new term: restore per the promotion mode, check, canary, apply.
-    async fn promote(&mut self, d: &DesiredState) -> Result<(), ShipError> {
+    /// Primary role for a new term: get the data as planned, check, canary, apply.
+    async fn promote(
+        &mut self,
+        d: &DesiredState,
+        term: u64,
+        data: &PromotionData,
+    ) -> Result<(), ShipError> {
         let started = Instant::now();
-        let before = self.shared.applied_term();
-        let state = self.vault.health().await.health.state;
-        if matches!(state, NodeState::Standby | NodeState::PerformanceStandby) {
-            // The agent of the cluster's active node promotes; standbys follow raft.
-            return Ok(());
-        }
         self.wait_active(ACTIVE_TIMEOUT).await?;
-        // A node that already is the primary holds the live data: nothing is restored over it.
-        let was_secondary = self.record.primary_term.is_none();
-        let mut restored = None;
-        if was_secondary {
-            if let Some(src) = &d.final_snapshot_from {
-                let m = self.pull(src, d.term).await?;
-                self.restore(&m, d.term).await?;
-                restored = Some(m.index);
-            } else if d.promotion == PromotionMode::Complete || self.record.restored.is_none() {
-                // `fast` keeps what the node has, which is only the primary's data once a
-                // snapshot was restored here. A standby that never restored one (on-promotion,
-                // or every restore failed) holds nothing of the primary's but its snapshots:
-                // whatever the mode, it restores the newest first.
-                if d.promotion == PromotionMode::Fast {
+        let restored = match data {
+            PromotionData::Live { .. } | PromotionData::KeepRestored { .. } => None,
+            PromotionData::FinalSnapshot { from } => {
+                let m = self.pull(from, term).await?;
+                self.restore(&m, term).await?;
+                Some(m.index)
+            }
+            PromotionData::RestoreNewest {
+                candidates,
+                min_term,
+                why,
+            } => {
+                if *why == RestoreWhy::NeverRestored {
                     tracing::warn!(
-                        term = d.term,
+                        term,
                         "fast promotion of a node that never restored a snapshot: restoring the newest held first"
                     );
                 }
-                restored = self.restore_newest(before).await?;
+                self.restore_first(candidates, *min_term).await?
             }
-        }
+        };
         self.wait_active(ACTIVE_TIMEOUT).await?;
-        self.canary(d.term).await?;
-        self.record.primary_term = Some(d.term);
+        token::canary(
+            &self.http,
+            self.vault.addr(),
+            &self.token,
+            term,
+            &self.node,
+            ACTIVE_TIMEOUT,
+        )
+        .await?;
+        self.record.primary_term = Some(term);
         self.save_record()?;
         self.publish();
-        self.shared.set_applied_term(d.term);
+        self.shared.set_applied_term(term);
         self.last_error = None;
         tracing::info!(
-            term = d.term,
+            term,
             promotion = %d.promotion,
             final_snapshot = d.final_snapshot_from.is_some(),
             restored_index = ?restored,
@@ -449,13 +455,16 @@ impl Shipper {
         Ok(())
     }
 
-    /// Restores the newest held snapshot of term `min_term` or later that is newer than the
-    /// node's data, skipping any that fails verification. Its index, or `None` when none was.
-    async fn restore_newest(&mut self, min_term: u64) -> Result<Option<u64>, ShipError> {
-        for m in self.store.list() {
-            if m.term < min_term {
-                break;
-            }
+    /// Restores the first of `candidates` (newest first) that passes verification, skipping
+    /// any that fails it. Its index, or `None` when none was.
+    async fn restore_first(
+        &mut self,
+        candidates: &[SnapshotMeta],
+        min_term: u64,
+    ) -> Result<Option<u64>, ShipError> {
+        for m in candidates {
+            // A restore that worked but whose record could not be saved (a store error) still
+            // counts: nothing older is restored over it.
             if self
                 .record
                 .restored
@@ -464,7 +473,7 @@ impl Shipper {
             {
                 break;
             }
-            match self.restore(&m, min_term).await {
+            match self.restore(m, min_term).await {
                 Ok(_) => return Ok(Some(m.index)),
                 Err(ShipError::Store(e)) => {
                     tracing::warn!(file = %m.file, error = %e, "snapshot refused, trying an older one");
@@ -479,8 +488,11 @@ impl Shipper {
     async fn pull(&mut self, from: &Url, term: u64) -> Result<SnapshotMeta, ShipError> {
         let result = async {
             let mut incoming = self.store.begin()?;
-            self.download(from, "pull snapshot", |c| incoming.write(c))
-                .await?;
+            let mut download =
+                raft::download_snapshot(&self.http, from, &self.token, "pull snapshot").await?;
+            while let Some(chunk) = download.chunk().await? {
+                incoming.write(&chunk)?;
+            }
             let store = self.store.clone();
             let source = from.to_string();
             let meta = tokio::task::spawn_blocking(move || {
@@ -488,7 +500,7 @@ impl Shipper {
             })
             .await
             .map_err(|_| ShipError::Task)??;
-            Ok(meta)
+            Ok::<_, ShipError>(meta)
         }
         .await;
         let label = if result.is_ok() { "ok" } else { "error" };
@@ -503,44 +515,16 @@ impl Shipper {
         result
     }
 
-    /// `GET <base>/v1/sys/storage/raft/snapshot` with the token, each chunk to `sink`.
-    async fn download(
-        &self,
-        base: &Url,
-        what: &str,
-        mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), ShipError> {
-        let request_error = |source| ShipError::Request {
-            what: what.to_owned(),
-            source,
-        };
-        let mut resp = self
-            .http
-            .get(vault::endpoint(base, "sys/storage/raft/snapshot"))
-            .header("X-Vault-Token", self.token.expose())
-            .send()
-            .await
-            .map_err(request_error)?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(ShipError::Status {
-                what: what.to_owned(),
-                status,
-            });
-        }
-        while let Some(chunk) = resp.chunk().await.map_err(request_error)? {
-            sink(&chunk)?;
-        }
-        Ok(())
-    }
-
     /// Saves the local node's own data to `<quarantine-dir>/<term>-<time>.snap` (+ metadata).
     async fn quarantine(&mut self) -> Result<(), ShipError> {
         let dir = self.config.quarantine_dir.clone();
         let mut incoming = store::begin_in(&dir)?;
         let local = self.vault.addr().clone();
-        self.download(&local, "quarantine snapshot", |c| incoming.write(c))
-            .await?;
+        let mut download =
+            raft::download_snapshot(&self.http, &local, &self.token, "quarantine snapshot").await?;
+        while let Some(chunk) = download.chunk().await? {
+            incoming.write(&chunk)?;
+        }
         let term = self.record.primary_term.unwrap_or(0);
         let now = Utc::now();
         let name = format!("{term}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
@@ -587,7 +571,8 @@ impl Shipper {
         })?;
         let _flag = RestoringFlag::raise(&self.shared);
         let took =
-            restore_snapshot(&self.http, self.vault.addr(), &self.token, body, m.index).await?;
+            raft::restore_snapshot(&self.http, self.vault.addr(), &self.token, body, m.index)
+                .await?;
         self.metrics
             .snapshot_restore_duration
             .observe(took.as_secs_f64());
@@ -618,67 +603,14 @@ impl Shipper {
         }
     }
 
-    /// Writes `{term, node, at}` to the canary path and reads it back.
-    async fn canary(&self, term: u64) -> Result<(), ShipError> {
-        let url = vault::endpoint(self.vault.addr(), CANARY_PATH);
-        let at = Utc::now().to_rfc3339();
-        let body = json!({ "term": term, "node": self.node, "at": at });
-        let deadline = Instant::now() + ACTIVE_TIMEOUT;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let write = self
-                .http
-                .post(url.clone())
-                .header("X-Vault-Token", self.token.expose())
-                .timeout(POLL_TIMEOUT)
-                .json(&body)
-                .send()
-                .await;
-            match write {
-                Ok(r) if matches!(r.status().as_u16(), 200 | 204) => {
-                    let read = self
-                        .http
-                        .get(url.clone())
-                        .header("X-Vault-Token", self.token.expose())
-                        .timeout(POLL_TIMEOUT)
-                        .send()
-                        .await;
-                    match read {
-                        Ok(r) if r.status().as_u16() == 200 => {
-                            let v: Value = r.json().await.unwrap_or(Value::Null);
-                            if v.pointer("/data/at").and_then(Value::as_str) == Some(at.as_str()) {
-                                return Ok(());
-                            }
-                            last = "read back a different value".into();
-                        }
-                        Ok(r) => last = format!("read: HTTP {}", r.status().as_u16()),
-                        Err(e) => last = format!("read: {}", request_error_kind(&e)),
-                    }
-                }
-                Ok(r) => last = format!("write: HTTP {}", r.status().as_u16()),
-                Err(e) => last = format!("write: {}", request_error_kind(&e)),
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        Err(ShipError::Canary(last))
-    }
-
-    /// Renews the DR token on the local node (`auth/token/renew-self`), so that a periodic
-    /// token never expires while the agent runs. Retried next tick when the node is not there.
+    /// Renews the DR token on the local node, so that a periodic token never expires while
+    /// the agent runs. Retried next tick when the node is not there.
     async fn renew_token(&mut self) {
-        let r = self
-            .http
-            .post(vault::endpoint(self.vault.addr(), "auth/token/renew-self"))
-            .header("X-Vault-Token", self.token.expose())
-            .timeout(POLL_TIMEOUT)
-            .json(&json!({}))
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status().is_success() => self.last_renew = Some(Instant::now()),
+        match token::renew_self(&self.http, self.vault.addr(), &self.token).await {
+            Ok(()) => self.last_renew = Some(Instant::now()),
             // Answered, but no: say so once an hour, do not hammer the node.
-            Ok(r) => {
-                tracing::warn!(status = r.status().as_u16(), "the DR token was not renewed");
+            Err(crate::Error::VaultStatus { status, .. }) => {
+                tracing::warn!(status, "the DR token was not renewed");
                 self.last_renew = Some(Instant::now());
             }
             Err(_) => {}
@@ -722,80 +654,6 @@ impl Shipper {
     }
 }
 
-/// Restores the snapshot `body` (raft index `index`) into the node at `addr` with `token`
-/// (`POST sys/storage/raft/snapshot`, verified against the shared seal, never forced) and waits
-/// until the node serves the restored data: its applied index moved to at least `index` and a
-/// token request is answered (requests block while OpenBao restores). The time from the POST
-/// to that point. The agent's restore path, public for the replication benchmark.
-pub async fn restore_snapshot(
-    http: &reqwest::Client,
-    addr: &Url,
-    token: &Secret,
-    body: Vec<u8>,
-    index: u64,
-) -> Result<Duration, ShipError> {
-    let before = applied_index(http, addr).await;
-    let started = Instant::now();
-    let what = "restore snapshot";
-    let resp = http
-        .post(vault::endpoint(addr, "sys/storage/raft/snapshot"))
-        .header("X-Vault-Token", token.expose())
-        .body(body)
-        .send()
-        .await
-        .map_err(|source| ShipError::Request {
-            what: what.into(),
-            source,
-        })?;
-    let status = resp.status().as_u16();
-    if !matches!(status, 200 | 204) {
-        return Err(ShipError::Status {
-            what: what.into(),
-            status,
-        });
-    }
-    loop {
-        if started.elapsed() > RESTORE_TIMEOUT {
-            return Err(ShipError::RestoreTimeout {
-                index,
-                after: RESTORE_TIMEOUT,
-            });
-        }
-        let applied = applied_index(http, addr).await;
-        let moved = applied.is_some_and(|a| a >= index && before.is_none_or(|b| a != b));
-        if moved && token_served(http, addr, token).await {
-            return Ok(started.elapsed());
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Raft applied index of the node at `addr` (`sys/leader`, no token).
-async fn applied_index(http: &reqwest::Client, addr: &Url) -> Option<u64> {
-    let resp = http
-        .get(vault::endpoint(addr, "sys/leader"))
-        .timeout(POLL_TIMEOUT)
-        .send()
-        .await
-        .ok()?;
-    if resp.status().as_u16() != 200 {
-        return None;
-    }
-    let v: Value = resp.json().await.ok()?;
-    v.get("raft_applied_index").and_then(Value::as_u64)
-}
-
-/// Whether `auth/token/lookup-self` answers 200 within the poll timeout.
-async fn token_served(http: &reqwest::Client, addr: &Url, token: &Secret) -> bool {
-    let r = http
-        .get(vault::endpoint(addr, "auth/token/lookup-self"))
-        .header("X-Vault-Token", token.expose())
-        .timeout(POLL_TIMEOUT)
-        .send()
-        .await;
-    matches!(r, Ok(r) if r.status().as_u16() == 200)
-}
-
 /// Every `tick`, on a secondary, reads the primary's raft applied index (`sys/leader`, no
 /// token) into the published status, so that lag stays current while a pull or restore runs.
 async fn watch_lag(
@@ -815,7 +673,7 @@ async fn watch_lag(
         else {
             continue;
         };
-        if let Some(i) = applied_index(&http, &primary).await {
+        if let Some(i) = raft::applied_index(&http, &primary).await {
             status.set_primary_index(i);
         }
     }
@@ -879,10 +737,10 @@ mod tests {
             "checksum"
         );
         assert_eq!(
-            ShipError::RestoreTimeout {
+            ShipError::Vault(crate::Error::VaultRestoreTimeout {
                 index: 1,
                 after: RESTORE_TIMEOUT
-            }
+            })
             .kind(),
             "restore_timeout"
         );

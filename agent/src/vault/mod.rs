@@ -1,8 +1,15 @@
 //! A small HTTP client for the Vault/OpenBao API: health, leader (raft indices), autopilot
 //! state and raw status reads for the replication parsers. The token (from a file) goes in
-//! `X-Vault-Token` and only to the local node; peers are probed without it.
+//! `X-Vault-Token` and only to the local node and, for a snapshot pull, to the primary; peers
+//! are probed without it.
+//!
+//! [`raft`] holds the snapshot API (download, restore, applied index) and [`token`] what is
+//! done with the DR token (renewal, lookup, the promotion canary): the snapshot backend's
+//! Vault calls, so that `replication/` holds only decisions and their orchestration.
 
 pub mod health;
+pub mod raft;
+pub mod token;
 
 use crate::config::VaultConfig;
 use crate::error::{Error, Result, request_error_kind};
@@ -38,6 +45,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for the next bytes of an answer (a restore answers at once and works in the
 /// background; a snapshot of 100k secrets starts streaming in about a second).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Timeout of one poll while waiting for a node (a restore to be served, a canary).
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between two polls while waiting.
+pub const POLL: Duration = Duration::from_millis(100);
 
 /// Builds the `reqwest` client used for Vault (and peer) probes.
 pub fn http_client(config: &VaultConfig, timeout: Duration) -> Result<reqwest::Client> {

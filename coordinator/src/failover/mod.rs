@@ -6,6 +6,8 @@
 
 pub mod actions;
 pub mod detector;
+#[cfg(feature = "kubernetes")]
+pub mod events;
 pub mod executor;
 pub mod hooks;
 pub mod openbao;

@@ -85,6 +85,29 @@ pub mod humantime_serde_compat {
     /// Parses "1s", "250ms", "5m".
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+    }
+
+    /// The same for an optional field (`#[serde(default, with = "…::option")]`).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+        use std::time::Duration;
+
+        /// Serialises `Some` as "1s 500ms" (`None` is skipped by the field's attributes).
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Parses "1s", "250ms", "5m".
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = String::deserialize(d)?;
+            humantime::parse_duration(&text)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+        }
     }
 }

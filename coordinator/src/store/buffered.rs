@@ -34,9 +34,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use vault_dr_common::backoff::{Backoff, Jitter};
 
 use super::{Result, Store, StoreError, StoredReport};
 use crate::model::DecisionRecord;
@@ -113,20 +113,20 @@ struct Metrics {
 impl Metrics {
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let backlog = IntGauge::new(
-            "vault_dr_coordinator_store_backlog",
+            crate::metrics::name("store_backlog"),
             "Store writes queued and not yet written.",
         )?;
         let failures = IntCounter::new(
-            "vault_dr_coordinator_store_write_failures_total",
+            crate::metrics::name("store_write_failures_total"),
             "Store write attempts that failed (each is retried).",
         )?;
         let dropped = IntCounter::new(
-            "vault_dr_coordinator_store_dropped_total",
+            crate::metrics::name("store_dropped_total"),
             "Store writes dropped because the write buffer was full.",
         )?;
         let duration = Histogram::with_opts(
             HistogramOpts::new(
-                "vault_dr_coordinator_store_write_duration_seconds",
+                crate::metrics::name("store_write_duration_seconds"),
                 "Duration of one write attempt to the store.",
             )
             .buckets(vec![
@@ -236,40 +236,15 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Exponential back-off with jitter between [`BACKOFF_MIN`] and [`BACKOFF_MAX`].
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new((min, max): (Duration, Duration)) -> Self {
-        Self {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    /// The next delay: uniformly in `[d/2, d]` for the current step `d` (so retries of many
-    /// coordinators spread out), then the step doubles up to the maximum.
-    fn delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(self.max);
-        let half = d / 2;
-        half + half.mul_f64(rand::rng().random::<f64>())
-    }
+/// The writer's back-off between [`BACKOFF_MIN`] and [`BACKOFF_MAX`]: equal jitter, so the
+/// retries of many coordinators spread out.
+fn backoff((min, max): (Duration, Duration)) -> Backoff {
+    Backoff::new(min, max).with_jitter(Jitter::Equal)
 }
 
 /// The background writer: init the inner store, then drain the queue in order, forever.
 async fn run(shared: Arc<Shared>) {
-    let mut backoff = Backoff::new(shared.backoff);
+    let mut backoff = backoff(shared.backoff);
     loop {
         if !shared.ready.load(Ordering::Acquire) {
             match shared.inner.init().await {
@@ -280,7 +255,7 @@ async fn run(shared: Arc<Shared>) {
                 }
                 Err(e) => {
                     shared.metrics.failures.inc();
-                    let delay = backoff.delay();
+                    let delay = backoff.next_delay(&mut rand::rng());
                     tracing::warn!(error = %e, retry_in = ?delay, "store init failed, retrying");
                     tokio::time::sleep(delay).await;
                     continue;
@@ -307,7 +282,7 @@ async fn run(shared: Arc<Shared>) {
                 // The store may come back empty (a new server, a restored backup): create the
                 // indexes again before the retry. `init` is idempotent and cheap.
                 shared.ready.store(false, Ordering::Release);
-                let delay = backoff.delay();
+                let delay = backoff.next_delay(&mut rand::rng());
                 tracing::warn!(kind = write.kind(), error = %e, retry_in = ?delay,
                     "store write failed, retrying");
                 tokio::time::sleep(delay).await;
@@ -848,10 +823,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_between_the_bounds() {
-        let mut b = Backoff::new((BACKOFF_MIN, BACKOFF_MAX));
+        let mut b = backoff((BACKOFF_MIN, BACKOFF_MAX));
         let mut step = BACKOFF_MIN;
         for _ in 0..12 {
-            let d = b.delay();
+            let d = b.next_delay(&mut rand::rng());
             assert!(
                 d >= step / 2 && d <= step,
                 "{d:?} outside [{:?}, {step:?}]",
@@ -859,9 +834,9 @@ mod tests {
             );
             step = (step * 2).min(BACKOFF_MAX);
         }
-        assert_eq!(b.next, BACKOFF_MAX);
+        assert_eq!(b.ceiling(), BACKOFF_MAX);
         b.reset();
-        assert!(b.delay() <= BACKOFF_MIN);
+        assert!(b.next_delay(&mut rand::rng()) <= BACKOFF_MIN);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod buffered;
 pub mod embedded;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
 
 use crate::model::DecisionRecord;

@@ -54,32 +54,31 @@ pub struct ForwarderMetrics {
 impl ForwarderMetrics {
     /// Creates and registers the forwarder's metrics on `r`.
     pub fn new(r: &Registry) -> prometheus::Result<Self> {
-        let p = "vault_dr_coordinator_forwarder_";
         let m = Self {
             connections: IntCounter::new(
-                format!("{p}connections_total"),
+                crate::metrics::name("forwarder_connections_total"),
                 "Client connections accepted by the local forwarder",
             )?,
             active: IntGauge::new(
-                format!("{p}connections_active"),
+                crate::metrics::name("forwarder_connections_active"),
                 "Client connections the local forwarder relays right now",
             )?,
             closed: IntCounterVec::new(
                 Opts::new(
-                    format!("{p}connections_closed_total"),
+                    crate::metrics::name("forwarder_connections_closed_total"),
                     "Client connections the local forwarder closed itself, by reason",
                 ),
                 &["reason"],
             )?,
             target: GaugeVec::new(
                 Opts::new(
-                    format!("{p}target"),
+                    crate::metrics::name("forwarder_target"),
                     "1 for the cluster the local forwarder sends new connections to",
                 ),
                 &["cluster"],
             )?,
             listening: IntGauge::new(
-                format!("{p}listening"),
+                crate::metrics::name("forwarder_listening"),
                 "1 while the local forwarder listens (this coordinator leads)",
             )?,
         };

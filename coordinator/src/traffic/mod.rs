@@ -8,6 +8,7 @@
 //! explicit change is discarded, so the loop can never undo a cut it did not see.
 
 pub mod forwarder;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 
 use crate::config::ClusterConfig;
