@@ -153,23 +153,40 @@ fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     Some((cpu, rss_kib * 1024))
 }
 
-fn write_config(dir: &Path, port: u16, agents: usize) -> std::io::Result<()> {
-    std::fs::write(dir.join("token"), "bench-token\n")?;
+fn write_config(dir: &Path, port: u16, agents: usize) -> Result<(), crate::LabError> {
+    use vault_dr_coordinator::config::{ClusterFile, ClusterRole, ConfigFile, PolicyFile};
+    std::fs::write(dir.join("token"), "bench-token\n")
+        .map_err(|e| crate::LabError::io("write the bench token", e))?;
     let clusters = 4;
     let per = agents.div_ceil(clusters);
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\nid = \"bench\"\ntoken_file = \"token\"\n[store]\npath = \"store.sqlite\"\n\
-         [coordination]\npath = \"coordination.json\"\n[policy]\nprobe_interval = \"1s\"\n"
-    );
-    for c in 0..clusters {
-        let nodes: Vec<String> = (0..per).map(|n| format!("\"c{c}-{n}\"")).collect();
-        text.push_str(&format!(
-            "[[clusters]]\nname = \"c{c}\"\nrole = \"{}\"\napi_addrs = [\"http://127.0.0.1:9\"]\nnodes = [{}]\n",
-            if c == 0 { "primary" } else { "secondary" },
-            nodes.join(", ")
-        ));
-    }
-    std::fs::write(dir.join("config.toml"), text)
+    let mut file = ConfigFile {
+        listen: Some(format!("127.0.0.1:{port}")),
+        id: Some("bench".into()),
+        token_file: Some("token".into()),
+        policy: PolicyFile {
+            probe_interval: Some(Duration::from_secs(1)),
+            ..PolicyFile::default()
+        },
+        clusters: (0..clusters)
+            .map(|c| ClusterFile {
+                name: format!("c{c}"),
+                role: if c == 0 {
+                    ClusterRole::Primary
+                } else {
+                    ClusterRole::Secondary
+                },
+                api_addrs: vec!["http://127.0.0.1:9".into()],
+                nodes: (0..per).map(|n| format!("c{c}-{n}")).collect(),
+                priority: 0,
+                excluded: false,
+                selector: Default::default(),
+            })
+            .collect(),
+        ..ConfigFile::default()
+    };
+    file.store.path = Some("store.sqlite".into());
+    file.coordination.path = Some("coordination.json".into());
+    crate::harness::write_coordinator_file(&dir.join("config.toml"), &file)
 }
 
 /// The shared healthy report (`test_util::report`) of node `node` of cluster `c<cluster>`: the

@@ -14,16 +14,20 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 use url::Url;
 use vault_dr_common::Secret;
+use vault_dr_coordinator::config::{
+    ConfigFile, CoordinationBackend, CoordinationFile, StoreFile, TrafficBackend, TrafficFile,
+};
 
 use super::LabCluster;
 use super::error::LabError;
+use super::harness::{coordinator_file, failover_policy, write_coordinator_file};
 use super::openbao::NodeHost;
 use super::ports;
 use super::process::ChildGuard;
@@ -54,26 +58,8 @@ impl RestoreMode {
     }
 }
 
-/// How the coordinator promotes (`[policy] promotion`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PromotionMode {
-    /// Restore the newest snapshot before serving.
-    #[default]
-    Complete,
-    /// Serve what the target holds at once.
-    Fast,
-}
-
-impl PromotionMode {
-    /// The config value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Complete => "complete",
-            Self::Fast => "fast",
-        }
-    }
-}
+/// How the coordinator promotes (`[policy] promotion`): the coordinator's own type.
+pub use vault_dr_common::PromotionMode;
 
 /// Where one cluster's processes run: the IP its `bao` and its agent bind, and a command
 /// prefix (e.g. `ip netns exec vdr-s1`) both are started through. The default is the host's
@@ -481,25 +467,7 @@ impl DrGroup {
         let id = format!("coordinator-{index}");
         let config_path = self.dir.path.join(format!("{id}.toml"));
         let log_path = self.dir.path.join(format!("{id}.log"));
-        let mut text = self.coordinator_config(spec, &id, port, spec.promotion);
-        // A build without `[policy] promotion` gets the config without it (and the drill says so).
-        if spec.promotion.is_some()
-            && let Err(e) =
-                vault_dr_coordinator::config::Config::parse(&text, &self.dir.path, &BTreeMap::new())
-            && e.field == "policy.promotion"
-        {
-            text = self.coordinator_config(spec, &id, port, None);
-            if !self
-                .coordinator_keys_missing
-                .iter()
-                .any(|k| k == "policy.promotion")
-            {
-                self.coordinator_keys_missing
-                    .push("policy.promotion".into());
-            }
-        }
-        std::fs::write(&config_path, text)
-            .map_err(|e| LabError::io(format!("write {}", config_path.display()), e))?;
+        write_coordinator_file(&config_path, &self.coordinator_config(spec, &id, port))?;
         let args: Vec<OsString> = vec![
             "coordinator".into(),
             "--config".into(),
@@ -516,74 +484,51 @@ impl DrGroup {
         Ok(())
     }
 
-    /// The TOML of one coordinator.
-    fn coordinator_config(
-        &self,
-        spec: &GroupSpec,
-        id: &str,
-        port: u16,
-        promotion: Option<PromotionMode>,
-    ) -> String {
-        let q = |p: &Path| toml_str(&p.display().to_string());
-        let mut t = format!(
-            "listen = \"{}:{port}\"\nid = {}\ntoken_file = {}\nvault_token_file = {}\n",
-            fmt_ip(spec.coordinator_ip),
-            toml_str(id),
-            q(&self.token_file),
-            q(&self.dr_token_file),
+    /// The file of one coordinator (written as TOML by [`write_coordinator_file`]).
+    fn coordinator_config(&self, spec: &GroupSpec, id: &str, port: u16) -> ConfigFile {
+        let primary = spec.clusters[0].as_str();
+        let mut file = coordinator_file(
+            id,
+            SocketAddr::new(spec.coordinator_ip, port),
+            &self.clusters,
+            primary,
         );
-        t.push_str("\n[store]\n");
-        match &spec.mongodb_uri {
-            Some(uri) => t.push_str(&format!(
-                "mongodb_uri = {}\ndatabase = {}\n",
-                toml_str(uri.expose()),
-                toml_str(&format!("vault_dr_drill_{}", std::process::id()))
-            )),
-            None => t.push_str(&format!(
-                "path = {}\n",
-                q(&self.dir.path.join("store.sqlite"))
-            )),
+        for c in &mut file.clusters {
+            c.excluded = spec.excluded.contains(&c.name);
         }
-        t.push_str(&format!(
-            "\n[coordination]\nbackend = \"local\"\npath = {}\n",
-            q(&self.dir.path.join("coordination.json"))
-        ));
+        file.token_file = Some(self.token_file.clone());
+        file.vault_token_file = Some(self.dr_token_file.clone());
+        file.store = match &spec.mongodb_uri {
+            Some(uri) => StoreFile {
+                mongodb_uri: Some(uri.expose().to_owned()),
+                database: Some(format!("vault_dr_drill_{}", std::process::id())),
+                ..StoreFile::default()
+            },
+            None => StoreFile {
+                path: Some(self.dir.path.join("store.sqlite")),
+                ..StoreFile::default()
+            },
+        };
+        file.coordination = CoordinationFile {
+            backend: CoordinationBackend::Local,
+            path: Some(self.dir.path.join("coordination.json")),
+            ..CoordinationFile::default()
+        };
         if let Some(addr) = &self.traffic_addr {
-            t.push_str(&format!(
-                "\n[traffic]\nbackend = \"local\"\nlisten = \"127.0.0.1:{}\"\n",
-                addr.port().unwrap_or_default()
-            ));
+            file.traffic = TrafficFile {
+                backend: Some(TrafficBackend::Local),
+                listen: Some(format!("127.0.0.1:{}", addr.port().unwrap_or_default())),
+                ..TrafficFile::default()
+            };
         }
-        let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
-        let probe_timeout = spec.probe_interval.mul_f64(0.8);
-        t.push_str(&format!(
-            "\n[policy]\nprobe_interval = {}\nprobe_timeout = {}\nconfirm = {}\nreport_ttl = {}\ncooldown = {}\n",
-            ms(spec.probe_interval),
-            ms(probe_timeout),
+        file.policy = failover_policy(
+            spec.probe_interval,
             spec.confirm,
-            ms(spec.report_ttl),
-            ms(spec.cooldown),
-        ));
-        if let Some(p) = promotion {
-            t.push_str(&format!("promotion = \"{}\"\n", p.as_str()));
-        }
-        for (i, c) in self.clusters.iter().enumerate() {
-            let addrs: Vec<String> = c
-                .nodes()
-                .iter()
-                .map(|n| toml_str(n.api_addr().as_str()))
-                .collect();
-            let nodes: Vec<String> = c.nodes().iter().map(|n| toml_str(n.name())).collect();
-            t.push_str(&format!(
-                "\n[[clusters]]\nname = {}\nrole = \"{}\"\napi_addrs = [{}]\nnodes = [{}]\nexcluded = {}\n",
-                toml_str(c.name()),
-                if i == 0 { "primary" } else { "secondary" },
-                addrs.join(", "),
-                nodes.join(", "),
-                spec.excluded.iter().any(|e| e == c.name()),
-            ));
-        }
-        t
+            spec.report_ttl,
+            spec.cooldown,
+        );
+        file.policy.promotion = spec.promotion;
+        file
     }
 
     /// The agent's arguments, and the wanted flags this agent build does not know (left out).
@@ -970,21 +915,6 @@ fn url_of(ip: IpAddr, port: u16) -> Result<Url, LabError> {
         .map_err(|e| LabError::Invalid(format!("url for {ip} port {port}: {e}")))
 }
 
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The last lines of a log.
 fn tail(path: &Path) -> String {
     let text = std::fs::read(path).unwrap_or_default();
@@ -1011,13 +941,6 @@ mod tests {
         );
         let (prog, args) = with_prefix(&Placement::default(), Path::new("/bin/agent"), vec![]);
         assert_eq!((prog, args.len()), (PathBuf::from("/bin/agent"), 0));
-    }
-
-    #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
-        let parsed: toml::Value = toml::from_str(&format!("k = {}", toml_str("x\"\n\\"))).unwrap();
-        assert_eq!(parsed["k"].as_str(), Some("x\"\n\\"));
     }
 
     #[test]

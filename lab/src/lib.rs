@@ -22,6 +22,7 @@ pub mod cli;
 pub mod drill;
 pub mod error;
 pub mod group;
+pub mod harness;
 pub mod openbao;
 pub mod ports;
 pub mod process;

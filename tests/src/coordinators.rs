@@ -14,6 +14,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
+use vault_dr_coordinator::config::{
+    ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, PolicyFile,
+    StoreFile,
+};
+use vault_dr_lab::harness::write_coordinator_file;
 use vault_dr_lab::wait::try_wait_for;
 
 /// The bearer token every replica of a group accepts (tests only).
@@ -83,10 +88,11 @@ pub struct GroupSpec {
     pub replicas: usize,
     /// The DR group.
     pub clusters: Vec<ClusterSpec>,
-    /// Lines of the `[policy]` table (TOML).
-    pub policy: String,
-    /// Lines added to the `[coordination]` table (e.g. lease settings); empty for defaults.
-    pub coordination: String,
+    /// The `[policy]` table.
+    pub policy: PolicyFile,
+    /// Further `[coordination]` settings (e.g. lease times); the backend's own keys are set
+    /// from [`GroupSpec::backend`].
+    pub coordination: CoordinationFile,
     /// DR token the coordinators use against OpenBao (fencing, canary), if any.
     pub vault_token: Option<String>,
 }
@@ -139,12 +145,11 @@ impl CoordinatorGroup {
                 .map_err(io("write the vault token file"))?;
         }
         let mut base_env = Vec::new();
-        let coordination = match &spec.backend {
+        let mut coordination = spec.coordination.clone();
+        match &spec.backend {
             Backend::Local => {
-                format!(
-                    "backend = \"local\"\npath = \"coordination.json\"\n{}",
-                    spec.coordination
-                )
+                coordination.backend = CoordinationBackend::Local;
+                coordination.path = Some("coordination.json".into());
             }
             Backend::Kubernetes {
                 kubeconfig,
@@ -153,39 +158,49 @@ impl CoordinatorGroup {
                 configmap_name,
             } => {
                 base_env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
-                format!(
-                    "backend = \"kubernetes\"\nnamespace = \"{namespace}\"\n\
-                     lease_name = \"{lease_name}\"\nconfigmap_name = \"{configmap_name}\"\n{}",
-                    spec.coordination
-                )
+                coordination.backend = CoordinationBackend::Kubernetes;
+                coordination.namespace = Some(namespace.clone());
+                coordination.lease_name = Some(lease_name.clone());
+                coordination.configmap_name = Some(configmap_name.clone());
             }
-        };
-        let mut clusters = String::new();
-        for c in &spec.clusters {
-            clusters.push_str(&format!(
-                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{0}-0\"]\n",
-                c.name,
-                if c.primary { "primary" } else { "secondary" },
-                c.api_addr,
-            ));
         }
+        let clusters: Vec<ClusterFile> = spec
+            .clusters
+            .iter()
+            .map(|c| ClusterFile {
+                name: c.name.clone(),
+                role: if c.primary {
+                    ClusterRole::Primary
+                } else {
+                    ClusterRole::Secondary
+                },
+                api_addrs: vec![c.api_addr.to_string()],
+                nodes: vec![format!("{}-0", c.name)],
+                priority: 0,
+                excluded: false,
+                selector: Default::default(),
+            })
+            .collect();
         let mut replicas = Vec::new();
         for i in 1..=spec.replicas {
             let id = format!("c{i}");
             let port = crate::lab::ports::reserve_loopback()?;
-            let text = format!(
-                "listen = \"127.0.0.1:{port}\"\nid = \"{id}\"\ntoken_file = \"token\"\n{vault}\
-                 [store]\npath = \"store.sqlite\"\n[coordination]\n{coordination}\n\
-                 [policy]\n{policy}\n{clusters}",
-                vault = if spec.vault_token.is_some() {
-                    "vault_token_file = \"vault-token\"\n"
-                } else {
-                    ""
+            let file = ConfigFile {
+                listen: Some(format!("127.0.0.1:{port}")),
+                id: Some(id.clone()),
+                token_file: Some("token".into()),
+                vault_token_file: spec.vault_token.as_ref().map(|_| "vault-token".into()),
+                store: StoreFile {
+                    path: Some("store.sqlite".into()),
+                    ..StoreFile::default()
                 },
-                policy = spec.policy,
-            );
+                coordination: coordination.clone(),
+                policy: spec.policy.clone(),
+                clusters: clusters.clone(),
+                ..ConfigFile::default()
+            };
             let config = dir.path().join(format!("{id}.toml"));
-            std::fs::write(&config, text).map_err(io(format!("write {}", config.display())))?;
+            write_coordinator_file(&config, &file)?;
             replicas.push(Replica {
                 log: dir.path().join(format!("{id}.log")),
                 url: format!("http://127.0.0.1:{port}"),
@@ -469,8 +484,23 @@ pub fn spawn_agent(
 
 /// The `[policy]` of the failover tests: probe every 500 ms, confirm on 2 ticks, reports fresh
 /// for 2 s, a cooldown long enough that one test never sees a second failover.
-pub const FAILOVER_POLICY: &str = "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n\
-     confirm = 2\nreport_ttl = \"2s\"\ncooldown = \"300s\"\n";
+pub fn failover_policy() -> PolicyFile {
+    crate::lab::harness::failover_policy(
+        Duration::from_millis(500),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(300),
+    )
+}
+
+/// A `[policy]` that probes every 500 ms (timeout 400 ms), everything else at its default.
+pub fn probe_policy(interval: Duration, timeout: Duration) -> PolicyFile {
+    PolicyFile {
+        probe_interval: Some(interval),
+        probe_timeout: Some(timeout),
+        ..PolicyFile::default()
+    }
+}
 
 /// The DR token id every lab cluster of a failover test gets (tests only).
 pub const DR_TOKEN: &str = "vault-dr-ha-test-dr-token";
@@ -510,8 +540,8 @@ impl DrLab {
                     primary: i == 0,
                 })
                 .collect(),
-            policy: FAILOVER_POLICY.into(),
-            coordination: String::new(),
+            policy: failover_policy(),
+            coordination: CoordinationFile::default(),
             vault_token: Some(DR_TOKEN.into()),
         };
         let group = CoordinatorGroup::new(

@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
 use vault_dr_coordinator::api::{ClustersResponse, TopologyResponse};
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::model::DecisionRecord;
 use vault_dr_coordinator::model::{Eligibility, Ineligible};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::lab::harness::{coordinator_file, failover_policy, in_process_config};
 use vault_dr_tests::lab::tools::built_binary;
 use vault_dr_tests::lab::wait::wait_for;
 
@@ -82,26 +82,21 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     let port = listener.local_addr().unwrap().port();
     let coordinator_url = format!("http://127.0.0.1:{port}");
     // s1 is excluded by the operator, s3's agent will be stopped (stale report): s2 must win.
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\nid = \"it\"\ntoken_file = \"token\"\n\
-         [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
-         [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
-         report_ttl = \"2s\"\ncooldown = \"60s\"\n"
-    );
-    for c in &clusters {
-        text.push_str(&format!(
-            "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{0}-0\"]\nexcluded = {3}\n",
-            c.name(),
-            if c.name() == "p" { "primary" } else { "secondary" },
-            c.api_addr(),
-            c.name() == "s1",
-        ));
+    let mut file = coordinator_file("it", format!("127.0.0.1:{port}"), &clusters, "p");
+    for c in &mut file.clusters {
+        // The in-process agents below report as `<cluster>-0`.
+        c.nodes = vec![format!("{}-0", c.name)];
+        c.excluded = c.name == "s1";
     }
-    let env = BTreeMap::from([(
-        ENV_TOKEN_FILE.to_owned(),
-        dir.path().join("token").display().to_string(),
-    )]);
-    let config = Config::parse(&text, dir.path(), &env).unwrap();
+    file.store.path = Some("store.sqlite".into());
+    file.coordination.path = Some("coordination.json".into());
+    file.policy = failover_policy(
+        Duration::from_millis(500),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
     let (stop_coordinator, stopped) = oneshot::channel::<()>();
     let coordinator = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
         let _ = stopped.await;

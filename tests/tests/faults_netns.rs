@@ -26,9 +26,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::config::{StoreFile, TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::LabCluster;
+use vault_dr_lab::harness::{coordinator_file, failover_policy, in_process_config};
 use vault_dr_lab::openbao::NodeHost;
 use vault_dr_lab::process::ChildGuard;
 use vault_dr_lab::tools::built_binary;
@@ -74,9 +75,9 @@ struct Lab {
 
 struct LabOptions {
     names: &'static [&'static str],
-    cooldown: &'static str,
-    /// The `[store]` table's lines (default: an embedded file).
-    store: Option<String>,
+    cooldown: Duration,
+    /// The `[store]` table (default: an embedded file).
+    store: Option<StoreFile>,
     /// Snapshot replication (continuous restore every second) with the DR token in every
     /// cluster, agents and coordinator; and the local traffic forwarder on the bridge address.
     replicate: bool,
@@ -121,31 +122,27 @@ impl Lab {
         let port = listener.local_addr().unwrap().port();
         let url = format!("http://{gw}:{port}");
         let traffic_port = vault_dr_lab::ports::reserve(gw.into()).unwrap();
-        let mut text = format!(
-            "listen = \"{gw}:{port}\"\nid = \"faults\"\ntoken_file = \"token\"\n\
-             [store]\n{}\n[coordination]\npath = \"coordination.json\"\n\
-             [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
-             report_ttl = \"2s\"\ncooldown = \"{}\"\n",
-            opts.store.as_deref().unwrap_or("path = \"store.sqlite\""),
-            opts.cooldown
+        let mut file = coordinator_file("faults", format!("{gw}:{port}"), &clusters, opts.names[0]);
+        file.store = opts.store.clone().unwrap_or(StoreFile {
+            path: Some("store.sqlite".into()),
+            ..StoreFile::default()
+        });
+        file.coordination.path = Some("coordination.json".into());
+        file.policy = failover_policy(
+            Duration::from_millis(500),
+            2,
+            Duration::from_secs(2),
+            opts.cooldown,
         );
         if opts.replicate {
-            text = format!("vault_token_file = \"dr.token\"\n{text}");
-            text.push_str(&format!(
-                "[traffic]\nbackend = \"local\"\nlisten = \"{gw}:{traffic_port}\"\n"
-            ));
+            file.vault_token_file = Some("dr.token".into());
+            file.traffic = TrafficFile {
+                backend: Some(TrafficBackend::Local),
+                listen: Some(format!("{gw}:{traffic_port}")),
+                ..TrafficFile::default()
+            };
         }
-        for (i, c) in clusters.iter().enumerate() {
-            text.push_str(&format!(
-                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{3}\"]\n",
-                c.name(),
-                if i == 0 { "primary" } else { "secondary" },
-                c.api_addr(),
-                c.nodes()[0].name(),
-            ));
-        }
-        let env = BTreeMap::from([(ENV_TOKEN_FILE.to_owned(), token_file.display().to_string())]);
-        let config = Config::parse(&text, dir.path(), &env).unwrap();
+        let config = in_process_config(file, dir.path(), &token_file).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
             let _ = stopped.await;
@@ -379,7 +376,7 @@ fn rto(record: &FailoverRecord, from: DateTime<Utc>) -> Option<f64> {
 async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: false,
     })
@@ -500,7 +497,7 @@ async fn held(cluster: &LabCluster, token: &str, keys: &[u64]) -> Vec<u64> {
 async fn s2_isolated_primary_is_replaced_exactly_once() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: true,
     })
@@ -610,7 +607,7 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
 async fn s3_latency_and_cpu_stress_do_not_promote() {
     let mut lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: false,
     })
@@ -677,7 +674,7 @@ async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
     let cooldown = Duration::from_secs(60);
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: false,
     })
@@ -746,10 +743,14 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         .await
         .unwrap_or_else(|e| panic!("cannot start SecantusDB (run `bash scripts/setup.sh`): {e}"));
     let db = format!("faults_{}", std::process::id());
-    let store = format!("mongodb_uri = \"{}\"\ndatabase = \"{db}\"", mongo.uri());
+    let store = StoreFile {
+        mongodb_uri: Some(mongo.uri()),
+        database: Some(db.clone()),
+        ..StoreFile::default()
+    };
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: Some(store),
         replicate: false,
     })
@@ -854,8 +855,9 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
 /// "right after Decided": the Decided step is not run by the executor); the primary's host is
 /// isolated; the next leader must finish the failover, each step exactly once.
 async fn leader_killed_at(moment: &str, failpoint: &str) {
+    use vault_dr_coordinator::config::CoordinationFile;
     use vault_dr_tests::coordinators::{
-        Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, FAILOVER_POLICY, GroupSpec,
+        Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, GroupSpec, failover_policy,
     };
     let net = Net::create().expect("create a bridge (run as root; see scripts/setup.sh)");
     let names = ["p", "s1", "s2"];
@@ -892,8 +894,12 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
                 primary: i == 0,
             })
             .collect(),
-        policy: FAILOVER_POLICY.into(),
-        coordination: "lease_duration = \"3s\"\nrenew_period = \"1s\"\n".into(),
+        policy: failover_policy(),
+        coordination: CoordinationFile {
+            lease_duration: Some(Duration::from_secs(3)),
+            renew_period: Some(Duration::from_secs(1)),
+            ..CoordinationFile::default()
+        },
         vault_token: Some(DR_TOKEN.into()),
     };
     let group =

@@ -15,10 +15,11 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use std::time::{Duration, Instant};
+use vault_dr_coordinator::config::CoordinationFile;
 use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::try_wait_for_every;
 use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, GroupSpec, write_kubeconfig,
+    Backend, ClusterSpec, CoordinatorGroup, GroupSpec, probe_policy, write_kubeconfig,
 };
 use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
 use vault_dr_tests::lab::LabCluster;
@@ -68,8 +69,8 @@ async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
                 primary: c.name() == "p",
             })
             .collect(),
-        policy: "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n".into(),
-        coordination: String::new(),
+        policy: probe_policy(Duration::from_millis(500), Duration::from_millis(400)),
+        coordination: CoordinationFile::default(),
         vault_token: None,
     };
     let mut group =

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 use vault_dr_common::NodeState;
+use vault_dr_coordinator::config::CoordinationFile;
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
@@ -21,7 +22,7 @@ use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::{try_wait_for, try_wait_for_every, wait_for};
 use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, sample,
+    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, probe_policy, sample,
 };
 use vault_dr_tests::lab::LabCluster;
 
@@ -67,8 +68,8 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
                 primary: c.name() == "p",
             })
             .collect(),
-        policy: "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n".into(),
-        coordination: String::new(),
+        policy: probe_policy(Duration::from_millis(500), Duration::from_millis(400)),
+        coordination: CoordinationFile::default(),
         vault_token: None,
     };
     let mut group =

@@ -771,24 +771,23 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "helm-chart-test-token").unwrap();
-    let mut toml = format!(
-        "token_file = {:?}\n[store]\npath = {:?}\n[coordination]\nbackend = \"local\"\npath = {:?}\n\
-         [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nreport_ttl = \"3s\"\n",
-        token_file.display().to_string(),
-        dir.path().join("store.sqlite").display().to_string(),
-        dir.path().join("coordination.json").display().to_string(),
-    );
-    for (i, c) in clusters.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[clusters]]\nname = {:?}\nrole = {:?}\napi_addrs = [{:?}]\nnodes = [{:?}]\n",
-            c.name(),
-            if i == 0 { "primary" } else { "secondary" },
-            c.api_addr().as_str(),
-            c.nodes()[0].name(),
-        ));
-    }
-    let config = CoordConfig::parse(&toml, dir.path(), &BTreeMap::new())
-        .unwrap_or_else(|e| panic!("coordinator config: {e}\n{toml}"));
+    let primary = clusters[0].name().to_owned();
+    let mut file =
+        vault_dr_lab::harness::coordinator_file("helm", "127.0.0.1:0", &clusters, &primary);
+    // The listener is handed over below; id and listen stay at their defaults.
+    (file.listen, file.id) = (None, None);
+    file.token_file = Some(token_file.clone());
+    file.store.path = Some(dir.path().join("store.sqlite"));
+    file.coordination.path = Some(dir.path().join("coordination.json"));
+    file.policy = vault_dr_coordinator::config::PolicyFile {
+        probe_interval: Some(Duration::from_millis(500)),
+        probe_timeout: Some(Duration::from_millis(400)),
+        report_ttl: Some(Duration::from_secs(3)),
+        ..Default::default()
+    };
+    let config = file
+        .validate(dir.path(), &BTreeMap::new())
+        .unwrap_or_else(|e| panic!("coordinator config: {e}"));
     let coord_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let coord_url = format!("http://{}", coord_listener.local_addr().unwrap());
     let (stop_coord, coord_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -17,9 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use url::Url;
 use vault_dr_common::{NodeState, Report};
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::config::{
+    ClusterFile, ClusterRole, ConfigFile, CoordinationFile, PolicyFile, StoreFile,
+};
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
+use vault_dr_lab::harness::in_process_config;
 use vault_dr_lab::ports::closed_loopback;
 use vault_dr_lab::wait::wait_for;
 
@@ -83,18 +86,40 @@ async fn coordinator() -> Coordinator {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let closed = closed_loopback().unwrap();
-    let text = format!(
-        "listen = \"127.0.0.1:{port}\"\nid = \"hostile\"\ntoken_file = \"token\"\n\
-         [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
-         [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"200ms\"\nconfirm = 100000\n\
-         [[clusters]]\nname = \"dc1\"\nrole = \"primary\"\napi_addrs = [\"http://127.0.0.1:{closed}\"]\nnodes = [\"dc1-0\"]\n\
-         [[clusters]]\nname = \"dc2\"\napi_addrs = [\"http://127.0.0.1:{closed}\"]\nnodes = [\"dc2-0\"]\n"
-    );
-    let env = BTreeMap::from([(
-        ENV_TOKEN_FILE.to_owned(),
-        dir.path().join("token").display().to_string(),
-    )]);
-    let config = Config::parse(&text, dir.path(), &env).unwrap();
+    let cluster = |name: &str, role| ClusterFile {
+        name: name.to_owned(),
+        role,
+        api_addrs: vec![format!("http://127.0.0.1:{closed}")],
+        nodes: vec![format!("{name}-0")],
+        priority: 0,
+        excluded: false,
+        selector: BTreeMap::new(),
+    };
+    let file = ConfigFile {
+        listen: Some(format!("127.0.0.1:{port}")),
+        id: Some("hostile".into()),
+        token_file: Some("token".into()),
+        store: StoreFile {
+            path: Some("store.sqlite".into()),
+            ..StoreFile::default()
+        },
+        coordination: CoordinationFile {
+            path: Some("coordination.json".into()),
+            ..CoordinationFile::default()
+        },
+        policy: PolicyFile {
+            probe_interval: Some(Duration::from_millis(500)),
+            probe_timeout: Some(Duration::from_millis(200)),
+            confirm: Some(100_000),
+            ..PolicyFile::default()
+        },
+        clusters: vec![
+            cluster("dc1", ClusterRole::Primary),
+            cluster("dc2", ClusterRole::Secondary),
+        ],
+        ..ConfigFile::default()
+    };
+    let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(vault_dr_coordinator::run(config, listener, async {

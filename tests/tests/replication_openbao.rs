@@ -30,10 +30,11 @@ use tokio::sync::oneshot;
 use url::Url;
 use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
 use vault_dr_common::{Report, Secret};
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::config::{TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::agents;
 use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::lab::harness::{coordinator_file, failover_policy, in_process_config};
 use vault_dr_tests::lab::ports::reserve_loopback;
 use vault_dr_tests::lab::tools::built_binary;
 use vault_dr_tests::lab::wait::{try_wait_for, wait_for};
@@ -119,28 +120,23 @@ impl Group {
         let port = listener.local_addr().unwrap().port();
         let traffic_port = reserve_loopback().unwrap();
         let coordinator_url = format!("http://127.0.0.1:{port}");
-        let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nid = \"it\"\ntoken_file = \"token\"\n\
-             vault_token_file = \"dr.token\"\n\
-             [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
-             [traffic]\nbackend = \"local\"\nlisten = \"127.0.0.1:{traffic_port}\"\n\
-             [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
-             report_ttl = \"3s\"\ncooldown = \"0s\"\nmax_lag = \"60s\"\n"
+        let mut file = coordinator_file("it", format!("127.0.0.1:{port}"), &clusters, "p");
+        file.vault_token_file = Some("dr.token".into());
+        file.store.path = Some("store.sqlite".into());
+        file.coordination.path = Some("coordination.json".into());
+        file.traffic = TrafficFile {
+            backend: Some(TrafficBackend::Local),
+            listen: Some(format!("127.0.0.1:{traffic_port}")),
+            ..TrafficFile::default()
+        };
+        file.policy = failover_policy(
+            Duration::from_millis(500),
+            2,
+            Duration::from_secs(3),
+            Duration::ZERO,
         );
-        for c in &clusters {
-            text.push_str(&format!(
-                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{3}\"]\n",
-                c.name(),
-                if c.name() == "p" { "primary" } else { "secondary" },
-                c.api_addr(),
-                c.nodes()[0].name(),
-            ));
-        }
-        let env = BTreeMap::from([(
-            ENV_TOKEN_FILE.to_owned(),
-            dir.path().join("token").display().to_string(),
-        )]);
-        let config = Config::parse(&text, dir.path(), &env).unwrap();
+        file.policy.max_lag = Some(Duration::from_secs(60));
+        let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(vault_dr_coordinator::run(config, listener, async {
             let _ = stopped.await;

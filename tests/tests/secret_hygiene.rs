@@ -23,8 +23,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
+use vault_dr_coordinator::config::{ConfigFile, StoreFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
 use vault_dr_tests::lab::group::{DrGroup, GroupSpec};
+use vault_dr_tests::lab::harness::{coordinator_toml, write_coordinator_file};
 use vault_dr_tests::lab::ports::{closed_loopback, reserve_loopback};
 use vault_dr_tests::lab::process::ChildGuard;
 use vault_dr_tests::lab::tools::built_binary;
@@ -522,40 +524,26 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
     let closed = closed_loopback().unwrap();
     let mongo_port = reserve_loopback().unwrap();
     let mongo_config = run_dir.join("mongo-coordinator.toml");
+    // The group's first coordinator file, read back as the coordinator's own type and changed.
     let original = std::fs::read_to_string(&group.coordinators()[0].config_path).unwrap();
-    let mut text = String::new();
-    let mut section = String::new();
-    for line in original.lines() {
-        if line.starts_with('[') {
-            section = line.to_owned();
-        }
-        let replaced = if line.starts_with("listen = ") && section.is_empty() {
-            format!("listen = \"127.0.0.1:{mongo_port}\"")
-        } else if line.starts_with("id = ") && section.is_empty() {
-            "id = \"mongo-hygiene\"".to_owned()
-        } else if section == "[policy]" && line.starts_with("confirm = ") {
-            // It must never act on the real clusters: it has no agents and never confirms.
-            "confirm = 100000".to_owned()
-        } else if section == "[store]" && line.starts_with("path = ") {
-            format!(
-                "mongodb_uri = \"mongodb://vaultdr:{mongo_password}@127.0.0.1:{closed}/?serverSelectionTimeoutMS=500&connectTimeoutMS=500\""
-            )
-        } else if section == "[coordination]" && line.starts_with("path = ") {
-            format!(
-                "path = \"{}\"",
-                run_dir.join("mongo-coordination.json").display()
-            )
-        } else {
-            line.to_owned()
-        };
-        text.push_str(&replaced);
-        text.push('\n');
-    }
+    let mut file = ConfigFile::parse(&original).unwrap();
+    file.listen = Some(format!("127.0.0.1:{mongo_port}"));
+    file.id = Some("mongo-hygiene".into());
+    // It must never act on the real clusters: it has no agents and never confirms.
+    file.policy.confirm = Some(100_000);
+    file.store = StoreFile {
+        mongodb_uri: Some(format!(
+            "mongodb://vaultdr:{mongo_password}@127.0.0.1:{closed}/?serverSelectionTimeoutMS=500&connectTimeoutMS=500"
+        )),
+        ..StoreFile::default()
+    };
+    file.coordination.path = Some(run_dir.join("mongo-coordination.json"));
+    let text = coordinator_toml(&file).unwrap();
     assert!(
         text.contains(&mongo_password),
         "the MongoDB URI went into the config"
     );
-    std::fs::write(&mongo_config, text).unwrap();
+    write_coordinator_file(&mongo_config, &file).unwrap();
     let mongo_log = run_dir.join("mongo-coordinator.log");
     // Logged at trace level (through `env`, which execs, so the guard's pid is the process).
     let env_bin = PathBuf::from("/usr/bin/env");

@@ -174,8 +174,11 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
                 primary: false,
             },
         ],
-        policy: "probe_interval = \"500ms\"\nprobe_timeout = \"300ms\"\n".into(),
-        coordination: String::new(),
+        policy: vault_dr_tests::coordinators::probe_policy(
+            Duration::from_millis(500),
+            Duration::from_millis(300),
+        ),
+        coordination: vault_dr_coordinator::config::CoordinationFile::default(),
         vault_token: None,
     };
     let mut group = CoordinatorGroup::new(&spec, program.to_path_buf(), prefix.to_vec())?;
