@@ -1,4 +1,24 @@
-//! The coordinator file every lab and test coordinator is started from: [`coordinator_file`]
+//! The one way to build a DR group for a test or the drill, and the coordinator file every lab
+//! and test coordinator is started from.
+//!
+//! [`Group::builder`] starts a whole group on one machine (clusters, an agent per node,
+//! coordinators, placement, policy) and hands back the running [`Group`]:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), vault_dr_lab::LabError> {
+//! use std::time::Duration;
+//! use vault_dr_lab::harness::Group;
+//! let group = Group::builder()
+//!     .clusters(["p", "s1", "s2"])
+//!     .coordinators(2)
+//!     .traffic(false)
+//!     .policy(|p| p.cooldown = Duration::from_secs(120))
+//!     .start()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`coordinator_file`]
 //! builds the coordinator's own serialisable file form ([`ConfigFile`]) for a set of lab
 //! clusters, and callers set the sections they care about (store, coordination, traffic,
 //! policy) on the value. A coordinator process gets it as TOML ([`write_coordinator_file`],
@@ -13,7 +33,146 @@ use vault_dr_coordinator::config::{
     ClusterFile, ClusterRole, Config, ConfigFile, ENV_TOKEN_FILE, PolicyFile,
 };
 
+use super::group::{DrGroup, GroupSpec, Placement, PromotionMode, RestoreMode};
 use super::{LabCluster, LabError};
+
+/// A running DR group (see [`DrGroup`] for what it offers).
+pub type Group = DrGroup;
+
+impl DrGroup {
+    /// The builder of a group: four clusters `p`, `s1`, `s2`, `s3` (the first is the primary),
+    /// three coordinators, agents, the traffic forwarder and the fast policy unless told
+    /// otherwise.
+    pub fn builder() -> GroupBuilder {
+        GroupBuilder {
+            spec: GroupSpec::default(),
+            agents: true,
+        }
+    }
+}
+
+/// The coordinators' policy in a [`GroupBuilder`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupPolicy {
+    /// Probe interval (the probe timeout is 80 % of it).
+    pub probe_interval: Duration,
+    /// Consecutive agreeing ticks before the primary is down.
+    pub confirm: u32,
+    /// Report TTL.
+    pub report_ttl: Duration,
+    /// Cooldown after a failover.
+    pub cooldown: Duration,
+    /// Promotion mode (`None`: the key is left out of the file).
+    pub promotion: Option<PromotionMode>,
+}
+
+/// What [`Group::builder`] starts; [`GroupBuilder::start`] starts it.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct GroupBuilder {
+    spec: GroupSpec,
+    agents: bool,
+}
+
+impl GroupBuilder {
+    /// The clusters by name; the first is the initial primary.
+    pub fn clusters<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.spec.clusters = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many coordinator processes (at least 1).
+    pub fn coordinators(mut self, count: usize) -> Self {
+        self.spec.coordinators = count;
+        self
+    }
+
+    /// Whether to start an agent beside every node and wait until the group is ready (the
+    /// default). Without, [`DrGroup::start_agents`] starts them later.
+    pub fn agents(mut self, agents: bool) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// Where `cluster`'s processes run (e.g. a network namespace).
+    pub fn placement(mut self, cluster: &str, placement: Placement) -> Self {
+        self.spec.placements.insert(cluster.to_owned(), placement);
+        self
+    }
+
+    /// Changes the coordinators' policy.
+    pub fn policy(mut self, change: impl FnOnce(&mut GroupPolicy)) -> Self {
+        let s = &mut self.spec;
+        let mut p = GroupPolicy {
+            probe_interval: s.probe_interval,
+            confirm: s.confirm,
+            report_ttl: s.report_ttl,
+            cooldown: s.cooldown,
+            promotion: s.promotion,
+        };
+        change(&mut p);
+        (
+            s.probe_interval,
+            s.confirm,
+            s.report_ttl,
+            s.cooldown,
+            s.promotion,
+        ) = (
+            p.probe_interval,
+            p.confirm,
+            p.report_ttl,
+            p.cooldown,
+            p.promotion,
+        );
+        self
+    }
+
+    /// Excludes `cluster` from promotion.
+    pub fn exclude(mut self, cluster: &str) -> Self {
+        self.spec.excluded.push(cluster.to_owned());
+        self
+    }
+
+    /// How the secondaries' agents restore pulled snapshots, and how often they pull.
+    pub fn replication(mut self, restore: RestoreMode, interval: Duration) -> Self {
+        (self.spec.restore, self.spec.snapshot_interval) = (restore, interval);
+        self
+    }
+
+    /// The agents' probe and report interval.
+    pub fn agent_interval(mut self, interval: Duration) -> Self {
+        self.spec.agent_interval = interval;
+        self
+    }
+
+    /// Whether to start the local traffic forwarder (the stable client address).
+    pub fn traffic(mut self, traffic: bool) -> Self {
+        self.spec.traffic = traffic;
+        self
+    }
+
+    /// Any further setting of the underlying [`GroupSpec`] (store, cgroups, run directory,
+    /// the coordinators' address).
+    pub fn spec(mut self, change: impl FnOnce(&mut GroupSpec)) -> Self {
+        change(&mut self.spec);
+        self
+    }
+
+    /// Starts the group; with agents, waits until one coordinator leads, every node has
+    /// reported and every secondary is eligible.
+    pub async fn start(self) -> Result<Group, LabError> {
+        let mut group = DrGroup::start_without_agents(&self.spec).await?;
+        if self.agents {
+            group.start_agents(&self.spec).await?;
+        }
+        Ok(group)
+    }
+
+    /// The spec it starts, e.g. for [`DrGroup::start_agents`] after `agents(false)`.
+    pub fn group_spec(&self) -> &GroupSpec {
+        &self.spec
+    }
+}
 
 /// A coordinator file for `clusters` (the one named `primary` is the primary of term 1, every
 /// node listed with its API address), listening on `listen`, with the id `id`; every other

@@ -14,6 +14,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
+
+use crate::agents::InProcessAgent;
 use vault_dr_coordinator::config::{
     ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, PolicyFile,
     StoreFile,
@@ -412,31 +414,17 @@ pub fn write_kubeconfig(path: &Path, server: &str, namespace: &str) -> Result<()
     std::fs::write(path, text).map_err(io(format!("write {}", path.display())))
 }
 
-/// An in-process agent; stops when dropped.
-#[derive(Debug)]
-pub struct AgentGuard {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
 /// Starts an in-process agent for node `<cluster>-0` at `vault`, reporting every 300 ms to the
 /// coordinator replicas `coordinators` (the first, then the others in turn) with the group's
 /// token, using `dr_token` against OpenBao and snapshot replication (continuous restore, pulls
 /// every second) under `dir`.
-pub fn spawn_agent(
+pub async fn spawn_agent(
     cluster: &str,
     vault: &Url,
     coordinators: &[Url],
     dr_token: &vault_dr_common::Secret,
     dir: &Path,
-) -> Result<AgentGuard, HaError> {
+) -> Result<InProcessAgent, HaError> {
     use vault_dr_agent::config::{
         CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig,
     };
@@ -462,24 +450,9 @@ pub fn spawn_agent(
         restore: RestoreMode::Continuous,
         quarantine_dir: snapshots.join("quarantine"),
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("agent listener: {e}");
-                return;
-            }
-        };
-        if let Err(e) = vault_dr_agent::run(config, listener, async {
-            let _ = stopped.await;
-        })
+    InProcessAgent::start(config)
         .await
-        {
-            tracing::error!("agent stopped: {e}");
-        }
-    });
-    Ok(AgentGuard { stop: Some(stop) })
+        .map_err(io(format!("start the agent of {cluster}")))
 }
 
 /// The `[policy]` of the failover tests: probe every 500 ms, confirm on 2 ticks, reports fresh
@@ -515,7 +488,7 @@ pub struct DrLab {
     /// The coordinator replicas.
     pub group: CoordinatorGroup,
     /// Running agents by cluster name.
-    pub agents: std::collections::BTreeMap<String, AgentGuard>,
+    pub agents: std::collections::BTreeMap<String, InProcessAgent>,
     /// The DR token.
     pub dr_token: vault_dr_common::Secret,
 }
@@ -558,13 +531,13 @@ impl DrLab {
     }
 
     /// Starts one agent per cluster, each given every coordinator URL in id order.
-    pub fn start_agents(&mut self) -> Result<(), HaError> {
-        self.start_agents_with_last(None)
+    pub async fn start_agents(&mut self) -> Result<(), HaError> {
+        self.start_agents_with_last(None).await
     }
 
     /// Stops the running agents and starts one per cluster, each given every coordinator URL,
     /// replica `last` (if any) at the end of the list.
-    pub fn start_agents_with_last(&mut self, last: Option<usize>) -> Result<(), HaError> {
+    pub async fn start_agents_with_last(&mut self, last: Option<usize>) -> Result<(), HaError> {
         self.agents.clear();
         let mut order: Vec<usize> = (0..self.group.replicas.len())
             .filter(|i| Some(*i) != last)
@@ -581,7 +554,8 @@ impl DrLab {
                 &urls,
                 &self.dr_token,
                 self.group.dir(),
-            )?;
+            )
+            .await?;
             self.agents.insert(c.name().to_owned(), agent);
         }
         Ok(())
@@ -660,5 +634,64 @@ impl DrLab {
         })
         .await;
         ready.map_err(|t| HaError::Timeout(format!("{t}\n{}", self.group.logs())))
+    }
+}
+
+/// A coordinator running in this process (`vault_dr_coordinator::run`) on a listener bound once
+/// and handed over; asked to stop when dropped, and aborted (a test that wants its result calls
+/// [`InProcessCoordinator::shutdown`]).
+#[derive(Debug)]
+pub struct InProcessCoordinator {
+    /// Its API base URL, `http://ADDR`.
+    pub url: String,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<vault_dr_coordinator::Result<()>>>,
+}
+
+impl InProcessCoordinator {
+    /// Starts `config` on `listener`.
+    pub fn start(
+        config: vault_dr_coordinator::config::Config,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("the coordinator's listener has no address: {e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            url: format!("http://{addr}"),
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Asks it to stop and waits for it; its own result (panics when its task panicked).
+    pub async fn shutdown(mut self) -> vault_dr_coordinator::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.task.take() {
+            Some(t) => t
+                .await
+                .unwrap_or_else(|e| panic!("the coordinator task failed: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcessCoordinator {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }

@@ -11,12 +11,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use url::Url;
 use vault_dr_coordinator::api::{ClustersResponse, TopologyResponse};
 use vault_dr_coordinator::model::DecisionRecord;
 use vault_dr_coordinator::model::{Eligibility, Ineligible};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_tests::agents::InProcessAgent;
+use vault_dr_tests::coordinators::InProcessCoordinator;
 use vault_dr_tests::lab::LabCluster;
 use vault_dr_tests::lab::harness::{coordinator_file, failover_policy, in_process_config};
 use vault_dr_tests::lab::tools::built_binary;
@@ -24,25 +25,15 @@ use vault_dr_tests::lab::wait::wait_for;
 
 const TOKEN: &str = "integration-token";
 
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-fn spawn_agent(
+/// An in-process agent of `node` in `cluster` at `vault`, reporting every 300 ms to
+/// `coordinator` (no replication, no DR token).
+async fn spawn_agent(
     cluster: &str,
     node: &str,
     vault: &Url,
     coordinator: &str,
     dir: &std::path::Path,
-) -> Running {
+) -> InProcessAgent {
     let token_file = dir.join("token");
     let mut config = vault_dr_agent::Config::minimal(cluster, node, vault.clone());
     config.interval = Duration::from_millis(300);
@@ -51,15 +42,7 @@ fn spawn_agent(
         token: vault_dr_common::Secret::new(std::fs::read_to_string(token_file).unwrap()),
         ca_certs: Vec::new(),
     });
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _ = vault_dr_agent::run(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    Running { stop: Some(stop) }
+    InProcessAgent::start(config).await.unwrap()
 }
 
 async fn get<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Option<T> {
@@ -97,20 +80,13 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
         Duration::from_secs(60),
     );
     let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
-    let (stop_coordinator, stopped) = oneshot::channel::<()>();
-    let coordinator = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let mut agents: BTreeMap<String, Running> = clusters
-        .iter()
-        .map(|c| {
-            let node = format!("{}-0", c.name());
-            (
-                c.name().to_owned(),
-                spawn_agent(c.name(), &node, c.api_addr(), &coordinator_url, dir.path()),
-            )
-        })
-        .collect();
+    let coordinator = InProcessCoordinator::start(config, listener);
+    let mut agents: BTreeMap<String, InProcessAgent> = BTreeMap::new();
+    for c in &clusters {
+        let node = format!("{}-0", c.name());
+        let agent = spawn_agent(c.name(), &node, c.api_addr(), &coordinator_url, dir.path()).await;
+        agents.insert(c.name().to_owned(), agent);
+    }
     let http = vault_dr_common::http::client_builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -303,6 +279,5 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert!(row("s2").contains("primary"), "{status}");
 
     drop(agents);
-    let _ = stop_coordinator.send(());
-    coordinator.await.unwrap().unwrap();
+    coordinator.shutdown().await.unwrap();
 }

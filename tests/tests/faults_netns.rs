@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use vault_dr_coordinator::config::{StoreFile, TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::LabCluster;
@@ -34,6 +33,7 @@ use vault_dr_lab::openbao::NodeHost;
 use vault_dr_lab::process::ChildGuard;
 use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::{try_wait_for, wait_for, wait_for_every};
+use vault_dr_tests::coordinators::InProcessCoordinator;
 use vault_dr_tests::netns::{Host, Net};
 
 const TOKEN: &str = "faults-netns-token";
@@ -42,27 +42,12 @@ const DR_TOKEN_ID: &str = "vault-dr-faults-netns-dr-token";
 /// Detection needs the report TTL to lapse plus `confirm` ticks: about 3 s here.
 const DETECTION: Duration = Duration::from_secs(3);
 
-/// The in-process coordinator; stopped on drop.
-struct CoordinatorTask {
-    stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<Result<(), vault_dr_coordinator::Error>>,
-}
-
-impl Drop for CoordinatorTask {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.handle.abort();
-    }
-}
-
 /// One fault lab. Field order is drop order: processes, then clusters, then namespaces, then
 /// the bridge, then files.
 struct Lab {
     stress: Vec<ChildGuard>,
     _agents: BTreeMap<String, ChildGuard>,
-    _coordinator: CoordinatorTask,
+    _coordinator: InProcessCoordinator,
     clusters: Vec<LabCluster>,
     hosts: Vec<Host>,
     net: Net,
@@ -143,14 +128,7 @@ impl Lab {
             };
         }
         let config = in_process_config(file, dir.path(), &token_file).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let coordinator = CoordinatorTask {
-            stop: Some(stop),
-            handle,
-        };
+        let coordinator = InProcessCoordinator::start(config, listener);
 
         let agent_bin = built_binary("vault-dr-agent").unwrap();
         let mut agents = BTreeMap::new();
@@ -920,7 +898,7 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .unwrap();
     assert_eq!(first, 0);
     lab.group.start_all().unwrap();
-    lab.start_agents().unwrap();
+    lab.start_agents().await.unwrap();
     lab.wait_failover_ready(0, Duration::from_secs(90))
         .await
         .unwrap();

@@ -206,7 +206,7 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
         .unwrap();
     assert_eq!(first, 0);
     lab.group.start_all().unwrap();
-    lab.start_agents().unwrap();
+    lab.start_agents().await.unwrap();
     lab.wait_failover_ready(0, Duration::from_secs(60))
         .await
         .unwrap();

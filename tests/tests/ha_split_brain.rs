@@ -57,7 +57,7 @@ async fn split_brain(freeze: Freeze) {
         .wait_leader(None, Duration::from_secs(30))
         .await
         .unwrap();
-    lab.start_agents().unwrap();
+    lab.start_agents().await.unwrap();
     lab.wait_failover_ready(stale, Duration::from_secs(60))
         .await
         .unwrap();

@@ -790,10 +790,8 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
         .unwrap_or_else(|e| panic!("coordinator config: {e}"));
     let coord_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let coord_url = format!("http://{}", coord_listener.local_addr().unwrap());
-    let (stop_coord, coord_stopped) = tokio::sync::oneshot::channel::<()>();
-    let coordinator = tokio::spawn(vault_dr_coordinator::run(config, coord_listener, async {
-        let _ = coord_stopped.await;
-    }));
+    let coordinator =
+        vault_dr_tests::coordinators::InProcessCoordinator::start(config, coord_listener);
 
     let mut agents = Vec::new();
     let mut agent_urls = Vec::new();
@@ -868,8 +866,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
         let _ = stop.send(());
         handle.await.unwrap().unwrap();
     }
-    let _ = stop_coord.send(());
-    coordinator.await.unwrap().unwrap();
+    coordinator.shutdown().await.unwrap();
     drop(clusters);
 
     assert!(

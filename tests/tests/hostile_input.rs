@@ -25,6 +25,7 @@ use vault_dr_coordinator::store::embedded::EmbeddedStore;
 use vault_dr_lab::harness::in_process_config;
 use vault_dr_lab::ports::closed_loopback;
 use vault_dr_lab::wait::wait_for;
+use vault_dr_tests::coordinators::InProcessCoordinator;
 
 /// How long one raw exchange may take before the server counts as hung.
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,8 +72,7 @@ struct Coordinator {
     addr: SocketAddr,
     token: String,
     store_path: std::path::PathBuf,
-    stop: Stop,
-    task: tokio::task::JoinHandle<vault_dr_coordinator::Result<()>>,
+    coordinator: InProcessCoordinator,
 }
 
 /// A real coordinator (`vault_dr_coordinator::run`) on a loopback port, leader, with the
@@ -120,12 +120,8 @@ async fn coordinator() -> Coordinator {
         ..ConfigFile::default()
     };
     let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let base = format!("http://{addr}");
+    let coordinator = InProcessCoordinator::start(config, listener);
+    let (addr, base) = (coordinator.addr, coordinator.url.clone());
     let client = http();
     wait_for(
         "the coordinator to be ready (leader with a topology)",
@@ -144,8 +140,7 @@ async fn coordinator() -> Coordinator {
         base,
         addr,
         token,
-        stop: Stop(Some(stop)),
-        task,
+        coordinator,
     }
 }
 
@@ -778,14 +773,12 @@ async fn the_coordinator_refuses_hostile_requests_stores_nothing_and_keeps_servi
 
     // The store holds exactly the one accepted report (its history included).
     let Coordinator {
-        stop,
-        task,
+        coordinator,
         store_path,
         _dir,
         ..
     } = c;
-    drop(stop);
-    task.await.unwrap().unwrap();
+    coordinator.shutdown().await.unwrap();
     let store = EmbeddedStore::open(&store_path, Duration::from_secs(24 * 3600)).unwrap();
     let latest = store.latest_reports().await.unwrap();
     assert_eq!(latest.len(), 1, "only the valid report is stored");

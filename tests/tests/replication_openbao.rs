@@ -33,6 +33,7 @@ use vault_dr_common::{Report, Secret};
 use vault_dr_coordinator::config::{TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::agents;
+use vault_dr_tests::coordinators::InProcessCoordinator;
 use vault_dr_tests::lab::LabCluster;
 use vault_dr_tests::lab::harness::{coordinator_file, failover_policy, in_process_config};
 use vault_dr_tests::lab::ports::reserve_loopback;
@@ -59,7 +60,7 @@ struct Group {
     stable: Url,
     client_token: Secret,
     http: reqwest::Client,
-    _coordinator: oneshot::Sender<()>,
+    _coordinator: InProcessCoordinator,
 }
 
 fn rand_u64() -> u64 {
@@ -137,10 +138,7 @@ impl Group {
         );
         file.policy.max_lag = Some(Duration::from_secs(60));
         let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let coordinator = InProcessCoordinator::start(config, listener);
         let mut agents = BTreeMap::new();
         for c in &clusters {
             let a = start_agent(c, &coordinator_url, &dr_token, dir.path(), restore).await;
@@ -163,7 +161,7 @@ impl Group {
             stable: Url::parse(&format!("http://127.0.0.1:{traffic_port}")).unwrap(),
             client_token,
             http,
-            _coordinator: stop,
+            _coordinator: coordinator,
         }
     }
 

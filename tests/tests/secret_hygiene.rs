@@ -1,4 +1,4 @@
-//! Secret hygiene after a full failover (issue 8, scenario 8): a real DR group ([`DrGroup`]:
+//! Secret hygiene after a full failover (issue 8, scenario 8): a real DR group ([`Group`]:
 //! three OpenBao clusters with a shared static seal, one `vault-dr-agent` process per node, two
 //! `vault-dr coordinator` processes) loses its primary's `bao` process and fails over. Then the
 //! test provokes errors (wrong and misplaced tokens, malformed reports, bad CLI and agent
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 use vault_dr_coordinator::config::{ConfigFile, StoreFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
-use vault_dr_tests::lab::group::{DrGroup, GroupSpec};
+use vault_dr_tests::lab::harness::Group;
 use vault_dr_tests::lab::harness::{coordinator_toml, write_coordinator_file};
 use vault_dr_tests::lab::ports::{closed_loopback, reserve_loopback};
 use vault_dr_tests::lab::process::ChildGuard;
@@ -277,14 +277,12 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error() {
     let _turn = SERIAL.lock().await;
-    let spec = GroupSpec {
-        clusters: ["p", "s1", "s2"].map(String::from).to_vec(),
-        coordinators: 2,
-        traffic: false,
-        cooldown: Duration::from_secs(120),
-        ..GroupSpec::default()
-    };
-    let mut group = DrGroup::start(&spec)
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(2)
+        .traffic(false)
+        .policy(|p| p.cooldown = Duration::from_secs(120))
+        .start()
         .await
         .expect("the DR group starts (needs .tools/bin/bao: run scripts/setup.sh; and the built binaries: cargo build --workspace)");
     let http = group.http().clone();
