@@ -34,6 +34,8 @@ use super::process::ChildGuard;
 use super::tools::built_binary;
 use super::wait::{try_wait_for, try_wait_for_blocking};
 
+/// How long a coordinator may take to listen after it started.
+const COORDINATOR_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the group may take to be ready after the clusters started.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -381,9 +383,6 @@ impl DrGroup {
             (None, None)
         };
 
-        let coordinator_urls: Vec<Url> = (0..spec.coordinators)
-            .map(|_| url_of(spec.coordinator_ip, ports::reserve(spec.coordinator_ip)?))
-            .collect::<Result<_, _>>()?;
         let traffic_addr = if spec.traffic {
             Some(url_of(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -410,9 +409,8 @@ impl DrGroup {
             http,
             dir,
         };
-        for (i, url) in coordinator_urls.iter().enumerate() {
-            let port = url.port().unwrap_or_default();
-            group.spawn_coordinator(spec, &coordinator_bin, i + 1, port)?;
+        for i in 1..=spec.coordinators {
+            group.spawn_coordinator(spec, &coordinator_bin, i).await?;
         }
         Ok(group)
     }
@@ -457,23 +455,33 @@ impl DrGroup {
         group.wait_ready(&spec.clusters[0], READY_TIMEOUT).await
     }
 
-    fn spawn_coordinator(
+    /// Starts coordinator `index` on a port of its own and waits until it listens; again on
+    /// another port if the picked one was taken meanwhile ([`ports::start_listening`]).
+    async fn spawn_coordinator(
         &mut self,
         spec: &GroupSpec,
         bin: &Path,
         index: usize,
-        port: u16,
     ) -> Result<(), LabError> {
         let id = format!("coordinator-{index}");
         let config_path = self.dir.path.join(format!("{id}.toml"));
         let log_path = self.dir.path.join(format!("{id}.log"));
-        write_coordinator_file(&config_path, &self.coordinator_config(spec, &id, port))?;
         let args: Vec<OsString> = vec![
             "coordinator".into(),
             "--config".into(),
             config_path.clone().into_os_string(),
         ];
-        let child = ChildGuard::spawn(&id, bin, &args, &log_path)?;
+        let me = &*self;
+        let (port, child) = ports::start_listening(
+            &id,
+            spec.coordinator_ip,
+            COORDINATOR_LISTEN_TIMEOUT,
+            |port| {
+                write_coordinator_file(&config_path, &me.coordinator_config(spec, &id, port))?;
+                ChildGuard::spawn(&id, bin, &args, &log_path)
+            },
+        )
+        .await?;
         self.coordinators.push(LabCoordinator {
             id,
             url: url_of(spec.coordinator_ip, port)?,

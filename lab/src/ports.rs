@@ -7,15 +7,23 @@
 //! [`reserve`] narrows that: it never hands out the same port twice in one process (a test
 //! binary runs its tests as threads of one process, so parallel tests no longer collide), and it
 //! checks that the port binds once more before handing it over. Across processes the window
-//! stays; starts that can retry with a new port do (see `LabCluster`'s "address in use" retry).
+//! stays, so a start that can take another port retries with one when the child says "address
+//! in use": [`start_listening`] (the coordinators of a `DrGroup`), and `LabCluster`'s own
+//! retry for `bao`.
 //! An in-process server needs none of this: bind the [`std::net::TcpListener`] (or tokio's)
 //! once and hand the listener over.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::LabError;
+use super::process::ChildGuard;
+use super::wait::try_wait_for;
+
+/// How many ports [`start_listening`] tries.
+const START_ATTEMPTS: usize = 3;
 
 /// Every port [`reserve`] handed out in this process.
 static HANDED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
@@ -71,6 +79,66 @@ pub fn closed_loopback() -> Result<u16, LabError> {
     reserve_loopback()
 }
 
+/// Starts a child that binds `ip:<port>` itself: `start(port)` with a port from [`reserve`],
+/// then waits (up to `within`) until the port accepts connections. When the child exits
+/// because the port was taken in the meantime ("address in use" in its log), starts it again
+/// with a new port (three tries in all). The port and the running child.
+pub async fn start_listening(
+    what: &str,
+    ip: IpAddr,
+    within: Duration,
+    mut start: impl FnMut(u16) -> Result<ChildGuard, LabError>,
+) -> Result<(u16, ChildGuard), LabError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = reserve(ip)?;
+        let mut child = start(port)?;
+        // Some(true): it listens; Some(false): it exited, which ends the wait at once.
+        let listening = try_wait_for(&format!("{what} to listen on {ip}:{port}"), within, || {
+            let running = child.is_running();
+            async move {
+                if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
+                    return Some(true);
+                }
+                (!running).then_some(false)
+            }
+        })
+        .await;
+        let tail = || {
+            let text = std::fs::read(child.log()).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        };
+        match listening {
+            Ok(true) => return Ok((port, child)),
+            Ok(false) => {
+                let tail = tail();
+                if attempt < START_ATTEMPTS
+                    && tail.to_lowercase().contains("address already in use")
+                {
+                    continue;
+                }
+                return Err(LabError::Exited {
+                    node: what.to_owned(),
+                    log: child.log().to_path_buf(),
+                    tail,
+                });
+            }
+            Err(t) => {
+                return Err(LabError::Timeout {
+                    node: what.to_owned(),
+                    what: format!("connections on {ip}:{port}"),
+                    after: t.within,
+                    log: child.log().to_path_buf(),
+                    tail: tail(),
+                });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +148,37 @@ mod tests {
         let ports = reserve_loopback_n(200).unwrap();
         let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[tokio::test]
+    async fn a_child_that_finds_its_port_taken_is_started_again_on_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tries = Vec::new();
+        let (port, mut child) = start_listening(
+            "listener",
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Duration::from_secs(10),
+            |port| {
+                tries.push(port);
+                // The first start fails as a taken port does; the second listens.
+                let script = if tries.len() == 1 {
+                    "echo 'Error: Address already in use (os error 98)'; exit 1".to_owned()
+                } else {
+                    format!("exec python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\",{port})); s.listen(); time.sleep(30)'")
+                };
+                ChildGuard::spawn(
+                    "listener",
+                    std::path::Path::new("/bin/sh"),
+                    &["-c".into(), script.into()],
+                    &tmp.path().join(format!("try-{}.log", tries.len())),
+                )
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(tries.len(), 2, "{tries:?}");
+        assert_eq!(port, tries[1]);
+        assert!(child.is_running());
     }
 
     #[test]
