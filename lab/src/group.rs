@@ -475,6 +475,7 @@ impl DrGroup {
         let (port, child) = ports::start_listening(
             &id,
             spec.coordinator_ip,
+            None,
             COORDINATOR_LISTEN_TIMEOUT,
             |port| {
                 write_coordinator_file(&config_path, &me.coordinator_config(spec, &id, port))?;

@@ -79,20 +79,25 @@ pub fn closed_loopback() -> Result<u16, LabError> {
     reserve_loopback()
 }
 
-/// Starts a child that binds `ip:<port>` itself: `start(port)` with a port from [`reserve`],
-/// then waits (up to `within`) until the port accepts connections. When the child exits
+/// Starts a child that binds `ip:<port>` itself: `start(port)` with `first` (a port reserved
+/// earlier) or a port from [`reserve`], then waits (up to `within`) until the port accepts connections. When the child exits
 /// because the port was taken in the meantime ("address in use" in its log), starts it again
 /// with a new port (three tries in all). The port and the running child.
 pub async fn start_listening(
     what: &str,
     ip: IpAddr,
+    first: Option<u16>,
     within: Duration,
     mut start: impl FnMut(u16) -> Result<ChildGuard, LabError>,
 ) -> Result<(u16, ChildGuard), LabError> {
     let mut attempt = 0;
+    let mut first = first;
     loop {
         attempt += 1;
-        let port = reserve(ip)?;
+        let port = match first.take() {
+            Some(p) => p,
+            None => reserve(ip)?,
+        };
         let mut child = start(port)?;
         // Some(true): it listens; Some(false): it exited, which ends the wait at once.
         let listening = try_wait_for(&format!("{what} to listen on {ip}:{port}"), within, || {
@@ -157,6 +162,7 @@ mod tests {
         let (port, mut child) = start_listening(
             "listener",
             IpAddr::V4(Ipv4Addr::LOCALHOST),
+            None,
             Duration::from_secs(10),
             |port| {
                 tries.push(port);

@@ -107,6 +107,7 @@ pub struct Replica {
     /// Its API base URL, `http://127.0.0.1:PORT`.
     pub url: String,
     config: PathBuf,
+    file: ConfigFile,
     log: PathBuf,
     guard: Option<ChildGuard>,
 }
@@ -208,6 +209,7 @@ impl CoordinatorGroup {
                 url: format!("http://127.0.0.1:{port}"),
                 id,
                 config,
+                file,
                 guard: None,
             });
         }
@@ -248,8 +250,9 @@ impl CoordinatorGroup {
     }
 
     /// Starts replica `i` (index into [`Self::replicas`]) with `env` added to its environment.
-    pub fn start(&mut self, i: usize, env: &[(&str, &str)]) -> Result<(), HaError> {
-        let r = &mut self.replicas[i];
+    /// Waits until it listens; when its port was taken meanwhile, it is started again on another
+    /// ([`crate::lab::ports::start_listening`]) and its [`Replica::url`] changes.
+    pub async fn start(&mut self, i: usize, env: &[(&str, &str)]) -> Result<(), HaError> {
         let mut args: Vec<OsString> = vec![
             "-c".into(),
             "ulimit -c 0; exec env \"$@\"".into(),
@@ -266,21 +269,33 @@ impl CoordinatorGroup {
         args.push(self.program.clone().into_os_string());
         args.extend(self.prefix.iter().cloned());
         args.extend(["coordinator".into(), "--config".into()]);
+        let r = &mut self.replicas[i];
         args.push(r.config.clone().into_os_string());
-        r.guard = Some(ChildGuard::spawn(
-            &format!("coordinator {}", r.id),
-            Path::new("sh"),
-            &args,
-            &r.log,
-        )?);
+        let first = Url::parse(&r.url).ok().and_then(|u| u.port());
+        let what = format!("coordinator {}", r.id);
+        let (config, log, file) = (&r.config, &r.log, &mut r.file);
+        let (port, guard) = crate::lab::ports::start_listening(
+            &what,
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            first,
+            Duration::from_secs(30),
+            |port| {
+                file.listen = Some(format!("127.0.0.1:{port}"));
+                write_coordinator_file(config, file)?;
+                ChildGuard::spawn(&what, Path::new("sh"), &args, log)
+            },
+        )
+        .await?;
+        r.url = format!("http://127.0.0.1:{port}");
+        r.guard = Some(guard);
         Ok(())
     }
 
     /// Starts every replica that is not running, with no extra environment.
-    pub fn start_all(&mut self) -> Result<(), HaError> {
+    pub async fn start_all(&mut self) -> Result<(), HaError> {
         for i in 0..self.replicas.len() {
             if self.replicas[i].guard.is_none() {
-                self.start(i, &[])?;
+                self.start(i, &[]).await?;
             }
         }
         Ok(())

@@ -890,6 +890,7 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
     };
     lab.group
         .start(0, &[("VAULT_DR_FAILPOINT", failpoint)])
+        .await
         .unwrap();
     let (first, _) = lab
         .group
@@ -897,7 +898,7 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .await
         .unwrap();
     assert_eq!(first, 0);
-    lab.group.start_all().unwrap();
+    lab.group.start_all().await.unwrap();
     lab.start_agents().await.unwrap();
     lab.wait_failover_ready(0, Duration::from_secs(90))
         .await

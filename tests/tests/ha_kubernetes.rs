@@ -75,7 +75,7 @@ async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
     };
     let mut group =
         CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
-    group.start_all().unwrap();
+    group.start_all().await.unwrap();
     let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
         Ok(l) => l,
         Err(e) => panic!("{e}\n{}", group.logs()),

@@ -74,7 +74,7 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
     };
     let mut group =
         CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
-    group.start_all().unwrap();
+    group.start_all().await.unwrap();
     let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
         Ok(l) => l,
         Err(e) => panic!("{e}\n{}", group.logs()),
@@ -198,6 +198,7 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
     // c1 leads first, armed to abort right after Fenced completes; the others start later.
     lab.group
         .start(0, &[(ENV_FAILPOINT, "crash-after:fenced")])
+        .await
         .unwrap();
     let (first, _) = lab
         .group
@@ -205,7 +206,7 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
         .await
         .unwrap();
     assert_eq!(first, 0);
-    lab.group.start_all().unwrap();
+    lab.group.start_all().await.unwrap();
     lab.start_agents().await.unwrap();
     lab.wait_failover_ready(0, Duration::from_secs(60))
         .await

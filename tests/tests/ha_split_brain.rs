@@ -51,7 +51,7 @@ async fn split_brain(freeze: Freeze) {
     let mut lab = DrLab::start(&["p", "s1", "s2"], Backend::Local, 3)
         .await
         .unwrap();
-    lab.group.start_all().unwrap();
+    lab.group.start_all().await.unwrap();
     let (stale, _) = lab
         .group
         .wait_leader(None, Duration::from_secs(30))

@@ -206,7 +206,7 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
         RENEW,
         vault_dr_coordinator::leader::FOLLOWER_POLL,
     );
-    group.start_all()?;
+    group.start_all().await?;
     let mut rounds = Vec::new();
     for n in 0..kills {
         let (leader, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
@@ -245,7 +245,7 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
             round.ready
         );
         rounds.push(round);
-        group.start(leader, &[])?;
+        group.start(leader, &[]).await?;
     }
     let mut lease: Vec<f64> = rounds.iter().map(|r| r.lease_moved).collect();
     let mut ready: Vec<f64> = rounds.iter().map(|r| r.ready).collect();
