@@ -607,7 +607,15 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
         write(http, stable, token, &k, &k).await.unwrap();
         second.push(k);
     }
-    tokio::time::sleep(PULL * 4).await;
+    // Every standby pulled the writes: a successful pull after the last one, and no lag.
+    let written = chrono::Utc::now();
+    for c in ["p", "s2", "s3"] {
+        g.wait_report(c, "a pull of the writes", PULL * 30, |r| {
+            r.replication.last_success_at.is_some_and(|at| at > written)
+                && r.replication.lag_entries == Some(0)
+        })
+        .await;
+    }
     for c in ["p", "s2", "s3"] {
         let r = g.report(c).await.unwrap();
         println!(
