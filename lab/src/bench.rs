@@ -10,9 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use vault_dr_common::{
-    HostStats, LatencySummary, NodeState, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
-};
+use vault_dr_common::{NodeState, Report};
 use vault_dr_coordinator::failover::scorer::score;
 use vault_dr_coordinator::model::Policy;
 use vault_dr_coordinator::model::test_util::synthetic;
@@ -155,78 +153,66 @@ fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     Some((cpu, rss_kib * 1024))
 }
 
-fn write_config(dir: &Path, port: u16, agents: usize) -> std::io::Result<()> {
-    std::fs::write(dir.join("token"), "bench-token\n")?;
+fn write_config(dir: &Path, port: u16, agents: usize) -> Result<(), crate::LabError> {
+    use vault_dr_coordinator::config::{ClusterFile, ClusterRole, ConfigFile, PolicyFile};
+    std::fs::write(dir.join("token"), "bench-token\n")
+        .map_err(|e| crate::LabError::io("write the bench token", e))?;
     let clusters = 4;
     let per = agents.div_ceil(clusters);
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\nid = \"bench\"\ntoken_file = \"token\"\n[store]\npath = \"store.sqlite\"\n\
-         [coordination]\npath = \"coordination.json\"\n[policy]\nprobe_interval = \"1s\"\n"
-    );
-    for c in 0..clusters {
-        let nodes: Vec<String> = (0..per).map(|n| format!("\"c{c}-{n}\"")).collect();
-        text.push_str(&format!(
-            "[[clusters]]\nname = \"c{c}\"\nrole = \"{}\"\napi_addrs = [\"http://127.0.0.1:9\"]\nnodes = [{}]\n",
-            if c == 0 { "primary" } else { "secondary" },
-            nodes.join(", ")
-        ));
-    }
-    std::fs::write(dir.join("config.toml"), text)
+    let mut file = ConfigFile {
+        listen: Some(format!("127.0.0.1:{port}")),
+        id: Some("bench".into()),
+        token_file: Some("token".into()),
+        policy: PolicyFile {
+            probe_interval: Some(Duration::from_secs(1)),
+            ..PolicyFile::default()
+        },
+        clusters: (0..clusters)
+            .map(|c| ClusterFile {
+                name: format!("c{c}"),
+                role: if c == 0 {
+                    ClusterRole::Primary
+                } else {
+                    ClusterRole::Secondary
+                },
+                api_addrs: vec!["http://127.0.0.1:9".into()],
+                nodes: (0..per).map(|n| format!("c{c}-{n}")).collect(),
+                priority: 0,
+                excluded: false,
+                selector: Default::default(),
+            })
+            .collect(),
+        ..ConfigFile::default()
+    };
+    file.store.path = Some("store.sqlite".into());
+    file.coordination.path = Some("coordination.json".into());
+    crate::harness::write_coordinator_file(&dir.join("config.toml"), &file)
 }
 
+/// The shared healthy report (`test_util::report`) of node `node` of cluster `c<cluster>`: the
+/// first node active, the others standbys, raft indexes and CPU seconds moving with `seq`.
 fn report(cluster: usize, node: usize, seq: u64, started: chrono::DateTime<Utc>) -> Report {
-    Report {
-        schema_version: SCHEMA_VERSION,
-        cluster: format!("c{cluster}"),
-        node: format!("c{cluster}-{node}"),
-        seq,
-        agent_started_at: started,
-        sent_at: Utc::now(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        vault: VaultStatus {
-            state: if node == 0 {
-                NodeState::Active
-            } else {
-                NodeState::Standby
-            },
-            last_probe_ms: Some(1.2),
-            latency: LatencySummary {
-                samples: 60,
-                p50_ms: 1.1,
-                p99_ms: 3.4,
-                error_ratio: 0.0,
-            },
-            version: Some("2.7.2".into()),
-            cluster_id: Some(format!("id-{cluster}")),
-            cluster_name: Some(format!("c{cluster}")),
-            raft_applied_index: Some(1000 + seq),
-            raft_commit_index: Some(1000 + seq),
-            autopilot_healthy: Some(true),
-            last_error: None,
-        },
-        host: HostStats {
-            cpu_usage_cores: 0.1,
-            cpu_seconds_total: seq as f64,
-            memory_used_bytes: 200 << 20,
-            memory_limit_bytes: Some(1 << 30),
-            ..HostStats::default()
-        },
-        replication: ReplicationStatus::default(),
-        primary_probe: None,
-        seen_term: 1,
-        applied_term: 1,
+    let mut r = vault_dr_coordinator::model::test_util::report(
+        &format!("c{cluster}"),
+        &format!("c{cluster}-{node}"),
+        Utc::now(),
+    );
+    r.seq = seq;
+    r.agent_started_at = started;
+    if node != 0 {
+        r.vault.state = NodeState::Standby;
     }
+    r.vault.raft_applied_index = Some(1000 + seq);
+    r.vault.raft_commit_index = Some(1000 + seq);
+    r.host.cpu_seconds_total = seq as f64;
+    r
 }
 
 async fn ingest(agents: usize, seconds: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = crate::ports::reserve_loopback().map_err(|e| e.to_string())?;
     write_config(dir.path(), port, agents).map_err(|e| e.to_string())?;
-    let exe = crate::group::find_sibling("vault-dr", crate::group::ENV_COORDINATOR_BIN)
-        .map_err(|e| e.to_string())?;
+    let exe = crate::tools::built_binary("vault-dr").map_err(|e| e.to_string())?;
     let log =
         std::fs::File::create(dir.path().join("coordinator.log")).map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)

@@ -14,23 +14,28 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use url::Url;
 use vault_dr_common::Secret;
+use vault_dr_coordinator::config::{
+    ConfigFile, CoordinationBackend, CoordinationFile, StoreFile, TrafficBackend, TrafficFile,
+};
 
 use super::LabCluster;
 use super::error::LabError;
+use super::harness::{coordinator_file, failover_policy, write_coordinator_file};
 use super::openbao::NodeHost;
+use super::ports;
 use super::process::ChildGuard;
+use super::tools::built_binary;
+use super::wait::{try_wait_for, try_wait_for_blocking};
 
-/// Environment variable naming the `vault-dr-agent` executable.
-pub const ENV_AGENT_BIN: &str = "VAULT_DR_AGENT_BIN";
-/// Environment variable naming the `vault-dr` executable (the coordinator).
-pub const ENV_COORDINATOR_BIN: &str = "VAULT_DR_BIN";
+/// How long a coordinator may take to listen after it started.
+const COORDINATOR_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the group may take to be ready after the clusters started.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -55,26 +60,8 @@ impl RestoreMode {
     }
 }
 
-/// How the coordinator promotes (`[policy] promotion`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PromotionMode {
-    /// Restore the newest snapshot before serving.
-    #[default]
-    Complete,
-    /// Serve what the target holds at once.
-    Fast,
-}
-
-impl PromotionMode {
-    /// The config value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Complete => "complete",
-            Self::Fast => "fast",
-        }
-    }
-}
+/// How the coordinator promotes (`[policy] promotion`): the coordinator's own type.
+pub use vault_dr_common::PromotionMode;
 
 /// Where one cluster's processes run: the IP its `bao` and its agent bind, and a command
 /// prefix (e.g. `ip netns exec vdr-s1`) both are started through. The default is the host's
@@ -278,11 +265,11 @@ impl Drop for Cgroups {
             // Whatever is still inside (stress-ng workers) dies; then the directory can go.
             let _ = std::fs::write(dir.join("cgroup.kill"), "1");
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
         for dir in self.clusters.values() {
-            while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            // Best effort: a cgroup that is not empty after 3 s stays behind.
+            let _ = try_wait_for_blocking("the cgroup to empty", Duration::from_secs(3), || {
+                std::fs::remove_dir(dir).is_ok()
+            });
         }
         let _ = std::fs::remove_dir(&self.parent);
     }
@@ -355,8 +342,8 @@ impl DrGroup {
             ));
         }
         // Both binaries are looked up first, so a missing one fails before anything starts.
-        find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
-        let coordinator_bin = find_sibling("vault-dr", ENV_COORDINATOR_BIN)?;
+        built_binary("vault-dr-agent")?;
+        let coordinator_bin = built_binary("vault-dr")?;
         let dir = make_run_dir(spec)?;
         let placed: Vec<(&str, NodeHost)> = spec
             .clusters
@@ -396,15 +383,10 @@ impl DrGroup {
             (None, None)
         };
 
-        let ports = free_ports(spec.coordinators + 1)?;
-        let coordinator_urls: Vec<Url> = ports[..spec.coordinators]
-            .iter()
-            .map(|p| url_of(spec.coordinator_ip, *p))
-            .collect::<Result<_, _>>()?;
         let traffic_addr = if spec.traffic {
             Some(url_of(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
-                ports[spec.coordinators],
+                ports::reserve_loopback()?,
             )?)
         } else {
             None
@@ -427,9 +409,8 @@ impl DrGroup {
             http,
             dir,
         };
-        for (i, url) in coordinator_urls.iter().enumerate() {
-            let port = url.port().unwrap_or_default();
-            group.spawn_coordinator(spec, &coordinator_bin, i + 1, port)?;
+        for i in 1..=spec.coordinators {
+            group.spawn_coordinator(spec, &coordinator_bin, i).await?;
         }
         Ok(group)
     }
@@ -438,7 +419,7 @@ impl DrGroup {
     /// coordinator leads, every node has reported and every secondary is eligible.
     pub async fn start_agents(&mut self, spec: &GroupSpec) -> Result<(), LabError> {
         let group = self;
-        let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN)?;
+        let agent_bin = built_binary("vault-dr-agent")?;
         let coordinator_urls: Vec<Url> = group.coordinators.iter().map(|c| c.url.clone()).collect();
         let help = agent_help(&agent_bin).await;
         let mut missing = Vec::new();
@@ -474,41 +455,34 @@ impl DrGroup {
         group.wait_ready(&spec.clusters[0], READY_TIMEOUT).await
     }
 
-    fn spawn_coordinator(
+    /// Starts coordinator `index` on a port of its own and waits until it listens; again on
+    /// another port if the picked one was taken meanwhile ([`ports::start_listening`]).
+    async fn spawn_coordinator(
         &mut self,
         spec: &GroupSpec,
         bin: &Path,
         index: usize,
-        port: u16,
     ) -> Result<(), LabError> {
         let id = format!("coordinator-{index}");
         let config_path = self.dir.path.join(format!("{id}.toml"));
         let log_path = self.dir.path.join(format!("{id}.log"));
-        let mut text = self.coordinator_config(spec, &id, port, spec.promotion);
-        // A build without `[policy] promotion` gets the config without it (and the drill says so).
-        if spec.promotion.is_some()
-            && let Err(e) =
-                vault_dr_coordinator::config::Config::parse(&text, &self.dir.path, &BTreeMap::new())
-            && e.field == "policy.promotion"
-        {
-            text = self.coordinator_config(spec, &id, port, None);
-            if !self
-                .coordinator_keys_missing
-                .iter()
-                .any(|k| k == "policy.promotion")
-            {
-                self.coordinator_keys_missing
-                    .push("policy.promotion".into());
-            }
-        }
-        std::fs::write(&config_path, text)
-            .map_err(|e| LabError::io(format!("write {}", config_path.display()), e))?;
         let args: Vec<OsString> = vec![
             "coordinator".into(),
             "--config".into(),
             config_path.clone().into_os_string(),
         ];
-        let child = ChildGuard::spawn(&id, bin, &args, &log_path)?;
+        let me = &*self;
+        let (port, child) = ports::start_listening(
+            &id,
+            spec.coordinator_ip,
+            None,
+            COORDINATOR_LISTEN_TIMEOUT,
+            |port| {
+                write_coordinator_file(&config_path, &me.coordinator_config(spec, &id, port))?;
+                ChildGuard::spawn(&id, bin, &args, &log_path)
+            },
+        )
+        .await?;
         self.coordinators.push(LabCoordinator {
             id,
             url: url_of(spec.coordinator_ip, port)?,
@@ -519,74 +493,51 @@ impl DrGroup {
         Ok(())
     }
 
-    /// The TOML of one coordinator.
-    fn coordinator_config(
-        &self,
-        spec: &GroupSpec,
-        id: &str,
-        port: u16,
-        promotion: Option<PromotionMode>,
-    ) -> String {
-        let q = |p: &Path| toml_str(&p.display().to_string());
-        let mut t = format!(
-            "listen = \"{}:{port}\"\nid = {}\ntoken_file = {}\nvault_token_file = {}\n",
-            fmt_ip(spec.coordinator_ip),
-            toml_str(id),
-            q(&self.token_file),
-            q(&self.dr_token_file),
+    /// The file of one coordinator (written as TOML by [`write_coordinator_file`]).
+    fn coordinator_config(&self, spec: &GroupSpec, id: &str, port: u16) -> ConfigFile {
+        let primary = spec.clusters[0].as_str();
+        let mut file = coordinator_file(
+            id,
+            SocketAddr::new(spec.coordinator_ip, port),
+            &self.clusters,
+            primary,
         );
-        t.push_str("\n[store]\n");
-        match &spec.mongodb_uri {
-            Some(uri) => t.push_str(&format!(
-                "mongodb_uri = {}\ndatabase = {}\n",
-                toml_str(uri.expose()),
-                toml_str(&format!("vault_dr_drill_{}", std::process::id()))
-            )),
-            None => t.push_str(&format!(
-                "path = {}\n",
-                q(&self.dir.path.join("store.sqlite"))
-            )),
+        for c in &mut file.clusters {
+            c.excluded = spec.excluded.contains(&c.name);
         }
-        t.push_str(&format!(
-            "\n[coordination]\nbackend = \"local\"\npath = {}\n",
-            q(&self.dir.path.join("coordination.json"))
-        ));
+        file.token_file = Some(self.token_file.clone());
+        file.vault_token_file = Some(self.dr_token_file.clone());
+        file.store = match &spec.mongodb_uri {
+            Some(uri) => StoreFile {
+                mongodb_uri: Some(uri.expose().to_owned()),
+                database: Some(format!("vault_dr_drill_{}", std::process::id())),
+                ..StoreFile::default()
+            },
+            None => StoreFile {
+                path: Some(self.dir.path.join("store.sqlite")),
+                ..StoreFile::default()
+            },
+        };
+        file.coordination = CoordinationFile {
+            backend: CoordinationBackend::Local,
+            path: Some(self.dir.path.join("coordination.json")),
+            ..CoordinationFile::default()
+        };
         if let Some(addr) = &self.traffic_addr {
-            t.push_str(&format!(
-                "\n[traffic]\nbackend = \"local\"\nlisten = \"127.0.0.1:{}\"\n",
-                addr.port().unwrap_or_default()
-            ));
+            file.traffic = TrafficFile {
+                backend: Some(TrafficBackend::Local),
+                listen: Some(format!("127.0.0.1:{}", addr.port().unwrap_or_default())),
+                ..TrafficFile::default()
+            };
         }
-        let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
-        let probe_timeout = spec.probe_interval.mul_f64(0.8);
-        t.push_str(&format!(
-            "\n[policy]\nprobe_interval = {}\nprobe_timeout = {}\nconfirm = {}\nreport_ttl = {}\ncooldown = {}\n",
-            ms(spec.probe_interval),
-            ms(probe_timeout),
+        file.policy = failover_policy(
+            spec.probe_interval,
             spec.confirm,
-            ms(spec.report_ttl),
-            ms(spec.cooldown),
-        ));
-        if let Some(p) = promotion {
-            t.push_str(&format!("promotion = \"{}\"\n", p.as_str()));
-        }
-        for (i, c) in self.clusters.iter().enumerate() {
-            let addrs: Vec<String> = c
-                .nodes()
-                .iter()
-                .map(|n| toml_str(n.api_addr().as_str()))
-                .collect();
-            let nodes: Vec<String> = c.nodes().iter().map(|n| toml_str(n.name())).collect();
-            t.push_str(&format!(
-                "\n[[clusters]]\nname = {}\nrole = \"{}\"\napi_addrs = [{}]\nnodes = [{}]\nexcluded = {}\n",
-                toml_str(c.name()),
-                if i == 0 { "primary" } else { "secondary" },
-                addrs.join(", "),
-                nodes.join(", "),
-                spec.excluded.iter().any(|e| e == c.name()),
-            ));
-        }
-        t
+            spec.report_ttl,
+            spec.cooldown,
+        );
+        file.policy.promotion = spec.promotion;
+        file
     }
 
     /// The agent's arguments, and the wanted flags this agent build does not know (left out).
@@ -675,23 +626,15 @@ impl DrGroup {
     /// Waits until one coordinator leads with `primary` as primary, every node's agent has
     /// reported, and every secondary that is not excluded is eligible.
     pub async fn wait_ready(&self, primary: &str, timeout: Duration) -> Result<(), LabError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.readiness(primary).await {
-                Ok(()) => return Ok(()),
-                Err(why) => why,
-            };
-            if let Some(e) = self.dead_process() {
-                return Err(e);
+        // Ready: Ok(Ok(())); a process died: Ok(Err(e)), which ends the wait at once.
+        try_wait_for("the DR group to be ready", timeout, || async {
+            match self.readiness(primary).await {
+                Ok(()) => Ok(Ok(())),
+                Err(why) => self.dead_process().map(Err).ok_or(why),
             }
-            if Instant::now() > deadline {
-                return Err(LabError::Invalid(format!(
-                    "the DR group was not ready after {timeout:?}: {last} (logs in {})",
-                    self.dir.path.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
+        .map_err(|t| LabError::Invalid(format!("{t} (logs in {})", self.dir.path.display())))?
     }
 
     async fn readiness(&self, primary: &str) -> Result<(), String> {
@@ -976,65 +919,9 @@ fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
         .map_err(|e| LabError::io(format!("write {}", path.display()), e))
 }
 
-/// Finds `name`: `$env`, else next to the running executable, else one folder up (a test
-/// binary lives in `target/<profile>/deps/`).
-pub fn find_sibling(name: &str, env: &str) -> Result<PathBuf, LabError> {
-    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe =
-        std::env::current_exe().map_err(|e| LabError::io("locate the running executable", e))?;
-    let mut looked = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-        looked.push(p.display().to_string());
-    }
-    Err(LabError::ToolNotFound {
-        tool: name.to_owned(),
-        env_var: env.to_owned(),
-        looked: format!(
-            "{} (build it: cargo build --release --workspace)",
-            looked.join(", ")
-        ),
-    })
-}
-
-fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LabError::io("bind 127.0.0.1:0 to pick a free port", e))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| LabError::io("read a picked port", e))
-        })
-        .collect()
-}
-
 fn url_of(ip: IpAddr, port: u16) -> Result<Url, LabError> {
     Url::parse(&format!("http://{}:{port}/", fmt_ip(ip)))
         .map_err(|e| LabError::Invalid(format!("url for {ip} port {port}: {e}")))
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The last lines of a log.
@@ -1063,13 +950,6 @@ mod tests {
         );
         let (prog, args) = with_prefix(&Placement::default(), Path::new("/bin/agent"), vec![]);
         assert_eq!((prog, args.len()), (PathBuf::from("/bin/agent"), 0));
-    }
-
-    #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
-        let parsed: toml::Value = toml::from_str(&format!("k = {}", toml_str("x\"\n\\"))).unwrap();
-        assert_eq!(parsed["k"].as_str(), Some("x\"\n\\"));
     }
 
     #[test]

@@ -14,16 +14,21 @@
 //! - [`drill`]: `vault-dr-lab drill` (also reached as `vault-dr drill`).
 //! - [`bench`]: `vault-dr-lab bench …` (also reached as `vault-dr bench …`).
 //! - [`cli`]: the `vault-dr-lab` command line.
+//! - [`tools`], [`wait`], [`ports`]: finding executables, waiting on a condition and picking
+//!   ports, for the lab and the integration tests.
 
 pub mod bench;
 pub mod cli;
 pub mod drill;
 pub mod error;
 pub mod group;
+pub mod harness;
 pub mod openbao;
+pub mod ports;
 pub mod process;
 pub mod token;
 pub mod tools;
+pub mod wait;
 
 pub use error::LabError;
 pub use openbao::{LabCluster, LabNode};

@@ -7,10 +7,10 @@
 //! all (`{}`), and answers with the root token. Nothing here logs or prints a token or the key.
 
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use url::Url;
@@ -19,6 +19,7 @@ use vault_dr_common::Secret;
 pub use super::error::LabError;
 use super::process::{ChildGuard, Signal};
 use super::tools;
+use super::wait::try_wait_for;
 
 /// How long a server may take to open its listener.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,8 +27,6 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 const INIT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long standbys may take to join and the cluster to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Poll interval while waiting for a state.
-const POLL: Duration = Duration::from_millis(100);
 /// How many times a start is retried when a picked port was taken in the meantime.
 const PORT_ATTEMPTS: usize = 3;
 /// Lines of a node's log shown in an error.
@@ -316,7 +315,7 @@ impl LabCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let ports = free_ports(2 * count)?;
+            let ports = super::ports::reserve_loopback_n(2 * count)?;
             let api_urls = (0..count)
                 .map(|i| host_url(host.ip, ports[2 * i]))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -517,22 +516,18 @@ impl LabCluster {
             return Err(self.api_error(what, status, body));
         }
         // A fresh KV v2 mount can answer "upgrading" for a moment; wait until its config reads.
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
+        let config = api_url(&node.api_addr, "secret/config")?;
+        try_wait_for("KV v2 at secret/ to serve", SETTLE_TIMEOUT, || async {
             let resp = self
                 .client
-                .get(api_url(&node.api_addr, "secret/config")?)
+                .get(config.clone())
                 .header("X-Vault-Token", self.root_token.expose())
                 .send()
                 .await;
-            if matches!(&resp, Ok(r) if r.status().as_u16() == 200) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(node.timeout("KV v2 at secret/ to serve", SETTLE_TIMEOUT));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            matches!(&resp, Ok(r) if r.status().as_u16() == 200)
+        })
+        .await
+        .map_err(|_| node.timeout("KV v2 at secret/ to serve", SETTLE_TIMEOUT))
     }
 
     /// Sets autopilot's `server_stabilization_time` to 1 s (default 10 s), so that joined
@@ -555,31 +550,36 @@ impl LabCluster {
 
     /// Waits until the raft configuration lists every node as a voter.
     pub async fn wait_voters(&self, timeout: Duration) -> Result<(), LabError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (status, text) = self
+        // Voters counted: Ok(Ok(())); a request error: Ok(Err(e)), which ends the wait at once.
+        try_wait_for("every node to be a raft voter", timeout, || async {
+            let (status, text) = match self
                 .request(reqwest::Method::GET, "sys/storage/raft/configuration", None)
-                .await?;
-            if status == 200 {
-                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                let servers = v
-                    .pointer("/data/config/servers")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let voters = servers
-                    .iter()
-                    .filter(|s| s.get("voter").and_then(Value::as_bool) == Some(true))
-                    .count();
-                if voters == self.nodes.len() {
-                    return Ok(());
-                }
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e) => return Ok(Err(e)),
+            };
+            if status != 200 {
+                return Err(format!("HTTP {status}"));
             }
-            if Instant::now() > deadline {
-                return Err(self.nodes[0].timeout("every node to be a raft voter", timeout));
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let servers = v
+                .pointer("/data/config/servers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let voters = servers
+                .iter()
+                .filter(|s| s.get("voter").and_then(Value::as_bool) == Some(true))
+                .count();
+            if voters == self.nodes.len() {
+                Ok(Ok(()))
+            } else {
+                Err(format!("{voters} of {} are voters", self.nodes.len()))
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
+        .map_err(|_| self.nodes[0].timeout("every node to be a raft voter", timeout))?
     }
 }
 
@@ -732,34 +732,46 @@ impl LabNode {
     /// Polls `sys/health` until it answers `want_status` (200 active, 429 standby, 503 sealed,
     /// 501 uninitialised). Fails early when the process has exited.
     pub async fn wait_health(&self, want_status: u16, timeout: Duration) -> Result<(), LabError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok((status, _)) = self.health().await
-                && status == want_status
-            {
-                return Ok(());
-            }
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(self.timeout(&format!("sys/health {want_status}"), timeout));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let what = format!("sys/health {want_status}");
+        self.wait_alive(&what, timeout, || async {
+            matches!(self.health().await, Ok((status, _)) if status == want_status)
+        })
+        .await
     }
 
     /// Waits until the API listener answers anything.
     async fn wait_listening(&mut self) -> Result<(), LabError> {
-        let deadline = Instant::now() + LISTEN_TIMEOUT;
-        loop {
-            if self.health().await.is_ok() {
-                return Ok(());
+        let me = &*self;
+        me.wait_alive("the API listener", LISTEN_TIMEOUT, || async {
+            me.health().await.is_ok()
+        })
+        .await
+    }
+
+    /// Waits until `condition` holds; fails at once when the process exits meanwhile, and
+    /// with [`LabError::Timeout`] (the log's last lines) after `timeout`.
+    async fn wait_alive<F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: F,
+    ) -> Result<(), LabError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        // Held: Some(Ok(())); the process exited: Some(Err(e)), which ends the wait at once.
+        try_wait_for(what, timeout, || {
+            let held = condition();
+            async move {
+                if held.await {
+                    return Some(Ok(()));
+                }
+                self.check_alive().err().map(Err)
             }
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(self.timeout("the API listener", LISTEN_TIMEOUT));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .map_err(|_| self.timeout(what, timeout))?
     }
 
     /// An error when the process was started and has exited since.
@@ -916,22 +928,6 @@ fn check_name(name: &str) -> Result<(), LabError> {
     }
 }
 
-/// `count` distinct free loopback ports (all bound at once, then released).
-fn free_ports(count: usize) -> Result<Vec<u16>, LabError> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LabError::io("bind 127.0.0.1:0 to pick a free port", e))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| LabError::io("read a picked port", e))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 fn loopback_url(port: u16) -> Result<Url, LabError> {
     host_url(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -1027,15 +1023,6 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a/b").is_err());
         assert!(check_name("a b").is_err());
-    }
-
-    #[test]
-    fn free_ports_are_distinct() {
-        let p = free_ports(8).unwrap();
-        let mut q = p.clone();
-        q.sort_unstable();
-        q.dedup();
-        assert_eq!(p.len(), q.len());
     }
 
     #[test]

@@ -218,7 +218,8 @@ pub fn pid_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use crate::wait::{try_wait_for_blocking, wait_for_blocking};
+    use std::time::Duration;
 
     fn sleeper(dir: &Path) -> ChildGuard {
         ChildGuard::spawn(
@@ -272,18 +273,14 @@ mod tests {
                 .to_owned()
         };
         g.signal(Signal::Stop);
-        let t = Instant::now();
-        while state(g.pid()) != "T" && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(state(g.pid()), "T");
+        wait_for_blocking("the child to stop", Duration::from_secs(5), || {
+            state(g.pid()) == "T"
+        });
         g.signal(Signal::Cont);
-        let t = Instant::now();
-        while state(g.pid()) == "T" && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         // Running or sleeping, never stopped again (R or S depending on the scheduler).
-        assert_ne!(state(g.pid()), "T");
+        wait_for_blocking("the child to continue", Duration::from_secs(5), || {
+            state(g.pid()) != "T"
+        });
     }
 
     #[test]
@@ -330,12 +327,10 @@ mod tests {
         // Kill only the owner shell, not its group.
         send(Signal::Kill, &owner.id().to_string());
         owner.wait().unwrap();
-        let t = Instant::now();
-        while pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let alive = pid_alive(pid);
+        let died = try_wait_for_blocking("the server to die", Duration::from_secs(5), || {
+            !pid_alive(pid)
+        });
         send(Signal::Kill, &format!("-{}", owner.id()));
-        assert!(!alive, "server {pid} outlived its owner");
+        assert!(died.is_ok(), "server {pid} outlived its owner");
     }
 }

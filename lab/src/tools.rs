@@ -1,6 +1,9 @@
-//! Locating the executables the lab runs (`bao`, `secantusd-py`, `prometheus`, ...): an
-//! environment override, then the project's `.tools/bin` (installed by `scripts/setup.sh`), then
-//! `PATH`.
+//! Locating the executables the lab runs. Installed tools (`bao`, `secantusd-py`,
+//! `prometheus`, ...) with [`find`]: an environment override, then the project's `.tools/bin`
+//! (installed by `scripts/setup.sh`), then `PATH`. This workspace's own binaries (`vault-dr`,
+//! `vault-dr-agent`, `vault-dr-lab`) with [`built_binary`]: an environment override, then beside
+//! the running executable or one folder up (a test binary lives in `target/<profile>/deps/`).
+//! The one place every test, bench and lab module finds a binary.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -89,6 +92,60 @@ fn find_with(
     })
 }
 
+/// The environment variable that overrides where the workspace binary `name` is: `name` in
+/// upper case with `-` as `_`, then `_BIN` (`vault-dr` -> `VAULT_DR_BIN`, `vault-dr-agent` ->
+/// `VAULT_DR_AGENT_BIN`, `vault-dr-lab` -> `VAULT_DR_LAB_BIN`).
+pub fn built_binary_env_var(name: &str) -> String {
+    let mut var: String = name
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    var.push_str("_BIN");
+    var
+}
+
+/// Finds this workspace's binary `name` (`vault-dr`, `vault-dr-agent`, `vault-dr-lab`):
+/// `$`[`built_binary_env_var`]`(name)` if set, else next to the running executable, else one
+/// folder up (a test binary lives in `target/<profile>/deps/`). An error saying to build it
+/// otherwise.
+pub fn built_binary(name: &str) -> Result<PathBuf, LabError> {
+    let exe =
+        std::env::current_exe().map_err(|e| LabError::io("locate the running executable", e))?;
+    built_binary_with(name, |k| std::env::var_os(k), &exe)
+}
+
+/// [`built_binary`] with the environment and the running executable given, for tests.
+fn built_binary_with(
+    name: &str,
+    env: impl Fn(&str) -> Option<OsString>,
+    exe: &Path,
+) -> Result<PathBuf, LabError> {
+    let var = built_binary_env_var(name);
+    if let Some(p) = env(&var).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut looked = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(p.display().to_string());
+    }
+    Err(LabError::ToolNotFound {
+        tool: name.to_owned(),
+        env_var: var,
+        looked: format!(
+            "{} (build it first: cargo build -p vault-dr-coordinator -p vault-dr-agent \
+             -p vault-dr-lab --bins)",
+            looked.join(", ")
+        ),
+    })
+}
+
 /// Whether `path` is (or links to) a regular file with an execute bit.
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -171,6 +228,40 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("scripts/setup.sh"), "{msg}");
         assert!(msg.contains("VAULT_DR_NO_SUCH_TOOL_XYZ"), "{msg}");
+    }
+
+    #[test]
+    fn built_binaries_have_one_env_override_each() {
+        assert_eq!(built_binary_env_var("vault-dr"), "VAULT_DR_BIN");
+        assert_eq!(built_binary_env_var("vault-dr-agent"), "VAULT_DR_AGENT_BIN");
+        assert_eq!(built_binary_env_var("vault-dr-lab"), "VAULT_DR_LAB_BIN");
+    }
+
+    #[test]
+    fn a_built_binary_is_found_beside_the_executable_or_one_folder_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deps = tmp.path().join("deps");
+        std::fs::create_dir_all(&deps).unwrap();
+        let test_exe = exe(&deps, "some-test");
+        let up = exe(tmp.path(), "vault-dr");
+        assert_eq!(
+            built_binary_with("vault-dr", |_| None, &test_exe).unwrap(),
+            up
+        );
+        let beside = exe(&deps, "vault-dr");
+        assert_eq!(
+            built_binary_with("vault-dr", |_| None, &test_exe).unwrap(),
+            beside
+        );
+        let over = built_binary_with(
+            "vault-dr",
+            |k| (k == "VAULT_DR_BIN").then(|| "/opt/vault-dr".into()),
+            &test_exe,
+        )
+        .unwrap();
+        assert_eq!(over, PathBuf::from("/opt/vault-dr"));
+        let err = built_binary_with("vault-dr-agent", |_| None, &test_exe).unwrap_err();
+        assert!(err.to_string().contains("VAULT_DR_AGENT_BIN"), "{err}");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! the integration tests make on it: its current report, polling until a report satisfies a
 //! predicate, its `/metrics` text, and an orderly shutdown. It stops when dropped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use vault_dr_common::Report;
+use vault_dr_lab::wait::wait_for;
 
 /// An in-process agent; its task is aborted when this is dropped.
 #[derive(Debug)]
@@ -61,21 +62,15 @@ impl InProcessAgent {
         timeout: Duration,
         pred: impl Fn(&Report) -> bool,
     ) -> Report {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(r) = self.report().await {
-                if pred(&r) {
-                    return r;
-                }
-                last = Some(r);
+        let what = format!("the agent to report {what}");
+        wait_for(&what, timeout, || async {
+            match self.report().await {
+                Some(r) if pred(&r) => Ok(r),
+                Some(r) => Err(format!("{r:#?}")),
+                None => Err("no report".to_owned()),
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not report {what} within {timeout:?}; last report: {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// `GET /metrics` as text. Panics when the agent does not answer with it (test support: the

@@ -15,21 +15,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
 
+use crate::agents::InProcessAgent;
+use vault_dr_coordinator::config::{
+    ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, PolicyFile,
+    StoreFile,
+};
+use vault_dr_lab::harness::write_coordinator_file;
+use vault_dr_lab::wait::try_wait_for;
+
 /// The bearer token every replica of a group accepts (tests only).
 pub const TOKEN: &str = "ha-test-token";
 
 /// An error of starting or driving a coordinator group.
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
-    /// The `vault-dr` binary was not found next to the test executable.
-    #[error(
-        "vault-dr binary not found (looked at {looked}): run `cargo build --workspace` \
-         (scripts/test.sh does) before the tests"
-    )]
-    BinaryMissing {
-        /// Where it was looked for.
-        looked: String,
-    },
     /// A file could not be written or a process not started.
     #[error("{what}: {source}")]
     Io {
@@ -50,29 +49,6 @@ pub enum HaError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HaError {
     let what = what.into();
     move |source| HaError::Io { what, source }
-}
-
-/// The `vault-dr` binary of this build: next to the running executable (`target/<profile>/`)
-/// or one level up (a test runs from `target/<profile>/deps/`).
-pub fn vault_dr_binary() -> Result<PathBuf, HaError> {
-    let exe = std::env::current_exe().map_err(io("current executable"))?;
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("vault-dr"))
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| HaError::BinaryMissing {
-            looked: candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
 }
 
 /// Where the replicas coordinate.
@@ -114,10 +90,11 @@ pub struct GroupSpec {
     pub replicas: usize,
     /// The DR group.
     pub clusters: Vec<ClusterSpec>,
-    /// Lines of the `[policy]` table (TOML).
-    pub policy: String,
-    /// Lines added to the `[coordination]` table (e.g. lease settings); empty for defaults.
-    pub coordination: String,
+    /// The `[policy]` table.
+    pub policy: PolicyFile,
+    /// Further `[coordination]` settings (e.g. lease times); the backend's own keys are set
+    /// from [`GroupSpec::backend`].
+    pub coordination: CoordinationFile,
     /// DR token the coordinators use against OpenBao (fencing, canary), if any.
     pub vault_token: Option<String>,
 }
@@ -130,6 +107,7 @@ pub struct Replica {
     /// Its API base URL, `http://127.0.0.1:PORT`.
     pub url: String,
     config: PathBuf,
+    file: ConfigFile,
     log: PathBuf,
     guard: Option<ChildGuard>,
 }
@@ -158,11 +136,6 @@ pub struct CoordinatorGroup {
     http: reqwest::Client,
 }
 
-fn free_port() -> Result<u16, HaError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind 127.0.0.1:0"))?;
-    Ok(l.local_addr().map_err(io("local address"))?.port())
-}
-
 impl CoordinatorGroup {
     /// Writes every replica's configuration (nothing starts yet). `program` and `prefix` run a
     /// coordinator as `program prefix… coordinator --config FILE` (the `vault-dr` binary with
@@ -175,12 +148,11 @@ impl CoordinatorGroup {
                 .map_err(io("write the vault token file"))?;
         }
         let mut base_env = Vec::new();
-        let coordination = match &spec.backend {
+        let mut coordination = spec.coordination.clone();
+        match &spec.backend {
             Backend::Local => {
-                format!(
-                    "backend = \"local\"\npath = \"coordination.json\"\n{}",
-                    spec.coordination
-                )
+                coordination.backend = CoordinationBackend::Local;
+                coordination.path = Some("coordination.json".into());
             }
             Backend::Kubernetes {
                 kubeconfig,
@@ -189,44 +161,55 @@ impl CoordinatorGroup {
                 configmap_name,
             } => {
                 base_env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
-                format!(
-                    "backend = \"kubernetes\"\nnamespace = \"{namespace}\"\n\
-                     lease_name = \"{lease_name}\"\nconfigmap_name = \"{configmap_name}\"\n{}",
-                    spec.coordination
-                )
+                coordination.backend = CoordinationBackend::Kubernetes;
+                coordination.namespace = Some(namespace.clone());
+                coordination.lease_name = Some(lease_name.clone());
+                coordination.configmap_name = Some(configmap_name.clone());
             }
-        };
-        let mut clusters = String::new();
-        for c in &spec.clusters {
-            clusters.push_str(&format!(
-                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{0}-0\"]\n",
-                c.name,
-                if c.primary { "primary" } else { "secondary" },
-                c.api_addr,
-            ));
         }
+        let clusters: Vec<ClusterFile> = spec
+            .clusters
+            .iter()
+            .map(|c| ClusterFile {
+                name: c.name.clone(),
+                role: if c.primary {
+                    ClusterRole::Primary
+                } else {
+                    ClusterRole::Secondary
+                },
+                api_addrs: vec![c.api_addr.to_string()],
+                nodes: vec![format!("{}-0", c.name)],
+                priority: 0,
+                excluded: false,
+                selector: Default::default(),
+            })
+            .collect();
         let mut replicas = Vec::new();
         for i in 1..=spec.replicas {
             let id = format!("c{i}");
-            let port = free_port()?;
-            let text = format!(
-                "listen = \"127.0.0.1:{port}\"\nid = \"{id}\"\ntoken_file = \"token\"\n{vault}\
-                 [store]\npath = \"store.sqlite\"\n[coordination]\n{coordination}\n\
-                 [policy]\n{policy}\n{clusters}",
-                vault = if spec.vault_token.is_some() {
-                    "vault_token_file = \"vault-token\"\n"
-                } else {
-                    ""
+            let port = crate::lab::ports::reserve_loopback()?;
+            let file = ConfigFile {
+                listen: Some(format!("127.0.0.1:{port}")),
+                id: Some(id.clone()),
+                token_file: Some("token".into()),
+                vault_token_file: spec.vault_token.as_ref().map(|_| "vault-token".into()),
+                store: StoreFile {
+                    path: Some("store.sqlite".into()),
+                    ..StoreFile::default()
                 },
-                policy = spec.policy,
-            );
+                coordination: coordination.clone(),
+                policy: spec.policy.clone(),
+                clusters: clusters.clone(),
+                ..ConfigFile::default()
+            };
             let config = dir.path().join(format!("{id}.toml"));
-            std::fs::write(&config, text).map_err(io(format!("write {}", config.display())))?;
+            write_coordinator_file(&config, &file)?;
             replicas.push(Replica {
                 log: dir.path().join(format!("{id}.log")),
                 url: format!("http://127.0.0.1:{port}"),
                 id,
                 config,
+                file,
                 guard: None,
             });
         }
@@ -267,8 +250,9 @@ impl CoordinatorGroup {
     }
 
     /// Starts replica `i` (index into [`Self::replicas`]) with `env` added to its environment.
-    pub fn start(&mut self, i: usize, env: &[(&str, &str)]) -> Result<(), HaError> {
-        let r = &mut self.replicas[i];
+    /// Waits until it listens; when its port was taken meanwhile, it is started again on another
+    /// ([`crate::lab::ports::start_listening`]) and its [`Replica::url`] changes.
+    pub async fn start(&mut self, i: usize, env: &[(&str, &str)]) -> Result<(), HaError> {
         let mut args: Vec<OsString> = vec![
             "-c".into(),
             "ulimit -c 0; exec env \"$@\"".into(),
@@ -285,21 +269,33 @@ impl CoordinatorGroup {
         args.push(self.program.clone().into_os_string());
         args.extend(self.prefix.iter().cloned());
         args.extend(["coordinator".into(), "--config".into()]);
+        let r = &mut self.replicas[i];
         args.push(r.config.clone().into_os_string());
-        r.guard = Some(ChildGuard::spawn(
-            &format!("coordinator {}", r.id),
-            Path::new("sh"),
-            &args,
-            &r.log,
-        )?);
+        let first = Url::parse(&r.url).ok().and_then(|u| u.port());
+        let what = format!("coordinator {}", r.id);
+        let (config, log, file) = (&r.config, &r.log, &mut r.file);
+        let (port, guard) = crate::lab::ports::start_listening(
+            &what,
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            first,
+            Duration::from_secs(30),
+            |port| {
+                file.listen = Some(format!("127.0.0.1:{port}"));
+                write_coordinator_file(config, file)?;
+                ChildGuard::spawn(&what, Path::new("sh"), &args, log)
+            },
+        )
+        .await?;
+        r.url = format!("http://127.0.0.1:{port}");
+        r.guard = Some(guard);
         Ok(())
     }
 
     /// Starts every replica that is not running, with no extra environment.
-    pub fn start_all(&mut self) -> Result<(), HaError> {
+    pub async fn start_all(&mut self) -> Result<(), HaError> {
         for i in 0..self.replicas.len() {
             if self.replicas[i].guard.is_none() {
-                self.start(i, &[])?;
+                self.start(i, &[]).await?;
             }
         }
         Ok(())
@@ -362,24 +358,21 @@ impl CoordinatorGroup {
         except: Option<usize>,
         timeout: Duration,
     ) -> Result<(usize, Instant), HaError> {
-        let start = Instant::now();
-        loop {
+        let what = format!("a single leader other than {except:?}");
+        try_wait_for(&what, timeout, || async {
             let leaders: Vec<usize> = self
                 .leaders()
                 .await
                 .into_iter()
                 .filter(|i| Some(*i) != except)
                 .collect();
-            if let [one] = leaders.as_slice() {
-                return Ok((*one, Instant::now()));
+            match leaders.as_slice() {
+                [one] => Ok((*one, Instant::now())),
+                _ => Err(format!("ready {leaders:?}")),
             }
-            if start.elapsed() > timeout {
-                return Err(HaError::Timeout(format!(
-                    "no single leader (other than {except:?}) within {timeout:?}: ready {leaders:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .map_err(|t| HaError::Timeout(t.to_string()))
     }
 
     /// `GET` a JSON document from replica `i` with the group's token (`None` on any failure).
@@ -436,31 +429,17 @@ pub fn write_kubeconfig(path: &Path, server: &str, namespace: &str) -> Result<()
     std::fs::write(path, text).map_err(io(format!("write {}", path.display())))
 }
 
-/// An in-process agent; stops when dropped.
-#[derive(Debug)]
-pub struct AgentGuard {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
 /// Starts an in-process agent for node `<cluster>-0` at `vault`, reporting every 300 ms to the
 /// coordinator replicas `coordinators` (the first, then the others in turn) with the group's
 /// token, using `dr_token` against OpenBao and snapshot replication (continuous restore, pulls
 /// every second) under `dir`.
-pub fn spawn_agent(
+pub async fn spawn_agent(
     cluster: &str,
     vault: &Url,
     coordinators: &[Url],
     dr_token: &vault_dr_common::Secret,
     dir: &Path,
-) -> Result<AgentGuard, HaError> {
+) -> Result<InProcessAgent, HaError> {
     use vault_dr_agent::config::{
         CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig,
     };
@@ -486,30 +465,30 @@ pub fn spawn_agent(
         restore: RestoreMode::Continuous,
         quarantine_dir: snapshots.join("quarantine"),
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("agent listener: {e}");
-                return;
-            }
-        };
-        if let Err(e) = vault_dr_agent::run(config, listener, async {
-            let _ = stopped.await;
-        })
+    InProcessAgent::start(config)
         .await
-        {
-            tracing::error!("agent stopped: {e}");
-        }
-    });
-    Ok(AgentGuard { stop: Some(stop) })
+        .map_err(io(format!("start the agent of {cluster}")))
 }
 
 /// The `[policy]` of the failover tests: probe every 500 ms, confirm on 2 ticks, reports fresh
 /// for 2 s, a cooldown long enough that one test never sees a second failover.
-pub const FAILOVER_POLICY: &str = "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n\
-     confirm = 2\nreport_ttl = \"2s\"\ncooldown = \"300s\"\n";
+pub fn failover_policy() -> PolicyFile {
+    crate::lab::harness::failover_policy(
+        Duration::from_millis(500),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(300),
+    )
+}
+
+/// A `[policy]` that probes every 500 ms (timeout 400 ms), everything else at its default.
+pub fn probe_policy(interval: Duration, timeout: Duration) -> PolicyFile {
+    PolicyFile {
+        probe_interval: Some(interval),
+        probe_timeout: Some(timeout),
+        ..PolicyFile::default()
+    }
+}
 
 /// The DR token id every lab cluster of a failover test gets (tests only).
 pub const DR_TOKEN: &str = "vault-dr-ha-test-dr-token";
@@ -524,7 +503,7 @@ pub struct DrLab {
     /// The coordinator replicas.
     pub group: CoordinatorGroup,
     /// Running agents by cluster name.
-    pub agents: std::collections::BTreeMap<String, AgentGuard>,
+    pub agents: std::collections::BTreeMap<String, InProcessAgent>,
     /// The DR token.
     pub dr_token: vault_dr_common::Secret,
 }
@@ -549,11 +528,15 @@ impl DrLab {
                     primary: i == 0,
                 })
                 .collect(),
-            policy: FAILOVER_POLICY.into(),
-            coordination: String::new(),
+            policy: failover_policy(),
+            coordination: CoordinationFile::default(),
             vault_token: Some(DR_TOKEN.into()),
         };
-        let group = CoordinatorGroup::new(&spec, vault_dr_binary()?, Vec::new())?;
+        let group = CoordinatorGroup::new(
+            &spec,
+            crate::lab::tools::built_binary("vault-dr")?,
+            Vec::new(),
+        )?;
         Ok(Self {
             clusters,
             group,
@@ -563,13 +546,13 @@ impl DrLab {
     }
 
     /// Starts one agent per cluster, each given every coordinator URL in id order.
-    pub fn start_agents(&mut self) -> Result<(), HaError> {
-        self.start_agents_with_last(None)
+    pub async fn start_agents(&mut self) -> Result<(), HaError> {
+        self.start_agents_with_last(None).await
     }
 
     /// Stops the running agents and starts one per cluster, each given every coordinator URL,
     /// replica `last` (if any) at the end of the list.
-    pub fn start_agents_with_last(&mut self, last: Option<usize>) -> Result<(), HaError> {
+    pub async fn start_agents_with_last(&mut self, last: Option<usize>) -> Result<(), HaError> {
         self.agents.clear();
         let mut order: Vec<usize> = (0..self.group.replicas.len())
             .filter(|i| Some(*i) != last)
@@ -586,7 +569,8 @@ impl DrLab {
                 &urls,
                 &self.dr_token,
                 self.group.dir(),
-            )?;
+            )
+            .await?;
             self.agents.insert(c.name().to_owned(), agent);
         }
         Ok(())
@@ -602,8 +586,8 @@ impl DrLab {
         term: u64,
         timeout: Duration,
     ) -> Result<vault_dr_common::Report, HaError> {
-        let start = Instant::now();
-        loop {
+        let what = format!("{cluster} to apply term {term}");
+        try_wait_for(&what, timeout, || async {
             let report = self
                 .group
                 .get::<serde_json::Value>(leader, "/v1/clusters")
@@ -617,16 +601,12 @@ impl DrLab {
                 .and_then(|nodes| nodes.into_iter().max_by_key(|n| n.received_at))
                 .map(|n| n.report);
             match report {
-                Some(r) if r.applied_term >= term => return Ok(r),
-                last if start.elapsed() > timeout => {
-                    return Err(HaError::Timeout(format!(
-                        "{cluster} did not apply term {term} within {timeout:?}; last report: \
-                         {last:?}"
-                    )));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                Some(r) if r.applied_term >= term => Ok(r),
+                last => Err(format!("last report: {last:?}")),
             }
-        }
+        })
+        .await
+        .map_err(|t| HaError::Timeout(t.to_string()))
     }
 
     /// Waits until replica `leader` has a fresh report from every cluster and every secondary
@@ -636,46 +616,97 @@ impl DrLab {
         leader: usize,
         timeout: Duration,
     ) -> Result<(), HaError> {
-        let start = Instant::now();
-        let mut last = String::new();
-        loop {
-            if let Some(v) = self
+        let ready = try_wait_for("the group to be ready for a failover", timeout, || async {
+            let v = self
                 .group
                 .get::<serde_json::Value>(leader, "/v1/clusters")
                 .await
-            {
-                let reporting = self
-                    .clusters
-                    .iter()
-                    .filter(|c| {
-                        v["view"]["clusters"][c.name()]["nodes"]
-                            .as_array()
-                            .is_some_and(|n| !n.is_empty())
-                    })
-                    .count();
-                let candidates = v["candidates"]["candidates"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let eligible = candidates
-                    .iter()
-                    .filter(|c| c["eligibility"] == serde_json::json!("eligible"))
-                    .count();
-                if reporting == self.clusters.len() && eligible + 1 == self.clusters.len() {
-                    return Ok(());
-                }
-                last = format!(
-                    "{reporting} clusters reporting, {eligible} eligible: {}",
-                    serde_json::to_string(&candidates).unwrap_or_default()
-                );
+                .ok_or_else(|| "no view".to_owned())?;
+            let reporting = self
+                .clusters
+                .iter()
+                .filter(|c| {
+                    v["view"]["clusters"][c.name()]["nodes"]
+                        .as_array()
+                        .is_some_and(|n| !n.is_empty())
+                })
+                .count();
+            let candidates = v["candidates"]["candidates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let eligible = candidates
+                .iter()
+                .filter(|c| c["eligibility"] == serde_json::json!("eligible"))
+                .count();
+            if reporting == self.clusters.len() && eligible + 1 == self.clusters.len() {
+                return Ok(());
             }
-            if start.elapsed() > timeout {
-                return Err(HaError::Timeout(format!(
-                    "the group was not ready for a failover within {timeout:?}: {last}\n{}",
-                    self.group.logs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(format!(
+                "{reporting} clusters reporting, {eligible} eligible: {}",
+                serde_json::to_string(&candidates).unwrap_or_default()
+            ))
+        })
+        .await;
+        ready.map_err(|t| HaError::Timeout(format!("{t}\n{}", self.group.logs())))
+    }
+}
+
+/// A coordinator running in this process (`vault_dr_coordinator::run`) on a listener bound once
+/// and handed over; asked to stop when dropped, and aborted (a test that wants its result calls
+/// [`InProcessCoordinator::shutdown`]).
+#[derive(Debug)]
+pub struct InProcessCoordinator {
+    /// Its API base URL, `http://ADDR`.
+    pub url: String,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<vault_dr_coordinator::Result<()>>>,
+}
+
+impl InProcessCoordinator {
+    /// Starts `config` on `listener`.
+    pub fn start(
+        config: vault_dr_coordinator::config::Config,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("the coordinator's listener has no address: {e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            url: format!("http://{addr}"),
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Asks it to stop and waits for it; its own result (panics when its task panicked).
+    pub async fn shutdown(mut self) -> vault_dr_coordinator::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.task.take() {
+            Some(t) => t
+                .await
+                .unwrap_or_else(|e| panic!("the coordinator task failed: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcessCoordinator {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = &self.task {
+            t.abort();
         }
     }
 }

@@ -6,13 +6,13 @@
 //! In-memory storage starts empty after a restart.
 
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vault_dr_lab::LabError;
 use vault_dr_lab::process::ChildGuard;
 use vault_dr_lab::tools;
+use vault_dr_lab::wait::try_wait_for;
 
 /// The executable's name (`VAULT_DR_SECANTUSD_PY` overrides the search).
 pub const TOOL: &str = "secantusd-py";
@@ -39,7 +39,7 @@ impl MongoServer {
             .prefix("vault-dr-mongo-")
             .tempdir()
             .map_err(|e| LabError::io("create temp dir for secantusd", e))?;
-        let port = free_port()?;
+        let port = vault_dr_lab::ports::reserve_loopback()?;
         let mut server = Self {
             program,
             port,
@@ -103,30 +103,41 @@ impl MongoServer {
         .collect();
         let log = self.log();
         let mut child = ChildGuard::spawn(&name, &self.program, &args, &log)?;
-        let started = Instant::now();
-        loop {
-            if !child.is_running() {
+        let addr = ("127.0.0.1", self.port);
+        let what = format!("connections on 127.0.0.1:{}", self.port);
+        // Some(true): it accepts; Some(false): it exited, which ends the wait at once.
+        let ready = try_wait_for(&what, READY_TIMEOUT, || {
+            let running = child.is_running();
+            async move {
+                if !running {
+                    return Some(false);
+                }
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .is_ok()
+                    .then_some(true)
+            }
+        })
+        .await;
+        match ready {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(LabError::Exited {
                     node: name,
                     tail: tail(&log),
                     log,
                 });
             }
-            let addr = ("127.0.0.1", self.port);
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
+            Err(_) => {
                 child.kill();
                 return Err(LabError::Timeout {
                     node: name,
-                    what: format!("connections on 127.0.0.1:{}", self.port),
+                    what,
                     after: READY_TIMEOUT,
                     tail: tail(&log),
                     log,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.child = Some(child);
         Ok(())
@@ -137,14 +148,6 @@ impl Drop for MongoServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port that was free a moment ago on loopback.
-fn free_port() -> Result<u16, LabError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| LabError::io("find a free port on 127.0.0.1", e))
 }
 
 /// The last lines of a log file (empty if unreadable).

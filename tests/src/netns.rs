@@ -26,10 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vault_dr_lab::LabError;
 use vault_dr_lab::process::{ChildGuard, pid_alive};
+use vault_dr_lab::wait::try_wait_for_blocking;
 
 /// Every name starts with this, then the owner's pid and `-`.
 const PREFIX: &str = "vdr-";
@@ -501,22 +502,22 @@ impl Host {
             ms.to_string().into(),
         ];
         let mut child = self.spawn("delay", &python, &args, &log)?;
-        let deadline = Instant::now() + DELAY_READY;
-        loop {
+        // Some(true): it printed "ready"; Some(false): it exited, which ends the wait at once.
+        let ready = try_wait_for_blocking("the delay proxy to be ready", DELAY_READY, || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.lines().any(|l| l.trim() == "ready") {
-                break;
+                return Some(true);
             }
-            if !child.is_running() || Instant::now() > deadline {
-                child.kill();
-                return Err(NetError::DelayNotReady {
-                    ns: self.ns.clone(),
-                    after: DELAY_READY,
-                    log,
-                    tail: text,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            (!child.is_running()).then_some(false)
+        });
+        if ready != Ok(true) {
+            child.kill();
+            return Err(NetError::DelayNotReady {
+                ns: self.ns.clone(),
+                after: DELAY_READY,
+                tail: std::fs::read_to_string(&log).unwrap_or_default(),
+                log,
+            });
         }
         *guard = Some(child);
         self.change(|f| f.delay_ms = ms)
@@ -572,6 +573,8 @@ fn python() -> PathBuf {
 mod tests {
     use super::*;
     use std::net::{SocketAddr, TcpStream};
+    use std::time::Instant;
+    use vault_dr_lab::wait::wait_for_blocking;
 
     /// A TCP server in `host` on port 7000 that writes "hi" to each connection.
     fn server(host: &Host) -> ChildGuard {
@@ -590,17 +593,11 @@ mod tests {
                 &log,
             )
             .unwrap();
-        let t = Instant::now();
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("ready")
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "test server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_blocking("the test server to start", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("ready")
+        });
         g
     }
 

@@ -4,15 +4,15 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use url::Url;
 use vault_dr_lab::LabError;
 use vault_dr_lab::process::ChildGuard;
 use vault_dr_lab::tools;
+use vault_dr_lab::wait::try_wait_for;
 
 /// How long Prometheus may take to answer `/-/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,13 +97,7 @@ impl PrometheusServer {
             what: format!("write {}", config_path.display()),
             source,
         })?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|source| PromError::Io {
-                what: "pick a free port".into(),
-                source,
-            })?;
+        let port = vault_dr_lab::ports::reserve_loopback()?;
         let log = dir.path().join("prometheus.log");
         let args: Vec<OsString> = vec![
             format!("--config.file={}", config_path.display()).into(),
@@ -148,29 +142,34 @@ impl PrometheusServer {
     }
 
     async fn wait_ready(&mut self) -> Result<(), PromError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
         let ready = self
             .url
             .join("-/ready")
             .map_err(|e| PromError::Target(e.to_string()))?;
-        loop {
-            if let Ok(r) = self.client.get(ready.clone()).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
+        let (client, child) = (&self.client, &mut self.child);
+        // Some(true): ready; Some(false): it exited, which ends the wait at once.
+        let outcome = try_wait_for("prometheus to be ready", READY_TIMEOUT, || {
+            let running = child.is_running();
+            let get = client.get(ready.clone()).send();
+            async move {
+                if matches!(get.await, Ok(r) if r.status().is_success()) {
+                    return Some(true);
+                }
+                (!running).then_some(false)
             }
-            if !self.child.is_running() || Instant::now() > deadline {
-                let log = self.child.log().to_path_buf();
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                return Err(PromError::NotReady {
-                    after: READY_TIMEOUT,
-                    log: log.display().to_string(),
-                    tail: lines[lines.len().saturating_sub(20)..].join("\n"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+        if outcome == Ok(true) {
+            return Ok(());
         }
+        let log = self.child.log().to_path_buf();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        Err(PromError::NotReady {
+            after: READY_TIMEOUT,
+            log: log.display().to_string(),
+            tail: lines[lines.len().saturating_sub(20)..].join("\n"),
+        })
     }
 
     /// Runs an instant query (`/api/v1/query`) and returns its `data` object
@@ -212,22 +211,22 @@ impl PrometheusServer {
 
     /// Polls [`PrometheusServer::query`] until the result vector is not empty, and returns it.
     pub async fn wait_for(&self, promql: &str, timeout: Duration) -> Result<Vec<Value>, PromError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let data = self.query(promql).await?;
-            if let Some(result) = data.get("result").and_then(Value::as_array)
-                && !result.is_empty()
-            {
-                return Ok(result.clone());
+        // A result: Some(Ok(v)); a failed query: Some(Err(e)), which ends the wait at once.
+        try_wait_for(promql, timeout, || async {
+            match self.query(promql).await {
+                Ok(data) => data
+                    .get("result")
+                    .and_then(Value::as_array)
+                    .filter(|r| !r.is_empty())
+                    .map(|r| Ok(r.clone())),
+                Err(e) => Some(Err(e)),
             }
-            if Instant::now() > deadline {
-                return Err(PromError::Query {
-                    query: promql.to_owned(),
-                    detail: format!("still no result after {timeout:?}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
+        .map_err(|_| PromError::Query {
+            query: promql.to_owned(),
+            detail: format!("still no result after {timeout:?}"),
+        })?
     }
 
     /// The temporary directory holding config, log and TSDB.

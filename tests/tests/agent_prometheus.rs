@@ -6,9 +6,10 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use vault_dr_agent::Config;
+use vault_dr_lab::wait::wait_for;
 use vault_dr_tests::lab::LabCluster;
 use vault_dr_tests::prometheus::PrometheusServer;
 
@@ -44,19 +45,20 @@ async fn prometheus_scrapes_the_agent_and_answers_a_query() {
     .await
     .unwrap_or_else(|e| panic!("prometheus start failed (run scripts/setup.sh?): {e}"));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
     let query = r#"vault_dr_agent_node_state{job="vault-dr-agent",state="active"}"#;
-    loop {
-        let data = prom.query(query).await.unwrap();
-        if first_value(&data) == Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus has no active node state after 30 s: {data}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for(
+        "Prometheus to hold an active node state",
+        Duration::from_secs(30),
+        || async {
+            let data = prom.query(query).await.unwrap();
+            if first_value(&data) == Some(1.0) {
+                Ok(())
+            } else {
+                Err(data)
+            }
+        },
+    )
+    .await;
     // The target is up and the agent's own histogram made it through as well.
     let up = prom.query(r#"up{job="vault-dr-agent"}"#).await.unwrap();
     assert_eq!(first_value(&up), Some(1.0), "{up}");

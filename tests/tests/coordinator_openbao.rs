@@ -9,39 +9,31 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use url::Url;
-use vault_dr_coordinator::api::TopologyResponse;
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::api::{ClustersResponse, TopologyResponse};
 use vault_dr_coordinator::model::DecisionRecord;
 use vault_dr_coordinator::model::{Eligibility, Ineligible};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_tests::agents::InProcessAgent;
+use vault_dr_tests::coordinators::InProcessCoordinator;
 use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::lab::harness::{coordinator_file, failover_policy, in_process_config};
+use vault_dr_tests::lab::tools::built_binary;
+use vault_dr_tests::lab::wait::wait_for;
 
 const TOKEN: &str = "integration-token";
 
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-fn spawn_agent(
+/// An in-process agent of `node` in `cluster` at `vault`, reporting every 300 ms to
+/// `coordinator` (no replication, no DR token).
+async fn spawn_agent(
     cluster: &str,
     node: &str,
     vault: &Url,
     coordinator: &str,
     dir: &std::path::Path,
-) -> Running {
+) -> InProcessAgent {
     let token_file = dir.join("token");
     let mut config = vault_dr_agent::Config::minimal(cluster, node, vault.clone());
     config.interval = Duration::from_millis(300);
@@ -50,26 +42,7 @@ fn spawn_agent(
         token: vault_dr_common::Secret::new(std::fs::read_to_string(token_file).unwrap()),
         ca_certs: Vec::new(),
     });
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _ = vault_dr_agent::run(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    Running { stop: Some(stop) }
-}
-
-fn vault_dr_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("vault-dr");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
+    InProcessAgent::start(config).await.unwrap()
 }
 
 async fn get<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Option<T> {
@@ -87,80 +60,63 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Bound once and handed to the coordinator.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
     let coordinator_url = format!("http://127.0.0.1:{port}");
     // s1 is excluded by the operator, s3's agent will be stopped (stale report): s2 must win.
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\nid = \"it\"\ntoken_file = \"token\"\n\
-         [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
-         [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
-         report_ttl = \"2s\"\ncooldown = \"60s\"\n"
-    );
-    for c in &clusters {
-        text.push_str(&format!(
-            "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{0}-0\"]\nexcluded = {3}\n",
-            c.name(),
-            if c.name() == "p" { "primary" } else { "secondary" },
-            c.api_addr(),
-            c.name() == "s1",
-        ));
+    let mut file = coordinator_file("it", format!("127.0.0.1:{port}"), &clusters, "p");
+    for c in &mut file.clusters {
+        // The in-process agents below report as `<cluster>-0`.
+        c.nodes = vec![format!("{}-0", c.name)];
+        c.excluded = c.name == "s1";
     }
-    let env = BTreeMap::from([(
-        ENV_TOKEN_FILE.to_owned(),
-        dir.path().join("token").display().to_string(),
-    )]);
-    let config = Config::parse(&text, dir.path(), &env).unwrap();
-    let listener = TcpListener::bind(config.listen).await.unwrap();
-    let (stop_coordinator, stopped) = oneshot::channel::<()>();
-    let coordinator = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let mut agents: BTreeMap<String, Running> = clusters
-        .iter()
-        .map(|c| {
-            let node = format!("{}-0", c.name());
-            (
-                c.name().to_owned(),
-                spawn_agent(c.name(), &node, c.api_addr(), &coordinator_url, dir.path()),
-            )
-        })
-        .collect();
+    file.store.path = Some("store.sqlite".into());
+    file.coordination.path = Some("coordination.json".into());
+    file.policy = failover_policy(
+        Duration::from_millis(500),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
+    let coordinator = InProcessCoordinator::start(config, listener);
+    let mut agents: BTreeMap<String, InProcessAgent> = BTreeMap::new();
+    for c in &clusters {
+        let node = format!("{}-0", c.name());
+        let agent = spawn_agent(c.name(), &node, c.api_addr(), &coordinator_url, dir.path()).await;
+        agents.insert(c.name().to_owned(), agent);
+    }
     let http = vault_dr_common::http::client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
 
     // Healthy: the coordinator leads, sees every node, and decides nothing for 8 s.
-    let t = Instant::now();
-    loop {
-        let d: Option<DecisionRecord> =
-            get(&http, &format!("{coordinator_url}/v1/decisions/latest")).await;
-        let clusters_seen: Option<serde_json::Value> =
-            get(&http, &format!("{coordinator_url}/v1/clusters")).await;
-        let nodes = clusters_seen
-            .as_ref()
-            .map(|v| {
-                v["view"]["clusters"]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .filter(|c| !c["nodes"].as_array().unwrap().is_empty())
-                    .count()
-            })
-            .unwrap_or(0);
-        if d.is_some() && nodes == 4 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "coordinator never saw all four agents"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "the coordinator to see all four agents",
+        Duration::from_secs(30),
+        || async {
+            let d: Option<DecisionRecord> =
+                get(&http, &format!("{coordinator_url}/v1/decisions/latest")).await;
+            let clusters_seen: Option<serde_json::Value> =
+                get(&http, &format!("{coordinator_url}/v1/clusters")).await;
+            let nodes = clusters_seen
+                .as_ref()
+                .map(|v| {
+                    v["view"]["clusters"]
+                        .as_object()
+                        .unwrap()
+                        .values()
+                        .filter(|c| !c["nodes"].as_array().unwrap().is_empty())
+                        .count()
+                })
+                .unwrap_or(0);
+            d.is_some() && nodes == 4
+        },
+    )
+    .await;
+    // A sleep on purpose: the assertions below are that nothing was decided meanwhile.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let failovers: Vec<FailoverRecord> = get(&http, &format!("{coordinator_url}/v1/failovers"))
         .await
@@ -177,24 +133,42 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
 
     // s3's agent goes silent; then the primary's process dies.
     drop(agents.remove("s3"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        "s3's report to go stale",
+        Duration::from_secs(30),
+        || async {
+            let v: ClustersResponse = get(&http, &format!("{coordinator_url}/v1/clusters")).await?;
+            v.candidates.candidates.iter().find(|c| {
+                c.cluster == "s3"
+                    && matches!(
+                        c.eligibility,
+                        Eligibility::Ineligible(Ineligible::ReportStale { .. })
+                    )
+            })?;
+            Some(())
+        },
+    )
+    .await;
     let killed_at = Instant::now();
     clusters[0].nodes_mut()[0].kill();
 
-    let done = loop {
-        let f: Vec<FailoverRecord> = get(&http, &format!("{coordinator_url}/v1/failovers"))
-            .await
-            .unwrap_or_default();
-        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
-            assert_eq!(f.len(), 1, "exactly one failover: {f:?}");
-            break r.clone();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(60),
-            "no finished failover 60 s after the kill: {f:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_for(
+        "a finished failover after the kill",
+        Duration::from_secs(60),
+        || async {
+            let f: Vec<FailoverRecord> = get(&http, &format!("{coordinator_url}/v1/failovers"))
+                .await
+                .unwrap_or_default();
+            match f.iter().find(|r| r.status == FailoverStatus::Done) {
+                Some(r) => {
+                    assert_eq!(f.len(), 1, "exactly one failover: {f:?}");
+                    Ok(r.clone())
+                }
+                None => Err(format!("{f:?}")),
+            }
+        },
+    )
+    .await;
     let decided_after = (done.decided_at - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0
         + killed_at.elapsed().as_secs_f64();
     println!("failover decided {decided_after:.2} s after the kill; journal: {done:#?}");
@@ -226,7 +200,8 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert_eq!(reason("s2"), Some(Eligibility::Eligible));
     assert_eq!(done.table.winner.as_deref(), Some("s2"));
 
-    // Nothing more happens: still one failover and term 2 a few seconds later.
+    // Nothing more happens: still one failover and term 2 a few seconds later. (A sleep on
+    // purpose: it proves that nothing happens.)
     tokio::time::sleep(Duration::from_secs(4)).await;
     let topo: TopologyResponse = get(&http, &format!("{coordinator_url}/v1/topology"))
         .await
@@ -243,7 +218,7 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert_eq!(all.len(), 1);
 
     // The operator's view: `vault-dr history` and `vault-dr status` show it.
-    let out = tokio::process::Command::new(vault_dr_binary())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args(["history", "--url", &coordinator_url, "--token-file"])
         .arg(dir.path().join("token"))
         .output()
@@ -278,7 +253,7 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
             "{step} once in {history}"
         );
     }
-    let out = tokio::process::Command::new(vault_dr_binary())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args(["status", "--url", &coordinator_url, "--token-file"])
         .arg(dir.path().join("token"))
         .output()
@@ -304,6 +279,5 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert!(row("s2").contains("primary"), "{status}");
 
     drop(agents);
-    let _ = stop_coordinator.send(());
-    coordinator.await.unwrap().unwrap();
+    coordinator.shutdown().await.unwrap();
 }

@@ -14,19 +14,10 @@
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use vault_dr_lab::wait::wait_for_blocking;
 
 use serde_json::Value;
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
-}
+use vault_dr_lab::tools::built_binary;
 
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -38,10 +29,10 @@ fn alive(pid: u64) -> bool {
 
 #[test]
 fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_leaves_nothing() {
-    binary("vault-dr-agent");
-    binary("vault-dr-lab");
+    built_binary("vault-dr-agent").unwrap();
+    built_binary("vault-dr-lab").unwrap();
     let started = Instant::now();
-    let out = std::process::Command::new(binary("vault-dr"))
+    let out = std::process::Command::new(built_binary("vault-dr").unwrap())
         .args([
             "drill",
             "--json",
@@ -145,12 +136,14 @@ fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_l
         pids.len() >= 3 + 3 + 2 - 1,
         "servers, agents and coordinators listed: {pids:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let left: Vec<u64> = pids.iter().copied().filter(|p| alive(*p)).collect();
-    assert!(left.is_empty(), "processes left behind: {left:?}");
+    wait_for_blocking("every process to be gone", Duration::from_secs(5), || {
+        let left: Vec<u64> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("processes left behind: {left:?}"))
+        }
+    });
     let dir = PathBuf::from(report["run_dir"].as_str().unwrap());
     assert!(!dir.exists(), "run directory {} left behind", dir.display());
 }

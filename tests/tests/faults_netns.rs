@@ -25,12 +25,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::config::{StoreFile, TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::LabCluster;
+use vault_dr_lab::harness::{coordinator_file, failover_policy, in_process_config};
 use vault_dr_lab::openbao::NodeHost;
 use vault_dr_lab::process::ChildGuard;
+use vault_dr_lab::tools::built_binary;
+use vault_dr_lab::wait::{try_wait_for, wait_for, wait_for_every};
+use vault_dr_tests::coordinators::InProcessCoordinator;
 use vault_dr_tests::netns::{Host, Net};
 
 const TOKEN: &str = "faults-netns-token";
@@ -39,27 +42,12 @@ const DR_TOKEN_ID: &str = "vault-dr-faults-netns-dr-token";
 /// Detection needs the report TTL to lapse plus `confirm` ticks: about 3 s here.
 const DETECTION: Duration = Duration::from_secs(3);
 
-/// The in-process coordinator; stopped on drop.
-struct CoordinatorTask {
-    stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<Result<(), vault_dr_coordinator::Error>>,
-}
-
-impl Drop for CoordinatorTask {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.handle.abort();
-    }
-}
-
 /// One fault lab. Field order is drop order: processes, then clusters, then namespaces, then
 /// the bridge, then files.
 struct Lab {
     stress: Vec<ChildGuard>,
     _agents: BTreeMap<String, ChildGuard>,
-    _coordinator: CoordinatorTask,
+    _coordinator: InProcessCoordinator,
     clusters: Vec<LabCluster>,
     hosts: Vec<Host>,
     net: Net,
@@ -72,31 +60,12 @@ struct Lab {
 
 struct LabOptions {
     names: &'static [&'static str],
-    cooldown: &'static str,
-    /// The `[store]` table's lines (default: an embedded file).
-    store: Option<String>,
+    cooldown: Duration,
+    /// The `[store]` table (default: an embedded file).
+    store: Option<StoreFile>,
     /// Snapshot replication (continuous restore every second) with the DR token in every
     /// cluster, agents and coordinator; and the local traffic forwarder on the bridge address.
     replicate: bool,
-}
-
-fn agent_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("VAULT_DR_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("vault-dr-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` (scripts/test.sh does) first",
-        bin.display()
-    );
-    bin
 }
 
 impl Lab {
@@ -133,53 +102,35 @@ impl Lab {
         }
 
         let gw = net.gateway();
-        let port = std::net::TcpListener::bind((gw, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Bound once and handed to the coordinator; its traffic forwarder binds its own port.
+        let listener = TcpListener::bind((gw, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let url = format!("http://{gw}:{port}");
-        let traffic_port = std::net::TcpListener::bind((gw, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut text = format!(
-            "listen = \"{gw}:{port}\"\nid = \"faults\"\ntoken_file = \"token\"\n\
-             [store]\n{}\n[coordination]\npath = \"coordination.json\"\n\
-             [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
-             report_ttl = \"2s\"\ncooldown = \"{}\"\n",
-            opts.store.as_deref().unwrap_or("path = \"store.sqlite\""),
-            opts.cooldown
+        let traffic_port = vault_dr_lab::ports::reserve(gw.into()).unwrap();
+        let mut file = coordinator_file("faults", format!("{gw}:{port}"), &clusters, opts.names[0]);
+        file.store = opts.store.clone().unwrap_or(StoreFile {
+            path: Some("store.sqlite".into()),
+            ..StoreFile::default()
+        });
+        file.coordination.path = Some("coordination.json".into());
+        file.policy = failover_policy(
+            Duration::from_millis(500),
+            2,
+            Duration::from_secs(2),
+            opts.cooldown,
         );
         if opts.replicate {
-            text = format!("vault_token_file = \"dr.token\"\n{text}");
-            text.push_str(&format!(
-                "[traffic]\nbackend = \"local\"\nlisten = \"{gw}:{traffic_port}\"\n"
-            ));
+            file.vault_token_file = Some("dr.token".into());
+            file.traffic = TrafficFile {
+                backend: Some(TrafficBackend::Local),
+                listen: Some(format!("{gw}:{traffic_port}")),
+                ..TrafficFile::default()
+            };
         }
-        for (i, c) in clusters.iter().enumerate() {
-            text.push_str(&format!(
-                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{3}\"]\n",
-                c.name(),
-                if i == 0 { "primary" } else { "secondary" },
-                c.api_addr(),
-                c.nodes()[0].name(),
-            ));
-        }
-        let env = BTreeMap::from([(ENV_TOKEN_FILE.to_owned(), token_file.display().to_string())]);
-        let config = Config::parse(&text, dir.path(), &env).unwrap();
-        let listener = TcpListener::bind(config.listen).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let coordinator = CoordinatorTask {
-            stop: Some(stop),
-            handle,
-        };
+        let config = in_process_config(file, dir.path(), &token_file).unwrap();
+        let coordinator = InProcessCoordinator::start(config, listener);
 
-        let agent_bin = agent_binary();
+        let agent_bin = built_binary("vault-dr-agent").unwrap();
         let mut agents = BTreeMap::new();
         for (c, h) in clusters.iter().zip(&hosts) {
             let node = &c.nodes()[0];
@@ -263,41 +214,38 @@ impl Lab {
     /// Until the coordinator leads, has a report from every cluster and every secondary is
     /// eligible.
     async fn wait_ready(&self) {
-        let t = Instant::now();
-        loop {
-            let mut why = String::from("no view");
-            if let Some(v) = self.get("v1/clusters").await {
-                let reported = self
-                    .clusters
-                    .iter()
-                    .filter(|c| {
-                        v.pointer(&format!("/view/clusters/{}/nodes", c.name()))
-                            .and_then(Value::as_array)
-                            .is_some_and(|a| !a.is_empty())
-                    })
-                    .count();
-                let eligible = v
-                    .pointer("/candidates/candidates")
-                    .and_then(Value::as_array)
-                    .map_or(0, |rows| {
-                        rows.iter()
-                            .filter(|r| r.get("eligibility") == Some(&json!("eligible")))
-                            .count()
-                    });
-                if reported == self.clusters.len() && eligible == self.clusters.len() - 1 {
-                    return;
-                }
-                why = format!("{reported} clusters reported, {eligible} eligible");
+        let ready = try_wait_for("the lab to be ready", Duration::from_secs(60), || async {
+            let v = self.get("v1/clusters").await.ok_or("no view")?;
+            let reported = self
+                .clusters
+                .iter()
+                .filter(|c| {
+                    v.pointer(&format!("/view/clusters/{}/nodes", c.name()))
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
+                })
+                .count();
+            let eligible = v
+                .pointer("/candidates/candidates")
+                .and_then(Value::as_array)
+                .map_or(0, |rows| {
+                    rows.iter()
+                        .filter(|r| r.get("eligibility") == Some(&json!("eligible")))
+                        .count()
+                });
+            if reported == self.clusters.len() && eligible == self.clusters.len() - 1 {
+                return Ok(());
             }
-            if t.elapsed() > Duration::from_secs(60) {
-                let logs: Vec<String> = self
-                    .clusters
-                    .iter()
-                    .map(|c| c.nodes()[0].dir().join("agent.log").display().to_string())
-                    .collect();
-                panic!("lab not ready after 60 s: {why}; agent logs {logs:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            Err(format!("{reported} clusters reported, {eligible} eligible"))
+        })
+        .await;
+        if let Err(e) = ready {
+            let logs: Vec<String> = self
+                .clusters
+                .iter()
+                .map(|c| c.nodes()[0].dir().join("agent.log").display().to_string())
+                .collect();
+            panic!("{e}; agent logs {logs:?}");
         }
     }
 
@@ -406,7 +354,7 @@ fn rto(record: &FailoverRecord, from: DateTime<Utc>) -> Option<f64> {
 async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: false,
     })
@@ -527,7 +475,7 @@ async fn held(cluster: &LabCluster, token: &str, keys: &[u64]) -> Vec<u64> {
 async fn s2_isolated_primary_is_replaced_exactly_once() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: true,
     })
@@ -542,20 +490,19 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
 
     let cut_at = Utc::now();
     lab.host("p").cut().unwrap();
-    let t = Instant::now();
-    let done = loop {
-        let f = lab.failovers().await;
-        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
-            break r.clone();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no finished failover 60 s after isolating p: {f:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_for(
+        "a finished failover after isolating p",
+        Duration::from_secs(60),
+        || async {
+            let f = lab.failovers().await;
+            let done = f.iter().find(|r| r.status == FailoverStatus::Done).cloned();
+            done.ok_or_else(|| format!("{f:?}"))
+        },
+    )
+    .await;
     // The old primary comes back: unsealed, active, with its own (diverged) data. The stable
-    // address must keep going to the new primary, and nothing may fail over again.
+    // address must keep going to the new primary, and nothing may fail over again. (The
+    // sleeps from here to the assertions are on purpose: they prove that nothing happens.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     let heal_at = Utc::now();
     lab.host("p").heal().unwrap();
@@ -638,7 +585,7 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
 async fn s3_latency_and_cpu_stress_do_not_promote() {
     let mut lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: false,
     })
@@ -705,7 +652,7 @@ async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
     let cooldown = Duration::from_secs(60);
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: None,
         replicate: false,
     })
@@ -774,10 +721,14 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         .await
         .unwrap_or_else(|e| panic!("cannot start SecantusDB (run `bash scripts/setup.sh`): {e}"));
     let db = format!("faults_{}", std::process::id());
-    let store = format!("mongodb_uri = \"{}\"\ndatabase = \"{db}\"", mongo.uri());
+    let store = StoreFile {
+        mongodb_uri: Some(mongo.uri()),
+        database: Some(db.clone()),
+        ..StoreFile::default()
+    };
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
-        cooldown: "60s",
+        cooldown: Duration::from_secs(60),
         store: Some(store),
         replicate: false,
     })
@@ -787,45 +738,50 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
     // MongoDB dies as soon as the detector suspects the primary: the whole failover (decision,
     // every journaled step) runs during the outage.
     let t = Instant::now();
-    loop {
-        let d = lab.get("v1/decisions/latest").await.unwrap_or(Value::Null);
-        if d["decision"]["kind"] == "suspect" || d["decision"]["kind"] == "fail_over" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "never suspected: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Every 50 ms: MongoDB must die before the failover gets far.
+    wait_for_every(
+        Duration::from_millis(50),
+        "the detector to suspect p",
+        Duration::from_secs(20),
+        || async {
+            let d = lab.get("v1/decisions/latest").await.unwrap_or(Value::Null);
+            if d["decision"]["kind"] == "suspect" || d["decision"]["kind"] == "fail_over" {
+                Ok(())
+            } else {
+                Err(d)
+            }
+        },
+    )
+    .await;
     mongo.kill();
     let killed_at = Utc::now();
     // The list (`GET /v1/failovers`) asks MongoDB; the topology and the record by id come
     // from the coordination backend and the write buffer.
-    let done = loop {
-        let (primary, term) = lab.topology().await;
-        let topo = lab.get("v1/topology").await.unwrap_or(Value::Null);
-        if term == 2
-            && topo
-                .pointer("/topology/failover")
-                .is_none_or(Value::is_null)
-        {
-            let id = FailoverRecord::id_for(2, "p", &primary);
-            let r: FailoverRecord = serde_json::from_value(
-                lab.get(&format!("v1/failovers/{id}"))
-                    .await
-                    .unwrap_or(Value::Null),
-            )
-            .unwrap_or_else(|e| panic!("record {id} not served during the outage: {e}"));
-            assert_eq!(r.status, FailoverStatus::Done, "{r:?}");
-            break r;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no finished failover while MongoDB is down: term {term}, primary {primary}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_for(
+        "a finished failover while MongoDB is down",
+        Duration::from_secs(60).saturating_sub(t.elapsed()),
+        || async {
+            let (primary, term) = lab.topology().await;
+            let topo = lab.get("v1/topology").await.unwrap_or(Value::Null);
+            if term == 2
+                && topo
+                    .pointer("/topology/failover")
+                    .is_none_or(Value::is_null)
+            {
+                let id = FailoverRecord::id_for(2, "p", &primary);
+                let r: FailoverRecord = serde_json::from_value(
+                    lab.get(&format!("v1/failovers/{id}"))
+                        .await
+                        .unwrap_or(Value::Null),
+                )
+                .unwrap_or_else(|e| panic!("record {id} not served during the outage: {e}"));
+                assert_eq!(r.status, FailoverStatus::Done, "{r:?}");
+                return Ok(r);
+            }
+            Err(format!("term {term}, primary {primary}"))
+        },
+    )
+    .await;
     let list_during_outage = lab.get("v1/failovers").await.is_some();
     assert!(
         done.decided_at > killed_at,
@@ -842,18 +798,17 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         .await
         .unwrap();
     let t = Instant::now();
-    let stored = loop {
-        if let Ok(Some(r)) = direct.failover(&done.id).await
-            && r.status == FailoverStatus::Done
-        {
-            break r;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the journal never reached MongoDB after it returned"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let stored = wait_for(
+        "the journal to reach MongoDB after it returned",
+        Duration::from_secs(60),
+        || async {
+            match direct.failover(&done.id).await {
+                Ok(Some(r)) if r.status == FailoverStatus::Done => Some(r),
+                _ => None,
+            }
+        },
+    )
+    .await;
     assert_eq!(stored.steps.len(), Step::ALL.len(), "{stored:?}");
     assert_eq!((stored.term, stored.to.as_str()), (2, done.to.as_str()));
     let reached = t.elapsed().as_secs_f64();
@@ -878,9 +833,9 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
 /// "right after Decided": the Decided step is not run by the executor); the primary's host is
 /// isolated; the next leader must finish the failover, each step exactly once.
 async fn leader_killed_at(moment: &str, failpoint: &str) {
+    use vault_dr_coordinator::config::CoordinationFile;
     use vault_dr_tests::coordinators::{
-        Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, FAILOVER_POLICY, GroupSpec,
-        vault_dr_binary,
+        Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, GroupSpec, failover_policy,
     };
     let net = Net::create().expect("create a bridge (run as root; see scripts/setup.sh)");
     let names = ["p", "s1", "s2"];
@@ -917,11 +872,16 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
                 primary: i == 0,
             })
             .collect(),
-        policy: FAILOVER_POLICY.into(),
-        coordination: "lease_duration = \"3s\"\nrenew_period = \"1s\"\n".into(),
+        policy: failover_policy(),
+        coordination: CoordinationFile {
+            lease_duration: Some(Duration::from_secs(3)),
+            renew_period: Some(Duration::from_secs(1)),
+            ..CoordinationFile::default()
+        },
         vault_token: Some(DR_TOKEN.into()),
     };
-    let group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
+    let group =
+        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
     let mut lab = DrLab {
         clusters,
         group,
@@ -930,6 +890,7 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
     };
     lab.group
         .start(0, &[("VAULT_DR_FAILPOINT", failpoint)])
+        .await
         .unwrap();
     let (first, _) = lab
         .group
@@ -937,24 +898,29 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .await
         .unwrap();
     assert_eq!(first, 0);
-    lab.group.start_all().unwrap();
-    lab.start_agents().unwrap();
+    lab.group.start_all().await.unwrap();
+    lab.start_agents().await.unwrap();
     lab.wait_failover_ready(0, Duration::from_secs(90))
         .await
         .unwrap();
+    // The followers have seen the lease by now. A sleep on purpose, as in ha_local: there is no
+    // condition to wait on, and nothing may happen meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let cut_at = Utc::now();
     hosts[0].cut().unwrap();
     let t = Instant::now();
-    while lab.group.is_running(0) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "c1 never reached {failpoint}:\n{}",
-            lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let group = &mut lab.group;
+    let stopped = try_wait_for(
+        &format!("c1 to reach {failpoint}"),
+        Duration::from_secs(60),
+        || {
+            let running = group.is_running(0);
+            async move { !running }
+        },
+    )
+    .await;
+    stopped.unwrap_or_else(|e| panic!("{e}:\n{}", lab.group.logs()));
     assert!(
         lab.group.replicas[0]
             .log_text()
@@ -967,23 +933,26 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .wait_leader(Some(0), Duration::from_secs(20))
         .await
         .unwrap();
-    let done = loop {
-        let all: Vec<FailoverRecord> = lab
-            .group
-            .get(next, "/v1/failovers")
-            .await
-            .unwrap_or_default();
-        if let Some(r) = all.iter().find(|r| r.status == FailoverStatus::Done) {
-            assert_eq!(all.len(), 1, "one failover: {all:#?}");
-            break r.clone();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the next leader did not finish after {failpoint}: {all:#?}\n{}",
-            lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = try_wait_for(
+        &format!("the next leader to finish after {failpoint}"),
+        Duration::from_secs(120).saturating_sub(t.elapsed()),
+        || async {
+            let all: Vec<FailoverRecord> = lab
+                .group
+                .get(next, "/v1/failovers")
+                .await
+                .unwrap_or_default();
+            match all.iter().find(|r| r.status == FailoverStatus::Done) {
+                Some(r) => {
+                    assert_eq!(all.len(), 1, "one failover: {all:#?}");
+                    Ok(r.clone())
+                }
+                None => Err(format!("{all:#?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
     let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
     assert_eq!(
         steps,
@@ -996,7 +965,8 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         by.contains(&"c1") && by.iter().any(|b| *b != "c1"),
         "steps by both leaders: {by:?}"
     );
-    // Still exactly one a few seconds later, and the new primary serves a write.
+    // Still exactly one a few seconds later, and the new primary serves a write. (A sleep on
+    // purpose: it proves that nothing happens.)
     tokio::time::sleep(Duration::from_secs(3)).await;
     let all: Vec<FailoverRecord> = lab
         .group

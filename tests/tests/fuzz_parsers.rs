@@ -23,9 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
-use vault_dr_common::{
-    HostStats, LatencySummary, NodeState, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
-};
+use vault_dr_common::{NodeState, Report};
 use vault_dr_coordinator::api::{Service, router};
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::coordination::Coordination;
@@ -48,38 +46,14 @@ fn runner(cases: u32) -> TestRunner {
     })
 }
 
+/// The shared healthy report (`test_util::report`) of standby dc2-0, numbered `seq`.
 fn report(seq: u64) -> Report {
-    Report {
-        schema_version: SCHEMA_VERSION,
-        cluster: "dc2".into(),
-        node: "dc2-0".into(),
-        seq,
-        agent_started_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        sent_at: chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap(),
-        agent_version: "fuzz".into(),
-        vault: VaultStatus {
-            state: NodeState::Standby,
-            last_probe_ms: Some(1.5),
-            latency: LatencySummary {
-                samples: 3,
-                p50_ms: 1.0,
-                p99_ms: 2.0,
-                error_ratio: 0.0,
-            },
-            version: Some("2.7.2".into()),
-            cluster_id: Some("abc".into()),
-            cluster_name: Some("dr-dc2".into()),
-            raft_applied_index: Some(10),
-            raft_commit_index: Some(10),
-            autopilot_healthy: Some(true),
-            last_error: None,
-        },
-        host: HostStats::default(),
-        replication: ReplicationStatus::default(),
-        primary_probe: None,
-        seen_term: 1,
-        applied_term: 1,
-    }
+    let at = chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap();
+    let mut r = vault_dr_coordinator::model::test_util::report("dc2", "dc2-0", at);
+    r.seq = seq;
+    r.agent_started_at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    r.vault.state = NodeState::Standby;
+    r
 }
 
 fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {

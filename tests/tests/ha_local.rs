@@ -14,12 +14,15 @@
 
 use std::time::{Duration, Instant};
 use vault_dr_common::NodeState;
+use vault_dr_coordinator::config::CoordinationFile;
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_lab::tools::built_binary;
+use vault_dr_lab::wait::{try_wait_for, try_wait_for_every, wait_for};
 use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, sample, vault_dr_binary,
+    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, probe_policy, sample,
 };
 use vault_dr_tests::lab::LabCluster;
 
@@ -27,7 +30,7 @@ use vault_dr_tests::lab::LabCluster;
 const LEASE: Duration = Duration::from_secs(5);
 
 async fn status(group: &CoordinatorGroup) -> String {
-    let out = tokio::process::Command::new(vault_dr_binary().unwrap())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args(["status", "--url", &group.urls(), "--token-file"])
         .arg(group.token_file())
         .output()
@@ -65,12 +68,13 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
                 primary: c.name() == "p",
             })
             .collect(),
-        policy: "probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n".into(),
-        coordination: String::new(),
+        policy: probe_policy(Duration::from_millis(500), Duration::from_millis(400)),
+        coordination: CoordinationFile::default(),
         vault_token: None,
     };
-    let mut group = CoordinatorGroup::new(&spec, vault_dr_binary().unwrap(), Vec::new()).unwrap();
-    group.start_all().unwrap();
+    let mut group =
+        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
+    group.start_all().await.unwrap();
     let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
         Ok(l) => l,
         Err(e) => panic!("{e}\n{}", group.logs()),
@@ -78,7 +82,11 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
     let first_id = group.replicas[first].id.clone();
 
     // Leader metrics: 1 on the leader only, one transition, time as leader rising.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for("a second as leader", Duration::from_secs(10), || async {
+        let m = group.metrics(first).await?;
+        sample(&m, "vault_dr_coordinator_leader_seconds_total").filter(|s| *s >= 1.0)
+    })
+    .await;
     for i in 0..3 {
         let m = group.metrics(i).await.unwrap();
         let leading = i == first;
@@ -122,18 +130,20 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
     let observer = LocalCoordination::new(group.dir().join("coordination.json"), "observer", LEASE);
     group.kill(first);
     let killed = Instant::now();
-    let (holder, moved_after) = loop {
-        let lease = observer.lease().await.unwrap();
-        if let Some(h) = lease.holder.filter(|h| *h != first_id) {
-            break (h, killed.elapsed());
-        }
-        assert!(
-            killed.elapsed() < LEASE + Duration::from_secs(5),
-            "the lease did not move:\n{}",
-            group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let moved = try_wait_for_every(
+        Duration::from_millis(20),
+        "the lease to move",
+        LEASE + Duration::from_secs(5),
+        || async {
+            let lease = observer.lease().await.unwrap();
+            lease
+                .holder
+                .filter(|h| *h != first_id)
+                .map(|h| (h, killed.elapsed()))
+        },
+    )
+    .await;
+    let (holder, moved_after) = moved.unwrap_or_else(|e| panic!("{e}:\n{}", group.logs()));
     let (second, ready_at) = group
         .wait_leader(Some(first), Duration::from_secs(10))
         .await
@@ -188,6 +198,7 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
     // c1 leads first, armed to abort right after Fenced completes; the others start later.
     lab.group
         .start(0, &[(ENV_FAILPOINT, "crash-after:fenced")])
+        .await
         .unwrap();
     let (first, _) = lab
         .group
@@ -195,25 +206,25 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
         .await
         .unwrap();
     assert_eq!(first, 0);
-    lab.group.start_all().unwrap();
-    lab.start_agents().unwrap();
+    lab.group.start_all().await.unwrap();
+    lab.start_agents().await.unwrap();
     lab.wait_failover_ready(0, Duration::from_secs(60))
         .await
         .unwrap();
-    // The followers have seen the lease by now and are ready to take over.
+    // The followers have seen the lease by now and are ready to take over. A sleep on purpose:
+    // the assertion below is that no follower leads meanwhile (there is nothing to wait on).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(lab.group.leaders().await, vec![0]);
 
     lab.clusters[0].nodes_mut()[0].kill();
     let killed = Instant::now();
-    while lab.group.is_running(0) {
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "c1 never reached its failpoint:\n{}",
-            lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let group = &mut lab.group;
+    let stopped = try_wait_for("c1 to reach its failpoint", Duration::from_secs(60), || {
+        let running = group.is_running(0);
+        async move { !running }
+    })
+    .await;
+    stopped.unwrap_or_else(|e| panic!("{e}:\n{}", lab.group.logs()));
     let aborted = killed.elapsed();
     assert!(
         lab.group.replicas[0]
@@ -240,23 +251,26 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
         .wait_leader(Some(0), LEASE + Duration::from_secs(10))
         .await
         .unwrap();
-    let done = loop {
-        let all: Vec<FailoverRecord> = lab
-            .group
-            .get(next, "/v1/failovers")
-            .await
-            .unwrap_or_default();
-        if let Some(r) = all.iter().find(|r| r.status == FailoverStatus::Done) {
-            assert_eq!(all.len(), 1, "one failover: {all:#?}");
-            break r.clone();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(120),
-            "the next leader did not finish the failover: {all:#?}\n{}",
-            lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = try_wait_for(
+        "the next leader to finish the failover",
+        Duration::from_secs(120).saturating_sub(killed.elapsed()),
+        || async {
+            let all: Vec<FailoverRecord> = lab
+                .group
+                .get(next, "/v1/failovers")
+                .await
+                .unwrap_or_default();
+            match all.iter().find(|r| r.status == FailoverStatus::Done) {
+                Some(r) => {
+                    assert_eq!(all.len(), 1, "one failover: {all:#?}");
+                    Ok(r.clone())
+                }
+                None => Err(format!("{all:#?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
     println!(
         "c1 aborted {:.1} s after the primary died; journal: {done:#?}",
         aborted.as_secs_f64()

@@ -24,6 +24,7 @@ use vault_dr_coordinator::model::{Decision, DecisionRecord};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::coordinators::{Backend, DrLab, sample};
 use vault_dr_tests::lab::process::Signal;
+use vault_dr_tests::lab::wait::{try_wait_for, try_wait_for_every};
 
 const LEASE: Duration = Duration::from_secs(5);
 
@@ -50,13 +51,13 @@ async fn split_brain(freeze: Freeze) {
     let mut lab = DrLab::start(&["p", "s1", "s2"], Backend::Local, 3)
         .await
         .unwrap();
-    lab.group.start_all().unwrap();
+    lab.group.start_all().await.unwrap();
     let (stale, _) = lab
         .group
         .wait_leader(None, Duration::from_secs(30))
         .await
         .unwrap();
-    lab.start_agents().unwrap();
+    lab.start_agents().await.unwrap();
     lab.wait_failover_ready(stale, Duration::from_secs(60))
         .await
         .unwrap();
@@ -66,31 +67,39 @@ async fn split_brain(freeze: Freeze) {
     // The primary dies; freeze the leader at the chosen point.
     lab.clusters[0].nodes_mut()[0].kill();
     let killed = Instant::now();
-    let seen = loop {
-        match freeze {
-            Freeze::Suspecting => {
-                let d: Option<DecisionRecord> = lab.group.get(stale, "/v1/decisions/latest").await;
-                if let Some(d) = d.filter(|d| !matches!(d.decision, Decision::NoAction { .. })) {
-                    break d.sentence;
+    // Every 10 ms: the freeze must land at the point, not after it.
+    let seen = try_wait_for_every(
+        Duration::from_millis(10),
+        &format!("the leader to get to {freeze:?}"),
+        Duration::from_secs(30),
+        || async {
+            match freeze {
+                Freeze::Suspecting => {
+                    let d: Option<DecisionRecord> =
+                        lab.group.get(stale, "/v1/decisions/latest").await;
+                    d.filter(|d| !matches!(d.decision, Decision::NoAction { .. }))
+                        .map(|d| d.sentence)
+                }
+                Freeze::MidFailover => {
+                    let t = observer.read_topology().await.unwrap().unwrap().value;
+                    t.failover.map(|f| {
+                        format!(
+                            "failover {} in term {}, last step {}",
+                            f.id, t.term, f.completed
+                        )
+                    })
                 }
             }
-            Freeze::MidFailover => {
-                let t = observer.read_topology().await.unwrap().unwrap().value;
-                if let Some(f) = t.failover {
-                    break format!(
-                        "failover {} in term {}, last step {}",
-                        f.id, t.term, f.completed
-                    );
-                }
-            }
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the leader never got to {freeze:?}:\n{}",
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e} ({:?} after the kill):\n{}",
+            killed.elapsed(),
             lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        )
+    });
     lab.group.signal(stale, Signal::Stop);
     let frozen = Instant::now();
     println!("froze {} on: {seen}", lab.group.replicas[stale].id);
@@ -106,22 +115,21 @@ async fn split_brain(freeze: Freeze) {
         Ok(l) => l,
         Err(e) => panic!("{e}\n{}", lab.group.logs()),
     };
-    let done = loop {
-        let f: Vec<FailoverRecord> = lab
-            .group
-            .get(leader, "/v1/failovers")
-            .await
-            .unwrap_or_default();
-        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
-            break r.clone();
-        }
-        assert!(
-            frozen.elapsed() < Duration::from_secs(120),
-            "no finished failover: {f:#?}\n{}",
-            lab.group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = try_wait_for(
+        "a finished failover",
+        Duration::from_secs(120).saturating_sub(frozen.elapsed()),
+        || async {
+            let f: Vec<FailoverRecord> = lab
+                .group
+                .get(leader, "/v1/failovers")
+                .await
+                .unwrap_or_default();
+            let done = f.iter().find(|r| r.status == FailoverStatus::Done).cloned();
+            done.ok_or_else(|| format!("{f:#?}"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
     assert!(
         frozen.elapsed() > LEASE,
         "the frozen leader's lease expired first"
@@ -129,6 +137,7 @@ async fn split_brain(freeze: Freeze) {
 
     // Wake the stale leader: it must notice it lost the lease and do nothing.
     lab.group.signal(stale, Signal::Cont);
+    // A sleep on purpose: what follows asserts that the woken leader did nothing meanwhile.
     tokio::time::sleep(Duration::from_secs(6)).await;
 
     let all: Vec<FailoverRecord> = lab.group.get(leader, "/v1/failovers").await.unwrap();

@@ -18,10 +18,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use vault_dr_common::Secret;
 use vault_dr_coordinator::config::{self as coord_config, Config as CoordConfig};
+use vault_dr_lab::wait::wait_for;
 use vault_dr_tests::lab::LabCluster;
 
 /// Kinds the chart renders whose schemas `kubernetes-validate` does not ship.
@@ -764,30 +765,27 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "helm-chart-test-token").unwrap();
-    let mut toml = format!(
-        "token_file = {:?}\n[store]\npath = {:?}\n[coordination]\nbackend = \"local\"\npath = {:?}\n\
-         [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nreport_ttl = \"3s\"\n",
-        token_file.display().to_string(),
-        dir.path().join("store.sqlite").display().to_string(),
-        dir.path().join("coordination.json").display().to_string(),
-    );
-    for (i, c) in clusters.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[clusters]]\nname = {:?}\nrole = {:?}\napi_addrs = [{:?}]\nnodes = [{:?}]\n",
-            c.name(),
-            if i == 0 { "primary" } else { "secondary" },
-            c.api_addr().as_str(),
-            c.nodes()[0].name(),
-        ));
-    }
-    let config = CoordConfig::parse(&toml, dir.path(), &BTreeMap::new())
-        .unwrap_or_else(|e| panic!("coordinator config: {e}\n{toml}"));
+    let primary = clusters[0].name().to_owned();
+    let mut file =
+        vault_dr_lab::harness::coordinator_file("helm", "127.0.0.1:0", &clusters, &primary);
+    // The listener is handed over below; id and listen stay at their defaults.
+    (file.listen, file.id) = (None, None);
+    file.token_file = Some(token_file.clone());
+    file.store.path = Some(dir.path().join("store.sqlite"));
+    file.coordination.path = Some(dir.path().join("coordination.json"));
+    file.policy = vault_dr_coordinator::config::PolicyFile {
+        probe_interval: Some(Duration::from_millis(500)),
+        probe_timeout: Some(Duration::from_millis(400)),
+        report_ttl: Some(Duration::from_secs(3)),
+        ..Default::default()
+    };
+    let config = file
+        .validate(dir.path(), &BTreeMap::new())
+        .unwrap_or_else(|e| panic!("coordinator config: {e}"));
     let coord_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let coord_url = format!("http://{}", coord_listener.local_addr().unwrap());
-    let (stop_coord, coord_stopped) = tokio::sync::oneshot::channel::<()>();
-    let coordinator = tokio::spawn(vault_dr_coordinator::run(config, coord_listener, async {
-        let _ = coord_stopped.await;
-    }));
+    let coordinator =
+        vault_dr_tests::coordinators::InProcessCoordinator::start(config, coord_listener);
 
     let mut agents = Vec::new();
     let mut agent_urls = Vec::new();
@@ -814,28 +812,29 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     // Wait until the leader has probed both clusters and holds a report from each agent, so
     // every per-cluster family exists.
     let client = vault_dr_common::http::client_builder().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let coordinator_metrics = loop {
-        let text = get_text(&client, &format!("{coord_url}/metrics")).await;
-        let ready = client
-            .get(format!("{coord_url}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        let ages = text
-            .lines()
-            .filter(|l| l.starts_with("vault_dr_coordinator_report_age_seconds{"))
-            .count();
-        if ready && ages >= 2 && text.contains("vault_dr_coordinator_cluster_state{") {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after 60 s the coordinator is not leading with two reports:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let coordinator_metrics = wait_for(
+        "the coordinator to lead with two reports",
+        Duration::from_secs(60),
+        || async {
+            let text = get_text(&client, &format!("{coord_url}/metrics")).await;
+            let ready = client
+                .get(format!("{coord_url}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            let ages = text
+                .lines()
+                .filter(|l| l.starts_with("vault_dr_coordinator_report_age_seconds{"))
+                .count();
+            if ready && ages >= 2 && text.contains("vault_dr_coordinator_cluster_state{") {
+                Ok(text)
+            } else {
+                Err(format!("\n{text}"))
+            }
+        },
+    )
+    .await;
     let mut exported = exported_names(&coordinator_metrics);
     for url in &agent_urls {
         let text = get_text(&client, url).await;
@@ -861,8 +860,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
         let _ = stop.send(());
         handle.await.unwrap().unwrap();
     }
-    let _ = stop_coord.send(());
-    coordinator.await.unwrap().unwrap();
+    coordinator.shutdown().await.unwrap();
     drop(clusters);
 
     assert!(

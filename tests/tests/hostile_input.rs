@@ -16,12 +16,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use url::Url;
-use vault_dr_common::{
-    HostStats, LatencySummary, NodeState, ReplicationStatus, Report, SCHEMA_VERSION, VaultStatus,
+use vault_dr_common::{NodeState, Report};
+use vault_dr_coordinator::config::{
+    ClusterFile, ClusterRole, ConfigFile, CoordinationFile, PolicyFile, StoreFile,
 };
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
+use vault_dr_lab::harness::in_process_config;
+use vault_dr_lab::ports::closed_loopback;
+use vault_dr_lab::wait::wait_for;
+use vault_dr_tests::coordinators::InProcessCoordinator;
 
 /// How long one raw exchange may take before the server counts as hung.
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,14 +45,6 @@ fn rand_u64() -> u64 {
             .as_nanos(),
     );
     h.finish()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http() -> reqwest::Client {
@@ -76,8 +72,7 @@ struct Coordinator {
     addr: SocketAddr,
     token: String,
     store_path: std::path::PathBuf,
-    stop: Stop,
-    task: tokio::task::JoinHandle<vault_dr_coordinator::Result<()>>,
+    coordinator: InProcessCoordinator,
 }
 
 /// A real coordinator (`vault_dr_coordinator::run`) on a loopback port, leader, with the
@@ -87,78 +82,77 @@ async fn coordinator() -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
     let token = fresh_token();
     std::fs::write(dir.path().join("token"), &token).unwrap();
-    let port = free_port();
-    let closed = free_port();
-    let text = format!(
-        "listen = \"127.0.0.1:{port}\"\nid = \"hostile\"\ntoken_file = \"token\"\n\
-         [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
-         [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"200ms\"\nconfirm = 100000\n\
-         [[clusters]]\nname = \"dc1\"\nrole = \"primary\"\napi_addrs = [\"http://127.0.0.1:{closed}\"]\nnodes = [\"dc1-0\"]\n\
-         [[clusters]]\nname = \"dc2\"\napi_addrs = [\"http://127.0.0.1:{closed}\"]\nnodes = [\"dc2-0\"]\n"
-    );
-    let env = BTreeMap::from([(
-        ENV_TOKEN_FILE.to_owned(),
-        dir.path().join("token").display().to_string(),
-    )]);
-    let config = Config::parse(&text, dir.path(), &env).unwrap();
-    let listener = TcpListener::bind(config.listen).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let base = format!("http://{addr}");
+    // Bound once and handed to the coordinator; the clusters' port stays closed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let closed = closed_loopback().unwrap();
+    let cluster = |name: &str, role| ClusterFile {
+        name: name.to_owned(),
+        role,
+        api_addrs: vec![format!("http://127.0.0.1:{closed}")],
+        nodes: vec![format!("{name}-0")],
+        priority: 0,
+        excluded: false,
+        selector: BTreeMap::new(),
+    };
+    let file = ConfigFile {
+        listen: Some(format!("127.0.0.1:{port}")),
+        id: Some("hostile".into()),
+        token_file: Some("token".into()),
+        store: StoreFile {
+            path: Some("store.sqlite".into()),
+            ..StoreFile::default()
+        },
+        coordination: CoordinationFile {
+            path: Some("coordination.json".into()),
+            ..CoordinationFile::default()
+        },
+        policy: PolicyFile {
+            probe_interval: Some(Duration::from_millis(500)),
+            probe_timeout: Some(Duration::from_millis(200)),
+            confirm: Some(100_000),
+            ..PolicyFile::default()
+        },
+        clusters: vec![
+            cluster("dc1", ClusterRole::Primary),
+            cluster("dc2", ClusterRole::Secondary),
+        ],
+        ..ConfigFile::default()
+    };
+    let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
+    let coordinator = InProcessCoordinator::start(config, listener);
+    let (addr, base) = (coordinator.addr, coordinator.url.clone());
     let client = http();
-    let start = std::time::Instant::now();
-    loop {
-        let ready = client.get(format!("{base}/readyz")).send().await;
-        if matches!(&ready, Ok(r) if r.status() == 200) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the coordinator did not become ready (leader with a topology) in 20 s: {ready:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the coordinator to be ready (leader with a topology)",
+        Duration::from_secs(20),
+        || async {
+            match client.get(format!("{base}/readyz")).send().await {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     Coordinator {
         store_path: dir.path().join("store.sqlite"),
         _dir: dir,
         base,
         addr,
         token,
-        stop: Stop(Some(stop)),
-        task,
+        coordinator,
     }
 }
 
+/// The shared healthy report (`test_util::report`) of a standby `node`, sent now, numbered
+/// `seq`, from an agent started at `started` (unix seconds) that applied no term yet.
 fn report(cluster: &str, node: &str, seq: u64, started: i64) -> Report {
-    Report {
-        schema_version: SCHEMA_VERSION,
-        cluster: cluster.into(),
-        node: node.into(),
-        seq,
-        agent_started_at: chrono::DateTime::from_timestamp(started, 0).unwrap(),
-        sent_at: chrono::Utc::now(),
-        agent_version: "hostile-test".into(),
-        vault: VaultStatus {
-            state: NodeState::Standby,
-            last_probe_ms: Some(1.0),
-            latency: LatencySummary::default(),
-            version: None,
-            cluster_id: None,
-            cluster_name: None,
-            raft_applied_index: Some(10),
-            raft_commit_index: Some(10),
-            autopilot_healthy: None,
-            last_error: None,
-        },
-        host: HostStats::default(),
-        replication: ReplicationStatus::default(),
-        primary_probe: None,
-        seen_term: 0,
-        applied_term: 0,
-    }
+    let mut r = vault_dr_coordinator::model::test_util::report(cluster, node, chrono::Utc::now());
+    r.seq = seq;
+    r.agent_started_at = chrono::DateTime::from_timestamp(started, 0).unwrap();
+    r.vault.state = NodeState::Standby;
+    (r.seen_term, r.applied_term) = (0, 0);
+    r
 }
 
 /// Sends one request; returns the status and the body.
@@ -779,14 +773,12 @@ async fn the_coordinator_refuses_hostile_requests_stores_nothing_and_keeps_servi
 
     // The store holds exactly the one accepted report (its history included).
     let Coordinator {
-        stop,
-        task,
+        coordinator,
         store_path,
         _dir,
         ..
     } = c;
-    drop(stop);
-    task.await.unwrap().unwrap();
+    coordinator.shutdown().await.unwrap();
     let store = EmbeddedStore::open(&store_path, Duration::from_secs(24 * 3600)).unwrap();
     let latest = store.latest_reports().await.unwrap();
     assert_eq!(latest.len(), 1, "only the valid report is stored");
@@ -817,7 +809,7 @@ async fn the_coordinator_refuses_hostile_requests_stores_nothing_and_keeps_servi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_refuses_hostile_requests_and_keeps_serving() {
     // An agent without a coordinator, its Vault a closed port: it serves its API regardless.
-    let closed = free_port();
+    let closed = closed_loopback().unwrap();
     let vault = Url::parse(&format!("http://127.0.0.1:{closed}")).unwrap();
     let mut config = vault_dr_agent::Config::minimal("dc2", "dc2-0", vault);
     config.interval = Duration::from_millis(200);
@@ -830,14 +822,12 @@ async fn the_agent_refuses_hostile_requests_and_keeps_serving() {
     }));
     let base = format!("http://{addr}");
     let client = http();
-    let start = std::time::Instant::now();
-    while send(client.get(format!("{base}/readyz"))).await.0 != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the agent's first probe did not finish in 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the agent's first probe",
+        Duration::from_secs(20),
+        || async { send(client.get(format!("{base}/readyz"))).await.0 == 200 },
+    )
+    .await;
     let desired_before = send(client.get(format!("{base}/v1/desired"))).await;
     assert_eq!(desired_before.0, 404, "no desired state yet");
 

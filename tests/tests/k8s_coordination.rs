@@ -30,6 +30,7 @@ use vault_dr_coordinator::model::CandidateTable;
 use vault_dr_coordinator::model::topology::Topology;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_coordinator::traffic::kubernetes::KubernetesServiceSwitch;
+use vault_dr_lab::wait::wait_for_every;
 use vault_dr_tests::fake_apiserver::{Call, FakeApiServer, TestKube, test_client};
 
 const LEASE: &str = "vault-dr-coordinator";
@@ -74,17 +75,6 @@ async fn lease_holder(k: &TestKube) -> Option<String> {
     lease.spec.and_then(|s| s.holder_identity)
 }
 
-async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn leaders(cs: &[Arc<KubernetesCoordination>]) -> Vec<usize> {
     (0..cs.len()).filter(|i| cs[*i].is_leader()).collect()
 }
@@ -99,12 +89,15 @@ async fn three_coordinators_elect_one_leader_and_the_lease_moves_when_it_stops()
         .collect();
     let mut loops: Vec<_> = cs.iter().map(|c| Some(renew_loop(c.clone()))).collect();
 
-    let leader = wait_for(
+    let leader = wait_for_every(
+        Duration::from_millis(20),
         "one leader",
         Duration::from_secs(5),
-        async || match leaders(&cs).as_slice() {
-            [one] => Some(*one),
-            _ => None,
+        || async {
+            match leaders(&cs).as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            }
         },
     )
     .await;
@@ -125,10 +118,11 @@ async fn three_coordinators_elect_one_leader_and_the_lease_moves_when_it_stops()
     }
     let stopped = Instant::now();
     let old = cs[leader].clone();
-    wait_for(
+    wait_for_every(
+        Duration::from_millis(20),
         "another coordinator takes the lease",
         lease + Duration::from_secs(3),
-        async || {
+        || async {
             let others = leaders(&cs).into_iter().filter(|i| *i != leader).count();
             // No overlap: the old leader stopped acting before anyone could take over.
             assert!(
@@ -151,12 +145,15 @@ async fn three_coordinators_elect_one_leader_and_the_lease_moves_when_it_stops()
     // The two survivors renew in lockstep here, so both may win the unconditioned patch on the
     // expired lease (the race the term CAS guards against). Within one renew period the loser
     // sees the winner's fresh renewal and stops; the Lease names the one that remains.
-    let new = wait_for(
+    let new = wait_for_every(
+        Duration::from_millis(20),
         "a single new leader",
         renew * 2 + Duration::from_secs(1),
-        async || match leaders(&cs).as_slice() {
-            [one] => Some(*one),
-            _ => None,
+        || async {
+            match leaders(&cs).as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            }
         },
     )
     .await;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vault_dr_tests::lab::process::pid_alive;
+use vault_dr_tests::lab::wait::try_wait_for;
 use vault_dr_tests::lab::{LabCluster, LabError};
 use vault_dr_tests::prometheus::PrometheusServer;
 
@@ -174,24 +175,28 @@ async fn snapshot_restores_into_another_cluster_and_a_node_restarts_without_unse
 
     // dst serves src's secret to src's root token.
     let url = dst.api_addr().join("v1/secret/data/app/db").unwrap();
-    let mut served = None;
-    while t.elapsed() < Duration::from_secs(25) {
-        let r = dst
-            .client()
-            .get(url.clone())
-            .header("X-Vault-Token", src.root_token().expose())
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status().as_u16() == 200
-        {
-            let v: Value = r.json().await.unwrap();
-            served = Some(v["data"]["data"].clone());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let served = try_wait_for(
+        "dst to serve src's secret",
+        Duration::from_secs(25).saturating_sub(t.elapsed()),
+        || async {
+            let r = dst
+                .client()
+                .get(url.clone())
+                .header("X-Vault-Token", src.root_token().expose())
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().as_u16() == 200 => {
+                    let v: Value = r.json().await.unwrap();
+                    Some(v["data"]["data"].clone())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await
+    .ok();
     let restore_time = t.elapsed();
     println!(
         "snapshot restore src -> dst serving after {:.2} s",
@@ -275,11 +280,11 @@ async fn ha_cluster_has_one_active_and_two_standbys_and_fails_over() {
     let killed_pid = ha.nodes()[active].pid().unwrap();
     let t = Instant::now();
     ha.nodes_mut()[active].kill();
-    let mut new_active = None;
-    while new_active.is_none() && t.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        new_active = ha.active_node().await;
-    }
+    let new_active = try_wait_for("a new active node", Duration::from_secs(30), || {
+        ha.active_node()
+    })
+    .await
+    .ok();
     println!(
         "HA failover after SIGKILL of the active node: {:.2} s",
         t.elapsed().as_secs_f64()

@@ -29,6 +29,7 @@ use url::Url;
 use vault_dr_agent::Config;
 use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
 use vault_dr_common::{DesiredState, NodeState, PromotionMode, Report, Role, Secret};
+use vault_dr_lab::wait::{wait_for, wait_for_every};
 use vault_dr_tests::agents::InProcessAgent;
 use vault_dr_tests::lab::LabCluster;
 
@@ -242,16 +243,11 @@ async fn wait_secret(
     timeout: Duration,
 ) -> Duration {
     let started = Instant::now();
-    loop {
-        if get(addr, token, path).await.as_ref() == Some(want) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "{path} did not appear at {addr} within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&format!("{path} to appear at {addr}"), timeout, || async {
+        get(addr, token, path).await.as_ref() == Some(want)
+    })
+    .await;
+    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,7 +414,8 @@ async fn on_promotion_mode_holds_snapshots_until_promoted_then_restores_and_cana
         r.applied_term == 1 && r.replication.replicated_index.is_some()
     })
     .await;
-    // An idle primary: nothing new, no further pull.
+    // An idle primary: nothing new, no further pull. (A sleep on purpose: it proves that
+    // nothing happens.)
     tokio::time::sleep(PULL * 3).await;
     assert_eq!(
         Agent::files(&a1.snapshot_dir, "snap").len(),
@@ -426,20 +423,26 @@ async fn on_promotion_mode_holds_snapshots_until_promoted_then_restores_and_cana
         "no pull while the primary applied nothing new"
     );
     // Writes on p: snapshots accumulate…
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // One write per poll, until three snapshots are there.
     let mut n = 0;
-    while Agent::files(&a1.snapshot_dir, "snap").len() < 3 {
-        assert!(Instant::now() < deadline, "snapshots accumulate");
-        put(
-            p.api_addr(),
-            &root,
-            &format!("onpromo/more/{n}"),
-            json!({"n": n}),
-        )
-        .await;
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_for_every(
+        Duration::from_millis(300),
+        "snapshots to accumulate",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let n = n - 1;
+            let (addr, root, dir) = (p.api_addr(), &root, &a1.snapshot_dir);
+            async move {
+                if Agent::files(dir, "snap").len() >= 3 {
+                    return true;
+                }
+                put(addr, root, &format!("onpromo/more/{n}"), json!({"n": n})).await;
+                false
+            }
+        },
+    )
+    .await;
     // …but s1's data is its own: p's token is unknown there, s1's root still works.
     assert_eq!(get(s1.api_addr(), &root, "onpromo/x").await, None);
     assert_eq!(get(s1.api_addr(), s1.root_token(), "onpromo/x").await, None);
@@ -483,7 +486,8 @@ async fn on_promotion_mode_holds_snapshots_until_promoted_then_restores_and_cana
         .await
         .unwrap();
     assert_eq!(v.pointer("/data/term"), Some(&json!(2)), "{v}");
-    // The same desired state again does nothing more.
+    // The same desired state again does nothing more. (A sleep on purpose: it proves that
+    // nothing happens.)
     let restores = a1.report().await.unwrap().replication.restored_index;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -537,7 +541,8 @@ async fn a_returning_ex_primary_quarantines_its_diverged_data_and_follows() {
         json!({"v": "new primary"}),
     )
     .await;
-    // p's agent does nothing while the failover is in progress.
+    // p's agent does nothing while the failover is in progress. (A sleep on purpose: it
+    // proves that nothing happens.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = ap.report().await.unwrap();
     assert_eq!(r.applied_term, 1);

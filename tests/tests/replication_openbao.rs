@@ -30,10 +30,15 @@ use tokio::sync::oneshot;
 use url::Url;
 use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
 use vault_dr_common::{Report, Secret};
-use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
+use vault_dr_coordinator::config::{TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::agents;
+use vault_dr_tests::coordinators::InProcessCoordinator;
 use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::lab::harness::{coordinator_file, failover_policy, in_process_config};
+use vault_dr_tests::lab::ports::reserve_loopback;
+use vault_dr_tests::lab::tools::built_binary;
+use vault_dr_tests::lab::wait::{try_wait_for, wait_for};
 
 /// The coordinator's bearer token (agents and CLI).
 const TOKEN: &str = "replication-it-token";
@@ -55,15 +60,7 @@ struct Group {
     stable: Url,
     client_token: Secret,
     http: reqwest::Client,
-    _coordinator: oneshot::Sender<()>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    _coordinator: InProcessCoordinator,
 }
 
 fn rand_u64() -> u64 {
@@ -118,36 +115,30 @@ impl Group {
         }
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
         std::fs::write(dir.path().join("dr.token"), dr_token.expose()).unwrap();
-        let port = free_port();
-        let traffic_port = free_port();
+        // The coordinator's listener is bound once and handed over; its traffic forwarder
+        // binds its own port.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let traffic_port = reserve_loopback().unwrap();
         let coordinator_url = format!("http://127.0.0.1:{port}");
-        let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nid = \"it\"\ntoken_file = \"token\"\n\
-             vault_token_file = \"dr.token\"\n\
-             [store]\npath = \"store.sqlite\"\n[coordination]\npath = \"coordination.json\"\n\
-             [traffic]\nbackend = \"local\"\nlisten = \"127.0.0.1:{traffic_port}\"\n\
-             [policy]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nconfirm = 2\n\
-             report_ttl = \"3s\"\ncooldown = \"0s\"\nmax_lag = \"60s\"\n"
+        let mut file = coordinator_file("it", format!("127.0.0.1:{port}"), &clusters, "p");
+        file.vault_token_file = Some("dr.token".into());
+        file.store.path = Some("store.sqlite".into());
+        file.coordination.path = Some("coordination.json".into());
+        file.traffic = TrafficFile {
+            backend: Some(TrafficBackend::Local),
+            listen: Some(format!("127.0.0.1:{traffic_port}")),
+            ..TrafficFile::default()
+        };
+        file.policy = failover_policy(
+            Duration::from_millis(500),
+            2,
+            Duration::from_secs(3),
+            Duration::ZERO,
         );
-        for c in &clusters {
-            text.push_str(&format!(
-                "[[clusters]]\nname = \"{0}\"\nrole = \"{1}\"\napi_addrs = [\"{2}\"]\nnodes = [\"{3}\"]\n",
-                c.name(),
-                if c.name() == "p" { "primary" } else { "secondary" },
-                c.api_addr(),
-                c.nodes()[0].name(),
-            ));
-        }
-        let env = BTreeMap::from([(
-            ENV_TOKEN_FILE.to_owned(),
-            dir.path().join("token").display().to_string(),
-        )]);
-        let config = Config::parse(&text, dir.path(), &env).unwrap();
-        let listener = TcpListener::bind(config.listen).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(vault_dr_coordinator::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        file.policy.max_lag = Some(Duration::from_secs(60));
+        let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
+        let coordinator = InProcessCoordinator::start(config, listener);
         let mut agents = BTreeMap::new();
         for c in &clusters {
             let a = start_agent(c, &coordinator_url, &dr_token, dir.path(), restore).await;
@@ -170,7 +161,7 @@ impl Group {
             stable: Url::parse(&format!("http://127.0.0.1:{traffic_port}")).unwrap(),
             client_token,
             http,
-            _coordinator: stop,
+            _coordinator: coordinator,
         }
     }
 
@@ -204,21 +195,13 @@ impl Group {
         timeout: Duration,
         pred: impl Fn(&Report) -> bool,
     ) -> Report {
-        let started = Instant::now();
-        let mut last = None;
-        loop {
-            if let Some(r) = self.report(cluster).await {
-                if pred(&r) {
-                    return r;
-                }
-                last = Some(r);
+        wait_for(&format!("{cluster}: {what}"), timeout, || async {
+            match self.report(cluster).await {
+                Some(r) if pred(&r) => Ok(r),
+                last => Err(format!("last report: {last:#?}")),
             }
-            assert!(
-                started.elapsed() < timeout,
-                "{cluster}: {what} not within {timeout:?}; last report: {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until the leader serves the stable address and every secondary is seeded.
@@ -229,36 +212,29 @@ impl Group {
             })
             .await;
         }
-        let started = Instant::now();
-        while write(&self.http, &self.stable, &self.client_token, "ready", "1")
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the stable address never reached p"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for(
+            "the stable address to reach p",
+            Duration::from_secs(30),
+            || write(&self.http, &self.stable, &self.client_token, "ready", "1"),
+        )
+        .await;
     }
 
     /// Waits for a finished failover to `term`; returns it.
     async fn wait_done(&self, term: u64, timeout: Duration) -> FailoverRecord {
-        let started = Instant::now();
-        loop {
-            let all: Vec<FailoverRecord> = self.api("v1/failovers").await.unwrap_or_default();
-            if let Some(r) = all
-                .iter()
-                .find(|r| r.term == term && r.status == FailoverStatus::Done)
-            {
-                return r.clone();
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "no finished failover to term {term} within {timeout:?}: {all:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for(
+            &format!("a finished failover to term {term}"),
+            timeout,
+            || async {
+                let all: Vec<FailoverRecord> = self.api("v1/failovers").await.unwrap_or_default();
+                let done = all
+                    .iter()
+                    .find(|r| r.term == term && r.status == FailoverStatus::Done)
+                    .cloned();
+                done.ok_or_else(|| format!("{all:#?}"))
+            },
+        )
+        .await
     }
 }
 
@@ -308,16 +284,11 @@ async fn read_eventually(
     want: &str,
     timeout: Duration,
 ) -> bool {
-    let started = Instant::now();
-    loop {
-        if read(http, addr, token, path).await.as_deref() == Some(want) {
-            return true;
-        }
-        if started.elapsed() > timeout {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    try_wait_for(&format!("{path} to read {want}"), timeout, || async {
+        read(http, addr, token, path).await.as_deref() == Some(want)
+    })
+    .await
+    .is_ok()
 }
 
 /// Every key of `keys` reads back through `addr`; the missing ones.
@@ -522,17 +493,6 @@ fn spawn_writer(http: reqwest::Client, stable: Url, token: Secret, prefix: &'sta
     (acked, stop, task)
 }
 
-fn vault_dr_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("vault-dr");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_a_restore() {
     let mut g = Group::start(RestoreMode::OnPromotion).await;
@@ -545,9 +505,14 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
         g.client_token.clone(),
         "sw",
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for(
+        "the writer's first acked writes",
+        Duration::from_secs(10),
+        || async { acked.lock().unwrap().len() >= 10 },
+    )
+    .await;
     let started = chrono::Utc::now();
-    let out = tokio::process::Command::new(vault_dr_binary())
+    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
         .args([
             "switchover",
             "--to",
@@ -585,7 +550,14 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
             "{step} printed: {printed}"
         );
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The writer goes on after the switchover: ten more acknowledged writes.
+    let before = acked.lock().unwrap().len();
+    wait_for(
+        "acked writes after the switchover",
+        Duration::from_secs(10),
+        || async { acked.lock().unwrap().len() >= before + 10 },
+    )
+    .await;
     let _ = stop.send(());
     let (failed, longest) = writer.await.unwrap();
     let done = g.wait_done(2, Duration::from_secs(10)).await;
@@ -635,7 +607,15 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
         write(http, stable, token, &k, &k).await.unwrap();
         second.push(k);
     }
-    tokio::time::sleep(PULL * 4).await;
+    // Every standby pulled the writes: a successful pull after the last one, and no lag.
+    let written = chrono::Utc::now();
+    for c in ["p", "s2", "s3"] {
+        g.wait_report(c, "a pull of the writes", PULL * 30, |r| {
+            r.replication.last_success_at.is_some_and(|at| at > written)
+                && r.replication.lag_entries == Some(0)
+        })
+        .await;
+    }
     for c in ["p", "s2", "s3"] {
         let r = g.report(c).await.unwrap();
         println!(

@@ -1,4 +1,4 @@
-//! Secret hygiene after a full failover (issue 8, scenario 8): a real DR group ([`DrGroup`]:
+//! Secret hygiene after a full failover (issue 8, scenario 8): a real DR group ([`Group`]:
 //! three OpenBao clusters with a shared static seal, one `vault-dr-agent` process per node, two
 //! `vault-dr coordinator` processes) loses its primary's `bao` process and fails over. Then the
 //! test provokes errors (wrong and misplaced tokens, malformed reports, bad CLI and agent
@@ -23,11 +23,14 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use url::Url;
+use vault_dr_coordinator::config::{ConfigFile, StoreFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
-use vault_dr_tests::lab::group::{
-    DrGroup, ENV_AGENT_BIN, ENV_COORDINATOR_BIN, GroupSpec, find_sibling,
-};
+use vault_dr_tests::lab::harness::Group;
+use vault_dr_tests::lab::harness::{coordinator_toml, write_coordinator_file};
+use vault_dr_tests::lab::ports::{closed_loopback, reserve_loopback};
 use vault_dr_tests::lab::process::ChildGuard;
+use vault_dr_tests::lab::tools::built_binary;
+use vault_dr_tests::lab::wait::try_wait_for;
 
 /// One secret and the byte strings it may show up as.
 struct Secret {
@@ -274,20 +277,18 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error() {
     let _turn = SERIAL.lock().await;
-    let spec = GroupSpec {
-        clusters: ["p", "s1", "s2"].map(String::from).to_vec(),
-        coordinators: 2,
-        traffic: false,
-        cooldown: Duration::from_secs(120),
-        ..GroupSpec::default()
-    };
-    let mut group = DrGroup::start(&spec)
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(2)
+        .traffic(false)
+        .policy(|p| p.cooldown = Duration::from_secs(120))
+        .start()
         .await
         .expect("the DR group starts (needs .tools/bin/bao: run scripts/setup.sh; and the built binaries: cargo build --workspace)");
     let http = group.http().clone();
     let run_dir = group.dir().to_path_buf();
-    let cli = find_sibling("vault-dr", ENV_COORDINATOR_BIN).unwrap();
-    let agent_bin = find_sibling("vault-dr-agent", ENV_AGENT_BIN).unwrap();
+    let cli = built_binary("vault-dr").unwrap();
+    let agent_bin = built_binary("vault-dr-agent").unwrap();
 
     // The secrets of this run.
     let mongo_password = format!("mongo-pw-{:032x}", rand_u128());
@@ -325,22 +326,21 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
     tokio::time::sleep(Duration::from_secs(3)).await;
     group.clusters_mut()[0].nodes_mut()[0].kill();
     let killed = Instant::now();
-    let done = loop {
-        let f: Vec<FailoverRecord> = group
-            .get_json(&leader, "v1/failovers")
-            .await
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        if let Some(r) = f.iter().find(|r| r.status == FailoverStatus::Done) {
-            break r.clone();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(90),
-            "no finished failover 90 s after the kill: {f:?} (logs in {})",
-            run_dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let done = try_wait_for(
+        "a finished failover after the kill",
+        Duration::from_secs(90),
+        || async {
+            let f: Vec<FailoverRecord> = group
+                .get_json(&leader, "v1/failovers")
+                .await
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            let done = f.iter().find(|r| r.status == FailoverStatus::Done).cloned();
+            done.ok_or_else(|| format!("{f:?}"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e} (logs in {})", run_dir.display()));
     println!(
         "failover {} done {:.1} s after the kill",
         done.id,
@@ -519,51 +519,29 @@ async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error(
     }
     // A coordinator whose MongoDB URI carries a password, pointing at a closed port: it must
     // complain about the store without showing the password, in its log and on its API.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mongo_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_loopback().unwrap();
+    let mongo_port = reserve_loopback().unwrap();
     let mongo_config = run_dir.join("mongo-coordinator.toml");
+    // The group's first coordinator file, read back as the coordinator's own type and changed.
     let original = std::fs::read_to_string(&group.coordinators()[0].config_path).unwrap();
-    let mut text = String::new();
-    let mut section = String::new();
-    for line in original.lines() {
-        if line.starts_with('[') {
-            section = line.to_owned();
-        }
-        let replaced = if line.starts_with("listen = ") && section.is_empty() {
-            format!("listen = \"127.0.0.1:{mongo_port}\"")
-        } else if line.starts_with("id = ") && section.is_empty() {
-            "id = \"mongo-hygiene\"".to_owned()
-        } else if section == "[policy]" && line.starts_with("confirm = ") {
-            // It must never act on the real clusters: it has no agents and never confirms.
-            "confirm = 100000".to_owned()
-        } else if section == "[store]" && line.starts_with("path = ") {
-            format!(
-                "mongodb_uri = \"mongodb://vaultdr:{mongo_password}@127.0.0.1:{closed}/?serverSelectionTimeoutMS=500&connectTimeoutMS=500\""
-            )
-        } else if section == "[coordination]" && line.starts_with("path = ") {
-            format!(
-                "path = \"{}\"",
-                run_dir.join("mongo-coordination.json").display()
-            )
-        } else {
-            line.to_owned()
-        };
-        text.push_str(&replaced);
-        text.push('\n');
-    }
+    let mut file = ConfigFile::parse(&original).unwrap();
+    file.listen = Some(format!("127.0.0.1:{mongo_port}"));
+    file.id = Some("mongo-hygiene".into());
+    // It must never act on the real clusters: it has no agents and never confirms.
+    file.policy.confirm = Some(100_000);
+    file.store = StoreFile {
+        mongodb_uri: Some(format!(
+            "mongodb://vaultdr:{mongo_password}@127.0.0.1:{closed}/?serverSelectionTimeoutMS=500&connectTimeoutMS=500"
+        )),
+        ..StoreFile::default()
+    };
+    file.coordination.path = Some(run_dir.join("mongo-coordination.json"));
+    let text = coordinator_toml(&file).unwrap();
     assert!(
         text.contains(&mongo_password),
         "the MongoDB URI went into the config"
     );
-    std::fs::write(&mongo_config, text).unwrap();
+    write_coordinator_file(&mongo_config, &file).unwrap();
     let mongo_log = run_dir.join("mongo-coordinator.log");
     // Logged at trace level (through `env`, which execs, so the guard's pid is the process).
     let env_bin = PathBuf::from("/usr/bin/env");
@@ -757,8 +735,8 @@ impl Drop for RemoveDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_drill_leaves_no_token_or_seal_key_in_its_output_logs_or_store() {
     let _turn = SERIAL.lock().await;
-    let cli = find_sibling("vault-dr", ENV_COORDINATOR_BIN).unwrap();
-    find_sibling("vault-dr-agent", ENV_AGENT_BIN).unwrap();
+    let cli = built_binary("vault-dr").unwrap();
+    built_binary("vault-dr-agent").unwrap();
     let (code, out) = run_for(
         &cli,
         &os(&[

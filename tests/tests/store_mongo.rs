@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vault_dr_lab::wait::wait_for;
 
 use chrono::Utc;
 use prometheus::Registry;
@@ -148,11 +149,10 @@ async fn the_buffered_store_rides_out_a_mongodb_outage() {
     assert!(took < Duration::from_millis(100), "21 writes took {took:?}");
 
     // Give the writer time to fail against the dead server.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(&registry, "vault_dr_coordinator_store_write_failures_total") < 1.0 {
-        assert!(Instant::now() < deadline, "no write failure seen");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("a write failure", Duration::from_secs(15), || async {
+        metric(&registry, "vault_dr_coordinator_store_write_failures_total") >= 1.0
+    })
+    .await;
     assert!(metric(&registry, "vault_dr_coordinator_store_backlog") > 0.0);
     // The journal step written during the outage is visible to the coordinator.
     assert_eq!(

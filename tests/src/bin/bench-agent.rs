@@ -13,7 +13,6 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -26,12 +25,6 @@ const GOAL_RSS_MIB: f64 = 15.0;
 const GOAL_CPU_PERCENT: f64 = 1.0;
 /// Goal: agent RSS / node-exporter RSS at most this.
 const GOAL_RSS_RATIO: f64 = 0.8;
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// VmRSS in KiB and utime+stime in clock ticks of `pid`.
 fn sample(pid: u32) -> Result<(u64, u64)> {
@@ -192,16 +185,10 @@ fn parse_seconds() -> Result<u64> {
 
 async fn bench() -> Result<bool> {
     let seconds = parse_seconds()?;
-    let root = tools::workspace_root().context("cannot find the workspace root")?;
-    let agent_bin = std::env::var_os("VAULT_DR_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/vault-dr-agent"));
-    if !agent_bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p vault-dr-agent` first",
-            agent_bin.display()
-        );
-    }
+    // The release agent: this bench runs as `cargo run --release --bin bench-agent`, so it is
+    // found beside this executable (or `$VAULT_DR_AGENT_BIN`).
+    let agent_bin = tools::built_binary("vault-dr-agent")
+        .context("run `cargo build --release -p vault-dr-agent` first")?;
     let exporter = tools::find("prometheus-node-exporter")
         .context("prometheus-node-exporter: run scripts/setup.sh")?;
 
@@ -224,7 +211,7 @@ async fn bench() -> Result<bool> {
     let coord_url = format!("http://{}", coord.local_addr()?);
     tokio::spawn(fake_coordinator(coord));
 
-    let agent_port = free_port()?;
+    let agent_port = vault_dr_tests::lab::ports::reserve_loopback()?;
     let agent_args: Vec<OsString> = [
         "--vault-addr",
         cluster.api_addr().as_str(),
@@ -254,7 +241,7 @@ async fn bench() -> Result<bool> {
         &agent_args,
         &dir.path().join("agent.log"),
     )?;
-    let exporter_port = free_port()?;
+    let exporter_port = vault_dr_tests::lab::ports::reserve_loopback()?;
     let exporter_args = vec![OsString::from(format!(
         "--web.listen-address=127.0.0.1:{exporter_port}"
     ))];

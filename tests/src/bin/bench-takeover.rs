@@ -102,10 +102,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn closed_port_url() -> Result<url::Url> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    // The listener is dropped at once: nothing answers there.
+    let port = vault_dr_tests::lab::ports::closed_loopback()?;
+    // Nothing answers there.
     Ok(url::Url::parse(&format!("http://127.0.0.1:{port}"))?)
 }
 
@@ -176,8 +174,11 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
                 primary: false,
             },
         ],
-        policy: "probe_interval = \"500ms\"\nprobe_timeout = \"300ms\"\n".into(),
-        coordination: String::new(),
+        policy: vault_dr_tests::coordinators::probe_policy(
+            Duration::from_millis(500),
+            Duration::from_millis(300),
+        ),
+        coordination: vault_dr_coordinator::config::CoordinationFile::default(),
         vault_token: None,
     };
     let mut group = CoordinatorGroup::new(&spec, program.to_path_buf(), prefix.to_vec())?;
@@ -205,7 +206,7 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
         RENEW,
         vault_dr_coordinator::leader::FOLLOWER_POLL,
     );
-    group.start_all()?;
+    group.start_all().await?;
     let mut rounds = Vec::new();
     for n in 0..kills {
         let (leader, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
@@ -244,7 +245,7 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
             round.ready
         );
         rounds.push(round);
-        group.start(leader, &[])?;
+        group.start(leader, &[]).await?;
     }
     let mut lease: Vec<f64> = rounds.iter().map(|r| r.lease_moved).collect();
     let mut ready: Vec<f64> = rounds.iter().map(|r| r.ready).collect();
