@@ -186,7 +186,7 @@ fn write_config(dir: &Path, port: u16, agents: usize) -> Result<(), crate::LabEr
     };
     file.store.path = Some("store.sqlite".into());
     file.coordination.path = Some("coordination.json".into());
-    crate::harness::write_coordinator_file(&dir.join("config.toml"), &file)
+    crate::coordinator_file::write_coordinator_file(&dir.join("config.toml"), &file)
 }
 
 /// The shared healthy report (`test_util::report`) of node `node` of cluster `c<cluster>`: the

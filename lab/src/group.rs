@@ -26,8 +26,8 @@ use vault_dr_coordinator::config::{
 };
 
 use super::LabCluster;
+use super::coordinator_file::{coordinator_file, failover_policy, write_coordinator_file};
 use super::error::LabError;
-use super::harness::{coordinator_file, failover_policy, write_coordinator_file};
 use super::openbao::NodeHost;
 use super::ports;
 use super::process::ChildGuard;

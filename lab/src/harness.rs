@@ -18,23 +18,21 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`coordinator_file`]
-//! builds the coordinator's own serialisable file form ([`ConfigFile`]) for a set of lab
-//! clusters, and callers set the sections they care about (store, coordination, traffic,
-//! policy) on the value. A coordinator process gets it as TOML ([`write_coordinator_file`],
-//! `toml::to_string` of that value); an in-process one gets it validated
-//! ([`ConfigFile::validate`]). No coordinator TOML is written by hand.
+//! [`coordinator_file`] (from `crate::coordinator_file`, re-exported here) builds the
+//! coordinator's own serialisable file form for a set of lab clusters, and callers set the
+//! sections they care about (store, coordination, traffic, policy) on the value. A coordinator
+//! process gets it as TOML ([`write_coordinator_file`]); an in-process one gets it validated
+//! ([`in_process_config`]). No coordinator TOML is written by hand.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use vault_dr_coordinator::config::{
-    ClusterFile, ClusterRole, Config, ConfigFile, ENV_TOKEN_FILE, PolicyFile,
+pub use crate::coordinator_file::{
+    cluster_file, coordinator_file, coordinator_toml, failover_policy, in_process_config,
+    write_coordinator_file,
 };
 
+use super::LabError;
 use super::group::{DrGroup, GroupSpec, Placement, PromotionMode, RestoreMode};
-use super::{LabCluster, LabError};
 
 /// A running DR group (see [`DrGroup`] for what it offers).
 pub type Group = DrGroup;
@@ -172,101 +170,4 @@ impl GroupBuilder {
     pub fn group_spec(&self) -> &GroupSpec {
         &self.spec
     }
-}
-
-/// A coordinator file for `clusters` (the one named `primary` is the primary of term 1, every
-/// node listed with its API address), listening on `listen`, with the id `id`; every other
-/// setting at its default.
-pub fn coordinator_file(
-    id: &str,
-    listen: impl std::fmt::Display,
-    clusters: &[LabCluster],
-    primary: &str,
-) -> ConfigFile {
-    ConfigFile {
-        listen: Some(listen.to_string()),
-        id: Some(id.to_owned()),
-        clusters: clusters
-            .iter()
-            .map(|c| cluster_file(c, c.name() == primary))
-            .collect(),
-        ..ConfigFile::default()
-    }
-}
-
-/// One `[[clusters]]` entry for a lab cluster: its nodes' names and API addresses.
-pub fn cluster_file(cluster: &LabCluster, primary: bool) -> ClusterFile {
-    ClusterFile {
-        name: cluster.name().to_owned(),
-        role: if primary {
-            ClusterRole::Primary
-        } else {
-            ClusterRole::Secondary
-        },
-        api_addrs: cluster
-            .nodes()
-            .iter()
-            .map(|n| n.api_addr().to_string())
-            .collect(),
-        nodes: cluster
-            .nodes()
-            .iter()
-            .map(|n| n.name().to_owned())
-            .collect(),
-        priority: 0,
-        excluded: false,
-        selector: BTreeMap::new(),
-    }
-}
-
-/// The `[policy]` of the failover tests: probe every `probe_interval` (timeout 80 % of it),
-/// `confirm` agreeing ticks, reports fresh for `report_ttl`, `cooldown` after a failover.
-pub fn failover_policy(
-    probe_interval: Duration,
-    confirm: u32,
-    report_ttl: Duration,
-    cooldown: Duration,
-) -> PolicyFile {
-    PolicyFile {
-        probe_interval: Some(probe_interval),
-        probe_timeout: Some(probe_interval.mul_f64(0.8)),
-        confirm: Some(confirm),
-        report_ttl: Some(report_ttl),
-        cooldown: Some(cooldown),
-        ..PolicyFile::default()
-    }
-}
-
-/// `file` as TOML (`toml::to_string` of the coordinator's own type).
-pub fn coordinator_toml(file: &ConfigFile) -> Result<String, LabError> {
-    file.to_toml()
-        .map_err(|e| LabError::Invalid(format!("serialise a coordinator file: {e}")))
-}
-
-/// Writes `file` as TOML to `path` (owner-only: it names token files and maybe a MongoDB URI).
-pub fn write_coordinator_file(path: &Path, file: &ConfigFile) -> Result<(), LabError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let text = coordinator_toml(file)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| LabError::io(format!("create {}", path.display()), e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| LabError::io(format!("write {}", path.display()), e))
-}
-
-/// `file` validated for an in-process coordinator (`vault_dr_coordinator::run`): relative
-/// paths against `dir`, the bearer token read from `token_file`.
-pub fn in_process_config(
-    file: ConfigFile,
-    dir: &Path,
-    token_file: &Path,
-) -> Result<Config, LabError> {
-    let env = BTreeMap::from([(ENV_TOKEN_FILE.to_owned(), token_file.display().to_string())]);
-    file.validate(dir, &env)
-        .map_err(|e| LabError::Invalid(format!("coordinator config: {e}")))
 }

@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod coordinator_file;
 pub mod drill;
 pub mod error;
 pub mod group;
