@@ -41,7 +41,10 @@ done
 [[ -n "${VAULT_DR_MONGODB_URI:-}" ]] && features=(--no-default-features --features vault-dr-coordinator/mongodb)
 
 build_rc=0
-cargo build "${features[@]}" --bin vault-dr-lab --bin vault-dr --bin vault-dr-agent || build_rc=$?
+# Packages named with -p (not --bin): with --bin cargo resolves features for the whole workspace,
+# and the tests crate would switch the Kubernetes and MongoDB backends back on.
+cargo build "${features[@]}" -p vault-dr-lab -p vault-dr-coordinator -p vault-dr-agent --bins \
+    || build_rc=$?
 
 setup_rc=0
 wait "$setup_pid" || setup_rc=$?
