@@ -43,8 +43,8 @@ done
 build_rc=0
 # Packages named with -p (not --bin): with --bin cargo resolves features for the whole workspace,
 # and the tests crate would switch the Kubernetes and MongoDB backends back on.
-cargo build "${features[@]}" -p vault-dr-lab -p vault-dr-coordinator -p vault-dr-agent --bins \
-    || build_rc=$?
+cargo build "${features[@]}" -p vault-dr-lab -p vault-dr-coordinator -p vault-dr-agent \
+    --bin vault-dr-lab --bin vault-dr --bin vault-dr-agent || build_rc=$?
 
 setup_rc=0
 wait "$setup_pid" || setup_rc=$?

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p vault-dr-agent
-//! cargo run --release -p vault-dr-tests --bin bench-agent -- --seconds 60
+//! cargo run --release -p vault-dr-lab --bin bench-agent -- --seconds 60
 //! ```
 //!
 //! Both processes are scraped once a second (as a 1 s Prometheus would), the agent also sends
@@ -16,8 +16,8 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use vault_dr_tests::lab::process::ChildGuard;
-use vault_dr_tests::lab::{LabCluster, tools};
+use vault_dr_lab::process::ChildGuard;
+use vault_dr_lab::{LabCluster, tools};
 
 /// Goal: agent RSS at most this many MiB.
 const GOAL_RSS_MIB: f64 = 15.0;
@@ -211,7 +211,7 @@ async fn bench() -> Result<bool> {
     let coord_url = format!("http://{}", coord.local_addr()?);
     tokio::spawn(fake_coordinator(coord));
 
-    let agent_port = vault_dr_tests::lab::ports::reserve_loopback()?;
+    let agent_port = vault_dr_lab::ports::reserve_loopback()?;
     let agent_args: Vec<OsString> = [
         "--vault-addr",
         cluster.api_addr().as_str(),
@@ -241,7 +241,7 @@ async fn bench() -> Result<bool> {
         &agent_args,
         &dir.path().join("agent.log"),
     )?;
-    let exporter_port = vault_dr_tests::lab::ports::reserve_loopback()?;
+    let exporter_port = vault_dr_lab::ports::reserve_loopback()?;
     let exporter_args = vec![OsString::from(format!(
         "--web.listen-address=127.0.0.1:{exporter_port}"
     ))];

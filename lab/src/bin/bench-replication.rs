@@ -1,7 +1,7 @@
 //! `bench-replication`: the snapshot backend against real OpenBao.
 //!
 //! ```text
-//! cargo run --release -p vault-dr-tests --bin bench-replication -- [--secrets 10000] [--seconds 60] [--rate 50]
+//! cargo run --release -p vault-dr-lab --bin bench-replication -- [--secrets 10000] [--seconds 60] [--rate 50]
 //! ```
 //!
 //! 1. Lag: p holds `--secrets` KV v2 secrets; an in-process agent on s1 (`--replication
@@ -27,7 +27,7 @@ use url::Url;
 use vault_dr_agent::Config;
 use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
 use vault_dr_common::{DesiredState, PromotionMode, Report, Role, Secret};
-use vault_dr_tests::lab::{LabCluster, tools};
+use vault_dr_lab::{LabCluster, tools};
 
 /// Goal: our restore time / bao's at most this.
 const GOAL_RATIO: f64 = 1.2;
