@@ -1,6 +1,24 @@
 //! [`CoordinatorGroup`]: several `vault-dr coordinator` processes sharing one coordination
 //! backend (the local file, or a Kubernetes Lease and ConfigMap) and one embedded store, for the
-//! high-availability tests and the takeover benchmark.
+//! high-availability tests and the takeover benchmark. Such a group is built only through the
+//! one group builder, [`vault_dr_lab::harness::Group::builder`], turned into its
+//! high-availability form with [`HaGroups::ha`]:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), vault_dr_tests::coordinators::HaError> {
+//! use vault_dr_lab::harness::Group;
+//! use vault_dr_tests::coordinators::{Backend, HaGroups};
+//! let mut lab = Group::builder()
+//!     .clusters(["p", "s1", "s2"])
+//!     .coordinators(3)
+//!     .ha(Backend::Local)
+//!     .start()
+//!     .await?;
+//! lab.group.start(0, &[("VAULT_DR_FAILPOINT", "crash-after:fenced")]).await?;
+//! lab.group.start_all().await?;
+//! lab.start_agents().await?;
+//! # Ok(()) }
+//! ```
 //!
 //! Every replica is a real process under a [`ChildGuard`] (dies with the guard, also on panic,
 //! and with the owning process), started through `sh -c 'ulimit -c 0; exec env VAR=… prog …'`
@@ -20,7 +38,7 @@ use vault_dr_coordinator::config::{
     ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, PolicyFile,
     StoreFile,
 };
-use vault_dr_lab::harness::write_coordinator_file;
+use vault_dr_lab::harness::{GroupBuilder, write_coordinator_file};
 use vault_dr_lab::wait::try_wait_for;
 
 /// The bearer token every replica of a group accepts (tests only).
@@ -72,31 +90,31 @@ pub enum Backend {
 
 /// One cluster of the DR group as the coordinators' configuration names it.
 #[derive(Debug, Clone)]
-pub struct ClusterSpec {
+struct ClusterSpec {
     /// Cluster name.
-    pub name: String,
+    name: String,
     /// API address.
-    pub api_addr: Url,
+    api_addr: Url,
     /// Whether it starts as the primary.
-    pub primary: bool,
+    primary: bool,
 }
 
-/// What to start.
+/// What [`HaGroupBuilder::start`] hands [`CoordinatorGroup::new`].
 #[derive(Debug, Clone)]
-pub struct GroupSpec {
+struct GroupSpec {
     /// Coordination backend.
-    pub backend: Backend,
+    backend: Backend,
     /// Number of replicas (ids `c1`, `c2`, …).
-    pub replicas: usize,
+    replicas: usize,
     /// The DR group.
-    pub clusters: Vec<ClusterSpec>,
+    clusters: Vec<ClusterSpec>,
     /// The `[policy]` table.
-    pub policy: PolicyFile,
+    policy: PolicyFile,
     /// Further `[coordination]` settings (e.g. lease times); the backend's own keys are set
     /// from [`GroupSpec::backend`].
-    pub coordination: CoordinationFile,
+    coordination: CoordinationFile,
     /// DR token the coordinators use against OpenBao (fencing, canary), if any.
-    pub vault_token: Option<String>,
+    vault_token: Option<String>,
 }
 
 /// One replica.
@@ -139,8 +157,8 @@ pub struct CoordinatorGroup {
 impl CoordinatorGroup {
     /// Writes every replica's configuration (nothing starts yet). `program` and `prefix` run a
     /// coordinator as `program prefix… coordinator --config FILE` (the `vault-dr` binary with
-    /// no prefix).
-    pub fn new(spec: &GroupSpec, program: PathBuf, prefix: Vec<OsString>) -> Result<Self, HaError> {
+    /// no prefix). Built by [`HaGroupBuilder::start`].
+    fn new(spec: &GroupSpec, program: PathBuf, prefix: Vec<OsString>) -> Result<Self, HaError> {
         let dir = tempfile::tempdir().map_err(io("temporary directory"))?;
         std::fs::write(dir.path().join("token"), TOKEN).map_err(io("write the token file"))?;
         if let Some(t) = &spec.vault_token {
@@ -494,8 +512,9 @@ pub fn probe_policy(interval: Duration, timeout: Duration) -> PolicyFile {
 pub const DR_TOKEN: &str = "vault-dr-ha-test-dr-token";
 
 /// A DR group of real single-node OpenBao clusters (the first is the primary), each with the
-/// DR token, a coordinator group in front (not started yet), and one in-process agent per
-/// cluster (started with [`DrLab::start_agents`]).
+/// DR token unless told otherwise, a coordinator group in front (not started yet), and one
+/// in-process agent per cluster (started with [`DrLab::start_agents`]); what
+/// [`HaGroupBuilder::start`] hands back.
 #[derive(Debug)]
 pub struct DrLab {
     /// The clusters, the primary first.
@@ -509,42 +528,6 @@ pub struct DrLab {
 }
 
 impl DrLab {
-    /// Starts the clusters and writes the coordinator configurations.
-    pub async fn start(names: &[&str], backend: Backend, replicas: usize) -> Result<Self, HaError> {
-        let clusters = crate::lab::LabCluster::start_group_with(names, true, None).await?;
-        let dr_token = vault_dr_common::Secret::new(DR_TOKEN);
-        for c in &clusters {
-            c.create_dr_token(&dr_token).await?;
-        }
-        let spec = GroupSpec {
-            backend,
-            replicas,
-            clusters: clusters
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ClusterSpec {
-                    name: c.name().to_owned(),
-                    api_addr: c.api_addr().clone(),
-                    primary: i == 0,
-                })
-                .collect(),
-            policy: failover_policy(),
-            coordination: CoordinationFile::default(),
-            vault_token: Some(DR_TOKEN.into()),
-        };
-        let group = CoordinatorGroup::new(
-            &spec,
-            crate::lab::tools::built_binary("vault-dr")?,
-            Vec::new(),
-        )?;
-        Ok(Self {
-            clusters,
-            group,
-            agents: std::collections::BTreeMap::new(),
-            dr_token,
-        })
-    }
-
     /// Starts one agent per cluster, each given every coordinator URL in id order.
     pub async fn start_agents(&mut self) -> Result<(), HaError> {
         self.start_agents_with_last(None).await
@@ -649,6 +632,142 @@ impl DrLab {
         })
         .await;
         ready.map_err(|t| HaError::Timeout(format!("{t}\n{}", self.group.logs())))
+    }
+}
+
+/// What [`HaGroups::ha`] adds to the one group builder ([`GroupBuilder`]): coordinator
+/// replicas as processes sharing `backend`, and in-process agents. Its clusters (names, the
+/// first the primary, and placement) and replica count ([`GroupBuilder::coordinators`]) come
+/// from the group builder; [`HaGroupBuilder::start`] starts the clusters and writes every
+/// replica's configuration, and the test starts replicas one by one (each with its own
+/// environment) through [`DrLab::group`] and the agents with [`DrLab::start_agents`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HaGroupBuilder {
+    base: GroupBuilder,
+    backend: Backend,
+    policy: PolicyFile,
+    coordination: CoordinationFile,
+    dr_token: bool,
+    program: Option<(PathBuf, Vec<OsString>)>,
+    addresses: Option<Vec<Url>>,
+}
+
+/// The high-availability form of the group builder.
+pub trait HaGroups {
+    /// Coordinator replicas coordinating through `backend` (the failover policy
+    /// [`failover_policy`], the DR token on every cluster, unless told otherwise). Of the group
+    /// builder's settings the clusters, the coordinator count and the placements apply; the
+    /// replicas' policy is [`HaGroupBuilder::policy_file`], and the agents are in-process ones
+    /// ([`DrLab::start_agents`]).
+    fn ha(self, backend: Backend) -> HaGroupBuilder;
+}
+
+impl HaGroups for GroupBuilder {
+    fn ha(self, backend: Backend) -> HaGroupBuilder {
+        HaGroupBuilder {
+            base: self,
+            backend,
+            policy: failover_policy(),
+            coordination: CoordinationFile::default(),
+            dr_token: true,
+            program: None,
+            addresses: None,
+        }
+    }
+}
+
+impl HaGroupBuilder {
+    /// The replicas' `[policy]` table.
+    pub fn policy_file(mut self, policy: PolicyFile) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Further `[coordination]` settings (e.g. lease times).
+    pub fn coordination(mut self, coordination: CoordinationFile) -> Self {
+        self.coordination = coordination;
+        self
+    }
+
+    /// Whether every cluster gets the DR token and the replicas use it (the default).
+    pub fn dr_token(mut self, dr_token: bool) -> Self {
+        self.dr_token = dr_token;
+        self
+    }
+
+    /// Runs a replica as `program prefix… coordinator --config FILE` (default: the built
+    /// `vault-dr` with no prefix).
+    pub fn program(mut self, program: PathBuf, prefix: Vec<OsString>) -> Self {
+        self.program = Some((program, prefix));
+        self
+    }
+
+    /// Starts no OpenBao: the clusters are named at these API addresses (in cluster order).
+    pub fn addresses(mut self, addresses: Vec<Url>) -> Self {
+        self.addresses = Some(addresses);
+        self
+    }
+
+    /// Starts the clusters (with the DR token) and writes the replicas' configurations; no
+    /// replica and no agent runs yet.
+    pub async fn start(self) -> Result<DrLab, HaError> {
+        let base = self.base.group_spec();
+        let names: Vec<&str> = base.clusters.iter().map(String::as_str).collect();
+        let dr_token = vault_dr_common::Secret::new(DR_TOKEN);
+        let (clusters, addresses) = match self.addresses {
+            Some(addresses) => {
+                if addresses.len() != names.len() {
+                    return Err(HaError::Timeout(format!(
+                        "{} addresses for {} clusters",
+                        addresses.len(),
+                        names.len()
+                    )));
+                }
+                (Vec::new(), addresses)
+            }
+            None => {
+                let placed: Vec<(&str, crate::lab::openbao::NodeHost)> = names
+                    .iter()
+                    .map(|n| (*n, base.placements.get(*n).cloned().unwrap_or_default()))
+                    .collect();
+                let clusters = crate::lab::LabCluster::start_group_on(&placed, true, None).await?;
+                if self.dr_token {
+                    for c in &clusters {
+                        c.create_dr_token(&dr_token).await?;
+                    }
+                }
+                let addresses = clusters.iter().map(|c| c.api_addr().clone()).collect();
+                (clusters, addresses)
+            }
+        };
+        let spec = GroupSpec {
+            backend: self.backend,
+            replicas: base.coordinators,
+            clusters: names
+                .iter()
+                .zip(addresses)
+                .enumerate()
+                .map(|(i, (name, api_addr))| ClusterSpec {
+                    name: (*name).to_owned(),
+                    api_addr,
+                    primary: i == 0,
+                })
+                .collect(),
+            policy: self.policy,
+            coordination: self.coordination,
+            vault_token: self.dr_token.then(|| DR_TOKEN.to_owned()),
+        };
+        let (program, prefix) = match self.program {
+            Some(p) => p,
+            None => (crate::lab::tools::built_binary("vault-dr")?, Vec::new()),
+        };
+        Ok(DrLab {
+            clusters,
+            group: CoordinatorGroup::new(&spec, program, prefix)?,
+            agents: std::collections::BTreeMap::new(),
+            dr_token,
+        })
     }
 }
 

@@ -834,60 +834,31 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
 /// isolated; the next leader must finish the failover, each step exactly once.
 async fn leader_killed_at(moment: &str, failpoint: &str) {
     use vault_dr_coordinator::config::CoordinationFile;
-    use vault_dr_tests::coordinators::{
-        Backend, ClusterSpec, CoordinatorGroup, DR_TOKEN, DrLab, GroupSpec, failover_policy,
-    };
+    use vault_dr_lab::harness::Group;
+    use vault_dr_tests::coordinators::{Backend, HaGroups};
     let net = Net::create().expect("create a bridge (run as root; see scripts/setup.sh)");
     let names = ["p", "s1", "s2"];
     let hosts: Vec<Host> = names.iter().map(|n| net.host(n).unwrap()).collect();
-    let placed: Vec<(&str, NodeHost)> = names
-        .iter()
-        .zip(&hosts)
-        .map(|(n, h)| {
-            (
-                *n,
-                NodeHost {
-                    ip: h.ip().into(),
-                    prefix: h.exec_prefix(),
-                },
-            )
-        })
-        .collect();
-    let clusters = LabCluster::start_group_on(&placed, true, None)
-        .await
-        .expect("start OpenBao in namespaces (needs .tools/bin/bao: run scripts/setup.sh)");
-    let dr_token = vault_dr_common::Secret::new(DR_TOKEN);
-    for c in &clusters {
-        c.create_dr_token(&dr_token).await.unwrap();
+    let mut builder = Group::builder().clusters(names).coordinators(3);
+    for (n, h) in names.iter().zip(&hosts) {
+        builder = builder.placement(
+            n,
+            NodeHost {
+                ip: h.ip().into(),
+                prefix: h.exec_prefix(),
+            },
+        );
     }
-    let spec = GroupSpec {
-        backend: Backend::Local,
-        replicas: 3,
-        clusters: clusters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ClusterSpec {
-                name: c.name().to_owned(),
-                api_addr: c.api_addr().clone(),
-                primary: i == 0,
-            })
-            .collect(),
-        policy: failover_policy(),
-        coordination: CoordinationFile {
+    let mut lab = builder
+        .ha(Backend::Local)
+        .coordination(CoordinationFile {
             lease_duration: Some(Duration::from_secs(3)),
             renew_period: Some(Duration::from_secs(1)),
             ..CoordinationFile::default()
-        },
-        vault_token: Some(DR_TOKEN.into()),
-    };
-    let group =
-        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
-    let mut lab = DrLab {
-        clusters,
-        group,
-        agents: BTreeMap::new(),
-        dr_token,
-    };
+        })
+        .start()
+        .await
+        .expect("start OpenBao in namespaces (needs .tools/bin/bao: run scripts/setup.sh)");
     lab.group
         .start(0, &[("VAULT_DR_FAILPOINT", failpoint)])
         .await

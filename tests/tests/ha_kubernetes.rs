@@ -15,14 +15,10 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use std::time::{Duration, Instant};
-use vault_dr_coordinator::config::CoordinationFile;
-use vault_dr_lab::tools::built_binary;
+use vault_dr_lab::harness::Group;
 use vault_dr_lab::wait::try_wait_for_every;
-use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, GroupSpec, probe_policy, write_kubeconfig,
-};
+use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy, write_kubeconfig};
 use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
-use vault_dr_tests::lab::LabCluster;
 
 /// The default lease (the group runs with the default coordination settings).
 const LEASE: Duration = Duration::from_secs(5);
@@ -50,31 +46,24 @@ async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
         None => std::env::var(ENV_KUBECONFIG).unwrap().into(),
     };
     let lease_name = kube.name("vault-dr-coordinator");
-    let clusters = LabCluster::start_group_with(&["p", "s1"], true, None)
-        .await
-        .unwrap();
-    let spec = GroupSpec {
-        backend: Backend::Kubernetes {
+    let mut lab = Group::builder()
+        .clusters(["p", "s1"])
+        .coordinators(3)
+        .ha(Backend::Kubernetes {
             kubeconfig,
             namespace: kube.namespace.clone(),
             lease_name: lease_name.clone(),
             configmap_name: kube.name("vault-dr-topology"),
-        },
-        replicas: 3,
-        clusters: clusters
-            .iter()
-            .map(|c| ClusterSpec {
-                name: c.name().to_owned(),
-                api_addr: c.api_addr().clone(),
-                primary: c.name() == "p",
-            })
-            .collect(),
-        policy: probe_policy(Duration::from_millis(500), Duration::from_millis(400)),
-        coordination: CoordinationFile::default(),
-        vault_token: None,
-    };
-    let mut group =
-        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
+        })
+        .policy_file(probe_policy(
+            Duration::from_millis(500),
+            Duration::from_millis(400),
+        ))
+        .dr_token(false)
+        .start()
+        .await
+        .unwrap();
+    let group = &mut lab.group;
     group.start_all().await.unwrap();
     let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
         Ok(l) => l,

@@ -14,17 +14,14 @@
 
 use std::time::{Duration, Instant};
 use vault_dr_common::NodeState;
-use vault_dr_coordinator::config::CoordinationFile;
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_lab::harness::Group;
 use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::{try_wait_for, try_wait_for_every, wait_for};
-use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, DrLab, GroupSpec, probe_policy, sample,
-};
-use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::coordinators::{Backend, CoordinatorGroup, HaGroups, probe_policy, sample};
 
 /// The default lease (the group runs with the default coordination settings).
 const LEASE: Duration = Duration::from_secs(5);
@@ -54,26 +51,19 @@ fn replica_row<'a>(status: &'a str, id: &str) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus_one_second() {
-    let clusters = LabCluster::start_group_with(&["p", "s1"], true, None)
+    let mut lab = Group::builder()
+        .clusters(["p", "s1"])
+        .coordinators(3)
+        .ha(Backend::Local)
+        .policy_file(probe_policy(
+            Duration::from_millis(500),
+            Duration::from_millis(400),
+        ))
+        .dr_token(false)
+        .start()
         .await
         .unwrap();
-    let spec = GroupSpec {
-        backend: Backend::Local,
-        replicas: 3,
-        clusters: clusters
-            .iter()
-            .map(|c| ClusterSpec {
-                name: c.name().to_owned(),
-                api_addr: c.api_addr().clone(),
-                primary: c.name() == "p",
-            })
-            .collect(),
-        policy: probe_policy(Duration::from_millis(500), Duration::from_millis(400)),
-        coordination: CoordinationFile::default(),
-        vault_token: None,
-    };
-    let mut group =
-        CoordinatorGroup::new(&spec, built_binary("vault-dr").unwrap(), Vec::new()).unwrap();
+    let group = &mut lab.group;
     group.start_all().await.unwrap();
     let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
         Ok(l) => l,
@@ -108,7 +98,7 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
         }
     }
 
-    let text = status(&group).await;
+    let text = status(group).await;
     println!("{text}");
     assert!(
         text.lines()
@@ -166,7 +156,7 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
         Some(1.0)
     );
 
-    let text = status(&group).await;
+    let text = status(group).await;
     println!("{text}");
     assert!(
         text.lines()
@@ -192,7 +182,11 @@ async fn killing_the_leader_hands_the_lease_to_another_replica_within_lease_plus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_leader_step_by_step_once()
  {
-    let mut lab = DrLab::start(&["p", "s1", "s2"], Backend::Local, 3)
+    let mut lab = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(3)
+        .ha(Backend::Local)
+        .start()
         .await
         .unwrap();
     // c1 leads first, armed to abort right after Fenced completes; the others start later.

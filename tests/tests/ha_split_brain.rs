@@ -22,7 +22,8 @@ use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::model::{Decision, DecisionRecord};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
-use vault_dr_tests::coordinators::{Backend, DrLab, sample};
+use vault_dr_lab::harness::Group;
+use vault_dr_tests::coordinators::{Backend, HaGroups, sample};
 use vault_dr_tests::lab::process::Signal;
 use vault_dr_tests::lab::wait::{try_wait_for, try_wait_for_every};
 
@@ -48,7 +49,11 @@ async fn a_leader_frozen_in_the_middle_of_its_failover_cannot_promote_a_second_t
 }
 
 async fn split_brain(freeze: Freeze) {
-    let mut lab = DrLab::start(&["p", "s1", "s2"], Backend::Local, 3)
+    let mut lab = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(3)
+        .ha(Backend::Local)
+        .start()
         .await
         .unwrap();
     lab.group.start_all().await.unwrap();

@@ -28,9 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
-use vault_dr_tests::coordinators::{
-    Backend, ClusterSpec, CoordinatorGroup, GroupSpec, write_kubeconfig,
-};
+use vault_dr_lab::harness::Group;
+use vault_dr_tests::coordinators::{Backend, HaGroups, write_kubeconfig};
 use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, TestKube, test_client};
 
 /// The default lease settings of the coordinator (not overridden here).
@@ -159,29 +158,20 @@ async fn bench(which: Which, kills: usize, program: &Path, prefix: &[OsString]) 
             backend
         }
     };
-    let spec = GroupSpec {
-        backend: backend.clone(),
-        replicas: 3,
-        clusters: vec![
-            ClusterSpec {
-                name: "p".into(),
-                api_addr: closed_port_url()?,
-                primary: true,
-            },
-            ClusterSpec {
-                name: "s1".into(),
-                api_addr: closed_port_url()?,
-                primary: false,
-            },
-        ],
-        policy: vault_dr_tests::coordinators::probe_policy(
+    let mut lab = Group::builder()
+        .clusters(["p", "s1"])
+        .coordinators(3)
+        .ha(backend.clone())
+        .addresses(vec![closed_port_url()?, closed_port_url()?])
+        .policy_file(vault_dr_tests::coordinators::probe_policy(
             Duration::from_millis(500),
             Duration::from_millis(300),
-        ),
-        coordination: vault_dr_coordinator::config::CoordinationFile::default(),
-        vault_token: None,
-    };
-    let mut group = CoordinatorGroup::new(&spec, program.to_path_buf(), prefix.to_vec())?;
+        ))
+        .dr_token(false)
+        .program(program.to_path_buf(), prefix.to_vec())
+        .start()
+        .await?;
+    let group = &mut lab.group;
     let observer = match (&backend, &kube) {
         (Backend::Kubernetes { lease_name, .. }, Some(k)) => Observer::Kubernetes {
             leases: Api::namespaced(k.client.clone(), &k.namespace),
