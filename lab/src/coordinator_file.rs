@@ -83,18 +83,7 @@ pub fn coordinator_toml(file: &ConfigFile) -> Result<String, LabError> {
 
 /// Writes `file` as TOML to `path` (owner-only: it names token files and maybe a MongoDB URI).
 pub fn write_coordinator_file(path: &Path, file: &ConfigFile) -> Result<(), LabError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let text = coordinator_toml(file)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| LabError::io(format!("create {}", path.display()), e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| LabError::io(format!("write {}", path.display()), e))
+    crate::tools::write_private(path, &coordinator_toml(file)?)
 }
 
 /// `file` validated for an in-process coordinator (`vault_dr_coordinator::run`): relative

@@ -360,8 +360,8 @@ impl DrGroup {
         let coordinator_token = Secret::new(format!("{:032x}", rand::random::<u128>()));
         let dr_token_file = dir.path.join("dr.token");
         let token_file = dir.path.join("coordinator.token");
-        write_private(&dr_token_file, dr_token.expose())?;
-        write_private(&token_file, coordinator_token.expose())?;
+        crate::tools::write_private(&dr_token_file, dr_token.expose())?;
+        crate::tools::write_private(&token_file, coordinator_token.expose())?;
         let dr_tokens = clusters.iter().map(|c| c.create_dr_token(&dr_token));
         futures::future::try_join_all(dr_tokens).await?;
 
@@ -903,20 +903,6 @@ fn make_run_dir(spec: &GroupSpec) -> Result<RunDir, LabError> {
     let path = std::fs::canonicalize(&path)
         .map_err(|e| LabError::io(format!("resolve run dir {}", path.display()), e))?;
     Ok(RunDir { path, remove })
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| LabError::io(format!("create {}", path.display()), e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| LabError::io(format!("write {}", path.display()), e))
 }
 
 fn url_of(ip: IpAddr, port: u16) -> Result<Url, LabError> {

@@ -151,6 +151,22 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Writes `text` to `path`, readable by the owner only (configs name token files and maybe a
+/// MongoDB URI).
+pub fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LabError::io(format!("create {}", path.display()), e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| LabError::io(format!("write {}", path.display()), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
