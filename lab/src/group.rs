@@ -89,6 +89,11 @@ pub struct GroupSpec {
     pub traffic: bool,
     /// Use MongoDB instead of the shared embedded store.
     pub mongodb_uri: Option<Secret>,
+    /// The MongoDB database (default: `vault_dr_drill_<pid>`).
+    pub mongodb_database: Option<String>,
+    /// Snapshot replication with the DR token (the default). Without, no cluster gets the DR
+    /// token, and neither the agents nor the coordinators have a Vault token.
+    pub replication: bool,
     /// Put each cluster's `bao` into a cgroup v2 of its own and give its agent `--cgroup-root`.
     pub cgroups: bool,
     /// Per cluster placement (missing: [`Placement::default`]).
@@ -122,6 +127,8 @@ impl Default for GroupSpec {
             agent_interval: Duration::from_millis(500),
             traffic: true,
             mongodb_uri: None,
+            mongodb_database: None,
+            replication: true,
             cgroups: false,
             placements: BTreeMap::new(),
             coordinator_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -362,8 +369,10 @@ impl DrGroup {
         let token_file = dir.path.join("coordinator.token");
         crate::tools::write_private(&dr_token_file, dr_token.expose())?;
         crate::tools::write_private(&token_file, coordinator_token.expose())?;
-        let dr_tokens = clusters.iter().map(|c| c.create_dr_token(&dr_token));
-        futures::future::try_join_all(dr_tokens).await?;
+        if spec.replication {
+            let dr_tokens = clusters.iter().map(|c| c.create_dr_token(&dr_token));
+            futures::future::try_join_all(dr_tokens).await?;
+        }
 
         let (cgroups, cgroup_error) = if spec.cgroups {
             match Cgroups::create(&spec.clusters) {
@@ -506,11 +515,15 @@ impl DrGroup {
             c.excluded = spec.excluded.contains(&c.name);
         }
         file.token_file = Some(self.token_file.clone());
-        file.vault_token_file = Some(self.dr_token_file.clone());
+        file.vault_token_file = spec.replication.then(|| self.dr_token_file.clone());
         file.store = match &spec.mongodb_uri {
             Some(uri) => StoreFile {
                 mongodb_uri: Some(uri.expose().to_owned()),
-                database: Some(format!("vault_dr_drill_{}", std::process::id())),
+                database: Some(
+                    spec.mongodb_database
+                        .clone()
+                        .unwrap_or_else(|| format!("vault_dr_drill_{}", std::process::id())),
+                ),
                 ..StoreFile::default()
             },
             None => StoreFile {
@@ -573,11 +586,13 @@ impl DrGroup {
             urls.first().cloned().unwrap_or_default()
         };
         push("--vault-addr", Some(node.api_addr().as_str().into()), true);
-        push(
-            "--vault-token-file",
-            Some(self.dr_token_file.clone().into_os_string()),
-            true,
-        );
+        if spec.replication {
+            push(
+                "--vault-token-file",
+                Some(self.dr_token_file.clone().into_os_string()),
+                true,
+            );
+        }
         push("--cluster", Some(cluster.name().into()), true);
         push("--node", Some(node.name().into()), true);
         push("--coordinator-url", Some(url_list.into()), true);
@@ -601,18 +616,20 @@ impl DrGroup {
             Some(node.pid_file().to_path_buf().into_os_string()),
             true,
         );
-        push("--replication", Some("snapshot".into()), false);
-        push("--restore", Some(spec.restore.as_str().into()), false);
-        push(
-            "--snapshot-interval",
-            Some(format!("{}ms", spec.snapshot_interval.as_millis()).into()),
-            false,
-        );
-        push(
-            "--snapshot-dir",
-            Some(node.dir().join("snapshots").into_os_string()),
-            false,
-        );
+        if spec.replication {
+            push("--replication", Some("snapshot".into()), false);
+            push("--restore", Some(spec.restore.as_str().into()), false);
+            push(
+                "--snapshot-interval",
+                Some(format!("{}ms", spec.snapshot_interval.as_millis()).into()),
+                false,
+            );
+            push(
+                "--snapshot-dir",
+                Some(node.dir().join("snapshots").into_os_string()),
+                false,
+            );
+        }
         if let Some(cg) = self.cgroups.as_ref().and_then(|c| c.of(cluster.name())) {
             push(
                 "--cgroup-root",

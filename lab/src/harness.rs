@@ -137,6 +137,13 @@ impl GroupBuilder {
         self
     }
 
+    /// Whether the agents replicate by snapshots with the DR token (the default). Without, no
+    /// cluster gets the DR token and neither agents nor coordinators have a Vault token.
+    pub fn replicate(mut self, replicate: bool) -> Self {
+        self.spec.replication = replicate;
+        self
+    }
+
     /// The agents' probe and report interval.
     pub fn agent_interval(mut self, interval: Duration) -> Self {
         self.spec.agent_interval = interval;

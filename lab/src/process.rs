@@ -29,9 +29,10 @@ exec >/dev/null
   kill -9 "$c" 2>/dev/null ) &
 w=$!
 wait "$c"
+rc=$?
 kill "$w" 2>/dev/null
 wait "$w" 2>/dev/null
-exit 0
+exit "$rc"
 "#;
 
 /// A signal the lab sends to a server.
@@ -179,6 +180,27 @@ impl ChildGuard {
         }
     }
 
+    /// Sends SIGTERM and waits up to `within` for the server to exit: its exit code (128 + n
+    /// after signal n), or `None` when it was still running (it is then SIGKILLed) or had
+    /// already been reaped.
+    pub async fn terminate(&mut self, within: std::time::Duration) -> Option<i32> {
+        if self.done {
+            return None;
+        }
+        self.signal(Signal::Term);
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            // The watchdog exits with the server's code right after the server does.
+            if let Ok(Some(status)) = self.watchdog.try_wait() {
+                self.reap_group();
+                return status.code();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.kill();
+        None
+    }
+
     /// SIGKILLs the server and waits until it is reaped; then kills what is left of the group.
     pub fn kill(&mut self) {
         if self.done {
@@ -298,6 +320,42 @@ mod tests {
         assert!(!g.is_running());
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("out") && text.contains("err"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn terminate_hands_back_the_servers_own_exit_code() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("term.log");
+        // A server that shuts down cleanly on SIGTERM with a code of its own.
+        let script = "trap 'echo bye; exit 3' TERM; echo up; while :; do sleep 0.1; done";
+        let mut g = ChildGuard::spawn(
+            "trap",
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &log,
+        )
+        .unwrap();
+        wait_for_blocking("the server to start", Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("up"))
+        });
+        assert_eq!(g.terminate(Duration::from_secs(10)).await, Some(3));
+        assert!(!g.is_running());
+        assert!(!pid_alive(g.pid()));
+        // One that ignores SIGTERM is killed after the wait, and has no code to hand back.
+        let log = tmp.path().join("stubborn.log");
+        let script = "trap '' TERM; echo up; while :; do sleep 0.1; done";
+        let mut g = ChildGuard::spawn(
+            "stubborn",
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &log,
+        )
+        .unwrap();
+        wait_for_blocking("the server to start", Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("up"))
+        });
+        assert_eq!(g.terminate(Duration::from_millis(500)).await, None);
+        assert!(!pid_alive(g.pid()));
     }
 
     #[test]

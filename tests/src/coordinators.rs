@@ -36,8 +36,9 @@ use url::Url;
 use crate::agents::InProcessAgent;
 use vault_dr_coordinator::config::{
     ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, PolicyFile,
-    StoreFile,
+    StoreFile, TrafficBackend, TrafficFile,
 };
+use vault_dr_coordinator::model::FailoverRecord;
 use vault_dr_lab::harness::{GroupBuilder, write_coordinator_file};
 use vault_dr_lab::wait::try_wait_for;
 
@@ -97,6 +98,8 @@ struct ClusterSpec {
     api_addr: Url,
     /// Whether it starts as the primary.
     primary: bool,
+    /// Whether the operator excludes it from promotion.
+    excluded: bool,
 }
 
 /// What [`HaGroupBuilder::start`] hands [`CoordinatorGroup::new`].
@@ -115,6 +118,8 @@ struct GroupSpec {
     coordination: CoordinationFile,
     /// DR token the coordinators use against OpenBao (fencing, canary), if any.
     vault_token: Option<String>,
+    /// The local traffic forwarder's listen address (the leader serves it), if any.
+    traffic: Option<String>,
 }
 
 /// One replica.
@@ -198,7 +203,7 @@ impl CoordinatorGroup {
                 api_addrs: vec![c.api_addr.to_string()],
                 nodes: vec![format!("{}-0", c.name)],
                 priority: 0,
-                excluded: false,
+                excluded: c.excluded,
                 selector: Default::default(),
             })
             .collect();
@@ -216,6 +221,11 @@ impl CoordinatorGroup {
                     ..StoreFile::default()
                 },
                 coordination: coordination.clone(),
+                traffic: TrafficFile {
+                    backend: spec.traffic.as_ref().map(|_| TrafficBackend::Local),
+                    listen: spec.traffic.clone(),
+                    ..TrafficFile::default()
+                },
                 policy: spec.policy.clone(),
                 clusters: clusters.clone(),
                 ..ConfigFile::default()
@@ -409,6 +419,34 @@ impl CoordinatorGroup {
         self.http.get(url).send().await.ok()?.text().await.ok()
     }
 
+    /// Waits until replica `i` journals a failover that satisfies `done` (e.g. a finished one
+    /// to some term); returns it and every failover the replica listed then. On a timeout the
+    /// error carries the last list and every replica's log.
+    pub async fn wait_failover(
+        &self,
+        i: usize,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&FailoverRecord) -> bool,
+    ) -> Result<(FailoverRecord, Vec<FailoverRecord>), HaError> {
+        try_wait_for(what, timeout, || async {
+            let all: Vec<FailoverRecord> = self.get(i, "/v1/failovers").await.unwrap_or_default();
+            match all.iter().find(|r| done(r)).cloned() {
+                Some(r) => Ok((r, all)),
+                None => Err(format!("{all:#?}")),
+            }
+        })
+        .await
+        .map_err(|t| HaError::Timeout(format!("{t}\n{}", self.logs())))
+    }
+
+    /// Shuts replica `i` down with SIGTERM: its exit code (0 for a clean shutdown), or `None`
+    /// when it did not exit within `within` (it is then killed) or was not running.
+    pub async fn terminate(&mut self, i: usize, within: Duration) -> Option<i32> {
+        let mut guard = self.replicas[i].guard.take()?;
+        guard.terminate(within).await
+    }
+
     /// Every replica's log, labelled (for failure messages).
     pub fn logs(&self) -> String {
         self.replicas
@@ -447,42 +485,83 @@ pub fn write_kubeconfig(path: &Path, server: &str, namespace: &str) -> Result<()
     std::fs::write(path, text).map_err(io(format!("write {}", path.display())))
 }
 
-/// Starts an in-process agent for node `<cluster>-0` at `vault`, reporting every 300 ms to the
-/// coordinator replicas `coordinators` (the first, then the others in turn) with the group's
-/// token, using `dr_token` against OpenBao and snapshot replication (continuous restore, pulls
-/// every second) under `dir`.
-pub async fn spawn_agent(
+/// How the in-process agents of a [`DrLab`] run ([`HaGroupBuilder::agents`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentOptions {
+    /// Probe and report interval (default 300 ms).
+    pub interval: Duration,
+    /// Snapshot replication with the DR token (default: continuous restore, a pull every
+    /// second, two snapshots kept); `None`: no replication and no Vault token at all.
+    pub replication: Option<SnapshotOptions>,
+}
+
+/// The snapshot replication of [`AgentOptions`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotOptions {
+    /// How pulled snapshots are restored.
+    pub restore: vault_dr_agent::config::RestoreMode,
+    /// How often a secondary pulls.
+    pub interval: Duration,
+    /// How many snapshots are kept on disk.
+    pub keep: usize,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(300),
+            replication: Some(SnapshotOptions {
+                restore: vault_dr_agent::config::RestoreMode::Continuous,
+                interval: Duration::from_secs(1),
+                keep: 2,
+            }),
+        }
+    }
+}
+
+/// Where the agent of `cluster` keeps its snapshots under the group directory `dir`.
+fn snapshot_dir(dir: &Path, cluster: &str) -> PathBuf {
+    dir.join(format!("agent-{cluster}"))
+}
+
+/// Starts an in-process agent for node `<cluster>-0` at `vault`, reporting to the coordinator
+/// replicas `coordinators` (the first, then the others in turn) with the group's token, as
+/// `options` say: with replication it uses `dr_token` against OpenBao and keeps its snapshots
+/// and quarantine under `dir`.
+async fn spawn_agent(
     cluster: &str,
     vault: &Url,
     coordinators: &[Url],
     dr_token: &vault_dr_common::Secret,
     dir: &Path,
+    options: &AgentOptions,
 ) -> Result<InProcessAgent, HaError> {
-    use vault_dr_agent::config::{
-        CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig,
-    };
+    use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, SnapshotConfig};
     let (first, rest) = coordinators
         .split_first()
         .ok_or_else(|| HaError::Timeout("no coordinator URL for the agent".into()))?;
-    let snapshots = dir.join(format!("agent-{cluster}"));
-    std::fs::create_dir_all(&snapshots).map_err(io(format!("create {}", snapshots.display())))?;
     let mut config =
         vault_dr_agent::Config::minimal(cluster, &format!("{cluster}-0"), vault.clone());
-    config.interval = Duration::from_millis(300);
-    config.vault.token = Some(dr_token.clone());
+    config.interval = options.interval;
     config.coordinator = Some(CoordinatorConfig {
         url: first.clone(),
         token: vault_dr_common::Secret::new(TOKEN),
         ca_certs: Vec::new(),
     });
     config.coordinator_fallbacks = rest.to_vec();
-    config.replication = ReplicationConfig::Snapshot(SnapshotConfig {
-        dir: snapshots.clone(),
-        interval: Duration::from_secs(1),
-        keep: 2,
-        restore: RestoreMode::Continuous,
-        quarantine_dir: snapshots.join("quarantine"),
-    });
+    if let Some(r) = options.replication {
+        let snapshots = snapshot_dir(dir, cluster);
+        std::fs::create_dir_all(&snapshots)
+            .map_err(io(format!("create {}", snapshots.display())))?;
+        config.vault.token = Some(dr_token.clone());
+        config.replication = ReplicationConfig::Snapshot(SnapshotConfig {
+            dir: snapshots.clone(),
+            interval: r.interval,
+            keep: r.keep,
+            restore: r.restore,
+            quarantine_dir: snapshots.join("quarantine"),
+        });
+    }
     InProcessAgent::start(config)
         .await
         .map_err(io(format!("start the agent of {cluster}")))
@@ -525,9 +604,28 @@ pub struct DrLab {
     pub agents: std::collections::BTreeMap<String, InProcessAgent>,
     /// The DR token.
     pub dr_token: vault_dr_common::Secret,
+    /// The stable client address (the leader's local traffic forwarder), when asked for with
+    /// [`HaGroupBuilder::stable_address`].
+    pub stable: Option<Url>,
+    agent_options: AgentOptions,
 }
 
 impl DrLab {
+    /// Where the agent of `cluster` moves diverged data it throws away (with replication).
+    pub fn quarantine_dir(&self, cluster: &str) -> PathBuf {
+        snapshot_dir(self.group.dir(), cluster).join("quarantine")
+    }
+
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&crate::lab::LabCluster> {
+        self.clusters.iter().find(|c| c.name() == name)
+    }
+
+    /// The cluster called `name`, to kill or restart its nodes.
+    pub fn cluster_mut(&mut self, name: &str) -> Option<&mut crate::lab::LabCluster> {
+        self.clusters.iter_mut().find(|c| c.name() == name)
+    }
+
     /// Starts one agent per cluster, each given every coordinator URL in id order.
     pub async fn start_agents(&mut self) -> Result<(), HaError> {
         self.start_agents_with_last(None).await
@@ -552,6 +650,7 @@ impl DrLab {
                 &urls,
                 &self.dr_token,
                 self.group.dir(),
+                &self.agent_options,
             )
             .await?;
             self.agents.insert(c.name().to_owned(), agent);
@@ -637,8 +736,8 @@ impl DrLab {
 
 /// What [`HaGroups::ha`] adds to the one group builder ([`GroupBuilder`]): coordinator
 /// replicas as processes sharing `backend`, and in-process agents. Its clusters (names, the
-/// first the primary, and placement) and replica count ([`GroupBuilder::coordinators`]) come
-/// from the group builder; [`HaGroupBuilder::start`] starts the clusters and writes every
+/// first the primary, placement and exclusions) and replica count
+/// ([`GroupBuilder::coordinators`]) come from the group builder; [`HaGroupBuilder::start`] starts the clusters and writes every
 /// replica's configuration, and the test starts replicas one by one (each with its own
 /// environment) through [`DrLab::group`] and the agents with [`DrLab::start_agents`].
 #[derive(Debug, Clone)]
@@ -651,15 +750,17 @@ pub struct HaGroupBuilder {
     dr_token: bool,
     program: Option<(PathBuf, Vec<OsString>)>,
     addresses: Option<Vec<Url>>,
+    stable_address: bool,
+    agents: AgentOptions,
 }
 
 /// The high-availability form of the group builder.
 pub trait HaGroups {
     /// Coordinator replicas coordinating through `backend` (the failover policy
     /// [`failover_policy`], the DR token on every cluster, unless told otherwise). Of the group
-    /// builder's settings the clusters, the coordinator count and the placements apply; the
-    /// replicas' policy is [`HaGroupBuilder::policy_file`], and the agents are in-process ones
-    /// ([`DrLab::start_agents`]).
+    /// builder's settings the clusters, the coordinator count, the placements and the
+    /// exclusions apply; the replicas' policy is [`HaGroupBuilder::policy_file`], and the
+    /// agents are in-process ones ([`DrLab::start_agents`], [`HaGroupBuilder::agents`]).
     fn ha(self, backend: Backend) -> HaGroupBuilder;
 }
 
@@ -673,6 +774,8 @@ impl HaGroups for GroupBuilder {
             dr_token: true,
             program: None,
             addresses: None,
+            stable_address: false,
+            agents: AgentOptions::default(),
         }
     }
 }
@@ -700,6 +803,19 @@ impl HaGroupBuilder {
     /// `vault-dr` with no prefix).
     pub fn program(mut self, program: PathBuf, prefix: Vec<OsString>) -> Self {
         self.program = Some((program, prefix));
+        self
+    }
+
+    /// Whether the replicas run the local traffic forwarder on a loopback port of its own, the
+    /// stable client address [`DrLab::stable`] (only the leader listens on it).
+    pub fn stable_address(mut self, stable: bool) -> Self {
+        self.stable_address = stable;
+        self
+    }
+
+    /// Changes how the in-process agents run ([`AgentOptions`]).
+    pub fn agents(mut self, change: impl FnOnce(&mut AgentOptions)) -> Self {
+        change(&mut self.agents);
         self
     }
 
@@ -741,6 +857,18 @@ impl HaGroupBuilder {
                 (clusters, addresses)
             }
         };
+        let stable = if self.stable_address {
+            let port = crate::lab::ports::reserve_loopback()?;
+            Some(
+                Url::parse(&format!("http://127.0.0.1:{port}"))
+                    .map_err(|e| HaError::Timeout(format!("stable address: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let traffic = stable
+            .as_ref()
+            .and_then(|u| Some(format!("127.0.0.1:{}", u.port()?)));
         let spec = GroupSpec {
             backend: self.backend,
             replicas: base.coordinators,
@@ -752,11 +880,13 @@ impl HaGroupBuilder {
                     name: (*name).to_owned(),
                     api_addr,
                     primary: i == 0,
+                    excluded: base.excluded.iter().any(|e| e == name),
                 })
                 .collect(),
             policy: self.policy,
             coordination: self.coordination,
             vault_token: self.dr_token.then(|| DR_TOKEN.to_owned()),
+            traffic,
         };
         let (program, prefix) = match self.program {
             Some(p) => p,
@@ -767,6 +897,8 @@ impl HaGroupBuilder {
             group: CoordinatorGroup::new(&spec, program, prefix)?,
             agents: std::collections::BTreeMap::new(),
             dr_token,
+            stable,
+            agent_options: self.agents,
         })
     }
 }

@@ -1,10 +1,11 @@
 //! Fault suite on network namespaces (issue 8, scenarios 1–6): each OpenBao cluster lives on
 //! its own namespace ("host") on one bridge; faults are packet filter rules and an NFQUEUE
-//! delay inside a host (see `vault_dr_tests::netns`). Scenarios 1–5: the coordinator runs
-//! in-process in the root namespace, listening on the bridge address, and each cluster's agent
-//! is a `vault-dr-agent` process on the cluster's host. Scenario 6: three `vault-dr coordinator`
-//! processes (local lease) with in-process agents (snapshot replication, DR token), the first
-//! leader armed with a crash failpoint. Each scenario asserts on the journal, the topology, the
+//! delay inside a host (see `vault_dr_tests::netns`). Every group comes from the one harness
+//! (`Group::builder()`, placed on the hosts). Scenarios 1–5: one `vault-dr coordinator`
+//! process in the root namespace, listening on the bridge address, and each cluster's agent a
+//! `vault-dr-agent` process on the cluster's host. Scenario 6: three `vault-dr coordinator`
+//! processes (local lease, `.ha(..)`) with in-process agents (snapshot replication, DR token),
+//! the first leader armed with a crash failpoint. Each scenario asserts on the journal, the topology, the
 //! OpenBao clusters and, where a client writes, its acknowledged-write log; each prints one row
 //! of the closing-note table (`FAULT TABLE | ...`, also appended to
 //! `<target>/tmp/faults_netns.md`).
@@ -16,7 +17,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,229 +24,93 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use vault_dr_coordinator::config::{StoreFile, TrafficBackend, TrafficFile};
+use url::Url;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::LabCluster;
-use vault_dr_lab::harness::{coordinator_file, failover_policy, in_process_config};
+use vault_dr_lab::group::RestoreMode;
+use vault_dr_lab::harness::Group;
 use vault_dr_lab::openbao::NodeHost;
 use vault_dr_lab::process::ChildGuard;
-use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::{try_wait_for, wait_for, wait_for_every};
-use vault_dr_tests::coordinators::InProcessCoordinator;
 use vault_dr_tests::netns::{Host, Net};
 
-const TOKEN: &str = "faults-netns-token";
-/// The DR token id of the scenarios with replication (tests only).
-const DR_TOKEN_ID: &str = "vault-dr-faults-netns-dr-token";
 /// Detection needs the report TTL to lapse plus `confirm` ticks: about 3 s here.
 const DETECTION: Duration = Duration::from_secs(3);
 
-/// One fault lab. Field order is drop order: processes, then clusters, then namespaces, then
-/// the bridge, then files.
+/// One fault lab: a DR group from the one harness, its clusters and agents placed on the
+/// hosts. Field order is drop order: stress processes, then the group (coordinator, agents,
+/// clusters, files), then the namespaces, then the bridge.
 struct Lab {
     stress: Vec<ChildGuard>,
-    _agents: BTreeMap<String, ChildGuard>,
-    _coordinator: InProcessCoordinator,
-    clusters: Vec<LabCluster>,
+    group: Group,
     hosts: Vec<Host>,
     net: Net,
-    dir: tempfile::TempDir,
-    url: String,
+    /// The coordinator's API address.
+    url: Url,
     /// The stable client address (the coordinator's local forwarder), with `replicate`.
     traffic: Option<String>,
-    http: reqwest::Client,
 }
 
 struct LabOptions {
     names: &'static [&'static str],
     cooldown: Duration,
-    /// The `[store]` table (default: an embedded file).
-    store: Option<StoreFile>,
+    /// The MongoDB store (URI and database; default: an embedded file).
+    mongodb: Option<(String, String)>,
     /// Snapshot replication (continuous restore every second) with the DR token in every
-    /// cluster, agents and coordinator; and the local traffic forwarder on the bridge address.
+    /// cluster, agents and coordinator; and the local traffic forwarder.
     replicate: bool,
 }
 
 impl Lab {
+    /// One coordinator process in the root namespace on the bridge address; each cluster and
+    /// its `vault-dr-agent` process on the cluster's host. Waits until the group is ready.
     async fn start(opts: LabOptions) -> Lab {
         let net = Net::create().expect("create a bridge (run as root; see scripts/setup.sh)");
         let hosts: Vec<Host> = opts.names.iter().map(|n| net.host(n).unwrap()).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let placed: Vec<(&str, NodeHost)> = opts
-            .names
-            .iter()
-            .zip(&hosts)
-            .map(|(n, h)| {
-                (
-                    *n,
-                    NodeHost {
-                        ip: h.ip().into(),
-                        prefix: h.exec_prefix(),
-                    },
-                )
+        let mut builder = Group::builder()
+            .clusters(opts.names.iter().copied())
+            .coordinators(1)
+            .traffic(opts.replicate)
+            .replicate(opts.replicate)
+            .replication(RestoreMode::Continuous, Duration::from_secs(1))
+            .agent_interval(Duration::from_millis(300))
+            .policy(|p| {
+                (p.probe_interval, p.confirm) = (Duration::from_millis(500), 2);
+                (p.report_ttl, p.cooldown) = (Duration::from_secs(2), opts.cooldown);
+                p.promotion = None;
             })
-            .collect();
-        let clusters = LabCluster::start_group_on(&placed, true, Some(dir.path()))
+            .spec(|s| {
+                s.coordinator_ip = net.gateway().into();
+                if let Some((uri, db)) = &opts.mongodb {
+                    s.mongodb_uri = Some(vault_dr_common::Secret::new(uri.clone()));
+                    s.mongodb_database = Some(db.clone());
+                }
+            });
+        for (n, h) in opts.names.iter().zip(&hosts) {
+            let placement = NodeHost {
+                ip: h.ip().into(),
+                prefix: h.exec_prefix(),
+            };
+            builder = builder.placement(n, placement);
+        }
+        let group = builder
+            .start()
             .await
             .expect("start OpenBao in namespaces (needs .tools/bin/bao: run scripts/setup.sh)");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, TOKEN).unwrap();
-        let dr_token_file = dir.path().join("dr.token");
-        if opts.replicate {
-            let dr = vault_dr_common::Secret::new(DR_TOKEN_ID);
-            for c in &clusters {
-                c.create_dr_token(&dr).await.unwrap();
-            }
-            std::fs::write(&dr_token_file, DR_TOKEN_ID).unwrap();
-        }
-
-        let gw = net.gateway();
-        // Bound once and handed to the coordinator; its traffic forwarder binds its own port.
-        let listener = TcpListener::bind((gw, 0)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let url = format!("http://{gw}:{port}");
-        let traffic_port = vault_dr_lab::ports::reserve(gw.into()).unwrap();
-        let mut file = coordinator_file("faults", format!("{gw}:{port}"), &clusters, opts.names[0]);
-        file.store = opts.store.clone().unwrap_or(StoreFile {
-            path: Some("store.sqlite".into()),
-            ..StoreFile::default()
-        });
-        file.coordination.path = Some("coordination.json".into());
-        file.policy = failover_policy(
-            Duration::from_millis(500),
-            2,
-            Duration::from_secs(2),
-            opts.cooldown,
-        );
-        if opts.replicate {
-            file.vault_token_file = Some("dr.token".into());
-            file.traffic = TrafficFile {
-                backend: Some(TrafficBackend::Local),
-                listen: Some(format!("{gw}:{traffic_port}")),
-                ..TrafficFile::default()
-            };
-        }
-        let config = in_process_config(file, dir.path(), &token_file).unwrap();
-        let coordinator = InProcessCoordinator::start(config, listener);
-
-        let agent_bin = built_binary("vault-dr-agent").unwrap();
-        let mut agents = BTreeMap::new();
-        for (c, h) in clusters.iter().zip(&hosts) {
-            let node = &c.nodes()[0];
-            let mut args: Vec<OsString> = vec![
-                "--vault-addr".into(),
-                node.api_addr().as_str().into(),
-                "--cluster".into(),
-                c.name().into(),
-                "--node".into(),
-                node.name().into(),
-                "--coordinator-url".into(),
-                url.clone().into(),
-                "--coordinator-token-file".into(),
-                token_file.clone().into_os_string(),
-                "--interval".into(),
-                "300ms".into(),
-                "--listen".into(),
-                format!("{}:0", h.ip()).into(),
-                "--vault-pid-file".into(),
-                node.pid_file().as_os_str().to_owned(),
-            ];
-            if opts.replicate {
-                for (flag, value) in [
-                    ("--vault-token-file", dr_token_file.display().to_string()),
-                    ("--replication", "snapshot".into()),
-                    ("--restore", "continuous".into()),
-                    ("--snapshot-interval", "1s".into()),
-                    (
-                        "--snapshot-dir",
-                        node.dir().join("snapshots").display().to_string(),
-                    ),
-                    (
-                        "--quarantine-dir",
-                        node.dir().join("quarantine").display().to_string(),
-                    ),
-                ] {
-                    args.push(flag.into());
-                    args.push(value.into());
-                }
-            }
-            let log = node.dir().join("agent.log");
-            let g = h.spawn(&format!("agent {}", c.name()), &agent_bin, &args, &log);
-            agents.insert(c.name().to_owned(), g.unwrap());
-        }
-        let lab = Lab {
+        Lab {
             stress: Vec::new(),
-            _agents: agents,
-            _coordinator: coordinator,
-            clusters,
+            url: group.coordinators()[0].url.clone(),
+            traffic: group
+                .traffic_addr()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+            group,
             hosts,
             net,
-            dir,
-            url,
-            traffic: opts
-                .replicate
-                .then(|| format!("http://{gw}:{traffic_port}")),
-            http: vault_dr_common::http::client_builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-        };
-        lab.wait_ready().await;
-        lab
+        }
     }
 
     async fn get(&self, path: &str) -> Option<Value> {
-        let r = self
-            .http
-            .get(format!("{}/{path}", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
-    }
-
-    /// Until the coordinator leads, has a report from every cluster and every secondary is
-    /// eligible.
-    async fn wait_ready(&self) {
-        let ready = try_wait_for("the lab to be ready", Duration::from_secs(60), || async {
-            let v = self.get("v1/clusters").await.ok_or("no view")?;
-            let reported = self
-                .clusters
-                .iter()
-                .filter(|c| {
-                    v.pointer(&format!("/view/clusters/{}/nodes", c.name()))
-                        .and_then(Value::as_array)
-                        .is_some_and(|a| !a.is_empty())
-                })
-                .count();
-            let eligible = v
-                .pointer("/candidates/candidates")
-                .and_then(Value::as_array)
-                .map_or(0, |rows| {
-                    rows.iter()
-                        .filter(|r| r.get("eligibility") == Some(&json!("eligible")))
-                        .count()
-                });
-            if reported == self.clusters.len() && eligible == self.clusters.len() - 1 {
-                return Ok(());
-            }
-            Err(format!("{reported} clusters reported, {eligible} eligible"))
-        })
-        .await;
-        if let Err(e) = ready {
-            let logs: Vec<String> = self
-                .clusters
-                .iter()
-                .map(|c| c.nodes()[0].dir().join("agent.log").display().to_string())
-                .collect();
-            panic!("{e}; agent logs {logs:?}");
-        }
+        self.group.get_json(&self.url, path).await
     }
 
     async fn failovers(&self) -> Vec<FailoverRecord> {
@@ -271,7 +135,7 @@ impl Lab {
     /// Copies every agent's log to `<target>/tmp/faults_netns-<scenario>-<cluster>-agent.log`
     /// (the lab directory goes with the lab).
     fn keep_agent_logs(&self, scenario: &str) {
-        for c in &self.clusters {
+        for c in self.group.clusters() {
             let to = Path::new(env!("CARGO_TARGET_TMPDIR"))
                 .join(format!("faults_netns-{scenario}-{}-agent.log", c.name()));
             let _ = std::fs::copy(c.nodes()[0].dir().join("agent.log"), to);
@@ -283,7 +147,7 @@ impl Lab {
     }
 
     fn cluster(&self, name: &str) -> &LabCluster {
-        self.clusters.iter().find(|c| c.name() == name).unwrap()
+        self.group.cluster(name).unwrap()
     }
 
     /// Watches the latest decision for `watch`: how many ticks were suspect, and the most
@@ -355,7 +219,7 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: Duration::from_secs(60),
-        store: None,
+        mongodb: None,
         replicate: false,
     })
     .await;
@@ -476,7 +340,7 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: Duration::from_secs(60),
-        store: None,
+        mongodb: None,
         replicate: true,
     })
     .await;
@@ -586,7 +450,7 @@ async fn s3_latency_and_cpu_stress_do_not_promote() {
     let mut lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: Duration::from_secs(60),
-        store: None,
+        mongodb: None,
         replicate: false,
     })
     .await;
@@ -595,7 +459,7 @@ async fn s3_latency_and_cpu_stress_do_not_promote() {
     }
     let stress_ng = which("stress-ng");
     for h in &lab.hosts {
-        let log = lab.dir.path().join(format!("stress-{}.log", h.name()));
+        let log = lab.group.dir().join(format!("stress-{}.log", h.name()));
         let args: Vec<OsString> = ["--cpu", "1", "--cpu-load", "50", "--timeout", "120s"]
             .iter()
             .map(OsString::from)
@@ -606,7 +470,8 @@ async fn s3_latency_and_cpu_stress_do_not_promote() {
     // The delay is real: a health check from the root namespace takes 2 × 200 ms or more.
     let t = Instant::now();
     let r = lab
-        .http
+        .group
+        .http()
         .get(lab.cluster("p").api_addr().join("v1/sys/health").unwrap())
         .send()
         .await
@@ -653,7 +518,7 @@ async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: Duration::from_secs(60),
-        store: None,
+        mongodb: None,
         replicate: false,
     })
     .await;
@@ -721,15 +586,11 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         .await
         .unwrap_or_else(|e| panic!("cannot start SecantusDB (run `bash scripts/setup.sh`): {e}"));
     let db = format!("faults_{}", std::process::id());
-    let store = StoreFile {
-        mongodb_uri: Some(mongo.uri()),
-        database: Some(db.clone()),
-        ..StoreFile::default()
-    };
+
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: Duration::from_secs(60),
-        store: Some(store),
+        mongodb: Some((mongo.uri(), db.clone())),
         replicate: false,
     })
     .await;
@@ -904,26 +765,17 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .wait_leader(Some(0), Duration::from_secs(20))
         .await
         .unwrap();
-    let done = try_wait_for(
-        &format!("the next leader to finish after {failpoint}"),
-        Duration::from_secs(120).saturating_sub(t.elapsed()),
-        || async {
-            let all: Vec<FailoverRecord> = lab
-                .group
-                .get(next, "/v1/failovers")
-                .await
-                .unwrap_or_default();
-            match all.iter().find(|r| r.status == FailoverStatus::Done) {
-                Some(r) => {
-                    assert_eq!(all.len(), 1, "one failover: {all:#?}");
-                    Ok(r.clone())
-                }
-                None => Err(format!("{all:#?}")),
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
+    let (done, all) = lab
+        .group
+        .wait_failover(
+            next,
+            &format!("the next leader to finish after {failpoint}"),
+            Duration::from_secs(120).saturating_sub(t.elapsed()),
+            |r| r.status == FailoverStatus::Done,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all.len(), 1, "one failover: {all:#?}");
     let steps: Vec<Step> = done.steps.iter().map(|s| s.step).collect();
     assert_eq!(
         steps,

@@ -17,7 +17,7 @@ use vault_dr_common::NodeState;
 use vault_dr_coordinator::coordination::Coordination;
 use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
-use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
+use vault_dr_coordinator::model::{FailoverStatus, Step};
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::{try_wait_for, try_wait_for_every, wait_for};
@@ -245,26 +245,17 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
         .wait_leader(Some(0), LEASE + Duration::from_secs(10))
         .await
         .unwrap();
-    let done = try_wait_for(
-        "the next leader to finish the failover",
-        Duration::from_secs(120).saturating_sub(killed.elapsed()),
-        || async {
-            let all: Vec<FailoverRecord> = lab
-                .group
-                .get(next, "/v1/failovers")
-                .await
-                .unwrap_or_default();
-            match all.iter().find(|r| r.status == FailoverStatus::Done) {
-                Some(r) => {
-                    assert_eq!(all.len(), 1, "one failover: {all:#?}");
-                    Ok(r.clone())
-                }
-                None => Err(format!("{all:#?}")),
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
+    let (done, all) = lab
+        .group
+        .wait_failover(
+            next,
+            "the next leader to finish the failover",
+            Duration::from_secs(120).saturating_sub(killed.elapsed()),
+            |r| r.status == FailoverStatus::Done,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all.len(), 1, "one failover: {all:#?}");
     println!(
         "c1 aborted {:.1} s after the primary died; journal: {done:#?}",
         aborted.as_secs_f64()

@@ -25,7 +25,7 @@ use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::harness::Group;
 use vault_dr_tests::coordinators::{Backend, HaGroups, sample};
 use vault_dr_tests::lab::process::Signal;
-use vault_dr_tests::lab::wait::{try_wait_for, try_wait_for_every};
+use vault_dr_tests::lab::wait::try_wait_for_every;
 
 const LEASE: Duration = Duration::from_secs(5);
 
@@ -120,21 +120,16 @@ async fn split_brain(freeze: Freeze) {
         Ok(l) => l,
         Err(e) => panic!("{e}\n{}", lab.group.logs()),
     };
-    let done = try_wait_for(
-        "a finished failover",
-        Duration::from_secs(120).saturating_sub(frozen.elapsed()),
-        || async {
-            let f: Vec<FailoverRecord> = lab
-                .group
-                .get(leader, "/v1/failovers")
-                .await
-                .unwrap_or_default();
-            let done = f.iter().find(|r| r.status == FailoverStatus::Done).cloned();
-            done.ok_or_else(|| format!("{f:#?}"))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
+    let (done, _) = lab
+        .group
+        .wait_failover(
+            leader,
+            "a finished failover",
+            Duration::from_secs(120).saturating_sub(frozen.elapsed()),
+            |r| r.status == FailoverStatus::Done,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         frozen.elapsed() > LEASE,
         "the frozen leader's lease expired first"

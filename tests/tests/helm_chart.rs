@@ -19,11 +19,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use vault_dr_common::Secret;
 use vault_dr_coordinator::config::{self as coord_config, Config as CoordConfig};
 use vault_dr_lab::wait::wait_for;
-use vault_dr_tests::lab::LabCluster;
+use vault_dr_tests::coordinators::{Backend, HaGroups};
 
 /// Kinds the chart renders whose schemas `kubernetes-validate` does not ship.
 const CUSTOM_KINDS: [&str; 4] = [
@@ -759,55 +757,34 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     let dashboard = dashboard_exprs();
     let rules = rule_exprs();
 
-    let clusters = LabCluster::start_group_with(&["helm-a", "helm-b"], true, None)
+    // One coordinator (probe every 500 ms, reports fresh for 3 s), an agent per cluster
+    // reporting every 500 ms; no DR token, no replication.
+    let mut lab = vault_dr_lab::harness::Group::builder()
+        .clusters(["helm-a", "helm-b"])
+        .coordinators(1)
+        .ha(Backend::Local)
+        .dr_token(false)
+        .policy_file(vault_dr_coordinator::config::PolicyFile {
+            probe_interval: Some(Duration::from_millis(500)),
+            probe_timeout: Some(Duration::from_millis(400)),
+            report_ttl: Some(Duration::from_secs(3)),
+            ..Default::default()
+        })
+        .agents(|a| {
+            a.interval = Duration::from_millis(500);
+            a.replication = None;
+        })
+        .start()
         .await
         .unwrap_or_else(|e| panic!("lab start failed (run scripts/setup.sh?): {e}"));
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "helm-chart-test-token").unwrap();
-    let primary = clusters[0].name().to_owned();
-    let mut file =
-        vault_dr_lab::harness::coordinator_file("helm", "127.0.0.1:0", &clusters, &primary);
-    // The listener is handed over below; id and listen stay at their defaults.
-    (file.listen, file.id) = (None, None);
-    file.token_file = Some(token_file.clone());
-    file.store.path = Some(dir.path().join("store.sqlite"));
-    file.coordination.path = Some(dir.path().join("coordination.json"));
-    file.policy = vault_dr_coordinator::config::PolicyFile {
-        probe_interval: Some(Duration::from_millis(500)),
-        probe_timeout: Some(Duration::from_millis(400)),
-        report_ttl: Some(Duration::from_secs(3)),
-        ..Default::default()
-    };
-    let config = file
-        .validate(dir.path(), &BTreeMap::new())
-        .unwrap_or_else(|e| panic!("coordinator config: {e}"));
-    let coord_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let coord_url = format!("http://{}", coord_listener.local_addr().unwrap());
-    let coordinator =
-        vault_dr_tests::coordinators::InProcessCoordinator::start(config, coord_listener);
-
-    let mut agents = Vec::new();
-    let mut agent_urls = Vec::new();
-    for c in &clusters {
-        let mut config =
-            vault_dr_agent::Config::minimal(c.name(), c.nodes()[0].name(), c.api_addr().clone());
-        config.interval = Duration::from_millis(500);
-        config.coordinator = Some(vault_dr_agent::config::CoordinatorConfig {
-            url: coord_url.parse().unwrap(),
-            token: Secret::new("helm-chart-test-token"),
-            ca_certs: Vec::new(),
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        agent_urls.push(format!("http://{}/metrics", listener.local_addr().unwrap()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        agents.push((
-            stop,
-            tokio::spawn(vault_dr_agent::run(config, listener, async {
-                let _ = stopped.await;
-            })),
-        ));
-    }
+    lab.group.start_all().await.unwrap();
+    lab.start_agents().await.unwrap();
+    let coord_url = lab.group.urls();
+    let agent_urls: Vec<String> = lab
+        .agents
+        .values()
+        .map(|a| format!("{}/metrics", a.url))
+        .collect();
 
     // Wait until the leader has probed both clusters and holds a report from each agent, so
     // every per-cluster family exists.
@@ -856,12 +833,16 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
         }
     }
 
-    for (stop, handle) in agents {
-        let _ = stop.send(());
-        handle.await.unwrap().unwrap();
+    for (_, agent) in std::mem::take(&mut lab.agents) {
+        agent.shutdown().await.unwrap().unwrap();
     }
-    coordinator.shutdown().await.unwrap();
-    drop(clusters);
+    assert_eq!(
+        lab.group.terminate(0, Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        lab.group.logs()
+    );
+    drop(lab);
 
     assert!(
         missing.is_empty(),

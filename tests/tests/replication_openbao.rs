@@ -1,8 +1,9 @@
 //! Issue 4 acceptance: snapshot replication, promotion, fencing, the stable client address and
 //! the planned switchover, end to end on four real OpenBao clusters (p, s1, s2, s3; one shared
 //! static seal; fast elections), an in-process agent per node with `--replication snapshot` and
-//! the DR token (policy `vault-dr`, never root), and one in-process coordinator with the local
-//! TCP forwarder as the stable address. Clients use the old primary's root token through the
+//! the DR token (policy `vault-dr`, never root), and one `vault-dr coordinator` process with the
+//! local TCP forwarder as the stable address, all built by the one harness
+//! (`Group::builder().ha(..)`). Clients use the old primary's root token through the
 //! stable address throughout (after a restore the primary's tokens work on the secondary).
 //!
 //! - continuous mode: kill p -> the best-ranked secondary is promoted; every secret acked before
@@ -21,130 +22,60 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
-use vault_dr_agent::config::{CoordinatorConfig, ReplicationConfig, RestoreMode, SnapshotConfig};
+use vault_dr_agent::config::RestoreMode;
 use vault_dr_common::{Report, Secret};
-use vault_dr_coordinator::config::{TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
-use vault_dr_tests::agents;
-use vault_dr_tests::coordinators::InProcessCoordinator;
-use vault_dr_tests::lab::LabCluster;
-use vault_dr_tests::lab::harness::{coordinator_file, failover_policy, in_process_config};
-use vault_dr_tests::lab::ports::reserve_loopback;
+use vault_dr_tests::coordinators::{Backend, DrLab, HaGroups, SnapshotOptions};
+use vault_dr_tests::lab::harness::{Group as LabGroup, failover_policy};
 use vault_dr_tests::lab::tools::built_binary;
 use vault_dr_tests::lab::wait::{try_wait_for, wait_for};
 
-/// The coordinator's bearer token (agents and CLI).
-const TOKEN: &str = "replication-it-token";
 /// Pull interval of every agent.
 const PULL: Duration = Duration::from_secs(1);
 
-/// An in-process agent (stops when dropped) and its quarantine directory.
-struct Agent {
-    agent: agents::InProcessAgent,
-    quarantine_dir: PathBuf,
-}
-
-/// The whole group; everything stops when it is dropped (the clusters kill their `bao`).
+/// The whole group (one coordinator, an agent per cluster, the stable address) and a client;
+/// everything stops when it is dropped.
 struct Group {
-    clusters: Vec<LabCluster>,
-    agents: BTreeMap<String, Agent>,
-    dir: tempfile::TempDir,
-    coordinator_url: String,
+    lab: DrLab,
     stable: Url,
     client_token: Secret,
     http: reqwest::Client,
-    _coordinator: InProcessCoordinator,
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(u64::from(std::process::id()));
-    h.finish()
-}
-
-async fn start_agent(
-    cluster: &LabCluster,
-    coordinator: &str,
-    dr_token: &Secret,
-    dir: &Path,
-    restore: RestoreMode,
-) -> Agent {
-    let mut config = vault_dr_agent::Config::minimal(
-        cluster.name(),
-        cluster.nodes()[0].name(),
-        cluster.api_addr().clone(),
-    );
-    config.interval = Duration::from_millis(250);
-    config.vault.token = Some(dr_token.clone());
-    config.coordinator = Some(CoordinatorConfig {
-        url: Url::parse(coordinator).unwrap(),
-        token: Secret::new(TOKEN),
-        ca_certs: Vec::new(),
-    });
-    let quarantine_dir = dir.join(format!("{}-quarantine", cluster.name()));
-    config.replication = ReplicationConfig::Snapshot(SnapshotConfig {
-        dir: dir.join(format!("{}-snapshots", cluster.name())),
-        interval: PULL,
-        keep: 3,
-        restore,
-        quarantine_dir: quarantine_dir.clone(),
-    });
-    Agent {
-        agent: agents::InProcessAgent::start(config).await.unwrap(),
-        quarantine_dir,
-    }
 }
 
 impl Group {
     async fn start(restore: RestoreMode) -> Self {
-        let clusters = LabCluster::start_group_with(&["p", "s1", "s2", "s3"], true, None)
-            .await
-            .expect("lab group starts (run `bash scripts/setup.sh` if bao is missing)");
-        let dir = tempfile::tempdir().unwrap();
-        let dr_token = Secret::new(format!("vdr-it-{:016x}", rand_u64()));
-        for c in &clusters {
-            c.create_dr_token(&dr_token).await.unwrap();
-        }
-        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-        std::fs::write(dir.path().join("dr.token"), dr_token.expose()).unwrap();
-        // The coordinator's listener is bound once and handed over; its traffic forwarder
-        // binds its own port.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let traffic_port = reserve_loopback().unwrap();
-        let coordinator_url = format!("http://127.0.0.1:{port}");
-        let mut file = coordinator_file("it", format!("127.0.0.1:{port}"), &clusters, "p");
-        file.vault_token_file = Some("dr.token".into());
-        file.store.path = Some("store.sqlite".into());
-        file.coordination.path = Some("coordination.json".into());
-        file.traffic = TrafficFile {
-            backend: Some(TrafficBackend::Local),
-            listen: Some(format!("127.0.0.1:{traffic_port}")),
-            ..TrafficFile::default()
-        };
-        file.policy = failover_policy(
+        let mut policy = failover_policy(
             Duration::from_millis(500),
             2,
             Duration::from_secs(3),
             Duration::ZERO,
         );
-        file.policy.max_lag = Some(Duration::from_secs(60));
-        let config = in_process_config(file, dir.path(), &dir.path().join("token")).unwrap();
-        let coordinator = InProcessCoordinator::start(config, listener);
-        let mut agents = BTreeMap::new();
-        for c in &clusters {
-            let a = start_agent(c, &coordinator_url, &dr_token, dir.path(), restore).await;
-            agents.insert(c.name().to_owned(), a);
-        }
-        let client_token = clusters[0].root_token().clone();
+        policy.max_lag = Some(Duration::from_secs(60));
+        let mut lab = LabGroup::builder()
+            .clusters(["p", "s1", "s2", "s3"])
+            .coordinators(1)
+            .ha(Backend::Local)
+            .policy_file(policy)
+            .stable_address(true)
+            .agents(|a| {
+                a.interval = Duration::from_millis(250);
+                a.replication = Some(SnapshotOptions {
+                    restore,
+                    interval: PULL,
+                    keep: 3,
+                });
+            })
+            .start()
+            .await
+            .expect("lab group starts (run `bash scripts/setup.sh` if bao is missing)");
+        lab.group.start_all().await.unwrap();
+        lab.start_agents().await.unwrap();
+        let stable = lab.stable.clone().unwrap();
+        let client_token = lab.clusters[0].root_token().clone();
         // A new connection per request: the forwarder closes connections on a switch, and a
         // pooled one would turn into a spurious error.
         let http = vault_dr_common::http::client_builder()
@@ -154,37 +85,19 @@ impl Group {
             .build()
             .unwrap();
         Self {
-            clusters,
-            agents,
-            dir,
-            coordinator_url,
-            stable: Url::parse(&format!("http://127.0.0.1:{traffic_port}")).unwrap(),
+            lab,
+            stable,
             client_token,
             http,
-            _coordinator: coordinator,
         }
     }
 
-    fn cluster(&self, name: &str) -> &LabCluster {
-        self.clusters.iter().find(|c| c.name() == name).unwrap()
-    }
-
-    async fn api<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
-        let r = self
-            .http
-            .get(format!("{}/{path}", self.coordinator_url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
+    fn cluster(&self, name: &str) -> &vault_dr_tests::lab::LabCluster {
+        self.lab.cluster(name).unwrap()
     }
 
     async fn report(&self, cluster: &str) -> Option<Report> {
-        self.agents[cluster].agent.report().await
+        self.lab.agents[cluster].report().await
     }
 
     /// Waits until `pred` holds for the agent report of `cluster`.
@@ -195,13 +108,9 @@ impl Group {
         timeout: Duration,
         pred: impl Fn(&Report) -> bool,
     ) -> Report {
-        wait_for(&format!("{cluster}: {what}"), timeout, || async {
-            match self.report(cluster).await {
-                Some(r) if pred(&r) => Ok(r),
-                last => Err(format!("last report: {last:#?}")),
-            }
-        })
-        .await
+        self.lab.agents[cluster]
+            .wait_for(&format!("{cluster}: {what}"), timeout, pred)
+            .await
     }
 
     /// Waits until the leader serves the stable address and every secondary is seeded.
@@ -222,19 +131,16 @@ impl Group {
 
     /// Waits for a finished failover to `term`; returns it.
     async fn wait_done(&self, term: u64, timeout: Duration) -> FailoverRecord {
-        wait_for(
-            &format!("a finished failover to term {term}"),
-            timeout,
-            || async {
-                let all: Vec<FailoverRecord> = self.api("v1/failovers").await.unwrap_or_default();
-                let done = all
-                    .iter()
-                    .find(|r| r.term == term && r.status == FailoverStatus::Done)
-                    .cloned();
-                done.ok_or_else(|| format!("{all:#?}"))
-            },
-        )
-        .await
+        let what = format!("a finished failover to term {term}");
+        let done = self.lab.group.wait_failover(0, &what, timeout, |r| {
+            r.term == term && r.status == FailoverStatus::Done
+        });
+        done.await.unwrap().0
+    }
+
+    /// Every failover the coordinator journaled.
+    async fn failovers(&self) -> Vec<FailoverRecord> {
+        self.lab.group.get(0, "/v1/failovers").await.unwrap()
     }
 }
 
@@ -367,7 +273,7 @@ async fn continuous_kill_the_primary_then_it_returns_as_a_quarantined_secondary(
     }
 
     let killed = chrono::Utc::now();
-    g.clusters[0].nodes_mut()[0].kill();
+    g.lab.clusters[0].nodes_mut()[0].kill();
     let done = g.wait_done(2, Duration::from_secs(120)).await;
     print_timeline("continuous failover after kill", &done, killed);
     assert_eq!(done.from, "p");
@@ -408,7 +314,7 @@ async fn continuous_kill_the_primary_then_it_returns_as_a_quarantined_secondary(
 
     // The old primary comes back: no client writes reach it, its data goes to quarantine, and
     // it follows the new primary.
-    g.clusters[0].nodes_mut()[0].restart().await.unwrap();
+    g.lab.clusters[0].nodes_mut()[0].restart().await.unwrap();
     let old = g.cluster("p").api_addr().clone();
     for i in 0..10 {
         let k = format!("back/{i}");
@@ -429,7 +335,7 @@ async fn continuous_kill_the_primary_then_it_returns_as_a_quarantined_secondary(
         )
         .await;
     println!("old primary follows: {:?}", r.replication);
-    let quarantined: Vec<_> = std::fs::read_dir(&g.agents["p"].quarantine_dir)
+    let quarantined: Vec<_> = std::fs::read_dir(g.lab.quarantine_dir("p"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(
@@ -451,7 +357,7 @@ async fn continuous_kill_the_primary_then_it_returns_as_a_quarantined_secondary(
         "p replicates the new primary's writes"
     );
     // Still one failover, still term 2.
-    let all: Vec<FailoverRecord> = g.api("v1/failovers").await.unwrap();
+    let all = g.failovers().await;
     assert_eq!(all.len(), 1, "{all:#?}");
 }
 
@@ -519,10 +425,10 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
             "s1",
             "--wait",
             "--url",
-            &g.coordinator_url,
+            &g.lab.group.urls(),
             "--token-file",
         ])
-        .arg(g.dir.path().join("token"))
+        .arg(g.lab.group.token_file())
         .output()
         .await
         .unwrap();
@@ -624,8 +530,7 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
         );
     }
     let killed = chrono::Utc::now();
-    let idx = g.clusters.iter().position(|c| c.name() == "s1").unwrap();
-    g.clusters[idx].nodes_mut()[0].kill();
+    g.lab.cluster_mut("s1").unwrap().nodes_mut()[0].kill();
     let done = g.wait_done(3, Duration::from_secs(120)).await;
     print_timeline("on-promotion failover after kill", &done, killed);
     assert_eq!(done.from, "s1");
