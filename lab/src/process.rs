@@ -322,14 +322,11 @@ mod tests {
         assert!(text.contains("out") && text.contains("err"), "{text}");
     }
 
-    #[tokio::test]
-    async fn terminate_hands_back_the_servers_own_exit_code() {
-        let tmp = tempfile::tempdir().unwrap();
-        let log = tmp.path().join("term.log");
-        // A server that shuts down cleanly on SIGTERM with a code of its own.
-        let script = "trap 'echo bye; exit 3' TERM; echo up; while :; do sleep 0.1; done";
-        let mut g = ChildGuard::spawn(
-            "trap",
+    /// A `sh` server running `script` (which must print `up` first), once it is up.
+    fn shell_server(dir: &Path, name: &str, script: &str) -> ChildGuard {
+        let log = dir.join(format!("{name}.log"));
+        let g = ChildGuard::spawn(
+            name,
             Path::new("/bin/sh"),
             &["-c".into(), script.into()],
             &log,
@@ -338,22 +335,21 @@ mod tests {
         wait_for_blocking("the server to start", Duration::from_secs(5), || {
             std::fs::read_to_string(&log).is_ok_and(|t| t.contains("up"))
         });
+        g
+    }
+
+    #[tokio::test]
+    async fn terminate_hands_back_the_servers_own_exit_code() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A server that shuts down cleanly on SIGTERM with a code of its own.
+        let script = "trap 'echo bye; exit 3' TERM; echo up; while :; do sleep 0.1; done";
+        let mut g = shell_server(tmp.path(), "trap", script);
         assert_eq!(g.terminate(Duration::from_secs(10)).await, Some(3));
         assert!(!g.is_running());
         assert!(!pid_alive(g.pid()));
         // One that ignores SIGTERM is killed after the wait, and has no code to hand back.
-        let log = tmp.path().join("stubborn.log");
         let script = "trap '' TERM; echo up; while :; do sleep 0.1; done";
-        let mut g = ChildGuard::spawn(
-            "stubborn",
-            Path::new("/bin/sh"),
-            &["-c".into(), script.into()],
-            &log,
-        )
-        .unwrap();
-        wait_for_blocking("the server to start", Duration::from_secs(5), || {
-            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("up"))
-        });
+        let mut g = shell_server(tmp.path(), "stubborn", script);
         assert_eq!(g.terminate(Duration::from_millis(500)).await, None);
         assert!(!pid_alive(g.pid()));
     }

@@ -447,6 +447,25 @@ impl CoordinatorGroup {
         guard.terminate(within).await
     }
 
+    /// Runs the operator CLI, `vault-dr ARGS… --url <every replica> --token-file <token>`;
+    /// panics (a failed test) when it cannot start or exits non-zero. Its standard output.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let program = crate::lab::tools::built_binary("vault-dr").unwrap_or_else(|e| panic!("{e}"));
+        let out = tokio::process::Command::new(program)
+            .args(args)
+            .args(["--url", &self.urls(), "--token-file"])
+            .arg(self.token_file())
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("vault-dr {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "vault-dr {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Every replica's log, labelled (for failure messages).
     pub fn logs(&self) -> String {
         self.replicas
@@ -656,6 +675,29 @@ impl DrLab {
             self.agents.insert(c.name().to_owned(), agent);
         }
         Ok(())
+    }
+
+    /// Starts replica 0 alone with `env` (e.g. a failpoint) and waits until it leads, then the
+    /// other replicas and the agents, and waits up to `ready_within` until the group is ready
+    /// for a failover ([`DrLab::wait_failover_ready`]) with replica 0 leading.
+    pub async fn start_with_first_leading(
+        &mut self,
+        env: &[(&str, &str)],
+        ready_within: Duration,
+    ) -> Result<(), HaError> {
+        self.group.start(0, env).await?;
+        let (first, _) = self
+            .group
+            .wait_leader(None, Duration::from_secs(30))
+            .await?;
+        if first != 0 {
+            return Err(HaError::Timeout(format!(
+                "replica {first} leads instead of the first"
+            )));
+        }
+        self.group.start_all().await?;
+        self.start_agents().await?;
+        self.wait_failover_ready(0, ready_within).await
     }
 
     /// Waits until replica `leader` holds a report of `cluster` whose agent applied `term` (as

@@ -16,7 +16,6 @@ use vault_dr_coordinator::model::{Eligibility, Ineligible};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::coordinators::{Backend, HaGroups};
 use vault_dr_tests::lab::harness::{Group, failover_policy};
-use vault_dr_tests::lab::tools::built_binary;
 use vault_dr_tests::lab::wait::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +40,6 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
         .unwrap();
     lab.group.start_all().await.unwrap();
     lab.start_agents().await.unwrap();
-    let (coordinator_url, token_file) = (lab.group.urls(), lab.group.token_file());
 
     // Healthy: the coordinator leads, sees every node, and decides nothing for 8 s.
     wait_for(
@@ -153,19 +151,8 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert_eq!(all.len(), 1);
 
     // The operator's view: `vault-dr history` and `vault-dr status` show it.
-    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
-        .args(["history", "--url", &coordinator_url, "--token-file"])
-        .arg(&token_file)
-        .output()
-        .await
-        .unwrap();
-    let history = String::from_utf8_lossy(&out.stdout);
+    let history = lab.group.cli(&["history"]).await;
     println!("{history}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         history.contains("2-p-s2 · p -> s2 · term 2 · Done"),
         "{history}"
@@ -188,13 +175,7 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
             "{step} once in {history}"
         );
     }
-    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
-        .args(["status", "--url", &coordinator_url, "--token-file"])
-        .arg(&token_file)
-        .output()
-        .await
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout);
+    let status = lab.group.cli(&["status"]).await;
     println!("{status}");
     assert!(
         status.starts_with("primary s2 · term 2 · leader c1"),

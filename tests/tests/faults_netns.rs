@@ -720,21 +720,12 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .start()
         .await
         .expect("start OpenBao in namespaces (needs .tools/bin/bao: run scripts/setup.sh)");
-    lab.group
-        .start(0, &[("VAULT_DR_FAILPOINT", failpoint)])
-        .await
-        .unwrap();
-    let (first, _) = lab
-        .group
-        .wait_leader(None, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(first, 0);
-    lab.group.start_all().await.unwrap();
-    lab.start_agents().await.unwrap();
-    lab.wait_failover_ready(0, Duration::from_secs(90))
-        .await
-        .unwrap();
+    lab.start_with_first_leading(
+        &[("VAULT_DR_FAILPOINT", failpoint)],
+        Duration::from_secs(90),
+    )
+    .await
+    .unwrap();
     // The followers have seen the lease by now. A sleep on purpose, as in ha_local: there is no
     // condition to wait on, and nothing may happen meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;

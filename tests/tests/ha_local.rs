@@ -19,7 +19,6 @@ use vault_dr_coordinator::coordination::local::LocalCoordination;
 use vault_dr_coordinator::failpoint::ENV_FAILPOINT;
 use vault_dr_coordinator::model::{FailoverStatus, Step};
 use vault_dr_lab::harness::Group;
-use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::{try_wait_for, try_wait_for_every, wait_for};
 use vault_dr_tests::coordinators::{Backend, CoordinatorGroup, HaGroups, probe_policy, sample};
 
@@ -27,18 +26,7 @@ use vault_dr_tests::coordinators::{Backend, CoordinatorGroup, HaGroups, probe_po
 const LEASE: Duration = Duration::from_secs(5);
 
 async fn status(group: &CoordinatorGroup) -> String {
-    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
-        .args(["status", "--url", &group.urls(), "--token-file"])
-        .arg(group.token_file())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "vault-dr status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    group.cli(&["status"]).await
 }
 
 fn replica_row<'a>(status: &'a str, id: &str) -> Vec<&'a str> {
@@ -190,21 +178,12 @@ async fn a_leader_killed_between_fenced_and_promoted_is_finished_by_the_next_lea
         .await
         .unwrap();
     // c1 leads first, armed to abort right after Fenced completes; the others start later.
-    lab.group
-        .start(0, &[(ENV_FAILPOINT, "crash-after:fenced")])
-        .await
-        .unwrap();
-    let (first, _) = lab
-        .group
-        .wait_leader(None, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(first, 0);
-    lab.group.start_all().await.unwrap();
-    lab.start_agents().await.unwrap();
-    lab.wait_failover_ready(0, Duration::from_secs(60))
-        .await
-        .unwrap();
+    lab.start_with_first_leading(
+        &[(ENV_FAILPOINT, "crash-after:fenced")],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     // The followers have seen the lease by now and are ready to take over. A sleep on purpose:
     // the assertion below is that no follower leads meanwhile (there is nothing to wait on).
     tokio::time::sleep(Duration::from_secs(2)).await;

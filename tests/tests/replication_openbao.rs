@@ -31,7 +31,6 @@ use vault_dr_common::{Report, Secret};
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_tests::coordinators::{Backend, DrLab, HaGroups, SnapshotOptions};
 use vault_dr_tests::lab::harness::{Group as LabGroup, failover_policy};
-use vault_dr_tests::lab::tools::built_binary;
 use vault_dr_tests::lab::wait::{try_wait_for, wait_for};
 
 /// Pull interval of every agent.
@@ -418,27 +417,12 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
     )
     .await;
     let started = chrono::Utc::now();
-    let out = tokio::process::Command::new(built_binary("vault-dr").unwrap())
-        .args([
-            "switchover",
-            "--to",
-            "s1",
-            "--wait",
-            "--url",
-            &g.lab.group.urls(),
-            "--token-file",
-        ])
-        .arg(g.lab.group.token_file())
-        .output()
-        .await
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = g
+        .lab
+        .group
+        .cli(&["switchover", "--to", "s1", "--wait"])
+        .await;
     println!("{printed}");
-    assert!(
-        out.status.success(),
-        "vault-dr switchover failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         printed.contains("switchover done: s1 is primary in term 2"),
         "{printed}"
