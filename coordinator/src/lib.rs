@@ -127,6 +127,8 @@ pub async fn run(
         }
     };
     let mut forwarder: Option<Arc<traffic::LocalForwarder>> = None;
+    #[cfg(feature = "kubernetes")]
+    let mut service_switch: Option<Arc<KubernetesServiceSwitch>> = None;
     let traffic: Arc<dyn TrafficSwitch> = match &config.traffic {
         TrafficConfig::None => Arc::new(NoTrafficSwitch),
         #[cfg(not(feature = "kubernetes"))]
@@ -141,11 +143,13 @@ pub async fn run(
                     )))
                 })?,
             };
-            Arc::new(KubernetesServiceSwitch::new(
+            let switch = Arc::new(KubernetesServiceSwitch::new(
                 client,
                 namespace.clone(),
                 service.clone(),
-            ))
+            ));
+            service_switch = Some(switch.clone());
+            switch
         }
         TrafficConfig::Local { listen } => {
             let f = traffic::LocalForwarder::new(
@@ -206,6 +210,18 @@ pub async fn run(
             service.coordination.clone(),
             config.clusters.clone(),
             traffic::REFRESH_PERIOD,
+            stop_rx.clone(),
+        ));
+    }
+    #[cfg(feature = "kubernetes")]
+    if let Some(switch) = service_switch {
+        // The leader keeps the client Service on the topology's target, every probe interval.
+        tokio::spawn(traffic::kubernetes::supervise(
+            switch,
+            service.coordination.clone(),
+            config.clusters.clone(),
+            config.policy.probe_interval,
+            service.metrics.traffic_corrections.clone(),
             stop_rx.clone(),
         ));
     }

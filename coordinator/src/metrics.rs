@@ -51,6 +51,9 @@ pub struct Metrics {
     pub lease_errors: IntCounter,
     /// Seconds this replica has been leader (cumulative).
     pub leader_seconds: Gauge,
+    /// Times the leader found client traffic pointed elsewhere than the topology says (e.g. a
+    /// Service selector changed by hand or by a reinstall) and corrected it.
+    pub traffic_corrections: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -240,6 +243,13 @@ impl Metrics {
                 Gauge::new(
                     name("leader_seconds_total"),
                     "Seconds this replica has been leader",
+                )?,
+            )?,
+            traffic_corrections: reg(
+                r,
+                IntCounter::new(
+                    name("traffic_corrections_total"),
+                    "Times the leader corrected client traffic that pointed elsewhere than the topology",
                 )?,
             )?,
         })

@@ -100,6 +100,8 @@ struct ClusterSpec {
     primary: bool,
     /// Whether the operator excludes it from promotion.
     excluded: bool,
+    /// The labels of its pods (the Kubernetes traffic switch selects them).
+    selector: std::collections::BTreeMap<String, String>,
 }
 
 /// What [`HaGroupBuilder::start`] hands [`CoordinatorGroup::new`].
@@ -118,8 +120,8 @@ struct GroupSpec {
     coordination: CoordinationFile,
     /// DR token the coordinators use against OpenBao (fencing, canary), if any.
     vault_token: Option<String>,
-    /// The local traffic forwarder's listen address (the leader serves it), if any.
-    traffic: Option<String>,
+    /// The `[traffic]` table.
+    traffic: TrafficFile,
 }
 
 /// One replica.
@@ -204,7 +206,7 @@ impl CoordinatorGroup {
                 nodes: vec![format!("{}-0", c.name)],
                 priority: 0,
                 excluded: c.excluded,
-                selector: Default::default(),
+                selector: c.selector.clone(),
             })
             .collect();
         let mut replicas = Vec::new();
@@ -221,11 +223,7 @@ impl CoordinatorGroup {
                     ..StoreFile::default()
                 },
                 coordination: coordination.clone(),
-                traffic: TrafficFile {
-                    backend: spec.traffic.as_ref().map(|_| TrafficBackend::Local),
-                    listen: spec.traffic.clone(),
-                    ..TrafficFile::default()
-                },
+                traffic: spec.traffic.clone(),
                 policy: spec.policy.clone(),
                 clusters: clusters.clone(),
                 ..ConfigFile::default()
@@ -793,6 +791,8 @@ pub struct HaGroupBuilder {
     program: Option<(PathBuf, Vec<OsString>)>,
     addresses: Option<Vec<Url>>,
     stable_address: bool,
+    traffic: TrafficFile,
+    selectors: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     agents: AgentOptions,
 }
 
@@ -817,6 +817,8 @@ impl HaGroups for GroupBuilder {
             program: None,
             addresses: None,
             stable_address: false,
+            traffic: TrafficFile::default(),
+            selectors: Default::default(),
             agents: AgentOptions::default(),
         }
     }
@@ -852,6 +854,23 @@ impl HaGroupBuilder {
     /// stable client address [`DrLab::stable`] (only the leader listens on it).
     pub fn stable_address(mut self, stable: bool) -> Self {
         self.stable_address = stable;
+        self
+    }
+
+    /// The replicas' `[traffic]` table (e.g. the Kubernetes Service switch); with
+    /// [`Self::stable_address`] the local forwarder replaces it.
+    pub fn traffic_file(mut self, traffic: TrafficFile) -> Self {
+        self.traffic = traffic;
+        self
+    }
+
+    /// The pod labels of `cluster`'s servers, which the Kubernetes traffic switch selects.
+    pub fn selector(mut self, cluster: &str, labels: &[(&str, &str)]) -> Self {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.selectors.insert(cluster.to_owned(), labels);
         self
     }
 
@@ -908,9 +927,14 @@ impl HaGroupBuilder {
         } else {
             None
         };
-        let traffic = stable
-            .as_ref()
-            .and_then(|u| Some(format!("127.0.0.1:{}", u.port()?)));
+        let traffic = match stable.as_ref().and_then(Url::port) {
+            Some(port) => TrafficFile {
+                backend: Some(TrafficBackend::Local),
+                listen: Some(format!("127.0.0.1:{port}")),
+                ..TrafficFile::default()
+            },
+            None => self.traffic,
+        };
         let spec = GroupSpec {
             backend: self.backend,
             replicas: base.coordinators,
@@ -923,6 +947,7 @@ impl HaGroupBuilder {
                     api_addr,
                     primary: i == 0,
                     excluded: base.excluded.iter().any(|e| e == name),
+                    selector: self.selectors.get(*name).cloned().unwrap_or_default(),
                 })
                 .collect(),
             policy: self.policy,

@@ -233,6 +233,63 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// The discovery documents a client reads before it addresses a kind by name (`helm
+/// --dry-run=server` does for `lookup`): the server version, the API versions and groups, and
+/// the resources of each group version, all from [`KINDS`].
+fn discovery(path: &str) -> Option<Value> {
+    let resources = |group: &str, version: &str| {
+        let list: Vec<Value> = KINDS
+            .iter()
+            .filter(|k| k.group == group && k.version == version)
+            .map(|k| {
+                json!({
+                    "name": k.resource, "singularName": "", "namespaced": true, "kind": k.kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                })
+            })
+            .collect();
+        let group_version = if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        };
+        (!list.is_empty()).then(|| {
+            json!({ "kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": group_version, "resources": list })
+        })
+    };
+    match path.trim_end_matches('/') {
+        "/version" => Some(json!({
+            "major": "1", "minor": "34", "gitVersion": "v1.34.0-vault-dr-fake",
+            "platform": "linux/amd64",
+        })),
+        "/api" => Some(json!({ "kind": "APIVersions", "versions": ["v1"],
+                               "serverAddressByClientCIDRs": [] })),
+        "/apis" => {
+            let mut groups: Vec<&str> = KINDS
+                .iter()
+                .map(|k| k.group)
+                .filter(|g| !g.is_empty())
+                .collect();
+            groups.dedup();
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|g| {
+                    let v = json!({ "groupVersion": format!("{g}/v1"), "version": "v1" });
+                    json!({ "name": g, "versions": [v.clone()], "preferredVersion": v })
+                })
+                .collect();
+            Some(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }))
+        }
+        "/api/v1" => resources("", "v1"),
+        p => {
+            let rest = p.strip_prefix("/apis/")?;
+            let (group, version) = rest.split_once('/')?;
+            (!version.contains('/')).then(|| resources(group, version))?
+        }
+    }
+}
+
 /// What a request addresses, parsed from its path.
 #[derive(Debug)]
 struct Target {
@@ -383,6 +440,11 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::GET
+        && let Some(document) = discovery(uri.path())
+    {
+        return ok(StatusCode::OK, &document);
+    }
     let Some(target) = parse_path(uri.path()) else {
         return status(
             StatusCode::NOT_FOUND,

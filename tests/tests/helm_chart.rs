@@ -850,6 +850,96 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     );
 }
 
+/// A reinstall (`helm uninstall` keeps the topology ConfigMap; the client Service is gone)
+/// renders the client Service for the topology's primary, not the values' first primary:
+/// `helm template --dry-run=server` against the fake apiserver (or the cluster of
+/// `VAULT_DR_TEST_KUBECONFIG`) holding a term-4 topology with `dc2` as primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstall_renders_the_client_service_for_the_topologys_primary() {
+    use vault_dr_coordinator::coordination::Coordination;
+    use vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination;
+    use vault_dr_coordinator::model::topology::Topology;
+    use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
+    let kube = test_client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = match kube.fake() {
+        Some(fake) => {
+            let path = dir.path().join("kubeconfig");
+            vault_dr_tests::coordinators::write_kubeconfig(&path, fake.url(), &kube.namespace)
+                .unwrap();
+            path
+        }
+        None => std::env::var(ENV_KUBECONFIG).unwrap().into(),
+    };
+    let (lease, configmap, service) = (
+        kube.name("vault-dr-coordinator"),
+        kube.name("vault-dr-topology"),
+        kube.name("vault-dr-active"),
+    );
+    let values = [
+        format!("coordinator.coordination.leaseName={lease}"),
+        format!("coordinator.coordination.configMapName={configmap}"),
+        format!("traffic.service={service}"),
+    ];
+    let render_live = || {
+        let mut cmd = Command::new(tool("bin/helm"));
+        cmd.args(["template", "vault-dr"])
+            .arg(chart())
+            .args([
+                "--dry-run=server",
+                "--namespace",
+                &kube.namespace,
+                "--kubeconfig",
+            ])
+            .arg(&kubeconfig);
+        for v in &values {
+            cmd.args(["--set", v]);
+        }
+        let (ok, out, err) = run(&mut cmd, None);
+        assert!(ok, "helm template --dry-run=server failed:\n{err}");
+        let docs = yaml_docs(&out);
+        one(&docs, "Service", &service)["spec"]["selector"].clone()
+    };
+    let selects = |dc: &str| {
+        json!({
+            "app.kubernetes.io/instance": format!("openbao-{dc}"),
+            "component": "server",
+            "openbao-active": "true",
+        })
+    };
+    // A first install: nothing there yet, the values' primary.
+    assert_eq!(render_live(), selects("dc1"));
+    // What an uninstall leaves after failovers: the topology of term 4 with dc2 as primary.
+    let previous = KubernetesCoordination::new(
+        kube.client.clone(),
+        kube.namespace.clone(),
+        lease.clone(),
+        configmap.clone(),
+        "previous-install",
+        Duration::from_secs(15),
+        Duration::from_secs(1),
+    );
+    assert!(previous.try_acquire_or_renew().await.unwrap());
+    let mut term4 = Topology::initial("dc2");
+    term4.term = 4;
+    previous.write_topology(&term4, None).await.unwrap();
+    previous.release().await.unwrap();
+    assert_eq!(
+        render_live(),
+        selects("dc2"),
+        "the reinstall selects the topology's primary"
+    );
+    if kube.fake().is_none() {
+        use k8s_openapi::api::coordination::v1::Lease;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let dp = kube::api::DeleteParams::default();
+        let cms: kube::Api<ConfigMap> = kube::Api::namespaced(kube.client.clone(), &kube.namespace);
+        let _ = cms.delete(&configmap, &dp).await;
+        let leases: kube::Api<Lease> = kube::Api::namespaced(kube.client.clone(), &kube.namespace);
+        let _ = leases.delete(&lease, &dp).await;
+    }
+}
+
 /// Whether `call` is granted by one of the Role's `rules`.
 fn allowed(rules: &[Value], call: &vault_dr_tests::fake_apiserver::Call) -> bool {
     let has = |v: &Value, s: &str| v.as_array().is_some_and(|a| a.iter().any(|x| x == s));

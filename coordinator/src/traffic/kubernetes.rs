@@ -1,15 +1,28 @@
 //! The Kubernetes traffic switch: patches a client-facing Service's selector to the new
 //! primary's pods (conditional on the Service's resourceVersion), or cuts it to a label no pod
 //! carries for a planned switchover.
+//!
+//! The switch is level-triggered: besides the executor's explicit `switch` and `cut`,
+//! [`supervise`] has the leader compare the Service with the topology on every tick and
+//! correct it (a selector changed by hand, a `helm install` that recreated the Service with
+//! the values' first primary, a leader that died between the topology write and the patch).
+//! A reading of the topology taken before the latest explicit change is discarded, so the loop
+//! never undoes a cut or switch it did not see yet.
 
 use crate::config::ClusterConfig;
+use crate::coordination::Coordination;
 use crate::coordination::kubernetes::{FIELD_MANAGER, api_code};
 use crate::failover::actions::{ActionError, ActionResult, TrafficSwitch};
+use crate::model::topology::Topology;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
+use prometheus::IntCounter;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How long one read or patch of the Service may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +66,8 @@ pub struct KubernetesServiceSwitch {
     services: Api<Service>,
     namespace: String,
     name: String,
+    /// Explicit `switch`/`cut` calls so far (see [`supervise`]).
+    explicit: AtomicU64,
 }
 
 impl std::fmt::Debug for KubernetesServiceSwitch {
@@ -76,7 +91,13 @@ impl KubernetesServiceSwitch {
             services: Api::namespaced(client, &namespace),
             namespace,
             name: name.into(),
+            explicit: AtomicU64::new(0),
         }
+    }
+
+    /// How many explicit `switch`/`cut` calls were made so far.
+    pub fn explicit_changes(&self) -> u64 {
+        self.explicit.load(Ordering::SeqCst)
     }
 
     fn failed(&self, what: &str, e: impl std::fmt::Display) -> ActionError {
@@ -96,21 +117,106 @@ impl TrafficSwitch for KubernetesServiceSwitch {
                 to.name, self.namespace, self.name
             )));
         }
+        self.explicit.fetch_add(1, Ordering::SeqCst);
         self.select(&to.selector, &to.name, term).await
     }
 
     /// Points the Service at a label no pod carries (`vault-dr.io/cut: "<term>"`): its
     /// endpoints empty, new client connections find nobody; the next `switch` replaces it.
     async fn cut(&self, term: u64) -> ActionResult {
-        let selector = BTreeMap::from([(CUT_LABEL.to_owned(), term.to_string())]);
-        self.select(&selector, "no cluster (cut)", term).await
+        self.explicit.fetch_add(1, Ordering::SeqCst);
+        self.select(&cut_selector(term), "no cluster (cut)", term)
+            .await
     }
 }
 
 /// Selector label of a cut Service: no pod carries it.
 pub const CUT_LABEL: &str = "vault-dr.io/cut";
 
+/// The selector of a Service cut in `term`.
+pub fn cut_selector(term: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([(CUT_LABEL.to_owned(), term.to_string())])
+}
+
+/// The selector the client Service must have under `topology`: the target cluster's selector
+/// ([`super::target_cluster`]), or the cut selector while a planned switchover has cut
+/// traffic. `None` when the target has no selector (nothing to enforce).
+pub fn desired_selector(
+    topology: &Topology,
+    clusters: &[ClusterConfig],
+) -> Option<BTreeMap<String, String>> {
+    match super::target_cluster(topology) {
+        None => Some(cut_selector(topology.term)),
+        Some(name) => clusters
+            .iter()
+            .find(|c| c.name == name && !c.selector.is_empty())
+            .map(|c| c.selector.clone()),
+    }
+}
+
+/// What one reconciliation of the Service found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The Service already selects what the topology says.
+    InPlace,
+    /// It selected `from`; it now selects what the topology says.
+    Corrected {
+        /// The selector it had.
+        from: BTreeMap<String, String>,
+    },
+    /// Left alone this time: an explicit switch or cut came in meanwhile, leadership ended, or
+    /// the Service changed under the patch (409). The next tick looks again.
+    Skipped,
+}
+
 impl KubernetesServiceSwitch {
+    async fn read(&self) -> Result<(BTreeMap<String, String>, Option<String>), ActionError> {
+        let service = tokio::time::timeout(WRITE_TIMEOUT, self.services.get(&self.name))
+            .await
+            .map_err(|_| self.failed("read", "no answer within 10 s"))?
+            .map_err(|e| self.failed("read", e))?;
+        let current = service.spec.and_then(|s| s.selector).unwrap_or_default();
+        Ok((current, service.metadata.resource_version))
+    }
+
+    /// Makes the Service select `want` unless it already does, or an explicit change came in
+    /// since `since` ([`Self::explicit_changes`]) or `leading` turns false before the patch.
+    /// One read and at most one conditional patch: a concurrent change wins, and the next call
+    /// looks again.
+    pub async fn reconcile(
+        &self,
+        want: &BTreeMap<String, String>,
+        since: u64,
+        leading: impl Fn() -> bool,
+    ) -> Result<Reconciled, ActionError> {
+        let (current, rv) = self.read().await?;
+        if current == *want {
+            return Ok(Reconciled::InPlace);
+        }
+        // Checked after the read: an explicit change marked before it is seen here, and one
+        // marked after it patches after our read, so our conditional patch gets a 409.
+        if self.explicit_changes() != since || !leading() {
+            return Ok(Reconciled::Skipped);
+        }
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patch = selector_patch(&current, want, rv.as_deref());
+        let patched = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            self.services
+                .patch(&self.name, &params, &Patch::Merge(&patch)),
+        )
+        .await
+        .map_err(|_| self.failed("patch", "no answer within 10 s"))?;
+        match patched {
+            Ok(_) => Ok(Reconciled::Corrected { from: current }),
+            Err(e) if api_code(&e) == Some(409) => Ok(Reconciled::Skipped),
+            Err(e) => Err(self.failed("patch", e)),
+        }
+    }
+
     /// Makes the Service select exactly `selector` (`what` names it in the journal).
     async fn select(
         &self,
@@ -125,11 +231,7 @@ impl KubernetesServiceSwitch {
         // A concurrent change of the Service makes the conditional patch fail with 409: read
         // again and retry a few times.
         for _ in 0..3 {
-            let service = tokio::time::timeout(WRITE_TIMEOUT, self.services.get(&self.name))
-                .await
-                .map_err(|_| self.failed("read", "no answer within 10 s"))?
-                .map_err(|e| self.failed("read", e))?;
-            let current = service.spec.and_then(|s| s.selector).unwrap_or_default();
+            let (current, rv) = self.read().await?;
             if current == *selector {
                 return Ok(format!(
                     "service {}/{} already selects {} ({what}, term {term})",
@@ -138,11 +240,7 @@ impl KubernetesServiceSwitch {
                     show_selector(selector),
                 ));
             }
-            let patch = selector_patch(
-                &current,
-                selector,
-                service.metadata.resource_version.as_deref(),
-            );
+            let patch = selector_patch(&current, selector, rv.as_deref());
             let patched = tokio::time::timeout(
                 WRITE_TIMEOUT,
                 self.services
@@ -165,6 +263,69 @@ impl KubernetesServiceSwitch {
             }
         }
         Err(self.failed("patch", "it changed under every attempt"))
+    }
+}
+
+/// Keeps the client Service selecting what the topology says while `coordination` says we
+/// lead: every `period`, reads the topology and [`KubernetesServiceSwitch::reconcile`]s the
+/// Service, logging and counting each correction; until `stop` turns true. A failing read or
+/// patch is logged once per change of the error and retried at the next tick.
+pub async fn supervise(
+    switch: Arc<KubernetesServiceSwitch>,
+    coordination: Arc<dyn Coordination>,
+    clusters: Vec<ClusterConfig>,
+    period: Duration,
+    corrections: IntCounter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_error: Option<String> = None;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if coordination.is_leader() {
+            let since = switch.explicit_changes();
+            let outcome = match coordination.read_topology().await {
+                Ok(Some(t)) if switch.explicit_changes() == since => {
+                    match desired_selector(&t.value, &clusters) {
+                        Some(want) => switch
+                            .reconcile(&want, since, || coordination.is_leader())
+                            .await
+                            .map(|r| (r, want, t.value.term)),
+                        None => Ok((Reconciled::InPlace, BTreeMap::new(), t.value.term)),
+                    }
+                }
+                Ok(_) => Ok((Reconciled::Skipped, BTreeMap::new(), 0)),
+                Err(e) => Err(ActionError(format!("cannot read the topology: {e}"))),
+            };
+            match outcome {
+                Ok((Reconciled::Corrected { from }, want, term)) => {
+                    corrections.inc();
+                    last_error = None;
+                    tracing::warn!(
+                        service = %format!("{}/{}", switch.namespace, switch.name),
+                        "traffic corrected: the service selected {} but the topology (term {term}) says {}; it now selects {}",
+                        show_selector(&from),
+                        show_selector(&want),
+                        show_selector(&want),
+                    );
+                }
+                Ok(_) => last_error = None,
+                Err(e) => {
+                    let e = e.to_string();
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(
+                            "traffic: cannot reconcile the client service: {e}; retrying every {period:?}"
+                        );
+                        last_error = Some(e);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(period) => {}
+        }
     }
 }
 
@@ -191,5 +352,81 @@ mod tests {
                 "spec": { "selector": { "app": "vault", "cluster": "dc2", "zone": null } }
             })
         );
+    }
+
+    fn cluster(name: &str, selector: &[(&str, &str)]) -> ClusterConfig {
+        ClusterConfig {
+            name: name.into(),
+            api_addrs: vec![url::Url::parse("http://127.0.0.1:8200").unwrap()],
+            nodes: vec![format!("{name}-0")],
+            priority: 0,
+            excluded: false,
+            selector: selector
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_desired_selector_is_the_target_clusters_or_the_cut_of_a_planned_switchover() {
+        use crate::model::Step;
+        use crate::model::topology::FailoverInProgress;
+        let clusters = [
+            cluster("dc1", &[("app", "vault"), ("dc", "dc1")]),
+            cluster("dc2", &[("app", "vault"), ("dc", "dc2")]),
+            cluster("dc3", &[]),
+        ];
+        let sel = |dc: &str| {
+            Some(BTreeMap::from([
+                ("app".to_owned(), "vault".to_owned()),
+                ("dc".to_owned(), dc.to_owned()),
+            ]))
+        };
+        let moving = |to: &str, planned: bool, completed: Step| Topology {
+            primary: "dc1".into(),
+            term: 4,
+            failover: Some(FailoverInProgress {
+                id: format!("4-dc1-{to}"),
+                from: "dc1".into(),
+                to: to.into(),
+                completed,
+                planned,
+            }),
+            last_failover_at: None,
+        };
+        let mut later = Topology::initial("dc2");
+        later.term = 4;
+        let rows = [
+            (
+                "steady: the primary's pods",
+                Topology::initial("dc1"),
+                sel("dc1"),
+            ),
+            ("a later term: its primary's pods", later, sel("dc2")),
+            (
+                "unplanned, fenced: still the old primary",
+                moving("dc2", false, Step::Fenced),
+                sel("dc1"),
+            ),
+            (
+                "unplanned, promoted: the new primary",
+                moving("dc2", false, Step::Promoted),
+                sel("dc2"),
+            ),
+            (
+                "planned, fenced: cut in the topology's term",
+                moving("dc2", true, Step::Fenced),
+                Some(cut_selector(4)),
+            ),
+            (
+                "a target with no selector: nothing to enforce",
+                moving("dc3", false, Step::Promoted),
+                None,
+            ),
+        ];
+        for (name, topology, want) in rows {
+            assert_eq!(desired_selector(&topology, &clusters), want, "{name}");
+        }
     }
 }
