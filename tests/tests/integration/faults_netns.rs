@@ -13,7 +13,7 @@
 //! Needs root, `ip`, `iptables`, `python3`, `stress-ng`, SecantusDB and `.tools/bin/bao`
 //! (run `scripts/setup.sh`) and the built `vault-dr` and `vault-dr-agent` (`cargo build
 //! --workspace`). Policy: probe 500 ms, confirm 2, report TTL 2 s, fast raft election.
-//! Run: `cargo test -p vault-dr-tests --test faults_netns -- --nocapture`.
+//! Run: `cargo test -p vault-dr-tests --test integration faults_netns:: -- --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

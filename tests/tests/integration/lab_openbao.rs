@@ -133,7 +133,7 @@ async fn four_clusters_start_in_about_the_time_of_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_restores_into_another_cluster_and_a_node_restarts_without_unseal() {
     let _serial = SERIAL.lock().await;
-    let mut group = LabCluster::start_group(&["src", "dst"], None)
+    let mut group = LabCluster::start_group_with(&["src", "dst"], true, None)
         .await
         .unwrap_or_else(|e| panic!("{}", start_hint(e)));
     let (src, dst) = (&group[0], &group[1]);
@@ -303,7 +303,7 @@ async fn ha_cluster_has_one_active_and_two_standbys_and_fails_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_lab_node() {
     let _serial = SERIAL.lock().await;
-    let group = LabCluster::start_group(&["metrics"], None)
+    let group = LabCluster::start_group_with(&["metrics"], true, None)
         .await
         .unwrap_or_else(|e| panic!("{}", start_hint(e)));
     let addr = group[0].api_addr();

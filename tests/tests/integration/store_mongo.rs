@@ -2,7 +2,7 @@
 //! store suite, the TTL index, and the buffered store riding out a server outage.
 //!
 //! Needs, in `tests/Cargo.toml`: `vault-dr-coordinator` with the `test-util` feature (the shared
-//! suite), `chrono` and `prometheus`. Run with `cargo test -p vault-dr-tests --test store_mongo`.
+//! suite), `chrono` and `prometheus`. Run with `cargo test -p vault-dr-tests --test integration store_mongo::`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -48,8 +48,11 @@ fn rand_u64() -> u64 {
 }
 
 fn http() -> reqwest::Client {
+    // A new connection per request: a server that refuses an oversized body closes the
+    // connection, and a pooled one would fail the next request with an incomplete message.
     vault_dr_common::http::client_builder()
         .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()

@@ -1,0 +1,28 @@
+//! vault-dr's integration tests against the real components (OpenBao, SecantusDB, helm,
+//! kubectl, network namespaces, the fake apiserver or a real cluster), as one test binary: one
+//! link instead of one per file, and libtest runs the tests of every file in one pool (two at a
+//! time on two cores) instead of file after file. Each module is one subject; run one with its
+//! path, e.g. `cargo test -p vault-dr-tests --test integration faults_netns:: -- --nocapture`.
+//!
+//! Every module that starts a DR group builds it with the one harness
+//! (`vault_dr_lab::harness::Group::builder()`, and its `.ha(..)` form in
+//! `vault_dr_tests::coordinators`).
+
+mod agent_openbao;
+mod agent_prometheus;
+mod coordinator_openbao;
+mod drill;
+mod faults_netns;
+mod fuzz_parsers;
+mod ha_kubernetes;
+mod ha_local;
+mod ha_split_brain;
+mod helm_chart;
+mod hostile_input;
+mod k8s_coordination;
+mod k8s_traffic;
+mod lab_openbao;
+mod replication_agent;
+mod replication_openbao;
+mod secret_hygiene;
+mod store_mongo;
