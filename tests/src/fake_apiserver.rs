@@ -805,6 +805,60 @@ impl TestKube {
     pub fn config(&self) -> kube::Config {
         self.config.clone()
     }
+
+    /// A kubeconfig file for processes (coordinators, helm) to reach this cluster: written
+    /// into `dir` for the fake, the file of `VAULT_DR_TEST_KUBECONFIG` for a real cluster.
+    pub fn kubeconfig_file(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, FakeError> {
+        match &self.fake {
+            Some(fake) => {
+                let path = dir.join("kubeconfig");
+                crate::coordinators::write_kubeconfig(&path, fake.url(), &self.namespace).map_err(
+                    |e| FakeError::Kubeconfig {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    },
+                )?;
+                Ok(path)
+            }
+            None => {
+                std::env::var(ENV_KUBECONFIG)
+                    .map(Into::into)
+                    .map_err(|e| FakeError::Kubeconfig {
+                        path: ENV_KUBECONFIG.to_owned(),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Leaves `topology` in ConfigMap `configmap` as a replica of an earlier install would
+    /// (acquire Lease `lease`, write, release it), e.g. what `helm uninstall` keeps.
+    pub async fn leave_topology(
+        &self,
+        lease: &str,
+        configmap: &str,
+        topology: &vault_dr_coordinator::model::topology::Topology,
+    ) -> Result<(), vault_dr_coordinator::coordination::CoordinationError> {
+        use vault_dr_coordinator::coordination::Coordination;
+        let previous = vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination::new(
+            self.client.clone(),
+            self.namespace.clone(),
+            lease,
+            configmap,
+            "previous-install",
+            std::time::Duration::from_secs(15),
+            std::time::Duration::from_secs(1),
+        );
+        if !previous.try_acquire_or_renew().await? {
+            return Err(
+                vault_dr_coordinator::coordination::CoordinationError::Unavailable(format!(
+                    "lease {lease} is held by another replica"
+                )),
+            );
+        }
+        previous.write_topology(topology, None).await?;
+        previous.release().await
+    }
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);

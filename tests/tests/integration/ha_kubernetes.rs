@@ -17,8 +17,8 @@ use kube::Api;
 use std::time::{Duration, Instant};
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::wait::try_wait_for_every;
-use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy, write_kubeconfig};
-use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
+use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy};
+use vault_dr_tests::fake_apiserver::test_client;
 
 /// The default lease (the group runs with the default coordination settings).
 const LEASE: Duration = Duration::from_secs(5);
@@ -37,14 +37,7 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
 async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
     let kube = test_client().await.unwrap();
     let kubeconfig_dir = tempfile::tempdir().unwrap();
-    let kubeconfig = match kube.fake() {
-        Some(fake) => {
-            let path = kubeconfig_dir.path().join("kubeconfig");
-            write_kubeconfig(&path, fake.url(), &kube.namespace).unwrap();
-            path
-        }
-        None => std::env::var(ENV_KUBECONFIG).unwrap().into(),
-    };
+    let kubeconfig = kube.kubeconfig_file(kubeconfig_dir.path()).unwrap();
     let lease_name = kube.name("vault-dr-coordinator");
     let mut lab = Group::builder()
         .clusters(["p", "s1"])

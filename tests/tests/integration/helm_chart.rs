@@ -856,21 +856,11 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
 /// `VAULT_DR_TEST_KUBECONFIG`) holding a term-4 topology with `dc2` as primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reinstall_renders_the_client_service_for_the_topologys_primary() {
-    use vault_dr_coordinator::coordination::Coordination;
-    use vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination;
     use vault_dr_coordinator::model::topology::Topology;
-    use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
+    use vault_dr_tests::fake_apiserver::test_client;
     let kube = test_client().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = match kube.fake() {
-        Some(fake) => {
-            let path = dir.path().join("kubeconfig");
-            vault_dr_tests::coordinators::write_kubeconfig(&path, fake.url(), &kube.namespace)
-                .unwrap();
-            path
-        }
-        None => std::env::var(ENV_KUBECONFIG).unwrap().into(),
-    };
+    let kubeconfig = kube.kubeconfig_file(dir.path()).unwrap();
     let (lease, configmap, service) = (
         kube.name("vault-dr-coordinator"),
         kube.name("vault-dr-topology"),
@@ -910,20 +900,11 @@ async fn a_reinstall_renders_the_client_service_for_the_topologys_primary() {
     // A first install: nothing there yet, the values' primary.
     assert_eq!(render_live(), selects("dc1"));
     // What an uninstall leaves after failovers: the topology of term 4 with dc2 as primary.
-    let previous = KubernetesCoordination::new(
-        kube.client.clone(),
-        kube.namespace.clone(),
-        lease.clone(),
-        configmap.clone(),
-        "previous-install",
-        Duration::from_secs(15),
-        Duration::from_secs(1),
-    );
-    assert!(previous.try_acquire_or_renew().await.unwrap());
     let mut term4 = Topology::initial("dc2");
     term4.term = 4;
-    previous.write_topology(&term4, None).await.unwrap();
-    previous.release().await.unwrap();
+    kube.leave_topology(&lease, &configmap, &term4)
+        .await
+        .unwrap();
     assert_eq!(
         render_live(),
         selects("dc2"),

@@ -23,14 +23,12 @@ use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use url::Url;
 use vault_dr_coordinator::config::{TrafficBackend, TrafficFile};
-use vault_dr_coordinator::coordination::Coordination;
-use vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination;
 use vault_dr_coordinator::model::topology::Topology;
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::ports::closed_loopback;
 use vault_dr_lab::wait::try_wait_for_every;
-use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy, sample, write_kubeconfig};
-use vault_dr_tests::fake_apiserver::{ENV_KUBECONFIG, test_client};
+use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy, sample};
+use vault_dr_tests::fake_apiserver::test_client;
 
 /// The leader's tick (its probe interval), which is also the reconcile period.
 const TICK: Duration = Duration::from_millis(500);
@@ -81,14 +79,7 @@ async fn wait_selects(services: &Api<Service>, name: &str, dc: &str, within: Dur
 async fn the_leader_corrects_a_client_service_that_selects_another_cluster_than_the_topology() {
     let kube = test_client().await.unwrap();
     let kubeconfig_dir = tempfile::tempdir().unwrap();
-    let kubeconfig = match kube.fake() {
-        Some(fake) => {
-            let path = kubeconfig_dir.path().join("kubeconfig");
-            write_kubeconfig(&path, fake.url(), &kube.namespace).unwrap();
-            path
-        }
-        None => std::env::var(ENV_KUBECONFIG).unwrap().into(),
-    };
+    let kubeconfig = kube.kubeconfig_file(kubeconfig_dir.path()).unwrap();
     let (lease_name, configmap_name, service_name) = (
         kube.name("vault-dr-coordinator"),
         kube.name("vault-dr-topology"),
@@ -97,20 +88,11 @@ async fn the_leader_corrects_a_client_service_that_selects_another_cluster_than_
 
     // What an uninstall leaves: the topology of term 4, dc2 primary (written by a replica of the
     // previous install, which then released the Lease).
-    let previous = KubernetesCoordination::new(
-        kube.client.clone(),
-        kube.namespace.clone(),
-        lease_name.clone(),
-        configmap_name.clone(),
-        "previous-install",
-        Duration::from_secs(15),
-        Duration::from_secs(1),
-    );
-    assert!(previous.try_acquire_or_renew().await.unwrap());
     let mut term4 = Topology::initial("dc2");
     term4.term = 4;
-    previous.write_topology(&term4, None).await.unwrap();
-    previous.release().await.unwrap();
+    kube.leave_topology(&lease_name, &configmap_name, &term4)
+        .await
+        .unwrap();
     // What the reinstall creates: the Service selecting the values' first primary.
     let services: Api<Service> = Api::namespaced(kube.client.clone(), &kube.namespace);
     let service = Service {
