@@ -14,6 +14,8 @@ use vault_dr_tests::lab::wait::try_wait_for;
 use vault_dr_tests::lab::{LabCluster, LabError};
 use vault_dr_tests::prometheus::PrometheusServer;
 
+/// The two tests that compare start times take turns, so that one does not load the other's
+/// measurement.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Every `bao` pid of `clusters`.
@@ -132,7 +134,6 @@ async fn four_clusters_start_in_about_the_time_of_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_restores_into_another_cluster_and_a_node_restarts_without_unseal() {
-    let _serial = SERIAL.lock().await;
     let mut group = LabCluster::start_group_with(&["src", "dst"], true, None)
         .await
         .unwrap_or_else(|e| panic!("{}", start_hint(e)));
@@ -258,7 +259,6 @@ async fn snapshot_restores_into_another_cluster_and_a_node_restarts_without_unse
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_cluster_has_one_active_and_two_standbys_and_fails_over() {
-    let _serial = SERIAL.lock().await;
     let t = Instant::now();
     let mut ha = LabCluster::start_ha("ha", 3, true, None)
         .await
@@ -302,7 +302,6 @@ async fn ha_cluster_has_one_active_and_two_standbys_and_fails_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_lab_node() {
-    let _serial = SERIAL.lock().await;
     let group = LabCluster::start_group_with(&["metrics"], true, None)
         .await
         .unwrap_or_else(|e| panic!("{}", start_hint(e)));

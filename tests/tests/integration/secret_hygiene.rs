@@ -271,12 +271,8 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-/// The two tests each run a whole DR group; on two cores they take turns.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_seal_key_appears_in_any_log_metric_store_document_or_error() {
-    let _turn = SERIAL.lock().await;
     let mut group = Group::builder()
         .clusters(["p", "s1", "s2"])
         .coordinators(2)
@@ -734,7 +730,6 @@ impl Drop for RemoveDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_drill_leaves_no_token_or_seal_key_in_its_output_logs_or_store() {
-    let _turn = SERIAL.lock().await;
     let cli = built_binary("vault-dr").unwrap();
     built_binary("vault-dr-agent").unwrap();
     let (code, out) = run_for(
