@@ -1,6 +1,9 @@
 //! [`CoordinatorGroup`]: several `vault-dr coordinator` processes sharing one coordination
-//! backend (the local file, or a Kubernetes Lease and ConfigMap) and one embedded store, for the
-//! high-availability tests and the takeover benchmark. Such a group is built only through the
+//! backend (the local file, or a Kubernetes Lease and ConfigMap) and one embedded store, beside
+//! in-process agents a test can ask for their reports: for the high-availability tests, the
+//! takeover benchmark, and the end-to-end tests that run one replica (replication, the
+//! coordinator against real clusters, the chart's metrics, the Service reconcile). Such a group
+//! is built only through the
 //! one group builder, [`vault_dr_lab::harness::Group::builder`], turned into its
 //! high-availability form with [`HaGroups::ha`]:
 //!

@@ -390,13 +390,15 @@ mod tests {
     #[tokio::test]
     async fn only_one_replica_holds_the_lease_until_it_expires() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = pair(dir.path(), Duration::from_millis(300));
+        // A lease long enough that no stall of a loaded machine between two lines outlasts it
+        // (300 ms did once, with three test threads on two cores).
+        let (a, b) = pair(dir.path(), Duration::from_secs(2));
         assert!(a.try_acquire_or_renew().await.unwrap());
         assert!(a.is_leader());
         assert!(!b.try_acquire_or_renew().await.unwrap());
         assert!(!b.is_leader());
         assert_eq!(b.lease().await.unwrap().holder.as_deref(), Some("a"));
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        tokio::time::sleep(Duration::from_millis(2050)).await;
         assert!(
             !a.is_leader(),
             "a must stop acting before its lease expires"
