@@ -448,6 +448,11 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     // The fault.
     let fault_at = Utc::now();
     let fault_detail = inject(&mut group, &primary, opts.fault).await?;
+    // The fault has taken effect (a killed server is reaped, a stopped one stopped): a request
+    // sent from now on cannot reach the old primary. One sent before may still have been
+    // acknowledged by it a moment after `fault_at`, and is lost with it (the RPO), not "after
+    // the fault".
+    let fault_effective_at = Utc::now();
     progress.line(format!("FAULT: {fault_detail}"));
     let mut timeline = vec![TimelineEvent {
         event: "fault".into(),
@@ -520,22 +525,26 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     if let Some(t) = &target
         && let Some(c) = group.cluster(t)
     {
-        let before: Vec<_> = acked
-            .iter()
-            .filter(|w| w.acked_at <= fault_at)
-            .cloned()
-            .collect();
-        let after: Vec<_> = acked
-            .iter()
-            .filter(|w| w.acked_at > fault_at)
-            .cloned()
-            .collect();
+        let (after, before) = split_at_fault(&acked, fault_effective_at);
         match workload::missing_writes(c.api_addr(), &token, &acked).await {
             Ok(missing) => {
-                let lost_after = missing.iter().filter(|m| after.contains(m)).count();
-                if lost_after > 0 {
+                let lost_after: Vec<String> = missing
+                    .iter()
+                    .filter(|m| after.contains(m))
+                    .map(|m| {
+                        format!(
+                            "#{} (sent {:+.3} s, acknowledged {:+.3} s after the fault)",
+                            m.seq,
+                            seconds_between(fault_at, m.sent_at),
+                            seconds_between(fault_at, m.acked_at)
+                        )
+                    })
+                    .collect();
+                if !lost_after.is_empty() {
                     problems.push(format!(
-                        "{lost_after} writes acknowledged after the fault are missing on {t}"
+                        "{} writes sent after the fault took effect and acknowledged are missing on {t}: {}",
+                        lost_after.len(),
+                        lost_after.join(", ")
                     ));
                 }
                 rpo_writes = Some(missing.len() as u64);
@@ -970,6 +979,19 @@ async fn wait_replicated_after(
     }
 }
 
+/// The acknowledged writes sent after the fault took effect (`effective_at`), which the old
+/// primary cannot have served and which must all survive, and the others, which it may have
+/// acknowledged just before it went (the RPO window), in that order.
+fn split_at_fault(
+    acked: &[workload::AckedWrite],
+    effective_at: DateTime<Utc>,
+) -> (Vec<workload::AckedWrite>, Vec<workload::AckedWrite>) {
+    acked
+        .iter()
+        .cloned()
+        .partition(|w| w.sent_at > effective_at)
+}
+
 fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
@@ -1165,6 +1187,32 @@ mod tests {
         assert_eq!(v["traffic"], "local");
         let back: DrillReport = serde_json::from_value(v).unwrap();
         assert_eq!(back.rto_seconds, Some(2.5));
+    }
+
+    #[test]
+    fn a_write_sent_before_the_fault_took_effect_is_in_the_rpo_window_even_if_acked_after() {
+        let t0 = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        let w = |seq, sent: i64, acked: i64| workload::AckedWrite {
+            seq,
+            version: seq,
+            sent_at: t0 + ms(sent),
+            acked_at: t0 + ms(acked),
+        };
+        // The fault was decided at t0 and had taken effect (the server reaped) at +20 ms.
+        let acked = [w(1, -150, -140), w(2, -5, 3), w(3, 10, 25), w(4, 30, 900)];
+        let (after, before) = split_at_fault(&acked, t0 + ms(20));
+        let seqs = |v: &[workload::AckedWrite]| v.iter().map(|w| w.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(&after),
+            [4],
+            "only a write sent after +20 ms must survive"
+        );
+        assert_eq!(
+            seqs(&before),
+            [1, 2, 3],
+            "acknowledged by the old primary, maybe lost"
+        );
     }
 
     #[test]
