@@ -431,7 +431,11 @@ impl CoordinatorGroup {
         done: impl Fn(&FailoverRecord) -> bool,
     ) -> Result<(FailoverRecord, Vec<FailoverRecord>), HaError> {
         try_wait_for(what, timeout, || async {
-            let all: Vec<FailoverRecord> = self.get(i, "/v1/failovers").await.unwrap_or_default();
+            // No answer is not "no failover": the error says which it was.
+            let all: Vec<FailoverRecord> = self
+                .get(i, "/v1/failovers")
+                .await
+                .ok_or_else(|| format!("replica {i} gave no list of failovers"))?;
             match all.iter().find(|r| done(r)).cloned() {
                 Some(r) => Ok((r, all)),
                 None => Err(format!("{all:#?}")),

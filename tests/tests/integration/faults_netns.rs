@@ -628,7 +628,9 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
                 .get("v1/topology")
                 .await
                 .ok_or_else(|| "no topology answer".to_owned())?;
-            let primary = topo["topology"]["primary"].as_str().unwrap_or_default();
+            let primary = topo["topology"]["primary"]
+                .as_str()
+                .ok_or_else(|| format!("a topology without a primary: {topo}"))?;
             let term = topo["topology"]["term"].as_u64().unwrap_or(0);
             if term == 2 && topo["topology"]["failover"].is_null() {
                 let id = FailoverRecord::id_for(2, "p", primary);

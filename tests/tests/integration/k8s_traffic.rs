@@ -43,14 +43,14 @@ fn labels(dc: &str) -> BTreeMap<String, String> {
     ])
 }
 
-async fn selector(services: &Api<Service>, name: &str) -> BTreeMap<String, String> {
-    services
+/// The Service's selector (a Service without one has an empty selector); a failed read is an
+/// error, not "selects nothing".
+async fn selector(services: &Api<Service>, name: &str) -> Result<BTreeMap<String, String>, String> {
+    let service = services
         .get(name)
         .await
-        .ok()
-        .and_then(|s| s.spec)
-        .and_then(|s| s.selector)
-        .unwrap_or_default()
+        .map_err(|e| format!("GET service {name}: {e}"))?;
+    Ok(service.spec.and_then(|s| s.selector).unwrap_or_default())
 }
 
 /// Polls every 50 ms until the Service selects `dc`; how long that took.
@@ -62,7 +62,7 @@ async fn wait_selects(services: &Api<Service>, name: &str, dc: &str, within: Dur
         &format!("service {name} to select {dc}"),
         within,
         || async {
-            let got = selector(services, name).await;
+            let got = selector(services, name).await?;
             if got == want {
                 Ok(())
             } else {
