@@ -55,6 +55,10 @@ pub const ENV_SNAPSHOT_KEEP: &str = "VAULT_DR_AGENT_SNAPSHOT_KEEP";
 pub const ENV_RESTORE: &str = "VAULT_DR_AGENT_RESTORE";
 /// Env: directory of quarantined (diverged) data (`--quarantine-dir`).
 pub const ENV_QUARANTINE_DIR: &str = "VAULT_DR_AGENT_QUARANTINE_DIR";
+/// Env: the write gate's listen address, the node's client address (`--gate-listen`).
+pub const ENV_GATE_LISTEN: &str = "VAULT_DR_AGENT_GATE_LISTEN";
+/// Env: `open` forwards every request whatever the role (`--gate-override`).
+pub const ENV_GATE_OVERRIDE: &str = "VAULT_DR_AGENT_GATE_OVERRIDE";
 
 /// Default Vault address.
 pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
@@ -118,6 +122,10 @@ struct Args {
     vault_process_name: Option<String>,
     #[arg(long, help = help("Log one JSON object per line", ENV_LOG_JSON))]
     log_json: bool,
+    #[arg(long, value_name = "ADDR", help = help("Serve the node's client address here and forward to --vault-addr only while this node may take writes (the write gate; see README) [default: no gate]", ENV_GATE_LISTEN))]
+    gate_listen: Option<String>,
+    #[arg(long, value_name = "open", help = help("open: the gate forwards every request whatever the role (every coordinator down and no other cluster primary)", ENV_GATE_OVERRIDE))]
+    gate_override: Option<String>,
     #[command(flatten)]
     snapshot: SnapshotArgs,
 }
@@ -228,6 +236,8 @@ pub struct Config {
     /// Whether `cgroup_root` was given (`--cgroup-root`): then `cpu.stat` alone is enough and
     /// memory comes from the Vault process when the memory controller is missing.
     pub cgroup_explicit: bool,
+    /// The write gate; `None`: clients reach the node's own listener.
+    pub gate: Option<crate::gate::GateConfig>,
 }
 
 impl Config {
@@ -345,7 +355,15 @@ impl Config {
             vault_process_names.push("vault".into());
         }
 
+        let gate = parse_gate(
+            pick(a.gate_listen, ENV_GATE_LISTEN),
+            pick(a.gate_override, ENV_GATE_OVERRIDE),
+            listen,
+            &vault.addr,
+        )?;
+
         Ok(Self {
+            gate,
             vault,
             cluster,
             node,
@@ -384,8 +402,74 @@ impl Config {
             log_json: false,
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
             cgroup_explicit: false,
+            gate: None,
         }
     }
+}
+
+/// The gate flags: a socket address that is neither the agent's own `--listen` nor the node's
+/// `--vault-addr` (the gate would forward to itself), and an override that only `open` is.
+fn parse_gate(
+    listen: Option<String>,
+    override_raw: Option<String>,
+    agent_listen: SocketAddr,
+    vault_addr: &Url,
+) -> Result<Option<crate::gate::GateConfig>> {
+    let override_open = match override_raw.as_deref().map(str::trim) {
+        None => false,
+        Some("open") => true,
+        Some(other) => {
+            return Err(config_error(
+                "--gate-override",
+                ENV_GATE_OVERRIDE,
+                format!("{other:?} is not `open` (leave it out for the normal, fail-closed gate)"),
+            ));
+        }
+    };
+    let Some(raw) = listen else {
+        if override_open {
+            return Err(config_error(
+                "--gate-override",
+                ENV_GATE_OVERRIDE,
+                "needs --gate-listen (there is no gate to open)",
+            ));
+        }
+        return Ok(None);
+    };
+    let addr = raw.trim().parse::<SocketAddr>().map_err(|e| {
+        config_error(
+            "--gate-listen",
+            ENV_GATE_LISTEN,
+            format!("{raw:?} is not a socket address: {e}"),
+        )
+    })?;
+    if addr == agent_listen && addr.port() != 0 {
+        return Err(config_error(
+            "--gate-listen",
+            ENV_GATE_LISTEN,
+            format!("{addr} is also --listen, the agent's own API"),
+        ));
+    }
+    let same_as_vault = vault_addr.port_or_known_default() == Some(addr.port())
+        && vault_addr.host_str().is_some_and(|h| {
+            h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip == addr.ip() || addr.ip().is_unspecified())
+                || (h == "localhost" && (addr.ip().is_loopback() || addr.ip().is_unspecified()))
+        });
+    if same_as_vault {
+        return Err(config_error(
+            "--gate-listen",
+            ENV_GATE_LISTEN,
+            format!(
+                "{addr} is where --vault-addr {vault_addr} points: the node must listen on an address of its own that only the agent uses"
+            ),
+        ));
+    }
+    Ok(Some(crate::gate::GateConfig {
+        listen: addr,
+        override_open,
+    }))
 }
 
 /// The replication flags: `none` ignores the snapshot flags; `snapshot` needs a directory and
@@ -659,6 +743,61 @@ mod tests {
         assert_eq!(c.node, "n2");
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.vault.addr.port(), Some(9999));
+    }
+
+    #[test]
+    fn the_gate_listens_where_neither_the_agent_nor_the_node_does() {
+        let base = [
+            "--cluster",
+            "a",
+            "--node",
+            "b",
+            "--vault-addr",
+            "http://127.0.0.1:8300",
+        ];
+        let with = |extra: &[&str], e: &[(&str, &str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            parse(&all, e)
+        };
+        let c = with(&["--gate-listen", "0.0.0.0:8200"], &[]).unwrap();
+        let g = c.gate.unwrap();
+        assert_eq!(g.listen, "0.0.0.0:8200".parse().unwrap());
+        assert!(!g.override_open);
+        assert!(with(&[], &[]).unwrap().gate.is_none());
+        let c = with(
+            &[],
+            &[
+                (ENV_GATE_LISTEN, "127.0.0.1:8200"),
+                (ENV_GATE_OVERRIDE, "open"),
+            ],
+        );
+        assert!(c.unwrap().gate.unwrap().override_open);
+        for bad in [
+            "127.0.0.1:8300",
+            "0.0.0.0:8300",
+            "0.0.0.0:8210",
+            "eight",
+            "127.0.0.1",
+        ] {
+            assert_eq!(
+                flag_of(with(&["--gate-listen", bad], &[])),
+                "--gate-listen",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            flag_of(with(
+                &["--gate-listen", "0.0.0.0:8200", "--gate-override", "yes"],
+                &[]
+            )),
+            "--gate-override"
+        );
+        assert_eq!(
+            flag_of(with(&["--gate-override", "open"], &[])),
+            "--gate-override",
+            "an override with no gate"
+        );
     }
 
     #[test]

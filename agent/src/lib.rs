@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod metrics;
 pub mod probe;
 pub mod replication;
@@ -81,6 +82,35 @@ pub async fn run(
     let prober = probe::Prober::new(vault, replicator, system, shared.clone(), metrics.clone());
 
     tasks.spawn(prober.run(config.interval));
+    if let Some(g) = &config.gate {
+        let listener = tokio::net::TcpListener::bind(g.listen)
+            .await
+            .map_err(Error::Serve)?;
+        let gate = gate::Gate::new(
+            shared.clone(),
+            config.vault.addr.clone(),
+            vault::gate_client(&config.vault)?,
+            metrics.clone(),
+            g.override_open,
+        );
+        tracing::info!(
+            listen = %listener.local_addr().map_err(Error::Serve)?,
+            node = %config.vault.addr,
+            override_open = g.override_open,
+            "write gate serving the node's client address (closed until this node is the primary)"
+        );
+        tasks.spawn(gate.clone().watch());
+        tasks.spawn(async move {
+            if let Err(e) = gate::serve(gate, listener).await {
+                tracing::error!(error = %e, "the write gate's server failed");
+            }
+        });
+    } else if config.coordinator.is_some() {
+        tracing::warn!(
+            "no write gate (--gate-listen): this node takes client writes whatever its role; \
+             a write to a secondary or a returning old primary is lost at the next restore"
+        );
+    }
     if let Some(c) = &config.coordinator {
         let mut sender = report::Sender::new(
             c,

@@ -15,10 +15,18 @@ fn main() -> anyhow::Result<()> {
         }
     };
     vault_dr_common::telemetry::init(config.log_json);
-    // One thread is plenty for a probe a second, and keeps the resident set small.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // One thread is plenty for a probe a second, and keeps the resident set small; the write
+    // gate carries the node's client traffic and gets two.
+    let runtime = if config.gate.is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub snapshot_quarantines: IntCounter,
     /// `vault_dr_agent_snapshot_index`: raft index of the newest snapshot held.
     pub snapshot_index: IntGauge,
+    /// `vault_dr_agent_gate_open`: 1 while the write gate forwards client requests.
+    pub gate_open: IntGauge,
+    /// `vault_dr_agent_gate_refused_total{kind}`: client requests a closed gate refused,
+    /// `read` or `write`.
+    pub gate_refused: IntCounterVec,
 }
 
 /// Results of a snapshot pull or restore (the `result` label).
@@ -213,7 +218,27 @@ impl Metrics {
                     "Raft index of the newest snapshot held",
                 )?,
             )?,
+            gate_open: reg(
+                r,
+                IntGauge::new(
+                    format!("{P}gate_open"),
+                    "1 while the write gate forwards client requests to the node",
+                )?,
+            )?,
+            gate_refused: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{P}gate_refused_total"),
+                        "Client requests the closed write gate refused (kind: read or write)",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
         };
+        for kind in ["read", "write"] {
+            m.gate_refused.with_label_values(&[kind]).inc_by(0);
+        }
         for res in SNAPSHOT_RESULTS {
             m.snapshot_pulls.with_label_values(&[res]).inc_by(0);
             m.snapshot_restores.with_label_values(&[res]).inc_by(0);

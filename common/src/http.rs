@@ -24,6 +24,21 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// The header a vault-dr agent's write gate sets on the answers it gives itself: `closed`
+/// (it refused a client request: the node is not the primary's serving node) or `error` (the
+/// node behind it did not answer, so the gate answered 502 for it).
+pub const GATE_HEADER: &str = "x-vault-dr-gate";
+
+/// Whether `resp` is a write gate's 502 for a node that did not answer: the node is
+/// unreachable, whatever the gate in front of it says.
+pub fn gate_says_unreachable(resp: &reqwest::Response) -> bool {
+    resp.status().as_u16() == 502
+        && resp
+            .headers()
+            .get(GATE_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"error")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,12 @@ impl VaultClient {
         let result = self.http.get(Self::url(addr, "sys/health")).send().await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         match result {
+            Ok(resp) if vault_dr_common::http::gate_says_unreachable(&resp) => DirectProbe {
+                state: NodeState::Unreachable,
+                at: Utc::now(),
+                latency_ms: None,
+                error: Some("no answer behind the agent's write gate".into()),
+            },
             Ok(resp) => {
                 let state = NodeState::from_health_status(resp.status().as_u16());
                 DirectProbe {
@@ -110,6 +116,9 @@ impl VaultClient {
                 Ok(r) if r.status().is_success() => sealed += 1,
                 // Already sealed answers 503: the goal holds.
                 Ok(r) if r.status().as_u16() == 503 => sealed += 1,
+                // The node behind its agent's write gate did not answer: unreachable, and the
+                // gate refuses its clients once the agent sees the new term.
+                Ok(r) if vault_dr_common::http::gate_says_unreachable(&r) => unreachable += 1,
                 Ok(r) => errors.push(format!("{addr}: status {}", r.status().as_u16())),
                 Err(e) if e.is_connect() || e.is_timeout() => unreachable += 1,
                 Err(e) => errors.push(format!("{addr}: {}", error_kind(&e))),

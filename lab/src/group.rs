@@ -113,6 +113,10 @@ pub struct GroupSpec {
     pub report_ttl: Duration,
     /// Coordinator policy: cooldown after a failover.
     pub cooldown: Duration,
+    /// Every agent serves its node's client address through the write gate
+    /// (`--gate-listen` on [`crate::LabNode::client_addr`]); the coordinators, the other
+    /// agents and the clients use that address. The lab itself keeps the node's own.
+    pub gate: bool,
 }
 
 impl Default for GroupSpec {
@@ -138,6 +142,7 @@ impl Default for GroupSpec {
             confirm: 2,
             report_ttl: Duration::from_secs(3),
             cooldown: Duration::from_secs(60),
+            gate: true,
         }
     }
 }
@@ -179,10 +184,25 @@ pub struct LabAgent {
     pub node: String,
     /// Its log file.
     pub log_path: PathBuf,
+    program: PathBuf,
+    args: Vec<OsString>,
     child: Option<ChildGuard>,
 }
 
 impl LabAgent {
+    /// Starts the agent again with the same arguments (killing it first if it runs); its log
+    /// is appended to. A new agent process knows nothing of the old one's desired state.
+    pub fn restart(&mut self) -> Result<(), LabError> {
+        self.kill();
+        self.child = Some(ChildGuard::spawn(
+            &format!("agent {}", self.node),
+            &self.program,
+            &self.args,
+            &self.log_path,
+        )?);
+        Ok(())
+    }
+
     /// The pid, None once killed.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(ChildGuard::pid)
@@ -325,6 +345,7 @@ pub struct DrGroup {
     agent_flags_missing: Vec<String>,
     coordinator_keys_missing: Vec<String>,
     excluded: Vec<String>,
+    gated: bool,
     http: reqwest::Client,
     dir: RunDir,
 }
@@ -349,8 +370,11 @@ impl DrGroup {
             ));
         }
         // Both binaries are looked up first, so a missing one fails before anything starts.
-        built_binary("vault-dr-agent")?;
+        let agent_bin = built_binary("vault-dr-agent")?;
         let coordinator_bin = built_binary("vault-dr")?;
+        // An agent build without the gate (a bench of an older one) keeps the nodes' own
+        // addresses for everyone.
+        let gated = spec.gate && agent_help(&agent_bin).await.contains("--gate-listen");
         let dir = make_run_dir(spec)?;
         let placed: Vec<(&str, NodeHost)> = spec
             .clusters
@@ -415,6 +439,7 @@ impl DrGroup {
             agent_flags_missing: Vec::new(),
             coordinator_keys_missing: Vec::new(),
             excluded: spec.excluded.clone(),
+            gated,
             http,
             dir,
         };
@@ -455,6 +480,8 @@ impl DrGroup {
                     cluster: c.name().to_owned(),
                     node: n.name().to_owned(),
                     log_path,
+                    program,
+                    args: all_args,
                     child: Some(child),
                 });
             }
@@ -513,6 +540,15 @@ impl DrGroup {
         );
         for c in &mut file.clusters {
             c.excluded = spec.excluded.contains(&c.name);
+            if self.gated
+                && let Some(lab) = self.clusters.iter().find(|l| l.name() == c.name)
+            {
+                c.api_addrs = lab
+                    .nodes()
+                    .iter()
+                    .map(|n| n.client_addr().to_string())
+                    .collect();
+            }
         }
         file.token_file = Some(self.token_file.clone());
         file.vault_token_file = spec.replication.then(|| self.dr_token_file.clone());
@@ -586,6 +622,15 @@ impl DrGroup {
             urls.first().cloned().unwrap_or_default()
         };
         push("--vault-addr", Some(node.api_addr().as_str().into()), true);
+        if self.gated {
+            let gate = node.client_addr();
+            let at = format!(
+                "{}:{}",
+                gate.host_str().unwrap_or("127.0.0.1"),
+                gate.port().unwrap_or_default()
+            );
+            push("--gate-listen", Some(at.into()), false);
+        }
         if spec.replication {
             push(
                 "--vault-token-file",
@@ -777,6 +822,11 @@ impl DrGroup {
         self.clusters.iter().find(|c| c.name() == name)
     }
 
+    /// The cluster named `name`, to kill, stop or restart its nodes.
+    pub fn cluster_mut(&mut self, name: &str) -> Option<&mut LabCluster> {
+        self.clusters.iter_mut().find(|c| c.name() == name)
+    }
+
     /// The coordinators.
     pub fn coordinators(&self) -> &[LabCoordinator] {
         &self.coordinators
@@ -795,6 +845,21 @@ impl DrGroup {
     /// The agents, to kill one.
     pub fn agents_mut(&mut self) -> &mut [LabAgent] {
         &mut self.agents
+    }
+
+    /// Whether the agents run the write gate (asked for, and the agent build knows it).
+    pub fn gated(&self) -> bool {
+        self.gated
+    }
+
+    /// Where clients reach `cluster`'s first node: its agent's write gate when
+    /// [`DrGroup::gated`], else the node's own listener.
+    pub fn client_addr(&self, cluster: &LabCluster) -> Url {
+        if self.gated {
+            cluster.client_addr().clone()
+        } else {
+            cluster.api_addr().clone()
+        }
     }
 
     /// The stable client address (the local traffic forwarder), when started.

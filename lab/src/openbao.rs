@@ -51,6 +51,7 @@ pub struct LabCluster {
 pub struct LabNode {
     name: String,
     api_addr: Url,
+    client_addr: Url,
     dir: PathBuf,
     data_dir: PathBuf,
     config_path: PathBuf,
@@ -165,6 +166,7 @@ struct NodeSpec {
     node: String,
     api_port: u16,
     cluster_port: u16,
+    client_port: u16,
     fast_election: bool,
     retry_join: Vec<Url>,
     ip: IpAddr,
@@ -315,9 +317,9 @@ impl LabCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let ports = super::ports::reserve_loopback_n(2 * count)?;
+            let ports = super::ports::reserve_loopback_n(3 * count)?;
             let api_urls = (0..count)
-                .map(|i| host_url(host.ip, ports[2 * i]))
+                .map(|i| host_url(host.ip, ports[3 * i]))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut nodes = Vec::with_capacity(count);
             for i in 0..count {
@@ -325,8 +327,9 @@ impl LabCluster {
                 let spec = NodeSpec {
                     cluster: name.to_owned(),
                     node: node_name,
-                    api_port: ports[2 * i],
-                    cluster_port: ports[2 * i + 1],
+                    api_port: ports[3 * i],
+                    cluster_port: ports[3 * i + 1],
+                    client_port: ports[3 * i + 2],
                     fast_election,
                     retry_join: if count > 1 {
                         api_urls
@@ -373,6 +376,11 @@ impl LabCluster {
     /// The API address of the first node.
     pub fn api_addr(&self) -> &Url {
         &self.nodes[0].api_addr
+    }
+
+    /// The client address of the first node (its agent's write gate, when it has one).
+    pub fn client_addr(&self) -> &Url {
+        &self.nodes[0].client_addr
     }
 
     /// The root token from `sys/init`.
@@ -600,6 +608,7 @@ impl LabNode {
         let node = LabNode {
             name: spec.node.clone(),
             api_addr: host_url(spec.ip, spec.api_port)?,
+            client_addr: host_url(spec.ip, spec.client_port)?,
             config_path: dir.join("config.hcl"),
             log_path: dir.join("bao.log"),
             pid_file: dir.join("bao.pid"),
@@ -645,6 +654,14 @@ impl LabNode {
     /// The node's API address, `http://127.0.0.1:<port>` (or its [`NodeHost`]'s IP).
     pub fn api_addr(&self) -> &Url {
         &self.api_addr
+    }
+
+    /// The node's client address when its agent runs a write gate (`--gate-listen`): a port
+    /// reserved for it next to the API port, on the same IP. Nothing listens there without
+    /// a gated agent; [`LabNode::api_addr`] stays the node's own listener, which the lab and
+    /// the agent use.
+    pub fn client_addr(&self) -> &Url {
+        &self.client_addr
     }
 
     /// The pid of the `bao` process, None when it is not running.
@@ -990,6 +1007,7 @@ mod tests {
             node: "dc1-n1".into(),
             api_port: 18200,
             cluster_port: 18201,
+            client_port: 18202,
             fast_election: true,
             retry_join: vec![loopback_url(18210).unwrap()],
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -74,6 +74,24 @@ pub fn http_client(config: &VaultConfig, timeout: Duration) -> Result<reqwest::C
     })
 }
 
+/// The write gate's client towards the node: no overall timeout (a request takes as long as
+/// the node takes; a snapshot can be large), a bounded connect, redirects passed on to the
+/// client rather than followed.
+pub fn gate_client(config: &VaultConfig) -> Result<reqwest::Client> {
+    let mut b = vault_dr_common::http::client_builder()
+        .connect_timeout(crate::gate::CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .tls_danger_accept_invalid_certs(config.skip_verify);
+    for cert in &config.ca_certs {
+        b = b.add_root_certificate(cert.clone());
+    }
+    b.build().map_err(|source| Error::HttpClient {
+        what: "gate",
+        source,
+    })
+}
+
 /// `<base>/v1/<segments…>`, keeping any path prefix of `base`.
 pub fn endpoint(base: &Url, path: &str) -> Url {
     let mut url = base.clone();

@@ -339,7 +339,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
             clusters: group
                 .clusters()
                 .iter()
-                .map(|c| (c.name().to_owned(), c.api_addr().clone()))
+                .map(|c| (c.name().to_owned(), group.client_addr(c)))
                 .collect(),
         },
     };

@@ -26,3 +26,4 @@ mod replication_agent;
 mod replication_openbao;
 mod secret_hygiene;
 mod store_mongo;
+mod write_gate;
