@@ -59,6 +59,10 @@ pub const ENV_QUARANTINE_DIR: &str = "VAULT_DR_AGENT_QUARANTINE_DIR";
 pub const ENV_GATE_LISTEN: &str = "VAULT_DR_AGENT_GATE_LISTEN";
 /// Env: `open` forwards every request whatever the role (`--gate-override`).
 pub const ENV_GATE_OVERRIDE: &str = "VAULT_DR_AGENT_GATE_OVERRIDE";
+/// Env: PEM certificate chain the gate serves TLS with (`--gate-tls-cert`).
+pub const ENV_GATE_TLS_CERT: &str = "VAULT_DR_AGENT_GATE_TLS_CERT";
+/// Env: PEM private key of that certificate (`--gate-tls-key`).
+pub const ENV_GATE_TLS_KEY: &str = "VAULT_DR_AGENT_GATE_TLS_KEY";
 
 /// Default Vault address.
 pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
@@ -126,6 +130,10 @@ struct Args {
     gate_listen: Option<String>,
     #[arg(long, value_name = "open", help = help("open: the gate forwards every request whatever the role (every coordinator down and no other cluster primary)", ENV_GATE_OVERRIDE))]
     gate_override: Option<String>,
+    #[arg(long, value_name = "PEM", help = help("Certificate chain the gate serves TLS with (the node's own, as its listener had it); with --gate-tls-key. Reloaded when the files change", ENV_GATE_TLS_CERT))]
+    gate_tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM", help = help("Private key of --gate-tls-cert", ENV_GATE_TLS_KEY))]
+    gate_tls_key: Option<PathBuf>,
     #[command(flatten)]
     snapshot: SnapshotArgs,
 }
@@ -358,6 +366,10 @@ impl Config {
         let gate = parse_gate(
             pick(a.gate_listen, ENV_GATE_LISTEN),
             pick(a.gate_override, ENV_GATE_OVERRIDE),
+            (
+                pick_path(a.gate_tls_cert, ENV_GATE_TLS_CERT),
+                pick_path(a.gate_tls_key, ENV_GATE_TLS_KEY),
+            ),
             listen,
             &vault.addr,
         )?;
@@ -408,10 +420,12 @@ impl Config {
 }
 
 /// The gate flags: a socket address that is neither the agent's own `--listen` nor the node's
-/// `--vault-addr` (the gate would forward to itself), and an override that only `open` is.
+/// `--vault-addr` (the gate would forward to itself), an override that only `open` is, and
+/// TLS as a readable certificate and key, both or neither.
 fn parse_gate(
     listen: Option<String>,
     override_raw: Option<String>,
+    tls: (Option<PathBuf>, Option<PathBuf>),
     agent_listen: SocketAddr,
     vault_addr: &Url,
 ) -> Result<Option<crate::gate::GateConfig>> {
@@ -434,7 +448,42 @@ fn parse_gate(
                 "needs --gate-listen (there is no gate to open)",
             ));
         }
+        if tls.0.is_some() || tls.1.is_some() {
+            return Err(config_error(
+                "--gate-tls-cert",
+                ENV_GATE_TLS_CERT,
+                "needs --gate-listen (there is no gate to serve TLS on)",
+            ));
+        }
         return Ok(None);
+    };
+    let tls = match tls {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(config_error(
+                "--gate-tls-key",
+                ENV_GATE_TLS_KEY,
+                "is required with --gate-tls-cert",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(config_error(
+                "--gate-tls-cert",
+                ENV_GATE_TLS_CERT,
+                "is required with --gate-tls-key",
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            for (path, flag, env) in [
+                (&cert, "--gate-tls-cert", ENV_GATE_TLS_CERT),
+                (&key, "--gate-tls-key", ENV_GATE_TLS_KEY),
+            ] {
+                std::fs::File::open(path).map_err(|e| {
+                    config_error(flag, env, format!("cannot read {}: {e}", path.display()))
+                })?;
+            }
+            Some(crate::gate::GateTls { cert, key })
+        }
     };
     let addr = raw.trim().parse::<SocketAddr>().map_err(|e| {
         config_error(
@@ -469,6 +518,7 @@ fn parse_gate(
     Ok(Some(crate::gate::GateConfig {
         listen: addr,
         override_open,
+        tls,
     }))
 }
 
@@ -765,6 +815,38 @@ mod tests {
         assert_eq!(g.listen, "0.0.0.0:8200".parse().unwrap());
         assert!(!g.override_open);
         assert!(with(&[], &[]).unwrap().gate.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let c = with(
+            &[
+                "--gate-listen",
+                "0.0.0.0:8200",
+                "--gate-tls-cert",
+                cert,
+                "--gate-tls-key",
+                key,
+            ],
+            &[],
+        );
+        assert!(c.unwrap().gate.unwrap().tls.is_some());
+        let lone = ["--gate-listen", "0.0.0.0:8200", "--gate-tls-cert", cert];
+        assert_eq!(flag_of(with(&lone, &[])), "--gate-tls-key");
+        assert_eq!(
+            flag_of(with(&["--gate-tls-key", key], &[])),
+            "--gate-tls-cert"
+        );
+        let missing = [
+            "--gate-listen",
+            "0.0.0.0:8200",
+            "--gate-tls-cert",
+            "/nonexistent",
+            "--gate-tls-key",
+            key,
+        ];
+        assert_eq!(flag_of(with(&missing, &[])), "--gate-tls-cert");
         let c = with(
             &[],
             &[

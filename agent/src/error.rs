@@ -36,6 +36,16 @@ pub enum Error {
     /// The HTTP server stopped with an error.
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    /// The write gate cannot listen on its address (most often: the node still listens there).
+    #[error(
+        "the write gate cannot listen on {addr} (--gate-listen): {source}; the node must listen on an address of its own (e.g. 127.0.0.1:8300, README \"The write gate\")"
+    )]
+    GateListen {
+        /// `--gate-listen`.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The snapshot directory cannot be used.
     #[error("snapshot directory")]
     SnapshotStore(#[source] crate::replication::snapshot::store::StoreError),

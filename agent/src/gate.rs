@@ -38,6 +38,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// themselves, every time).
 pub const WATCH_EVERY: Duration = Duration::from_millis(200);
 
+/// How often the gate looks at its certificate files for a change (cert-manager renewals).
+pub const TLS_RELOAD_EVERY: Duration = Duration::from_secs(30);
+
 /// What the operator configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateConfig {
@@ -46,6 +49,17 @@ pub struct GateConfig {
     /// `--gate-override open`: forward everything whatever the role (an operator who knows
     /// no other cluster is primary, with every coordinator down).
     pub override_open: bool,
+    /// Serve TLS with this certificate (`None`: plain HTTP).
+    pub tls: Option<GateTls>,
+}
+
+/// The gate's certificate chain and key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateTls {
+    /// `--gate-tls-cert`.
+    pub cert: std::path::PathBuf,
+    /// `--gate-tls-key`.
+    pub key: std::path::PathBuf,
 }
 
 /// Whether the gate forwards client requests, and why, in one sentence.
@@ -352,14 +366,66 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Serves the gate on `listener` until the task is dropped.
-pub async fn serve(gate: Gate, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let app = gate.router();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+/// Loads the gate's certificate and key for rustls (the workspace's ring provider).
+pub async fn load_tls(tls: &GateTls) -> Result<axum_server::tls_rustls::RustlsConfig, String> {
+    vault_dr_common::http::install_crypto_provider();
+    axum_server::tls_rustls::RustlsConfig::from_pem_chain_file(&tls.cert, &tls.key)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot load the certificate {} and key {}: {e}",
+                tls.cert.display(),
+                tls.key.display()
+            )
+        })
+}
+
+/// Serves the gate on `listener` until the task is dropped: plain HTTP, or TLS with `tls`
+/// (loaded by [`load_tls`]), whose files are reloaded when they change.
+pub async fn serve(
+    gate: Gate,
+    listener: tokio::net::TcpListener,
+    tls: Option<(GateTls, axum_server::tls_rustls::RustlsConfig)>,
+) -> std::io::Result<()> {
+    let app = gate
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => axum::serve(listener, app).await,
+        Some((files, config)) => {
+            tokio::spawn(reload_tls(files, config.clone()));
+            axum_server::from_tcp_rustls(listener.into_std()?, config)?
+                .serve(app)
+                .await
+        }
+    }
+}
+
+/// Reloads the certificate whenever either file's modification time changes; a file that
+/// cannot be loaded keeps the previous certificate and is logged.
+async fn reload_tls(files: GateTls, config: axum_server::tls_rustls::RustlsConfig) {
+    let stamp = |f: &GateTls| {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (m(&f.cert), m(&f.key))
+    };
+    let mut seen = stamp(&files);
+    let mut ticker = tokio::time::interval(TLS_RELOAD_EVERY);
+    loop {
+        ticker.tick().await;
+        let now = stamp(&files);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match config.reload_from_pem_file(&files.cert, &files.key).await {
+            Ok(()) => {
+                tracing::info!(cert = %files.cert.display(), "write gate reloaded its TLS certificate")
+            }
+            Err(e) => {
+                tracing::warn!(cert = %files.cert.display(), error = %e, "write gate kept its TLS certificate: the new files do not load")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -83,9 +83,25 @@ pub async fn run(
 
     tasks.spawn(prober.run(config.interval));
     if let Some(g) = &config.gate {
+        let tls = match &g.tls {
+            None => None,
+            Some(files) => Some((
+                files.clone(),
+                gate::load_tls(files)
+                    .await
+                    .map_err(|message| Error::Config {
+                        flag: "--gate-tls-cert",
+                        env: config::ENV_GATE_TLS_CERT,
+                        message,
+                    })?,
+            )),
+        };
         let listener = tokio::net::TcpListener::bind(g.listen)
             .await
-            .map_err(Error::Serve)?;
+            .map_err(|source| Error::GateListen {
+                addr: g.listen,
+                source,
+            })?;
         let gate = gate::Gate::new(
             shared.clone(),
             config.vault.addr.clone(),
@@ -97,11 +113,12 @@ pub async fn run(
             listen = %listener.local_addr().map_err(Error::Serve)?,
             node = %config.vault.addr,
             override_open = g.override_open,
+            tls = tls.is_some(),
             "write gate serving the node's client address (closed until this node is the primary)"
         );
         tasks.spawn(gate.clone().watch());
         tasks.spawn(async move {
-            if let Err(e) = gate::serve(gate, listener).await {
+            if let Err(e) = gate::serve(gate, listener, tls).await {
                 tracing::error!(error = %e, "the write gate's server failed");
             }
         });

@@ -31,7 +31,14 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        vault_dr_agent::run(config, listener, vault_dr_common::shutdown::signal()).await?;
+        // A setting that only fails when used (the gate's certificate) exits 64 like any
+        // other invalid setting.
+        if let Err(e) =
+            vault_dr_agent::run(config, listener, vault_dr_common::shutdown::signal()).await
+        {
+            e.print();
+            std::process::exit(e.exit_code());
+        }
         Ok(())
     })
 }

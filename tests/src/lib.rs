@@ -11,3 +11,4 @@ pub mod coordinators;
 pub mod fake_apiserver;
 pub mod mongo;
 pub mod netns;
+pub mod tls;

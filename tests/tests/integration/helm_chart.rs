@@ -564,6 +564,10 @@ fn agent_env_vars() -> BTreeSet<&'static str> {
         a::ENV_SNAPSHOT_KEEP,
         a::ENV_RESTORE,
         a::ENV_QUARANTINE_DIR,
+        a::ENV_GATE_LISTEN,
+        a::ENV_GATE_OVERRIDE,
+        a::ENV_GATE_TLS_CERT,
+        a::ENV_GATE_TLS_KEY,
     ]
     .into_iter()
     .collect()
@@ -579,6 +583,30 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
             known.contains(k.as_str()),
             "agent ConfigMap sets unknown {k}"
         );
+    }
+    // The chart's defaults are a valid agent configuration with the write gate in front of a
+    // node on a port of its own (the token files are the pod's; here temporary ones).
+    {
+        use vault_dr_agent::config as a;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        let mut env: std::collections::HashMap<String, String> = agent_cm["data"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect();
+        for k in [a::ENV_COORDINATOR_TOKEN_FILE, a::ENV_VAULT_TOKEN_FILE] {
+            env.insert(k.into(), token.display().to_string());
+        }
+        env.insert(a::ENV_CLUSTER.into(), "dc1".into());
+        env.insert(a::ENV_NODE.into(), "dc1-0".into());
+        let c = vault_dr_agent::Config::parse(["vault-dr-agent"], &env).unwrap();
+        let gate = c.gate.expect("the chart turns the write gate on");
+        assert_eq!(gate.listen, "0.0.0.0:8200".parse().unwrap());
+        assert!(!gate.override_open);
+        assert_eq!(c.vault.addr.as_str(), "http://127.0.0.1:8300/");
     }
     // The ConfigMap's coordinator URL is the coordinator Service on its port.
     let svc = one(&docs, "Service", "vault-dr-coordinator");

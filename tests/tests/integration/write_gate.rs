@@ -295,3 +295,118 @@ async fn restored_index(g: &Group, cluster: &str) -> u64 {
     .and_then(Value::as_u64)
     .unwrap_or(0)
 }
+
+/// A gate in front of `cluster`'s node with `tls`, in-process, on a free port.
+async fn tls_gate(
+    cluster: &vault_dr_lab::LabCluster,
+    tls: &vault_dr_tests::tls::TestCertificates,
+    override_open: bool,
+) -> (vault_dr_tests::agents::InProcessAgent, Url) {
+    let port = vault_dr_lab::ports::reserve_loopback().unwrap();
+    let mut config = vault_dr_agent::Config::minimal(
+        cluster.name(),
+        &cluster.nodes()[0].name().to_owned(),
+        cluster.api_addr().clone(),
+    );
+    config.gate = Some(vault_dr_agent::gate::GateConfig {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        override_open,
+        tls: Some(vault_dr_agent::gate::GateTls {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        }),
+    });
+    let agent = vault_dr_tests::agents::InProcessAgent::start(config)
+        .await
+        .unwrap();
+    (
+        agent,
+        Url::parse(&format!("https://localhost:{port}/")).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_serves_tls_with_the_nodes_certificate_and_fails_closed_without_a_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = vault_dr_tests::tls::certificates(dir.path()).unwrap();
+    let clusters = vault_dr_lab::LabCluster::start_group_with(&["t"], true, None)
+        .await
+        .unwrap();
+    let t = &clusters[0];
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca).unwrap()).unwrap();
+    let https = vault_dr_common::http::client_builder()
+        .add_root_certificate(ca)
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let write = |addr: &Url, n: u32| {
+        https
+            .put(addr.join("v1/secret/data/tls-gate").unwrap())
+            .header("X-Vault-Token", t.root_token().expose())
+            .json(&json!({ "data": { "n": n } }))
+            .send()
+    };
+
+    // No coordinator: closed, but the status a load balancer asks for is the node's own.
+    let (_closed, addr) = tls_gate(t, &tls, false).await;
+    let health = wait_for(
+        "the TLS gate to answer",
+        Duration::from_secs(10),
+        || async {
+            https
+                .get(addr.join("v1/sys/health").unwrap())
+                .send()
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(
+        health.status(),
+        200,
+        "the active node's health, through the gate"
+    );
+    let refused = write(&addr, 1).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["x-vault-dr-gate"], "closed");
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("no coordinator has told this agent its cluster's role yet (fail closed)"),
+        "{body}"
+    );
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = Url::parse(&format!(
+        "http://127.0.0.1:{}/v1/sys/health",
+        addr.port().unwrap()
+    ));
+    let plain = reqwest::Client::new()
+        .get(plain.unwrap())
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP was answered: {plain:?}"
+    );
+
+    // The operator's override forwards writes, over TLS, to the node.
+    let (_open, addr) = tls_gate(t, &tls, true).await;
+    let taken = wait_for(
+        "the overridden gate to take a write",
+        Duration::from_secs(10),
+        || async {
+            write(&addr, 2)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        },
+    )
+    .await;
+    assert_eq!(taken.status(), 200);
+    let stored = t.kv_get("tls-gate").await.unwrap().unwrap();
+    assert_eq!(stored["n"], 2, "{stored}");
+}
