@@ -305,7 +305,7 @@ async fn tls_gate(
     let port = vault_dr_lab::ports::reserve_loopback().unwrap();
     let mut config = vault_dr_agent::Config::minimal(
         cluster.name(),
-        &cluster.nodes()[0].name().to_owned(),
+        cluster.nodes()[0].name(),
         cluster.api_addr().clone(),
     );
     config.gate = Some(vault_dr_agent::gate::GateConfig {
@@ -383,7 +383,10 @@ async fn the_gate_serves_tls_with_the_nodes_certificate_and_fails_closed_without
         "http://127.0.0.1:{}/v1/sys/health",
         addr.port().unwrap()
     ));
-    let plain = reqwest::Client::new()
+    let plain = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap()
         .get(plain.unwrap())
         .timeout(Duration::from_secs(3))
         .send()
