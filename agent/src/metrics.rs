@@ -55,6 +55,9 @@ pub struct Metrics {
     pub snapshot_quarantines: IntCounter,
     /// `vault_dr_agent_snapshot_index`: raft index of the newest snapshot held.
     pub snapshot_index: IntGauge,
+    /// `vault_dr_agent_snapshot_restoring_seconds_total`: time spent restoring (its rate is
+    /// the fraction of time the node is blocked by restores).
+    pub snapshot_restoring_seconds: prometheus::Counter,
     /// `vault_dr_agent_gate_open`: 1 while the write gate forwards client requests.
     pub gate_open: IntGauge,
     /// `vault_dr_agent_gate_refused_total{kind}`: client requests a closed gate refused,
@@ -216,6 +219,13 @@ impl Metrics {
                 IntGauge::new(
                     format!("{P}snapshot_index"),
                     "Raft index of the newest snapshot held",
+                )?,
+            )?,
+            snapshot_restoring_seconds: reg(
+                r,
+                prometheus::Counter::new(
+                    format!("{P}snapshot_restoring_seconds_total"),
+                    "Seconds spent restoring snapshots into the node (the node answers nothing meanwhile)",
                 )?,
             )?,
             gate_open: reg(

@@ -178,6 +178,64 @@ impl Drop for RestoringFlag<'_> {
     }
 }
 
+/// What a restore needs, cloned into the background task that runs one beside the pulls.
+#[derive(Debug, Clone)]
+struct Restorer {
+    vault: Arc<VaultClient>,
+    http: reqwest::Client,
+    token: Secret,
+    store: Store,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+}
+
+impl Restorer {
+    /// Verifies `m` (term at least `min_term`) and restores it into the local node; reports
+    /// `restoring` until the node serves the restored data. Returns the time that took.
+    async fn restore(&self, m: &SnapshotMeta, min_term: u64) -> Result<Duration, ShipError> {
+        let started = Instant::now();
+        let result = self.restore_inner(m, min_term).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .snapshot_restores
+            .with_label_values(&[label])
+            .inc();
+        self.metrics
+            .snapshot_restoring_seconds
+            .inc_by(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn restore_inner(&self, m: &SnapshotMeta, min_term: u64) -> Result<Duration, ShipError> {
+        let store = self.store.clone();
+        let meta = m.clone();
+        let path = tokio::task::spawn_blocking(move || store.verify(&meta, min_term))
+            .await
+            .map_err(|_| ShipError::Task)??;
+        let body = tokio::fs::read(&path).await.map_err(|source| {
+            ShipError::Store(StoreError::Io {
+                what: format!("read {}", path.display()),
+                source,
+            })
+        })?;
+        let _flag = RestoringFlag::raise(&self.shared);
+        let took =
+            raft::restore_snapshot(&self.http, self.vault.addr(), &self.token, body, m.index)
+                .await?;
+        self.metrics
+            .snapshot_restore_duration
+            .observe(took.as_secs_f64());
+        Ok(took)
+    }
+}
+
+/// A restore running beside the pulls.
+#[derive(Debug)]
+struct Background {
+    meta: SnapshotMeta,
+    task: tokio::task::JoinHandle<Result<Duration, ShipError>>,
+}
+
 /// The snapshot backend of one agent.
 #[derive(Debug)]
 pub struct Shipper {
@@ -191,6 +249,9 @@ pub struct Shipper {
     shared: Arc<Shared>,
     metrics: Metrics,
     status: Arc<SnapshotStatus>,
+    restorer: Restorer,
+    background: Option<Background>,
+    warned_interval: bool,
     last_pull: Option<Instant>,
     last_success_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
@@ -213,7 +274,18 @@ impl Shipper {
     ) -> Result<Self, StoreError> {
         let store = Store::open(&config.dir, config.keep)?;
         let record = store.node_record();
+        let restorer = Restorer {
+            vault: vault.clone(),
+            http: http.clone(),
+            token: token.clone(),
+            store: store.clone(),
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+        };
         let me = Self {
+            restorer,
+            background: None,
+            warned_interval: false,
             config,
             node: node.to_owned(),
             vault,
@@ -264,18 +336,90 @@ impl Shipper {
         if self.last_renew.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
             self.renew_token().await;
         }
+        self.reap(false).await;
         let desired = self.shared.desired();
+        if let Some(d) = desired.as_ref().filter(|d| self.needs_quiet_node(d))
+            && let Some(b) = &self.background
+        {
+            // OpenBao cannot abort a restore: a promotion or a rejoin plans with what the
+            // restore in flight leaves.
+            tracing::info!(
+                index = b.meta.index,
+                term = d.term,
+                role = %d.role,
+                "waiting for the restore in flight before acting on the new term"
+            );
+            self.reap(true).await;
+        }
         let action = self.next_action(desired.as_ref()).await;
         let Some(d) = desired else {
             tracing::trace!(%action);
             return;
         };
         if let Err(e) = self.execute(&d, action).await {
-            if self.last_error.as_deref() != Some(e.kind()) {
-                tracing::warn!(kind = e.kind(), error = %e, term = d.term, role = %d.role, "snapshot replication step failed");
-            }
-            self.last_error = Some(e.kind().to_owned());
+            self.failed(&d, &e);
         }
+        let next = plan::background_restore(&self.plan_state(), Some(&d), &self.store.list());
+        if let Some(m) = next {
+            self.start_background(m, d.term);
+        }
+    }
+
+    fn failed(&mut self, d: &DesiredState, e: &ShipError) {
+        if self.last_error.as_deref() != Some(e.kind()) {
+            tracing::warn!(kind = e.kind(), error = %e, term = d.term, role = %d.role, "snapshot replication step failed");
+        }
+        self.last_error = Some(e.kind().to_owned());
+    }
+
+    /// Whether `d` asks for something that must not run beside a restore: a promotion, or a
+    /// returning ex-primary's rejoin.
+    fn needs_quiet_node(&self, d: &DesiredState) -> bool {
+        match d.role {
+            Role::Primary => d.term > self.shared.applied_term(),
+            Role::Secondary => self.record.primary_term.is_some_and(|t| t < d.term),
+        }
+    }
+
+    /// Starts restoring `m` beside the pulls.
+    fn start_background(&mut self, m: SnapshotMeta, min_term: u64) {
+        tracing::debug!(index = m.index, term = m.term, "restoring the newest snapshot held, beside the pulls");
+        let restorer = self.restorer.clone();
+        let meta = m.clone();
+        let task = tokio::spawn(async move { restorer.restore(&meta, min_term).await });
+        self.background = Some(Background { meta: m, task });
+    }
+
+    /// Collects the background restore when it has ended (or, with `wait`, once it ends).
+    async fn reap(&mut self, wait: bool) {
+        let ended = self
+            .background
+            .as_ref()
+            .is_some_and(|b| wait || b.task.is_finished());
+        if !ended {
+            return;
+        }
+        let Some(b) = self.background.take() else {
+            return;
+        };
+        let outcome = match b.task.await {
+            Ok(r) => r,
+            Err(_) => Err(ShipError::Task),
+        };
+        let result = match outcome {
+            Ok(took) => self.restored(&b.meta, took),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => self.last_error = None,
+            Err(e) => {
+                let d = self.shared.desired();
+                if let Some(d) = d {
+                    self.failed(&d, &e);
+                }
+            }
+        }
+        self.publish();
     }
 
     /// Gathers the facts and asks the plan; probes the node only when the plan asks for its
@@ -338,6 +482,7 @@ impl Shipper {
             interval: self.config.interval,
             since_last_pull: self.last_pull.map(|t| t.elapsed()),
             primary_index: self.status.primary_index(),
+            restoring: self.background.as_ref().map(|b| b.meta.clone()),
         }
     }
 
@@ -361,13 +506,20 @@ impl Shipper {
         }
         match plan::after_pull(self.config.restore, &pulled, self.record.restored.as_ref()) {
             AfterPull::Keep(_) => {}
-            AfterPull::Restore { quarantine } => {
+            AfterPull::Restore {
+                quarantine: Some(_),
+            } => {
                 // Data this agent did not put there (a fresh node's own) is saved before it
-                // is replaced.
-                if quarantine.is_some() {
-                    self.quarantine().await?;
-                }
+                // is replaced, and this first restore is waited for.
+                self.quarantine().await?;
                 self.restore(&pulled, term).await?;
+            }
+            // Restored beside the pulls: now, or when the restore in flight ends
+            // (`plan::background_restore` takes the newest held then).
+            AfterPull::Restore { quarantine: None } => {
+                if self.background.is_none() {
+                    self.start_background(pulled, term);
+                }
             }
         }
         self.publish();
@@ -541,41 +693,16 @@ impl Shipper {
         Ok(())
     }
 
-    /// Verifies `m` (term at least `min_term`) and restores it into the local node; reports
-    /// `restoring` until the node serves the restored data. Returns the time that took.
+    /// Restores `m` (term at least `min_term`) into the local node now, waiting for it.
     async fn restore(&mut self, m: &SnapshotMeta, min_term: u64) -> Result<Duration, ShipError> {
-        let result = self.restore_inner(m, min_term).await;
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics
-            .snapshot_restores
-            .with_label_values(&[label])
-            .inc();
-        result
+        let took = self.restorer.restore(m, min_term).await?;
+        self.restored(m, took)?;
+        Ok(took)
     }
 
-    async fn restore_inner(
-        &mut self,
-        m: &SnapshotMeta,
-        min_term: u64,
-    ) -> Result<Duration, ShipError> {
-        let store = self.store.clone();
-        let meta = m.clone();
-        let path = tokio::task::spawn_blocking(move || store.verify(&meta, min_term))
-            .await
-            .map_err(|_| ShipError::Task)??;
-        let body = tokio::fs::read(&path).await.map_err(|source| {
-            ShipError::Store(StoreError::Io {
-                what: format!("read {}", path.display()),
-                source,
-            })
-        })?;
-        let _flag = RestoringFlag::raise(&self.shared);
-        let took =
-            raft::restore_snapshot(&self.http, self.vault.addr(), &self.token, body, m.index)
-                .await?;
-        self.metrics
-            .snapshot_restore_duration
-            .observe(took.as_secs_f64());
+    /// Records a finished restore of `m`; says once when a restore takes longer than the pull
+    /// interval of a continuous standby.
+    fn restored(&mut self, m: &SnapshotMeta, took: Duration) -> Result<(), ShipError> {
         self.record.restored = Some(m.clone());
         self.save_record()?;
         tracing::info!(
@@ -585,7 +712,22 @@ impl Shipper {
             took_s = took.as_secs_f64(),
             "snapshot restored; the node serves it"
         );
-        Ok(took)
+        if !self.warned_interval
+            && self.config.restore == crate::config::RestoreMode::Continuous
+            && took > self.config.interval
+        {
+            self.warned_interval = true;
+            tracing::warn!(
+                interval_s = self.config.interval.as_secs_f64(),
+                restore_s = took.as_secs_f64(),
+                "the snapshot interval is shorter than a restore here: this continuous standby \
+                 restores all the time while pulls keep the newest snapshot; promotion = complete \
+                 restores that one (loss within one interval), fast serves the one restored last \
+                 (within an interval and a restore); an interval above the restore time leaves \
+                 the node serving between restores (README)"
+            );
+        }
+        Ok(())
     }
 
     /// Waits until the local node answers `sys/health` as active.

@@ -21,6 +21,10 @@
 //!   then acknowledge the term.
 //! - **After a pull**: `on-promotion` keeps the snapshot; `continuous` restores it when newer
 //!   than the restored one, first quarantining the node's own data if it never restored one.
+//! - **Pulls never wait for restores** ([`background_restore`]): a continuous secondary's
+//!   restore runs beside the pulls; when it ends, the newest snapshot held is restored next if
+//!   it is newer than the one just restored. A promotion or a rejoin first waits for the restore
+//!   in flight (OpenBao cannot abort one) and then plans with what it left.
 
 use super::store::SnapshotMeta;
 use crate::config::RestoreMode;
@@ -47,6 +51,9 @@ pub struct PlanState {
     pub since_last_pull: Option<Duration>,
     /// The term's primary's raft applied index, when read.
     pub primary_index: Option<u64>,
+    /// The snapshot this agent is restoring into the node in the background, if any: pulls
+    /// go on meanwhile, and the node (blocked by the restore) is not probed to plan them.
+    pub restoring: Option<SnapshotMeta>,
 }
 
 /// What the local node said. Its state is asked for only when the plan needs it (a probe can
@@ -301,11 +308,15 @@ fn follow(
     let Some(from) = d.primary_api_addr.clone() else {
         return idle(Idle::NoPrimaryAddress);
     };
-    let Some(node_state) = node.state else {
-        return Action::ProbeNode;
-    };
-    if node_state != NodeState::Active {
-        return idle(Idle::NotActive { state: node_state });
+    // A node this agent is restoring is its cluster's active node (it was when the restore
+    // began) and answers nothing until the restore ends: it is not probed.
+    if state.restoring.is_none() {
+        let Some(node_state) = node.state else {
+            return Action::ProbeNode;
+        };
+        if node_state != NodeState::Active {
+            return idle(Idle::NotActive { state: node_state });
+        }
     }
     if let Some(primary_term) = state.primary_term.filter(|t| *t < d.term) {
         return Action::Rejoin {
@@ -344,11 +355,35 @@ fn up_to_date(state: &PlanState, term: u64, newest: Option<&SnapshotMeta>) -> Op
     }
     let (primary, newest) = (state.primary_index?, newest?);
     let restored = state.restore == RestoreMode::OnPromotion
-        || state
-            .restored
-            .as_ref()
-            .is_some_and(|r| r.sha256 == newest.sha256);
+        || [state.restored.as_ref(), state.restoring.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|r| r.sha256 == newest.sha256);
     (newest.term == term && primary <= newest.index && restored).then_some((newest.index, primary))
+}
+
+/// The snapshot a continuous secondary restores next in the background: the newest held, when
+/// no restore is in flight, the node has restored one before (a first restore quarantines the
+/// node's own data, in [`Action::Follow`]), the term is applied, no failover is in progress,
+/// the node is no returning ex-primary, and the newest is newer than the one restored and of
+/// the applied term or later.
+pub fn background_restore(
+    state: &PlanState,
+    desired: Option<&DesiredState>,
+    snapshots: &[SnapshotMeta],
+) -> Option<SnapshotMeta> {
+    let d = desired?;
+    let newest = snapshots.first()?;
+    let restored = state.restored.as_ref()?;
+    let due = state.restore == RestoreMode::Continuous
+        && state.restoring.is_none()
+        && d.role == Role::Secondary
+        && !d.failover_in_progress
+        && state.applied_term >= d.term
+        && state.primary_term.is_none()
+        && newest.term >= state.applied_term
+        && newest.newer_than(restored);
+    due.then(|| newest.clone())
 }
 
 /// What a secondary (not a returning ex-primary) does with the snapshot it just pulled, given
@@ -499,6 +534,7 @@ mod tests {
             interval: INTERVAL,
             since_last_pull: Some(Duration::from_secs(60)),
             primary_index: Some(120),
+            restoring: None,
         }
     }
 
@@ -969,6 +1005,69 @@ mod tests {
                 want: follow(4, Acknowledge::AfterPull),
             },
         ]
+    }
+
+    #[test]
+    fn a_restore_in_flight_neither_stops_pulls_nor_is_probed() {
+        let restoring = PlanState {
+            restoring: Some(snap(3, 110)),
+            ..state()
+        };
+        let held = vec![snap(3, 110), snap(3, 100)];
+        // The node is blocked by the restore: the pull is planned without probing it.
+        let got = plan(&restoring, Some(&secondary(3)), &held, &NodeFacts::default());
+        assert_eq!(got, follow(3, Acknowledge::Applied));
+        // The snapshot being restored counts as restored for "nothing new on the primary".
+        let caught_up = PlanState {
+            primary_index: Some(110),
+            ..restoring.clone()
+        };
+        let got = plan(&caught_up, Some(&secondary(3)), &held, &NodeFacts::default());
+        assert_eq!(
+            got,
+            Action::SkipPull {
+                held_index: 110,
+                primary_index: 110
+            }
+        );
+    }
+
+    #[test]
+    fn the_newest_snapshot_is_restored_next_once_the_restore_in_flight_ends() {
+        use super::background_restore as next;
+        let held = vec![snap(3, 130), snap(3, 110), snap(3, 100)];
+        let s = state();
+        // (state, desired, held) -> restore next?
+        assert_eq!(next(&s, Some(&secondary(3)), &held), Some(snap(3, 130)));
+        let busy = PlanState {
+            restoring: Some(snap(3, 110)),
+            ..state()
+        };
+        assert_eq!(next(&busy, Some(&secondary(3)), &held), None, "one at a time");
+        let on_promotion = PlanState {
+            restore: RestoreMode::OnPromotion,
+            ..state()
+        };
+        assert_eq!(next(&on_promotion, Some(&secondary(3)), &held), None);
+        let never = PlanState {
+            restored: None,
+            ..state()
+        };
+        assert_eq!(next(&never, Some(&secondary(3)), &held), None, "a first restore quarantines first");
+        let mut failing_over = secondary(3);
+        failing_over.failover_in_progress = true;
+        assert_eq!(next(&s, Some(&failing_over), &held), None);
+        assert_eq!(next(&s, Some(&secondary(4)), &held), None, "term not applied yet");
+        assert_eq!(next(&s, Some(&primary(3, Complete)), &held), None);
+        let ex_primary = PlanState {
+            primary_term: Some(2),
+            ..state()
+        };
+        assert_eq!(next(&ex_primary, Some(&secondary(3)), &held), None);
+        assert_eq!(next(&s, Some(&secondary(3)), &held[2..]), None, "nothing newer held");
+        let older_term = vec![snap(2, 140)];
+        assert_eq!(next(&s, Some(&secondary(3)), &older_term), None);
+        assert_eq!(next(&s, None, &held), None);
     }
 
     #[test]
