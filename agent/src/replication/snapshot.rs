@@ -383,7 +383,11 @@ impl Shipper {
 
     /// Starts restoring `m` beside the pulls.
     fn start_background(&mut self, m: SnapshotMeta, min_term: u64) {
-        tracing::debug!(index = m.index, term = m.term, "restoring the newest snapshot held, beside the pulls");
+        tracing::debug!(
+            index = m.index,
+            term = m.term,
+            "restoring the newest snapshot held, beside the pulls"
+        );
         let restorer = self.restorer.clone();
         let meta = m.clone();
         let task = tokio::spawn(async move { restorer.restore(&meta, min_term).await });

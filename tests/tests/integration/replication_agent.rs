@@ -747,3 +747,73 @@ async fn a_fast_promotion_of_a_standby_that_never_restored_restores_the_newest_s
         "the primary's secret is on the promoted node"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_standby_keeps_pulling_while_it_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clusters, token_file) = group(&["p", "s1"], dir.path()).await;
+    let (p, s1) = (&clusters[0], &clusters[1]);
+    let (fake, coord, _stop) = Fake::start().await;
+    fake.set(desired(1, p, p, false));
+    fake.set(desired(1, s1, p, false));
+    let root = p.root_token().clone();
+    let _ap = Agent::start(p, &coord, &token_file, dir.path(), RestoreMode::Continuous).await;
+    let a1 = Agent::start(s1, &coord, &token_file, dir.path(), RestoreMode::Continuous).await;
+    a1.wait_for("a first restore", Duration::from_secs(90), |r| {
+        r.applied_term == 1 && r.replication.restored_index.is_some()
+    })
+    .await;
+
+    // A client writes on p every 100 ms; s1's reports are sampled every 100 ms for 20 s. A
+    // restore takes about 5.5 s and the pull interval is 1 s, so pulls must land while one runs.
+    let writer = {
+        let (addr, root) = (p.api_addr().clone(), root.clone());
+        tokio::spawn(async move {
+            for i in 0u32.. {
+                put(&addr, &root, "repl/ticker", json!({ "i": i })).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // (restoring, newest held index, restored index) per sample.
+    let mut samples = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Some(r) = a1.report().await {
+            samples.push((
+                r.vault.state == NodeState::Restoring,
+                r.replication.replicated_index,
+                r.replication.restored_index,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer.abort();
+    // Within one unbroken run of `restoring` samples, the newest snapshot held moved on.
+    let mut pulled_during_restore = 0;
+    for run in samples.split(|s| !s.0) {
+        let held: std::collections::BTreeSet<_> = run.iter().filter_map(|s| s.1).collect();
+        if held.len() >= 2 {
+            pulled_during_restore += 1;
+        }
+    }
+    let restored: std::collections::BTreeSet<_> = samples.iter().filter_map(|s| s.2).collect();
+    let restoring = samples.iter().filter(|s| s.0).count();
+    println!(
+        "replication_agent: {} samples, {restoring} restoring; {pulled_during_restore} restores saw a newer snapshot pulled; {} snapshots restored",
+        samples.len(),
+        restored.len()
+    );
+    assert!(
+        pulled_during_restore >= 1,
+        "no pull finished while a restore ran: {samples:?}"
+    );
+    assert!(restored.len() >= 2, "restores went on: {samples:?}");
+    let text = a1.agent.metrics().await;
+    let restoring_s =
+        vault_dr_tests::agents::metric(&text, "vault_dr_agent_snapshot_restoring_seconds_total");
+    assert!(
+        restoring_s >= 5.0,
+        "time spent restoring is counted: {restoring_s}"
+    );
+}

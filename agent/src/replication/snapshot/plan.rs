@@ -1015,14 +1015,24 @@ mod tests {
         };
         let held = vec![snap(3, 110), snap(3, 100)];
         // The node is blocked by the restore: the pull is planned without probing it.
-        let got = plan(&restoring, Some(&secondary(3)), &held, &NodeFacts::default());
+        let got = plan(
+            &restoring,
+            Some(&secondary(3)),
+            &held,
+            &NodeFacts::default(),
+        );
         assert_eq!(got, follow(3, Acknowledge::Applied));
         // The snapshot being restored counts as restored for "nothing new on the primary".
         let caught_up = PlanState {
             primary_index: Some(110),
             ..restoring.clone()
         };
-        let got = plan(&caught_up, Some(&secondary(3)), &held, &NodeFacts::default());
+        let got = plan(
+            &caught_up,
+            Some(&secondary(3)),
+            &held,
+            &NodeFacts::default(),
+        );
         assert_eq!(
             got,
             Action::SkipPull {
@@ -1043,7 +1053,11 @@ mod tests {
             restoring: Some(snap(3, 110)),
             ..state()
         };
-        assert_eq!(next(&busy, Some(&secondary(3)), &held), None, "one at a time");
+        assert_eq!(
+            next(&busy, Some(&secondary(3)), &held),
+            None,
+            "one at a time"
+        );
         let on_promotion = PlanState {
             restore: RestoreMode::OnPromotion,
             ..state()
@@ -1053,18 +1067,30 @@ mod tests {
             restored: None,
             ..state()
         };
-        assert_eq!(next(&never, Some(&secondary(3)), &held), None, "a first restore quarantines first");
+        assert_eq!(
+            next(&never, Some(&secondary(3)), &held),
+            None,
+            "a first restore quarantines first"
+        );
         let mut failing_over = secondary(3);
         failing_over.failover_in_progress = true;
         assert_eq!(next(&s, Some(&failing_over), &held), None);
-        assert_eq!(next(&s, Some(&secondary(4)), &held), None, "term not applied yet");
+        assert_eq!(
+            next(&s, Some(&secondary(4)), &held),
+            None,
+            "term not applied yet"
+        );
         assert_eq!(next(&s, Some(&primary(3, Complete)), &held), None);
         let ex_primary = PlanState {
             primary_term: Some(2),
             ..state()
         };
         assert_eq!(next(&ex_primary, Some(&secondary(3)), &held), None);
-        assert_eq!(next(&s, Some(&secondary(3)), &held[2..]), None, "nothing newer held");
+        assert_eq!(
+            next(&s, Some(&secondary(3)), &held[2..]),
+            None,
+            "nothing newer held"
+        );
         let older_term = vec![snap(2, 140)];
         assert_eq!(next(&s, Some(&secondary(3)), &older_term), None);
         assert_eq!(next(&s, None, &held), None);
