@@ -34,6 +34,11 @@ path "cubbyhole/vault-dr-canary" {
 path "cubbyhole/vault-dr/canary" {
   capabilities = ["create", "read", "update"]
 }
+# Coordinator: the group stamp (one coordinator group per set of clusters): written into the
+# primary, carried to the secondaries by the snapshots, read from every cluster.
+path "cubbyhole/vault-dr/group" {
+  capabilities = ["create", "read", "update"]
+}
 
 # Agent probes: raft indices and autopilot health.
 path "sys/leader" {

@@ -132,10 +132,12 @@ pub fn verdict(
 /// The requests a closed gate still forwards: read-only status (`sys/health`, `sys/leader`,
 /// `sys/seal-status`, `sys/init`), metrics, the raft snapshot a secondary pulls (also from an
 /// old primary whose traffic was cut for a switchover's final snapshot), the raft state reads,
-/// the raft join handshake of a new node, and a seal (a fence can only take a node further
-/// out of service). Exact paths under the root namespace only.
+/// the coordinator group's stamp (read with the DR token), the raft join handshake of a new
+/// node, and a seal (a fence can only take a node further out of service). Exact paths under
+/// the root namespace only.
 pub fn always_forwarded(method: &Method, path: &str) -> bool {
-    const READS: [&str; 8] = [
+    const READS: [&str; 9] = [
+        "/v1/cubbyhole/vault-dr/group",
         "/v1/sys/health",
         "/v1/sys/leader",
         "/v1/sys/seal-status",
@@ -498,6 +500,7 @@ mod tests {
             (Method::GET, "/v1/sys/seal-status"),
             (Method::GET, "/v1/sys/storage/raft/snapshot"),
             (Method::GET, "/v1/sys/metrics"),
+            (Method::GET, "/v1/cubbyhole/vault-dr/group"),
             (Method::POST, "/v1/sys/storage/raft/bootstrap/challenge"),
             (Method::PUT, "/v1/sys/seal"),
         ];
@@ -511,6 +514,8 @@ mod tests {
             (Method::GET, "/v1/ns1/sys/health/../../secret/data/x"),
             (Method::DELETE, "/v1/sys/seal"),
             (Method::GET, "/v1/auth/token/lookup-self"),
+            (Method::PUT, "/v1/cubbyhole/vault-dr/group"),
+            (Method::GET, "/v1/cubbyhole/vault-dr/canary"),
             (Method::POST, "/v1/auth/approle/login"),
         ];
         for (m, p) in yes {

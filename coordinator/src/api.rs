@@ -292,6 +292,10 @@ pub struct TopologyResponse {
     pub topology: Option<crate::model::topology::Topology>,
     /// Desired state of every cluster.
     pub desired: BTreeMap<String, vault_dr_common::DesiredState>,
+    /// Why this coordinator refuses to act (another coordinator group's stamp in a cluster,
+    /// or a higher term there); `None` while it may act.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusing: Option<String>,
 }
 
 async fn get_topology(
@@ -322,6 +326,7 @@ async fn get_topology(
         leader,
         topology,
         desired,
+        refusing: s.state.refusal().reason(),
     })
     .into_response()
 }
@@ -466,6 +471,12 @@ async fn post_switchover(
         }
     };
     let to = request.to;
+    if let Some(why) = s.state.refusal().reason() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("this coordinator refuses to act: {why}"),
+        );
+    }
     if !s.coordination.is_leader() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -24,6 +24,8 @@ pub struct Leader {
     vault: VaultClient,
     phase: Mutex<Phase>,
     executing: Arc<AtomicBool>,
+    /// When the group stamps were last read (`None`: at the next tick, e.g. a new leader).
+    stamps_read: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Leader {
@@ -35,6 +37,7 @@ impl Leader {
             vault,
             phase: Mutex::new(Phase::Healthy),
             executing: Arc::new(AtomicBool::new(false)),
+            stamps_read: std::sync::Mutex::new(None),
         })
     }
 
@@ -94,6 +97,8 @@ impl Leader {
                         m.leader_transitions.inc();
                         leader_since = Some(Instant::now());
                         *self.phase.lock().await = Phase::Healthy;
+                        // A new leader reads every cluster's group stamp before it acts.
+                        *self.stamps_read.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         // Load the topology now rather than at the next tick, so /readyz (and
                         // the agents' reports) reach the new leader at once.
                         if let Err(e) = self.service.load_topology().await {
@@ -129,16 +134,33 @@ impl Leader {
         self.service.metrics.is_leader.set(0);
     }
 
-    /// One evaluation: probe, view, decide, record, act.
+    /// One evaluation: probe (and every [`crate::group::CHECK_EVERY`] read the group stamps),
+    /// view, judge the stamps, decide, record, act.
     pub async fn tick(self: &Arc<Self>) -> Result<(), CoordinationError> {
         let s = &self.service;
+        let stamps_due = self
+            .stamps_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= crate::group::CHECK_EVERY);
         let probes = futures::future::join_all(
             s.config
                 .clusters
                 .iter()
                 .map(|c| self.vault.probe_cluster(c)),
-        )
-        .await;
+        );
+        let stamps = async {
+            if !stamps_due {
+                return None;
+            }
+            let read = s
+                .config
+                .clusters
+                .iter()
+                .map(|c| async { (c.name.clone(), self.vault.read_stamp(c).await) });
+            Some(futures::future::join_all(read).await)
+        };
+        let (probes, stamps) = tokio::join!(probes, stamps);
         for (c, p) in s.config.clusters.iter().zip(probes) {
             if let Some(ms) = p.latency_ms {
                 s.metrics
@@ -164,6 +186,14 @@ impl Leader {
                 .cluster_primary
                 .with_label_values(&[&c.name])
                 .set(f64::from(u8::from(primary)));
+        }
+        if let Some(found) = stamps {
+            *self.stamps_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            self.judge_group(&topology, &found).await?;
+        }
+        if s.state.refusal().is_refusing() {
+            // Detection stops here too: nothing is decided, begun or resumed.
+            return Ok(());
         }
         let now = Utc::now();
         let view = s.state.view(&s.config, &topology.value, now);
@@ -225,6 +255,68 @@ impl Leader {
             }
             Decision::Resume { .. } => self.spawn_executor(),
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Acts on the group stamps read this tick (see `crate::group`): gives an anonymous
+    /// topology its identity, adopts the identity an operator names, refuses or stops
+    /// refusing, and stamps the serving primary when it lacks this term's stamp.
+    async fn judge_group(
+        &self,
+        topology: &crate::model::topology::Versioned<crate::model::topology::Topology>,
+        found: &[(String, crate::group::Found)],
+    ) -> Result<(), CoordinationError> {
+        use crate::group::{Judgement, adopt, judge};
+        let s = &self.service;
+        let mut next = None;
+        if topology.value.group_id.is_none() {
+            let mut t = topology.value.clone();
+            t.group_id = Some(crate::model::topology::Topology::new_group_id());
+            tracing::info!(group = ?t.group_id, "this coordinator group has no identity yet: giving it one");
+            next = Some(t);
+        } else if let Some(id) = s.config.adopt_group.as_deref()
+            && let Some(t) = adopt(&topology.value, id, found)
+        {
+            tracing::warn!(group = id, term = t.term, primary = %t.primary, "adopting the group identity [coordination] adopt_group names, with a term above its stamps");
+            next = Some(t);
+        }
+        if let Some(t) = next {
+            s.coordination
+                .write_topology(&t, Some(&topology.version))
+                .await?;
+            s.reload_topology().await;
+            // Judged again with the new topology at the next tick.
+            *self.stamps_read.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(());
+        }
+        match judge(&topology.value, found) {
+            Judgement::Refuse(why) => {
+                s.metrics.group_refusing.set(1);
+                if s.state.refusal().set(Some(why.clone())) {
+                    tracing::error!("refusing to act: {why}");
+                }
+            }
+            Judgement::Act { stamp } => {
+                s.metrics.group_refusing.set(0);
+                if s.state.refusal().set(None) {
+                    tracing::info!("acting again: no other group's stamp and no higher term found");
+                }
+                let cluster = stamp.and_then(|name| s.config.cluster(&name));
+                if let Some(c) = cluster {
+                    let stamp = crate::group::GroupStamp {
+                        group_id: topology.value.group_id.clone().unwrap_or_default(),
+                        term: topology.value.term,
+                        primary: c.name.clone(),
+                        by: s.config.id.clone(),
+                        written_at: Utc::now(),
+                    };
+                    match self.vault.write_stamp(c, &stamp).await {
+                        Ok(sentence) => tracing::info!("{sentence}"),
+                        Err(e) => tracing::warn!("group stamp not written: {e}"),
+                    }
+                }
+            }
         }
         Ok(())
     }

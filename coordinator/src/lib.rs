@@ -10,6 +10,7 @@ pub mod coordination;
 pub mod error;
 pub mod failover;
 pub mod failpoint;
+pub mod group;
 pub mod leader;
 pub mod metrics;
 pub mod model;
@@ -210,6 +211,7 @@ pub async fn run(
             service.coordination.clone(),
             config.clusters.clone(),
             traffic::REFRESH_PERIOD,
+            service.state.refusal().clone(),
             stop_rx.clone(),
         ));
     }
@@ -222,6 +224,7 @@ pub async fn run(
             config.clusters.clone(),
             config.policy.probe_interval,
             service.metrics.traffic_corrections.clone(),
+            service.state.refusal().clone(),
             stop_rx.clone(),
         ));
     }

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub step_failures: IntCounterVec,
     /// 1 while this replica holds the lease.
     pub is_leader: IntGauge,
+    /// `vault_dr_coordinator_group_refusing`: 1 while this coordinator refuses to act because
+    /// a cluster carries another group's stamp or a higher term (`crate::group`).
+    pub group_refusing: IntGauge,
     /// Lease acquisitions by this replica.
     pub leader_transitions: IntCounter,
     /// Lease reads or writes that failed (the backend unreachable, RBAC refused, ...).
@@ -222,6 +225,13 @@ impl Metrics {
                 IntGauge::new(
                     name("is_leader"),
                     "1 while this replica holds the coordination lease",
+                )?,
+            )?,
+            group_refusing: reg(
+                r,
+                IntGauge::new(
+                    name("group_refusing"),
+                    "1 while this coordinator refuses to act: a cluster carries another coordinator group's stamp or a higher term",
                 )?,
             )?,
             leader_transitions: reg(

@@ -71,6 +71,7 @@ pub struct State {
     topology: RwLock<Option<Topology>>,
     decision: RwLock<Option<DecisionRecord>>,
     leading_since: RwLock<Option<DateTime<Utc>>>,
+    refusal: crate::group::Refusal,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -216,6 +217,12 @@ impl State {
         }
     }
 
+    /// Why this coordinator refuses to act (another group's stamp, a higher term), shared
+    /// with everything that acts.
+    pub fn refusal(&self) -> &crate::group::Refusal {
+        &self.refusal
+    }
+
     /// Records since when this coordinator leads (`None` when it stops): views carry it, so
     /// the detector counts the agents' reports only once they had time to arrive.
     pub fn set_leading_since(&self, since: Option<DateTime<Utc>>) {
@@ -329,6 +336,7 @@ mod tests {
                 planned,
             }),
             last_failover_at: None,
+            group_id: None,
         }
     }
 

@@ -141,6 +141,71 @@ impl VaultClient {
         })
     }
 
+    /// Reads `cluster`'s group stamp with the DR token from the first address that answers.
+    pub async fn read_stamp(&self, cluster: &ClusterConfig) -> crate::group::Found {
+        use crate::group::Found;
+        let Some(token) = &self.token else {
+            return Found::Unread("no DR token configured".into());
+        };
+        let mut last = String::from("no address");
+        for addr in &cluster.api_addrs {
+            let sent = self
+                .http
+                .get(Self::url(addr, crate::group::STAMP_PATH))
+                .header("X-Vault-Token", token.expose())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().as_u16() == 404 => return Found::None,
+                Ok(r) if r.status().is_success() => {
+                    let body: Result<serde_json::Value, _> = r.json().await;
+                    return match body
+                        .ok()
+                        .and_then(|b| serde_json::from_value(b.get("data")?.clone()).ok())
+                    {
+                        Some(stamp) => Found::Stamp(stamp),
+                        None => Found::Unread(format!("{addr}: the stamp is not a group stamp")),
+                    };
+                }
+                Ok(r) => last = format!("{addr}: status {}", r.status().as_u16()),
+                Err(e) => last = format!("{addr}: {}", error_kind(&e)),
+            }
+        }
+        Found::Unread(last)
+    }
+
+    /// Writes `stamp` into `cluster` with the DR token. Returns one sentence.
+    pub async fn write_stamp(
+        &self,
+        cluster: &ClusterConfig,
+        stamp: &crate::group::GroupStamp,
+    ) -> Result<String, String> {
+        let Some(token) = &self.token else {
+            return Err("no DR token configured".into());
+        };
+        let mut last = String::from("no address");
+        for addr in &cluster.api_addrs {
+            let sent = self
+                .http
+                .put(Self::url(addr, crate::group::STAMP_PATH))
+                .header("X-Vault-Token", token.expose())
+                .json(stamp)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    return Ok(format!(
+                        "stamped {} with group {} term {}",
+                        cluster.name, stamp.group_id, stamp.term
+                    ));
+                }
+                Ok(r) => last = format!("{addr}: status {}", r.status().as_u16()),
+                Err(e) => last = format!("{addr}: {}", error_kind(&e)),
+            }
+        }
+        Err(format!("could not stamp {}: {last}", cluster.name))
+    }
+
     /// Canary: writes and reads back `cubbyhole/vault-dr/canary` with the DR token on `cluster`.
     /// Without a DR token, checks that the cluster's health says active.
     pub async fn canary(&self, cluster: &ClusterConfig, term: u64) -> Result<String, String> {

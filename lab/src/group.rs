@@ -159,6 +159,9 @@ pub struct LabCoordinator {
     /// Its log file.
     pub log_path: PathBuf,
     child: Option<ChildGuard>,
+    /// The port of its own stable client address ([`DrGroup::start_second_group`] only; the
+    /// group's coordinators share [`DrGroup::traffic_addr`]).
+    pub traffic_port: Option<u16>,
 }
 
 impl LabCoordinator {
@@ -525,8 +528,60 @@ impl DrGroup {
             config_path,
             log_path,
             child: Some(child),
+            traffic_port: None,
         });
         Ok(())
+    }
+
+    /// Starts a coordinator of a **second** group over this group's clusters, as an operator
+    /// who copied the config would: the same clusters (naming `spec`'s first cluster as the
+    /// primary), tokens and policy, but a fresh coordination file, a store and a stable client
+    /// address of its own. Its id is `second-1`; it is not one of [`DrGroup::coordinators`]
+    /// and is stopped when the returned value is dropped.
+    pub async fn start_second_group(&self, spec: &GroupSpec) -> Result<LabCoordinator, LabError> {
+        let bin = built_binary("vault-dr")?;
+        let id = "second-1".to_owned();
+        let dir = self.dir.path.join("second-group");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::io(format!("create {}", dir.display()), e))?;
+        let config_path = dir.join(format!("{id}.toml"));
+        let log_path = dir.join(format!("{id}.log"));
+        let traffic_port = ports::reserve_loopback()?;
+        let args: Vec<OsString> = vec![
+            "coordinator".into(),
+            "--config".into(),
+            config_path.clone().into_os_string(),
+        ];
+        let (port, child) = ports::start_listening(
+            &id,
+            spec.coordinator_ip,
+            None,
+            COORDINATOR_LISTEN_TIMEOUT,
+            |port| {
+                let mut file = self.coordinator_config(spec, &id, port);
+                file.coordination.path = Some(dir.join("coordination.json"));
+                file.store = StoreFile {
+                    path: Some(dir.join("store.sqlite")),
+                    ..StoreFile::default()
+                };
+                file.traffic = TrafficFile {
+                    backend: Some(TrafficBackend::Local),
+                    listen: Some(format!("127.0.0.1:{traffic_port}")),
+                    ..TrafficFile::default()
+                };
+                write_coordinator_file(&config_path, &file)?;
+                ChildGuard::spawn(&id, &bin, &args, &log_path)
+            },
+        )
+        .await?;
+        Ok(LabCoordinator {
+            id,
+            url: url_of(spec.coordinator_ip, port)?,
+            config_path,
+            log_path,
+            child: Some(child),
+            traffic_port: Some(traffic_port),
+        })
     }
 
     /// The file of one coordinator (written as TOML by [`write_coordinator_file`]).

@@ -100,7 +100,11 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
         ]);
     }
     let t = &resp.view.topology;
-    let mut out = format!(
+    let mut out = String::new();
+    if let Some(why) = &topo.refusing {
+        out.push_str(&format!("REFUSING TO ACT: {why}\n"));
+    }
+    out += &format!(
         "primary {} · term {} · leader {}{}\n\n",
         t.serving_primary(),
         t.term,

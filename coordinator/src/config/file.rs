@@ -127,6 +127,10 @@ pub struct CoordinationFile {
         skip_serializing_if = "Option::is_none"
     )]
     pub renew_period: Option<Duration>,
+    /// Take over the group identity a refusal names (`crate::group::adopt`): only for a group
+    /// that lost its coordination state while no other group drives the clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt_group: Option<String>,
 }
 
 /// `traffic.backend`.
@@ -361,6 +365,20 @@ impl ConfigFile {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
         };
+        let adopt_group = match self.coordination.adopt_group.as_deref().map(str::trim) {
+            None => None,
+            Some(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(id.to_ascii_lowercase())
+            }
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "coordination.adopt_group",
+                    format!(
+                        "{other:?} is not a group identity (32 hex digits, as a refusal names it)"
+                    ),
+                ));
+            }
+        };
         let coordination = self.coordination.validate(base, env, namespace())?;
         let traffic = self.traffic.validate(namespace())?;
         let policy = self.policy.validate()?;
@@ -378,6 +396,7 @@ impl ConfigFile {
             policy,
             clusters,
             initial_primary,
+            adopt_group,
         })
     }
 

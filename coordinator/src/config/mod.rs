@@ -198,6 +198,8 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     /// The cluster that is primary in term 1.
     pub initial_primary: String,
+    /// `[coordination] adopt_group`: the group identity to take over (see `crate::group`).
+    pub adopt_group: Option<String>,
 }
 
 impl Config {

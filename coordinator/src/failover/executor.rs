@@ -194,6 +194,7 @@ impl Executor {
                 planned,
             }),
             last_failover_at: current.value.last_failover_at,
+            group_id: current.value.group_id.clone(),
         };
         // The fencing point: only one coordinator can move the topology off this version.
         self.coordination

@@ -21,6 +21,11 @@ pub struct Topology {
     /// When the last failover finished (for the cooldown).
     #[serde(default)]
     pub last_failover_at: Option<DateTime<Utc>>,
+    /// This coordinator group's identity, random, made with the topology: what the leader
+    /// stamps into the clusters it manages (see `crate::group`). `None` in a topology written
+    /// before stamps existed; the leader gives it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 /// The part of a failover that must survive the loss of the leader: enough to resume it.
@@ -47,7 +52,13 @@ impl Topology {
             term: 1,
             failover: None,
             last_failover_at: None,
+            group_id: Some(Self::new_group_id()),
         }
+    }
+
+    /// A fresh random group identity (128 bits, hex).
+    pub fn new_group_id() -> String {
+        format!("{:032x}", rand::random::<u128>())
     }
 
     /// The cluster clients should reach right now: the promoted target once promotion is done.

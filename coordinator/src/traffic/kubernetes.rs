@@ -276,6 +276,7 @@ pub async fn supervise(
     clusters: Vec<ClusterConfig>,
     period: Duration,
     corrections: IntCounter,
+    refusal: crate::group::Refusal,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_error: Option<String> = None;
@@ -283,7 +284,8 @@ pub async fn supervise(
         if *stop.borrow() {
             break;
         }
-        if coordination.is_leader() {
+        // A refusing coordinator (another group's stamp) patches nothing.
+        if coordination.is_leader() && !refusal.is_refusing() {
             let since = switch.explicit_changes();
             let outcome = match coordination.read_topology().await {
                 Ok(Some(t)) if switch.explicit_changes() == since => {
@@ -394,6 +396,7 @@ mod tests {
                 planned,
             }),
             last_failover_at: None,
+            group_id: None,
         };
         let mut later = Topology::initial("dc2");
         later.term = 4;

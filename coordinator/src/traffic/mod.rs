@@ -82,20 +82,23 @@ impl TrafficSwitch for LocalForwarder {
     }
 }
 
-/// Keeps `forwarder` listening exactly while `coordination` says we lead, pointed at the
-/// topology's target, until `stop` turns true (then closes it).
+/// Keeps `forwarder` listening exactly while `coordination` says we lead and `refusal` says
+/// nothing (see `crate::group`), pointed at the topology's target, until `stop` turns true
+/// (then closes it).
 pub async fn supervise(
     forwarder: Arc<LocalForwarder>,
     coordination: Arc<dyn Coordination>,
     clusters: Vec<ClusterConfig>,
     period: Duration,
+    refusal: crate::group::Refusal,
     mut stop: watch::Receiver<bool>,
 ) {
+    let acting = || coordination.is_leader() && !refusal.is_refusing();
     loop {
         if *stop.borrow() {
             break;
         }
-        if coordination.is_leader() {
+        if acting() {
             let before = forwarder.explicit_changes();
             match coordination.read_topology().await {
                 Ok(Some(t)) if forwarder.explicit_changes() == before => {
@@ -110,14 +113,17 @@ pub async fn supervise(
                 ),
             }
             // Leadership may have ended while reading.
-            if coordination.is_leader()
+            if acting()
                 && !forwarder.is_running()
                 && let Err(e) = forwarder.start()
             {
                 tracing::warn!(listen = %forwarder.listen(), "forwarder cannot listen: {e}");
             }
         }
-        if !coordination.is_leader() && forwarder.is_running() {
+        if !acting() && forwarder.is_running() {
+            if refusal.is_refusing() {
+                tracing::warn!(listen = %forwarder.listen(), "forwarder closed: this coordinator refuses to act (see status)");
+            }
             forwarder.stop().await;
         }
         tokio::select! {
@@ -160,6 +166,7 @@ mod tests {
                 planned,
             }),
             last_failover_at: None,
+            group_id: None,
         }
     }
 
@@ -259,11 +266,13 @@ mod tests {
         let m = ForwarderMetrics::new(&prometheus::Registry::new()).unwrap();
         let f = LocalForwarder::new(listen, vec!["dc1".into(), "dc2".into()], m);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let refusal = crate::group::Refusal::default();
         let task = tokio::spawn(supervise(
             f.clone(),
             coordination.clone(),
             clusters,
             Duration::from_millis(20),
+            refusal.clone(),
             stop_rx,
         ));
         let wait_for = |want: Option<&'static str>| {
@@ -291,6 +300,13 @@ mod tests {
             .write_topology(&t, Some(&v.version))
             .await
             .unwrap();
+        wait_for(Some("dc2")).await;
+        // Refusing (another group's stamp): no forwarder at all, although this replica leads;
+        // it opens again once the refusal ends.
+        refusal.set(Some("another group".into()));
+        wait_for(None).await;
+        assert!(!f.is_running(), "a refusing leader opens no forwarder");
+        refusal.set(None);
         wait_for(Some("dc2")).await;
         // Leadership lost: the listener closes.
         coordination.release().await.unwrap();
