@@ -190,7 +190,8 @@ mod tests {
     fn the_stamps_decide_whether_the_leader_acts_and_where_it_stamps() {
         let unread = || Found::Unread("unreachable".into());
         // (name, own topology, found) -> judgement
-        let rows: Vec<(&str, Topology, Vec<(String, Found)>, Judgement)> = vec![
+        type Row = (&'static str, Topology, Vec<(String, Found)>, Judgement);
+        let rows: Vec<Row> = vec![
             (
                 "a fresh group stamps its primary",
                 own(1, "p"),
