@@ -243,6 +243,7 @@ mod tests {
             },
             steps: Vec::new(),
             status: FailoverStatus::InProgress,
+            loss: None,
         }
     }
 
