@@ -353,6 +353,7 @@ mod tests {
                 node: "p-0".into(),
                 index,
                 seen_at: now,
+                last_seen_at: now,
                 interval_seconds: None,
             }),
             Some(ServedData {

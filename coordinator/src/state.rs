@@ -133,16 +133,21 @@ impl State {
             && let Some(index) = report.vault.raft_applied_index
         {
             let mut applied = write(&self.applied);
-            let interval_seconds = applied
-                .get(&key)
-                .map(|p| (report.sent_at - p.seen_at).num_milliseconds() as f64 / 1000.0)
+            let prev = applied.get(&key);
+            let interval_seconds = prev
+                .map(|p| (report.sent_at - p.last_seen_at).num_milliseconds() as f64 / 1000.0)
                 .filter(|s| *s > 0.0);
+            // The same index again keeps its first date: the report may repeat the observation.
+            let seen_at = prev
+                .filter(|p| p.index == index)
+                .map_or(report.sent_at, |p| p.seen_at);
             applied.insert(
                 key.clone(),
                 AppliedIndex {
                     node: report.node.clone(),
                     index,
-                    seen_at: report.sent_at,
+                    seen_at,
+                    last_seen_at: report.sent_at,
                     interval_seconds,
                 },
             );
@@ -190,14 +195,14 @@ impl State {
         v
     }
 
-    /// The newest applied raft index any node of `cluster` was last seen serving at (the
-    /// highest index; of equal ones the latest report), `None` when none reported one.
+    /// The newest applied raft index any node of `cluster` was seen serving at (the highest
+    /// index; of equal ones the latest report), `None` when none reported one.
     pub fn last_applied(&self, cluster: &str) -> Option<AppliedIndex> {
         read(&self.applied)
             .iter()
             .filter(|((c, _), _)| c == cluster)
             .map(|(_, a)| a)
-            .max_by_key(|a| (a.index, a.seen_at))
+            .max_by_key(|a| (a.index, a.last_seen_at))
             .cloned()
     }
 
@@ -492,14 +497,21 @@ mod tests {
             state.accept_report(&c, r, Utc::now()).unwrap();
         };
         assert_eq!(state.last_applied("p"), None, "nothing reported yet");
+        let at = |ms| t0 + chrono::Duration::milliseconds(ms);
         send(1, 0, NodeState::Active, Some(100));
         send(2, 500, NodeState::Active, Some(120));
-        // The fault: the agent still reports, the node answers nothing (or sealed).
-        send(3, 1_000, NodeState::Unreachable, None);
-        send(4, 1_500, NodeState::Sealed, Some(120));
+        // A probe of a stopped node hangs: the reports repeat its last observation.
+        send(3, 1_000, NodeState::Active, Some(120));
+        // The fault shows: the agent still reports, the node answers nothing (or sealed).
+        send(4, 1_500, NodeState::Unreachable, None);
+        send(5, 2_000, NodeState::Sealed, Some(120));
         let a = state.last_applied("p").unwrap();
         assert_eq!((a.node.as_str(), a.index), ("p-0", 120));
-        assert_eq!(a.seen_at, t0 + chrono::Duration::milliseconds(500));
+        assert_eq!(
+            (a.seen_at, a.last_seen_at),
+            (at(500), at(1_000)),
+            "dated by its first report, last seen while serving"
+        );
         assert_eq!(a.interval_seconds, Some(0.5));
         assert_eq!(state.last_applied("s1"), None, "per cluster");
     }

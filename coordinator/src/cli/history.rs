@@ -122,6 +122,7 @@ pub(crate) mod tests {
                 node: "p-0".into(),
                 index: 1040,
                 seen_at: at,
+                last_seen_at: at,
                 interval_seconds: Some(0.5),
             }),
             Some(ServedData {
@@ -138,7 +139,7 @@ pub(crate) mod tests {
         let text = render(&[record(Some(lost()))]);
         assert!(
             text.contains(
-                "  reason: primary p down\n  loss: 40 entries and 2.00 s at risk: p-0 was last seen at index 1040 at 11:59:59.000"
+                "  reason: primary p down\n  loss: 40 entries and 2.00 s at risk: p-0 was at index 1040 by 11:59:59.000"
             ),
             "{text}"
         );

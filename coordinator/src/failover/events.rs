@@ -306,6 +306,7 @@ mod tests {
                     node: "dc1-0".into(),
                     index: 700,
                     seen_at: now,
+                    last_seen_at: now,
                     interval_seconds: Some(0.5),
                 }),
                 Some(ServedData {
@@ -328,7 +329,7 @@ mod tests {
         assert_eq!(kind, "Warning");
         assert!(
             msg.contains(
-                "term 3); loss: 50 entries and 1.80 s at risk: dc1-0 was last seen at index 700"
+                "term 3); loss: 50 entries and 1.80 s at risk: dc1-0 was at index 700 by "
             ),
             "{msg}"
         );

@@ -575,6 +575,7 @@ mod tests {
             node: "dc1-0".into(),
             index,
             seen_at,
+            last_seen_at: seen_at,
             interval_seconds: Some(0.5),
         }
     }

@@ -4,8 +4,10 @@
 //! index is in the old primary's raft index space), in entries and seconds.
 //!
 //! The account is a lower bound by construction: the coordinator learns the primary's index
-//! only from its agent's reports, so writes the primary applied after its last report (up to
-//! one report interval) are unknown to it, and the real loss can be larger by that much.
+//! only from its agent's reports, so writes the primary applied after the index it last
+//! reported (up to one report interval) are unknown to it, and the real loss can be larger by
+//! that much. Seconds are dated by the first report of that index, since a report can repeat
+//! an older observation.
 //! Seconds compare two agents' clocks (the primary's report, the target's snapshot), so clock
 //! skew between them enters the figure.
 
@@ -21,11 +23,15 @@ pub struct AppliedIndex {
     pub node: String,
     /// Its raft applied index (`sys/leader`).
     pub index: u64,
-    /// When that node was last seen serving at this index (the report's `sent_at`, by the
-    /// agent's clock).
+    /// When the node was first reported at this index (`sent_at`, by the agent's clock): it
+    /// held this data by then. Later reports may repeat an old observation (a probe of a
+    /// stopped node hangs while the reports go on), so this, not the last report, dates the
+    /// index.
     pub seen_at: DateTime<Utc>,
-    /// Seconds between that report and the node's previous serving one: the report interval
-    /// as observed, the most the account can miss (`None` after a single report).
+    /// The latest report still carrying this index.
+    pub last_seen_at: DateTime<Utc>,
+    /// Seconds between the node's last two serving reports: the report interval as observed,
+    /// about the most the account can miss (`None` after a single report).
     #[serde(default)]
     pub interval_seconds: Option<f64>,
 }
@@ -57,7 +63,7 @@ pub enum AtRisk {
         /// serves everything the primary was last seen with).
         entries: u64,
         /// Seconds of the primary's writes the target does not serve: the time the primary
-        /// was last seen at its index minus the time of the served snapshot (0 when nothing is
+        /// was first reported at its index minus the time of the served snapshot (0 when nothing is
         /// at risk; `None` when the snapshot's time is unknown or nothing was restored).
         seconds: Option<f64>,
     },
@@ -190,11 +196,12 @@ impl fmt::Display for LossAccount {
         let unknown = |f: &mut fmt::Formatter<'_>, p: &AppliedIndex| {
             write!(
                 f,
-                "; writes after {}'s last report at {} (up to one report interval{}) are unknown to the coordinator and may be lost too",
+                "; writes {} applied after index {} (up to one report interval{}; its last report with an index was at {}) are unknown to the coordinator and may be lost too",
                 p.node,
-                time(p.seen_at),
+                p.index,
                 p.interval_seconds
-                    .map_or(String::new(), |s| format!(", {s:.1} s"))
+                    .map_or(String::new(), |s| format!(", {s:.1} s")),
+                time(p.last_seen_at)
             )
         };
         match (&self.at_risk, &self.primary, &self.served) {
@@ -204,7 +211,7 @@ impl fmt::Display for LossAccount {
                 match (s.index, seconds) {
                     (None, _) => write!(
                         f,
-                        "all {entries} entries at risk: {} serves none of the old primary's data ({} was last seen at index {} at {})",
+                        "all {entries} entries at risk: {} serves none of the old primary's data ({} was at index {} by {})",
                         s.node,
                         p.node,
                         p.index,
@@ -212,7 +219,7 @@ impl fmt::Display for LossAccount {
                     )?,
                     (Some(i), _) if *entries == 0 => write!(
                         f,
-                        "nothing at risk: {} serves index {i}, {} was last seen at index {} at {}",
+                        "nothing at risk: {} serves index {i}, {} was at index {} by {}",
                         s.node,
                         p.node,
                         p.index,
@@ -220,7 +227,7 @@ impl fmt::Display for LossAccount {
                     )?,
                     (Some(i), secs) => write!(
                         f,
-                        "{entries} entries and {} at risk: {} was last seen at index {} at {}, {} serves index {i} from a snapshot taken {}",
+                        "{entries} entries and {} at risk: {} was at index {} by {}, {} serves index {i} from a snapshot taken {}",
                         secs.map_or("unknown seconds".to_owned(), |v| format!("{v:.2} s")),
                         p.node,
                         p.index,
@@ -253,6 +260,7 @@ mod tests {
             node: "p-0".into(),
             index,
             seen_at: t(seen_ms),
+            last_seen_at: t(seen_ms + 700),
             interval_seconds: Some(0.5),
         }
     }
@@ -351,10 +359,10 @@ mod tests {
         );
         assert_eq!(
             lost.to_string(),
-            "50 entries and 2.50 s at risk: p-0 was last seen at index 1200 at 12:00:04.000, \
-             s1-0 serves index 1150 from a snapshot taken 12:00:01.500; writes after p-0's last \
-             report at 12:00:04.000 (up to one report interval, 0.5 s) are unknown to the \
-             coordinator and may be lost too"
+            "50 entries and 2.50 s at risk: p-0 was at index 1200 by 12:00:04.000, s1-0 serves \
+             index 1150 from a snapshot taken 12:00:01.500; writes p-0 applied after index 1200 \
+             (up to one report interval, 0.5 s; its last report with an index was at \
+             12:00:04.700) are unknown to the coordinator and may be lost too"
         );
         assert_eq!(lost.short(), "50 entries, 2.50 s");
         let none = LossAccount::promoted(
@@ -362,9 +370,8 @@ mod tests {
             Some(served(Some(1300), Some(5_000))),
         );
         assert!(
-            none.to_string().starts_with(
-                "nothing at risk: s1-0 serves index 1300, p-0 was last seen at index 1200"
-            ),
+            none.to_string()
+                .starts_with("nothing at risk: s1-0 serves index 1300, p-0 was at index 1200"),
             "{none}"
         );
         let empty = LossAccount::promoted(Some(primary(1200, 4_000)), Some(served(None, None)));

@@ -476,7 +476,8 @@ pub fn failover_record(
             Some(AppliedIndex {
                 node: format!("{from}-0"),
                 index: 5_000 + term,
-                seen_at: decided_at - Duration::milliseconds(300),
+                seen_at: decided_at - Duration::milliseconds(800),
+                last_seen_at: decided_at - Duration::milliseconds(300),
                 interval_seconds: Some(0.5),
             }),
             Some(ServedData {

@@ -1029,9 +1029,9 @@ fn split_at_fault(
 
 /// Checks the coordinator's loss account against the client's RPO: the account must be there,
 /// accounted in seconds, and differ from the client's `rpo_seconds` by at most one report
-/// interval (the primary's writes after its last report are unknown to the coordinator, and
-/// that report may have been sent a moment after the fault with the index probed before it)
-/// plus one write period (the client's resolution: its oldest lost write was sent up to one
+/// interval (the index is dated by the first report that carried it, sent up to one interval
+/// after the probe that read it, and the primary's writes after that probe are unknown to the
+/// coordinator) plus one write period (the client's resolution: its oldest lost write was sent up to one
 /// period after the snapshot). The signed difference (account minus client), or the problem.
 fn loss_agreement(
     accounted: Option<&LossAccount>,
@@ -1189,6 +1189,7 @@ mod tests {
                 node: "p-0".into(),
                 index: 100 + entries,
                 seen_at: at,
+                last_seen_at: at,
                 interval_seconds: Some(0.5),
             }),
             Some(ServedData {
@@ -1282,7 +1283,7 @@ mod tests {
         assert!(text.contains("OK: exactly one promotion"), "{text}");
         assert!(
             text.contains(
-                "LOSS 4 entries, 0.60 s accounted by the coordinator (4 entries and 0.60 s at risk: p-0 was last seen at index 104"
+                "LOSS 4 entries, 0.60 s accounted by the coordinator (4 entries and 0.60 s at risk: p-0 was at index 104 by "
             ),
             "{text}"
         );
