@@ -47,6 +47,8 @@ pub async fn run(
         config.vault.token.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
+    // The snapshot backend's status lives in memory: the report sender reads it at sending.
+    let mut snapshot_status: Option<Arc<dyn replication::Replicator>> = None;
     let replicator: Arc<dyn replication::Replicator> = match &config.replication {
         config::ReplicationConfig::None => Arc::new(
             replication::enterprise::EnterpriseStatus::new(vault.clone()),
@@ -70,6 +72,7 @@ pub async fn run(
             )
             .map_err(Error::SnapshotStore)?;
             tasks.spawn(shipper.run());
+            snapshot_status = Some(status.clone());
             status
         }
     };
@@ -135,8 +138,8 @@ pub async fn run(
             shared.clone(),
             metrics.clone(),
         )?;
-        if matches!(config.replication, config::ReplicationConfig::Snapshot(_)) {
-            sender = sender.replication_applies_terms();
+        if let Some(status) = &snapshot_status {
+            sender = sender.replication_applies_terms(status.clone());
         }
         tasks.spawn(sender.run(config.interval));
     }

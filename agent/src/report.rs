@@ -10,6 +10,7 @@
 use crate::config::CoordinatorConfig;
 use crate::error::{Error, Result, request_error_kind};
 use crate::metrics::Metrics;
+use crate::replication::Replicator;
 use crate::state::{Offer, Shared};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,6 +65,7 @@ pub struct Sender {
     shared: Arc<Shared>,
     metrics: Metrics,
     replication_applies: bool,
+    live_replication: Option<Arc<dyn Replicator>>,
 }
 
 /// Largest answer to a report the agent reads (a desired state is a few hundred bytes).
@@ -131,13 +133,20 @@ impl Sender {
             shared,
             metrics,
             replication_applies: false,
+            live_replication: None,
         })
     }
 
-    /// Leaves `applied_term` to the replication backend (it sets it once it has carried out
-    /// the desired state); without this, a kept desired state counts as applied at once.
-    pub fn replication_applies_terms(mut self) -> Self {
+    /// Leaves `applied_term` to the replication backend `status` (it sets it once it has
+    /// carried out the desired state); without this, a kept desired state counts as applied
+    /// at once. Every report then carries `status` as of sending rather than as of the last
+    /// probe round: the report that announces a promotion must name the snapshot the backend
+    /// restored for it (the coordinator accounts the failover's loss from it), and the probe
+    /// round may have run before that restore ended. `status` must be cheap and local (the
+    /// snapshot backend's is in memory), as it is read for every report.
+    pub fn replication_applies_terms(mut self, status: Arc<dyn Replicator>) -> Self {
         self.replication_applies = true;
+        self.live_replication = Some(status);
         self
     }
 
@@ -148,9 +157,12 @@ impl Sender {
 
     /// Sends one report (if there is an observation yet) and handles the answer.
     pub async fn send_once(&self) -> std::result::Result<(), SendFailure> {
-        let Some(report) = self.shared.next_report() else {
+        let Some(mut report) = self.shared.next_report() else {
             return Ok(());
         };
+        if let Some(status) = &self.live_replication {
+            report.replication = status.status().await;
+        }
         let first = self.current.load(Ordering::Relaxed);
         let mut result = Err(SendFailure::Connect);
         for step in 0..self.urls.len() {
@@ -309,6 +321,77 @@ impl Retry {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[tokio::test]
+    async fn a_report_carries_the_replication_status_as_of_sending_not_of_the_last_probe() {
+        use crate::replication::test_util::FixedReplicator;
+        use std::sync::Mutex;
+        use vault_dr_common::{ReplicationStatus, Report, Role};
+        // A coordinator that keeps the reports it gets and answers a desired state.
+        let got: Arc<Mutex<Vec<Report>>> = Arc::default();
+        let app = axum::Router::new().route(
+            "/v1/reports",
+            axum::routing::post({
+                let got = got.clone();
+                move |axum::Json(r): axum::Json<Report>| async move {
+                    let answer = DesiredState {
+                        term: 2,
+                        cluster: r.cluster.clone(),
+                        role: Role::Primary,
+                        primary: r.cluster.clone(),
+                        primary_api_addr: None,
+                        failover_in_progress: false,
+                        promotion: Default::default(),
+                        final_snapshot_from: None,
+                    };
+                    got.lock().unwrap().push(r);
+                    axum::Json(answer)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let shared = Arc::new(Shared::new("s1", "s1-0"));
+        // The last probe round saw the data before the promotion's restore.
+        let mut o = crate::state::tests::observation();
+        o.replication.restored_index = Some(100);
+        shared.set_observation(o);
+        // The backend has restored index 140 since and applied the term.
+        let backend = Arc::new(FixedReplicator(Mutex::new(ReplicationStatus {
+            restored_index: Some(140),
+            restored_taken_at: Some(chrono::Utc::now()),
+            ..ReplicationStatus::default()
+        })));
+        let sender = Sender::new(
+            &CoordinatorConfig {
+                url,
+                token: Secret::new("t".to_owned()),
+                ca_certs: Vec::new(),
+            },
+            &[],
+            shared.clone(),
+            Metrics::new(&prometheus::Registry::new()).unwrap(),
+        )
+        .unwrap()
+        .replication_applies_terms(backend);
+        sender.send_once().await.unwrap();
+        server.abort();
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].replication.restored_index,
+            Some(140),
+            "the promotion's restore, not the probe round's"
+        );
+        assert!(got[0].replication.restored_taken_at.is_some());
+        assert_eq!(
+            got[0].vault.raft_applied_index,
+            Some(3),
+            "the rest is the probe's"
+        );
+    }
 
     #[test]
     fn while_no_leader_answers_the_agent_retries_within_two_seconds_and_backs_off_only_on_refusals()

@@ -228,7 +228,7 @@ impl Shared {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vault_dr_common::{LatencySummary, NodeState, Role};
 

@@ -252,6 +252,11 @@ pub struct ReplicationStatus {
     /// the agent never restored one).
     #[serde(default)]
     pub restored_index: Option<u64>,
+    /// Snapshot backend: when the snapshot last restored into this node was taken (its pull
+    /// finished), the age of the data the node serves (`None` when it never restored one, or
+    /// from an agent that predates this field).
+    #[serde(default)]
+    pub restored_taken_at: Option<DateTime<Utc>>,
     /// Snapshot backend: path of the newest quarantine snapshot, the diverged data a returning
     /// ex-primary saved before it was turned into a secondary.
     #[serde(default)]
@@ -329,6 +334,20 @@ mod tests {
         let back: Report = serde_json::from_str(&text).unwrap();
         assert_eq!(back, r);
         assert!(text.contains("\"state\":\"active\""));
+    }
+
+    #[test]
+    fn a_replication_status_without_restored_taken_at_still_loads() {
+        // An agent from before loss accounting sends no `restored_taken_at`.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["replication"]["restored_index"] = serde_json::json!(40);
+        v["replication"]
+            .as_object_mut()
+            .unwrap()
+            .remove("restored_taken_at");
+        let r: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(r.replication.restored_index, Some(40));
+        assert_eq!(r.replication.restored_taken_at, None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The coordinator's Prometheus metrics, registered on the one registry built in `run`.
 
 use crate::failover::hooks::StepHook;
-use crate::model::{FailoverRecord, Step};
+use crate::model::{AtRisk, FailoverRecord, LossAccount, Step};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry,
@@ -57,6 +57,16 @@ pub struct Metrics {
     /// Times the leader found client traffic pointed elsewhere than the topology says (e.g. a
     /// Service selector changed by hand or by a reinstall) and corrected it.
     pub traffic_corrections: IntCounter,
+    /// Raft entries at risk in the latest failover this replica promoted (NaN when the loss
+    /// could not be accounted).
+    pub failover_loss_entries: Gauge,
+    /// Seconds of writes at risk in the latest failover this replica promoted (NaN when not
+    /// accounted or unknown).
+    pub failover_loss_seconds: Gauge,
+    /// Failovers whose accounted loss was above zero, counted once each, at promotion.
+    pub failovers_lost_data: IntCounter,
+    /// Failovers whose loss could not be accounted, counted once each, at promotion.
+    pub failovers_loss_unaccounted: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -262,7 +272,56 @@ impl Metrics {
                     "Times the leader corrected client traffic that pointed elsewhere than the topology",
                 )?,
             )?,
+            failover_loss_entries: reg(
+                r,
+                Gauge::new(
+                    name("failover_loss_entries"),
+                    "Raft entries at risk in the latest failover this replica promoted (NaN: not accounted)",
+                )?,
+            )?,
+            failover_loss_seconds: reg(
+                r,
+                Gauge::new(
+                    name("failover_loss_seconds"),
+                    "Seconds of writes at risk in the latest failover this replica promoted (NaN: not accounted or unknown)",
+                )?,
+            )?,
+            failovers_lost_data: reg(
+                r,
+                IntCounter::new(
+                    name("failovers_lost_data_total"),
+                    "Failovers whose accounted loss was above zero",
+                )?,
+            )?,
+            failovers_loss_unaccounted: reg(
+                r,
+                IntCounter::new(
+                    name("failovers_loss_unaccounted_total"),
+                    "Failovers whose loss could not be accounted",
+                )?,
+            )?,
         })
+    }
+
+    /// Exports the loss account of a failover whose target was just promoted: the gauges show
+    /// the latest one, the counters count it once (the Promoted step completes once, by a
+    /// topology compare-and-swap), so an alert on their increase fires once per failover.
+    pub fn observe_loss(&self, loss: &LossAccount) {
+        match &loss.at_risk {
+            AtRisk::Pending => {}
+            AtRisk::NotAccounted { .. } => {
+                self.failover_loss_entries.set(f64::NAN);
+                self.failover_loss_seconds.set(f64::NAN);
+                self.failovers_loss_unaccounted.inc();
+            }
+            AtRisk::Accounted { entries, seconds } => {
+                self.failover_loss_entries.set(*entries as f64);
+                self.failover_loss_seconds.set(seconds.unwrap_or(f64::NAN));
+                if *entries > 0 {
+                    self.failovers_lost_data.inc();
+                }
+            }
+        }
     }
 }
 
@@ -271,7 +330,12 @@ impl StepHook for Metrics {
         self.failover_in_progress.set(1);
     }
 
-    fn finished(&self, _record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>) {
+    fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>) {
+        if step == Step::Promoted
+            && let Some(loss) = &record.loss
+        {
+            self.observe_loss(loss);
+        }
         self.step_duration
             .with_label_values(&[step.as_str()])
             .observe(seconds);
@@ -282,5 +346,60 @@ impl StepHook for Metrics {
             self.failover_in_progress.set(0);
             self.failovers_finished.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AppliedIndex, ServedData};
+    use chrono::Utc;
+    use vault_dr_common::ReplicationMode;
+
+    fn account(primary_index: Option<u64>, served_index: u64) -> LossAccount {
+        let now = Utc::now();
+        LossAccount::promoted(
+            primary_index.map(|index| AppliedIndex {
+                node: "p-0".into(),
+                index,
+                seen_at: now,
+                last_seen_at: now,
+                interval_seconds: None,
+            }),
+            Some(ServedData {
+                node: "s1-0".into(),
+                mode: ReplicationMode::Snapshot,
+                index: Some(served_index),
+                taken_at: Some(now - chrono::Duration::milliseconds(1500)),
+            }),
+        )
+    }
+
+    #[test]
+    fn each_promoted_failover_sets_the_loss_gauges_and_counts_once_by_outcome() {
+        let m = Metrics::new(&Registry::new()).unwrap();
+        m.observe_loss(&account(Some(120), 100));
+        assert_eq!(m.failover_loss_entries.get(), 20.0);
+        assert_eq!(m.failover_loss_seconds.get(), 1.5);
+        assert_eq!(m.failovers_lost_data.get(), 1);
+        m.observe_loss(&account(Some(120), 130));
+        assert_eq!(
+            (m.failover_loss_entries.get(), m.failover_loss_seconds.get()),
+            (0.0, 0.0),
+            "the gauges show the latest failover"
+        );
+        assert_eq!(m.failovers_lost_data.get(), 1, "nothing lost: not counted");
+        m.observe_loss(&account(None, 130));
+        assert!(
+            m.failover_loss_entries.get().is_nan(),
+            "not accounted is not 0"
+        );
+        assert_eq!(m.failovers_loss_unaccounted.get(), 1);
+        m.observe_loss(&LossAccount::decided(None));
+        assert_eq!(
+            m.failovers_loss_unaccounted.get(),
+            1,
+            "pending is not an outcome"
+        );
     }
 }

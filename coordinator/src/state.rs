@@ -3,6 +3,7 @@
 //! the leader loop builds each tick's [`View`] from it.
 
 use crate::config::Config;
+use crate::model::AppliedIndex;
 use crate::model::DecisionRecord;
 use crate::model::Step;
 use crate::model::topology::Topology;
@@ -67,6 +68,7 @@ pub const MAX_CLOCK_SKEW_SECONDS: i64 = 60;
 #[derive(Debug, Default)]
 pub struct State {
     reports: RwLock<HashMap<(String, String), NodeView>>,
+    applied: RwLock<HashMap<(String, String), AppliedIndex>>,
     probes: RwLock<HashMap<String, DirectProbe>>,
     topology: RwLock<Option<Topology>>,
     decision: RwLock<Option<DecisionRecord>>,
@@ -126,6 +128,31 @@ impl State {
                 });
             }
         }
+        // A node's newest applied index while it served: the loss account of a failover
+        // needs the old primary's, and the reports after its fault carry none.
+        if report.vault.state.is_serving()
+            && let Some(index) = report.vault.raft_applied_index
+        {
+            let mut applied = write(&self.applied);
+            let prev = applied.get(&key);
+            let interval_seconds = prev
+                .map(|p| (report.sent_at - p.last_seen_at).num_milliseconds() as f64 / 1000.0)
+                .filter(|s| *s > 0.0);
+            // The same index again keeps its first date: the report may repeat the observation.
+            let seen_at = prev
+                .filter(|p| p.index == index)
+                .map_or(report.sent_at, |p| p.seen_at);
+            applied.insert(
+                key.clone(),
+                AppliedIndex {
+                    node: report.node.clone(),
+                    index,
+                    seen_at,
+                    last_seen_at: report.sent_at,
+                    interval_seconds,
+                },
+            );
+        }
         reports.insert(
             key,
             NodeView {
@@ -167,6 +194,17 @@ impl State {
         let mut v: Vec<_> = read(&self.reports).values().cloned().collect();
         v.sort_by(|a, b| (&a.report.cluster, &a.node).cmp(&(&b.report.cluster, &b.node)));
         v
+    }
+
+    /// The newest applied raft index any node of `cluster` was seen serving at (the highest
+    /// index; of equal ones the latest report), `None` when none reported one.
+    pub fn last_applied(&self, cluster: &str) -> Option<AppliedIndex> {
+        read(&self.applied)
+            .iter()
+            .filter(|((c, _), _)| c == cluster)
+            .map(|(_, a)| a)
+            .max_by_key(|a| (a.index, a.last_seen_at))
+            .cloned()
     }
 
     /// Latest direct probes by cluster.
@@ -449,6 +487,41 @@ mod tests {
                 "{name}: a secondary knows where to pull from"
             );
         }
+    }
+
+    #[test]
+    fn the_last_applied_index_is_the_newest_seen_while_serving() {
+        use vault_dr_common::NodeState;
+        let c = config(PromotionMode::Complete);
+        let state = State::default();
+        let t0 = Utc::now() - chrono::Duration::seconds(10);
+        let started = t0 - chrono::Duration::seconds(60);
+        let send = |seq: u64, ms: i64, node_state: NodeState, index: Option<u64>| {
+            let mut r = crate::model::test_util::synthetic::report("p", "p-0", started);
+            r.seq = seq;
+            r.sent_at = t0 + chrono::Duration::milliseconds(ms);
+            r.vault.state = node_state;
+            r.vault.raft_applied_index = index;
+            state.accept_report(&c, r, Utc::now()).unwrap();
+        };
+        assert_eq!(state.last_applied("p"), None, "nothing reported yet");
+        let at = |ms| t0 + chrono::Duration::milliseconds(ms);
+        send(1, 0, NodeState::Active, Some(100));
+        send(2, 500, NodeState::Active, Some(120));
+        // A probe of a stopped node hangs: the reports repeat its last observation.
+        send(3, 1_000, NodeState::Active, Some(120));
+        // The fault shows: the agent still reports, the node answers nothing (or sealed).
+        send(4, 1_500, NodeState::Unreachable, None);
+        send(5, 2_000, NodeState::Sealed, Some(120));
+        let a = state.last_applied("p").unwrap();
+        assert_eq!((a.node.as_str(), a.index), ("p-0", 120));
+        assert_eq!(
+            (a.seen_at, a.last_seen_at),
+            (at(500), at(1_000)),
+            "dated by its first report, last seen while serving"
+        );
+        assert_eq!(a.interval_seconds, Some(0.5));
+        assert_eq!(state.last_applied("s1"), None, "per cluster");
     }
 
     #[test]

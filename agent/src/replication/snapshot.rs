@@ -788,6 +788,7 @@ impl Shipper {
             last_success_at: self.last_success_at,
             last_error: self.last_error.clone(),
             restored_index: self.record.restored.as_ref().map(|m| m.index),
+            restored_taken_at: self.record.restored.as_ref().map(|m| m.taken_at),
             quarantined: self
                 .record
                 .quarantined

@@ -1,4 +1,5 @@
-//! `vault-dr history`: every failover with its steps, who ran them and how long each took.
+//! `vault-dr history`: every failover with its steps, who ran them and how long each took,
+//! and what it lost.
 
 use super::{ApiArgs, CliError, Client, Output, table};
 use crate::model::FailoverRecord;
@@ -25,7 +26,7 @@ pub fn render(records: &[FailoverRecord]) -> String {
     let mut out = String::new();
     for r in records {
         out.push_str(&format!(
-            "{} · {} -> {} · term {} · {:?} · {}{}\n  reason: {}\n",
+            "{} · {} -> {} · term {} · {:?} · {}{}\n  reason: {}\n  loss: {}\n",
             r.id,
             r.from,
             r.to,
@@ -37,7 +38,8 @@ pub fn render(records: &[FailoverRecord]) -> String {
             } else {
                 ""
             },
-            r.reason
+            r.reason,
+            super::explain::loss_sentence(r)
         ));
         let rows: Vec<Vec<String>> = r
             .steps
@@ -73,4 +75,89 @@ pub fn render(records: &[FailoverRecord]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{
+        AppliedIndex, CandidateTable, FailoverStatus, LossAccount, ServedData, Step, StepRecord,
+    };
+    use chrono::{TimeZone, Utc};
+
+    /// A finished failover p -> s1 in term 2 with `loss`.
+    pub(crate) fn record(loss: Option<LossAccount>) -> FailoverRecord {
+        let at = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        FailoverRecord {
+            id: "2-p-s1".into(),
+            term: 2,
+            from: "p".into(),
+            to: "s1".into(),
+            planned: false,
+            reason: "primary p down".into(),
+            decided_at: at,
+            table: CandidateTable {
+                at,
+                candidates: Vec::new(),
+                winner: Some("s1".into()),
+            },
+            steps: vec![StepRecord {
+                step: Step::Promoted,
+                started_at: at,
+                finished_at: Some(at + chrono::Duration::milliseconds(1500)),
+                by: "c0".into(),
+                detail: "s1 is primary in term 2".into(),
+                error: None,
+            }],
+            status: FailoverStatus::Done,
+            loss,
+        }
+    }
+
+    /// 40 entries and 2.00 s at risk.
+    pub(crate) fn lost() -> LossAccount {
+        let at = Utc.with_ymd_and_hms(2025, 1, 1, 11, 59, 59).unwrap();
+        LossAccount::promoted(
+            Some(AppliedIndex {
+                node: "p-0".into(),
+                index: 1040,
+                seen_at: at,
+                last_seen_at: at,
+                interval_seconds: Some(0.5),
+            }),
+            Some(ServedData {
+                node: "s1-0".into(),
+                mode: vault_dr_common::ReplicationMode::Snapshot,
+                index: Some(1000),
+                taken_at: Some(at - chrono::Duration::seconds(2)),
+            }),
+        )
+    }
+
+    #[test]
+    fn history_shows_each_failovers_loss_under_its_reason() {
+        let text = render(&[record(Some(lost()))]);
+        assert!(
+            text.contains(
+                "  reason: primary p down\n  loss: 40 entries and 2.00 s at risk: p-0 was at index 1040 by 11:59:59.000"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("promoted"), "{text}");
+        let old = render(&[record(None)]);
+        assert!(
+            old.contains("  loss: not accounted: the record predates loss accounting\n"),
+            "{old}"
+        );
+    }
+
+    #[test]
+    fn the_json_history_carries_the_account() {
+        let v = serde_json::to_value([record(Some(lost()))]).unwrap();
+        assert_eq!(v[0]["loss"]["at_risk"]["kind"], "accounted");
+        assert_eq!(v[0]["loss"]["at_risk"]["entries"], 40);
+        assert_eq!(v[0]["loss"]["at_risk"]["seconds"], 2.0);
+        assert_eq!(v[0]["loss"]["primary"]["index"], 1040);
+        assert_eq!(v[0]["loss"]["served"]["index"], 1000);
+    }
 }

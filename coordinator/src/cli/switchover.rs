@@ -152,6 +152,7 @@ mod tests {
                 })
                 .collect(),
             status: FailoverStatus::InProgress,
+            loss: None,
         }
     }
 

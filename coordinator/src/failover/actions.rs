@@ -6,6 +6,7 @@
 //! Each returns one sentence saying what it did, which goes into the journal.
 
 use crate::config::ClusterConfig;
+use crate::model::{AppliedIndex, ServedData};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -25,11 +26,16 @@ pub trait Fencer: Send + Sync + std::fmt::Debug {
     async fn fence(&self, old: &ClusterConfig, term: u64) -> ActionResult;
 }
 
-/// Makes a secondary primary and points the others at it.
+/// Makes a secondary primary and points the others at it, and tells what data each side
+/// holds (for the failover's loss account).
 #[async_trait]
 pub trait Replication: Send + Sync + std::fmt::Debug {
     /// Promotes `target` in `term`; returns once the target serves as primary.
     async fn promote(&self, target: &ClusterConfig, term: u64) -> ActionResult;
+    /// The newest applied raft index `cluster` was seen serving at, `None` when unknown.
+    fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex>;
+    /// The data `target` serves once promoted in `term`, `None` when nothing says.
+    fn served(&self, target: &ClusterConfig, term: u64) -> Option<ServedData>;
     /// Points `others` at `primary` for `term`.
     async fn repoint(
         &self,
@@ -102,6 +108,8 @@ pub mod test_util {
     pub struct Recorder {
         calls: Mutex<Vec<String>>,
         failures: Mutex<HashMap<&'static str, u32>>,
+        applied: Mutex<HashMap<String, AppliedIndex>>,
+        served: Mutex<HashMap<String, ServedData>>,
     }
 
     impl Recorder {
@@ -136,6 +144,20 @@ pub mod test_util {
             Ok(format!("{action} {cluster}"))
         }
 
+        /// Makes `cluster` known at `index` (what [`Replication::last_applied`] answers).
+        pub fn set_applied(&self, cluster: &str, index: AppliedIndex) {
+            if let Ok(mut a) = self.applied.lock() {
+                a.insert(cluster.to_owned(), index);
+            }
+        }
+
+        /// Makes `cluster` serve `data` once promoted (what [`Replication::served`] answers).
+        pub fn set_served(&self, cluster: &str, data: ServedData) {
+            if let Ok(mut s) = self.served.lock() {
+                s.insert(cluster.to_owned(), data);
+            }
+        }
+
         /// All four actions backed by this recorder.
         pub fn actions(self: &Arc<Self>) -> Actions {
             Actions {
@@ -158,6 +180,12 @@ pub mod test_util {
     impl Replication for Recorder {
         async fn promote(&self, target: &ClusterConfig, term: u64) -> ActionResult {
             self.record("promote", &target.name, term)
+        }
+        fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex> {
+            self.applied.lock().ok()?.get(&cluster.name).cloned()
+        }
+        fn served(&self, target: &ClusterConfig, _term: u64) -> Option<ServedData> {
+            self.served.lock().ok()?.get(&target.name).cloned()
         }
         async fn repoint(
             &self,

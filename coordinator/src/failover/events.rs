@@ -5,7 +5,7 @@
 use crate::coordination::CoordinationError;
 use crate::coordination::kubernetes::FIELD_MANAGER;
 use crate::failover::hooks::StepHook;
-use crate::model::{FailoverRecord, Step};
+use crate::model::{AtRisk, FailoverRecord, Step};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -38,6 +38,8 @@ pub enum StepPhase<'a> {
 }
 
 /// The Event `type` and message for `step` of `record`: names the step, from, to and term.
+/// Once the target is promoted (the Promoted and Done steps finished) it adds the loss
+/// account, and a failover that lost data is a `Warning`.
 pub fn step_message(
     record: &FailoverRecord,
     step: Step,
@@ -73,6 +75,16 @@ pub fn step_message(
             ),
         ),
     };
+    let mut kind = kind;
+    if let (Some(loss), StepPhase::Finished { .. }) = (&record.loss, phase)
+        && matches!(step, Step::Promoted | Step::Done)
+        && loss.at_risk != AtRisk::Pending
+    {
+        message.push_str(&format!("; loss: {loss}"));
+        if loss.entries().is_some_and(|e| e > 0) {
+            kind = "Warning";
+        }
+    }
     if message.len() > EVENT_MESSAGE_MAX {
         let mut end = EVENT_MESSAGE_MAX;
         while !message.is_char_boundary(end) {
@@ -243,6 +255,7 @@ mod tests {
             },
             steps: Vec::new(),
             status: FailoverStatus::InProgress,
+            loss: None,
         }
     }
 
@@ -281,6 +294,67 @@ mod tests {
             msg.ends_with("(from dc1 to dc2, term 3): canary read returned 403"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_promoted_and_done_events_carry_the_loss_and_a_loss_is_a_warning() {
+        use crate::model::{AppliedIndex, LossAccount, ServedData};
+        let now = Utc::now();
+        let account = |served_index: u64| {
+            LossAccount::promoted(
+                Some(AppliedIndex {
+                    node: "dc1-0".into(),
+                    index: 700,
+                    seen_at: now,
+                    last_seen_at: now,
+                    interval_seconds: Some(0.5),
+                }),
+                Some(ServedData {
+                    node: "dc2-0".into(),
+                    mode: vault_dr_common::ReplicationMode::Snapshot,
+                    index: Some(served_index),
+                    taken_at: Some(now - chrono::Duration::milliseconds(1800)),
+                }),
+            )
+        };
+        let done = StepPhase::Finished {
+            seconds: 1.0,
+            error: None,
+        };
+        let lost = FailoverRecord {
+            loss: Some(account(650)),
+            ..record()
+        };
+        let (kind, msg) = step_message(&lost, Step::Promoted, done);
+        assert_eq!(kind, "Warning");
+        assert!(
+            msg.contains(
+                "term 3); loss: 50 entries and 1.80 s at risk: dc1-0 was at index 700 by "
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("are unknown to the coordinator"), "{msg}");
+        let (kind, msg) = step_message(&lost, Step::Done, done);
+        assert_eq!(kind, "Warning");
+        assert!(msg.contains("loss: 50 entries"), "{msg}");
+        let (_, msg) = step_message(&lost, Step::Promoted, StepPhase::Started);
+        assert!(!msg.contains("loss"), "not before the promotion: {msg}");
+        let (_, msg) = step_message(&lost, Step::Switched, done);
+        assert!(!msg.contains("loss"), "once, not on every step: {msg}");
+        let kept = FailoverRecord {
+            loss: Some(account(720)),
+            ..record()
+        };
+        let (kind, msg) = step_message(&kept, Step::Promoted, done);
+        assert_eq!(kind, "Normal");
+        assert!(msg.contains("loss: nothing at risk"), "{msg}");
+        let unknown = FailoverRecord {
+            loss: Some(LossAccount::promoted(None, None)),
+            ..record()
+        };
+        let (kind, msg) = step_message(&unknown, Step::Promoted, done);
+        assert_eq!(kind, "Normal");
+        assert!(msg.contains("loss: not accounted: "), "{msg}");
     }
 
     #[test]

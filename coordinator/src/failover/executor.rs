@@ -8,6 +8,9 @@
 //!   each step written before it runs and again when it finished, one entry per step.
 //! - Before every attempt the executor checks that it still holds the lease, and every step's
 //!   completion is itself a CAS: a coordinator that lost leadership stops at its next write.
+//! - Every failover accounts for what it lost ([`LossAccount`]): the old primary's newest
+//!   applied index is taken at the decision, what the target serves once it is promoted; the
+//!   record carries the account from the Promoted step on.
 //! - In a planned switchover the Fenced step cuts client traffic instead of sealing the old
 //!   primary: the old primary must stay up so the target can pull a final snapshot from it
 //!   (see `state::desired_state`), and with no client able to write there, nothing
@@ -19,7 +22,7 @@ use crate::failover::actions::{ActionError, Actions};
 use crate::failover::hooks::StepHook;
 use crate::model::CandidateTable;
 use crate::model::topology::{FailoverInProgress, Topology, Versioned};
-use crate::model::{FailoverRecord, FailoverStatus, Step, StepRecord};
+use crate::model::{FailoverRecord, FailoverStatus, LossAccount, Step, StepRecord};
 use crate::store::Store;
 use chrono::Utc;
 use std::sync::Arc;
@@ -181,6 +184,8 @@ impl Executor {
         self.cluster(&from)?;
         let term = current.value.term + 1;
         let id = FailoverRecord::id_for(term, &from, to);
+        // Taken before any side effect: what the old primary was last seen with.
+        let primary_index = self.actions.replication.last_applied(self.cluster(&from)?);
         let reason = format!("{reason}; promotion: {}", self.promotion);
         let reason = reason.as_str();
         let next = Topology {
@@ -219,6 +224,7 @@ impl Executor {
                 error: None,
             }],
             status: FailoverStatus::InProgress,
+            loss: Some(LossAccount::decided(primary_index)),
         };
         self.journal(&record).await;
         tracing::info!(failover = %record.id, "decided: fail over {} -> {} in term {term}", record.from, record.to);
@@ -246,6 +252,11 @@ impl Executor {
             crate::failpoint::before(step).await;
             let started = std::time::Instant::now();
             let outcome = self.run_step(&current.value, &f, step).await?;
+            if step == Step::Promoted && outcome.is_ok() {
+                let account = self.account_loss(&record, &f, current.value.term)?;
+                tracing::info!(failover = %record.id, "loss: {account}");
+                record.loss = Some(account);
+            }
             let error = outcome.as_ref().err().map(|e| e.0.clone());
             let detail = match &outcome {
                 Ok(detail) => detail.clone(),
@@ -276,6 +287,26 @@ impl Executor {
         }
     }
 
+    /// The loss account once `f.to` is promoted in `term`: the old primary's index from the
+    /// decision (this coordinator's own knowledge when the record has none) against what the
+    /// target serves now.
+    fn account_loss(
+        &self,
+        record: &FailoverRecord,
+        f: &FailoverInProgress,
+        term: u64,
+    ) -> Result<LossAccount, ExecError> {
+        let primary = match &record.loss {
+            Some(l) => l.primary.clone(),
+            None => self
+                .actions
+                .replication
+                .last_applied(self.cluster(&f.from)?),
+        };
+        let served = self.actions.replication.served(self.cluster(&f.to)?, term);
+        Ok(LossAccount::promoted(primary, served))
+    }
+
     async fn load_record(&self, topology: &Topology, f: &FailoverInProgress) -> FailoverRecord {
         match self.store.failover(&f.id).await {
             Ok(Some(r)) => r,
@@ -300,6 +331,12 @@ impl Executor {
                     },
                     steps: Vec::new(),
                     status: FailoverStatus::InProgress,
+                    // What this coordinator saw of the old primary, the decider's being lost.
+                    loss: Some(LossAccount::decided(
+                        self.cluster(&f.from)
+                            .ok()
+                            .and_then(|c| self.actions.replication.last_applied(c)),
+                    )),
                 }
             }
         }
@@ -532,6 +569,76 @@ mod tests {
         let stored = r.store.failover(&done.id).await.unwrap().unwrap();
         assert_eq!(stored, done);
         assert_eq!(e.resume().await.unwrap(), None, "nothing left to do");
+    }
+
+    fn applied(index: u64, seen_at: chrono::DateTime<Utc>) -> crate::model::AppliedIndex {
+        crate::model::AppliedIndex {
+            node: "dc1-0".into(),
+            index,
+            seen_at,
+            last_seen_at: seen_at,
+            interval_seconds: Some(0.5),
+        }
+    }
+
+    fn served(index: u64, taken_at: chrono::DateTime<Utc>) -> crate::model::ServedData {
+        crate::model::ServedData {
+            node: "dc2-0".into(),
+            mode: vault_dr_common::ReplicationMode::Snapshot,
+            index: Some(index),
+            taken_at: Some(taken_at),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_record_accounts_the_loss_from_the_primary_at_the_decision_and_the_target_promoted()
+    {
+        let r = rig().await;
+        let seen = Utc::now() - chrono::Duration::seconds(1);
+        r.recorder.set_applied("dc1", applied(500, seen));
+        r.recorder
+            .set_served("dc2", served(480, seen - chrono::Duration::seconds(2)));
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        let rec = e
+            .begin(&current, "dc2", "primary dc1 down", table(), false)
+            .await
+            .unwrap();
+        let decided = rec.loss.as_ref().unwrap();
+        assert_eq!(decided.primary.as_ref().map(|p| p.index), Some(500));
+        assert_eq!(decided.at_risk, crate::model::AtRisk::Pending);
+        // The primary's agent keeps reporting after the decision: the account keeps the
+        // decision's figure.
+        r.recorder.set_applied("dc1", applied(900, Utc::now()));
+        let done = e.resume().await.unwrap().unwrap();
+        let loss = done.loss.as_ref().unwrap();
+        assert_eq!(
+            loss.at_risk,
+            crate::model::AtRisk::Accounted {
+                entries: 20,
+                seconds: Some(2.0)
+            }
+        );
+        let stored = r.store.failover(&done.id).await.unwrap().unwrap();
+        assert_eq!(stored.loss, done.loss, "the journal holds the account");
+    }
+
+    #[tokio::test]
+    async fn a_primary_never_seen_with_an_index_is_not_accounted_rather_than_zero() {
+        let r = rig().await;
+        r.recorder.set_served("dc2", served(480, Utc::now()));
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        e.begin(&current, "dc2", "primary dc1 down", table(), false)
+            .await
+            .unwrap();
+        let done = e.resume().await.unwrap().unwrap();
+        let loss = done.loss.unwrap();
+        assert!(
+            matches!(loss.at_risk, crate::model::AtRisk::NotAccounted { .. }),
+            "{loss:?}"
+        );
+        assert_eq!(loss.entries(), None);
     }
 
     #[tokio::test]

@@ -8,9 +8,13 @@
 //!   planned switchover's final snapshot), found its node unsealed and active and did a canary
 //!   write; a secondary once it follows the new primary.
 //! - Verification writes and reads a canary in the DR token's cubbyhole on the new primary.
+//! - The loss account's figures come from the reports too: the old primary's newest applied
+//!   index while it served ([`State::last_applied`]), the target's restored snapshot after
+//!   its promotion.
 
 use crate::config::ClusterConfig;
 use crate::failover::actions::{ActionError, ActionResult, Fencer, Replication, Verifier};
+use crate::model::{AppliedIndex, ServedData};
 use crate::state::State;
 use crate::vault::VaultClient;
 use async_trait::async_trait;
@@ -99,6 +103,33 @@ impl DesiredStateReplication {
 
 #[async_trait]
 impl Replication for DesiredStateReplication {
+    fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex> {
+        self.state.last_applied(&cluster.name)
+    }
+
+    /// From the fresh report of the target's node that carried out `term` (the active one
+    /// first): the snapshot it restored. Its agent sends the replication status as of sending,
+    /// so the report that announces the promotion already names the promotion's restore.
+    fn served(&self, target: &ClusterConfig, term: u64) -> Option<ServedData> {
+        let now = Utc::now();
+        let ttl = self.report_ttl.as_secs_f64();
+        self.state
+            .latest_reports()
+            .into_iter()
+            .filter(|n| {
+                n.report.cluster == target.name
+                    && n.age_seconds(now) <= ttl
+                    && n.report.applied_term >= term
+            })
+            .max_by_key(|n| n.report.vault.state == NodeState::Active)
+            .map(|n| ServedData {
+                node: n.node,
+                mode: n.report.replication.mode,
+                index: n.report.replication.restored_index,
+                taken_at: n.report.replication.restored_taken_at,
+            })
+    }
+
     async fn promote(&self, target: &ClusterConfig, term: u64) -> ActionResult {
         let deadline = tokio::time::Instant::now() + self.promote_timeout;
         loop {
@@ -256,6 +287,32 @@ mod tests {
         r.report("s1-0", NodeState::Active, 2, 2);
         let ok = r.replication.promote(&r.cluster("s1"), 2).await.unwrap();
         assert!(ok.contains("s1 is primary in term 2"), "{ok}");
+    }
+
+    #[test]
+    fn the_served_data_is_the_restored_snapshot_of_the_node_that_applied_the_term() {
+        let r = rig();
+        assert_eq!(r.replication.served(&r.cluster("s1"), 2), None, "no report");
+        // s1-1 has not carried out term 2: its data does not count.
+        r.report("s1-1", NodeState::Standby, 2, 1);
+        assert_eq!(r.replication.served(&r.cluster("s1"), 2), None);
+        let taken = Utc::now() - chrono::Duration::seconds(3);
+        let mut rep = report("s1", "s1-0", r.started);
+        rep.seq = 99;
+        rep.applied_term = 2;
+        rep.replication.restored_index = Some(4321);
+        rep.replication.restored_taken_at = Some(taken);
+        r.state.accept_report(&r.config, rep, Utc::now()).unwrap();
+        let served = r.replication.served(&r.cluster("s1"), 2).unwrap();
+        assert_eq!(served.node, "s1-0");
+        assert_eq!(served.mode, vault_dr_common::ReplicationMode::Snapshot);
+        assert_eq!((served.index, served.taken_at), (Some(4321), Some(taken)));
+        // The old primary's index comes from its reports while it served.
+        let mut p = report("p", "p-0", r.started);
+        p.vault.raft_applied_index = Some(5000);
+        r.state.accept_report(&r.config, p, Utc::now()).unwrap();
+        let applied = r.replication.last_applied(&r.cluster("p")).unwrap();
+        assert_eq!((applied.node.as_str(), applied.index), ("p-0", 5000));
     }
 
     #[tokio::test(start_paused = true)]

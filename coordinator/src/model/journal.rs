@@ -2,6 +2,7 @@
 //! the candidate table the choice was made from.
 
 use crate::model::CandidateTable;
+use crate::model::loss::LossAccount;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -115,6 +116,10 @@ pub struct FailoverRecord {
     pub steps: Vec<StepRecord>,
     /// Outcome.
     pub status: FailoverStatus,
+    /// What the failover lost (entries and seconds at risk), accounted once the target is
+    /// promoted; `None` in records written before loss accounting existed.
+    #[serde(default)]
+    pub loss: Option<LossAccount>,
 }
 
 impl FailoverRecord {
@@ -156,6 +161,22 @@ impl FailoverRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_written_before_loss_accounting_still_loads() {
+        let old = r#"{
+            "id": "2-p-s1", "term": 2, "from": "p", "to": "s1", "planned": false,
+            "reason": "primary p down", "decided_at": "2025-01-01T12:00:00Z",
+            "table": {"at": "2025-01-01T12:00:00Z", "candidates": [], "winner": "s1"},
+            "steps": [], "status": "done"
+        }"#;
+        let r: FailoverRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.id.as_str(), r.status), ("2-p-s1", FailoverStatus::Done));
+        assert_eq!(
+            r.loss, None,
+            "no account: not accounted, never a made-up zero"
+        );
+    }
 
     #[test]
     fn steps_run_in_the_documented_order() {

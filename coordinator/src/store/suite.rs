@@ -25,6 +25,7 @@ use vault_dr_common::{NodeState, Report};
 use super::{Store, StoredReport};
 use crate::model::FailoverRecord;
 use crate::model::journal::{FailoverStatus, Step, StepRecord};
+use crate::model::{AppliedIndex, LossAccount, ServedData};
 use crate::model::{Candidate, CandidateTable, Eligibility, Ineligible};
 use crate::model::{Decision, DecisionRecord, Observers, Phase};
 
@@ -470,6 +471,22 @@ pub fn failover_record(
         table: table(decided_at),
         steps: vec![step(Step::Decided, decided_at, None)],
         status: FailoverStatus::InProgress,
+        // A full account, so every store is shown to keep it as written.
+        loss: Some(LossAccount::promoted(
+            Some(AppliedIndex {
+                node: format!("{from}-0"),
+                index: 5_000 + term,
+                seen_at: decided_at - Duration::milliseconds(800),
+                last_seen_at: decided_at - Duration::milliseconds(300),
+                interval_seconds: Some(0.5),
+            }),
+            Some(ServedData {
+                node: format!("{to}-0"),
+                mode: ReplicationMode::Snapshot,
+                index: Some(4_990),
+                taken_at: Some(decided_at - Duration::milliseconds(2_300)),
+            }),
+        )),
     }
 }
 

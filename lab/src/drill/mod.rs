@@ -5,7 +5,8 @@
 //! [`DrillReport`]: the timeline (detected, decided with the candidate table, fenced, promoted,
 //! repointed, switched, verified, first acknowledged client write), RTO (fault to the first
 //! acknowledged write on the new primary) and RPO (acknowledged writes missing on the new
-//! primary, each read back).
+//! primary, each read back), beside the coordinator's own loss account of the failover, which
+//! must agree with the client's RPO within one report interval.
 //!
 //! Everything started here belongs to the group or to a task aborted on drop, so returning,
 //! failing, panicking or being cancelled (Ctrl-C drops the future) leaves no process behind.
@@ -29,8 +30,8 @@ use crate::LabError;
 use crate::group::{DrGroup, GroupSpec, PromotionMode, RestoreMode};
 use progress::Progress;
 use vault_dr_coordinator::model::CandidateTable;
+use vault_dr_coordinator::model::{AtRisk, FailoverRecord, FailoverStatus, LossAccount, Step};
 use vault_dr_coordinator::model::{DecisionRecord, Phase};
-use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use workload::{ClientStats, Workload};
 
 /// OpenBao's restore of a small snapshot (measured facts: about 5.5 s): the part of a warm
@@ -251,6 +252,16 @@ pub struct DrillReport {
     pub rpo_seconds: Option<f64>,
     /// Client writes per snapshot interval (the RPO bound of snapshot replication).
     pub writes_per_snapshot_interval: f64,
+    /// The coordinator's loss account of the failover, from its journal record.
+    #[serde(default)]
+    pub accounted_loss: Option<LossAccount>,
+    /// The agents' report interval, seconds: the account cannot see the primary's writes after
+    /// its last report, so it and the client's RPO may differ by that much.
+    #[serde(default)]
+    pub report_interval_seconds: f64,
+    /// Accounted seconds at risk minus the client's `rpo_seconds`, when both are known.
+    #[serde(default)]
+    pub loss_difference_seconds: Option<f64>,
     /// The client's counters.
     pub client: ClientStats,
     /// The stress phase, if any.
@@ -559,6 +570,20 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
             Err(e) => problems.push(format!("reading the acknowledged writes back: {e}")),
         }
     }
+    let accounted_loss = followed.record.as_ref().and_then(|r| r.loss.clone());
+    let report_interval_seconds = spec.agent_interval.as_secs_f64();
+    let loss_difference_seconds = match loss_agreement(
+        accounted_loss.as_ref(),
+        rpo_seconds,
+        report_interval_seconds,
+        opts.write_period.as_secs_f64(),
+    ) {
+        Ok(d) => d,
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
     let rounds_per_second = 1.0 / opts.write_period.as_secs_f64().max(0.001);
     let report = DrillReport {
         ok: problems.is_empty(),
@@ -589,6 +614,9 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         rpo_writes,
         rpo_seconds,
         writes_per_snapshot_interval: opts.snapshot_interval.as_secs_f64() * rounds_per_second,
+        accounted_loss,
+        report_interval_seconds,
+        loss_difference_seconds,
         client: stats,
         stress,
         agent_flags_missing: group.agent_flags_missing().to_vec(),
@@ -718,6 +746,7 @@ async fn follow(
     let mut record: Option<FailoverRecord> = None;
     let mut first_write = None;
     let mut leader: Option<Url> = None;
+    let mut loss_shown = false;
     let push =
         |timeline: &mut Vec<TimelineEvent>, event: &str, at: DateTime<Utc>, detail: String| {
             let after = seconds_between(fault_at, at);
@@ -795,6 +824,12 @@ async fn follow(
                         seen_steps.push(s.step);
                         push(timeline, s.step.as_str(), done, s.detail.clone());
                     }
+                }
+                if !loss_shown
+                    && let Some(loss) = rec.loss.as_ref().filter(|l| l.at_risk != AtRisk::Pending)
+                {
+                    loss_shown = true;
+                    progress.line(format!("accounted loss: {loss}"));
                 }
                 let finished = rec.status != FailoverStatus::InProgress;
                 record = Some(rec);
@@ -992,6 +1027,41 @@ fn split_at_fault(
         .partition(|w| w.sent_at > effective_at)
 }
 
+/// Checks the coordinator's loss account against the client's RPO: the account must be there,
+/// accounted in seconds, and differ from the client's `rpo_seconds` by at most one report
+/// interval (the index is dated by the first report that carried it, sent up to one interval
+/// after the probe that read it, and the primary's writes after that probe are unknown to the
+/// coordinator) plus one write period (the client's resolution: its oldest lost write was sent up to one
+/// period after the snapshot). The signed difference (account minus client), or the problem.
+fn loss_agreement(
+    accounted: Option<&LossAccount>,
+    rpo_seconds: Option<f64>,
+    report_interval_seconds: f64,
+    write_period_seconds: f64,
+) -> Result<Option<f64>, String> {
+    let Some(loss) = accounted else {
+        return Err("the failover record carries no loss account".into());
+    };
+    let Some(accounted) = loss.seconds() else {
+        return Err(format!("the coordinator gave no seconds at risk ({loss})"));
+    };
+    let Some(client) = rpo_seconds else {
+        // The client's RPO is missing for a reason already among the problems.
+        return Ok(None);
+    };
+    let difference = accounted - client;
+    let tolerance = report_interval_seconds + write_period_seconds;
+    if difference.abs() > tolerance {
+        return Err(format!(
+            "the coordinator accounts {accounted:.2} s at risk, the client lost {client:.2} s: \
+             they differ by {:.2} s, more than one report interval ({report_interval_seconds:.1} s) \
+             and one write period ({write_period_seconds:.1} s)",
+            difference.abs()
+        ));
+    }
+    Ok(Some(difference))
+}
+
 fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
@@ -1052,6 +1122,20 @@ pub fn render(r: &DrillReport) -> String {
         r.writes_per_snapshot_interval
     ));
     out.push_str(&format!(
+        "LOSS {} accounted by the coordinator ({}){}\n",
+        r.accounted_loss
+            .as_ref()
+            .map_or("-".to_owned(), LossAccount::short),
+        r.accounted_loss
+            .as_ref()
+            .map_or("the failover record has no account".to_owned(), |l| l
+                .to_string()),
+        r.loss_difference_seconds.map_or(String::new(), |d| format!(
+            "; {d:+.2} s from the client's RPO (report interval {:.1} s)",
+            r.report_interval_seconds
+        ))
+    ));
+    out.push_str(&format!(
         "client: {} writes acknowledged, {} failed; {} reads ok, {} failed\n",
         r.client.writes_acked, r.client.writes_failed, r.client.reads_ok, r.client.reads_failed
     ));
@@ -1075,7 +1159,9 @@ pub fn render(r: &DrillReport) -> String {
         ));
     }
     if r.ok {
-        out.push_str("\nOK: exactly one promotion, clients served by the new primary\n");
+        out.push_str(
+            "\nOK: exactly one promotion, clients served by the new primary, the accounted loss agrees with the client's\n",
+        );
     } else {
         out.push_str("\nFAILED:\n");
         for p in &r.problems {
@@ -1092,6 +1178,30 @@ pub fn render(r: &DrillReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An account of `entries` entries and `seconds` at risk (p at index 104 when last seen,
+    /// s1 serving index 100).
+    fn account(entries: u64, seconds: Option<f64>) -> LossAccount {
+        use vault_dr_coordinator::model::{AppliedIndex, ServedData};
+        let at = Utc::now();
+        let mut a = LossAccount::promoted(
+            Some(AppliedIndex {
+                node: "p-0".into(),
+                index: 100 + entries,
+                seen_at: at,
+                last_seen_at: at,
+                interval_seconds: Some(0.5),
+            }),
+            Some(ServedData {
+                node: "s1-0".into(),
+                mode: vault_dr_common::ReplicationMode::Snapshot,
+                index: Some(100),
+                taken_at: Some(at - chrono::Duration::milliseconds(600)),
+            }),
+        );
+        a.at_risk = AtRisk::Accounted { entries, seconds };
+        a
+    }
 
     fn report() -> DrillReport {
         let at = Utc::now();
@@ -1124,6 +1234,9 @@ mod tests {
             rpo_writes: Some(3),
             rpo_seconds: Some(0.4),
             writes_per_snapshot_interval: 20.0,
+            accounted_loss: Some(account(4, Some(0.6))),
+            report_interval_seconds: 0.5,
+            loss_difference_seconds: Some(0.2),
             client: ClientStats::default(),
             stress: None,
             agent_flags_missing: Vec::new(),
@@ -1168,6 +1281,28 @@ mod tests {
         assert!(text.contains("RPO  3 acknowledged writes"), "{text}");
         assert!(text.contains("first_write"), "{text}");
         assert!(text.contains("OK: exactly one promotion"), "{text}");
+        assert!(
+            text.contains(
+                "LOSS 4 entries, 0.60 s accounted by the coordinator (4 entries and 0.60 s at risk: p-0 was at index 104 by "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("; +0.20 s from the client's RPO (report interval 0.5 s)\n"),
+            "{text}"
+        );
+        let unaccounted = DrillReport {
+            accounted_loss: None,
+            loss_difference_seconds: None,
+            ..report()
+        };
+        let text = render(&unaccounted);
+        assert!(
+            text.contains(
+                "LOSS - accounted by the coordinator (the failover record has no account)\n"
+            ),
+            "{text}"
+        );
         let failed = DrillReport {
             ok: false,
             problems: vec!["2 failovers in the journal, exactly one expected".into()],
@@ -1213,6 +1348,65 @@ mod tests {
             [1, 2, 3],
             "acknowledged by the old primary, maybe lost"
         );
+    }
+
+    #[test]
+    fn the_verdict_needs_an_account_in_seconds_within_one_report_interval_of_the_client() {
+        let not_accounted = LossAccount::promoted(None, None);
+        type Want = Result<Option<f64>, &'static str>;
+        let rows: Vec<(&str, Option<LossAccount>, Option<f64>, Want)> = vec![
+            (
+                "an account 0.3 s above the client's agrees",
+                Some(account(20, Some(2.3))),
+                Some(2.0),
+                Ok(Some(0.3)),
+            ),
+            (
+                "an account 0.5 s below the client's agrees (the writes after the last report)",
+                Some(account(20, Some(1.5))),
+                Some(2.0),
+                Ok(Some(-0.5)),
+            ),
+            (
+                "nothing lost on either side agrees",
+                Some(account(0, Some(0.0))),
+                Some(0.0),
+                Ok(Some(0.0)),
+            ),
+            (
+                "an account a snapshot interval off disagrees",
+                Some(account(20, Some(4.0))),
+                Some(2.0),
+                Err("they differ by 2.00 s"),
+            ),
+            (
+                "no account at all fails",
+                None,
+                Some(2.0),
+                Err("carries no loss account"),
+            ),
+            (
+                "an account without seconds fails",
+                Some(not_accounted),
+                Some(2.0),
+                Err("no seconds at risk (not accounted: "),
+            ),
+            (
+                "without the client's RPO there is nothing to compare (already a problem)",
+                Some(account(20, Some(2.0))),
+                None,
+                Ok(None),
+            ),
+        ];
+        for (name, loss, client, want) in rows {
+            let got = loss_agreement(loss.as_ref(), client, 0.5, 0.1);
+            match (got, want) {
+                (Ok(Some(d)), Ok(Some(w))) => assert!((d - w).abs() < 1e-9, "{name}: {d}"),
+                (Ok(None), Ok(None)) => {}
+                (Err(e), Err(w)) => assert!(e.contains(w), "{name}: {e}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `vault-dr bench rto`: repeats the drill N times and summarises RTO and RPO (p50, p95, max);
+//! `vault-dr bench rto`: repeats the drill N times and summarises RTO, RPO and the
+//! coordinator's accounted loss beside it (p50, p95, max);
 //! in the same run it measures OpenBao's own in-cluster failover N times (a fresh 3-node raft
 //! cluster with `performance_multiplier = 1`: SIGKILL the active node, time to the first
 //! successful write through a surviving node) and prints the ratio of the p50s.
@@ -57,6 +58,15 @@ pub struct RunFigures {
     pub rpo_writes: Option<u64>,
     /// Age of the oldest lost write at the fault.
     pub rpo_seconds: Option<f64>,
+    /// Raft entries at risk by the coordinator's account.
+    #[serde(default)]
+    pub accounted_entries: Option<u64>,
+    /// Seconds at risk by the coordinator's account.
+    #[serde(default)]
+    pub accounted_seconds: Option<f64>,
+    /// Accounted seconds minus `rpo_seconds`.
+    #[serde(default)]
+    pub loss_difference_seconds: Option<f64>,
     /// Seconds after the fault of each timeline event (where the time goes).
     pub phases: Vec<(String, f64)>,
     /// Problems, if not ok.
@@ -70,6 +80,9 @@ impl From<&DrillReport> for RunFigures {
             rto_seconds: r.rto_seconds,
             rpo_writes: r.rpo_writes,
             rpo_seconds: r.rpo_seconds,
+            accounted_entries: r.accounted_loss.as_ref().and_then(|l| l.entries()),
+            accounted_seconds: r.accounted_loss.as_ref().and_then(|l| l.seconds()),
+            loss_difference_seconds: r.loss_difference_seconds,
             phases: r
                 .timeline
                 .iter()
@@ -95,6 +108,12 @@ pub struct RtoReport {
     pub rpo_writes: Option<Summary>,
     /// RPO (seconds).
     pub rpo_seconds: Option<Summary>,
+    /// Accounted loss (seconds).
+    #[serde(default)]
+    pub accounted_seconds: Option<Summary>,
+    /// |accounted seconds - RPO seconds| over the runs with both.
+    #[serde(default)]
+    pub loss_difference: Option<Summary>,
     /// Median seconds after the fault of each timeline event, in timeline order.
     pub phases_p50: Vec<(String, f64)>,
     /// OpenBao's in-cluster failover: seconds from killing the active node to the first write.
@@ -122,10 +141,14 @@ pub async fn run(
             )
             .await?;
         progress.line(format!(
-            "drill {}/{runs}: RTO {} RPO {} writes{}",
+            "drill {}/{runs}: RTO {} RPO {} writes {} accounted {}{}",
             i + 1,
             r.rto_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
             r.rpo_writes.map_or("-".into(), |v| v.to_string()),
+            r.rpo_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
+            r.accounted_loss
+                .as_ref()
+                .map_or("-".into(), vault_dr_coordinator::model::LossAccount::short),
             if r.ok {
                 String::new()
             } else {
@@ -170,6 +193,8 @@ pub async fn run(
         promotion: drill.promotion.as_str().into(),
         rpo_writes: Summary::of(&vals(&|r| r.rpo_writes.map(|w| w as f64))),
         rpo_seconds: Summary::of(&vals(&|r| r.rpo_seconds)),
+        accounted_seconds: Summary::of(&vals(&|r| r.accounted_seconds)),
+        loss_difference: Summary::of(&vals(&|r| r.loss_difference_seconds.map(f64::abs))),
         ratio_p50: match (rto, openbao_summary) {
             (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
             _ => None,
@@ -249,6 +274,28 @@ pub fn render(r: &RtoReport) -> String {
     out.push_str(&format!("  RPO        {}\n", s(&r.rpo_writes, " writes")));
     out.push_str(&format!("  RPO age    {}\n", s(&r.rpo_seconds, " s")));
     out.push_str(&format!(
+        "  accounted  {}  (the coordinator's loss account, seconds at risk)\n",
+        s(&r.accounted_seconds, " s")
+    ));
+    out.push_str(&format!(
+        "  |accounted - RPO age|  {}\n",
+        s(&r.loss_difference, " s")
+    ));
+    out.push_str("  runs (RTO s, RPO writes, RPO age s, accounted entries, accounted s):");
+    for x in &r.runs {
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        out.push_str(&format!(
+            " [{} {} {} {} {}]",
+            f(x.rto_seconds),
+            n(x.rpo_writes),
+            f(x.rpo_seconds),
+            n(x.accounted_entries),
+            f(x.accounted_seconds)
+        ));
+    }
+    out.push('\n');
+    out.push_str(&format!(
         "  OpenBao in-cluster failover (3 nodes, performance_multiplier 1)  {}\n",
         s(&r.openbao, " s")
     ));
@@ -274,6 +321,49 @@ pub fn render(r: &RtoReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_shows_the_accounted_loss_beside_the_rpo() {
+        let run = |rpo: f64, accounted: f64| RunFigures {
+            ok: true,
+            rto_seconds: Some(9.0),
+            rpo_writes: Some(20),
+            rpo_seconds: Some(rpo),
+            accounted_entries: Some(25),
+            accounted_seconds: Some(accounted),
+            loss_difference_seconds: Some(accounted - rpo),
+            phases: Vec::new(),
+            problems: Vec::new(),
+        };
+        let runs = vec![run(2.0, 1.8), run(1.0, 1.3)];
+        let r = RtoReport {
+            restore: "continuous".into(),
+            promotion: "complete".into(),
+            rto: Summary::of(&[9.0, 9.0]),
+            rpo_writes: Summary::of(&[20.0, 20.0]),
+            rpo_seconds: Summary::of(&[2.0, 1.0]),
+            accounted_seconds: Summary::of(&[1.8, 1.3]),
+            loss_difference: Summary::of(&[0.2, 0.3]),
+            runs,
+            phases_p50: Vec::new(),
+            openbao_failover: Vec::new(),
+            openbao: None,
+            ratio_p50: None,
+        };
+        let text = render(&r);
+        assert!(
+            text.contains("  accounted  p50 1.30 s  p95 1.80 s  max 1.80 s  (n=2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  |accounted - RPO age|  p50 0.20 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[9.00 20 2.00 25 1.80] [9.00 20 1.00 25 1.30]"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

@@ -4,8 +4,9 @@
 //! forwarder as the stable client address) and the client, kills the primary, and reports.
 //! Secondaries keep snapshots and restore at promotion (`--restore on-promotion`), so the lost
 //! writes are bounded by the pull interval. s1 is excluded, so s2 is the expected target. Asserts one
-//! promotion to s2, a finished timeline, an RPO within one snapshot interval of writes, and that
-//! no process it started is alive after it exits and its run directory is gone.
+//! promotion to s2, a finished timeline, an RPO within one snapshot interval of writes, the
+//! coordinator's accounted loss printed and within one report interval of the client's RPO, and
+//! that no process it started is alive after it exits and its run directory is gone.
 //!
 //! Needs `.tools/bin/bao` (run `scripts/setup.sh`) and the built binaries (`cargo build
 //! --workspace`, which `scripts/test.sh` runs first).
@@ -124,6 +125,48 @@ fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_l
         "{rpo_writes} writes lost, {per_interval} per interval"
     );
     assert!(report["client"]["writes_acked"].as_u64().unwrap() > 20);
+
+    // The coordinator's own account of the loss: printed while the drill follows the
+    // failover, stored in the record, and within one report interval (plus the client's write
+    // period, its resolution) of what the client lost.
+    assert!(
+        stderr.contains("accounted loss: "),
+        "the drill prints the coordinator's account:\n{stderr}"
+    );
+    let loss = &report["accounted_loss"];
+    assert_eq!(loss["at_risk"]["kind"], "accounted", "{loss}");
+    let accounted = loss["at_risk"]["seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no seconds at risk: {loss}"));
+    let entries = loss["at_risk"]["entries"].as_u64().unwrap();
+    assert!(
+        loss["primary"]["node"].as_str().unwrap().starts_with("p-"),
+        "the old primary's index: {loss}"
+    );
+    assert!(
+        loss["served"]["node"].as_str().unwrap().starts_with("s2-"),
+        "{loss}"
+    );
+    // Raft entries are not client writes (tokens and leases are entries too), and writes
+    // after the primary's last report are not in the account: only "lost something" shows.
+    if entries == 0 {
+        assert!(
+            accounted == 0.0,
+            "nothing at risk but {accounted} s: {loss}"
+        );
+    }
+    let report_interval = report["report_interval_seconds"].as_f64().unwrap();
+    assert!(report_interval > 0.0);
+    let difference = report["loss_difference_seconds"].as_f64().unwrap();
+    assert!(
+        (difference - (accounted - rpo_seconds)).abs() < 1e-6,
+        "{difference} vs {accounted} - {rpo_seconds}"
+    );
+    assert!(
+        difference.abs() <= report_interval + 0.1,
+        "accounted {accounted} s, client {rpo_seconds} s: more than one report interval \
+         ({report_interval} s) and one write period apart"
+    );
 
     // Nothing left behind: every pid it started is gone, and so is its run directory.
     let pids: Vec<u64> = report["pids"]

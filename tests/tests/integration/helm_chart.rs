@@ -433,6 +433,8 @@ fn custom_resources_carry_their_required_fields_and_the_rules_pass_promtool() {
         "VaultDRReplicationLagHigh",
         "VaultDRNoCoordinatorLeader",
         "VaultDRAgentReportStale",
+        "VaultDRFailoverLostData",
+        "VaultDRFailoverLossNotAccounted",
     ] {
         assert!(alerts.contains(a), "missing alert {a}: {alerts:?}");
     }
@@ -448,6 +450,92 @@ fn custom_resources_carry_their_required_fields_and_the_rules_pass_promtool() {
         None,
     );
     assert!(ok, "promtool check rules failed:\n{out}{err}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// `promtool test rules` on the rendered PrometheusRule: a failover that lost data at minute 2
+/// (the leader `c-0` counts it once and shows 57 entries, 2.31 s) fires
+/// `VaultDRFailoverLostData` with those figures, not the stale gauges of the former leader
+/// `c-1`; it resolves once the window has passed and does not fire again (once per
+/// failover). An unaccounted failover fires `VaultDRFailoverLossNotAccounted` the same way.
+#[test]
+fn the_lost_data_alert_fires_once_per_failover_with_the_figures_of_the_replica_that_counted_it() {
+    let docs = yaml_docs(&render(&value_sets()[1].1));
+    let rule = find(&docs, "PrometheusRule")[0];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.json"), rule["spec"].to_string()).unwrap();
+    let description = "The promoted cluster does not serve the old primary's last 57 raft \
+        entries (2.31 s of writes), and writes after its last report (up to one report \
+        interval) are unknown. Acknowledged writes in that window are gone; `vault-dr \
+        history` has the account.";
+    let series = |name: &str, pod: &str, values: &str| {
+        json!({
+            "series": format!("{name}{{namespace=\"dr\",pod=\"{pod}\"}}"),
+            "values": values,
+        })
+    };
+    let alert = |at: &str, name: &str, firing: Vec<Value>| json!({ "eval_time": at, "alertname": name, "exp_alerts": firing });
+    let lost = json!({
+        "exp_labels": { "severity": "critical" },
+        "exp_annotations": {
+            "summary": "A vault-dr failover lost data",
+            "description": description,
+        },
+    });
+    let unaccounted = json!({
+        "exp_labels": { "severity": "warning" },
+        "exp_annotations": {
+            "summary": rule["spec"]["groups"][0]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["alert"] == "VaultDRFailoverLossNotAccounted")
+                .unwrap()["annotations"]["summary"],
+            "description": rule["spec"]["groups"][0]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["alert"] == "VaultDRFailoverLossNotAccounted")
+                .unwrap()["annotations"]["description"],
+        },
+    });
+    let tests = json!({
+        "rule_files": ["rules.json"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("vault_dr_coordinator_failovers_lost_data_total", "c-0", "0 0 1x60"),
+                    series("vault_dr_coordinator_failover_loss_entries", "c-0", "0 0 57x60"),
+                    series("vault_dr_coordinator_failover_loss_seconds", "c-0", "0 0 2.31x60"),
+                    series("vault_dr_coordinator_failovers_lost_data_total", "c-1", "3x62"),
+                    series("vault_dr_coordinator_failover_loss_entries", "c-1", "900x62"),
+                    series("vault_dr_coordinator_failover_loss_seconds", "c-1", "40x62"),
+                    series("vault_dr_coordinator_failovers_loss_unaccounted_total", "c-0", "0x30 1x31"),
+                ],
+                "alert_rule_test": [
+                    alert("1m", "VaultDRFailoverLostData", vec![]),
+                    alert("3m", "VaultDRFailoverLostData", vec![lost.clone()]),
+                    alert("10m", "VaultDRFailoverLostData", vec![lost]),
+                    alert("20m", "VaultDRFailoverLostData", vec![]),
+                    alert("60m", "VaultDRFailoverLostData", vec![]),
+                    alert("20m", "VaultDRFailoverLossNotAccounted", vec![]),
+                    alert("35m", "VaultDRFailoverLossNotAccounted", vec![unaccounted]),
+                    alert("55m", "VaultDRFailoverLossNotAccounted", vec![]),
+                ],
+            }
+        ],
+    });
+    let tests_file = dir.path().join("tests.json");
+    std::fs::write(&tests_file, tests.to_string()).unwrap();
+    let (ok, out, err) = run(
+        Command::new(which("promtool"))
+            .args(["test", "rules"])
+            .arg(&tests_file),
+        None,
+    );
+    assert!(ok, "promtool test rules failed:\n{out}{err}");
     assert!(out.contains("SUCCESS"), "{out}");
 }
 

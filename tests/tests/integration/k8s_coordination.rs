@@ -523,6 +523,7 @@ fn record() -> FailoverRecord {
         },
         steps: Vec::new(),
         status: FailoverStatus::InProgress,
+        loss: None,
     }
 }
 
