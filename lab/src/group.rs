@@ -743,6 +743,38 @@ impl DrGroup {
     /// Waits until one coordinator leads with `primary` as primary, every node's agent has
     /// reported, and every secondary that is not excluded is eligible.
     pub async fn wait_ready(&self, primary: &str, timeout: Duration) -> Result<(), LabError> {
+        self.wait_ready_inner(primary, timeout).await
+    }
+
+    /// Waits until a live coordinator's topology is past `term` with no failover in progress,
+    /// and returns its primary.
+    pub async fn wait_failover_done(
+        &self,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<String, LabError> {
+        try_wait_for("a finished failover", timeout, || async {
+            for c in self.coordinators.iter().filter(|c| c.pid().is_some()) {
+                if let Some(v) = self.get_json(&c.url, "v1/topology").await {
+                    let t = v.pointer("/topology/term").and_then(Value::as_u64);
+                    let done = v.pointer("/topology/failover").is_some_and(Value::is_null);
+                    let primary = v.pointer("/topology/primary").and_then(Value::as_str);
+                    if let (Some(t), true, Some(p)) = (t, done, primary)
+                        && t > term
+                    {
+                        return Ok(p.to_owned());
+                    }
+                }
+            }
+            Err(format!(
+                "no live coordinator shows a finished failover past term {term}"
+            ))
+        })
+        .await
+        .map_err(|t| LabError::Invalid(format!("{t} (logs in {})", self.dir.path.display())))
+    }
+
+    async fn wait_ready_inner(&self, primary: &str, timeout: Duration) -> Result<(), LabError> {
         // Ready: Ok(Ok(())); a process died: Ok(Err(e)), which ends the wait at once.
         try_wait_for("the DR group to be ready", timeout, || async {
             match self.readiness(primary).await {

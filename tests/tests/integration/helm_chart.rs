@@ -435,6 +435,8 @@ fn custom_resources_carry_their_required_fields_and_the_rules_pass_promtool() {
         "VaultDRAgentReportStale",
         "VaultDRFailoverLostData",
         "VaultDRFailoverLossNotAccounted",
+        "VaultDRGroupConflict",
+        "VaultDRAgentWritesRefused",
     ] {
         assert!(alerts.contains(a), "missing alert {a}: {alerts:?}");
     }

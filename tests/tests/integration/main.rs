@@ -14,6 +14,7 @@ mod coordinator_openbao;
 mod drill;
 mod faults_netns;
 mod fuzz_parsers;
+mod group_stamp;
 mod ha_kubernetes;
 mod ha_local;
 mod ha_split_brain;

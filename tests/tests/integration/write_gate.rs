@@ -77,26 +77,6 @@ async fn try_writes(http: &reqwest::Client, addr: &Url, token: &Secret, for_: Du
     t
 }
 
-/// The topology's primary once no failover is in progress and the term is above `term`.
-async fn wait_new_primary(g: &Group, term: u64, within: Duration) -> String {
-    wait_for("a finished failover", within, || async {
-        for c in g.coordinators() {
-            if c.pid().is_none() {
-                continue;
-            }
-            if let Some(v) = g.get_json(&c.url, "v1/topology").await {
-                let t = v.pointer("/topology/term").and_then(Value::as_u64)?;
-                let done = v.pointer("/topology/failover").is_some_and(Value::is_null);
-                if t > term && done {
-                    return v.pointer("/topology/primary")?.as_str().map(str::to_owned);
-                }
-            }
-        }
-        None
-    })
-    .await
-}
-
 /// How often the agents of `cluster` logged their gate closing (once per change).
 fn closings_logged(g: &Group, cluster: &str) -> usize {
     g.agents()
@@ -171,7 +151,10 @@ async fn secondaries_and_a_returning_old_primary_take_no_client_write_even_with_
     // Kill p; the group fails over; then every coordinator goes, and p comes back with its
     // own data while no coordinator can tell its agent anything new.
     g.cluster_mut("p").unwrap().nodes_mut()[0].kill();
-    let new_primary = wait_new_primary(&g, 1, Duration::from_secs(60)).await;
+    let new_primary = g
+        .wait_failover_done(1, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_ne!(new_primary, "p");
     for c in g.coordinators_mut() {
         c.kill();
@@ -269,7 +252,10 @@ async fn on_promotion_secondaries_and_an_old_primary_stopped_past_the_failover_t
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     g.cluster_mut("p").unwrap().nodes_mut()[0].stop();
-    let new_primary = wait_new_primary(&g, 1, Duration::from_secs(60)).await;
+    let new_primary = g
+        .wait_failover_done(1, Duration::from_secs(60))
+        .await
+        .unwrap();
     g.cluster_mut("p").unwrap().nodes_mut()[0].cont();
     let on_old = try_writes(&http, &p_client, &token, Duration::from_secs(15)).await;
     let on_s1 = writes.await.unwrap();
