@@ -276,7 +276,10 @@ async fn post_report(
     {
         tracing::warn!("report not recorded: {e}");
     }
-    Json(desired_state(&s.config, &topology, &cluster)).into_response()
+    let mut desired = desired_state(&s.config, &topology, &cluster);
+    // A planned switchover to this cluster is about to begin: no new restore meanwhile.
+    desired.failover_in_progress |= s.state.is_held(&cluster);
+    Json(desired).into_response()
 }
 
 /// `GET /v1/topology`.
@@ -517,7 +520,17 @@ async fn post_switchover(
             return error(status, refusal.to_string());
         }
     };
-    match executor.begin(&current, &to, &reason, table, true).await {
+    // The target finishes a restore in flight before clients are cut (and starts none), so
+    // that the pause is one restore of the final snapshot, not that restore as well.
+    let since = Utc::now();
+    s.state.hold(&to);
+    let waited = executor.quiesce(&to, since).await;
+    let begun = executor.begin(&current, &to, &reason, table, true).await;
+    s.state.release();
+    if let Some(w) = &waited {
+        tracing::info!("switchover to {to}: {w}");
+    }
+    match begun {
         Ok(rec) => {
             s.metrics.failovers_started.inc();
             s.metrics.failover_in_progress.set(1);

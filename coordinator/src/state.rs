@@ -74,6 +74,7 @@ pub struct State {
     decision: RwLock<Option<DecisionRecord>>,
     leading_since: RwLock<Option<DateTime<Utc>>>,
     refusal: crate::group::Refusal,
+    held: RwLock<Option<String>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -253,6 +254,23 @@ impl State {
             clusters,
             observing_since: *read(&self.leading_since),
         }
+    }
+
+    /// Tells `cluster`'s agents to start no restore of their own (their desired state says a
+    /// failover is in progress) until [`State::release`]: a planned switchover to it waits
+    /// for its restore in flight before it begins.
+    pub fn hold(&self, cluster: &str) {
+        *write(&self.held) = Some(cluster.to_owned());
+    }
+
+    /// Ends [`State::hold`].
+    pub fn release(&self) {
+        *write(&self.held) = None;
+    }
+
+    /// Whether `cluster` is held.
+    pub fn is_held(&self, cluster: &str) -> bool {
+        read(&self.held).as_deref() == Some(cluster)
     }
 
     /// Why this coordinator refuses to act (another group's stamp, a higher term), shared

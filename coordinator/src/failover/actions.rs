@@ -43,6 +43,19 @@ pub trait Replication: Send + Sync + std::fmt::Debug {
         primary: &ClusterConfig,
         term: u64,
     ) -> ActionResult;
+
+    /// Before a planned switchover to `target` begins (its agents are told to start no
+    /// restore from `since` on): waits, bounded, until `target`'s reports received after
+    /// `since` show no restore in flight, so that once clients are cut it starts on the final
+    /// snapshot at once instead of finishing a restore first. A note when it waited. The
+    /// default waits for nothing.
+    async fn quiesce(
+        &self,
+        _target: &ClusterConfig,
+        _since: chrono::DateTime<chrono::Utc>,
+    ) -> Option<String> {
+        None
+    }
 }
 
 /// Moves client traffic to the new primary.

@@ -111,6 +111,13 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// Before a planned switchover to `to` begins: waits (bounded) until `to` restores
+    /// nothing, by reports received after `since` (see [`crate::failover::actions::Replication::quiesce`]).
+    pub async fn quiesce(&self, to: &str, since: chrono::DateTime<Utc>) -> Option<String> {
+        let target = self.cluster(to).ok()?;
+        self.actions.replication.quiesce(target, since).await
+    }
+
     /// An executor acting as coordinator `id`.
     pub fn new(
         id: impl Into<String>,

@@ -63,6 +63,10 @@ pub enum Fault {
     Stop,
     /// Seal it through the API.
     Seal,
+    /// No fault: a planned switchover to the leader's rank-1 candidate
+    /// (`POST /v1/switchover`), the primary staying up. RTO is then the clients' write
+    /// pause, and RPO must be 0.
+    Switchover,
 }
 
 impl Fault {
@@ -71,6 +75,7 @@ impl Fault {
             Self::Kill => "kill",
             Self::Stop => "stop",
             Self::Seal => "seal",
+            Self::Switchover => "switchover",
         }
     }
 }
@@ -526,9 +531,20 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     let term = topology_term(&group).await;
 
     let first = followed.first_write.clone();
-    let rto_seconds = first
-        .as_ref()
-        .map(|w| seconds_between(fault_at, w.acked_at));
+    // A switchover's RTO is its write pause: from the last write before the gap to the
+    // first after it.
+    let rto_seconds = first.as_ref().map(|w| {
+        let start = match opts.fault {
+            Fault::Switchover => acked
+                .iter()
+                .filter(|a| a.acked_at < w.acked_at)
+                .map(|a| a.acked_at)
+                .max()
+                .unwrap_or(fault_at),
+            _ => fault_at,
+        };
+        seconds_between(start, w.acked_at)
+    });
     if first.is_none() {
         problems.push("no client write was acknowledged after the fault".into());
     }
@@ -719,7 +735,59 @@ async fn inject(group: &mut DrGroup, primary: &str, fault: Fault) -> Result<Stri
             }
             Ok(format!("sealed {primary} through sys/seal"))
         }
+        Fault::Switchover => switchover(group).await,
     }
+}
+
+/// The acknowledged write right after the longest gap between two acknowledged writes
+/// since `from`, among the gaps that end after the target was promoted at `promoted`
+/// (`None` until a write follows it): the end of a switchover's write pause.
+pub fn after_longest_pause(
+    acked: &[workload::AckedWrite],
+    from: DateTime<Utc>,
+    promoted: DateTime<Utc>,
+) -> Option<workload::AckedWrite> {
+    let mut since: Vec<&workload::AckedWrite> =
+        acked.iter().filter(|w| w.acked_at >= from).collect();
+    since.sort_by_key(|w| w.acked_at);
+    since
+        .windows(2)
+        .filter(|p| p[1].acked_at >= promoted)
+        .max_by_key(|p| p[1].acked_at - p[0].acked_at)
+        .map(|p| p[1].clone())
+}
+
+/// Asks the leader for a planned switchover to its rank-1 candidate.
+async fn switchover(group: &DrGroup) -> Result<String, DrillError> {
+    let leader = group
+        .leader()
+        .await
+        .ok_or_else(|| DrillError::Client("switchover: no coordinator leads".into()))?;
+    let to = candidates_now(group)
+        .await
+        .and_then(|t| t.winner)
+        .ok_or_else(|| DrillError::Client("switchover: no eligible candidate".into()))?;
+    let url = leader
+        .join("v1/switchover")
+        .map_err(|e| DrillError::Invalid(e.to_string()))?;
+    let resp = group
+        .http()
+        .post(url)
+        .bearer_auth(group.coordinator_token().expose())
+        .json(&serde_json::json!({ "to": to }))
+        .send()
+        .await
+        .map_err(|e| DrillError::Client(format!("switchover to {to}: {e}")))?;
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(DrillError::Client(format!(
+            "switchover to {to}: HTTP {status}: {body}"
+        )));
+    }
+    Ok(format!(
+        "planned switchover to {to} requested from the leader (the primary stays up)"
+    ))
 }
 
 /// What was seen while following the failover.
@@ -837,8 +905,20 @@ async fn follow(
                     return None;
                 }
             }
+            // A planned switchover: the primary stays up and takes writes until clients are
+            // cut, so the first write that counts is the one after the pause (the longest gap
+            // between two acknowledged writes since the request), once the record is done.
+            let next = if opts.fault == Fault::Switchover {
+                record
+                    .as_ref()
+                    .filter(|r| r.status != FailoverStatus::InProgress)
+                    .and_then(|r| r.step(Step::Promoted)?.finished_at)
+                    .and_then(|promoted| after_longest_pause(&client.acked(), fault_at, promoted))
+            } else {
+                client.first_acked_sent_after(fault_at)
+            };
             if first_write.is_none()
-                && let Some(w) = client.first_acked_sent_after(fault_at)
+                && let Some(w) = next
             {
                 let on = record
                     .as_ref()
