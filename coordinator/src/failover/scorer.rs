@@ -15,6 +15,9 @@
 //!   DR target), but unknown lag sorts after every known lag, so any measured replica wins.
 //!   Operators who never want such a cluster promoted mark it `excluded`.
 //! - Non-finite figures (NaN, infinity) are treated as unknown so they cannot distort the order.
+//! - Data age is compared in steps of [`CLOSE_DATA_AGE_SECONDS`], and within a step a standby
+//!   that serves ranks before one mid-restore: promoting the latter waits for its restore in
+//!   flight first (OpenBao cannot abort one), up to a restore more of RTO for a second of data.
 
 use crate::model::view::{ClusterView, NodeView, View};
 use crate::model::{Candidate, CandidateTable, Eligibility, Ineligible, Policy};
@@ -51,11 +54,31 @@ pub fn score(view: &View, policy: &Policy) -> CandidateTable {
     }
 }
 
-/// The total order over eligible candidates: least lag (entries, then seconds; unknown after
-/// known), lowest p99 latency, lowest CPU, highest memory headroom, highest priority, then name.
-/// Names are unique in a view, so this is a strict total order.
+/// Data ages within the same step of this many seconds count as close: among them a standby
+/// that serves beats one mid-restore (which must finish that restore before it can restore
+/// for its promotion: up to one restore, about 5.5 s, more of RTO).
+pub const CLOSE_DATA_AGE_SECONDS: f64 = 1.0;
+
+/// The step of data age `lag_seconds` falls in (for [`rank_order`]; `None` when unknown).
+fn age_step(lag_seconds: Option<f64>) -> Option<i64> {
+    lag_seconds
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| (s / CLOSE_DATA_AGE_SECONDS).floor() as i64)
+}
+
+/// The total order over eligible candidates: data age in steps of
+/// [`CLOSE_DATA_AGE_SECONDS`] (unknown after known), then serving before mid-restore, then
+/// least lag (entries, then seconds; unknown after known), lowest p99 latency, lowest CPU,
+/// highest memory headroom, highest priority, then name. Every key is compared exactly (the
+/// age by its step, not by a tolerance), and names are unique in a view, so this is a strict
+/// total order.
 pub fn rank_order(a: &Candidate, b: &Candidate) -> Ordering {
-    known_first(a.lag_entries, b.lag_entries, |x, y| x.cmp(&y))
+    let restoring = |c: &Candidate| c.state == Some(NodeState::Restoring);
+    known_first(age_step(a.lag_seconds), age_step(b.lag_seconds), |x, y| {
+        x.cmp(&y)
+    })
+    .then_with(|| restoring(a).cmp(&restoring(b)))
+    .then_with(|| known_first(a.lag_entries, b.lag_entries, |x, y| x.cmp(&y)))
         .then_with(|| known_first(a.lag_seconds, b.lag_seconds, fcmp))
         .then_with(|| known_first(a.latency_p99_ms, b.latency_p99_ms, fcmp))
         .then_with(|| known_first(a.cpu_usage_cores, b.cpu_usage_cores, fcmp))
@@ -481,6 +504,27 @@ mod tests {
             [("dc4".into(), 1), ("dc2".into(), 2), ("dc3".into(), 3)]
         );
         assert_eq!(t.candidates.last().map(|c| c.cluster.as_str()), Some("dc1"));
+    }
+
+    #[test]
+    fn a_serving_standby_beats_one_mid_restore_when_their_data_age_is_close() {
+        let view = |dc3_age: f64| {
+            ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+                .node_state("dc2", NodeState::Restoring)
+                .reports("dc2", |r| {
+                    r.replication.lag_entries = Some(0);
+                    r.replication.lag_seconds = Some(0.2);
+                })
+                .reports("dc3", move |r| {
+                    r.replication.lag_entries = Some(5);
+                    r.replication.lag_seconds = Some(dc3_age);
+                })
+                .build()
+        };
+        // Within the same second of data age: the serving one, though it lags 5 entries.
+        assert_eq!(score(&view(0.8), &policy()).winner.as_deref(), Some("dc3"));
+        // Seconds apart: the fresher data wins, mid-restore or not.
+        assert_eq!(score(&view(3.5), &policy()).winner.as_deref(), Some("dc2"));
     }
 
     #[test]

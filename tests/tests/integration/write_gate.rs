@@ -257,7 +257,7 @@ async fn on_promotion_secondaries_and_an_old_primary_stopped_past_the_failover_t
         .await
         .unwrap();
     g.cluster_mut("p").unwrap().nodes_mut()[0].cont();
-    let on_old = try_writes(&http, &p_client, &token, Duration::from_secs(15)).await;
+    let on_old = try_writes(&http, &p_client, &token, Duration::from_secs(30)).await;
     let on_s1 = writes.await.unwrap();
     eprintln!("new primary {new_primary}\nold primary p after SIGCONT: {on_old:?}\ns1: {on_s1:?}");
     assert_eq!(
