@@ -29,6 +29,9 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub const NO_LEADER_BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// Timeout of one report request.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest pause between two reports while a failover is in progress: every step of it
+/// (promotion, re-pointing) waits for an agent's next report to carry the news either way.
+pub const FAILOVER_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Why one send failed; its label is the `kind` of the failure counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +240,9 @@ impl Sender {
         serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)
     }
 
-    /// Sends every `interval`, backing off after failures, until the task is dropped.
+    /// Sends every `interval` (every [`FAILOVER_INTERVAL`] at most while a failover is in
+    /// progress: each step waits for the agents' next answer), backing off after failures,
+    /// until the task is dropped.
     pub async fn run(self, interval: Duration) {
         let mut backoff = Retry::new(interval);
         let mut delay = interval;
@@ -261,7 +266,15 @@ impl Sender {
                         );
                     }
                     backoff.reset();
-                    interval
+                    if self
+                        .shared
+                        .desired()
+                        .is_some_and(|d| d.failover_in_progress)
+                    {
+                        interval.min(FAILOVER_INTERVAL)
+                    } else {
+                        interval
+                    }
                 }
                 Err(f) => {
                     self.metrics.send_failed(f.kind());

@@ -535,6 +535,8 @@ async fn post_switchover(
             s.metrics.failovers_started.inc();
             s.metrics.failover_in_progress.set(1);
             s.reload_topology().await;
+            // The leader loop starts the executor now, not at its next tick.
+            s.state.kick();
             tracing::info!(failover = %rec.id, "planned switchover begun: {} -> {} in term {}", rec.from, rec.to, rec.term);
             (
                 StatusCode::ACCEPTED,

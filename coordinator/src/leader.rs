@@ -26,6 +26,8 @@ pub struct Leader {
     executing: Arc<AtomicBool>,
     /// When the group stamps were last read (`None`: at the next tick, e.g. a new leader).
     stamps_read: std::sync::Mutex<Option<Instant>>,
+    /// Whether "the DR token may not read the stamp" was said.
+    stamps_forbidden_said: AtomicBool,
 }
 
 impl Leader {
@@ -38,6 +40,7 @@ impl Leader {
             phase: Mutex::new(Phase::Healthy),
             executing: Arc::new(AtomicBool::new(false)),
             stamps_read: std::sync::Mutex::new(None),
+            stamps_forbidden_said: AtomicBool::new(false),
         })
     }
 
@@ -120,6 +123,13 @@ impl Leader {
                     m.is_leader.set(i64::from(leader));
                 }
                 _ = tick.tick() => {
+                    if self.service.coordination.is_leader()
+                        && let Err(e) = self.tick().await
+                    {
+                        tracing::warn!("tick failed: {e}");
+                    }
+                }
+                () = self.service.state.kicked() => {
                     if self.service.coordination.is_leader()
                         && let Err(e) = self.tick().await
                     {
@@ -269,6 +279,17 @@ impl Leader {
     ) -> Result<(), CoordinationError> {
         use crate::group::{Judgement, adopt, judge};
         let s = &self.service;
+        let forbidden: Vec<&str> = found
+            .iter()
+            .filter(|(_, f)| matches!(f, crate::group::Found::Unread(why) if why.ends_with("status 403")))
+            .map(|(c, _)| c.as_str())
+            .collect();
+        if !forbidden.is_empty() && !self.stamps_forbidden_said.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "the DR token may not read the group stamp on {} (403): apply the current policies/vault-dr.hcl (cubbyhole/vault-dr/group); until then this coordinator cannot tell another group's clusters from its own",
+                forbidden.join(", ")
+            );
+        }
         let mut next = None;
         if topology.value.group_id.is_none() {
             let mut t = topology.value.clone();

@@ -75,6 +75,7 @@ pub struct State {
     leading_since: RwLock<Option<DateTime<Utc>>>,
     refusal: crate::group::Refusal,
     held: RwLock<Option<String>>,
+    kick: tokio::sync::Notify,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -261,6 +262,17 @@ impl State {
     /// for its restore in flight before it begins.
     pub fn hold(&self, cluster: &str) {
         *write(&self.held) = Some(cluster.to_owned());
+    }
+
+    /// Asks the leader loop for a tick now (a switchover was begun through the API: its
+    /// executor starts at once rather than at the next probe interval).
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Resolves at the next [`State::kick`] (or at once if one came since the last wait).
+    pub async fn kicked(&self) {
+        self.kick.notified().await;
     }
 
     /// Ends [`State::hold`].

@@ -79,17 +79,17 @@ pub fn rank_order(a: &Candidate, b: &Candidate) -> Ordering {
     })
     .then_with(|| restoring(a).cmp(&restoring(b)))
     .then_with(|| known_first(a.lag_entries, b.lag_entries, |x, y| x.cmp(&y)))
-        .then_with(|| known_first(a.lag_seconds, b.lag_seconds, fcmp))
-        .then_with(|| known_first(a.latency_p99_ms, b.latency_p99_ms, fcmp))
-        .then_with(|| known_first(a.cpu_usage_cores, b.cpu_usage_cores, fcmp))
-        .then_with(|| {
-            // Higher headroom is better: compare reversed.
-            known_first(a.memory_headroom_ratio, b.memory_headroom_ratio, |x, y| {
-                y.total_cmp(&x)
-            })
+    .then_with(|| known_first(a.lag_seconds, b.lag_seconds, fcmp))
+    .then_with(|| known_first(a.latency_p99_ms, b.latency_p99_ms, fcmp))
+    .then_with(|| known_first(a.cpu_usage_cores, b.cpu_usage_cores, fcmp))
+    .then_with(|| {
+        // Higher headroom is better: compare reversed.
+        known_first(a.memory_headroom_ratio, b.memory_headroom_ratio, |x, y| {
+            y.total_cmp(&x)
         })
-        .then_with(|| b.priority.cmp(&a.priority))
-        .then_with(|| a.cluster.cmp(&b.cluster))
+    })
+    .then_with(|| b.priority.cmp(&a.priority))
+    .then_with(|| a.cluster.cmp(&b.cluster))
 }
 
 /// `total_cmp` by value, so it fits `known_first`.
@@ -509,8 +509,10 @@ mod tests {
     #[test]
     fn a_serving_standby_beats_one_mid_restore_when_their_data_age_is_close() {
         let view = |dc3_age: f64| {
+            // dc2 is mid-restore: its agent says so and the coordinator's probe times out.
             ViewBuilder::healthy("dc1", &["dc2", "dc3"])
                 .node_state("dc2", NodeState::Restoring)
+                .direct("dc2", Some(NodeState::Unreachable))
                 .reports("dc2", |r| {
                     r.replication.lag_entries = Some(0);
                     r.replication.lag_seconds = Some(0.2);
