@@ -58,6 +58,18 @@ pub struct DrillArgs {
     /// Healthy client traffic before the fault (and before any stress), e.g. 3s.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
+    /// The coordinators' probe interval (the README's: 1s).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub probe_interval: Duration,
+    /// Consecutive ticks all observers must agree before the primary is down (the README's: 3).
+    #[arg(long, default_value_t = 2)]
+    pub confirm: u32,
+    /// How long an agent's report counts (the README's: 5s).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub report_ttl: Duration,
+    /// The agents' probe and report interval (the agent's default: 1s).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub agent_interval: Duration,
     /// Print one JSON document instead of the timeline.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +119,10 @@ impl DrillArgs {
             write_period: self.write_period,
             warmup: self.warmup,
             keep: self.keep,
+            probe_interval: self.probe_interval,
+            confirm: self.confirm,
+            report_ttl: self.report_ttl,
+            agent_interval: self.agent_interval,
             ..DrillOptions::default()
         }
     }

@@ -126,6 +126,15 @@ pub struct DrillOptions {
     pub failover_timeout: Duration,
     /// Keep the run directory.
     pub keep: bool,
+    /// The coordinators' policy: probe interval, confirming ticks, report TTL; and the
+    /// agents' report interval (the drill's fast defaults; the README's are 1 s, 3, 5 s, 1 s).
+    pub probe_interval: Duration,
+    /// Consecutive agreeing ticks before the primary is down.
+    pub confirm: u32,
+    /// How long a report counts.
+    pub report_ttl: Duration,
+    /// The agents' probe and report interval.
+    pub agent_interval: Duration,
 }
 
 impl Default for DrillOptions {
@@ -147,6 +156,10 @@ impl Default for DrillOptions {
             warmup: Duration::from_secs(3),
             failover_timeout: Duration::from_secs(120),
             keep: false,
+            probe_interval: Duration::from_millis(500),
+            confirm: 2,
+            report_ttl: Duration::from_secs(3),
+            agent_interval: Duration::from_millis(500),
         }
     }
 }
@@ -173,6 +186,16 @@ impl DrillOptions {
                     names.join(", ")
                 )));
             }
+        }
+        if self.confirm == 0
+            || [self.probe_interval, self.report_ttl, self.agent_interval]
+                .iter()
+                .any(Duration::is_zero)
+        {
+            return Err(DrillError::Invalid(
+                "--confirm, --probe-interval, --report-ttl and --agent-interval must be above 0"
+                    .into(),
+            ));
         }
         if self.exclude.len() + 1 >= self.clusters {
             return Err(DrillError::Invalid(
@@ -305,6 +328,10 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         mongodb_uri: opts.mongodb_uri.clone(),
         cgroups: !opts.stress.is_empty(),
         keep: opts.keep,
+        probe_interval: opts.probe_interval,
+        confirm: opts.confirm,
+        report_ttl: opts.report_ttl,
+        agent_interval: opts.agent_interval,
         ..GroupSpec::default()
     };
     let mut group = progress
