@@ -323,10 +323,11 @@ impl Leader {
                 if s.state.refusal().set(None) {
                     tracing::info!("acting again: no other group's stamp and no higher term found");
                 }
+                // `judge` acts only with an identity; without one nothing is stamped.
                 let cluster = stamp.and_then(|name| s.config.cluster(&name));
-                if let Some(c) = cluster {
+                if let (Some(c), Some(group_id)) = (cluster, topology.value.group_id.clone()) {
                     let stamp = crate::group::GroupStamp {
-                        group_id: topology.value.group_id.clone().unwrap_or_default(),
+                        group_id,
                         term: topology.value.term,
                         primary: c.name.clone(),
                         by: s.config.id.clone(),

@@ -503,34 +503,55 @@ impl DrGroup {
         index: usize,
     ) -> Result<(), LabError> {
         let id = format!("coordinator-{index}");
-        let config_path = self.dir.path.join(format!("{id}.toml"));
-        let log_path = self.dir.path.join(format!("{id}.log"));
+        let dir = self.dir.path.clone();
+        let me = &*self;
+        let c = me
+            .coordinator_process(spec, bin, &id, &dir, None, |port| {
+                me.coordinator_config(spec, &id, port)
+            })
+            .await?;
+        self.coordinators.push(c);
+        Ok(())
+    }
+
+    /// Starts one `vault-dr coordinator` named `id` with its config and log in `dir`, the file
+    /// made by `file` for the port it listens on (again on another port if the picked one was
+    /// taken meanwhile, [`ports::start_listening`]).
+    async fn coordinator_process(
+        &self,
+        spec: &GroupSpec,
+        bin: &Path,
+        id: &str,
+        dir: &Path,
+        traffic_port: Option<u16>,
+        file: impl Fn(u16) -> ConfigFile,
+    ) -> Result<LabCoordinator, LabError> {
+        let config_path = dir.join(format!("{id}.toml"));
+        let log_path = dir.join(format!("{id}.log"));
         let args: Vec<OsString> = vec![
             "coordinator".into(),
             "--config".into(),
             config_path.clone().into_os_string(),
         ];
-        let me = &*self;
         let (port, child) = ports::start_listening(
-            &id,
+            id,
             spec.coordinator_ip,
             None,
             COORDINATOR_LISTEN_TIMEOUT,
             |port| {
-                write_coordinator_file(&config_path, &me.coordinator_config(spec, &id, port))?;
-                ChildGuard::spawn(&id, bin, &args, &log_path)
+                write_coordinator_file(&config_path, &file(port))?;
+                ChildGuard::spawn(id, bin, &args, &log_path)
             },
         )
         .await?;
-        self.coordinators.push(LabCoordinator {
-            id,
+        Ok(LabCoordinator {
+            id: id.to_owned(),
             url: url_of(spec.coordinator_ip, port)?,
             config_path,
             log_path,
             child: Some(child),
-            traffic_port: None,
-        });
-        Ok(())
+            traffic_port,
+        })
     }
 
     /// Starts a coordinator of a **second** group over this group's clusters, as an operator
@@ -540,48 +561,26 @@ impl DrGroup {
     /// and is stopped when the returned value is dropped.
     pub async fn start_second_group(&self, spec: &GroupSpec) -> Result<LabCoordinator, LabError> {
         let bin = built_binary("vault-dr")?;
-        let id = "second-1".to_owned();
         let dir = self.dir.path.join("second-group");
         std::fs::create_dir_all(&dir)
             .map_err(|e| LabError::io(format!("create {}", dir.display()), e))?;
-        let config_path = dir.join(format!("{id}.toml"));
-        let log_path = dir.join(format!("{id}.log"));
         let traffic_port = ports::reserve_loopback()?;
-        let args: Vec<OsString> = vec![
-            "coordinator".into(),
-            "--config".into(),
-            config_path.clone().into_os_string(),
-        ];
-        let (port, child) = ports::start_listening(
-            &id,
-            spec.coordinator_ip,
-            None,
-            COORDINATOR_LISTEN_TIMEOUT,
-            |port| {
-                let mut file = self.coordinator_config(spec, &id, port);
-                file.coordination.path = Some(dir.join("coordination.json"));
-                file.store = StoreFile {
-                    path: Some(dir.join("store.sqlite")),
-                    ..StoreFile::default()
-                };
-                file.traffic = TrafficFile {
-                    backend: Some(TrafficBackend::Local),
-                    listen: Some(format!("127.0.0.1:{traffic_port}")),
-                    ..TrafficFile::default()
-                };
-                write_coordinator_file(&config_path, &file)?;
-                ChildGuard::spawn(&id, &bin, &args, &log_path)
-            },
-        )
-        .await?;
-        Ok(LabCoordinator {
-            id,
-            url: url_of(spec.coordinator_ip, port)?,
-            config_path,
-            log_path,
-            child: Some(child),
-            traffic_port: Some(traffic_port),
+        let id = "second-1";
+        self.coordinator_process(spec, &bin, id, &dir, Some(traffic_port), |port| {
+            let mut file = self.coordinator_config(spec, id, port);
+            file.coordination.path = Some(dir.join("coordination.json"));
+            file.store = StoreFile {
+                path: Some(dir.join("store.sqlite")),
+                ..StoreFile::default()
+            };
+            file.traffic = TrafficFile {
+                backend: Some(TrafficBackend::Local),
+                listen: Some(format!("127.0.0.1:{traffic_port}")),
+                ..TrafficFile::default()
+            };
+            file
         })
+        .await
     }
 
     /// The file of one coordinator (written as TOML by [`write_coordinator_file`]).
@@ -678,12 +677,7 @@ impl DrGroup {
         };
         push("--vault-addr", Some(node.api_addr().as_str().into()), true);
         if self.gated {
-            let gate = node.client_addr();
-            let at = format!(
-                "{}:{}",
-                gate.host_str().unwrap_or("127.0.0.1"),
-                gate.port().unwrap_or_default()
-            );
+            let at = node.client_socket().to_string();
             push("--gate-listen", Some(at.into()), false);
         }
         if spec.replication {

@@ -52,6 +52,7 @@ pub struct LabNode {
     name: String,
     api_addr: Url,
     client_addr: Url,
+    client_socket: std::net::SocketAddr,
     dir: PathBuf,
     data_dir: PathBuf,
     config_path: PathBuf,
@@ -609,6 +610,7 @@ impl LabNode {
             name: spec.node.clone(),
             api_addr: host_url(spec.ip, spec.api_port)?,
             client_addr: host_url(spec.ip, spec.client_port)?,
+            client_socket: std::net::SocketAddr::new(spec.ip, spec.client_port),
             config_path: dir.join("config.hcl"),
             log_path: dir.join("bao.log"),
             pid_file: dir.join("bao.pid"),
@@ -662,6 +664,11 @@ impl LabNode {
     /// the agent use.
     pub fn client_addr(&self) -> &Url {
         &self.client_addr
+    }
+
+    /// [`LabNode::client_addr`] as the socket address the agent's gate listens on.
+    pub fn client_socket(&self) -> std::net::SocketAddr {
+        self.client_socket
     }
 
     /// The pid of the `bao` process, None when it is not running.

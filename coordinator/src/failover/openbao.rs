@@ -57,7 +57,8 @@ impl Verifier for CanaryVerifier {
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(8);
 /// A report received this long after a hold began comes from an agent that had the hold's
 /// answer (agents report at least every few seconds; at the default 1 s interval, the next).
-pub const HOLD_MARGIN: Duration = Duration::from_millis(1200);
+pub const HOLD_MARGIN: Duration = Duration::from_millis(HOLD_MARGIN_MS as u64);
+const HOLD_MARGIN_MS: i64 = 1200;
 
 /// Promotion and re-pointing through the agents' desired state.
 #[derive(Debug, Clone)]
@@ -96,7 +97,7 @@ impl DesiredStateReplication {
     /// node of it has reported since `since` (plus [`HOLD_MARGIN`]: the report after the one
     /// whose answer told its agent to hold).
     fn restoring(&self, cluster: &str, since: chrono::DateTime<Utc>) -> (usize, bool) {
-        let margin = chrono::Duration::from_std(HOLD_MARGIN).unwrap_or_default();
+        let margin = chrono::Duration::milliseconds(HOLD_MARGIN_MS);
         let nodes: Vec<_> = self
             .state
             .latest_reports()

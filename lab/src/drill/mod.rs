@@ -807,7 +807,10 @@ async fn switchover(group: &DrGroup) -> Result<String, DrillError> {
         .map_err(|e| DrillError::Client(format!("switchover to {to}: {e}")))?;
     let status = resp.status().as_u16();
     if !resp.status().is_success() {
-        let body = resp.text().await.unwrap_or_default();
+        let body = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| format!("(the answer's body could not be read: {e})"));
         return Err(DrillError::Client(format!(
             "switchover to {to}: HTTP {status}: {body}"
         )));

@@ -11,6 +11,7 @@
 mod agent_openbao;
 mod agent_prometheus;
 mod coordinator_openbao;
+mod coordinator_tls;
 mod drill;
 mod faults_netns;
 mod fuzz_parsers;

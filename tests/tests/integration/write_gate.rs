@@ -77,6 +77,23 @@ async fn try_writes(http: &reqwest::Client, addr: &Url, token: &Secret, for_: Du
     t
 }
 
+/// Clusters p, s1, s2, one coordinator, no stable address, snapshot replication as given,
+/// `more` for the rest; every agent runs the write gate.
+async fn gated_group(
+    restore: RestoreMode,
+    interval: Duration,
+    more: impl FnOnce(vault_dr_lab::harness::GroupBuilder) -> vault_dr_lab::harness::GroupBuilder,
+) -> Group {
+    let builder = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(1)
+        .traffic(false)
+        .replication(restore, interval);
+    let g = more(builder).start().await.unwrap();
+    assert!(g.gated(), "this agent build has no write gate");
+    g
+}
+
 /// How often the agents of `cluster` logged their gate closing (once per change).
 fn closings_logged(g: &Group, cluster: &str) -> usize {
     g.agents()
@@ -84,7 +101,7 @@ fn closings_logged(g: &Group, cluster: &str) -> usize {
         .filter(|a| a.cluster == cluster)
         .map(|a| {
             std::fs::read_to_string(&a.log_path)
-                .unwrap_or_default()
+                .unwrap_or_else(|e| panic!("read {}: {e}", a.log_path.display()))
                 .matches("write gate closed")
                 .count()
         })
@@ -94,15 +111,7 @@ fn closings_logged(g: &Group, cluster: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondaries_and_a_returning_old_primary_take_no_client_write_even_with_every_coordinator_down()
  {
-    let mut g = Group::builder()
-        .clusters(["p", "s1", "s2"])
-        .coordinators(1)
-        .traffic(false)
-        .replication(RestoreMode::Continuous, Duration::from_secs(2))
-        .start()
-        .await
-        .unwrap();
-    assert!(g.gated(), "this agent build has no write gate");
+    let mut g = gated_group(RestoreMode::Continuous, Duration::from_secs(2), |b| b).await;
     let http = g.http().clone();
     let p = g.cluster("p").unwrap();
     // p's root token: every secondary holds p's token store after its first restore, and the
@@ -225,16 +234,10 @@ async fn secondaries_and_a_returning_old_primary_take_no_client_write_even_with_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_promotion_secondaries_and_an_old_primary_stopped_past_the_failover_take_no_client_write()
  {
-    let mut g = Group::builder()
-        .clusters(["p", "s1", "s2"])
-        .coordinators(1)
-        .traffic(false)
-        .replication(RestoreMode::OnPromotion, Duration::from_secs(1))
-        .exclude("s1")
-        .start()
-        .await
-        .unwrap();
-    assert!(g.gated(), "this agent build has no write gate");
+    let mut g = gated_group(RestoreMode::OnPromotion, Duration::from_secs(1), |b| {
+        b.exclude("s1")
+    })
+    .await;
     let http = g.http().clone();
     let p = g.cluster("p").unwrap();
     let token = p.root_token().clone();

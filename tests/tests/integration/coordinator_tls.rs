@@ -2,81 +2,17 @@
 //! client that trusts the certificate gets answers, a plain-HTTP client gets none, and an
 //! unreadable certificate is a configuration error naming the field (exit 64 in the binary).
 //!
-//! The certificate is made by the `openssl` command line tool (part of the base system).
+//! The certificate is made by `vault_dr_tests::tls::certificates` (the `openssl` command line
+//! tool, installed by `scripts/setup.sh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use vault_dr_coordinator::config::{Config, ENV_TOKEN_FILE};
 
 const TOKEN: &str = "tls-test-token";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("the openssl command line tool is needed to make test certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A test CA (`ca.pem`) and a server certificate for localhost signed by it (`cert.pem`, `key.pem`).
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=vault-dr test CA",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req", "-subj", "/CN=localhost"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "key.pem", "-out", "server.csr"]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "cert.pem",
-        ],
-    );
-}
 
 fn config(dir: &Path) -> Config {
     std::fs::write(dir.join("token"), TOKEN).unwrap();
@@ -114,7 +50,7 @@ fn config(dir: &Path) -> Config {
 #[tokio::test]
 async fn the_api_is_served_over_tls_only_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    vault_dr_tests::tls::certificates(dir.path()).unwrap();
     let config = config(dir.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
