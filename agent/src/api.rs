@@ -182,6 +182,7 @@ mod tests {
             failover_in_progress: false,
             promotion: Default::default(),
             final_snapshot_from: None,
+            primary_suspect: false,
         });
         let (status, body) = get(&s, "/v1/desired").await;
         assert_eq!(status, StatusCode::OK);

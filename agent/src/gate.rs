@@ -445,6 +445,7 @@ mod tests {
             failover_in_progress: in_progress,
             promotion: PromotionMode::Complete,
             final_snapshot_from: None,
+            primary_suspect: false,
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Metrics {
     /// `vault_dr_agent_snapshot_restoring_seconds_total`: time spent restoring (its rate is
     /// the fraction of time the node is blocked by restores).
     pub snapshot_restoring_seconds: prometheus::Counter,
+    /// `vault_dr_agent_snapshot_restores_ahead_total`: restores begun because the leader
+    /// suspected the primary (ahead of a promotion).
+    pub snapshot_restores_ahead: IntCounter,
     /// `vault_dr_agent_gate_open`: 1 while the write gate forwards client requests.
     pub gate_open: IntGauge,
     /// `vault_dr_agent_gate_refused_total{kind}`: client requests a closed gate refused,
@@ -226,6 +229,13 @@ impl Metrics {
                 prometheus::Counter::new(
                     format!("{P}snapshot_restoring_seconds_total"),
                     "Seconds spent restoring snapshots into the node (the node answers nothing meanwhile)",
+                )?,
+            )?,
+            snapshot_restores_ahead: reg(
+                r,
+                IntCounter::new(
+                    format!("{P}snapshot_restores_ahead_total"),
+                    "Snapshot restores begun because the leader suspected the primary (ahead of a promotion)",
                 )?,
             )?,
             gate_open: reg(

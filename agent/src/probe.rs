@@ -200,6 +200,13 @@ impl Prober {
         };
         tracing::debug!(state = %o.vault.state, "probe round done");
         self.shared.set_observation(o.clone());
+        self.shared.note_evidence(crate::state::Evidence {
+            node_up: restoring || o.vault.state.is_serving(),
+            primary_up: o
+                .primary_probe
+                .as_ref()
+                .map(|p| p.reachable() || p.state == NodeState::Restoring),
+        });
         o
     }
 }

@@ -240,9 +240,11 @@ impl Sender {
         serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)
     }
 
-    /// Sends every `interval` (every [`FAILOVER_INTERVAL`] at most while a failover is in
-    /// progress: each step waits for the agents' next answer), backing off after failures,
-    /// until the task is dropped.
+    /// Sends every `interval`, backing off after failures, until the task is dropped. Every
+    /// [`FAILOVER_INTERVAL`] at most while a failover is in progress (each step waits for the
+    /// agents' next answer), while the leader suspects the primary, or while this agent sees
+    /// its node or the primary down (the leader's word comes back in the answers); at once
+    /// when the applied term rises or a probe round's evidence changes.
     pub async fn run(self, interval: Duration) {
         let mut backoff = Retry::new(interval);
         let mut delay = interval;
@@ -250,9 +252,12 @@ impl Sender {
             if backoff.failures() == 0 {
                 // A newly applied term (a promotion done, a new primary followed) is reported
                 // at once: the coordinator's failover waits for it. Never while backing off.
+                // So is a change of what the node or the primary looks like to this agent:
+                // the leader decides on the observers' reports.
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = self.shared.applied_term_raised() => {}
+                    () = self.shared.evidence_changed() => {}
                 }
             } else {
                 tokio::time::sleep(delay).await;
@@ -266,11 +271,12 @@ impl Sender {
                         );
                     }
                     backoff.reset();
-                    if self
-                        .shared
-                        .desired()
-                        .is_some_and(|d| d.failover_in_progress)
-                    {
+                    let urgent = self.shared.alarmed()
+                        || self
+                            .shared
+                            .desired()
+                            .is_some_and(|d| d.failover_in_progress || d.primary_suspect);
+                    if urgent {
                         interval.min(FAILOVER_INTERVAL)
                     } else {
                         interval
@@ -356,6 +362,7 @@ mod tests {
                         failover_in_progress: false,
                         promotion: Default::default(),
                         final_snapshot_from: None,
+                        primary_suspect: false,
                     };
                     got.lock().unwrap().push(r);
                     axum::Json(answer)

@@ -33,6 +33,25 @@ struct Inner {
     seen_term: u64,
     applied_term: u64,
     seq: u64,
+    evidence: Option<Evidence>,
+}
+
+/// What a probe round found as an observer of the primary: whether the local node serves (or
+/// restores), and whether the primary answered this agent's probe (`None`: not probed, e.g.
+/// on the primary itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evidence {
+    /// The local node serves or restores.
+    pub node_up: bool,
+    /// The primary answered as serving (or restoring).
+    pub primary_up: Option<bool>,
+}
+
+impl Evidence {
+    /// Something is down: the local node, or the primary as this agent sees it.
+    pub fn alarming(self) -> bool {
+        !self.node_up || self.primary_up == Some(false)
+    }
 }
 
 /// State shared by the probe loop, the report sender and the HTTP handlers.
@@ -50,6 +69,9 @@ pub struct Shared {
     desired_changed: Notify,
     /// Woken when `applied_term` rises (the report sender tells the coordinator at once).
     applied_changed: Notify,
+    /// Woken when a probe round's [`Evidence`] differs from the round before (the report
+    /// sender tells the coordinator at once).
+    evidence_changed: Notify,
 }
 
 /// What [`Shared::offer_desired`] did with a desired state.
@@ -76,6 +98,7 @@ impl Shared {
             restoring: AtomicBool::new(false),
             desired_changed: Notify::new(),
             applied_changed: Notify::new(),
+            evidence_changed: Notify::new(),
         }
     }
 
@@ -160,6 +183,30 @@ impl Shared {
     /// wait: the wake-up is kept).
     pub async fn applied_term_raised(&self) {
         self.applied_changed.notified().await;
+    }
+
+    /// Records a probe round's evidence; wakes [`Shared::evidence_changed`] when it differs
+    /// from the previous round's.
+    pub fn note_evidence(&self, e: Evidence) {
+        let changed = self
+            .lock()
+            .evidence
+            .replace(e)
+            .is_some_and(|prev| prev != e);
+        if changed {
+            self.evidence_changed.notify_one();
+        }
+    }
+
+    /// Whether the latest probe round found something down ([`Evidence::alarming`]).
+    pub fn alarmed(&self) -> bool {
+        self.lock().evidence.is_some_and(Evidence::alarming)
+    }
+
+    /// Resolves at the next change of the probe rounds' [`Evidence`] (or at once if one
+    /// happened since the last wait).
+    pub async fn evidence_changed(&self) {
+        self.evidence_changed.notified().await;
     }
 
     /// Resolves when a different desired state is kept (or at once if one was since the last
@@ -262,6 +309,7 @@ pub(crate) mod tests {
             failover_in_progress: false,
             promotion: Default::default(),
             final_snapshot_from: None,
+            primary_suspect: false,
         }
     }
 

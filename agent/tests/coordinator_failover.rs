@@ -41,6 +41,7 @@ async fn reports(State(r): State<Replica>) -> axum::response::Response {
         failover_in_progress: false,
         promotion: Default::default(),
         final_snapshot_from: None,
+        primary_suspect: false,
     })
     .into_response()
 }

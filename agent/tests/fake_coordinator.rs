@@ -56,6 +56,7 @@ async fn reports(
                 failover_in_progress: false,
                 promotion: Default::default(),
                 final_snapshot_from: None,
+                primary_suspect: false,
             };
             axum::Json(desired).into_response()
         }

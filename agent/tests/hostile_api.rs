@@ -37,6 +37,7 @@ fn answer(n: usize, thief: &str) -> Response {
             failover_in_progress: false,
             promotion: Default::default(),
             final_snapshot_from: None,
+            primary_suspect: false,
         })
         .into_response()
     };
@@ -293,6 +294,7 @@ async fn a_report_redirect_to_another_origin_is_not_followed() {
                     failover_in_progress: false,
                     promotion: Default::default(),
                     final_snapshot_from: None,
+                    primary_suspect: false,
                 })
             }
         }),

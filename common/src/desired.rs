@@ -59,6 +59,13 @@ pub struct DesiredState {
     /// acknowledged write is lost. `None` in an unplanned failover.
     #[serde(default)]
     pub final_snapshot_from: Option<Url>,
+    /// Whether the leader suspects the primary: on at least one tick all three observers said
+    /// it is down, and the confirm count is not reached yet (no failover is decided). Meanwhile
+    /// agents report at the failover pace, and a secondary whose `complete` promotion would
+    /// restore a held snapshot starts that restore now (restore ahead): its data is replaced at
+    /// a promotion anyway, and OpenBao blocks a node for seconds per restore.
+    #[serde(default)]
+    pub primary_suspect: bool,
 }
 
 /// What a promoted secondary restores before it takes traffic.

@@ -257,6 +257,12 @@ pub struct ReplicationStatus {
     /// from an agent that predates this field).
     #[serde(default)]
     pub restored_taken_at: Option<DateTime<Utc>>,
+    /// Snapshot backend: whether a `complete` promotion of this node would still restore a
+    /// held snapshot once the restore in flight (if any) ends: the newest held is newer than
+    /// the one the node serves or is restoring. The scorer prefers a standby with nothing left
+    /// to restore (`false` from an agent that predates this field).
+    #[serde(default)]
+    pub promotion_restores: bool,
     /// Snapshot backend: path of the newest quarantine snapshot, the diverged data a returning
     /// ex-primary saved before it was turned into a secondary.
     #[serde(default)]

@@ -279,6 +279,7 @@ async fn post_report(
     let mut desired = desired_state(&s.config, &topology, &cluster);
     // A planned switchover to this cluster is about to begin: no new restore meanwhile.
     desired.failover_in_progress |= s.state.is_held(&cluster);
+    desired.primary_suspect = s.state.primary_suspect();
     Json(desired).into_response()
 }
 

@@ -136,12 +136,34 @@ impl Leader {
                         tracing::warn!("tick failed: {e}");
                     }
                 }
+                () = self.service.state.evidence_changed() => {
+                    // An observer's report changed: evaluate now, so the first tick of full
+                    // agreement comes as soon as the evidence does, not up to a probe interval
+                    // later. Only before that first tick: the confirming ticks after it stay a
+                    // probe interval apart (the next regular tick is one interval from this
+                    // one), so `confirm` still means `confirm` intervals of agreement.
+                    if self.service.coordination.is_leader() && !self.confirming().await {
+                        if let Err(e) = self.tick().await {
+                            tracing::warn!("tick failed: {e}");
+                        }
+                        tick.reset();
+                    }
+                }
             }
         }
         if let Err(e) = self.service.coordination.release().await {
             tracing::warn!("could not release the lease: {e}");
         }
         self.service.metrics.is_leader.set(0);
+    }
+
+    /// Whether the detector counts confirming ticks (all three observers agreed on the last
+    /// one) or a failover is under way.
+    async fn confirming(&self) -> bool {
+        matches!(
+            *self.phase.lock().await,
+            Phase::Suspect { ticks, .. } if ticks >= 1
+        ) || matches!(*self.phase.lock().await, Phase::FailingOver { .. })
     }
 
     /// One evaluation: probe (and every [`crate::group::CHECK_EVERY`] read the group stamps),

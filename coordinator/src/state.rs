@@ -76,6 +76,7 @@ pub struct State {
     refusal: crate::group::Refusal,
     held: RwLock<Option<String>>,
     kick: tokio::sync::Notify,
+    evidence: tokio::sync::Notify,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -155,6 +156,12 @@ impl State {
                 },
             );
         }
+        // What the report says as an observer changed: the leader evaluates now rather than
+        // at its next tick (see `Leader::run`).
+        let changed = reports.get(&key).is_some_and(|prev| {
+            crate::failover::detector::evidence(&prev.report)
+                != crate::failover::detector::evidence(&report)
+        });
         reports.insert(
             key,
             NodeView {
@@ -163,7 +170,27 @@ impl State {
                 report,
             },
         );
+        drop(reports);
+        if changed {
+            self.evidence.notify_one();
+        }
         Ok(())
+    }
+
+    /// Resolves when an accepted report said something new as an observer of the primary
+    /// (its node stopped or started serving, its probe of the primary changed), or at once if
+    /// one did since the last wait.
+    pub async fn evidence_changed(&self) {
+        self.evidence.notified().await;
+    }
+
+    /// Whether the leader's latest tick suspects the primary with full agreement of the three
+    /// observers ([`Phase::Suspect`] with at least one confirming tick): agents are told so in
+    /// their desired state ([`vault_dr_common::DesiredState::primary_suspect`]).
+    pub fn primary_suspect(&self) -> bool {
+        read(&self.decision).as_ref().is_some_and(
+            |d| matches!(d.phase, crate::model::Phase::Suspect { ticks, .. } if ticks >= 1),
+        )
     }
 
     /// Records the latest direct probe of a cluster.
@@ -363,6 +390,8 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         failover_in_progress,
         promotion: config.policy.promotion,
         final_snapshot_from,
+        // Set per report by the API from the leader's phase (`State::primary_suspect`).
+        primary_suspect: false,
     }
 }
 

@@ -829,6 +829,42 @@ impl DrGroup {
                 return Err(format!("{} is not eligible yet: {why}", c.name()));
             }
         }
+        if self.gated {
+            self.primary_gates_open(primary).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the write gate of every node of `primary` forwards clients' requests: a request
+    /// the gate does not always forward (`GET sys/mounts`, no token) reaches the node (any
+    /// answer without `x-vault-dr-gate`) rather than the gate's 503.
+    async fn primary_gates_open(&self, primary: &str) -> Result<(), String> {
+        let cluster = self
+            .clusters
+            .iter()
+            .find(|c| c.name() == primary)
+            .ok_or_else(|| format!("no cluster {primary}"))?;
+        for node in cluster.nodes() {
+            let url = node
+                .client_addr()
+                .join("v1/sys/mounts")
+                .map_err(|e| format!("{}: {e}", node.client_addr()))?;
+            let resp = self
+                .http
+                .get(url)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+                .map_err(|e| format!("{}'s gate at {}: {e}", node.name(), node.client_addr()))?;
+            if let Some(gate) = resp.headers().get("x-vault-dr-gate") {
+                return Err(format!(
+                    "{}'s write gate at {} is not open yet ({gate:?}, {})",
+                    node.name(),
+                    node.client_addr(),
+                    resp.status()
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -361,6 +361,15 @@ impl Shipper {
         }
         let next = plan::background_restore(&self.plan_state(), Some(&d), &self.store.list());
         if let Some(m) = next {
+            if d.primary_suspect {
+                tracing::info!(
+                    index = m.index,
+                    term = m.term,
+                    primary = %d.primary,
+                    "the leader suspects the primary: restoring the newest snapshot held ahead of a promotion"
+                );
+                self.metrics.snapshot_restores_ahead.inc();
+            }
             self.start_background(m, d.term);
         }
     }
@@ -789,6 +798,13 @@ impl Shipper {
             last_error: self.last_error.clone(),
             restored_index: self.record.restored.as_ref().map(|m| m.index),
             restored_taken_at: self.record.restored.as_ref().map(|m| m.taken_at),
+            promotion_restores: newest.as_ref().is_some_and(|n| {
+                self.background
+                    .as_ref()
+                    .map(|b| &b.meta)
+                    .or(self.record.restored.as_ref())
+                    .is_none_or(|r| n.newer_than(r))
+            }),
             quarantined: self
                 .record
                 .quarantined

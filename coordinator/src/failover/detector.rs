@@ -41,6 +41,31 @@ fn state_down(state: NodeState) -> bool {
     )
 }
 
+/// What one report says as an observer: whether its node serves (or restores), and what its
+/// probe of a peer (the primary) found. A change of it between two reports of a node is what
+/// makes the leader evaluate at once (the confirm count still counts probe-interval ticks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// The node serves or restores (not down as the second observer counts it).
+    pub node_up: bool,
+    /// The peer probed and whether it answered as serving (or restoring).
+    pub peer: Option<(String, bool)>,
+}
+
+/// The [`Evidence`] of `report`.
+pub fn evidence(report: &vault_dr_common::Report) -> Evidence {
+    let s = report.vault.state;
+    Evidence {
+        node_up: s.is_serving() || s == NodeState::Restoring,
+        peer: report.primary_probe.as_ref().map(|p| {
+            (
+                p.cluster.clone(),
+                p.reachable() || p.state == NodeState::Restoring,
+            )
+        }),
+    }
+}
+
 /// What the three observers say about `primary` at `now`.
 pub fn observe(view: &View, now: DateTime<Utc>, policy: &Policy) -> Observers {
     let ttl = policy.report_ttl.as_secs_f64();

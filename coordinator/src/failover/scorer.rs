@@ -15,15 +15,17 @@
 //!   DR target), but unknown lag sorts after every known lag, so any measured replica wins.
 //!   Operators who never want such a cluster promoted mark it `excluded`.
 //! - Non-finite figures (NaN, infinity) are treated as unknown so they cannot distort the order.
-//! - Data age is compared in steps of [`CLOSE_DATA_AGE_SECONDS`], and within a step a standby
-//!   that serves ranks before one mid-restore: promoting the latter waits for its restore in
-//!   flight first (OpenBao cannot abort one), up to a restore more of RTO for a second of data.
+//! - Data age is compared in steps of [`CLOSE_DATA_AGE_SECONDS`]. Within a step, a standby
+//!   whose promotion has nothing more to restore ranks first (it serves its newest snapshot or
+//!   is restoring it, e.g. ahead of a suspected primary's failover), then one that serves
+//!   before one mid-restore: promoting the latter waits for its restore in flight first
+//!   (OpenBao cannot abort one), up to a restore more of RTO for a second of data.
 
 use crate::model::view::{ClusterView, NodeView, View};
 use crate::model::{Candidate, CandidateTable, Eligibility, Ineligible, Policy};
 use chrono::{DateTime, Utc};
 use std::cmp::Ordering;
-use vault_dr_common::{NodeState, ReplicationMode};
+use vault_dr_common::{NodeState, PromotionMode, ReplicationMode};
 
 /// Scores every cluster of `view` against `policy`. The current primary (`view.topology.primary`)
 /// appears as an [`Ineligible::IsPrimary`] row. Pure: the same view gives the same table.
@@ -67,7 +69,8 @@ fn age_step(lag_seconds: Option<f64>) -> Option<i64> {
 }
 
 /// The total order over eligible candidates: data age in steps of
-/// [`CLOSE_DATA_AGE_SECONDS`] (unknown after known), then serving before mid-restore, then
+/// [`CLOSE_DATA_AGE_SECONDS`] (unknown after known), then nothing left to restore at promotion
+/// before a restore still to do, then serving before mid-restore, then
 /// least lag (entries, then seconds; unknown after known), lowest p99 latency, lowest CPU,
 /// highest memory headroom, highest priority, then name. Every key is compared exactly (the
 /// age by its step, not by a tolerance), and names are unique in a view, so this is a strict
@@ -77,6 +80,7 @@ pub fn rank_order(a: &Candidate, b: &Candidate) -> Ordering {
     known_first(age_step(a.lag_seconds), age_step(b.lag_seconds), |x, y| {
         x.cmp(&y)
     })
+    .then_with(|| a.promotion_restores.cmp(&b.promotion_restores))
     .then_with(|| restoring(a).cmp(&restoring(b)))
     .then_with(|| known_first(a.lag_entries, b.lag_entries, |x, y| x.cmp(&y)))
     .then_with(|| known_first(a.lag_seconds, b.lag_seconds, fcmp))
@@ -182,6 +186,11 @@ fn candidate(
         memory_headroom_ratio: rep.and_then(|n| finite(n.report.host.memory_headroom_ratio())),
         priority: cluster.priority,
         report_age_seconds: freshest_age,
+        // A fast promotion keeps what the node restored, unless it never restored one.
+        promotion_restores: replication.is_some_and(|r| {
+            r.promotion_restores
+                && (policy.promotion == PromotionMode::Complete || r.restored_index.is_none())
+        }),
     };
     row.eligibility = match filter(cluster, primary, &row, rep, policy) {
         None => Eligibility::Eligible,
@@ -530,6 +539,50 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_with_nothing_left_to_restore_beats_one_whose_promotion_would_restore() {
+        // dc2 restores its newest snapshot (ahead of a suspected primary's failover); dc3
+        // serves an older one and holds the newest unrestored (on-promotion).
+        let view = |dc2_left: bool| {
+            ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+                .node_state("dc2", NodeState::Restoring)
+                .direct("dc2", Some(NodeState::Unreachable))
+                .reports("dc2", move |r| {
+                    r.replication.lag_seconds = Some(0.4);
+                    r.replication.promotion_restores = dc2_left;
+                })
+                .reports("dc3", |r| {
+                    r.replication.lag_seconds = Some(0.4);
+                    r.replication.restored_index = Some(7);
+                    r.replication.promotion_restores = true;
+                })
+                .build()
+        };
+        let complete = policy();
+        assert_eq!(
+            score(&view(false), &complete).winner.as_deref(),
+            Some("dc2"),
+            "mid-restore of its newest beats a full restore still to do"
+        );
+        assert_eq!(
+            score(&view(true), &complete).winner.as_deref(),
+            Some("dc3"),
+            "both still restore at promotion: the serving one"
+        );
+        let fast = Policy {
+            promotion: PromotionMode::Fast,
+            ..policy()
+        };
+        assert_eq!(
+            score(&view(false), &fast).winner.as_deref(),
+            Some("dc3"),
+            "a fast promotion keeps what dc3 restored: serving beats mid-restore"
+        );
+        let table = score(&view(false), &complete);
+        assert!(!table.candidate("dc2").unwrap().promotion_restores);
+        assert!(table.candidate("dc3").unwrap().promotion_restores);
+    }
+
+    #[test]
     fn each_criterion_decides_only_when_the_earlier_ones_tie() {
         type Adjust = fn(&mut vault_dr_common::Report);
         // (what dc2 gets worse, so dc3 must win). Each row leaves every earlier criterion tied.
@@ -690,6 +743,7 @@ mod tests {
                     memory_headroom_ratio,
                     priority,
                     report_age_seconds: Some(0.0),
+                    promotion_restores: false,
                 },
             )
     }

@@ -68,6 +68,11 @@ pub struct Candidate {
     pub priority: i32,
     /// Age of the cluster's freshest report, in seconds (`None`: never reported).
     pub report_age_seconds: Option<f64>,
+    /// Whether its promotion would still restore a snapshot once its restore in flight ends
+    /// (it holds one newer than what it serves or restores, and the policy's promotion
+    /// restores it).
+    #[serde(default)]
+    pub promotion_restores: bool,
 }
 
 /// Whether a candidate may be promoted.

@@ -431,6 +431,7 @@ pub fn table(at: DateTime<Utc>) -> CandidateTable {
                 memory_headroom_ratio: Some(0.75),
                 priority: 0,
                 report_age_seconds: Some(0.4),
+                promotion_restores: false,
             },
             Candidate {
                 cluster: "dc3".to_owned(),
@@ -447,6 +448,7 @@ pub fn table(at: DateTime<Utc>) -> CandidateTable {
                 memory_headroom_ratio: Some(0.1),
                 priority: -2,
                 report_age_seconds: Some(0.9),
+                promotion_restores: false,
             },
         ],
         winner: Some("dc2".to_owned()),

@@ -166,6 +166,7 @@ fn desired(term: u64, cluster: &str, primary: &LabCluster) -> DesiredState {
         failover_in_progress: false,
         promotion: PromotionMode::Complete,
         final_snapshot_from: None,
+        primary_suspect: false,
     }
 }
 

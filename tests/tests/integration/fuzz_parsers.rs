@@ -739,6 +739,7 @@ fn desired_state() -> impl Strategy<Value = vault_dr_common::DesiredState> {
                 failover_in_progress: in_progress,
                 promotion: Default::default(),
                 final_snapshot_from: None,
+                primary_suspect: false,
             },
         )
 }

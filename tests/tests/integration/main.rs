@@ -26,6 +26,7 @@ mod k8s_traffic;
 mod lab_openbao;
 mod replication_agent;
 mod replication_openbao;
+mod restore_ahead;
 mod secret_hygiene;
 mod store_mongo;
 mod write_gate;

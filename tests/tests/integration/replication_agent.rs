@@ -101,6 +101,7 @@ fn desired(
         failover_in_progress,
         promotion: PromotionMode::Complete,
         final_snapshot_from: None,
+        primary_suspect: false,
     }
 }
 

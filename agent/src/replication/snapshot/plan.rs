@@ -362,11 +362,18 @@ fn up_to_date(state: &PlanState, term: u64, newest: Option<&SnapshotMeta>) -> Op
     (newest.term == term && primary <= newest.index && restored).then_some((newest.index, primary))
 }
 
-/// The snapshot a continuous secondary restores next in the background: the newest held, when
-/// no restore is in flight, the node has restored one before (a first restore quarantines the
-/// node's own data, in [`Action::Follow`]), the term is applied, no failover is in progress,
-/// the node is no returning ex-primary, and the newest is newer than the one restored and of
-/// the applied term or later.
+/// The snapshot a secondary restores next in the background, beside the pulls: the newest
+/// held, when no restore is in flight, the term is applied, no failover is in progress, the
+/// node is no returning ex-primary, and the newest is of the applied term or later and newer
+/// than the one restored; and either
+/// - the secondary is `continuous` and has restored one before (a first restore quarantines
+///   the node's own data, in [`Action::Follow`]), or
+/// - **restore ahead**: the leader suspects the primary ([`DesiredState::primary_suspect`])
+///   and promotions are `complete`, so that this very restore is what a promotion of this
+///   secondary would do first: a promotion decided a few ticks later finds it done or under
+///   way instead of starting it. An `on-promotion` secondary's own data is replaced
+///   unquarantined, as its promotion ([`PromotionData::RestoreNewest`]) would; a continuous
+///   one that never restored keeps its first restore, with the quarantine, for its pull.
 pub fn background_restore(
     state: &PlanState,
     desired: Option<&DesiredState>,
@@ -374,15 +381,19 @@ pub fn background_restore(
 ) -> Option<SnapshotMeta> {
     let d = desired?;
     let newest = snapshots.first()?;
-    let restored = state.restored.as_ref()?;
-    let due = state.restore == RestoreMode::Continuous
+    let restored = state.restored.as_ref();
+    let continuous = state.restore == RestoreMode::Continuous && restored.is_some();
+    let ahead = d.primary_suspect
+        && d.promotion == PromotionMode::Complete
+        && (state.restore == RestoreMode::OnPromotion || restored.is_some());
+    let due = (continuous || ahead)
         && state.restoring.is_none()
         && d.role == Role::Secondary
         && !d.failover_in_progress
         && state.applied_term >= d.term
         && state.primary_term.is_none()
         && newest.term >= state.applied_term
-        && newest.newer_than(restored);
+        && restored.is_none_or(|r| newest.newer_than(r));
     due.then(|| newest.clone())
 }
 
@@ -548,6 +559,7 @@ mod tests {
             failover_in_progress: false,
             promotion: Complete,
             final_snapshot_from: None,
+            primary_suspect: false,
         }
     }
 
@@ -730,6 +742,7 @@ mod tests {
                 state: state(),
                 desired: Some(DesiredState {
                     final_snapshot_from: Some(url("http://dc1:8200")),
+                    primary_suspect: false,
                     ..primary(4, Fast)
                 }),
                 snapshots: held.clone(),
@@ -750,6 +763,7 @@ mod tests {
                 },
                 desired: Some(DesiredState {
                     final_snapshot_from: Some(url("http://dc1:8200")),
+                    primary_suspect: false,
                     ..primary(3, Complete)
                 }),
                 snapshots: held.clone(),
@@ -1094,6 +1108,67 @@ mod tests {
         let older_term = vec![snap(2, 140)];
         assert_eq!(next(&s, Some(&secondary(3)), &older_term), None);
         assert_eq!(next(&s, None, &held), None);
+    }
+
+    #[test]
+    fn a_suspected_primary_makes_an_on_promotion_secondary_restore_ahead() {
+        use super::background_restore as next;
+        let held = vec![snap(3, 130), snap(3, 110)];
+        let on_promotion = PlanState {
+            restore: RestoreMode::OnPromotion,
+            restored: None,
+            ..state()
+        };
+        let mut suspect = secondary(3);
+        suspect.primary_suspect = true;
+        // (state, desired, held) -> restore next?
+        assert_eq!(
+            next(&on_promotion, Some(&suspect), &held),
+            Some(snap(3, 130)),
+            "the newest held, over the node's own data, as its promotion would"
+        );
+        assert_eq!(next(&on_promotion, Some(&secondary(3)), &held), None);
+        let restored_newest = PlanState {
+            restored: Some(snap(3, 130)),
+            ..on_promotion.clone()
+        };
+        assert_eq!(
+            next(&restored_newest, Some(&suspect), &held),
+            None,
+            "already serves the newest"
+        );
+        let busy = PlanState {
+            restoring: Some(snap(3, 110)),
+            ..on_promotion.clone()
+        };
+        assert_eq!(next(&busy, Some(&suspect), &held), None, "one at a time");
+        let mut fast = suspect.clone();
+        fast.promotion = PromotionMode::Fast;
+        assert_eq!(
+            next(&on_promotion, Some(&fast), &held),
+            None,
+            "a fast promotion restores nothing it could do ahead"
+        );
+        let mut decided = suspect.clone();
+        decided.failover_in_progress = true;
+        assert_eq!(next(&on_promotion, Some(&decided), &held), None);
+        let ex_primary = PlanState {
+            primary_term: Some(2),
+            ..on_promotion.clone()
+        };
+        assert_eq!(
+            next(&ex_primary, Some(&suspect), &held),
+            None,
+            "a returning ex-primary quarantines first"
+        );
+        // A continuous secondary restores ahead only over data it restored: one that never
+        // restored keeps its first restore (with the quarantine) for its pull.
+        let never = PlanState {
+            restored: None,
+            ..state()
+        };
+        assert_eq!(next(&never, Some(&suspect), &held), None);
+        assert_eq!(next(&state(), Some(&suspect), &held), Some(snap(3, 130)));
     }
 
     #[test]
