@@ -2,7 +2,7 @@
 //! the desired state from the answer. With several coordinator URLs the agent posts to the one
 //! that last answered 2xx and moves on to the next on a connection error or a 503 (a follower
 //! coordinator answers 503), trying each at most once per report. While no coordinator answers
-//! as leader, retry within at most 2 s (a new leader must hear from every agent at once); when
+//! as leader, retry within at most 1 s (a new leader must hear from every agent at once); when
 //! one answers and refuses or answers garbage, back off with full jitter up to 30 s. Never
 //! faster than the interval; every failure is counted by kind; the probe loop is a separate
 //! task and never waits for this one.
@@ -26,7 +26,7 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Largest back-off ceiling while no coordinator answers as leader (every URL refused the
 /// connection, timed out or answered 503): a new leader must hear from every agent within
 /// about one report interval of becoming ready, or it has no observers to decide with.
-pub const NO_LEADER_BACKOFF_CAP: Duration = Duration::from_secs(2);
+pub const NO_LEADER_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// Timeout of one report request.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two reports while a failover is in progress: every step of it
@@ -414,10 +414,9 @@ mod tests {
     }
 
     #[test]
-    fn while_no_leader_answers_the_agent_retries_within_two_seconds_and_backs_off_only_on_refusals()
-    {
+    fn while_no_leader_answers_the_agent_retries_within_a_second_and_backs_off_only_on_refusals() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let interval = Duration::from_secs(1);
+        let interval = Duration::from_millis(500);
         let mut r = Retry::new(interval);
         for f in [
             SendFailure::Connect,

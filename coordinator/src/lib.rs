@@ -205,12 +205,16 @@ pub async fn run(
     let leader = Leader::new(service.clone(), executor, vault);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(f) = forwarder {
-        // Listens only while this replica leads; closed when `run` stops.
+        // Listens on every replica, following the topology; closed when `run` stops.
+        let period = match &config.coordination {
+            CoordinationConfig::Local { .. } => traffic::REFRESH_PERIOD,
+            _ => traffic::REFRESH_PERIOD_KUBERNETES,
+        };
         tokio::spawn(traffic::supervise(
             f,
             service.coordination.clone(),
             config.clusters.clone(),
-            traffic::REFRESH_PERIOD,
+            period,
             service.state.refusal().clone(),
             stop_rx.clone(),
         ));

@@ -272,6 +272,7 @@ impl State {
                         excluded: c.excluded,
                         direct_probe: probes.get(&c.name).cloned(),
                         nodes,
+                        configured_nodes: c.nodes.len(),
                     },
                 )
             })

@@ -628,7 +628,7 @@ pub struct DrLab {
     pub agents: std::collections::BTreeMap<String, InProcessAgent>,
     /// The DR token.
     pub dr_token: vault_dr_common::Secret,
-    /// The stable client address (the leader's local traffic forwarder), when asked for with
+    /// The stable client address (every replica's local traffic forwarder), when asked for with
     /// [`HaGroupBuilder::stable_address`].
     pub stable: Option<Url>,
     agent_options: AgentOptions,
@@ -858,7 +858,7 @@ impl HaGroupBuilder {
     }
 
     /// Whether the replicas run the local traffic forwarder on a loopback port of its own, the
-    /// stable client address [`DrLab::stable`] (only the leader listens on it).
+    /// stable client address [`DrLab::stable`] (every replica listens on it, `SO_REUSEPORT`).
     pub fn stable_address(mut self, stable: bool) -> Self {
         self.stable_address = stable;
         self

@@ -76,8 +76,19 @@ pub fn observe(view: &View, now: DateTime<Utc>, policy: &Policy) -> Observers {
         .and_then(|c| c.direct_probe.as_ref())
         .is_some_and(|p| fresh_at(p.at) && state_down(p.state));
     // A new leader has heard from no agent yet: their silence is no evidence until one
-    // report TTL has passed, or it would suspect every primary at every takeover.
-    let reports_warming = view.observing_since.is_some_and(fresh_at);
+    // report TTL has passed, or it would suspect every primary at every takeover; as soon as
+    // every node of the primary has reported to it, their reports are evidence (a primary
+    // that dies with the leader is then seen as fast as any other).
+    let heard_from_all = |since: DateTime<Utc>| {
+        primary.is_some_and(|c| {
+            c.configured_nodes > 0
+                && c.nodes.len() >= c.configured_nodes
+                && c.nodes.iter().all(|n| n.received_at >= since)
+        })
+    };
+    let reports_warming = view
+        .observing_since
+        .is_some_and(|since| fresh_at(since) && !heard_from_all(since));
     let reports_down = !reports_warming
         && !primary.is_some_and(|c| {
             c.fresh_nodes(now, ttl).any(|n| {
@@ -953,10 +964,43 @@ mod tests {
         assert!(!o.reports_warming && o.reports_down, "{o}");
         // A dead primary is still seen by the other two observers while warming, and the
         // failover follows once the reports count.
-        let dead = dead3().observing_since(t0() - Duration::seconds(1)).build();
+        // (Its reports arrived before the takeover: as a follower's, they are no evidence.)
+        let dead = dead3()
+            .observing_since(t0() - Duration::seconds(1))
+            .with("dc1", |c| {
+                for n in &mut c.nodes {
+                    n.received_at = t0() - Duration::seconds(2);
+                }
+            })
+            .build();
         let o = observe(&dead, t0(), &p);
         assert!(o.direct_down && o.quorum_met && !o.reports_down, "{o}");
         let dead_later = dead3().observing_since(t0() - Duration::seconds(6)).build();
         assert!(observe(&dead_later, t0(), &p).all_down());
+        // Once every node of the primary has reported to the new leader, its reports count at
+        // once: a primary that died with the old leader is seen without waiting out the TTL.
+        let heard = dead3()
+            .node_state("dc1", NodeState::Unreachable)
+            .observing_since(t0() - Duration::seconds(1))
+            .with("dc1", |c| {
+                for n in &mut c.nodes {
+                    n.received_at = t0() - Duration::milliseconds(500);
+                }
+            })
+            .build();
+        let o = observe(&heard, t0(), &p);
+        assert!(!o.reports_warming && o.all_down(), "{o}");
+        // Not while a configured node of the primary has not reported yet.
+        let partly = dead3()
+            .node_state("dc1", NodeState::Unreachable)
+            .observing_since(t0() - Duration::seconds(1))
+            .with("dc1", |c| {
+                for n in &mut c.nodes {
+                    n.received_at = t0() - Duration::milliseconds(500);
+                }
+                c.configured_nodes = 2;
+            })
+            .build();
+        assert!(observe(&partly, t0(), &p).reports_warming);
     }
 }

@@ -81,6 +81,7 @@ impl ViewBuilder {
                     received_at: at,
                     report,
                 }],
+                configured_nodes: 1,
             },
         );
         self
@@ -309,6 +310,7 @@ pub mod synthetic {
                         received_at: at - age,
                         report: r,
                     }],
+                    configured_nodes: 1,
                 },
             );
         }

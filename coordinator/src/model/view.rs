@@ -17,8 +17,8 @@ pub struct View {
     /// Every configured cluster by name.
     pub clusters: BTreeMap<String, ClusterView>,
     /// Since when this coordinator leads and collects reports (`None`: not leading, or a
-    /// view built for a test or the API). Reports count as an observer only one report TTL
-    /// after it.
+    /// view built for a test or the API). Reports count as an observer one report TTL after
+    /// it, or as soon as every node of the primary has reported since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observing_since: Option<DateTime<Utc>>,
 }
@@ -39,6 +39,9 @@ pub struct ClusterView {
     pub direct_probe: Option<DirectProbe>,
     /// Latest report of each configured node that has reported at all.
     pub nodes: Vec<NodeView>,
+    /// How many nodes the configuration names (0 when unknown: a view from an older build).
+    #[serde(default)]
+    pub configured_nodes: usize,
 }
 
 /// The coordinator's own probe of one cluster.

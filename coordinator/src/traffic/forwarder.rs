@@ -115,6 +115,8 @@ pub struct LocalForwarder {
     explicit: AtomicU64,
     metrics: ForwarderMetrics,
     clusters: Vec<String>,
+    /// How often the replicas re-read the topology, in ms (see `super::supervise`).
+    refresh_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,7 +138,24 @@ impl LocalForwarder {
             explicit: AtomicU64::new(0),
             metrics,
             clusters,
+            refresh_ms: AtomicU64::new(
+                u64::try_from(super::REFRESH_PERIOD.as_millis()).unwrap_or(u64::MAX),
+            ),
         })
+    }
+
+    /// How often the replicas re-read the topology (what a cut waits for, see
+    /// `super::cut_honoured_within`).
+    pub fn refresh_period(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.refresh_ms.load(Ordering::SeqCst))
+    }
+
+    /// Sets [`Self::refresh_period`] (the supervising loop's period).
+    pub fn set_refresh_period(&self, period: std::time::Duration) {
+        self.refresh_ms.store(
+            u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// The configured listen address.

@@ -1,6 +1,6 @@
 //! Client traffic: the local TCP forwarder ([`forwarder`]) as the `TrafficSwitch` of
-//! `traffic.backend = "local"`, and the loop that keeps it listening only while this
-//! coordinator leads and pointed at the topology's primary.
+//! `traffic.backend = "local"`, and the loop that keeps it listening on every replica (the
+//! leader and its followers) and pointed at the topology's primary.
 //!
 //! The executor sets the target explicitly (`switch` in the Switched step, `cut` in a planned
 //! switchover's Fenced step); the loop re-reads the topology so that a new leader, or one that
@@ -19,11 +19,14 @@ use crate::model::topology::Topology;
 use async_trait::async_trait;
 pub use forwarder::{ForwarderMetrics, LocalForwarder, Target};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How often the loop checks leadership and re-reads the topology.
-pub const REFRESH_PERIOD: Duration = Duration::from_millis(250);
+/// How often every replica's forwarder re-reads the topology with the local coordination
+/// backend (a file on the same machine).
+pub const REFRESH_PERIOD: Duration = Duration::from_millis(50);
+/// The same with the Kubernetes backend (a ConfigMap GET per reading and replica).
+pub const REFRESH_PERIOD_KUBERNETES: Duration = Duration::from_millis(250);
 
 /// The cluster client traffic belongs to under `topology`: the serving primary, except during
 /// a planned switchover until the target is promoted (traffic is cut then, so that no write
@@ -71,20 +74,33 @@ impl TrafficSwitch for LocalForwarder {
     async fn cut(&self, term: u64) -> ActionResult {
         self.mark_explicit();
         let listen = self.listen();
-        Ok(match self.set_target(None) {
+        let here = match self.set_target(None) {
             Some(closed) => format!(
                 "forwarder on {listen} cut client traffic for term {term}: new connections are closed at once; closed {closed} open connection(s)"
             ),
             None => format!(
                 "forwarder on {listen} had already cut client traffic for term {term} (the topology showed the switchover first)"
             ),
-        })
+        };
+        // Every other replica's forwarder honours the cut the topology carries (written
+        // before this step) within this bound: nothing reaches the old primary after it.
+        let bound = cut_honoured_within(self.refresh_period());
+        tokio::time::sleep(bound).await;
+        Ok(format!(
+            "{here}; waited {:.2} s for every replica's forwarder to honour it",
+            bound.as_secs_f64()
+        ))
     }
 }
 
-/// Keeps `forwarder` listening exactly while `coordination` says we lead and `refusal` says
-/// nothing (see `crate::group`), pointed at the topology's target, until `stop` turns true
-/// (then closes it).
+/// Keeps `forwarder` listening while `refusal` says nothing (see `crate::group`), on every
+/// replica, pointed at the target of the topology this replica last read, until `stop` turns
+/// true (then closes it). Only the leader changes the topology (and switches or cuts
+/// explicitly); a follower forwards to what the topology says, so clients of the stable
+/// address never wait for an election. A reading is taken every `period`; a replica whose last
+/// reading began more than [`stale_after`]`(period)` ago forwards nothing (the leader may
+/// have cut traffic since), which is what lets the leader's cut wait a bounded time for every
+/// replica to honour it ([`cut_honoured_within`]).
 pub async fn supervise(
     forwarder: Arc<LocalForwarder>,
     coordination: Arc<dyn Coordination>,
@@ -93,38 +109,52 @@ pub async fn supervise(
     refusal: crate::group::Refusal,
     mut stop: watch::Receiver<bool>,
 ) {
-    let acting = || coordination.is_leader() && !refusal.is_refusing();
+    forwarder.set_refresh_period(period);
+    let mut read_at: Option<Instant> = None;
+    let mut stale_said = false;
     loop {
         if *stop.borrow() {
             break;
         }
-        if acting() {
+        if refusal.is_refusing() {
+            if forwarder.is_running() {
+                tracing::warn!(listen = %forwarder.listen(), "forwarder closed: this coordinator refuses to act (see status)");
+                forwarder.stop().await;
+            }
+        } else {
             let before = forwarder.explicit_changes();
+            let began = Instant::now();
             match coordination.read_topology().await {
-                Ok(Some(t)) if forwarder.explicit_changes() == before => {
-                    let target = target_cluster(&t.value)
-                        .and_then(|name| clusters.iter().find(|c| c.name == name))
-                        .and_then(target_of);
-                    forwarder.set_target(target);
+                Ok(Some(t)) => {
+                    read_at = Some(began);
+                    // A reading from before the leader's latest explicit switch or cut is
+                    // discarded: it could undo a cut it did not see.
+                    if forwarder.explicit_changes() == before {
+                        let target = target_cluster(&t.value)
+                            .and_then(|name| clusters.iter().find(|c| c.name == name))
+                            .and_then(target_of);
+                        forwarder.set_target(target);
+                    }
+                    stale_said = false;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    "forwarder: cannot read the topology ({e}); keeping the current target"
+                Ok(None) => {}
+                Err(e) => tracing::debug!(
+                    "forwarder: cannot read the topology ({e}); keeping the current target for now"
                 ),
             }
-            // Leadership may have ended while reading.
-            if acting()
-                && !forwarder.is_running()
+            let fresh = read_at.is_some_and(|t| t.elapsed() <= stale_after(period));
+            if !fresh && !coordination.is_leader() && forwarder.target().is_some() {
+                if !stale_said {
+                    tracing::warn!(listen = %forwarder.listen(), "forwarder cut: no topology read for {:?}, the leader may have cut client traffic since", stale_after(period));
+                    stale_said = true;
+                }
+                forwarder.set_target(None);
+            }
+            if !forwarder.is_running()
                 && let Err(e) = forwarder.start()
             {
                 tracing::warn!(listen = %forwarder.listen(), "forwarder cannot listen: {e}");
             }
-        }
-        if !acting() && forwarder.is_running() {
-            if refusal.is_refusing() {
-                tracing::warn!(listen = %forwarder.listen(), "forwarder closed: this coordinator refuses to act (see status)");
-            }
-            forwarder.stop().await;
         }
         tokio::select! {
             _ = stop.changed() => {}
@@ -132,6 +162,19 @@ pub async fn supervise(
         }
     }
     forwarder.stop().await;
+}
+
+/// How old a follower's last topology reading (from its start) may be before it forwards
+/// nothing.
+pub fn stale_after(period: Duration) -> Duration {
+    period * 3
+}
+
+/// How long after the leader wrote a cut into the topology every replica's forwarder has
+/// honoured it: a replica forwards only with a reading begun within [`stale_after`], and it
+/// checks that every `period` (plus a margin for one slow reading's return).
+pub fn cut_honoured_within(period: Duration) -> Duration {
+    stale_after(period) + period * 2
 }
 
 #[cfg(test)]
@@ -238,8 +281,49 @@ mod tests {
         (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
+    /// The local backend, whose topology reads fail while `unreadable`.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: LocalCoordination,
+        unreadable: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl Coordination for Flaky {
+        async fn try_acquire_or_renew(&self) -> crate::coordination::Result<bool> {
+            self.inner.try_acquire_or_renew().await
+        }
+        fn is_leader(&self) -> bool {
+            self.inner.is_leader()
+        }
+        async fn release(&self) -> crate::coordination::Result<()> {
+            self.inner.release().await
+        }
+        async fn lease(&self) -> crate::coordination::Result<crate::coordination::LeaseInfo> {
+            self.inner.lease().await
+        }
+        async fn read_topology(
+            &self,
+        ) -> crate::coordination::Result<Option<crate::model::topology::Versioned<Topology>>>
+        {
+            if self.unreadable.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::coordination::CoordinationError::Unavailable(
+                    "unreadable (test)".into(),
+                ));
+            }
+            self.inner.read_topology().await
+        }
+        async fn write_topology(
+            &self,
+            topology: &Topology,
+            expected: Option<&str>,
+        ) -> crate::coordination::Result<crate::model::topology::Versioned<Topology>> {
+            self.inner.write_topology(topology, expected).await
+        }
+    }
+
     #[tokio::test]
-    async fn the_forwarder_listens_only_while_leading_and_follows_the_topology() {
+    async fn every_replica_forwards_to_the_topologys_primary_while_its_reading_is_fresh() {
         let dir = tempfile::tempdir().unwrap();
         let a = named_server("dc1").await;
         let b = named_server("dc2").await;
@@ -247,11 +331,10 @@ mod tests {
             cluster("dc1", &format!("http://{a}")),
             cluster("dc2", &format!("http://{b}")),
         ];
-        let coordination = Arc::new(LocalCoordination::new(
-            dir.path().join("c.json"),
-            "a",
-            Duration::from_secs(30),
-        ));
+        let coordination = Arc::new(Flaky {
+            inner: LocalCoordination::new(dir.path().join("c.json"), "a", Duration::from_secs(30)),
+            unreadable: std::sync::atomic::AtomicBool::new(false),
+        });
         assert!(coordination.try_acquire_or_renew().await.unwrap());
         let v = coordination
             .write_topology(&Topology::initial("dc1"), None)
@@ -308,17 +391,22 @@ mod tests {
         assert!(!f.is_running(), "a refusing leader opens no forwarder");
         refusal.set(None);
         wait_for(Some("dc2")).await;
-        // Leadership lost: the listener closes.
+        // Leadership lost: a follower keeps forwarding to the topology's primary (clients
+        // never wait for an election)...
         coordination.release().await.unwrap();
-        let mut gone = false;
-        for _ in 0..200 {
-            if !f.is_running() && TcpStream::connect(listen).await.is_err() {
-                gone = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(gone, "nothing listens on {listen} after leadership ended");
+        assert!(!coordination.is_leader());
+        wait_for(Some("dc2")).await;
+        // ...while it can read the topology: a follower without a fresh reading forwards
+        // nothing (the leader may have cut traffic since).
+        coordination
+            .unreadable
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        wait_for(None).await;
+        assert!(f.is_running(), "cut, still listening");
+        coordination
+            .unreadable
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        wait_for(Some("dc2")).await;
         let _ = stop_tx.send(true);
         task.await.unwrap();
     }

@@ -4,6 +4,11 @@
 //! - kill -9 the leader: another replica holds the lease within the lease duration plus one
 //!   second, `/readyz` moves to it, its leader metrics move, and `vault-dr status --url a,b,c`
 //!   names it and lists every replica's role;
+//! - kill -9 the leader while a client writes through the local stable address every 100 ms:
+//!   every replica serves it, so at most the one request in flight on the killed replica's
+//!   connection fails and the client never waits for the election;
+//! - kill -9 the primary's server and the leader at the same instant (one host holding both):
+//!   one failover, decided within the lease duration + the policy's detection time + 1 s;
 //! - kill the leader between `Fenced` and `Promoted` (failpoint `crash-after:fenced`): the next
 //!   leader finishes the failover; the journal shows each step exactly once.
 //!
@@ -35,6 +40,150 @@ fn replica_row<'a>(status: &'a str, id: &str) -> Vec<&'a str> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|w| w.first() == Some(&id) && w.len() == 3)
         .unwrap_or_default()
+}
+
+/// KV v2 writes of `n` on `stable` every 100 ms until `until`, a new connection each (as a
+/// client behind a load balancer would): the instants of the acknowledged ones, and the
+/// failures with their reasons.
+async fn write_every_100ms(
+    stable: &url::Url,
+    token: &vault_dr_common::Secret,
+    until: Instant,
+) -> (Vec<Instant>, Vec<String>) {
+    let http = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let url = stable.join("v1/secret/data/through-the-election").unwrap();
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut n = 0u32;
+    while Instant::now() < until {
+        ticker.tick().await;
+        n += 1;
+        let r = http
+            .put(url.clone())
+            .header("X-Vault-Token", token.expose())
+            .json(&serde_json::json!({ "data": { "n": n } }))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => acked.push(Instant::now()),
+            Ok(r) => failed.push(format!("write {n}: status {}", r.status())),
+            Err(e) => failed.push(format!("write {n}: {e}")),
+        }
+    }
+    (acked, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_the_stable_address_writes_on_while_the_leader_is_killed() {
+    let mut lab = Group::builder()
+        .clusters(["p", "s1"])
+        .coordinators(3)
+        .ha(Backend::Local)
+        .policy_file(probe_policy(
+            Duration::from_millis(500),
+            Duration::from_millis(400),
+        ))
+        .stable_address(true)
+        .dr_token(false)
+        .start()
+        .await
+        .unwrap();
+    lab.group.start_all().await.unwrap();
+    let (first, _) = match lab.group.wait_leader(None, Duration::from_secs(30)).await {
+        Ok(l) => l,
+        Err(e) => panic!("{e}\n{}", lab.group.logs()),
+    };
+    let stable = lab.stable.clone().unwrap();
+    let token = lab.clusters[0].root_token().clone();
+    // Every replica serves the stable address: the followers too, before any kill.
+    let warm = write_every_100ms(&stable, &token, Instant::now() + Duration::from_secs(2)).await;
+    assert!(warm.1.is_empty() && warm.0.len() >= 10, "{:?}", warm.1);
+
+    let start = Instant::now();
+    let kill_at = start + Duration::from_secs(2);
+    let writer = tokio::spawn({
+        let (stable, token) = (stable.clone(), token.clone());
+        async move { write_every_100ms(&stable, &token, kill_at + LEASE + Duration::from_secs(3)).await }
+    });
+    tokio::time::sleep_until(kill_at.into()).await;
+    lab.group.kill(first);
+    let (acked, failed) = writer.await.unwrap();
+    let longest = acked
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let after_kill = acked.iter().filter(|t| **t > kill_at).count();
+    println!(
+        "leader killed under a client writing every 100 ms through the stable address: {} acked ({after_kill} after the kill), {} failed {failed:?}, longest gap between acks {:.2} s",
+        acked.len(),
+        failed.len(),
+        longest.as_secs_f64()
+    );
+    // At most the one request in flight on a connection the killed replica held.
+    assert!(failed.len() <= 1, "failed writes: {failed:?}");
+    assert!(
+        longest < Duration::from_secs(1),
+        "clients waited {longest:?} (the lease is {LEASE:?}): followers must forward meanwhile"
+    );
+    assert!(
+        after_kill >= 50,
+        "the client wrote on after the kill: {after_kill}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_and_the_leader_killed_together_fail_over_once_within_the_lease_and_the_detection_time()
+ {
+    use vault_dr_coordinator::model::FailoverRecord;
+    // The lab's policy: probe every 500 ms, 2 confirming ticks; default lease (5 s).
+    let builder = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(3)
+        .traffic(false)
+        .replication(
+            vault_dr_lab::group::RestoreMode::OnPromotion,
+            Duration::from_secs(1),
+        );
+    let spec = builder.group_spec().clone();
+    let mut g = builder.start().await.unwrap();
+    let leader = g.leader().await.unwrap();
+    let i = g
+        .coordinators()
+        .iter()
+        .position(|c| c.url == leader)
+        .unwrap();
+    // One host holding both pods: the primary's server and the leading coordinator go at once.
+    let killed = chrono::Utc::now();
+    g.cluster_mut("p").unwrap().nodes_mut()[0].kill();
+    g.coordinators_mut()[i].kill();
+    let new_primary = g
+        .wait_failover_done(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_ne!(new_primary, "p");
+    let leader = g.leader().await.unwrap();
+    let records: Vec<FailoverRecord> =
+        serde_json::from_value(g.get_json(&leader, "v1/failovers").await.unwrap()).unwrap();
+    assert_eq!(records.len(), 1, "one failover: {records:#?}");
+    let detection = spec.probe_interval * spec.confirm;
+    let bound = LEASE + detection + Duration::from_secs(1);
+    let decided = (records[0].decided_at - killed).to_std().unwrap();
+    println!(
+        "primary and leader killed together: decided after {:.2} s (bound: lease {LEASE:?} + detection {detection:?} + 1 s = {:.2} s), {} promoted",
+        decided.as_secs_f64(),
+        bound.as_secs_f64(),
+        records[0].to
+    );
+    assert!(
+        decided <= bound,
+        "decided {decided:?} after the kill, bound {bound:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
