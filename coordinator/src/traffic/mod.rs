@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 /// How often every replica's forwarder re-reads the topology with the local coordination
 /// backend (a file on the same machine).
-pub const REFRESH_PERIOD: Duration = Duration::from_millis(50);
+pub const REFRESH_PERIOD: Duration = Duration::from_millis(25);
 /// The same with the Kubernetes backend (a ConfigMap GET per reading and replica).
 pub const REFRESH_PERIOD_KUBERNETES: Duration = Duration::from_millis(250);
 
@@ -167,12 +167,12 @@ pub async fn supervise(
 /// How old a follower's last topology reading (from its start) may be before it forwards
 /// nothing.
 pub fn stale_after(period: Duration) -> Duration {
-    period * 3
+    period * 2
 }
 
 /// How long after the leader wrote a cut into the topology every replica's forwarder has
 /// honoured it: a replica forwards only with a reading begun within [`stale_after`], and it
-/// checks that every `period` (plus a margin for one slow reading's return).
+/// checks that every `period` (plus a period of margin for one slow reading's return).
 pub fn cut_honoured_within(period: Duration) -> Duration {
     stale_after(period) + period * 2
 }
