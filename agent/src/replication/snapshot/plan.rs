@@ -367,7 +367,8 @@ fn up_to_date(state: &PlanState, term: u64, newest: Option<&SnapshotMeta>) -> Op
 /// node is no returning ex-primary, and the newest is of the applied term or later and newer
 /// than the one restored; and either
 /// - the secondary is `continuous` and has restored one before (a first restore quarantines
-///   the node's own data, in [`Action::Follow`]), or
+///   the node's own data, in [`Action::Follow`]), unless the leader suspects the primary and
+///   promotions are `fast` (a promotion would wait for that restore), or
 /// - **restore ahead**: the leader suspects the primary ([`DesiredState::primary_suspect`])
 ///   and promotions are `complete`, so that this very restore is what a promotion of this
 ///   secondary would do first: a promotion decided a few ticks later finds it done or under
@@ -382,7 +383,11 @@ pub fn background_restore(
     let d = desired?;
     let newest = snapshots.first()?;
     let restored = state.restored.as_ref();
-    let continuous = state.restore == RestoreMode::Continuous && restored.is_some();
+    // A fast promotion serves what is restored: while the primary is suspected, a new
+    // restore would only make that promotion wait for it.
+    let continuous = state.restore == RestoreMode::Continuous
+        && restored.is_some()
+        && !(d.primary_suspect && d.promotion == PromotionMode::Fast);
     let ahead = d.primary_suspect
         && d.promotion == PromotionMode::Complete
         && (state.restore == RestoreMode::OnPromotion || restored.is_some());
@@ -1148,6 +1153,11 @@ mod tests {
             next(&on_promotion, Some(&fast), &held),
             None,
             "a fast promotion restores nothing it could do ahead"
+        );
+        assert_eq!(
+            next(&state(), Some(&fast), &held),
+            None,
+            "nor does a continuous standby start a restore its fast promotion would wait for"
         );
         let mut decided = suspect.clone();
         decided.failover_in_progress = true;
