@@ -7,6 +7,8 @@
 //! - kill -9 the leader while a client writes through the local stable address every 100 ms:
 //!   every replica serves it, so at most the one request in flight on the killed replica's
 //!   connection fails and the client never waits for the election;
+//! - a 40 s leaderless gap (a lease held by no replica while the replicas run as followers):
+//!   every agent's first report reaches the new leader within 2 s of its readiness;
 //! - kill -9 the primary's server and the leader at the same instant (one host holding both):
 //!   one failover, decided within the lease duration + the policy's detection time + 1 s;
 //! - kill the leader between `Fenced` and `Promoted` (failpoint `crash-after:fenced`): the next
@@ -184,6 +186,138 @@ async fn the_primary_and_the_leader_killed_together_fail_over_once_within_the_le
         decided <= bound,
         "decided {decided:?} after the kill, bound {bound:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_40_s_leaderless_gap_every_agent_reaches_the_new_leader_within_2_s_of_its_readiness()
+ {
+    use vault_dr_tests::lab::process::Signal;
+    let mut lab = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(3)
+        .ha(Backend::Local)
+        .policy_file(probe_policy(
+            Duration::from_millis(500),
+            Duration::from_millis(400),
+        ))
+        .agents(|a| a.interval = Duration::from_millis(500))
+        .dr_token(false)
+        .start()
+        .await
+        .unwrap();
+    lab.group.start_all().await.unwrap();
+    lab.start_agents().await.unwrap();
+    let (before, _) = lab
+        .group
+        .wait_leader(None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Every agent's node, as the leader's view names them once each has reported.
+    let nodes: Vec<(String, String)> = try_wait_for(
+        "a report from every agent",
+        Duration::from_secs(30),
+        || async {
+            let v = lab
+                .group
+                .get::<serde_json::Value>(before, "/v1/clusters")
+                .await
+                .ok_or("no view")?;
+            let mut nodes = Vec::new();
+            for c in ["p", "s1", "s2"] {
+                let reported = v
+                    .pointer(&format!("/view/clusters/{c}/nodes"))
+                    .and_then(serde_json::Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if reported.is_empty() {
+                    return Err(format!("no report from {c} yet"));
+                }
+                for n in reported {
+                    nodes.push((c.to_owned(), n["node"].as_str().unwrap_or("?").to_owned()));
+                }
+            }
+            Ok(nodes)
+        },
+    )
+    .await
+    .unwrap();
+    // The gap: every replica frozen past the lease, a holder that is no replica takes the
+    // lease (as revoked RBAC or a hand on the Lease would leave it), and the replicas run on
+    // as followers for 40 s, answering the agents' reports 503.
+    for i in 0..3 {
+        lab.group.signal(i, Signal::Stop);
+    }
+    let ghost = LocalCoordination::new(
+        lab.group.dir().join("coordination.json"),
+        "ghost",
+        Duration::from_secs(60),
+    );
+    try_wait_for("the ghost to take the expired lease", LEASE * 3, || async {
+        match ghost.try_acquire_or_renew().await {
+            Ok(true) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        lab.group.signal(i, Signal::Cont);
+    }
+    let gap = Instant::now();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(
+        lab.group.leaders().await.is_empty(),
+        "no replica leads while the ghost holds the lease"
+    );
+    ghost.release().await.unwrap();
+    let (leader, ready_at) = lab
+        .group
+        .wait_leader(None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // When each agent's first report reaches the new leader (it accepted none as a follower).
+    let mut first: std::collections::BTreeMap<String, Duration> = Default::default();
+    let until = ready_at + Duration::from_secs(10);
+    while first.len() < nodes.len() && Instant::now() < until {
+        if let Some(v) = lab
+            .group
+            .get::<serde_json::Value>(leader, "/v1/clusters")
+            .await
+        {
+            for (cluster, node) in &nodes {
+                let reported = v
+                    .pointer(&format!("/view/clusters/{cluster}/nodes"))
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|a| a.iter().any(|n| n["node"] == node.as_str()));
+                if reported {
+                    first
+                        .entry(format!("{cluster}/{node}"))
+                        .or_insert_with(|| ready_at.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "after a {:.0} s leaderless gap, first report at the new leader after its readiness: {first:?}",
+        gap.elapsed().as_secs_f64() - ready_at.elapsed().as_secs_f64()
+    );
+    let view = lab
+        .group
+        .get::<serde_json::Value>(leader, "/v1/clusters")
+        .await;
+    assert_eq!(
+        first.len(),
+        nodes.len(),
+        "every agent reported: {first:?}; nodes {nodes:?}; the leader's view: {view:#?}\n{}",
+        lab.group.logs()
+    );
+    for (node, after) in &first {
+        assert!(
+            *after <= Duration::from_secs(2),
+            "{node}'s first report came {after:?} after the new leader's readiness"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
