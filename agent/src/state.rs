@@ -321,6 +321,43 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_of_evidence_wakes_the_sender_and_something_down_is_alarming() {
+        let s = Shared::new("dc2", "n1");
+        let up = Evidence {
+            node_up: true,
+            primary_up: Some(true),
+        };
+        s.note_evidence(up);
+        assert!(
+            !resolves(s.evidence_changed()).await,
+            "a first round is no change"
+        );
+        assert!(!s.alarmed());
+        s.note_evidence(up);
+        assert!(!resolves(s.evidence_changed()).await, "the same again");
+        let primary_down = Evidence {
+            primary_up: Some(false),
+            ..up
+        };
+        s.note_evidence(primary_down);
+        assert!(
+            resolves(s.evidence_changed()).await,
+            "the primary went down"
+        );
+        assert!(s.alarmed());
+        let node_down = Evidence {
+            node_up: false,
+            primary_up: None,
+        };
+        s.note_evidence(node_down);
+        assert!(resolves(s.evidence_changed()).await, "the node went down");
+        assert!(s.alarmed());
+        s.note_evidence(up);
+        assert!(resolves(s.evidence_changed()).await, "both back");
+        assert!(!s.alarmed());
+    }
+
+    #[tokio::test]
     async fn a_different_desired_state_and_a_raised_term_wake_their_waiters_once() {
         let s = Shared::new("dc2", "n1");
         assert!(!resolves(s.desired_changed()).await, "nothing kept yet");

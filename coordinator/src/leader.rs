@@ -160,10 +160,11 @@ impl Leader {
     /// Whether the detector counts confirming ticks (all three observers agreed on the last
     /// one) or a failover is under way.
     async fn confirming(&self) -> bool {
-        matches!(
-            *self.phase.lock().await,
-            Phase::Suspect { ticks, .. } if ticks >= 1
-        ) || matches!(*self.phase.lock().await, Phase::FailingOver { .. })
+        match *self.phase.lock().await {
+            Phase::Suspect { ticks, .. } => ticks >= 1,
+            Phase::FailingOver { .. } => true,
+            Phase::Healthy => false,
+        }
     }
 
     /// One evaluation: probe (and every [`crate::group::CHECK_EVERY`] read the group stamps),

@@ -549,6 +549,39 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_report_that_changes_what_its_node_observes_wakes_the_leader_loop() {
+        use vault_dr_common::NodeState;
+        let c = config(PromotionMode::Complete);
+        let state = State::default();
+        let started = Utc::now() - chrono::Duration::seconds(60);
+        let send = |seq: u64, node_state: NodeState| {
+            let mut r = crate::model::test_util::synthetic::report("p", "p-0", started);
+            r.seq = seq;
+            r.sent_at = Utc::now();
+            r.vault.state = node_state;
+            state.accept_report(&c, r, Utc::now()).unwrap();
+        };
+        let woken = || async {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                state.evidence_changed(),
+            )
+            .await
+            .is_ok()
+        };
+        send(1, NodeState::Active);
+        assert!(!woken().await, "a first report is no change");
+        send(2, NodeState::Active);
+        assert!(!woken().await, "the same evidence again");
+        send(3, NodeState::Standby);
+        assert!(!woken().await, "still serving");
+        send(4, NodeState::Unreachable);
+        assert!(woken().await, "stopped serving");
+        send(5, NodeState::Restoring);
+        assert!(woken().await, "restoring is up");
+    }
+
     #[test]
     fn the_last_applied_index_is_the_newest_seen_while_serving() {
         use vault_dr_common::NodeState;

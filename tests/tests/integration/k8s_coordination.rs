@@ -793,3 +793,175 @@ async fn the_kubernetes_backend_uses_only_these_verbs() {
     assert_eq!(stored["spec"]["holderIdentity"], "coord-0");
     assert_eq!(stored["spec"]["leaseDurationSeconds"], 5);
 }
+
+/// One forced takeover of [`the_lease_names_every_replica_that_acts_across_20_forced_takeovers`].
+#[derive(Debug, Clone, Copy)]
+enum Takeover {
+    /// kill -9: the leader's loop ends, it neither renews nor releases; a new process (a new
+    /// instance) starts in its place.
+    Kill,
+    /// SIGSTOP past the lease, then SIGCONT: the same instance renews again, too late.
+    Stop,
+    /// An orderly shutdown: `release`, then it competes again.
+    Release,
+}
+
+/// Samples every 50 ms, across 20 forced takeovers (kill, stop past the lease, release, in
+/// turn), which replicas act (`is_leader`, what gates every side effect) and which the Lease
+/// names. A sample is `acting` before the Lease GET, the holder, `acting` after it; a replica
+/// that acts both before and after while the Lease names another is a violation. A replica
+/// that starts or stops acting during the GET's round trip is not counted: that is the one
+/// round trip around a handover the issue allows to exclude. Set `VAULT_DR_TEST_STRESS=1` to
+/// run it under `stress-ng --cpu 2` (both cores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_names_every_replica_that_acts_across_20_forced_takeovers() {
+    let k = Arc::new(test_client().await.unwrap());
+    let (lease, renew) = (Duration::from_secs(2), Duration::from_millis(500));
+    let stress_log = tempfile::NamedTempFile::new().unwrap();
+    let _stress = std::env::var("VAULT_DR_TEST_STRESS")
+        .is_ok_and(|v| v == "1")
+        .then(|| {
+            let program = std::env::var_os("PATH")
+                .and_then(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join("stress-ng"))
+                        .find(|p| p.exists())
+                })
+                .expect("stress-ng on PATH (scripts/setup.sh installs it)");
+            // Its workers are in the guard's process group: all go when it is dropped.
+            vault_dr_tests::lab::process::ChildGuard::spawn(
+                "stress-ng",
+                &program,
+                &[
+                    "--cpu".into(),
+                    "2".into(),
+                    "--timeout".into(),
+                    "180s".into(),
+                ],
+                stress_log.path(),
+            )
+            .unwrap()
+        });
+    let ids = ["coord-0", "coord-1", "coord-2"];
+    let cs: Arc<std::sync::Mutex<Vec<Arc<KubernetesCoordination>>>> =
+        Arc::new(std::sync::Mutex::new(
+            ids.iter()
+                .map(|id| coordinator(&k, k.client.clone(), id, lease, renew))
+                .collect(),
+        ));
+    let current =
+        |cs: &std::sync::Mutex<Vec<Arc<KubernetesCoordination>>>| cs.lock().unwrap().clone();
+    let mut loops: Vec<Option<JoinHandle<()>>> = current(&cs)
+        .into_iter()
+        .map(|c| Some(renew_loop(c)))
+        .collect();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (k, cs, done) = (k.clone(), cs.clone(), done.clone());
+        let names: Vec<String> = ids.iter().map(|id| k.name(id)).collect();
+        async move {
+            let (mut samples, mut violations, mut excluded) = (0u32, Vec::new(), 0u32);
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !done.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let before = leaders(&cs.lock().unwrap());
+                // No Lease yet (before the first election) names nobody.
+                let holder = Api::<Lease>::namespaced(k.client.clone(), &k.namespace)
+                    .get_opt(&k.name(LEASE))
+                    .await
+                    .unwrap()
+                    .and_then(|l| l.spec)
+                    .and_then(|s| s.holder_identity);
+                let after = leaders(&cs.lock().unwrap());
+                samples += 1;
+                if before != after {
+                    excluded += 1;
+                }
+                for i in before.iter().filter(|i| after.contains(i)) {
+                    if holder.as_deref() != Some(names[*i].as_str()) {
+                        violations.push(format!(
+                            "sample {samples}: {} acts, the Lease names {holder:?}",
+                            names[*i]
+                        ));
+                    }
+                }
+            }
+            (samples, violations, excluded)
+        }
+    });
+
+    let kinds = [Takeover::Kill, Takeover::Stop, Takeover::Release];
+    let mut moves = Vec::new();
+    for n in 0..20 {
+        let leader = wait_for_every(
+            Duration::from_millis(20),
+            "one leader",
+            lease * 3,
+            || async {
+                match leaders(&cs.lock().unwrap()).as_slice() {
+                    [one] => Some(*one),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        let kind = kinds[n % kinds.len()];
+        let at = Instant::now();
+        if let Some(task) = loops[leader].take() {
+            task.abort();
+        }
+        let old = current(&cs)[leader].clone();
+        match kind {
+            Takeover::Kill => {}
+            Takeover::Stop => {}
+            Takeover::Release => old.release().await.unwrap(),
+        }
+        wait_for_every(
+            Duration::from_millis(20),
+            "another replica takes over",
+            lease * 3,
+            || async {
+                leaders(&cs.lock().unwrap())
+                    .iter()
+                    .any(|i| *i != leader)
+                    .then_some(())
+            },
+        )
+        .await;
+        moves.push((kind, at.elapsed()));
+        // The old replica comes back: a new process after a kill, the same one otherwise.
+        let back = match kind {
+            Takeover::Kill => {
+                let fresh = coordinator(&k, k.client.clone(), ids[leader], lease, renew);
+                cs.lock().unwrap()[leader] = fresh.clone();
+                fresh
+            }
+            Takeover::Stop | Takeover::Release => old,
+        };
+        loops[leader] = Some(renew_loop(back));
+    }
+    // A last stretch of steady leadership, then the verdict.
+    tokio::time::sleep(lease).await;
+    done.store(true, Ordering::SeqCst);
+    let (samples, violations, excluded) = sampler.await.unwrap();
+    for task in loops.into_iter().flatten() {
+        task.abort();
+    }
+    let longest = moves.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    println!(
+        "20 forced takeovers{}: {samples} samples, {excluded} excluded (leadership changed during the Lease GET), {} violations; longest takeover {:.2} s; {moves:?}",
+        if _stress.is_some() {
+            " under stress-ng --cpu 2"
+        } else {
+            ""
+        },
+        violations.len(),
+        longest.as_secs_f64()
+    );
+    assert!(samples > 400, "sampled the whole run: {samples}");
+    assert!(
+        violations.is_empty(),
+        "a replica acted while the Lease named another: {violations:#?}"
+    );
+}
