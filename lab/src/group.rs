@@ -964,6 +964,17 @@ impl DrGroup {
         &mut self.agents
     }
 
+    /// The logs of `cluster`'s agents so far, concatenated in start order.
+    pub fn agent_log(&self, cluster: &str) -> Result<String, LabError> {
+        let mut all = String::new();
+        for a in self.agents.iter().filter(|a| a.cluster == cluster) {
+            let text = std::fs::read_to_string(&a.log_path)
+                .map_err(|e| LabError::Invalid(format!("read {}: {e}", a.log_path.display())))?;
+            all.push_str(&text);
+        }
+        Ok(all)
+    }
+
     /// Whether the agents run the write gate (asked for, and the agent build knows it).
     pub fn gated(&self) -> bool {
         self.gated

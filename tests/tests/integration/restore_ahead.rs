@@ -16,14 +16,19 @@ use vault_dr_lab::wait::wait_for;
 
 /// `cluster`'s agents' logs, concatenated.
 fn agent_log(g: &Group, cluster: &str) -> String {
-    g.agents()
-        .iter()
-        .filter(|a| a.cluster == cluster)
-        .map(|a| {
-            std::fs::read_to_string(&a.log_path)
-                .unwrap_or_else(|e| panic!("read {}: {e}", a.log_path.display()))
-        })
-        .collect()
+    g.agent_log(cluster).unwrap()
+}
+
+/// `GET url` with `token`, as JSON.
+async fn get(http: &reqwest::Client, url: &url::Url, token: &vault_dr_common::Secret) -> Value {
+    http.get(url.clone())
+        .header("X-Vault-Token", token.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// The raft index of the newest snapshot `cluster`'s first node holds, from the leader's view.
@@ -54,32 +59,12 @@ async fn a_suspected_primary_makes_an_on_promotion_secondary_restore_ahead_and_i
     let http = g.http().clone();
     let p = g.cluster("p").unwrap();
     let token = p.root_token().clone();
-    let written = g
-        .client_addr(p)
-        .join("v1/secret/data/ahead/before-the-fault")
-        .unwrap();
-    let r = http
-        .put(written.clone())
-        .header("X-Vault-Token", token.expose())
-        .json(&json!({ "data": { "v": "kept" } }))
-        .send()
+    p.kv_put("ahead/before-the-fault", &json!({ "v": "kept" }))
         .await
         .unwrap();
-    assert!(r.status().is_success(), "write on p: {}", r.status());
     // Both secondaries pulled a snapshot holding the write (p's applied index now).
-    let applied = {
-        let url = p.api_addr().join("v1/sys/leader").unwrap();
-        let v: Value = http
-            .get(url)
-            .header("X-Vault-Token", token.expose())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["raft_applied_index"].as_u64().unwrap()
-    };
+    let leader = get(&http, &p.api_addr().join("v1/sys/leader").unwrap(), &token).await;
+    let applied = leader["raft_applied_index"].as_u64().unwrap();
     for s in ["s1", "s2"] {
         wait_for(
             &format!("{s} holds a snapshot of index {applied} or later"),
@@ -123,14 +108,6 @@ async fn a_suspected_primary_makes_an_on_promotion_secondary_restore_ahead_and_i
         .client_addr(np)
         .join("v1/secret/data/ahead/before-the-fault")
         .unwrap();
-    let v: Value = http
-        .get(url)
-        .header("X-Vault-Token", token.expose())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get(&http, &url, &token).await;
     assert_eq!(v["data"]["data"]["v"], "kept", "{v}");
 }

@@ -96,16 +96,10 @@ async fn gated_group(
 
 /// How often the agents of `cluster` logged their gate closing (once per change).
 fn closings_logged(g: &Group, cluster: &str) -> usize {
-    g.agents()
-        .iter()
-        .filter(|a| a.cluster == cluster)
-        .map(|a| {
-            std::fs::read_to_string(&a.log_path)
-                .unwrap_or_else(|e| panic!("read {}: {e}", a.log_path.display()))
-                .matches("write gate closed")
-                .count()
-        })
-        .sum()
+    g.agent_log(cluster)
+        .unwrap()
+        .matches("write gate closed")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
