@@ -124,7 +124,15 @@ pub async fn supervise(
         } else {
             let before = forwarder.explicit_changes();
             let began = Instant::now();
-            match coordination.read_topology().await {
+            // A reading that hangs counts as failed: the staleness check below must run.
+            let reading = tokio::time::timeout(stale_after(period), coordination.read_topology())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::coordination::CoordinationError::Unavailable(
+                        format!("no answer within {:?}", stale_after(period)),
+                    ))
+                });
+            match reading {
                 Ok(Some(t)) => {
                     read_at = Some(began);
                     // A reading from before the leader's latest explicit switch or cut is
@@ -171,10 +179,12 @@ pub fn stale_after(period: Duration) -> Duration {
 }
 
 /// How long after the leader wrote a cut into the topology every replica's forwarder has
-/// honoured it: a replica forwards only with a reading begun within [`stale_after`], and it
-/// checks that every `period` (plus a period of margin for one slow reading's return).
+/// honoured it. A replica's last reading that began before the cut began at `r`; a reading
+/// begun after it shows the cut. Until then the replica forwards at most to its next check with
+/// a reading older than [`stale_after`], and checks come at most a reading timeout
+/// ([`stale_after`] again) plus `period` apart: by `r + 2 × stale_after + period`.
 pub fn cut_honoured_within(period: Duration) -> Duration {
-    stale_after(period) + period * 2
+    stale_after(period) * 2 + period
 }
 
 #[cfg(test)]
@@ -286,6 +296,7 @@ mod tests {
     struct Flaky {
         inner: LocalCoordination,
         unreadable: std::sync::atomic::AtomicBool,
+        hanging: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait]
@@ -311,6 +322,9 @@ mod tests {
                     "unreadable (test)".into(),
                 ));
             }
+            if self.hanging.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
             self.inner.read_topology().await
         }
         async fn write_topology(
@@ -334,6 +348,7 @@ mod tests {
         let coordination = Arc::new(Flaky {
             inner: LocalCoordination::new(dir.path().join("c.json"), "a", Duration::from_secs(30)),
             unreadable: std::sync::atomic::AtomicBool::new(false),
+            hanging: std::sync::atomic::AtomicBool::new(false),
         });
         assert!(coordination.try_acquire_or_renew().await.unwrap());
         let v = coordination
@@ -405,6 +420,15 @@ mod tests {
         assert!(f.is_running(), "cut, still listening");
         coordination
             .unreadable
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        wait_for(Some("dc2")).await;
+        // A reading that hangs is no reading either.
+        coordination
+            .hanging
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        wait_for(None).await;
+        coordination
+            .hanging
             .store(false, std::sync::atomic::Ordering::SeqCst);
         wait_for(Some("dc2")).await;
         let _ = stop_tx.send(true);
