@@ -212,10 +212,11 @@ impl Gate {
     /// Logs every change of the verdict once and keeps `vault_dr_agent_gate_open` current.
     pub async fn watch(self) {
         let mut ticker = tokio::time::interval(WATCH_EVERY);
+        let mut changes = self.shared.desired_changes();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                () = self.shared.desired_changed() => {}
+                () = changes.changed() => {}
             }
             self.note(&self.verdict());
         }

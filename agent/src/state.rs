@@ -64,14 +64,30 @@ pub struct Shared {
     ready: AtomicBool,
     running: AtomicBool,
     restoring: AtomicBool,
-    /// Woken when a kept desired state differs from the one before (the replication backend
-    /// acts at once instead of at its next tick).
-    desired_changed: Notify,
+    /// Counts the kept desired states that differ from the one before. Every consumer (the
+    /// replication backend, the write gate) watches it with its own receiver, so each one
+    /// acts at once (a `Notify` would wake only one of them).
+    desired_generation: tokio::sync::watch::Sender<u64>,
     /// Woken when `applied_term` rises (the report sender tells the coordinator at once).
     applied_changed: Notify,
     /// Woken when a probe round's [`Evidence`] differs from the round before (the report
     /// sender tells the coordinator at once).
     evidence_changed: Notify,
+}
+
+/// One consumer's watch on the kept desired state ([`Shared::desired_changes`]).
+#[derive(Debug)]
+pub struct DesiredChanges(tokio::sync::watch::Receiver<u64>);
+
+impl DesiredChanges {
+    /// Resolves when a different desired state was kept since the last call (at once if one
+    /// was meanwhile).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The `Shared` is gone: nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// What [`Shared::offer_desired`] did with a desired state.
@@ -96,7 +112,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             running: AtomicBool::new(false),
             restoring: AtomicBool::new(false),
-            desired_changed: Notify::new(),
+            desired_generation: tokio::sync::watch::Sender::new(0),
             applied_changed: Notify::new(),
             evidence_changed: Notify::new(),
         }
@@ -209,10 +225,10 @@ impl Shared {
         self.evidence_changed.notified().await;
     }
 
-    /// Resolves when a different desired state is kept (or at once if one was since the last
-    /// wait).
-    pub async fn desired_changed(&self) {
-        self.desired_changed.notified().await;
+    /// Watches the kept desired state: [`DesiredChanges::changed`] resolves when a different
+    /// one was kept since this watcher last looked (not for one kept before it was made).
+    pub fn desired_changes(&self) -> DesiredChanges {
+        DesiredChanges(self.desired_generation.subscribe())
     }
 
     /// Offers a desired state from the coordinator: kept unless its term is lower than the
@@ -232,7 +248,7 @@ impl Shared {
             changed
         };
         if changed {
-            self.desired_changed.notify_one();
+            self.desired_generation.send_modify(|g| *g += 1);
         }
         Offer::Kept
     }
@@ -360,23 +376,22 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_different_desired_state_and_a_raised_term_wake_their_waiters_once() {
         let s = Shared::new("dc2", "n1");
-        assert!(!resolves(s.desired_changed()).await, "nothing kept yet");
+        // Two consumers (the replication backend and the write gate): each is woken.
+        let (mut a, mut b) = (s.desired_changes(), s.desired_changes());
+        assert!(!resolves(a.changed()).await, "nothing kept yet");
         assert_eq!(s.offer_desired(desired(1, "dc2")), Offer::Kept);
-        assert!(resolves(s.desired_changed()).await, "first desired state");
+        assert!(resolves(a.changed()).await, "first desired state");
+        assert!(resolves(b.changed()).await, "the other watcher too");
         assert_eq!(s.offer_desired(desired(1, "dc2")), Offer::Kept);
-        assert!(
-            !resolves(s.desired_changed()).await,
-            "the same again: no wake-up"
-        );
+        assert!(!resolves(a.changed()).await, "the same again: no wake-up");
         let mut promoted = desired(2, "dc2");
         promoted.role = Role::Primary;
         s.offer_desired(promoted);
-        assert!(resolves(s.desired_changed()).await, "a new term");
+        assert!(resolves(b.changed()).await, "a new term");
+        assert!(resolves(a.changed()).await, "a new term, for both");
         s.offer_desired(desired(1, "dc2"));
-        assert!(
-            !resolves(s.desired_changed()).await,
-            "a stale term is not kept"
-        );
+        assert!(!resolves(a.changed()).await, "a stale term is not kept");
+        assert!(!resolves(b.changed()).await);
 
         assert!(!resolves(s.applied_term_raised()).await);
         s.set_applied_term(2);

@@ -317,11 +317,12 @@ impl Shipper {
         let main = async {
             let mut ticker = tokio::time::interval(tick);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut changes = self.shared.desired_changes();
             loop {
                 // A new desired state (a promotion above all) is acted on at once.
                 tokio::select! {
                     _ = ticker.tick() => {}
-                    () = self.shared.desired_changed() => {}
+                    () = changes.changed() => {}
                 }
                 self.tick().await;
                 self.publish();
