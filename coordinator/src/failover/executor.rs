@@ -315,6 +315,12 @@ impl Executor {
     }
 
     async fn load_record(&self, topology: &Topology, f: &FailoverInProgress) -> FailoverRecord {
+        let mut record = self.load_journaled(topology, f).await;
+        record.fill_in_completed(f.completed);
+        record
+    }
+
+    async fn load_journaled(&self, topology: &Topology, f: &FailoverInProgress) -> FailoverRecord {
         match self.store.failover(&f.id).await {
             Ok(Some(r)) => r,
             other => {

@@ -123,6 +123,37 @@ pub struct FailoverRecord {
 }
 
 impl FailoverRecord {
+    /// Adds an entry for every step up to `completed` (the topology's word, which is
+    /// authoritative) that the journal lacks: a leader can complete a step in the topology
+    /// and stop before its journal entry reaches the store (a buffered store, a freeze). Each
+    /// step then appears once, in order; the filled-in one says its time was not journaled and
+    /// carries the previous entry's end.
+    pub fn fill_in_completed(&mut self, completed: Step) {
+        for step in Step::ALL.into_iter().filter(|s| *s <= completed) {
+            if self.steps.iter().any(|r| r.step == step) {
+                continue;
+            }
+            let at = self
+                .steps
+                .iter()
+                .filter(|r| r.step < step)
+                .filter_map(|r| r.finished_at)
+                .max()
+                .unwrap_or(self.decided_at);
+            self.steps.push(StepRecord {
+                step,
+                started_at: at,
+                finished_at: Some(at),
+                by: "a previous leader".into(),
+                detail: format!(
+                    "{step} done, as the topology records; the previous leader's journal entry never reached the store (time not journaled: shown as the previous entry's end)"
+                ),
+                error: None,
+            });
+        }
+        self.steps.sort_by_key(|r| r.step);
+    }
+
     /// How far the record has got: one point per step started, one per step finished, and a
     /// step's worth more once it has ended (done or failed). Every write of one failover only
     /// raises it, so the stores keep the record with the highest progress: a leader that wakes
@@ -176,6 +207,39 @@ mod tests {
             r.loss, None,
             "no account: not accounted, never a made-up zero"
         );
+    }
+
+    #[test]
+    fn steps_the_topology_completed_but_the_journal_lacks_are_filled_in_once_in_order() {
+        let old = r#"{
+            "id": "2-p-s1", "term": 2, "from": "p", "to": "s1", "planned": false,
+            "reason": "primary p down", "decided_at": "2025-01-01T12:00:00Z",
+            "table": {"at": "2025-01-01T12:00:00Z", "candidates": [], "winner": "s1"},
+            "steps": [{"step": "decided", "started_at": "2025-01-01T12:00:00Z",
+                       "finished_at": "2025-01-01T12:00:01Z", "by": "c1", "detail": "decided"}],
+            "status": "in_progress"
+        }"#;
+        let mut r: FailoverRecord = serde_json::from_str(old).unwrap();
+        // The leader completed Fenced in the topology and froze before journaling it.
+        r.fill_in_completed(Step::Fenced);
+        let steps: Vec<Step> = r.steps.iter().map(|s| s.step).collect();
+        assert_eq!(steps, [Step::Decided, Step::Fenced]);
+        let fenced = &r.steps[1];
+        assert_eq!(fenced.by, "a previous leader");
+        assert!(
+            fenced.detail.contains("never reached the store"),
+            "{}",
+            fenced.detail
+        );
+        assert_eq!(
+            fenced.finished_at, r.steps[0].finished_at,
+            "the previous entry's end"
+        );
+        // Again, or with nothing missing: unchanged.
+        let before = r.clone();
+        r.fill_in_completed(Step::Fenced);
+        r.fill_in_completed(Step::Decided);
+        assert_eq!(r, before);
     }
 
     #[test]
