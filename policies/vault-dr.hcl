@@ -25,6 +25,13 @@ path "auth/token/lookup-self" {
 path "auth/token/renew-self" {
   capabilities = ["update"]
 }
+# Coordinator: the fence token. A failover seals the old primary with a child of this token
+# that expires 2 s after it is made (never with this token itself), so a seal queued in a
+# frozen node's socket is refused when the node wakes. A child token carries a subset of this
+# token's policies: no privilege is gained.
+path "auth/token/create" {
+  capabilities = ["update"]
+}
 
 # Agent (promotion target): the canary write and read after promotion.
 path "cubbyhole/vault-dr-canary" {

@@ -352,21 +352,10 @@ async fn forward(
             format!(
                 "vault-dr: the node at {} did not answer: {}",
                 g.backend,
-                chain(&e)
+                vault_dr_common::http::error_chain(&e)
             ),
         ),
     }
-}
-
-/// `e` and its sources, `: `-separated (reqwest's own message hides the cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    out
 }
 
 /// Loads the gate's certificate and key for rustls (the workspace's ring provider).

@@ -24,10 +24,32 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// `e` and its sources, `: `-separated (reqwest's own message hides the cause, such as the
+/// refused connection or the DNS failure under "error sending request").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
+}
+
 /// The header a vault-dr agent's write gate sets on the answers it gives itself: `closed`
 /// (it refused a client request: the node is not the primary's serving node) or `error` (the
 /// node behind it did not answer, so the gate answered 502 for it).
 pub const GATE_HEADER: &str = "x-vault-dr-gate";
+
+/// Whether `resp` is a write gate's refusal (`503`, `closed`): its node does not serve
+/// clients, because its cluster is not the primary (or the node has not carried out the term).
+pub fn gate_says_closed(resp: &reqwest::Response) -> bool {
+    resp.status().as_u16() == 503
+        && resp
+            .headers()
+            .get(GATE_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"closed")
+}
 
 /// Whether `resp` is a write gate's 502 for a node that did not answer: the node is
 /// unreachable, whatever the gate in front of it says.

@@ -24,6 +24,10 @@ pub struct Leader {
     vault: VaultClient,
     phase: Mutex<Phase>,
     executing: Arc<AtomicBool>,
+    /// Finishes the seals the Fenced step left pending (after the failover).
+    fences: Arc<crate::failover::fence::FenceKeeper>,
+    /// Whether a round of `fences` runs.
+    fencing: Arc<AtomicBool>,
     /// When the group stamps were last read (`None`: at the next tick, e.g. a new leader).
     stamps_read: std::sync::Mutex<Option<Instant>>,
     /// Whether "the DR token may not read the stamp" was said.
@@ -35,6 +39,8 @@ impl Leader {
     pub fn new(service: Service, executor: Executor, vault: VaultClient) -> Arc<Self> {
         Arc::new(Self {
             service,
+            fences: Arc::new(executor.fence_keeper()),
+            fencing: Arc::new(AtomicBool::new(false)),
             executor,
             vault,
             phase: Mutex::new(Phase::Healthy),
@@ -289,7 +295,27 @@ impl Leader {
             Decision::Resume { .. } => self.spawn_executor(),
             _ => {}
         }
+        if !topology.value.fence_pending.is_empty() {
+            self.spawn_fences();
+        }
         Ok(())
+    }
+
+    /// Starts a round of the pending fences unless one runs or a failover is being carried
+    /// out (the executor owns the record then).
+    fn spawn_fences(self: &Arc<Self>) {
+        if self.executing.load(Ordering::SeqCst) || self.fencing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            match this.fences.round().await {
+                Ok(0) => this.service.reload_topology().await,
+                Ok(_) => {}
+                Err(e) => tracing::warn!("pending fences not carried on: {e}"),
+            }
+            this.fencing.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Acts on the group stamps read this tick (see `crate::group`): gives an anonymous

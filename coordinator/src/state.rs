@@ -435,6 +435,7 @@ mod tests {
             }),
             last_failover_at: None,
             group_id: None,
+            fence_pending: Vec::new(),
         }
     }
 

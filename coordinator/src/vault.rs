@@ -96,49 +96,184 @@ impl VaultClient {
             })
     }
 
-    /// Seals every reachable node of `cluster` (`PUT /v1/sys/seal`). Returns one sentence.
-    pub async fn seal(&self, cluster: &ClusterConfig) -> Result<String, String> {
-        let Some(token) = &self.token else {
-            return Ok(format!(
-                "no DR token configured: {} not sealed; fenced by the term and the traffic switch",
-                cluster.name
-            ));
+    /// Seals every node of `cluster` within `bound`, with a request that cannot be carried out
+    /// later than [`FENCE_TOKEN_TTL`] after it was made (see [`Fence`]).
+    ///
+    /// A seal request sent to a frozen process (SIGSTOP, a stalled VM) waits in its socket and
+    /// is carried out whenever the process wakes, however late: by then the node may be a
+    /// following secondary, or even the primary again. So the seal never carries the DR token
+    /// itself: first a child token is made on the cluster that expires [`FENCE_TOKEN_TTL`]
+    /// later ([`VaultClient::fence_token`]; OpenBao checks a token's expiry when it handles
+    /// the request, so a queued seal read after that is refused), then every node is sealed
+    /// with it in parallel ([`VaultClient::seal_with`]). A cluster that makes no token within
+    /// the bound is sent no seal at all. A node whose agent's write gate is closed is fenced
+    /// by the gate and needs no seal. Everything is over by `bound`.
+    pub async fn fence(&self, cluster: &ClusterConfig, bound: Duration) -> Fence {
+        let started = Instant::now();
+        let deadline = started + bound;
+        let (token, mut nodes) = self.fence_token(cluster, deadline, bound).await;
+        let mut fence = match token {
+            Ok(token) => {
+                self.seal_with(cluster, &token, &nodes, deadline, bound)
+                    .await
+            }
+            Err(why) => {
+                let unsent: Vec<(Url, NodeFence)> = cluster
+                    .api_addrs
+                    .iter()
+                    .filter(|a| !nodes.iter().any(|(n, _)| n == *a))
+                    .map(|a| (a.clone(), NodeFence::NotSent))
+                    .collect();
+                nodes.extend(unsent);
+                Fence {
+                    cluster: cluster.name.clone(),
+                    nodes,
+                    expires_at: None,
+                    took: Duration::ZERO,
+                    not_sent: Some(why),
+                }
+            }
         };
-        let mut sealed = 0;
-        let mut unreachable = 0;
-        let mut errors = Vec::new();
+        fence.took = started.elapsed();
+        fence
+    }
+
+    /// A child of the DR token that expires [`FENCE_TOKEN_TTL`] after it is made, usable once
+    /// per node, from the first node of `cluster` that makes one before `deadline`. Also
+    /// returns the nodes found fenced on the way (sealed, or behind a closed write gate): they
+    /// get no seal.
+    pub async fn fence_token(
+        &self,
+        cluster: &ClusterConfig,
+        deadline: Instant,
+        bound: Duration,
+    ) -> (Result<FenceToken, String>, Vec<(Url, NodeFence)>) {
+        let mut gated = Vec::new();
+        let Some(token) = &self.token else {
+            return (Err("no DR token configured".into()), gated);
+        };
+        let ttl = format!("{FENCE_TOKEN_TTL_S}s");
+        let body = serde_json::json!({
+            "ttl": ttl,
+            "explicit_max_ttl": ttl,
+            "renewable": false,
+            "num_uses": cluster.api_addrs.len(),
+            "display_name": "vault-dr-fence",
+        });
+        let mut last = String::from("no address");
         for addr in &cluster.api_addrs {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let made_at = Utc::now();
+            let sent = self
+                .http
+                .post(Self::url(addr, "auth/token/create"))
+                .header("X-Vault-Token", token.expose())
+                .json(&body)
+                .timeout(remaining(deadline))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    let v: Option<serde_json::Value> = r.json().await.ok();
+                    match v
+                        .as_ref()
+                        .and_then(|v| v.pointer("/auth/client_token")?.as_str())
+                    {
+                        Some(t) => {
+                            let token = FenceToken {
+                                token: Secret::new(t),
+                                expires_at: made_at + chrono::Duration::seconds(FENCE_TOKEN_TTL_S),
+                            };
+                            return (Ok(token), gated);
+                        }
+                        None => last = format!("{addr}: the answer holds no token"),
+                    }
+                }
+                Ok(r) if vault_dr_common::http::gate_says_closed(&r) => {
+                    gated.push((addr.clone(), NodeFence::GateClosed));
+                    last = format!("{addr}: fenced by its write gate");
+                }
+                // A sealed node answers every request but its status with 503.
+                Ok(r) if r.status().as_u16() == 503 => {
+                    gated.push((addr.clone(), NodeFence::FoundSealed));
+                    last = format!("{addr}: sealed");
+                }
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    last = format!("{addr}: status {status}{}", reason_of(r).await);
+                    if status == 403 {
+                        last.push_str(
+                            " (the DR token's policy must grant update on auth/token/create: see policies/vault-dr.hcl)",
+                        );
+                    }
+                }
+                Err(e) if e.is_timeout() => {
+                    last = format!("{addr}: no answer within {:.1} s", bound.as_secs_f64());
+                }
+                Err(e) => last = format!("{addr}: {}", chain(&e)),
+            }
+        }
+        (Err(format!("no fence token: {last}")), gated)
+    }
+
+    /// Seals every node of `cluster` not in `done` with `token`, in parallel, each request
+    /// bounded by `deadline`.
+    pub async fn seal_with(
+        &self,
+        cluster: &ClusterConfig,
+        token: &FenceToken,
+        done: &[(Url, NodeFence)],
+        deadline: Instant,
+        bound: Duration,
+    ) -> Fence {
+        let started = Instant::now();
+        let seals = cluster.api_addrs.iter().map(|addr| {
+            let known = done.iter().find(|(a, _)| a == addr).map(|(_, n)| n.clone());
             let req = self
                 .http
                 .put(Self::url(addr, "sys/seal"))
-                .header("X-Vault-Token", token.expose());
-            match req.send().await {
-                Ok(r) if r.status().is_success() => sealed += 1,
-                // Already sealed answers 503: the goal holds.
-                Ok(r) if r.status().as_u16() == 503 => sealed += 1,
-                // The node behind its agent's write gate did not answer: unreachable, and the
-                // gate refuses its clients once the agent sees the new term.
-                Ok(r) if vault_dr_common::http::gate_says_unreachable(&r) => unreachable += 1,
-                Ok(r) => errors.push(format!("{addr}: status {}", r.status().as_u16())),
-                Err(e) if e.is_connect() || e.is_timeout() => unreachable += 1,
-                Err(e) => errors.push(format!("{addr}: {}", error_kind(&e))),
+                .header("X-Vault-Token", token.token.expose())
+                .timeout(remaining(deadline));
+            async move {
+                if let Some(known) = known {
+                    return (addr.clone(), known);
+                }
+                let outcome = match req.send().await {
+                    Ok(r) if r.status().is_success() => NodeFence::Sealed,
+                    Ok(r) if vault_dr_common::http::gate_says_closed(&r) => NodeFence::GateClosed,
+                    // Already sealed answers 503: the goal holds.
+                    Ok(r) if r.status().as_u16() == 503 => NodeFence::FoundSealed,
+                    // The node behind its agent's write gate did not answer.
+                    Ok(r) if vault_dr_common::http::gate_says_unreachable(&r) => {
+                        NodeFence::Unreachable("no answer behind its agent's write gate".into())
+                    }
+                    Ok(r) => NodeFence::Refused(format!(
+                        "status {}{}",
+                        r.status().as_u16(),
+                        reason_of(r).await
+                    )),
+                    // Not connected: nothing was delivered.
+                    Err(e) if e.is_connect() => NodeFence::Unreachable(chain(&e)),
+                    // Sent, or perhaps sent: it may wait in the node's socket.
+                    Err(e) if e.is_timeout() => NodeFence::NoAnswer(format!(
+                        "no answer within {:.1} s",
+                        bound.as_secs_f64()
+                    )),
+                    Err(e) => NodeFence::NoAnswer(chain(&e)),
+                };
+                (addr.clone(), outcome)
             }
+        });
+        let nodes = futures::future::join_all(seals).await;
+        Fence {
+            cluster: cluster.name.clone(),
+            nodes,
+            expires_at: Some(token.expires_at),
+            took: started.elapsed(),
+            not_sent: None,
         }
-        if !errors.is_empty() {
-            return Err(format!(
-                "could not seal {}: {}",
-                cluster.name,
-                errors.join("; ")
-            ));
-        }
-        Ok(match (sealed, unreachable) {
-            (0, _) => format!(
-                "{} unreachable; fenced by the term and the traffic switch",
-                cluster.name
-            ),
-            (s, 0) => format!("sealed {} ({s} node(s))", cluster.name),
-            (s, u) => format!("sealed {} ({s} node(s); {u} unreachable)", cluster.name),
-        })
     }
 
     /// Reads `cluster`'s group stamp with the DR token from the first address that answers.
@@ -268,6 +403,183 @@ impl VaultClient {
         }
         Err(last)
     }
+}
+
+/// How long the fence of a failover may take: the seal of the old primary is attempted within
+/// this, never longer, and the failover moves on (the term and the traffic cut fence it
+/// already; the leader goes on sealing it in the background, see `crate::failover::fence`).
+pub const FENCE_BOUND: Duration = Duration::from_secs(1);
+/// Lifetime of the token a seal carries (whole seconds: OpenBao's TTL granularity). One second
+/// more than [`FENCE_BOUND`], so that a node whose clock is a little behind the one that made
+/// the token still takes a seal sent within the bound.
+pub const FENCE_TOKEN_TTL: Duration = Duration::from_secs(FENCE_TOKEN_TTL_S as u64);
+const FENCE_TOKEN_TTL_S: i64 = 2;
+
+/// A child of the DR token that expires soon ([`VaultClient::fence_token`]).
+pub struct FenceToken {
+    token: Secret,
+    /// When it expires, counted from the moment it was asked for (it was made no earlier):
+    /// no request carrying it is carried out after this.
+    pub expires_at: chrono::DateTime<Utc>,
+}
+
+impl std::fmt::Debug for FenceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FenceToken")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one seal attempt did to one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeFence {
+    /// Sealed by this request.
+    Sealed,
+    /// Was sealed already (`503`).
+    FoundSealed,
+    /// Not connected (refused, no route, no answer behind its gate): nothing was delivered.
+    Unreachable(String),
+    /// Sent without an answer in time: it may wait in the node's socket, and is refused once
+    /// its token expired ([`Fence::expires_at`]).
+    NoAnswer(String),
+    /// Answered with another status (the reason the node gave).
+    Refused(String),
+    /// Its agent's write gate is closed: it refuses clients, fenced without a seal.
+    GateClosed,
+    /// Nothing sent: no fence token was made in time.
+    NotSent,
+}
+
+impl NodeFence {
+    /// Whether the node is fenced: sealed, or behind a closed write gate.
+    pub fn fenced(&self) -> bool {
+        matches!(self, Self::Sealed | Self::FoundSealed | Self::GateClosed)
+    }
+}
+
+impl std::fmt::Display for NodeFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sealed => write!(f, "sealed"),
+            Self::FoundSealed => write!(f, "already sealed"),
+            Self::Unreachable(why) => write!(f, "unreachable ({why})"),
+            Self::NoAnswer(why) => write!(f, "{why}"),
+            Self::Refused(why) => write!(f, "refused ({why})"),
+            Self::GateClosed => write!(f, "fenced by its write gate (closed)"),
+            Self::NotSent => write!(f, "no seal sent"),
+        }
+    }
+}
+
+/// One bounded seal attempt on a cluster ([`VaultClient::fence`]).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// The cluster.
+    pub cluster: String,
+    /// Each address and what happened there.
+    pub nodes: Vec<(Url, NodeFence)>,
+    /// When the seal's token expires: no seal of this attempt is carried out after it.
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+    /// How long the attempt took.
+    pub took: Duration,
+    /// Why no seal was sent (no DR token, no fence token in time).
+    pub not_sent: Option<String>,
+}
+
+impl Fence {
+    /// Whether every node of the cluster is fenced (sealed, or behind a closed write gate).
+    pub fn complete(&self) -> bool {
+        !self.nodes.is_empty() && self.nodes.iter().all(|(_, n)| n.fenced())
+    }
+
+    /// One sentence for the journal: what was sent, what each node did, and until when a seal
+    /// that got no answer could still be carried out.
+    pub fn sentence(&self) -> String {
+        let took = self.took.as_secs_f64();
+        let count = |f: fn(&NodeFence) -> bool| self.nodes.iter().filter(|(_, n)| f(n)).count();
+        if self.complete() {
+            let sealed = count(|n| *n == NodeFence::Sealed);
+            let found = count(|n| *n == NodeFence::FoundSealed);
+            let gated = count(|n| *n == NodeFence::GateClosed);
+            let mut parts = Vec::new();
+            if sealed > 0 {
+                parts.push(format!("{sealed} node(s) sealed"));
+            }
+            if found > 0 {
+                parts.push(format!("{found} found sealed"));
+            }
+            if gated > 0 {
+                parts.push(format!("{gated} fenced by a closed write gate"));
+            }
+            return format!(
+                "{} fenced in {took:.2} s: {}",
+                self.cluster,
+                parts.join(", ")
+            );
+        }
+        if let Some(why) = &self.not_sent
+            && self.nodes.iter().all(|(_, n)| *n == NodeFence::NotSent)
+        {
+            return format!(
+                "{} not sealed: {why}; no seal was sent, so none can be carried out later",
+                self.cluster
+            );
+        }
+        let each: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(addr, n)| format!("{addr} {n}"))
+            .collect();
+        let mut out = format!(
+            "{} not sealed in {took:.2} s: {}",
+            self.cluster,
+            each.join("; ")
+        );
+        if let Some(why) = &self.not_sent {
+            out.push_str(&format!(" ({why})"));
+        }
+        if let (true, Some(at)) = (
+            self.nodes
+                .iter()
+                .any(|(_, n)| matches!(n, NodeFence::NoAnswer(_))),
+            self.expires_at,
+        ) {
+            out.push_str(&format!(
+                "; a seal that got no answer is refused from {} on (its token expires)",
+                at.format("%H:%M:%S%.3f UTC")
+            ));
+        }
+        out
+    }
+}
+
+/// The time left until `deadline` (at least 50 ms, so that a request is still sent).
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(50))
+}
+
+/// The reason an answer gives (OpenBao's `errors` list), as `": reason"`, or nothing.
+async fn reason_of(r: reqwest::Response) -> String {
+    let body: Option<serde_json::Value> = r.json().await.ok();
+    let errors: Vec<String> = body
+        .as_ref()
+        .and_then(|b| b.get("errors")?.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect();
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", errors.join("; "))
+    }
+}
+
+fn chain(e: &reqwest::Error) -> String {
+    vault_dr_common::http::error_chain(e)
 }
 
 fn rank(state: NodeState) -> u8 {

@@ -41,16 +41,28 @@ pub fn render(records: &[FailoverRecord]) -> String {
             r.reason,
             super::explain::loss_sentence(r)
         ));
+        let at = |t: chrono::DateTime<chrono::Utc>| {
+            format!(
+                "+{:.2} s",
+                (t - r.decided_at).num_milliseconds() as f64 / 1000.0
+            )
+        };
         let rows: Vec<Vec<String>> = r
             .steps
             .iter()
-            .map(|s| {
-                vec![
+            .flat_map(|s| {
+                let later = s.later.iter().map(|l| {
+                    vec![
+                        String::new(),
+                        at(l.at),
+                        String::new(),
+                        String::new(),
+                        format!("later: {}", l.detail),
+                    ]
+                });
+                std::iter::once(vec![
                     s.step.to_string(),
-                    format!(
-                        "+{:.2} s",
-                        (s.started_at - r.decided_at).num_milliseconds() as f64 / 1000.0
-                    ),
+                    at(s.started_at),
                     s.finished_at
                         .map(|f| {
                             format!(
@@ -64,7 +76,8 @@ pub fn render(records: &[FailoverRecord]) -> String {
                         Some(e) => format!("{} (error: {e})", s.detail),
                         None => s.detail.clone(),
                     },
-                ]
+                ])
+                .chain(later)
             })
             .collect();
         for line in table(&["STEP", "AT", "TOOK", "BY", "DETAIL"], &rows).lines() {
@@ -108,6 +121,7 @@ pub(crate) mod tests {
                 by: "c0".into(),
                 detail: "s1 is primary in term 2".into(),
                 error: None,
+                later: Vec::new(),
             }],
             status: FailoverStatus::Done,
             loss,
@@ -149,6 +163,40 @@ pub(crate) mod tests {
             old.contains("  loss: not accounted: the record predates loss accounting\n"),
             "{old}"
         );
+    }
+
+    #[test]
+    fn a_seal_that_completed_after_the_fenced_step_is_shown_under_it() {
+        let mut r = record(None);
+        let at = r.decided_at;
+        r.steps.insert(
+            0,
+            StepRecord {
+                step: Step::Fenced,
+                started_at: at,
+                finished_at: Some(at + chrono::Duration::milliseconds(1000)),
+                by: "c0".into(),
+                detail: "fenced by the term and the traffic cut".into(),
+                error: Some("p not sealed in 1.00 s".into()),
+                later: vec![crate::model::LaterEvent {
+                    at: at + chrono::Duration::milliseconds(63_250),
+                    detail: "sealed p in 0.02 s (1 node(s))".into(),
+                }],
+            },
+        );
+        let text = render(&[r]);
+        let lines: Vec<&str> = text.lines().collect();
+        let fenced = lines.iter().position(|l| l.contains("fenced")).unwrap();
+        assert!(
+            lines[fenced].contains("(error: p not sealed in 1.00 s)"),
+            "{text}"
+        );
+        let later = lines[fenced + 1];
+        assert!(
+            later.contains("+63.25 s") && later.ends_with("later: sealed p in 0.02 s (1 node(s))"),
+            "{text}"
+        );
+        assert!(lines[fenced + 2].contains("promoted"), "{text}");
     }
 
     #[test]

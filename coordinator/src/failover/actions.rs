@@ -18,11 +18,13 @@ pub struct ActionError(pub String);
 /// Result of an action: the journal sentence.
 pub type ActionResult = Result<String, ActionError>;
 
-/// Stops the old primary from taking writes.
+/// Seals the old primary, within a bound.
 #[async_trait]
 pub trait Fencer: Send + Sync + std::fmt::Debug {
-    /// Fences `old` for `term` (e.g. seals it when reachable). Unreachable is not an error: it
-    /// is then fenced by the traffic switch and by its agent seeing the higher term.
+    /// One bounded attempt to seal every node of `old` for `term`. `Ok` when every node is
+    /// sealed; otherwise `Err` saying what each node did. Either way the call returns within
+    /// its bound and no request it sent can be carried out long after (the old primary is
+    /// fenced by the term and the traffic cut meanwhile; the leader tries again later).
     async fn fence(&self, old: &ClusterConfig, term: u64) -> ActionResult;
 }
 
@@ -36,6 +38,12 @@ pub trait Replication: Send + Sync + std::fmt::Debug {
     fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex>;
     /// The data `target` serves once promoted in `term`, `None` when nothing says.
     fn served(&self, target: &ClusterConfig, term: u64) -> Option<ServedData>;
+    /// Whether every node of `cluster` carried out `term` as a secondary (it follows the
+    /// term's primary, and its agent's write gate refuses clients): an old primary that needs
+    /// no seal any more. The default knows of no agents.
+    fn follows(&self, _cluster: &ClusterConfig, _term: u64) -> bool {
+        false
+    }
     /// Points `others` at `primary` for `term`.
     async fn repoint(
         &self,
@@ -123,6 +131,7 @@ pub mod test_util {
         failures: Mutex<HashMap<&'static str, u32>>,
         applied: Mutex<HashMap<String, AppliedIndex>>,
         served: Mutex<HashMap<String, ServedData>>,
+        following: Mutex<Vec<String>>,
     }
 
     impl Recorder {
@@ -171,6 +180,14 @@ pub mod test_util {
             }
         }
 
+        /// Makes every node of `cluster` follow the new primary (what
+        /// [`Replication::follows`] answers).
+        pub fn set_following(&self, cluster: &str) {
+            if let Ok(mut f) = self.following.lock() {
+                f.push(cluster.to_owned());
+            }
+        }
+
         /// All four actions backed by this recorder.
         pub fn actions(self: &Arc<Self>) -> Actions {
             Actions {
@@ -199,6 +216,11 @@ pub mod test_util {
         }
         fn served(&self, target: &ClusterConfig, _term: u64) -> Option<ServedData> {
             self.served.lock().ok()?.get(&target.name).cloned()
+        }
+        fn follows(&self, cluster: &ClusterConfig, _term: u64) -> bool {
+            self.following
+                .lock()
+                .is_ok_and(|f| f.contains(&cluster.name))
         }
         async fn repoint(
             &self,

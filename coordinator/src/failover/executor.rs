@@ -15,13 +15,18 @@
 //!   primary: the old primary must stay up so the target can pull a final snapshot from it
 //!   (see `state::desired_state`), and with no client able to write there, nothing
 //!   acknowledged after that snapshot can be lost.
+//! - In a failover the Fenced step cuts client traffic and makes one bounded attempt to seal
+//!   the old primary, side by side ([`crate::vault::FENCE_BOUND`]): the term and the cut fence
+//!   it at once, a frozen old primary does not hold the failover, and a seal that did not
+//!   complete stays pending in the topology for the leader to finish after the failover
+//!   ([`crate::failover::fence`]), which adds its outcome to the step's record.
 
 use crate::config::ClusterConfig;
 use crate::coordination::{Coordination, CoordinationError};
 use crate::failover::actions::{ActionError, Actions};
 use crate::failover::hooks::StepHook;
 use crate::model::CandidateTable;
-use crate::model::topology::{FailoverInProgress, Topology, Versioned};
+use crate::model::topology::{FailoverInProgress, PendingFence, Topology, Versioned};
 use crate::model::{FailoverRecord, FailoverStatus, LossAccount, Step, StepRecord};
 use crate::store::Store;
 use chrono::Utc;
@@ -90,6 +95,7 @@ impl Default for RetryPolicy {
 /// switch are what clients need, so they are retried for as long as we lead.
 pub fn attempts(step: Step) -> Attempts {
     match step {
+        // A planned switchover's cut; a failover's fence is one bounded attempt (`fence`).
         Step::Fenced => Attempts::AtMost(3),
         Step::Repointed => Attempts::AtMost(5),
         Step::Verified => Attempts::AtMost(10),
@@ -157,6 +163,19 @@ impl Executor {
         self
     }
 
+    /// The keeper of the pending fences this executor's failovers leave, acting with the same
+    /// coordination, store and actions.
+    pub fn fence_keeper(&self) -> crate::failover::fence::FenceKeeper {
+        crate::failover::fence::FenceKeeper::new(
+            self.id.clone(),
+            self.coordination.clone(),
+            self.store.clone(),
+            self.actions.fencer.clone(),
+            self.actions.replication.clone(),
+            self.clusters.clone(),
+        )
+    }
+
     fn cluster(&self, name: &str) -> Result<&ClusterConfig, ExecError> {
         self.clusters
             .iter()
@@ -207,6 +226,7 @@ impl Executor {
             }),
             last_failover_at: current.value.last_failover_at,
             group_id: current.value.group_id.clone(),
+            fence_pending: current.value.fence_pending.clone(),
         };
         // The fencing point: only one coordinator can move the topology off this version.
         self.coordination
@@ -229,6 +249,7 @@ impl Executor {
                 by: self.id.clone(),
                 detail: format!("term raised to {term}; {reason}"),
                 error: None,
+                later: Vec::new(),
             }],
             status: FailoverStatus::InProgress,
             loss: Some(LossAccount::decided(primary_index)),
@@ -258,19 +279,34 @@ impl Executor {
             self.start_step(&mut record, step).await;
             crate::failpoint::before(step).await;
             let started = std::time::Instant::now();
-            let outcome = self.run_step(&current.value, &f, step).await?;
-            if step == Step::Promoted && outcome.is_ok() {
-                let account = self.account_loss(&record, &f, current.value.term)?;
-                tracing::info!(failover = %record.id, "loss: {account}");
-                record.loss = Some(account);
-            }
-            let error = outcome.as_ref().err().map(|e| e.0.clone());
-            let detail = match &outcome {
-                Ok(detail) => detail.clone(),
-                Err(e) => format!("gave up after {:?}: {e}; continuing", attempts(step)),
+            let mut next = current.value.clone();
+            let (detail, error) = if step == Step::Fenced && !f.planned {
+                let (detail, unsealed) = self.fence(&f, current.value.term).await?;
+                if unsealed.is_some() && !next.fence_pending.iter().any(|p| p.failover == f.id) {
+                    next.fence_pending.push(PendingFence {
+                        failover: f.id.clone(),
+                        cluster: f.from.clone(),
+                        term: current.value.term,
+                        since: Utc::now(),
+                    });
+                }
+                (detail, unsealed)
+            } else {
+                let outcome = self.run_step(&current.value, &f, step).await?;
+                if step == Step::Promoted && outcome.is_ok() {
+                    let account = self.account_loss(&record, &f, current.value.term)?;
+                    tracing::info!(failover = %record.id, "loss: {account}");
+                    record.loss = Some(account);
+                }
+                match outcome {
+                    Ok(detail) => (detail, None),
+                    Err(e) => (
+                        format!("gave up after {:?}: {e}; continuing", attempts(step)),
+                        Some(e.0),
+                    ),
+                }
             };
             // The step's completion is a CAS: if another coordinator moved the topology, we stop.
-            let mut next = current.value.clone();
             if step == Step::Done {
                 next.primary = f.to.clone();
                 next.failover = None;
@@ -292,6 +328,38 @@ impl Executor {
                 return Ok(Some(record));
             }
         }
+    }
+
+    /// The Fenced step of a failover (a planned switchover's only cuts, in `run_step`): cuts
+    /// client traffic and makes one bounded attempt to seal the old primary, side by side, so
+    /// that a frozen or unreachable old primary adds at most [`crate::vault::FENCE_BOUND`].
+    /// Returns the journal sentence and, when the seal did not complete, what it did: the
+    /// old primary is then fenced by the term and the cut, and stays pending in the topology
+    /// for the leader to go on sealing ([`crate::failover::fence`]).
+    async fn fence(
+        &self,
+        f: &FailoverInProgress,
+        term: u64,
+    ) -> Result<(String, Option<String>), ExecError> {
+        if !self.coordination.is_leader() {
+            return Err(ExecError::NotLeader);
+        }
+        let old = self.cluster(&f.from)?;
+        let (cut, sealed) = tokio::join!(
+            self.actions.traffic.cut(term),
+            self.actions.fencer.fence(old, term)
+        );
+        let cut = cut.unwrap_or_else(|e| format!("traffic not cut: {e}"));
+        Ok(match sealed {
+            Ok(sealed) => (format!("{sealed}; {cut}"), None),
+            Err(e) => (
+                format!(
+                    "fenced by the term and the traffic cut ({cut}); not sealed yet: the leader goes on sealing {} in the background",
+                    f.from
+                ),
+                Some(e.0),
+            ),
+        })
     }
 
     /// The loss account once `f.to` is promoted in `term`: the old primary's index from the
@@ -370,6 +438,7 @@ impl Executor {
                 by: self.id.clone(),
                 detail: "running".into(),
                 error: None,
+                later: Vec::new(),
             }),
         }
         self.journal(record).await;
@@ -425,14 +494,9 @@ impl Executor {
             }
             let result = match step {
                 Step::Decided => Ok("decided".to_owned()),
-                // Planned: cut client traffic, keep the old primary up for the final snapshot.
-                Step::Fenced if f.planned => self.actions.traffic.cut(term).await,
-                Step::Fenced => {
-                    self.actions
-                        .fencer
-                        .fence(self.cluster(&f.from)?, term)
-                        .await
-                }
+                // Planned: cut client traffic, keep the old primary up for the final snapshot
+                // (a failover's Fenced step runs in `fence`).
+                Step::Fenced => self.actions.traffic.cut(term).await,
                 Step::Promoted => {
                     self.actions
                         .replication
@@ -563,6 +627,7 @@ mod tests {
         assert_eq!(
             r.recorder.calls(),
             [
+                "cut traffic 2",
                 "fence dc1 2",
                 "promote dc2 2",
                 "repoint dc3->dc2 2",
@@ -783,8 +848,16 @@ mod tests {
         );
     }
 
+    fn fences(r: &Rig) -> usize {
+        r.recorder
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("fence"))
+            .count()
+    }
+
     #[tokio::test]
-    async fn a_fence_that_keeps_failing_does_not_hold_the_failover_hostage() {
+    async fn a_fence_that_keeps_failing_does_not_hold_the_failover_hostage_and_stays_pending() {
         let r = rig().await;
         r.recorder.fail("fence", 100);
         let e = executor(&r, "a", r.coordination.clone());
@@ -794,15 +867,128 @@ mod tests {
             .unwrap();
         let done = e.resume().await.unwrap().unwrap();
         let fenced = done.step(Step::Fenced).unwrap();
-        assert!(fenced.error.is_some());
-        assert_eq!(
-            r.recorder
-                .calls()
-                .iter()
-                .filter(|c| c.starts_with("fence"))
-                .count(),
-            3
+        assert_eq!(fenced.error.as_deref(), Some("fence failed on purpose"));
+        assert!(
+            fenced
+                .detail
+                .contains("fenced by the term and the traffic cut (cut traffic)"),
+            "{}",
+            fenced.detail
         );
+        assert_eq!(fences(&r), 1, "one bounded attempt in the failover");
         assert_eq!(done.status, FailoverStatus::Done);
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        let pending: Vec<_> = t
+            .fence_pending
+            .iter()
+            .map(|p| (p.failover.as_str(), p.cluster.as_str(), p.term))
+            .collect();
+        assert_eq!(pending, [("2-dc1-dc2", "dc1", 2)]);
+
+        // The keeper tries again at once, then backs off: no second attempt within a second.
+        let keeper = e.fence_keeper();
+        assert_eq!(keeper.round().await.unwrap(), 1);
+        assert_eq!(keeper.round().await.unwrap(), 1);
+        assert_eq!(fences(&r), 2);
+        // The next due attempt seals it: journaled as a later event of the Fenced step, then
+        // removed from the topology.
+        r.recorder.fail("fence", 0);
+        tokio::time::sleep(crate::failover::fence::RETRY_FIRST).await;
+        assert_eq!(keeper.round().await.unwrap(), 0);
+        assert_eq!(fences(&r), 3);
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        assert!(t.fence_pending.is_empty(), "{t:?}");
+        let record = r.store.failover("2-dc1-dc2").await.unwrap().unwrap();
+        let later = &record.step(Step::Fenced).unwrap().later;
+        assert_eq!(later.len(), 1, "{later:?}");
+        assert!(
+            later[0].detail.starts_with("fence dc1; ") && later[0].detail.ends_with("by a"),
+            "{}",
+            later[0].detail
+        );
+        assert_eq!(
+            record.status,
+            FailoverStatus::Done,
+            "the rest of the record kept"
+        );
+        // Nothing more to do, nothing more sent.
+        assert_eq!(keeper.round().await.unwrap(), 0);
+        assert_eq!(fences(&r), 3);
+    }
+
+    #[tokio::test]
+    async fn an_old_primary_whose_agents_follow_the_new_primary_is_not_sealed_later() {
+        let r = rig().await;
+        r.recorder.fail("fence", 1);
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        e.begin(&current, "dc2", "down", table(), false)
+            .await
+            .unwrap();
+        e.resume().await.unwrap().unwrap();
+        r.recorder.set_following("dc1");
+        assert_eq!(e.fence_keeper().round().await.unwrap(), 0);
+        assert_eq!(fences(&r), 1, "no seal sent after the failover");
+        let record = r.store.failover("2-dc1-dc2").await.unwrap().unwrap();
+        let later = &record.step(Step::Fenced).unwrap().later;
+        assert!(
+            later[0]
+                .detail
+                .starts_with("no seal needed: every node of dc1 follows the primary of term 2"),
+            "{later:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_fences_wait_while_a_failover_is_in_progress_and_a_new_primary_is_never_sealed()
+    {
+        let r = rig().await;
+        r.recorder.fail("fence", 100);
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        e.begin(&current, "dc2", "down", table(), false)
+            .await
+            .unwrap();
+        e.resume().await.unwrap().unwrap();
+        // dc2 fails too, back to dc1: while that failover runs the keeper does nothing; once
+        // dc1 is the primary again its pending fence is dropped, never sent.
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        e.begin(&current, "dc1", "down", table(), false)
+            .await
+            .unwrap();
+        let keeper = e.fence_keeper();
+        assert_eq!(keeper.round().await.unwrap(), 1);
+        assert_eq!(fences(&r), 1);
+        e.resume().await.unwrap().unwrap();
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        assert_eq!(
+            t.fence_pending
+                .iter()
+                .map(|p| p.cluster.as_str())
+                .collect::<Vec<_>>(),
+            ["dc1", "dc2"]
+        );
+        let before = fences(&r);
+        keeper.round().await.unwrap();
+        assert_eq!(fences(&r), before + 1, "dc2 only: {:?}", r.recorder.calls());
+        assert!(
+            r.recorder.calls().last().unwrap().starts_with("fence dc2"),
+            "{:?}",
+            r.recorder.calls()
+        );
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        assert_eq!(
+            t.fence_pending
+                .iter()
+                .map(|p| p.cluster.as_str())
+                .collect::<Vec<_>>(),
+            ["dc2"]
+        );
+        let record = r.store.failover("2-dc1-dc2").await.unwrap().unwrap();
+        assert!(
+            record.step(Step::Fenced).unwrap().later[0]
+                .detail
+                .starts_with("not sealed: dc1 became the primary again in term 3"),
+        );
     }
 }

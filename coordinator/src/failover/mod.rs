@@ -2,13 +2,15 @@
 //!
 //! [`detector`] and [`scorer`] are pure functions over the data in `crate::model`;
 //! [`executor`] performs the side effects through the traits in [`actions`] and tells the
-//! [`hooks`] (metrics, Kubernetes Events) about every step.
+//! [`hooks`] (metrics, Kubernetes Events) about every step; [`fence`] finishes a seal of the old
+//! primary that the Fenced step's bounded attempt left pending.
 
 pub mod actions;
 pub mod detector;
 #[cfg(feature = "kubernetes")]
 pub mod events;
 pub mod executor;
+pub mod fence;
 pub mod hooks;
 pub mod openbao;
 pub mod scorer;

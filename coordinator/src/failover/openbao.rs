@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use vault_dr_common::NodeState;
 
-/// Seals the old primary.
+/// Seals the old primary within [`crate::vault::FENCE_BOUND`], with seals that expire
+/// ([`VaultClient::fence`]).
 #[derive(Debug, Clone)]
 pub struct SealFencer {
     /// Client carrying the DR token.
@@ -33,7 +34,12 @@ pub struct SealFencer {
 #[async_trait]
 impl Fencer for SealFencer {
     async fn fence(&self, old: &ClusterConfig, _term: u64) -> ActionResult {
-        self.vault.seal(old).await.map_err(ActionError)
+        let fence = self.vault.fence(old, crate::vault::FENCE_BOUND).await;
+        if fence.complete() {
+            Ok(fence.sentence())
+        } else {
+            Err(ActionError(fence.sentence()))
+        }
     }
 }
 
@@ -133,6 +139,29 @@ impl DesiredStateReplication {
 impl Replication for DesiredStateReplication {
     fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex> {
         self.state.last_applied(&cluster.name)
+    }
+
+    /// Every node of `cluster` (its configured nodes, or else every node that reported for
+    /// it, at least one) has a fresh report that carried out `term`.
+    fn follows(&self, cluster: &ClusterConfig, term: u64) -> bool {
+        let now = Utc::now();
+        let ttl = self.report_ttl.as_secs_f64();
+        let reports: Vec<_> = self
+            .state
+            .latest_reports()
+            .into_iter()
+            .filter(|n| n.report.cluster == cluster.name)
+            .collect();
+        let carried_out = |node: &str| {
+            reports.iter().any(|n| {
+                n.node == node && n.age_seconds(now) <= ttl && n.report.applied_term >= term
+            })
+        };
+        if cluster.nodes.is_empty() {
+            !reports.is_empty() && reports.iter().all(|n| carried_out(&n.node))
+        } else {
+            cluster.nodes.iter().all(|n| carried_out(n))
+        }
     }
 
     /// From the fresh report of the target's node that carried out `term` (the active one

@@ -91,6 +91,19 @@ pub struct StepRecord {
     pub detail: String,
     /// Error of the latest attempt, if it failed.
     pub error: Option<String>,
+    /// What happened after the step finished because of it (a seal that completed in the
+    /// background after the Fenced step gave up waiting), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<LaterEvent>,
+}
+
+/// Something a step's effect did after the step finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaterEvent {
+    /// When it happened (when the coordinator saw it).
+    pub at: DateTime<Utc>,
+    /// What happened, in one sentence.
+    pub detail: String,
 }
 
 /// The journal record of one failover (or planned switchover).
@@ -149,6 +162,7 @@ impl FailoverRecord {
                     "{step} done, as the topology records; the previous leader's journal entry never reached the store (time not journaled: shown as the previous entry's end)"
                 ),
                 error: None,
+                later: Vec::new(),
             });
         }
         self.steps.sort_by_key(|r| r.step);

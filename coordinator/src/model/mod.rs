@@ -16,8 +16,8 @@ pub mod view;
 
 pub use candidate::{Candidate, CandidateTable, Eligibility, Ineligible};
 pub use decision::{Decision, DecisionRecord, Observers, Phase, SwitchoverRefusal};
-pub use journal::{FailoverRecord, FailoverStatus, Step, StepRecord};
+pub use journal::{FailoverRecord, FailoverStatus, LaterEvent, Step, StepRecord};
 pub use loss::{AppliedIndex, AtRisk, LossAccount, ServedData};
 pub use policy::{Policy, QuorumMode};
-pub use topology::{FailoverInProgress, Topology, Versioned};
+pub use topology::{FailoverInProgress, PendingFence, Topology, Versioned};
 pub use view::{ClusterView, DirectProbe, NodeView, View};

@@ -26,6 +26,24 @@ pub struct Topology {
     /// before stamps existed; the leader gives it one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// Old primaries whose seal did not complete within the fence's bound: the leader goes on
+    /// sealing them (bounded, in the background) until every node is sealed or follows the new
+    /// primary (see `crate::failover::fence`). Kept here so that a new leader goes on too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fence_pending: Vec<PendingFence>,
+}
+
+/// An old primary not yet sealed: fenced by the term and the traffic cut, not by a seal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFence {
+    /// The failover whose Fenced step left it pending (its journal record gets the outcome).
+    pub failover: String,
+    /// The old primary.
+    pub cluster: String,
+    /// The term it was fenced for.
+    pub term: u64,
+    /// When the Fenced step gave up waiting.
+    pub since: DateTime<Utc>,
 }
 
 /// The part of a failover that must survive the loss of the leader: enough to resume it.
@@ -53,6 +71,7 @@ impl Topology {
             failover: None,
             last_failover_at: None,
             group_id: Some(Self::new_group_id()),
+            fence_pending: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The Kubernetes traffic switch: patches a client-facing Service's selector to the new
 //! primary's pods (conditional on the Service's resourceVersion), or cuts it to a label no pod
-//! carries for a planned switchover.
+//! carries while a failover or planned switchover has not promoted its target yet.
 //!
 //! The switch is level-triggered: besides the executor's explicit `switch` and `cut`,
 //! [`supervise`] has the leader compare the Service with the topology on every tick and
@@ -139,7 +139,7 @@ pub fn cut_selector(term: u64) -> BTreeMap<String, String> {
 }
 
 /// The selector the client Service must have under `topology`: the target cluster's selector
-/// ([`super::target_cluster`]), or the cut selector while a planned switchover has cut
+/// ([`super::target_cluster`]), or the cut selector while a failover or switchover has cut
 /// traffic. `None` when the target has no selector (nothing to enforce).
 pub fn desired_selector(
     topology: &Topology,
@@ -371,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn the_desired_selector_is_the_target_clusters_or_the_cut_of_a_planned_switchover() {
+    fn the_desired_selector_is_the_target_clusters_or_the_cut_until_promoted() {
         use crate::model::Step;
         use crate::model::topology::FailoverInProgress;
         let clusters = [
@@ -397,6 +397,7 @@ mod tests {
             }),
             last_failover_at: None,
             group_id: None,
+            fence_pending: Vec::new(),
         };
         let mut later = Topology::initial("dc2");
         later.term = 4;
@@ -408,9 +409,9 @@ mod tests {
             ),
             ("a later term: its primary's pods", later, sel("dc2")),
             (
-                "unplanned, fenced: still the old primary",
+                "unplanned, fenced: cut in the topology's term",
                 moving("dc2", false, Step::Fenced),
-                sel("dc1"),
+                Some(cut_selector(4)),
             ),
             (
                 "unplanned, promoted: the new primary",

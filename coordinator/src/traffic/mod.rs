@@ -29,11 +29,13 @@ pub const REFRESH_PERIOD: Duration = Duration::from_millis(25);
 pub const REFRESH_PERIOD_KUBERNETES: Duration = Duration::from_millis(250);
 
 /// The cluster client traffic belongs to under `topology`: the serving primary, except during
-/// a planned switchover until the target is promoted (traffic is cut then, so that no write
-/// reaches the old primary after its final snapshot).
+/// a failover or planned switchover until the target is promoted. Traffic is cut then: in a
+/// switchover so that no write reaches the old primary after its final snapshot, in a
+/// failover because the old primary is fenced from the decision on (a frozen one that wakes
+/// must find no clients).
 pub fn target_cluster(topology: &Topology) -> Option<&str> {
     match &topology.failover {
-        Some(f) if f.planned && f.completed < Step::Promoted => None,
+        Some(f) if f.completed < Step::Promoted => None,
         _ => Some(topology.serving_primary()),
     }
 }
@@ -220,11 +222,12 @@ mod tests {
             }),
             last_failover_at: None,
             group_id: None,
+            fence_pending: Vec::new(),
         }
     }
 
     #[test]
-    fn the_target_follows_the_serving_primary_and_a_planned_switchover_cuts_until_promoted() {
+    fn the_target_follows_the_serving_primary_and_every_failover_cuts_until_promoted() {
         let rows = [
             (
                 "steady state: the primary",
@@ -232,9 +235,9 @@ mod tests {
                 Some("dc1"),
             ),
             (
-                "unplanned, decided: still the old primary",
+                "unplanned, decided: cut (the old primary is fenced)",
                 failover(false, Step::Decided),
-                Some("dc1"),
+                None,
             ),
             (
                 "unplanned, promoted: the new primary",

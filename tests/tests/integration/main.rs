@@ -14,6 +14,7 @@ mod coordinator_openbao;
 mod coordinator_tls;
 mod drill;
 mod faults_netns;
+mod fence;
 mod fuzz_parsers;
 mod group_stamp;
 mod ha_kubernetes;

@@ -1,0 +1,276 @@
+//! The bounded fence on real OpenBao: no seal can be carried out long after it was sent, and
+//! a frozen old primary adds at most the bound to the failover.
+//!
+//! - A seal sent to a frozen node (SIGSTOP: the port accepts, nothing answers) waits in its
+//!   socket. Sent with the DR token it seals the node when it wakes, however late (the control
+//!   half of the first test shows that this is real); sent with the fence token
+//!   (`VaultClient::fence`) it is refused once the token expired, 2 s after it was made.
+//! - A primary frozen together with its agent (a stalled VM or pod) is failed over with a
+//!   Fenced step that ends within the bound plus the traffic cut, says it did not seal and why,
+//!   and leaves the old primary pending; when the old primary wakes, the leader finishes its
+//!   fence (sealed, or found behind its closed write gate) and journals that under the step.
+//!
+//! Needs `.tools/bin/bao` (run `scripts/setup.sh`) and the built binaries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+use url::Url;
+use vault_dr_common::Secret;
+use vault_dr_coordinator::config::ClusterConfig;
+use vault_dr_coordinator::model::{FailoverStatus, Step, Topology};
+use vault_dr_coordinator::vault::{FENCE_BOUND, FENCE_TOKEN_TTL, NodeFence, VaultClient};
+use vault_dr_lab::harness::Group;
+use vault_dr_lab::wait::wait_for;
+use vault_dr_tests::lab::LabCluster;
+
+fn cluster_config(name: &str, addr: &Url) -> ClusterConfig {
+    ClusterConfig {
+        name: name.into(),
+        api_addrs: vec![addr.clone()],
+        nodes: Vec::new(),
+        priority: 0,
+        excluded: false,
+        selector: Default::default(),
+    }
+}
+
+/// Whether the node at `addr` says it is sealed.
+async fn sealed(http: &reqwest::Client, addr: &Url) -> bool {
+    let v: serde_json::Value = http
+        .get(addr.join("v1/sys/seal-status").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["sealed"].as_bool().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_queued_in_a_frozen_node_is_refused_once_its_fence_token_expired() {
+    let mut clusters = LabCluster::start_group_with(&["fence"], true, None)
+        .await
+        .unwrap_or_else(|e| panic!("lab start failed (run scripts/setup.sh?): {e}"));
+    let mut lab = clusters.remove(0);
+    let addr = lab.api_addr().clone();
+    let http = lab.client().clone();
+    // The least-privilege DR token of policies/vault-dr.hcl, never root.
+    let dr = Secret::new(format!("vdr-fence-{}", std::process::id()));
+    lab.create_dr_token(&dr).await.unwrap();
+    let client = VaultClient::new(Duration::from_secs(5), Some(dr)).unwrap();
+    let config = cluster_config("fence", &addr);
+
+    // A fence token is made while the node runs; then the node freezes, and the seal carrying
+    // it gets no answer within the bound.
+    let deadline = Instant::now() + FENCE_BOUND;
+    let (token, gated) = client.fence_token(&config, deadline, FENCE_BOUND).await;
+    let token = token.unwrap();
+    assert!(gated.is_empty());
+    lab.nodes_mut()[0].stop();
+    let started = Instant::now();
+    let fence = client
+        .seal_with(
+            &config,
+            &token,
+            &[],
+            Instant::now() + FENCE_BOUND,
+            FENCE_BOUND,
+        )
+        .await;
+    let took = started.elapsed();
+    println!(
+        "seal sent to the frozen node: {} ({took:?})",
+        fence.sentence()
+    );
+    assert!(
+        matches!(fence.nodes[0].1, NodeFence::NoAnswer(_)),
+        "{fence:?}"
+    );
+    assert!(took < FENCE_BOUND + Duration::from_millis(300), "{took:?}");
+    assert!(!fence.complete());
+    assert!(
+        fence.sentence().contains("is refused from"),
+        "{}",
+        fence.sentence()
+    );
+
+    // Woken after the token expired: the queued seal is read and refused.
+    tokio::time::sleep(FENCE_TOKEN_TTL + Duration::from_secs(1)).await;
+    lab.nodes_mut()[0].cont();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !sealed(&http, &addr).await,
+        "a seal with an expired fence token was carried out"
+    );
+
+    // The control: the same queued seal carrying a token that does not expire (root) is
+    // carried out when the node wakes. This is the hazard the fence token removes.
+    lab.nodes_mut()[0].stop();
+    let queued = http
+        .put(addr.join("v1/sys/seal").unwrap())
+        .header("X-Vault-Token", lab.root_token().expose())
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(queued.is_err(), "the frozen node answered: {queued:?}");
+    tokio::time::sleep(FENCE_TOKEN_TTL + Duration::from_secs(1)).await;
+    lab.nodes_mut()[0].cont();
+    wait_for(
+        "the queued root seal to be carried out on wake",
+        Duration::from_secs(5),
+        || async { sealed(&http, &addr).await.then_some(()) },
+    )
+    .await;
+
+    // Restarted (the static seal unseals it): a fence of a live node seals it, and a second
+    // one finds it sealed (a sealed node refuses the fence token with 503). An active raft
+    // node takes 0.7-1.2 s to seal on this machine under load, which the 1 s bound does not
+    // always cover (the leader then finds it sealed at its next attempt), so this part gives
+    // the seal 5 s: it is about what the seal does, not how fast.
+    lab.nodes_mut()[0].restart().await.unwrap();
+    lab.nodes_mut()[0]
+        .wait_health(200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let fence = client.fence(&config, Duration::from_secs(5)).await;
+    println!("fence of a live node: {}", fence.sentence());
+    assert!(fence.complete(), "{fence:?}");
+    assert_eq!(fence.nodes[0].1, NodeFence::Sealed);
+    assert!(sealed(&http, &addr).await);
+    let again = client.fence(&config, FENCE_BOUND).await;
+    println!("fence of a sealed node: {}", again.sentence());
+    assert_eq!(again.nodes[0].1, NodeFence::FoundSealed, "{again:?}");
+    assert!(again.complete());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_frozen_with_its_agent_adds_at_most_the_bound_and_its_fence_is_finished_when_it_wakes()
+ {
+    let g = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(1)
+        .start()
+        .await
+        .unwrap();
+    assert!(g.gated(), "this agent build has no write gate");
+    let p_addr = g.cluster("p").unwrap().api_addr().clone();
+    let http = g.http().clone();
+
+    // The whole of p freezes: its bao and its agent (the gate in front of it).
+    let bao = g.cluster("p").unwrap().nodes()[0].pid().unwrap();
+    let agent = g
+        .agents()
+        .iter()
+        .find(|a| a.cluster == "p")
+        .and_then(|a| a.pid())
+        .unwrap();
+    let signal = |sig: &str, pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP", agent);
+    signal("-STOP", bao);
+    let new_primary = g
+        .wait_failover_done(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let leader = g.leader().await.unwrap();
+    let records = g.get_json(&leader, "v1/failovers").await.unwrap();
+    let record: vault_dr_coordinator::model::FailoverRecord =
+        serde_json::from_value(records[0].clone()).unwrap();
+    let fenced = record.step(Step::Fenced).unwrap().clone();
+    let took = (fenced.finished_at.unwrap() - fenced.started_at)
+        .to_std()
+        .unwrap();
+    println!(
+        "failover to {new_primary}; Fenced took {took:?}: {} (error: {:?})",
+        fenced.detail, fenced.error
+    );
+    // The bound, plus the local traffic cut (in parallel) and the journal write.
+    assert!(
+        took < FENCE_BOUND + Duration::from_millis(500),
+        "Fenced took {took:?}"
+    );
+    assert!(
+        fenced
+            .detail
+            .starts_with("fenced by the term and the traffic cut"),
+        "{}",
+        fenced.detail
+    );
+    let error = fenced.error.clone().unwrap();
+    assert!(
+        error.starts_with("p not sealed: no fence token: ") && error.contains("no answer within"),
+        "{error}"
+    );
+    let topology: Topology = serde_json::from_value(
+        g.get_json(&leader, "v1/topology").await.unwrap()["topology"].clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        topology
+            .fence_pending
+            .iter()
+            .map(|f| (f.cluster.as_str(), f.term))
+            .collect::<Vec<_>>(),
+        [("p", 2)]
+    );
+
+    // Frozen well past the token's lifetime and a few keeper attempts, then woken.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    signal("-CONT", bao);
+    signal("-CONT", agent);
+    let woke = Instant::now();
+    wait_for(
+        "the leader to finish p's fence",
+        Duration::from_secs(60),
+        || async {
+            let v = g.get_json(&leader, "v1/topology").await?;
+            let t: Topology = serde_json::from_value(v["topology"].clone()).ok()?;
+            t.fence_pending.is_empty().then_some(())
+        },
+    )
+    .await;
+    let records = g.get_json(&leader, "v1/failovers").await.unwrap();
+    let r: vault_dr_coordinator::model::FailoverRecord =
+        serde_json::from_value(records[0].clone()).unwrap();
+    let later = r.step(Step::Fenced).unwrap().later.clone();
+    println!(
+        "{:.1} s after p woke: {later:#?}",
+        woke.elapsed().as_secs_f64()
+    );
+    let outcome = &later.last().unwrap().detail;
+    assert!(
+        outcome.starts_with("p fenced in")
+            || outcome.starts_with("no seal needed: every node of p follows"),
+        "{outcome}"
+    );
+    assert_eq!(record.status, FailoverStatus::Done);
+    // Sealed only if the journal says a seal was sent once p was awake: sealed, or sent
+    // without an answer in time (an active node takes about a second to seal) and refused
+    // after its token expired. No request of the freeze was carried out late.
+    let seal_sent = later
+        .iter()
+        .any(|l| l.detail.contains("node(s) sealed") || l.detail.contains("is refused from"));
+    if sealed(&http, &p_addr).await {
+        assert!(
+            seal_sent,
+            "p is sealed, and no seal is journaled: {later:#?}"
+        );
+    } else {
+        // Not sealed by anyone: p follows s1 and restores its snapshots, and a restore shows
+        // the node sealed for a moment; a seal stays until a restart.
+        wait_for(
+            "p to be seen unsealed (a seal carried out late would keep it sealed)",
+            Duration::from_secs(30),
+            || async { (!sealed(&http, &p_addr).await).then_some(()) },
+        )
+        .await;
+    }
+}
