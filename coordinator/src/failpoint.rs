@@ -49,7 +49,7 @@ impl fmt::Display for Failpoint {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{ENV_FAILPOINT}={value:?}: {reason} (expected crash-before:<step> or crash-after:<step>, \
-     step one of decided, fenced, promoted, repointed, switched, verified, done)"
+     step one of decided, fenced, promoted, switched, repointed, verified, done)"
 )]
 pub struct FailpointError {
     /// The value given.

@@ -209,6 +209,11 @@ impl VaultClient {
                         );
                     }
                 }
+                // No process listens: nothing can be delivered, now or later.
+                Err(e) if refused(&e) => {
+                    gated.push((addr.clone(), NodeFence::Gone));
+                    last = format!("{addr}: connection refused");
+                }
                 Err(e) if e.is_timeout() => {
                     last = format!("{addr}: no answer within {:.1} s", bound.as_secs_f64());
                 }
@@ -255,6 +260,7 @@ impl VaultClient {
                         reason_of(r).await
                     )),
                     // Not connected: nothing was delivered.
+                    Err(e) if refused(&e) => NodeFence::Gone,
                     Err(e) if e.is_connect() => NodeFence::Unreachable(chain(&e)),
                     // Sent, or perhaps sent: it may wait in the node's socket.
                     Err(e) if e.is_timeout() => NodeFence::NoAnswer(format!(
@@ -447,6 +453,9 @@ pub enum NodeFence {
     Refused(String),
     /// Its agent's write gate is closed: it refuses clients, fenced without a seal.
     GateClosed,
+    /// The connection was refused: no process listens there. A process started again is a
+    /// new one, fenced by the term (its agent's gate starts closed).
+    Gone,
     /// Nothing sent: no fence token was made in time.
     NotSent,
 }
@@ -467,6 +476,7 @@ impl std::fmt::Display for NodeFence {
             Self::NoAnswer(why) => write!(f, "{why}"),
             Self::Refused(why) => write!(f, "refused ({why})"),
             Self::GateClosed => write!(f, "fenced by its write gate (closed)"),
+            Self::Gone => write!(f, "no process (connection refused)"),
             Self::NotSent => write!(f, "no seal sent"),
         }
     }
@@ -493,6 +503,12 @@ impl Fence {
         !self.nodes.is_empty() && self.nodes.iter().all(|(_, n)| n.fenced())
     }
 
+    /// Whether no node has a process (every connection refused): nothing to seal, nothing
+    /// sent, nothing to wait for.
+    pub fn gone(&self) -> bool {
+        !self.nodes.is_empty() && self.nodes.iter().all(|(_, n)| *n == NodeFence::Gone)
+    }
+
     /// One sentence for the journal: what was sent, what each node did, and until when a seal
     /// that got no answer could still be carried out.
     pub fn sentence(&self) -> String {
@@ -516,6 +532,12 @@ impl Fence {
                 "{} fenced in {took:.2} s: {}",
                 self.cluster,
                 parts.join(", ")
+            );
+        }
+        if self.gone() {
+            return format!(
+                "{} has no process (connection refused on every node): nothing to seal; a process started again is fenced by the term and its agent",
+                self.cluster
             );
         }
         if let Some(why) = &self.not_sent
@@ -576,6 +598,20 @@ async fn reason_of(r: reqwest::Response) -> String {
     } else {
         format!(": {}", errors.join("; "))
     }
+}
+
+/// Whether the connection was refused (an `io::Error` of that kind among the sources).
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn chain(e: &reqwest::Error) -> String {

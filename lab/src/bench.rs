@@ -3,6 +3,7 @@
 //! - `bench scorer`: the scorer over N candidates of a synthetic view.
 //! - `bench ingest`: N simulated agents each reporting once a second into one coordinator
 //!   process (a child of this one, so its CPU is measured alone): handling latency and CPU.
+//! - `bench takeover`: the leading coordinator killed N times ([`crate::takeover`]).
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,16 @@ pub enum BenchCommand {
         #[command(flatten)]
         drill: crate::drill::command::DrillArgs,
     },
+    /// The leading coordinator killed N times under a client writing through the stable
+    /// address: takeover time, each agent's first report at the new leader, the client's gap.
+    Takeover {
+        /// Takeovers.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// N agents reporting once a second into one coordinator (goal: p99 at most 20 ms).
     Ingest {
         /// Simulated agents.
@@ -63,6 +74,17 @@ pub async fn main(cmd: BenchCommand) -> i32 {
             return crate::drill::command::bench_rto(runs, &drill).await;
         }
         BenchCommand::Ingest { agents, seconds } => ingest(agents, seconds).await,
+        BenchCommand::Takeover { runs, json } => match crate::takeover::run(runs).await {
+            Ok(r) if json => {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                Ok(())
+            }
+            Ok(r) => {
+                print!("{}", crate::takeover::render(&r));
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
     };
     match result {
         Ok(()) => 0,

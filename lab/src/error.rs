@@ -98,6 +98,9 @@ pub enum LabError {
     /// The arguments make no sense (no names, duplicate names, zero nodes).
     #[error("invalid lab request: {0}")]
     Invalid(String),
+    /// Something the group should have reached did not happen in time.
+    #[error("gave up waiting for {0}")]
+    NotWithin(String),
 }
 
 impl LabError {

@@ -159,6 +159,7 @@ pub struct LabCoordinator {
     /// Its log file.
     pub log_path: PathBuf,
     child: Option<ChildGuard>,
+    program: PathBuf,
     /// The port of its own stable client address ([`DrGroup::start_second_group`] only; the
     /// group's coordinators share [`DrGroup::traffic_addr`]).
     pub traffic_port: Option<u16>,
@@ -175,6 +176,24 @@ impl LabCoordinator {
         if let Some(mut c) = self.child.take() {
             c.kill();
         }
+    }
+
+    /// Starts it again with the same config file and address (killing it first if it runs);
+    /// its log is appended to.
+    pub fn restart(&mut self) -> Result<(), LabError> {
+        self.kill();
+        let args: Vec<OsString> = vec![
+            "coordinator".into(),
+            "--config".into(),
+            self.config_path.clone().into_os_string(),
+        ];
+        self.child = Some(ChildGuard::spawn(
+            &self.id,
+            &self.program,
+            &args,
+            &self.log_path,
+        )?);
+        Ok(())
     }
 }
 
@@ -550,6 +569,7 @@ impl DrGroup {
             config_path,
             log_path,
             child: Some(child),
+            program: bin.to_path_buf(),
             traffic_port,
         })
     }

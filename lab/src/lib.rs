@@ -27,6 +27,7 @@ pub mod harness;
 pub mod openbao;
 pub mod ports;
 pub mod process;
+pub mod takeover;
 pub mod token;
 pub mod tools;
 pub mod wait;

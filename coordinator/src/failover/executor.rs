@@ -1,5 +1,8 @@
 //! The journaled failover executor:
-//! `Decided -> Fenced -> Promoted -> Repointed -> Switched -> Verified -> Done`.
+//! `Decided -> Fenced -> Promoted -> Switched -> Repointed -> Verified -> Done`.
+//!
+//! Traffic moves as soon as the target is promoted (its agent wrote a canary there), before
+//! the other secondaries are repointed: clients never wait for them.
 //!
 //! - [`Executor::begin`] raises the term by compare-and-swap on the topology *before* any side
 //!   effect; if the CAS fails (another coordinator got there first) nothing happens at all.
@@ -630,8 +633,8 @@ mod tests {
                 "cut traffic 2",
                 "fence dc1 2",
                 "promote dc2 2",
-                "repoint dc3->dc2 2",
                 "switch dc2 2",
+                "repoint dc3->dc2 2",
                 "verify dc2 2"
             ]
         );
@@ -736,8 +739,8 @@ mod tests {
             [
                 "cut traffic 2",
                 "promote dc2 2",
-                "repoint dc3->dc2 2",
                 "switch dc2 2",
+                "repoint dc3->dc2 2",
                 "verify dc2 2"
             ],
             "no seal in a planned switchover: the target pulls the final snapshot from dc1"

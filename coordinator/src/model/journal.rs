@@ -15,12 +15,13 @@ pub enum Step {
     Decided,
     /// Old primary sealed (or found unreachable) and out of traffic.
     Fenced,
-    /// Target made primary.
+    /// Target made primary (its agent's canary write went through: it is writable).
     Promoted,
+    /// Client traffic switched to the new primary: as soon as it is writable, so that clients
+    /// never wait for the other secondaries.
+    Switched,
     /// Other secondaries told to replicate from the new primary.
     Repointed,
-    /// Client traffic switched to the new primary.
-    Switched,
     /// Canary write and read succeeded on the new primary.
     Verified,
     /// Finished.
@@ -33,8 +34,8 @@ impl Step {
         Self::Decided,
         Self::Fenced,
         Self::Promoted,
-        Self::Repointed,
         Self::Switched,
+        Self::Repointed,
         Self::Verified,
         Self::Done,
     ];
@@ -265,8 +266,8 @@ mod tests {
                 "decided",
                 "fenced",
                 "promoted",
-                "repointed",
                 "switched",
+                "repointed",
                 "verified",
                 "done"
             ]

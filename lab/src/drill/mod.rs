@@ -3,7 +3,7 @@
 //! runs the client [`workload`], optionally [`stress`]es chosen secondaries, faults the
 //! primary (`kill`, `stop` or `seal`), and follows the failover live. The result is a
 //! [`DrillReport`]: the timeline (detected, decided with the candidate table, fenced, promoted,
-//! repointed, switched, verified, first acknowledged client write), RTO (fault to the first
+//! switched, repointed, verified, first acknowledged client write), RTO (fault to the first
 //! acknowledged write on the new primary) and RPO (acknowledged writes missing on the new
 //! primary, each read back), beside the coordinator's own loss account of the failover, which
 //! must agree with the client's RPO within one report interval.
@@ -209,7 +209,7 @@ impl DrillOptions {
 /// One line of the timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEvent {
-    /// `fault`, `detected`, `decided`, `fenced`, `promoted`, `repointed`, `switched`,
+    /// `fault`, `detected`, `decided`, `fenced`, `promoted`, `switched`, `repointed`,
     /// `verified`, `done`, `first_write`.
     pub event: String,
     /// When.

@@ -161,8 +161,8 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
         "decided",
         "fenced",
         "promoted",
-        "repointed",
         "switched",
+        "repointed",
         "verified",
         "done",
     ] {

@@ -101,8 +101,8 @@ fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_l
         "decided",
         "fenced",
         "promoted",
-        "repointed",
         "switched",
+        "repointed",
         "first_write",
     ] {
         assert!(events.contains(&want), "{want} missing in {events:?}");

@@ -35,17 +35,15 @@ fn cluster_config(name: &str, addr: &Url) -> ClusterConfig {
     }
 }
 
-/// Whether the node at `addr` says it is sealed.
+/// Whether the node at `addr` says it is sealed (asked again while it answers something else,
+/// as it does in the middle of sealing).
 async fn sealed(http: &reqwest::Client, addr: &Url) -> bool {
-    let v: serde_json::Value = http
-        .get(addr.join("v1/sys/seal-status").unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["sealed"].as_bool().unwrap()
+    let url = addr.join("v1/sys/seal-status").unwrap();
+    wait_for("a seal status", Duration::from_secs(10), || async {
+        let v: serde_json::Value = http.get(url.clone()).send().await.ok()?.json().await.ok()?;
+        v["sealed"].as_bool()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

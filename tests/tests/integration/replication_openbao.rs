@@ -430,8 +430,8 @@ async fn on_promotion_switchover_loses_no_acked_write_then_a_kill_promotes_with_
     for step in [
         "fenced",
         "promoted",
-        "repointed",
         "switched",
+        "repointed",
         "verified",
         "done",
     ] {
