@@ -117,6 +117,18 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
             ))
             .unwrap_or_default()
     );
+    for f in &t.fence_pending {
+        out.push_str(&format!(
+            "fence pending: {} (old primary of term {}) is not sealed yet; the leader goes on sealing it since {} ({})\n",
+            f.cluster,
+            f.term,
+            f.since.format("%H:%M:%S UTC"),
+            f.failover
+        ));
+    }
+    if !t.fence_pending.is_empty() {
+        out.push('\n');
+    }
     out.push_str(&table(
         &[
             "CLUSTER",

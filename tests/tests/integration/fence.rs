@@ -220,6 +220,17 @@ async fn a_primary_frozen_with_its_agent_adds_at_most_the_bound_and_its_fence_is
         [("p", 2)]
     );
 
+    // `vault-dr status` says so.
+    let clusters: vault_dr_coordinator::api::ClustersResponse =
+        serde_json::from_value(g.get_json(&leader, "v1/clusters").await.unwrap()).unwrap();
+    let topo: vault_dr_coordinator::api::TopologyResponse =
+        serde_json::from_value(g.get_json(&leader, "v1/topology").await.unwrap()).unwrap();
+    let status = vault_dr_coordinator::cli::status::render(&clusters, &topo);
+    assert!(
+        status.contains("fence pending: p (old primary of term 2) is not sealed yet"),
+        "{status}"
+    );
+
     // Frozen well past the token's lifetime and a few keeper attempts, then woken.
     tokio::time::sleep(Duration::from_secs(6)).await;
     signal("-CONT", bao);
