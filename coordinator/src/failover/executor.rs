@@ -851,6 +851,19 @@ mod tests {
         );
     }
 
+    /// A failover dc1 -> dc2 carried out to the end while the fence fails `times` times.
+    async fn failed_over_with_fence_failing(times: u32) -> (Rig, Executor, FailoverRecord) {
+        let r = rig().await;
+        r.recorder.fail("fence", times);
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        e.begin(&current, "dc2", "down", table(), false)
+            .await
+            .unwrap();
+        let done = e.resume().await.unwrap().unwrap();
+        (r, e, done)
+    }
+
     fn fences(r: &Rig) -> usize {
         r.recorder
             .calls()
@@ -861,14 +874,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fence_that_keeps_failing_does_not_hold_the_failover_hostage_and_stays_pending() {
-        let r = rig().await;
-        r.recorder.fail("fence", 100);
-        let e = executor(&r, "a", r.coordination.clone());
-        let current = r.coordination.read_topology().await.unwrap().unwrap();
-        e.begin(&current, "dc2", "down", table(), false)
-            .await
-            .unwrap();
-        let done = e.resume().await.unwrap().unwrap();
+        let (r, e, done) = failed_over_with_fence_failing(100).await;
         let fenced = done.step(Step::Fenced).unwrap();
         assert_eq!(fenced.error.as_deref(), Some("fence failed on purpose"));
         assert!(
@@ -921,14 +927,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_old_primary_whose_agents_follow_the_new_primary_is_not_sealed_later() {
-        let r = rig().await;
-        r.recorder.fail("fence", 1);
-        let e = executor(&r, "a", r.coordination.clone());
-        let current = r.coordination.read_topology().await.unwrap().unwrap();
-        e.begin(&current, "dc2", "down", table(), false)
-            .await
-            .unwrap();
-        e.resume().await.unwrap().unwrap();
+        let (r, e, _) = failed_over_with_fence_failing(1).await;
         r.recorder.set_following("dc1");
         assert_eq!(e.fence_keeper().round().await.unwrap(), 0);
         assert_eq!(fences(&r), 1, "no seal sent after the failover");
@@ -945,14 +944,7 @@ mod tests {
     #[tokio::test]
     async fn pending_fences_wait_while_a_failover_is_in_progress_and_a_new_primary_is_never_sealed()
     {
-        let r = rig().await;
-        r.recorder.fail("fence", 100);
-        let e = executor(&r, "a", r.coordination.clone());
-        let current = r.coordination.read_topology().await.unwrap().unwrap();
-        e.begin(&current, "dc2", "down", table(), false)
-            .await
-            .unwrap();
-        e.resume().await.unwrap().unwrap();
+        let (r, e, _) = failed_over_with_fence_failing(100).await;
         // dc2 fails too, back to dc1: while that failover runs the keeper does nothing; once
         // dc1 is the primary again its pending fence is dropped, never sent.
         let current = r.coordination.read_topology().await.unwrap().unwrap();
