@@ -75,10 +75,9 @@ pub async fn main(cmd: BenchCommand) -> i32 {
         }
         BenchCommand::Ingest { agents, seconds } => ingest(agents, seconds).await,
         BenchCommand::Takeover { runs, json } => match crate::takeover::run(runs).await {
-            Ok(r) if json => {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-                Ok(())
-            }
+            Ok(r) if json => serde_json::to_string_pretty(&r)
+                .map(|text| println!("{text}"))
+                .map_err(|e| format!("the figures as JSON: {e}")),
             Ok(r) => {
                 print!("{}", crate::takeover::render(&r));
                 Ok(())

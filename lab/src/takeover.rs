@@ -153,7 +153,7 @@ pub async fn run(runs: usize) -> Result<TakeoverReport, LabError> {
         .collect();
     let coordinator_binary = crate::tools::built_binary("vault-dr")
         .map(|p| p.display().to_string())
-        .unwrap_or_default();
+        .unwrap_or_else(|e| format!("not found: {e}"));
     Ok(TakeoverReport {
         ready: Summary::of(&out.iter().map(|r| r.ready_seconds).collect::<Vec<_>>()),
         agents: Summary::of(&all_agents),

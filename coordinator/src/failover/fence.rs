@@ -23,7 +23,7 @@
 use crate::config::ClusterConfig;
 use crate::coordination::Coordination;
 use crate::failover::actions::{Fencer, Replication};
-use crate::failover::executor::ExecError;
+use crate::failover::error::ExecError;
 use crate::model::topology::PendingFence;
 use crate::model::{LaterEvent, Step};
 use crate::store::Store;

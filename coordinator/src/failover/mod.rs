@@ -7,6 +7,7 @@
 
 pub mod actions;
 pub mod detector;
+pub mod error;
 #[cfg(feature = "kubernetes")]
 pub mod events;
 pub mod executor;
