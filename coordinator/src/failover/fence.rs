@@ -132,6 +132,12 @@ impl FenceKeeper {
             if !self.coordination.is_leader() {
                 return Err(ExecError::NotLeader);
             }
+            // Read again right before the seal: a failover begun meanwhile (this round may be
+            // seconds old) owns the clusters now, and its target is never sealed.
+            match self.coordination.read_topology().await? {
+                Some(now) if now.value.failover.is_none() && now.value.primary != p.cluster => {}
+                _ => break,
+            }
             match self.fencer.fence(cluster, p.term).await {
                 Ok(sealed) => finished.push((p.clone(), sealed)),
                 Err(e) => {
