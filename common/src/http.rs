@@ -44,21 +44,22 @@ pub const GATE_HEADER: &str = "x-vault-dr-gate";
 /// Whether `resp` is a write gate's refusal (`503`, `closed`): its node does not serve
 /// clients, because its cluster is not the primary (or the node has not carried out the term).
 pub fn gate_says_closed(resp: &reqwest::Response) -> bool {
-    resp.status().as_u16() == 503
-        && resp
-            .headers()
-            .get(GATE_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"closed")
+    gate_answered(resp, 503, b"closed")
 }
 
 /// Whether `resp` is a write gate's 502 for a node that did not answer: the node is
 /// unreachable, whatever the gate in front of it says.
 pub fn gate_says_unreachable(resp: &reqwest::Response) -> bool {
-    resp.status().as_u16() == 502
+    gate_answered(resp, 502, b"error")
+}
+
+/// Whether the gate itself answered `resp` with `status` and [`GATE_HEADER`] `value`.
+fn gate_answered(resp: &reqwest::Response, status: u16, value: &[u8]) -> bool {
+    resp.status().as_u16() == status
         && resp
             .headers()
             .get(GATE_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"error")
+            .is_some_and(|v| v.as_bytes() == value)
 }
 
 #[cfg(test)]

@@ -836,6 +836,12 @@ mod tests {
         (r, e, done)
     }
 
+    /// The clusters of the topology's pending fences, in order.
+    async fn pending_clusters(r: &Rig) -> Vec<String> {
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        t.fence_pending.into_iter().map(|p| p.cluster).collect()
+    }
+
     fn fences(r: &Rig) -> usize {
         r.recorder
             .calls()
@@ -927,14 +933,7 @@ mod tests {
         assert_eq!(keeper.round().await.unwrap(), 1);
         assert_eq!(fences(&r), 1);
         e.resume().await.unwrap().unwrap();
-        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
-        assert_eq!(
-            t.fence_pending
-                .iter()
-                .map(|p| p.cluster.as_str())
-                .collect::<Vec<_>>(),
-            ["dc1", "dc2"]
-        );
+        assert_eq!(pending_clusters(&r).await, ["dc1", "dc2"]);
         let before = fences(&r);
         keeper.round().await.unwrap();
         assert_eq!(fences(&r), before + 1, "dc2 only: {:?}", r.recorder.calls());
@@ -943,14 +942,7 @@ mod tests {
             "{:?}",
             r.recorder.calls()
         );
-        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
-        assert_eq!(
-            t.fence_pending
-                .iter()
-                .map(|p| p.cluster.as_str())
-                .collect::<Vec<_>>(),
-            ["dc2"]
-        );
+        assert_eq!(pending_clusters(&r).await, ["dc2"]);
         let record = r.store.failover("2-dc1-dc2").await.unwrap().unwrap();
         assert!(
             record.step(Step::Fenced).unwrap().later[0]
