@@ -41,6 +41,8 @@ pub const ENV_VAULT_PID_FILE: &str = "VAULT_DR_AGENT_VAULT_PID_FILE";
 pub const ENV_CGROUP_ROOT: &str = "VAULT_DR_AGENT_CGROUP_ROOT";
 /// Env: process name of Vault (`--vault-process-name`).
 pub const ENV_VAULT_PROCESS_NAME: &str = "VAULT_DR_AGENT_VAULT_PROCESS_NAME";
+/// Env: how the agent restarts a superseded primary's sealed server (`--vault-restart`).
+pub const ENV_VAULT_RESTART: &str = "VAULT_DR_AGENT_VAULT_RESTART";
 /// Env: log one JSON object per line (`--log-json`).
 pub const ENV_LOG_JSON: &str = "VAULT_DR_AGENT_LOG_JSON";
 /// Env: replication backend, `none` or `snapshot` (`--replication`).
@@ -124,6 +126,8 @@ struct Args {
     cgroup_root: Option<PathBuf>,
     #[arg(long, value_name = "NAME", help = help("Vault process name (then `vault`) [default: bao]", ENV_VAULT_PROCESS_NAME))]
     vault_process_name: Option<String>,
+    #[arg(long, value_name = "off|signal", help = help("signal: when this node's cluster was the primary of an older term and the node stays sealed (vault-dr's fence), SIGTERM its server so that its supervisor (kubelet, systemd Restart=always) starts it again and its auto-unseal seal unseals it; it then rejoins as a secondary [default: off]", ENV_VAULT_RESTART))]
+    vault_restart: Option<String>,
     #[arg(long, help = help("Log one JSON object per line", ENV_LOG_JSON))]
     log_json: bool,
     #[arg(long, value_name = "ADDR", help = help("Serve the node's client address here and forward to --vault-addr only while this node may take writes (the write gate; see README) [default: no gate]", ENV_GATE_LISTEN))]
@@ -237,6 +241,8 @@ pub struct Config {
     pub vault_pid_file: Option<PathBuf>,
     /// Process names to look for, in order.
     pub vault_process_names: Vec<String>,
+    /// Whether and how a superseded primary's sealed server is restarted.
+    pub vault_restart: crate::restart::RestartMode,
     /// JSON logs.
     pub log_json: bool,
     /// Where cgroup v2 is mounted (tests point it at fixtures).
@@ -363,6 +369,17 @@ impl Config {
             vault_process_names.push("vault".into());
         }
 
+        let vault_restart = match pick(a.vault_restart, ENV_VAULT_RESTART) {
+            None => crate::restart::RestartMode::Off,
+            Some(raw) => crate::restart::RestartMode::parse(&raw).ok_or_else(|| {
+                config_error(
+                    "--vault-restart",
+                    ENV_VAULT_RESTART,
+                    format!("{raw:?} is neither off nor signal"),
+                )
+            })?,
+        };
+
         let gate = parse_gate(
             pick(a.gate_listen, ENV_GATE_LISTEN),
             pick(a.gate_override, ENV_GATE_OVERRIDE),
@@ -386,6 +403,7 @@ impl Config {
             listen,
             vault_pid_file: pick_path(a.vault_pid_file, ENV_VAULT_PID_FILE),
             vault_process_names,
+            vault_restart,
             log_json: a.log_json || parse_bool(env.var(ENV_LOG_JSON), "--log-json", ENV_LOG_JSON)?,
             cgroup_explicit: cgroup_root.is_some(),
             cgroup_root: cgroup_root.unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_ROOT)),
@@ -411,6 +429,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             vault_pid_file: None,
             vault_process_names: vec![DEFAULT_PROCESS_NAME.into(), "vault".into()],
+            vault_restart: crate::restart::RestartMode::Off,
             log_json: false,
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
             cgroup_explicit: false,
@@ -778,6 +797,22 @@ mod tests {
         assert_eq!(c.vault_process_names, vec!["bao", "vault"]);
         assert!(c.coordinator.is_none());
         assert!(c.vault.token.is_none());
+    }
+
+    #[test]
+    fn vault_restart_is_off_by_default_signal_when_asked_and_anything_else_names_the_flag() {
+        use crate::restart::RestartMode;
+        let names = ["--cluster", "dc1", "--node", "n1"];
+        assert_eq!(parse(&names, &[]).unwrap().vault_restart, RestartMode::Off);
+        let signal = [&names[..], &["--vault-restart", "signal"]].concat();
+        assert_eq!(
+            parse(&signal, &[]).unwrap().vault_restart,
+            RestartMode::Signal
+        );
+        let by_env = parse(&names, &[(ENV_VAULT_RESTART, "signal")]).unwrap();
+        assert_eq!(by_env.vault_restart, RestartMode::Signal);
+        let bad = [&names[..], &["--vault-restart", "always"]].concat();
+        assert_eq!(flag_of(parse(&bad, &[])), "--vault-restart");
     }
 
     #[test]

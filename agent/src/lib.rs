@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod probe;
 pub mod replication;
 pub mod report;
+pub mod restart;
 pub mod state;
 pub mod system;
 pub mod vault;
@@ -70,7 +71,12 @@ pub async fn run(
                 metrics.clone(),
                 status.clone(),
             )
-            .map_err(Error::SnapshotStore)?;
+            .map_err(Error::SnapshotStore)?
+            .with_restarter(restart::Restarter::new(
+                config.vault_restart,
+                config.vault_pid_file.clone(),
+                config.vault_process_names.clone(),
+            ));
             tasks.spawn(shipper.run());
             snapshot_status = Some(status.clone());
             status
@@ -151,6 +157,7 @@ pub async fn run(
         coordinator = config.coordinator.as_ref().map(|c| c.url.to_string()),
         coordinator_fallbacks = config.coordinator_fallbacks.len(),
         replication = ?config.replication,
+        vault_restart = ?config.vault_restart,
         interval = ?config.interval,
         listen = ?listener.local_addr().ok(),
         "agent started"

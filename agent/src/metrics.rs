@@ -53,6 +53,9 @@ pub struct Metrics {
     /// `vault_dr_agent_snapshot_quarantines_total`: diverged data saved by a returning
     /// ex-primary.
     pub snapshot_quarantines: IntCounter,
+    /// `vault_dr_agent_server_restarts_total`: restarts of the sealed server of a superseded
+    /// primary (`--vault-restart signal`).
+    pub server_restarts: IntCounter,
     /// `vault_dr_agent_snapshot_index`: raft index of the newest snapshot held.
     pub snapshot_index: IntGauge,
     /// `vault_dr_agent_snapshot_restoring_seconds_total`: time spent restoring (its rate is
@@ -215,6 +218,13 @@ impl Metrics {
                 IntCounter::new(
                     format!("{P}snapshot_quarantines_total"),
                     "Diverged data saved by a returning ex-primary before it follows",
+                )?,
+            )?,
+            server_restarts: reg(
+                r,
+                IntCounter::new(
+                    format!("{P}server_restarts_total"),
+                    "Restarts of the sealed server of a superseded primary, so that its seal unseals it",
                 )?,
             )?,
             snapshot_index: reg(

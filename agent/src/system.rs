@@ -14,6 +14,60 @@ use vault_dr_common::report::HostSource;
 /// How many samples to wait between two scans of the process table for the Vault process.
 const RESCAN_EVERY: u32 = 10;
 
+/// The pid in `pid_file`, if it reads as one.
+fn pid_from_file(pid_file: &Path) -> Option<Pid> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    text.trim().parse::<u32>().ok().map(Pid::from_u32)
+}
+
+/// Scans the process table for the first of `names` (lowest pid wins). A throw-away `System`
+/// keeps the full table out of memory between scans.
+fn pid_by_name(names: &[String]) -> Option<Pid> {
+    let mut all = System::new();
+    all.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing());
+    names.iter().find_map(|name| {
+        all.processes_by_exact_name(name.as_ref())
+            .map(sysinfo::Process::pid)
+            .min()
+    })
+}
+
+/// The Vault process: the pid in `pid_file` when one is given (authoritative: it is read every
+/// time, restarts change it), else the first of `names` running.
+pub fn locate_pid(pid_file: Option<&Path>, names: &[String]) -> Option<u32> {
+    match pid_file {
+        Some(f) => pid_from_file(f),
+        None => pid_by_name(names),
+    }
+    .map(|p| p.as_u32())
+}
+
+/// Sends `signal` to `pid`; whether it was delivered.
+pub fn signal(pid: u32, signal: sysinfo::Signal) -> bool {
+    let pid = Pid::from_u32(pid);
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        true,
+        ProcessRefreshKind::nothing(),
+    );
+    sys.process(pid)
+        .and_then(|p| p.kill_with(signal))
+        .unwrap_or(false)
+}
+
+/// Whether a process with this pid exists and is not a zombie (Linux `/proc`).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// One reading of a cgroup v2 directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupReading {
@@ -159,31 +213,10 @@ impl SystemSampler {
         }
     }
 
-    fn pid_from_file(&self) -> Option<Pid> {
-        let text = std::fs::read_to_string(self.pid_file.as_ref()?).ok()?;
-        text.trim().parse::<u32>().ok().map(Pid::from_u32)
-    }
-
-    /// Scans the process table for the first of `names` (lowest pid wins). A throw-away
-    /// `System` keeps the full table out of memory between scans.
-    fn pid_by_name(&self) -> Option<Pid> {
-        let mut all = System::new();
-        all.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
-            ProcessRefreshKind::nothing(),
-        );
-        self.names.iter().find_map(|name| {
-            all.processes_by_exact_name(name.as_ref())
-                .map(sysinfo::Process::pid)
-                .min()
-        })
-    }
-
     fn locate(&mut self) -> Option<Pid> {
         if self.pid_file.is_some() {
             // The pid file is authoritative and cheap: read it every time (restarts change it).
-            return self.pid_from_file();
+            return pid_from_file(self.pid_file.as_deref()?);
         }
         if self.pid.is_none() {
             if self.since_scan < RESCAN_EVERY {
@@ -191,7 +224,7 @@ impl SystemSampler {
                 return None;
             }
             self.since_scan = 0;
-            self.pid = self.pid_by_name();
+            self.pid = pid_by_name(&self.names);
         }
         self.pid
     }

@@ -117,6 +117,9 @@ pub struct GroupSpec {
     /// (`--gate-listen` on [`crate::LabNode::client_addr`]); the coordinators, the other
     /// agents and the clients use that address. The lab itself keeps the node's own.
     pub gate: bool,
+    /// Every agent runs with `--vault-restart signal`: a superseded primary's sealed server
+    /// is SIGTERMed, to be started again by its supervisor ([`crate::LabNode::supervise`]).
+    pub vault_restart: bool,
 }
 
 impl Default for GroupSpec {
@@ -143,6 +146,7 @@ impl Default for GroupSpec {
             report_ttl: Duration::from_secs(3),
             cooldown: Duration::from_secs(60),
             gate: true,
+            vault_restart: false,
         }
     }
 }
@@ -743,6 +747,9 @@ impl DrGroup {
                 Some(node.dir().join("snapshots").into_os_string()),
                 false,
             );
+        }
+        if spec.vault_restart {
+            push("--vault-restart", Some("signal".into()), false);
         }
         if let Some(cg) = self.cgroups.as_ref().and_then(|c| c.of(cluster.name())) {
             push(

@@ -629,6 +629,14 @@ impl LabNode {
 
     /// Starts `bao server` with this node's config (log appended to [`LabNode::log_path`]).
     fn spawn(&mut self) -> Result<(), LabError> {
+        let (program, args) = self.command();
+        let guard = ChildGuard::spawn(&self.name, &program, &args, &self.log_path)?;
+        self.child = Some(guard);
+        Ok(())
+    }
+
+    /// The program and arguments that start `bao server` (through the host's prefix).
+    fn command(&self) -> (PathBuf, Vec<OsString>) {
         let mut args: Vec<OsString> = vec![
             "server".into(),
             format!("-config={}", self.config_path.display()).into(),
@@ -643,9 +651,7 @@ impl LabNode {
                 PathBuf::from(first)
             }
         };
-        let guard = ChildGuard::spawn(&self.name, &program, &args, &self.log_path)?;
-        self.child = Some(guard);
-        Ok(())
+        (program, args)
     }
 
     /// The node's name (`<cluster>-n<i>`, also its raft `node_id`).
@@ -727,6 +733,24 @@ impl LabNode {
         if let Some(child) = &self.child {
             child.signal(Signal::Hup);
         }
+    }
+
+    /// Starts `bao` again under a supervisor that starts it again 0.2 s after each exit, as
+    /// the kubelet or systemd `Restart=always` would (killing it first if it runs), and waits
+    /// until it listens. [`LabNode::kill`] ends the supervisor too; [`LabNode::pid`] follows
+    /// the current run through the pid file.
+    pub async fn supervise(&mut self) -> Result<(), LabError> {
+        self.kill();
+        let (program, args) = self.command();
+        let guard = ChildGuard::spawn_supervised(
+            &self.name,
+            &program,
+            &args,
+            &self.log_path,
+            &self.pid_file,
+        )?;
+        self.child = Some(guard);
+        self.wait_listening().await
     }
 
     /// Starts `bao` again with the same config and data (killing it first if it runs) and

@@ -35,6 +35,22 @@ wait "$w" 2>/dev/null
 exit "$rc"
 "#;
 
+/// The supervising watchdog (same arguments): like [`WATCHDOG`], but it starts the server
+/// again 0.2 s after each exit, as the kubelet or systemd `Restart=always` would. Only the
+/// first pid is printed (the server writes its own pid file); the watcher kills the whole
+/// group when the owner is gone.
+const SUPERVISOR: &str = r#"prog="$1"; log="$2"; owner="$3"; shift 3
+( while kill -0 "$owner" 2>/dev/null; do sleep 1; done; kill -9 0 ) &
+"$prog" "$@" >>"$log" 2>&1 </dev/null &
+echo "$!"
+exec >/dev/null
+while :; do
+  wait "$!"
+  sleep 0.2
+  "$prog" "$@" >>"$log" 2>&1 </dev/null &
+done
+"#;
+
 /// A signal the lab sends to a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -86,6 +102,9 @@ pub struct ChildGuard {
     log: PathBuf,
     /// Set once the server is known to be dead and reaped.
     done: bool,
+    /// Supervised ([`ChildGuard::spawn_supervised`]): the server's pid file, which names the
+    /// server of the current run.
+    supervised: Option<PathBuf>,
 }
 
 impl ChildGuard {
@@ -97,13 +116,37 @@ impl ChildGuard {
         args: &[OsString],
         log: &Path,
     ) -> Result<Self, LabError> {
+        Self::start(WATCHDOG, what, program, args, log, None)
+    }
+
+    /// [`ChildGuard::spawn`] under a supervisor that starts the server again whenever it
+    /// exits; `pid_file` is where the server writes its pid. [`ChildGuard::kill`] and
+    /// [`ChildGuard::terminate`] end the supervisor with it.
+    pub fn spawn_supervised(
+        what: &str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+        pid_file: &Path,
+    ) -> Result<Self, LabError> {
+        Self::start(SUPERVISOR, what, program, args, log, Some(pid_file))
+    }
+
+    fn start(
+        script: &str,
+        what: &str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+        pid_file: Option<&Path>,
+    ) -> Result<Self, LabError> {
         let spawn_err = |source| LabError::Spawn {
             what: format!("{what} ({})", program.display()),
             source,
         };
         let mut watchdog = Command::new("sh")
             .arg("-c")
-            .arg(WATCHDOG)
+            .arg(script)
             .arg("vault-dr-lab-watchdog")
             .arg(program)
             .arg(log)
@@ -137,12 +180,18 @@ impl ChildGuard {
             pid,
             log: log.to_path_buf(),
             done: false,
+            supervised: pid_file.map(Path::to_path_buf),
         })
     }
 
-    /// The server's pid.
+    /// The server's pid (supervised: of its current run, from its pid file once written).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.supervised
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|p| pid_alive(*p))
+            .unwrap_or(self.pid)
     }
 
     /// The server's log file.
@@ -168,7 +217,7 @@ impl ChildGuard {
     /// Sends `signal` to the server (not to the watchdog).
     pub fn signal(&self, signal: Signal) {
         if !self.done {
-            send(signal, &self.pid.to_string());
+            send(signal, &self.pid().to_string());
         }
     }
 
@@ -182,9 +231,14 @@ impl ChildGuard {
 
     /// Sends SIGTERM and waits up to `within` for the server to exit: its exit code (128 + n
     /// after signal n), or `None` when it was still running (it is then SIGKILLed) or had
-    /// already been reaped.
+    /// already been reaped. A supervised server is SIGKILLed with its supervisor.
     pub async fn terminate(&mut self, within: std::time::Duration) -> Option<i32> {
         if self.done {
+            return None;
+        }
+        if self.supervised.is_some() {
+            // The supervisor would start it again: it and its server go together.
+            self.kill();
             return None;
         }
         self.signal(Signal::Term);
@@ -205,6 +259,10 @@ impl ChildGuard {
     pub fn kill(&mut self) {
         if self.done {
             return;
+        }
+        if self.supervised.is_some() {
+            // The whole group: the supervisor, its watcher and the server's current run.
+            send(Signal::Kill, &format!("-{}", self.watchdog.id()));
         }
         send(Signal::Kill, &self.pid.to_string());
         // The watchdog `wait`s for the server, so once it has exited the server is reaped.

@@ -34,6 +34,7 @@ pub mod store;
 use crate::config::SnapshotConfig;
 use crate::metrics::Metrics;
 use crate::replication::Replicator;
+use crate::restart::{self, RestartMode, Restarter};
 use crate::state::Shared;
 use crate::vault::{POLL, VaultClient, raft, token};
 use async_trait::async_trait;
@@ -256,6 +257,9 @@ pub struct Shipper {
     last_success_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
     last_renew: Option<Instant>,
+    restarter: Restarter,
+    /// Since when the node has been found sealed without a break.
+    sealed_since: Option<Instant>,
 }
 
 impl Shipper {
@@ -300,9 +304,17 @@ impl Shipper {
             last_success_at: None,
             last_error: None,
             last_renew: None,
+            restarter: Restarter::new(RestartMode::Off, None, Vec::new()),
+            sealed_since: None,
         };
         me.publish();
         Ok(me)
+    }
+
+    /// Restarts a superseded primary's sealed node with `restarter` (the default: never).
+    pub fn with_restarter(mut self, restarter: Restarter) -> Self {
+        self.restarter = restarter;
+        self
     }
 
     /// Runs until the task is dropped.
@@ -339,6 +351,9 @@ impl Shipper {
         }
         self.reap(false).await;
         let desired = self.shared.desired();
+        if let Some(d) = &desired {
+            self.note_primary(d);
+        }
         if let Some(d) = desired.as_ref().filter(|d| self.needs_quiet_node(d))
             && let Some(b) = &self.background
         {
@@ -438,16 +453,98 @@ impl Shipper {
 
     /// Gathers the facts and asks the plan; probes the node only when the plan asks for its
     /// state (a probe of a node that is down takes seconds).
-    async fn next_action(&self, desired: Option<&DesiredState>) -> Action {
+    async fn next_action(&mut self, desired: Option<&DesiredState>) -> Action {
         let snapshots = self.store.list();
         let mut node = NodeFacts::default();
         loop {
             let action = plan::plan(&self.plan_state(), desired, &snapshots, &node);
             if action == Action::ProbeNode && node.state.is_none() {
-                node.state = Some(self.vault.health().await.health.state);
+                let state = self.vault.health().await.health.state;
+                self.note_node_state(state);
+                node.state = Some(state);
                 continue;
             }
             return action;
+        }
+    }
+
+    /// Keeps since when the node is sealed.
+    fn note_node_state(&mut self, state: NodeState) {
+        if state != NodeState::Sealed {
+            if self.sealed_since.take().is_some() {
+                self.restarter.unsealed();
+                if self
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with("sealed_"))
+                {
+                    self.last_error = None;
+                }
+            }
+        } else if self.sealed_since.is_none() {
+            self.sealed_since = Some(Instant::now());
+        }
+    }
+
+    /// Records that this node's cluster is the primary of `d.term` (the fact that later makes a
+    /// sealed node of it a superseded primary's).
+    fn note_primary(&mut self, d: &DesiredState) {
+        if d.role != Role::Primary || self.record.was_primary.is_some_and(|t| t >= d.term) {
+            return;
+        }
+        self.record.was_primary = Some(d.term);
+        if let Err(e) = self.save_record() {
+            tracing::warn!(error = %e, term = d.term, "could not record that this cluster is the primary");
+        }
+    }
+
+    /// The node follows `term`: it is no superseded primary any more.
+    fn followed(&mut self, term: u64) -> Result<(), ShipError> {
+        if self.record.was_primary.is_some_and(|t| t < term) {
+            self.record.was_primary = None;
+            self.save_record()?;
+        }
+        Ok(())
+    }
+
+    /// Restarts the sealed server of a superseded primary (when the mode, its seal and the
+    /// backoff allow), logging before the signal; otherwise reports why not, once per change.
+    async fn restart_sealed(&mut self, action: &Action) {
+        let shamir = self.vault.seal_type().await.as_deref() == Some("shamir");
+        let outcome = match self.restarter.due(shamir) {
+            Ok(pid) => {
+                tracing::warn!(pid, mode = ?self.restarter.mode(), "{action}");
+                let outcome = restart::stop(pid).await;
+                if let restart::Outcome::Restarted { pid, killed } = outcome {
+                    self.metrics.server_restarts.inc();
+                    self.sealed_since = None;
+                    tracing::info!(
+                        pid,
+                        killed,
+                        "the sealed server exited; its supervisor starts it again and its seal unseals it"
+                    );
+                }
+                outcome
+            }
+            Err(why) => why,
+        };
+        let kind = outcome.kind();
+        if kind.is_some() && self.last_error.as_deref() != kind {
+            let why = match outcome {
+                restart::Outcome::Off => {
+                    "--vault-restart is off: restart the server by hand (README \"A sealed old primary\")"
+                }
+                restart::Outcome::Shamir => {
+                    "its seal is Shamir: a restart leaves it sealed; unseal it with the primary's unseal keys"
+                }
+                _ => {
+                    "no server process could be stopped (pid file, process name, permission to signal it)"
+                }
+            };
+            tracing::warn!(?outcome, "a superseded primary's node stays sealed: {why}");
+        }
+        if let Some(kind) = kind {
+            self.last_error = Some(kind.to_owned());
         }
     }
 
@@ -483,6 +580,10 @@ impl Shipper {
                 tracing::info!(%action);
                 self.promote(d, term, data).await
             }
+            Action::RestartSealed { .. } => {
+                self.restart_sealed(&action).await;
+                Ok(())
+            }
         }
     }
 
@@ -497,6 +598,8 @@ impl Shipper {
             since_last_pull: self.last_pull.map(|t| t.elapsed()),
             primary_index: self.status.primary_index(),
             restoring: self.background.as_ref().map(|b| b.meta.clone()),
+            was_primary: self.record.was_primary,
+            sealed_for: self.sealed_since.map(|t| t.elapsed()),
         }
     }
 
@@ -536,6 +639,7 @@ impl Shipper {
                 }
             }
         }
+        self.followed(term)?;
         self.publish();
         self.shared.set_applied_term(term);
         self.last_error = None;
@@ -556,6 +660,7 @@ impl Shipper {
         );
         self.record.primary_term = None;
         self.save_record()?;
+        self.followed(term)?;
         if self.shared.applied_term() < term {
             tracing::info!(term, primary = %d.primary, "following the primary of this term");
         }

@@ -163,6 +163,24 @@ impl VaultClient {
         probe_health(&self.http, &self.addr).await
     }
 
+    /// The node's seal type from `GET sys/seal-status` (unauthenticated, answered while
+    /// sealed): `shamir`, `static`, `transit`, `awskms`…; `None` when it does not answer.
+    pub async fn seal_type(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct SealStatus {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let resp = self
+            .http
+            .get(endpoint(&self.addr, "sys/seal-status"))
+            .send()
+            .await
+            .ok()?;
+        let status: SealStatus = resp.json().await.ok()?;
+        Some(status.kind)
+    }
+
     /// `GET v1/<path>` with the token when there is one: the status and body, whatever they are.
     pub async fn get_raw(
         &self,

@@ -7,6 +7,7 @@ use super::{ApiArgs, CliError, Client, Output, Replica, opt, table};
 use crate::api::ClustersResponse;
 use crate::model::Eligibility;
 use crate::model::view::NodeView;
+use vault_dr_common::{NodeState, Role};
 
 /// Fetches `/v1/clusters` and `/v1/topology` from the leader, asks every replica its role, and
 /// renders them. The JSON output adds `leader` (the lease holder's id) and `replicas`.
@@ -51,6 +52,34 @@ pub fn render_replicas(replicas: &[Replica]) -> String {
 
 fn freshest(nodes: &[NodeView]) -> Option<&NodeView> {
     nodes.iter().max_by_key(|n| n.received_at)
+}
+
+/// What a sealed node of a secondary cluster needs, from the kind its agent reports: OpenBao's
+/// auto-unseal seals unseal a node only when its server starts, so a superseded primary's
+/// sealed node rejoins once its server restarts (its agent does it with `--vault-restart
+/// signal`).
+pub fn sealed_line(cluster: &str, node: &str, kind: Option<&str>) -> String {
+    let what = match kind {
+        Some("sealed_restart_off") => format!(
+            "stays sealed until its server restarts, and its agent runs with --vault-restart off: \
+             restart it (kubectl delete pod {node}; systemctl restart openbao), or run the agent \
+             with --vault-restart signal"
+        ),
+        Some("sealed_shamir") => format!(
+            "has a Shamir seal, which a restart does not unseal: unseal it with the primary's \
+             unseal keys (bao operator unseal, against {node})"
+        ),
+        Some("sealed_restart_failed") => format!(
+            "its agent could not restart its server (see the agent's log): restart it by hand \
+             (kubectl delete pod {node}; systemctl restart openbao)"
+        ),
+        // Not (yet) a superseded primary's node for its agent: sealed by an operator, in the
+        // grace after a failover, or behind an older agent.
+        _ => "is sealed; its agent restarts only a superseded primary's node (--vault-restart \
+              signal): unseal or restart it by hand if it should serve"
+            .to_owned(),
+    };
+    format!("sealed: {node} of {cluster} {what}")
 }
 
 /// Renders the status table.
@@ -126,7 +155,23 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
             f.failover
         ));
     }
-    if !t.fence_pending.is_empty() {
+    let sealed: Vec<String> = resp
+        .view
+        .clusters
+        .values()
+        .filter(|c| c.role != Role::Primary)
+        .flat_map(|c| {
+            c.nodes
+                .iter()
+                .filter(|n| n.report.vault.state == NodeState::Sealed)
+                .map(|n| sealed_line(&c.name, &n.node, n.report.replication.last_error.as_deref()))
+        })
+        .collect();
+    for line in &sealed {
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !t.fence_pending.is_empty() || !sealed.is_empty() {
         out.push('\n');
     }
     out.push_str(&table(
@@ -150,6 +195,26 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
 mod tests {
     use super::*;
     use crate::cli::ReplicaRole;
+
+    #[test]
+    fn a_sealed_node_line_says_what_to_run_for_each_reason_its_agent_gives() {
+        let off = sealed_line("dc1", "openbao-dc1-0", Some("sealed_restart_off"));
+        assert!(
+            off.starts_with("sealed: openbao-dc1-0 of dc1 stays sealed until its server restarts")
+                && off.contains("kubectl delete pod openbao-dc1-0")
+                && off.contains("--vault-restart signal"),
+            "{off}"
+        );
+        let shamir = sealed_line("dc1", "n1", Some("sealed_shamir"));
+        assert!(shamir.contains("bao operator unseal"), "{shamir}");
+        let failed = sealed_line("dc1", "n1", Some("sealed_restart_failed"));
+        assert!(failed.contains("the agent's log"), "{failed}");
+        let other = sealed_line("dc1", "n1", None);
+        assert!(other.contains("unseal or restart it by hand"), "{other}");
+        for line in [off, shamir, failed, other] {
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
 
     #[test]
     fn replicas_are_listed_with_their_role_and_the_unreachable_without_id() {

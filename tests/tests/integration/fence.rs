@@ -283,3 +283,135 @@ async fn a_primary_frozen_with_its_agent_adds_at_most_the_bound_and_its_fence_is
         .await;
     }
 }
+
+/// GET `secret/data/<path>` on `addr` with `token`: the secret's data, `None` while it does
+/// not answer 200 (sealed, restoring, not there yet).
+async fn kv_read(
+    http: &reqwest::Client,
+    addr: &Url,
+    token: &Secret,
+    path: &str,
+) -> Option<serde_json::Value> {
+    let resp = http
+        .get(addr.join(&format!("v1/secret/data/{path}")).unwrap())
+        .header("X-Vault-Token", token.expose())
+        .send()
+        .await
+        .ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = resp.json().await.ok()?;
+    Some(v["data"]["data"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_old_primary_is_restarted_by_its_agent_and_follows_the_new_primary_with_no_manual_step()
+ {
+    let builder = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .coordinators(1)
+        .spec(|s| s.vault_restart = true)
+        .agents(false);
+    let spec = builder.group_spec().clone();
+    let mut g = builder.start().await.unwrap();
+    // p's server runs under a supervisor that starts it again when it exits, as the kubelet
+    // restarts a container (or systemd with Restart=always).
+    let node = &mut g.cluster_mut("p").unwrap().nodes_mut()[0];
+    node.supervise().await.unwrap();
+    node.wait_health(200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let first_pid = node.pid().unwrap();
+    g.start_agents(&spec).await.unwrap();
+    let p_addr = g.cluster("p").unwrap().api_addr().clone();
+    let http = g.http().clone();
+    let p_root = g.cluster("p").unwrap().root_token().clone();
+
+    // p is sealed (by hand here; by vault-dr's fence in a failover): it is down, and a
+    // failover makes another cluster primary. Its auto-unseal seal would unseal it only at a
+    // restart, and `sys/unseal` refuses it.
+    let resp = http
+        .put(p_addr.join("v1/sys/seal").unwrap())
+        .header("X-Vault-Token", p_root.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204, "seal p");
+    let sealed_at = Instant::now();
+    let new_primary = g
+        .wait_failover_done(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Every cluster restored p's snapshots: p's root token is the group's.
+    let t_addr = g.cluster(&new_primary).unwrap().api_addr().clone();
+    let t_root = p_root.clone();
+    let written = serde_json::json!({"written": "after the failover"});
+    let resp = http
+        .post(t_addr.join("v1/secret/data/rejoin/after").unwrap())
+        .header("X-Vault-Token", t_root.expose())
+        .json(&serde_json::json!({ "data": written }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "write on the new primary");
+    println!(
+        "failover to {new_primary} {:.1} s after p was sealed",
+        sealed_at.elapsed().as_secs_f64()
+    );
+
+    // No manual step: p's agent restarts its server, the seal unseals it, and it follows the
+    // new primary (its own data quarantined, the new primary's restored).
+    let leader = g.leader().await.unwrap();
+    let followed = wait_for(
+        "p to follow the new primary",
+        Duration::from_secs(90),
+        || async {
+            let v = g.get_json(&leader, "v1/clusters").await?;
+            let report = &v["view"]["clusters"]["p"]["nodes"][0]["report"];
+            let applied = report["applied_term"].as_u64()?;
+            let state = report["vault"]["state"].as_str()?.to_owned();
+            (applied >= 2 && state == "active").then_some(state)
+        },
+    )
+    .await;
+    let data = wait_for(
+        "p to serve the new primary's data",
+        Duration::from_secs(30),
+        || kv_read(&http, &p_addr, &t_root, "rejoin/after"),
+    )
+    .await;
+    println!(
+        "p {followed} and following {new_primary} {:.1} s after it was sealed",
+        sealed_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(data, written);
+    assert!(!sealed(&http, &p_addr).await, "p is unsealed");
+    let pid = g.cluster("p").unwrap().nodes()[0].pid().unwrap();
+    assert_ne!(pid, first_pid, "p's server was started again");
+    let agent_log = g
+        .agents()
+        .iter()
+        .find(|a| a.cluster == "p")
+        .map(|a| std::fs::read_to_string(&a.log_path).unwrap())
+        .unwrap();
+    for line in agent_log
+        .lines()
+        .filter(|l| l.contains("sealed") || l.contains("quarantine"))
+    {
+        println!("p's agent: {line}");
+    }
+    assert!(
+        agent_log.contains("is sealed") && agent_log.contains("restart its server"),
+        "the agent logs the restart before it: {agent_log}"
+    );
+    assert!(
+        agent_log.contains("saved this node's own data to quarantine"),
+        "p's own data is kept: {agent_log}"
+    );
+    // The new primary is still the primary, and its data is intact.
+    assert_eq!(
+        kv_read(&http, &t_addr, &t_root, "rejoin/after").await,
+        Some(written)
+    );
+}

@@ -19,6 +19,10 @@
 //! - **Returning ex-primary** (primary in an older term): once no failover is in progress it
 //!   rejoins at once, whatever the interval: pull, quarantine its own data, restore, and only
 //!   then acknowledge the term.
+//! - **Sealed, superseded** (its cluster was the primary in an older term, the node sealed for
+//!   [`SEALED_GRACE`], no failover in progress): its server is restarted, so that its
+//!   auto-unseal seal unseals it and it rejoins. A sealed node that never was primary, or is
+//!   primary of the current term, is left sealed: an operator may have sealed it.
 //! - **After a pull**: `on-promotion` keeps the snapshot; `continuous` restores it when newer
 //!   than the restored one, first quarantining the node's own data if it never restored one.
 //! - **Pulls never wait for restores** ([`background_restore`]): a continuous secondary's
@@ -54,7 +58,16 @@ pub struct PlanState {
     /// The snapshot this agent is restoring into the node in the background, if any: pulls
     /// go on meanwhile, and the node (blocked by the restore) is not probed to plan them.
     pub restoring: Option<SnapshotMeta>,
+    /// The newest term in which this node's cluster was the primary while this agent watched
+    /// it, until the node follows a later term (its record).
+    pub was_primary: Option<u64>,
+    /// How long the node has been found sealed without a break; `None` when it was not.
+    pub sealed_for: Option<Duration>,
 }
+
+/// How long a superseded primary's node must stay sealed before its server is restarted: well
+/// above the moment a restore seals a node, and above a slow auto-unseal at start.
+pub const SEALED_GRACE: Duration = Duration::from_secs(5);
 
 /// What the local node said. Its state is asked for only when the plan needs it (a probe can
 /// take seconds while the node is down): [`Action::ProbeNode`] until then.
@@ -182,6 +195,16 @@ pub enum Action {
         term: u64,
         /// The term the node was primary in.
         primary_term: u64,
+    },
+    /// The node of a superseded primary is sealed (vault-dr's fence, or the seal that made it
+    /// fail): restart its server, so that its auto-unseal seal unseals it and it rejoins.
+    RestartSealed {
+        /// The term its cluster was primary in.
+        primary_term: u64,
+        /// The term it is to follow.
+        term: u64,
+        /// How long it has been sealed.
+        sealed_for: Duration,
     },
     /// Promote the node: wait until it is active, get its data, wait again, write and read
     /// the canary, record the node as primary and acknowledge the term.
@@ -314,6 +337,16 @@ fn follow(
         let Some(node_state) = node.state else {
             return Action::ProbeNode;
         };
+        if node_state == NodeState::Sealed
+            && let Some(primary_term) = state.was_primary.filter(|t| *t < d.term)
+            && let Some(sealed_for) = state.sealed_for.filter(|s| *s >= SEALED_GRACE)
+        {
+            return Action::RestartSealed {
+                primary_term,
+                term: d.term,
+                sealed_for,
+            };
+        }
         if node_state != NodeState::Active {
             return idle(Idle::NotActive { state: node_state });
         }
@@ -509,6 +542,15 @@ impl fmt::Display for Action {
                 f,
                 "ex-primary of term {primary_term}: pull from {from}, quarantine this node's data, restore, follow term {term}"
             ),
+            Self::RestartSealed {
+                primary_term,
+                term,
+                sealed_for,
+            } => write!(
+                f,
+                "the node of the primary of term {primary_term} is sealed ({:.0} s): restart its server so that its seal unseals it, then follow term {term}",
+                sealed_for.as_secs_f64()
+            ),
             Self::Promote { term, data } => write!(f, "promote for term {term}: {data}"),
         }
     }
@@ -551,6 +593,8 @@ mod tests {
             since_last_pull: Some(Duration::from_secs(60)),
             primary_index: Some(120),
             restoring: None,
+            was_primary: None,
+            sealed_for: None,
         }
     }
 
@@ -580,6 +624,10 @@ mod tests {
 
     const ACTIVE: NodeFacts = NodeFacts {
         state: Some(NodeState::Active),
+    };
+
+    const SEALED: NodeFacts = NodeFacts {
+        state: Some(NodeState::Sealed),
     };
 
     fn follow(term: u64, acknowledge: Acknowledge) -> Action {
@@ -1022,6 +1070,78 @@ mod tests {
                 snapshots: held.clone(),
                 node: ACTIVE,
                 want: follow(4, Acknowledge::AfterPull),
+            },
+            Row {
+                name: "a_superseded_primary_sealed_past_the_grace_has_its_server_restarted",
+                state: PlanState {
+                    was_primary: Some(3),
+                    sealed_for: Some(SEALED_GRACE),
+                    ..state()
+                },
+                desired: Some(secondary(4)),
+                snapshots: held.clone(),
+                node: SEALED,
+                want: Action::RestartSealed {
+                    primary_term: 3,
+                    term: 4,
+                    sealed_for: SEALED_GRACE,
+                },
+            },
+            Row {
+                name: "a_superseded_primary_sealed_for_less_than_the_grace_is_left_alone",
+                state: PlanState {
+                    was_primary: Some(3),
+                    sealed_for: Some(SEALED_GRACE - Duration::from_millis(1)),
+                    ..state()
+                },
+                desired: Some(secondary(4)),
+                snapshots: held.clone(),
+                node: SEALED,
+                want: idle(Idle::NotActive {
+                    state: NodeState::Sealed,
+                }),
+            },
+            Row {
+                name: "a_sealed_secondary_that_never_was_primary_is_left_sealed_an_operator_may_have_sealed_it",
+                state: PlanState {
+                    sealed_for: Some(Duration::from_secs(600)),
+                    ..state()
+                },
+                desired: Some(secondary(4)),
+                snapshots: held.clone(),
+                node: SEALED,
+                want: idle(Idle::NotActive {
+                    state: NodeState::Sealed,
+                }),
+            },
+            Row {
+                name: "a_sealed_node_primary_of_the_current_term_is_left_sealed",
+                state: PlanState {
+                    was_primary: Some(4),
+                    sealed_for: Some(Duration::from_secs(600)),
+                    ..state()
+                },
+                desired: Some(secondary(4)),
+                snapshots: held.clone(),
+                node: SEALED,
+                want: idle(Idle::NotActive {
+                    state: NodeState::Sealed,
+                }),
+            },
+            Row {
+                name: "a_superseded_primary_is_not_restarted_while_the_failover_is_in_progress",
+                state: PlanState {
+                    was_primary: Some(3),
+                    sealed_for: Some(Duration::from_secs(600)),
+                    ..state()
+                },
+                desired: Some(DesiredState {
+                    failover_in_progress: true,
+                    ..secondary(4)
+                }),
+                snapshots: held.clone(),
+                node: SEALED,
+                want: idle(Idle::FailoverInProgress { term: 4 }),
             },
         ]
     }

@@ -59,6 +59,12 @@ pub struct NodeRecord {
     /// The newest quarantine file written.
     #[serde(default)]
     pub quarantined: Option<PathBuf>,
+    /// The newest DR term in which this node's cluster was the primary while this agent
+    /// watched it; cleared once the node follows a later term. A node sealed while it is set
+    /// and its cluster is a secondary of a later term is a superseded primary's: its server
+    /// is restarted (`--vault-restart`).
+    #[serde(default)]
+    pub was_primary: Option<u64>,
 }
 
 /// Why a snapshot was not restored, or a store operation failed.
@@ -557,6 +563,7 @@ mod tests {
             restored: Some(m),
             primary_term: Some(2),
             quarantined: None,
+            was_primary: Some(2),
         };
         store.save_node_record(&r).unwrap();
         let again = Store::open(dir.path(), 3).unwrap();
@@ -574,6 +581,7 @@ mod tests {
             restored: None,
             primary_term: Some(4),
             quarantined: None,
+            was_primary: None,
         };
         store.save_node_record(&r).unwrap();
         assert_eq!(store.node_record(), r);
