@@ -3,9 +3,10 @@
 //! 1.29; the custom resources (ServiceMonitor, PodMonitor, PrometheusRule, StressChaos), which that
 //! tool has no schema for, are checked field by field and the rules with `promtool check rules`;
 //! the rendered `config.toml` is accepted by the coordinator's own parser; the Role is namespaced
-//! least privilege; the agent sidecar examples validate as containers of a Pod; and every metric
-//! the Grafana dashboard and the alerts query is exported by a real agent and a real coordinator
-//! running against a lab OpenBao group.
+//! least privilege; the agent sidecar examples validate as containers of a Pod;
+//! `examples/merge-values.sh` adds them to a release's own values without losing any; and every
+//! metric the Grafana dashboard and the alerts query is exported by a real agent and a real
+//! coordinator running against a lab OpenBao group.
 //!
 //! Needs `.tools/bin/{helm,kubectl,bao}`, `kubernetes-validate` in `.tools/venv` and `promtool`
 //! (run `scripts/setup.sh`, which calls `scripts/setup-helm.sh`).
@@ -791,6 +792,233 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
             "{example}: {token_file} is not under a mount"
         );
     }
+}
+
+/// Runs `examples/merge-values.sh RELEASE ADDITION` with the tools' helm; returns (success,
+/// stdout, stderr).
+fn merge_values(release: &Path, addition: &Path) -> (bool, String, String) {
+    run(
+        Command::new("sh")
+            .arg(chart().join("examples/merge-values.sh"))
+            .arg(release)
+            .arg(addition)
+            .env("HELM", tool("bin/helm")),
+        None,
+    )
+}
+
+/// Whether everything in `part` is in `whole`: maps key by key, lists entry by entry (in any
+/// place), scalars equal.
+fn holds(whole: &Value, part: &Value) -> bool {
+    match (whole, part) {
+        (Value::Object(w), Value::Object(p)) => {
+            p.iter().all(|(k, v)| w.get(k).is_some_and(|x| holds(x, v)))
+        }
+        (Value::Array(w), Value::Array(p)) => p.iter().all(|v| w.contains(v)),
+        (w, p) => w == p,
+    }
+}
+
+/// The names of a list of named entries.
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect()
+}
+
+/// A release of the official OpenBao chart with values of its own: TLS from a Secret volume
+/// mounted into the server, a log-shipping sidecar, and a config fit for vault-dr.
+const RELEASE_WITH_TLS: &str = r#"
+global:
+  tlsDisable: false
+server:
+  volumes:
+    - name: openbao-tls
+      secret:
+        secretName: openbao-dc1-tls
+  volumeMounts:
+    - name: openbao-tls
+      mountPath: /openbao/userconfig/tls
+      readOnly: true
+  extraContainers:
+    - name: log-shipper
+      image: fluent/fluent-bit:3.1
+      args: ["-c", "/fluent-bit/etc/fluent-bit.conf"]
+  ha:
+    enabled: true
+    raft:
+      enabled: true
+      config: |
+        listener "tcp" {
+          address         = "127.0.0.1:8300"
+          cluster_address = "[::]:8201"
+          tls_cert_file   = "/openbao/userconfig/tls/tls.crt"
+          tls_key_file    = "/openbao/userconfig/tls/tls.key"
+        }
+        storage "raft" { path = "/openbao/data" }
+        service_registration "kubernetes" {}
+        seal "static" {
+          current_key_id = "dr-1"
+          current_key    = "file:///openbao/userconfig/seal/key"
+        }
+"#;
+
+/// The install story of a release that already has volumes and containers: the merge script adds
+/// the example's sidecar and volumes and keeps every value of the release (the TLS volume, its
+/// mount, the other sidecar, the server config); run again on its output it changes nothing; an
+/// older sidecar of the same name is replaced in place; a value it cannot merge stops it with the
+/// path; a config without what vault-dr needs is warned about. The merged server pod (the way the
+/// official chart places `server.volumes`, `server.volumeMounts` and `server.extraContainers`)
+/// passes strict validation and every mount names a volume.
+#[test]
+fn the_merge_script_adds_the_sidecar_to_a_release_and_keeps_its_volumes_mounts_and_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = chart().join("examples/openbao-agent-values.yaml");
+    let example_values = yaml_docs(&std::fs::read_to_string(&example).unwrap()).remove(0);
+    let release_file = dir.path().join("current.yaml");
+    std::fs::write(&release_file, RELEASE_WITH_TLS).unwrap();
+    let release = yaml_docs(RELEASE_WITH_TLS).remove(0);
+
+    let (ok, merged_text, err) = merge_values(&release_file, &example);
+    assert!(ok, "merge failed:\n{err}");
+    assert!(!err.contains("warning"), "a fit release warns: {err}");
+    let merged = yaml_docs(&merged_text).remove(0);
+    assert!(
+        holds(&merged, &release),
+        "release values lost:\n{merged_text}"
+    );
+    assert!(
+        holds(&merged, &example_values),
+        "example values missing:\n{merged_text}"
+    );
+    let server = &merged["server"];
+    assert_eq!(
+        names(&server["volumes"]),
+        [
+            "openbao-tls",
+            "vault-dr-token",
+            "vault-dr-vault-token",
+            "vault-dr-snapshots"
+        ]
+    );
+    assert_eq!(server["volumeMounts"], release["server"]["volumeMounts"]);
+    assert_eq!(
+        names(&server["extraContainers"]),
+        ["log-shipper", "vault-dr-agent"]
+    );
+    assert_eq!(
+        server["ha"]["raft"]["config"], release["server"]["ha"]["raft"]["config"],
+        "the release's own server config is kept"
+    );
+
+    // Idempotent: the merged values merged again are the same text.
+    let merged_file = dir.path().join("merged.yaml");
+    std::fs::write(&merged_file, &merged_text).unwrap();
+    let (ok, again, err) = merge_values(&merged_file, &example);
+    assert!(ok, "{err}");
+    assert_eq!(again, merged_text, "a second merge changed the values");
+
+    // An older sidecar of the same name is replaced where it was, not duplicated.
+    let older = RELEASE_WITH_TLS.replace(
+        "  extraContainers:\n",
+        "  extraContainers:\n    - name: vault-dr-agent\n      image: ghcr.io/vault-dr/vault-dr-agent:0.0.9\n",
+    );
+    let older_file = dir.path().join("older.yaml");
+    std::fs::write(&older_file, older).unwrap();
+    let (ok, out, err) = merge_values(&older_file, &example);
+    assert!(ok, "{err}");
+    let containers = &yaml_docs(&out)[0]["server"]["extraContainers"];
+    assert_eq!(names(containers), ["vault-dr-agent", "log-shipper"]);
+    assert_eq!(
+        containers[0],
+        example_values["server"]["extraContainers"][0]
+    );
+
+    // A value of another kind stops the merge and names its place; nothing is written.
+    let string_volumes = dir.path().join("string-volumes.yaml");
+    std::fs::write(&string_volumes, "server:\n  volumes: \"- name: x\"\n").unwrap();
+    let (ok, out, err) = merge_values(&string_volumes, &example);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("cannot merge server.volumes"), "{err}");
+
+    // A release on the chart's defaults (standalone, no config): merged, with the warnings.
+    let bare = dir.path().join("bare.yaml");
+    std::fs::write(&bare, "null\n").unwrap();
+    let (ok, out, err) = merge_values(&bare, &example);
+    assert!(ok, "{err}");
+    assert!(holds(&yaml_docs(&out)[0], &example_values), "{out}");
+    for warning in [
+        "the release did not set server.ha.raft.enabled: true",
+        "server.ha.raft.config is not set",
+    ] {
+        assert!(err.contains(warning), "no warning {warning:?}:\n{err}");
+    }
+    let no_registration = dir.path().join("no-registration.yaml");
+    std::fs::write(
+        &no_registration,
+        RELEASE_WITH_TLS.replace("service_registration \"kubernetes\" {}\n", ""),
+    )
+    .unwrap();
+    let (ok, _, err) = merge_values(&no_registration, &example);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("no service_registration \"kubernetes\" stanza"),
+        "{err}"
+    );
+
+    // The server pod as the official chart builds it from these values.
+    let mut volumes = server["volumes"].as_array().unwrap().clone();
+    volumes.push(json!({
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": "data-openbao-dc1-0"}
+    }));
+    let mut containers = vec![json!({
+        "name": "openbao",
+        "image": "quay.io/openbao/openbao:2.5.3",
+        "volumeMounts": server["volumeMounts"],
+    })];
+    containers.extend(
+        server["extraContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    let declared: BTreeSet<&str> = volumes
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for c in &containers {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            assert!(
+                declared.contains(m["name"].as_str().unwrap()),
+                "{}: {m} names no volume",
+                c["name"]
+            );
+        }
+    }
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "openbao-dc1-0", "labels": server["extraLabels"]},
+        "spec": {
+            "shareProcessNamespace": server["shareProcessNamespace"],
+            "containers": containers,
+            "volumes": volumes,
+        }
+    });
+    let file = dir.path().join("pod.json");
+    std::fs::write(&file, pod.to_string()).unwrap();
+    let lines = kubernetes_validate(&file);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("passed for resource pod/openbao-dc1-0")),
+        "{}",
+        lines.join("\n")
+    );
 }
 
 /// Metric names (`vault_dr_*`) in a PromQL expression.
