@@ -23,11 +23,14 @@ use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use url::Url;
 use vault_dr_coordinator::config::{TrafficBackend, TrafficFile};
-use vault_dr_coordinator::model::topology::Topology;
+use vault_dr_coordinator::model::Step;
+use vault_dr_coordinator::model::topology::{FailoverInProgress, Topology};
+use vault_dr_coordinator::traffic::kubernetes::cut_selector;
+use vault_dr_coordinator::traffic::target_cluster;
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::ports::closed_loopback;
 use vault_dr_lab::wait::try_wait_for_every;
-use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy, sample};
+use vault_dr_tests::coordinators::{Backend, DrLab, HaGroups, probe_policy, sample};
 use vault_dr_tests::fake_apiserver::test_client;
 
 /// The leader's tick (its probe interval), which is also the reconcile period.
@@ -75,6 +78,57 @@ async fn wait_selects(services: &Api<Service>, name: &str, dc: &str, within: Dur
     t.elapsed()
 }
 
+/// Starts `count` coordinators over the clusters `dc1` and `dc2` (closed ports: no OpenBao, so
+/// nothing can fail over) with the Kubernetes Lease, topology ConfigMap and client Service of
+/// these names.
+async fn start_coordinators(
+    kube: &vault_dr_tests::fake_apiserver::TestKube,
+    kubeconfig: &std::path::Path,
+    lease_name: &str,
+    configmap_name: &str,
+    service_name: &str,
+    count: usize,
+) -> DrLab {
+    let addresses: Vec<Url> = (0..2)
+        .map(|_| Url::parse(&format!("http://127.0.0.1:{}", closed_loopback().unwrap())).unwrap())
+        .collect();
+    Group::builder()
+        .clusters(["dc1", "dc2"])
+        .coordinators(count)
+        .ha(Backend::Kubernetes {
+            kubeconfig: kubeconfig.to_path_buf(),
+            namespace: kube.namespace.clone(),
+            lease_name: lease_name.to_owned(),
+            configmap_name: configmap_name.to_owned(),
+        })
+        .addresses(addresses)
+        .dr_token(false)
+        .policy_file(probe_policy(TICK, Duration::from_millis(400)))
+        .traffic_file(TrafficFile {
+            backend: Some(TrafficBackend::Kubernetes),
+            namespace: Some(kube.namespace.clone()),
+            service: Some(service_name.to_owned()),
+            ..TrafficFile::default()
+        })
+        .selector(
+            "dc1",
+            &[
+                ("app.kubernetes.io/name", "vault-dr-it"),
+                ("vault-dr.io/cluster", "dc1"),
+            ],
+        )
+        .selector(
+            "dc2",
+            &[
+                ("app.kubernetes.io/name", "vault-dr-it"),
+                ("vault-dr.io/cluster", "dc2"),
+            ],
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_corrects_a_client_service_that_selects_another_cluster_than_the_topology() {
     let kube = test_client().await.unwrap();
@@ -115,44 +169,15 @@ async fn the_leader_corrects_a_client_service_that_selects_another_cluster_than_
         .await
         .unwrap();
 
-    let addresses: Vec<Url> = (0..2)
-        .map(|_| Url::parse(&format!("http://127.0.0.1:{}", closed_loopback().unwrap())).unwrap())
-        .collect();
-    let mut lab = Group::builder()
-        .clusters(["dc1", "dc2"])
-        .coordinators(1)
-        .ha(Backend::Kubernetes {
-            kubeconfig,
-            namespace: kube.namespace.clone(),
-            lease_name: lease_name.clone(),
-            configmap_name: configmap_name.clone(),
-        })
-        .addresses(addresses)
-        .dr_token(false)
-        .policy_file(probe_policy(TICK, Duration::from_millis(400)))
-        .traffic_file(TrafficFile {
-            backend: Some(TrafficBackend::Kubernetes),
-            namespace: Some(kube.namespace.clone()),
-            service: Some(service_name.clone()),
-            ..TrafficFile::default()
-        })
-        .selector(
-            "dc1",
-            &[
-                ("app.kubernetes.io/name", "vault-dr-it"),
-                ("vault-dr.io/cluster", "dc1"),
-            ],
-        )
-        .selector(
-            "dc2",
-            &[
-                ("app.kubernetes.io/name", "vault-dr-it"),
-                ("vault-dr.io/cluster", "dc2"),
-            ],
-        )
-        .start()
-        .await
-        .unwrap();
+    let mut lab = start_coordinators(
+        &kube,
+        &kubeconfig,
+        &lease_name,
+        &configmap_name,
+        &service_name,
+        1,
+    )
+    .await;
     lab.group.start_all().await.unwrap();
     let (leader, _) = lab
         .group
@@ -221,5 +246,136 @@ async fn the_leader_corrects_a_client_service_that_selects_another_cluster_than_
         let _ = cms.delete(&configmap_name, &dp).await;
         let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &kube.namespace);
         let _ = leases.delete(&lease_name, &dp).await;
+    }
+}
+
+/// A Service selecting `dc`.
+fn service_selecting(name: &str, dc: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(labels(dc)),
+            ports: Some(vec![ServicePort {
+                port: 8200,
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_takes_over_mid_failover_at_any_step_reconciles_the_service_to_the_topology()
+{
+    let kube = test_client().await.unwrap();
+    let kubeconfig_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig_file(kubeconfig_dir.path()).unwrap();
+    let services: Api<Service> = Api::namespaced(kube.client.clone(), &kube.namespace);
+    let mut created = Vec::new();
+    for step in [
+        Step::Decided,
+        Step::Fenced,
+        Step::Promoted,
+        Step::Switched,
+        Step::Repointed,
+        Step::Verified,
+    ] {
+        let (lease_name, configmap_name, service_name) = (
+            kube.name(&format!("vdr-mid-{step}")),
+            kube.name(&format!("vdr-mid-topology-{step}")),
+            kube.name(&format!("vdr-mid-active-{step}")),
+        );
+        // The leader died with the failover dc1 -> dc2 of term 2 at `step`, before it moved
+        // the Service: it still selects the old primary.
+        let mut topology = Topology::initial("dc1");
+        topology.term = 2;
+        topology.failover = Some(FailoverInProgress {
+            id: format!("mid-{step}"),
+            from: "dc1".into(),
+            to: "dc2".into(),
+            completed: step,
+            planned: false,
+        });
+        kube.leave_topology(&lease_name, &configmap_name, &topology)
+            .await
+            .unwrap();
+        services
+            .create(
+                &PostParams::default(),
+                &service_selecting(&service_name, "dc1"),
+            )
+            .await
+            .unwrap();
+        created.push((
+            lease_name.clone(),
+            configmap_name.clone(),
+            service_name.clone(),
+        ));
+
+        let mut lab = start_coordinators(
+            &kube,
+            &kubeconfig,
+            &lease_name,
+            &configmap_name,
+            &service_name,
+            1,
+        )
+        .await;
+        lab.group.start_all().await.unwrap();
+        let (leader, _) = lab
+            .group
+            .wait_leader(None, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ready = Instant::now();
+        // Within two ticks (and the round trips) the Service selects what the topology the
+        // leader serves says: the cut before Promoted, the target from Promoted on.
+        let (selector, want) = try_wait_for_every(
+            Duration::from_millis(50),
+            "the Service to select what the topology says",
+            TICK * 2 + Duration::from_secs(3),
+            || async {
+                let v: serde_json::Value = lab.group.get(leader, "/v1/topology").await?;
+                let t: Topology = serde_json::from_value(v["topology"].clone()).ok()?;
+                let want = match target_cluster(&t) {
+                    Some(dc) => labels(dc),
+                    None => cut_selector(t.term),
+                };
+                let have = selector(&services, &service_name).await.ok()?;
+                (have == want).then_some((have, want))
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("step {step}: {e}"));
+        println!(
+            "taken over after {step}: the Service selects {selector:?} {:.2} s after the leader was ready",
+            ready.elapsed().as_secs_f64()
+        );
+        assert_eq!(selector, want);
+        assert_ne!(
+            selector,
+            labels("dc1"),
+            "step {step}: still the old primary"
+        );
+        if step >= Step::Promoted {
+            assert_eq!(selector, labels("dc2"), "step {step}: the target serves");
+        } else {
+            assert_eq!(selector, cut_selector(2), "step {step}: cut until promoted");
+        }
+        drop(lab);
+    }
+    if kube.fake().is_none() {
+        let dp = DeleteParams::default();
+        let cms: Api<ConfigMap> = Api::namespaced(kube.client.clone(), &kube.namespace);
+        let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &kube.namespace);
+        for (lease, cm, service) in created {
+            let _ = services.delete(&service, &dp).await;
+            let _ = cms.delete(&cm, &dp).await;
+            let _ = leases.delete(&lease, &dp).await;
+        }
     }
 }
