@@ -648,6 +648,7 @@ fn agent_env_vars() -> BTreeSet<&'static str> {
         a::ENV_LISTEN,
         a::ENV_VAULT_PID_FILE,
         a::ENV_VAULT_PROCESS_NAME,
+        a::ENV_VAULT_RESTART,
         a::ENV_LOG_JSON,
         a::ENV_REPLICATION,
         a::ENV_SNAPSHOT_DIR,
