@@ -96,6 +96,8 @@ pub async fn run(
     let mut hooks: Vec<Arc<dyn StepHook>> = vec![Arc::new(metrics.clone())];
     #[cfg(feature = "kubernetes")]
     let mut kube_client: Option<kube::Client> = None;
+    #[cfg(feature = "kubernetes")]
+    let mut leader_pod: Option<Arc<coordination::leader_pod::LeaderPod>> = None;
     let coordination: Arc<dyn Coordination> = match &config.coordination {
         CoordinationConfig::Local {
             path,
@@ -114,9 +116,18 @@ pub async fn run(
         k @ CoordinationConfig::Kubernetes {
             namespace,
             configmap_name,
+            pod_selector,
             ..
         } => {
             let c = KubernetesCoordination::from_config(k, config.id.clone()).await?;
+            if let Some(selector) = pod_selector {
+                leader_pod = Some(Arc::new(coordination::leader_pod::LeaderPod::new(
+                    c.client(),
+                    namespace,
+                    &config.id,
+                    selector,
+                )));
+            }
             hooks.push(Arc::new(KubernetesEvents::new(
                 c.client(),
                 namespace.clone(),
@@ -232,6 +243,15 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
+    // The leader's pod carries the label the coordinator Service selects.
+    #[cfg(feature = "kubernetes")]
+    let labelling = leader_pod.map(|pod| {
+        tokio::spawn(coordination::leader_pod::supervise(
+            pod,
+            service.coordination.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let loops = tokio::spawn(leader.run(stop_rx));
     let addr = listener.local_addr()?;
     let app = api::router(service);
@@ -262,6 +282,11 @@ pub async fn run(
         }
     }
     let _ = loops.await;
+    // A stopping leader takes the label off its own pod (bounded: the apiserver may be gone).
+    #[cfg(feature = "kubernetes")]
+    if let Some(task) = labelling {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    }
     Ok(())
 }
 

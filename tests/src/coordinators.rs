@@ -112,8 +112,10 @@ struct ClusterSpec {
 struct GroupSpec {
     /// Coordination backend.
     backend: Backend,
-    /// Number of replicas (ids `c1`, `c2`, …).
+    /// Number of replicas (ids `<id_prefix>1`, `<id_prefix>2`, …).
     replicas: usize,
+    /// The replicas' id prefix (default `c`).
+    id_prefix: String,
     /// The DR group.
     clusters: Vec<ClusterSpec>,
     /// The `[policy]` table.
@@ -214,7 +216,7 @@ impl CoordinatorGroup {
             .collect();
         let mut replicas = Vec::new();
         for i in 1..=spec.replicas {
-            let id = format!("c{i}");
+            let id = format!("{}{i}", spec.id_prefix);
             let port = crate::lab::ports::reserve_loopback()?;
             let file = ConfigFile {
                 listen: Some(format!("127.0.0.1:{port}")),
@@ -801,6 +803,7 @@ pub struct HaGroupBuilder {
     traffic: TrafficFile,
     selectors: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     agents: AgentOptions,
+    id_prefix: String,
 }
 
 /// The high-availability form of the group builder.
@@ -827,11 +830,19 @@ impl HaGroups for GroupBuilder {
             traffic: TrafficFile::default(),
             selectors: Default::default(),
             agents: AgentOptions::default(),
+            id_prefix: "c".to_owned(),
         }
     }
 }
 
 impl HaGroupBuilder {
+    /// The replicas' ids are `<prefix>1`, `<prefix>2`, … (default `c`): unique names where
+    /// an id names a Kubernetes object, e.g. the pod a replica labels as the leader's.
+    pub fn id_prefix(mut self, prefix: &str) -> Self {
+        self.id_prefix = prefix.to_owned();
+        self
+    }
+
     /// The replicas' `[policy]` table.
     pub fn policy_file(mut self, policy: PolicyFile) -> Self {
         self.policy = policy;
@@ -945,6 +956,7 @@ impl HaGroupBuilder {
         let spec = GroupSpec {
             backend: self.backend,
             replicas: base.coordinators,
+            id_prefix: self.id_prefix.clone(),
             clusters: names
                 .iter()
                 .zip(addresses)

@@ -1,5 +1,5 @@
 //! [`FakeApiServer`]: a fake Kubernetes apiserver over plain HTTP on 127.0.0.1, faithful to the
-//! real one for what vault-dr uses (Lease, ConfigMap, Service, Event): create answers 201 or 409
+//! real one for what vault-dr uses (Lease, ConfigMap, Service, Event, Pod labels): create answers 201 or 409
 //! AlreadyExists, get 404 NotFound, replace with a stale resourceVersion 409 Conflict, JSON merge
 //! patch (conditional when it carries `metadata.resourceVersion`), delete, list, and one
 //! resourceVersion counter that rises on every write. Errors are `Status` objects as the real
@@ -75,7 +75,7 @@ struct Kind {
     kind: &'static str,
 }
 
-const KINDS: [Kind; 4] = [
+const KINDS: [Kind; 5] = [
     Kind {
         group: "coordination.k8s.io",
         version: "v1",
@@ -99,6 +99,12 @@ const KINDS: [Kind; 4] = [
         version: "v1",
         resource: "events",
         kind: "Event",
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "pods",
+        kind: "Pod",
     },
 ];
 

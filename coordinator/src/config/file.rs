@@ -131,6 +131,12 @@ pub struct CoordinationFile {
     /// that lost its coordination state while no other group drives the clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt_group: Option<String>,
+    /// `kubernetes`: the label selector of the coordinator group's pods. When set, the leader
+    /// labels its own pod `vault-dr.io/leader=true` (its id is its pod name) and takes the
+    /// label from the others, so that a Service can select the leader
+    /// (`crate::coordination::leader_pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<String>,
 }
 
 /// `traffic.backend`.
@@ -516,6 +522,12 @@ impl CoordinationFile {
                 "must be shorter than coordination.lease_duration",
             ));
         }
+        if self.backend == CoordinationBackend::Local && self.pod_selector.is_some() {
+            return Err(ConfigError::new(
+                "coordination.pod_selector",
+                "labels the leader's pod: only with backend = \"kubernetes\"",
+            ));
+        }
         Ok(match self.backend {
             CoordinationBackend::Local => CoordinationConfig::Local {
                 path: resolve(
@@ -535,6 +547,16 @@ impl CoordinationFile {
                         format!("required outside a pod (or set {ENV_NAMESPACE})"),
                     )
                 })?,
+                pod_selector: match self.pod_selector.as_deref().map(str::trim) {
+                    None => None,
+                    Some(s) if s.is_empty() || s.contains(char::is_whitespace) => {
+                        return Err(ConfigError::new(
+                            "coordination.pod_selector",
+                            format!("{s:?} is not a label selector (key=value[,key=value...])"),
+                        ));
+                    }
+                    Some(s) => Some(s.to_owned()),
+                },
                 lease_name: self
                     .lease_name
                     .clone()

@@ -125,6 +125,9 @@ pub enum CoordinationConfig {
         lease_name: String,
         /// ConfigMap holding the topology.
         configmap_name: String,
+        /// Label selector of the group's pods: the leader labels its own pod
+        /// (`crate::coordination::leader_pod`). `None`: no pod is labelled.
+        pod_selector: Option<String>,
         /// How long a lease lasts without renewal.
         lease_duration: Duration,
         /// How often the holder renews.
@@ -274,6 +277,32 @@ mod tests {
 
     fn field_of(text: &str) -> String {
         parse(text).unwrap_err().field
+    }
+
+    #[test]
+    fn a_pod_selector_needs_the_kubernetes_backend_and_a_label_selector() {
+        let local = format!("[coordination]\npod_selector = \"app=vault-dr\"\n{GOOD}");
+        assert_eq!(field_of(&local), "coordination.pod_selector");
+        let k8s = |selector: &str| {
+            format!(
+                "[coordination]\nbackend = \"kubernetes\"\nnamespace = \"vault\"\npod_selector = {selector:?}\n{GOOD}"
+            )
+        };
+        assert_eq!(
+            field_of(&k8s("app = vault-dr")),
+            "coordination.pod_selector"
+        );
+        assert_eq!(field_of(&k8s("")), "coordination.pod_selector");
+        match parse(&k8s("app=vault-dr,component=coordinator"))
+            .unwrap()
+            .coordination
+        {
+            CoordinationConfig::Kubernetes { pod_selector, .. } => assert_eq!(
+                pod_selector.as_deref(),
+                Some("app=vault-dr,component=coordinator")
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -185,6 +185,7 @@ impl KubernetesCoordination {
             configmap_name,
             lease_duration,
             renew_period,
+            ..
         } = config
         else {
             return Err(CoordinationError::Unavailable(

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+#[cfg(feature = "kubernetes")]
+pub mod leader_pod;
 pub mod local;
 
 use crate::model::topology::{Topology, Versioned};

@@ -13,8 +13,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use vault_dr_coordinator::config::CoordinationFile;
+use vault_dr_coordinator::coordination::leader_pod::LEADER_LABEL;
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::wait::try_wait_for_every;
 use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy};
@@ -116,4 +121,182 @@ async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
         "the new holder keeps the Lease"
     );
     assert_eq!(group.leaders().await, vec![second]);
+}
+
+/// The pods that carry the leader label, by name.
+async fn labelled(pods: &Api<Pod>, selector: &str) -> Vec<String> {
+    let lp = ListParams::default().labels(&format!("{selector},{LEADER_LABEL}=true"));
+    let mut names: Vec<String> = pods
+        .list(&lp)
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A pod object for a replica: never scheduled (a scheduling gate holds it), so that the test
+/// runs unchanged against a real cluster, where the replicas run outside it.
+fn replica_pod(name: &str, labels: &BTreeMap<String, String>) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "schedulingGates": [{ "name": "vault-dr.io/test-never-scheduled" }],
+            "containers": [{ "name": "coordinator", "image": "registry.invalid/vault-dr:test" }],
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_pod_alone_carries_the_leader_label_and_it_follows_the_lease() {
+    let kube = test_client().await.unwrap();
+    let kubeconfig_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig_file(kubeconfig_dir.path()).unwrap();
+    let lease_name = kube.name("vault-dr-coordinator");
+    let prefix = kube.name("vdr-pod-");
+    // The chart's selector labels of the coordinator pods; the instance is unique per run.
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "vault-dr".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), prefix.clone()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "coordinator".to_owned(),
+        ),
+    ]);
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &kube.namespace);
+    for i in 1..=3 {
+        pods.create(
+            &PostParams::default(),
+            &replica_pod(&format!("{prefix}{i}"), &labels),
+        )
+        .await
+        .unwrap();
+    }
+    let mut lab = Group::builder()
+        .clusters(["p", "s1"])
+        .coordinators(3)
+        .ha(Backend::Kubernetes {
+            kubeconfig,
+            namespace: kube.namespace.clone(),
+            lease_name: lease_name.clone(),
+            configmap_name: kube.name("vault-dr-topology"),
+        })
+        .id_prefix(&prefix)
+        .coordination(CoordinationFile {
+            pod_selector: Some(selector.clone()),
+            ..CoordinationFile::default()
+        })
+        .policy_file(probe_policy(
+            Duration::from_millis(500),
+            Duration::from_millis(400),
+        ))
+        .dr_token(false)
+        .start()
+        .await
+        .unwrap();
+    let group = &mut lab.group;
+    group.start_all().await.unwrap();
+    let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
+        Ok(l) => l,
+        Err(e) => panic!("{e}\n{}", group.logs()),
+    };
+    let first_id = group.replicas[first].id.clone();
+    let on_first = try_wait_for_every(
+        Duration::from_millis(50),
+        "the leader's pod to carry the label",
+        Duration::from_secs(5),
+        || async {
+            let now = labelled(&pods, &selector).await;
+            (now == [first_id.clone()]).then_some(now)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}", group.logs()));
+    assert_eq!(
+        holder(
+            &Api::namespaced(kube.client.clone(), &kube.namespace),
+            &lease_name
+        )
+        .await
+        .as_deref(),
+        Some(first_id.as_str()),
+        "the label names the Lease's holder"
+    );
+
+    // The leader dies and its pod keeps its labels (a container restart, a partition): the
+    // next leader labels its own pod and takes the label from the old one.
+    group.kill(first);
+    let killed = Instant::now();
+    let (moved, after) = try_wait_for_every(
+        Duration::from_millis(50),
+        "the label to follow the Lease",
+        LEASE + Duration::from_secs(10),
+        || async {
+            let now = labelled(&pods, &selector).await;
+            (now.len() == 1 && now[0] != first_id).then(|| (now[0].clone(), killed.elapsed()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}", group.logs()));
+    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &kube.namespace);
+    println!(
+        "label on {on_first:?}; after kill -9 of {first_id} it moved to {moved} in {:.2} s",
+        after.as_secs_f64()
+    );
+    assert_eq!(
+        holder(&leases, &lease_name).await.as_deref(),
+        Some(moved.as_str())
+    );
+
+    // The killed replica comes back as a follower: its pod stays unlabelled, and every
+    // replica answers /healthz, so readiness never fails by design.
+    group.start(first, &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        labelled(&pods, &selector).await,
+        std::slice::from_ref(&moved)
+    );
+    for r in &group.replicas {
+        let status = reqwest::get(format!("{}/healthz", r.url))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{} /healthz", r.id);
+    }
+    drop(lab);
+    // The replicas touch pods only as the chart's Role allows (list, patch; no get, no delete).
+    if let Some(fake) = kube.fake() {
+        let verbs: std::collections::BTreeSet<String> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.resource == "pods" && c.verb != "create")
+            .map(|c| c.verb)
+            .collect();
+        assert_eq!(
+            verbs,
+            ["list", "patch"].map(String::from).into(),
+            "pod calls besides the test's own creates"
+        );
+    }
+    if kube.fake().is_none() {
+        for i in 1..=3 {
+            let _ = pods
+                .delete(&format!("{prefix}{i}"), &DeleteParams::default())
+                .await;
+        }
+        let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
+    }
 }

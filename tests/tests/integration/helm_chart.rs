@@ -231,7 +231,11 @@ fn the_coordinator_deployment_is_ha_probed_limited_and_locked_down() {
         let anti = &pod["affinity"]["podAntiAffinity"];
         assert!(anti.is_object(), "{label}: no pod anti-affinity");
         let c = &pod["containers"][0];
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{label}");
+        // Every serving replica is ready; the Service selects the leader's pod label.
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"], "/healthz",
+            "{label}"
+        );
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{label}");
         for part in ["requests", "limits"] {
             for res in ["cpu", "memory"] {
@@ -277,6 +281,15 @@ fn the_coordinator_deployment_is_ha_probed_limited_and_locked_down() {
             pdb["spec"]["selector"]["matchLabels"], spec["selector"]["matchLabels"],
             "{label}"
         );
+        assert_eq!(
+            pdb["spec"]["maxUnavailable"], 1,
+            "{label}: one replica at a time"
+        );
+        // The coordinator Service selects the Deployment's pod that the leader labels.
+        let svc = one(&docs, "Service", name(deploy));
+        let mut want = spec["selector"]["matchLabels"].clone();
+        want["vault-dr.io/leader"] = "true".into();
+        assert_eq!(svc["spec"]["selector"], want, "{label}");
     }
     let ci = yaml_docs(&render(&value_sets()[1].1));
     let c = &find(&ci, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
@@ -321,7 +334,10 @@ fn the_role_is_namespaced_least_privilege_and_extractable_alone() {
                 for v in r["verbs"].as_array().unwrap() {
                     let v = v.as_str().unwrap().to_owned();
                     assert_ne!(v, "*", "no wildcard verbs");
-                    assert!(!["list", "watch", "delete", "deletecollection"].contains(&v.as_str()));
+                    assert!(!["watch", "delete", "deletecollection"].contains(&v.as_str()));
+                    if v == "list" {
+                        assert_eq!(res, "pods", "list only the pods (the leader's label)");
+                    }
                     if v == "create" {
                         assert!(
                             names.is_empty(),
@@ -363,6 +379,8 @@ fn the_role_is_namespaced_least_privilege_and_extractable_alone() {
         ("", "services", "vault-dr-active", "get"),
         ("", "services", "vault-dr-active", "patch"),
         ("", "events", "*", "create"),
+        ("", "pods", "*", "list"),
+        ("", "pods", "*", "patch"),
     ]
     .into_iter()
     .map(|(a, b, c, d)| (a.into(), b.into(), c.into(), d.into()))
@@ -600,6 +618,11 @@ fn the_rendered_config_is_accepted_by_the_coordinator() {
             configmap_name: "vault-dr-topology".into(),
             lease_duration: Duration::from_secs(5),
             renew_period: Duration::from_millis(1500),
+            pod_selector: Some(
+                "app.kubernetes.io/name=vault-dr,app.kubernetes.io/instance=vault-dr,\
+                 app.kubernetes.io/component=coordinator"
+                    .into()
+            ),
         }
     );
     assert_eq!(
