@@ -57,6 +57,10 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the agent renews the (periodic) DR token on its node.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3600);
+/// How soon a renewal the node could not serve (5xx) is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// How long renewals may fail with 5xx before it is a warning.
+const RENEW_PATIENCE: Duration = Duration::from_secs(600);
 
 /// What went wrong in one step of the backend.
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +260,10 @@ pub struct Shipper {
     last_pull: Option<Instant>,
     last_success_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
-    last_renew: Option<Instant>,
+    /// When the DR token is renewed next (`None`: at the next tick).
+    next_renew: Option<Instant>,
+    /// Since when renewing the DR token fails because the node does not serve.
+    renew_failing_since: Option<Instant>,
     restarter: Restarter,
     /// Since when the node has been found sealed without a break.
     sealed_since: Option<Instant>,
@@ -303,7 +310,8 @@ impl Shipper {
             last_pull: None,
             last_success_at: None,
             last_error: None,
-            last_renew: None,
+            next_renew: None,
+            renew_failing_since: None,
             restarter: Restarter::new(RestartMode::Off, None, Vec::new()),
             sealed_since: None,
         };
@@ -346,7 +354,7 @@ impl Shipper {
     /// One look at the desired state and the node: gathers the facts, plans, and carries out
     /// the action planned.
     pub async fn tick(&mut self) {
-        if self.last_renew.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
+        if self.next_renew.is_none_or(|t| Instant::now() >= t) {
             self.renew_token().await;
         }
         self.reap(false).await;
@@ -796,16 +804,23 @@ impl Shipper {
         while let Some(chunk) = download.chunk().await? {
             incoming.write(&chunk)?;
         }
-        let term = self.record.primary_term.unwrap_or(0);
+        // The DR term the data was the primary's in, when this agent knows it; a fresh node's
+        // own data belongs to no term.
+        let primary_of = self.record.primary_term.or(self.record.was_primary);
+        let term = primary_of.unwrap_or(0);
         let now = Utc::now();
-        let name = format!("{term}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
+        let at = now.format("%Y%m%dT%H%M%S%.3fZ");
+        let name = match primary_of {
+            Some(t) => format!("primary-term-{t}-{at}"),
+            None => format!("own-data-{at}"),
+        };
         let source = local.to_string();
         let meta = tokio::task::spawn_blocking(move || {
             store::commit_in(&dir, incoming, &name, term, &source, now).map(|m| dir.join(m.file))
         })
         .await
         .map_err(|_| ShipError::Task)??;
-        tracing::warn!(path = %meta.display(), term, "saved this node's own data to quarantine before replacing it");
+        tracing::warn!(path = %meta.display(), primary_of_term = ?primary_of, "saved this node's own data to quarantine before replacing it");
         self.metrics.snapshot_quarantines.inc();
         self.record.quarantined = Some(meta);
         self.save_record()?;
@@ -868,11 +883,31 @@ impl Shipper {
     /// the agent runs. Retried next tick when the node is not there.
     async fn renew_token(&mut self) {
         match token::renew_self(&self.http, self.vault.addr(), &self.token).await {
-            Ok(()) => self.last_renew = Some(Instant::now()),
-            // Answered, but no: say so once an hour, do not hammer the node.
+            Ok(()) => {
+                self.next_renew = Some(Instant::now() + RENEW_EVERY);
+                self.renew_failing_since = None;
+            }
+            // A node that does not serve yet (starting, sealed, a standby without an active
+            // node: 5xx) is asked again in a minute; only a failure that lasts is worth a
+            // warning.
+            Err(crate::Error::VaultStatus { status, .. }) if status >= 500 => {
+                let since = *self.renew_failing_since.get_or_insert_with(Instant::now);
+                self.next_renew = Some(Instant::now() + RENEW_RETRY);
+                if since.elapsed() >= RENEW_PATIENCE {
+                    tracing::warn!(
+                        status,
+                        failing_for_s = since.elapsed().as_secs(),
+                        "the DR token was not renewed: the node does not serve"
+                    );
+                } else {
+                    tracing::debug!(status, "the DR token was not renewed yet: the node does not serve; again in a minute");
+                }
+            }
+            // Answered, but no (not renewable, not allowed): say so once an hour, do not
+            // hammer the node.
             Err(crate::Error::VaultStatus { status, .. }) => {
                 tracing::warn!(status, "the DR token was not renewed");
-                self.last_renew = Some(Instant::now());
+                self.next_renew = Some(Instant::now() + RENEW_EVERY);
             }
             Err(_) => {}
         }

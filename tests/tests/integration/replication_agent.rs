@@ -582,6 +582,11 @@ async fn a_returning_ex_primary_quarantines_its_diverged_data_and_follows() {
     let file = PathBuf::from(r.replication.quarantined.unwrap());
     assert!(file.starts_with(&ap.quarantine_dir), "{file:?}");
     assert!(file.is_file());
+    let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        file_name.starts_with("primary-term-1-"),
+        "the name says whose data it is: {file_name}"
+    );
     let meta = file.with_extension("json");
     let meta: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
     assert_eq!(
