@@ -900,7 +900,10 @@ impl Shipper {
                         "the DR token was not renewed: the node does not serve"
                     );
                 } else {
-                    tracing::debug!(status, "the DR token was not renewed yet: the node does not serve; again in a minute");
+                    tracing::debug!(
+                        status,
+                        "the DR token was not renewed yet: the node does not serve; again in a minute"
+                    );
                 }
             }
             // Answered, but no (not renewable, not allowed): say so once an hour, do not
