@@ -277,6 +277,10 @@ fn refusal(status: StatusCode, gate: &'static str, message: String) -> Response 
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ),
+            // The connection is closed after a refusal: a client that keeps its connection
+            // alive would otherwise be refused on it forever, while a new connection goes
+            // where the Service or the stable address points now (the new primary).
+            (header::CONNECTION, HeaderValue::from_static("close")),
             (
                 HeaderName::from_static(GATE_HEADER),
                 HeaderValue::from_static(gate),
@@ -469,6 +473,13 @@ mod tests {
                 "{d:?} applied {applied} {node:?} {over}: {v:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_closes_the_connection_so_that_the_client_reconnects_where_traffic_points_now() {
+        let r = refusal(StatusCode::SERVICE_UNAVAILABLE, "closed", "no".into());
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        assert_eq!(r.headers()[GATE_HEADER], "closed");
     }
 
     #[test]

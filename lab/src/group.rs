@@ -120,6 +120,33 @@ pub struct GroupSpec {
     /// Every agent runs with `--vault-restart signal`: a superseded primary's sealed server
     /// is SIGTERMed, to be started again by its supervisor ([`crate::LabNode::supervise`]).
     pub vault_restart: bool,
+    /// The coordinators' `[traffic]` table instead of the local forwarder's (e.g. the
+    /// Kubernetes Service switch, with `traffic: false`).
+    pub traffic_file: Option<TrafficFile>,
+    /// Per cluster, the pod labels the Kubernetes Service switch selects.
+    pub selectors: BTreeMap<String, BTreeMap<String, String>>,
+    /// Added to every coordinator's environment (e.g. `KUBECONFIG`).
+    pub coordinator_env: Vec<(String, String)>,
+    /// Where `vault-dr` and `vault-dr-agent` are taken from (e.g. another build, for a
+    /// before/after bench in one run); `None`: [`built_binary`].
+    pub binaries_dir: Option<PathBuf>,
+}
+
+impl GroupSpec {
+    /// The workspace binary `name` this group runs.
+    fn binary(&self, name: &str) -> Result<PathBuf, LabError> {
+        match &self.binaries_dir {
+            Some(dir) => {
+                let p = dir.join(name);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(LabError::Invalid(format!("{} is not a file", p.display())))
+                }
+            }
+            None => built_binary(name),
+        }
+    }
 }
 
 impl Default for GroupSpec {
@@ -147,6 +174,10 @@ impl Default for GroupSpec {
             cooldown: Duration::from_secs(60),
             gate: true,
             vault_restart: false,
+            traffic_file: None,
+            selectors: BTreeMap::new(),
+            coordinator_env: Vec::new(),
+            binaries_dir: None,
         }
     }
 }
@@ -167,6 +198,8 @@ pub struct LabCoordinator {
     /// The port of its own stable client address ([`DrGroup::start_second_group`] only; the
     /// group's coordinators share [`DrGroup::traffic_addr`]).
     pub traffic_port: Option<u16>,
+    /// Added to its environment ([`GroupSpec::coordinator_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl LabCoordinator {
@@ -191,11 +224,12 @@ impl LabCoordinator {
             "--config".into(),
             self.config_path.clone().into_os_string(),
         ];
-        self.child = Some(ChildGuard::spawn(
+        self.child = Some(ChildGuard::spawn_with_env(
             &self.id,
             &self.program,
             &args,
             &self.log_path,
+            &self.env,
         )?);
         Ok(())
     }
@@ -396,8 +430,8 @@ impl DrGroup {
             ));
         }
         // Both binaries are looked up first, so a missing one fails before anything starts.
-        let agent_bin = built_binary("vault-dr-agent")?;
-        let coordinator_bin = built_binary("vault-dr")?;
+        let agent_bin = spec.binary("vault-dr-agent")?;
+        let coordinator_bin = spec.binary("vault-dr")?;
         // An agent build without the gate (a bench of an older one) keeps the nodes' own
         // addresses for everyone.
         let gated = spec.gate && agent_help(&agent_bin).await.contains("--gate-listen");
@@ -479,7 +513,7 @@ impl DrGroup {
     /// coordinator leads, every node has reported and every secondary is eligible.
     pub async fn start_agents(&mut self, spec: &GroupSpec) -> Result<(), LabError> {
         let group = self;
-        let agent_bin = built_binary("vault-dr-agent")?;
+        let agent_bin = spec.binary("vault-dr-agent")?;
         let coordinator_urls: Vec<Url> = group.coordinators.iter().map(|c| c.url.clone()).collect();
         let help = agent_help(&agent_bin).await;
         let mut missing = Vec::new();
@@ -563,7 +597,7 @@ impl DrGroup {
             COORDINATOR_LISTEN_TIMEOUT,
             |port| {
                 write_coordinator_file(&config_path, &file(port))?;
-                ChildGuard::spawn(id, bin, &args, &log_path)
+                ChildGuard::spawn_with_env(id, bin, &args, &log_path, &spec.coordinator_env)
             },
         )
         .await?;
@@ -575,6 +609,7 @@ impl DrGroup {
             child: Some(child),
             program: bin.to_path_buf(),
             traffic_port,
+            env: spec.coordinator_env.clone(),
         })
     }
 
@@ -618,6 +653,9 @@ impl DrGroup {
         );
         for c in &mut file.clusters {
             c.excluded = spec.excluded.contains(&c.name);
+            if let Some(labels) = spec.selectors.get(&c.name) {
+                c.selector = labels.clone();
+            }
             if self.gated
                 && let Some(lab) = self.clusters.iter().find(|l| l.name() == c.name)
             {
@@ -656,6 +694,9 @@ impl DrGroup {
                 listen: Some(format!("127.0.0.1:{}", addr.port().unwrap_or_default())),
                 ..TrafficFile::default()
             };
+        }
+        if let Some(traffic) = &spec.traffic_file {
+            file.traffic = traffic.clone();
         }
         file.policy = failover_policy(
             spec.probe_interval,

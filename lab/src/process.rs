@@ -116,7 +116,18 @@ impl ChildGuard {
         args: &[OsString],
         log: &Path,
     ) -> Result<Self, LabError> {
-        Self::start(WATCHDOG, what, program, args, log, None)
+        Self::start(WATCHDOG, what, program, args, log, None, &[])
+    }
+
+    /// [`ChildGuard::spawn`] with `env` added to the server's environment.
+    pub fn spawn_with_env(
+        what: &str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self, LabError> {
+        Self::start(WATCHDOG, what, program, args, log, None, env)
     }
 
     /// [`ChildGuard::spawn`] under a supervisor that starts the server again whenever it
@@ -129,7 +140,7 @@ impl ChildGuard {
         log: &Path,
         pid_file: &Path,
     ) -> Result<Self, LabError> {
-        Self::start(SUPERVISOR, what, program, args, log, Some(pid_file))
+        Self::start(SUPERVISOR, what, program, args, log, Some(pid_file), &[])
     }
 
     fn start(
@@ -139,6 +150,7 @@ impl ChildGuard {
         args: &[OsString],
         log: &Path,
         pid_file: Option<&Path>,
+        env: &[(String, String)],
     ) -> Result<Self, LabError> {
         let spawn_err = |source| LabError::Spawn {
             what: format!("{what} ({})", program.display()),
@@ -152,6 +164,7 @@ impl ChildGuard {
             .arg(log)
             .arg(std::process::id().to_string())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -353,6 +353,8 @@ async fn the_gate_serves_tls_with_the_nodes_certificate_and_fails_closed_without
     let refused = write(&addr, 1).await.unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["x-vault-dr-gate"], "closed");
+    // Closed after the refusal: a keep-alive client reconnects, to wherever traffic points now.
+    assert_eq!(refused.headers()["connection"], "close");
     let body: Value = refused.json().await.unwrap();
     assert!(
         body["errors"][0]
