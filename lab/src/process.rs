@@ -296,17 +296,9 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Whether a process with this pid exists and is not a zombie (Linux `/proc`).
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
+/// Whether a process with this pid exists and is not a zombie (the agent's check, which its
+/// server restart uses too).
+pub use vault_dr_agent::system::pid_alive;
 
 #[cfg(test)]
 mod tests {

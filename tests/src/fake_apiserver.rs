@@ -867,6 +867,30 @@ impl TestKube {
     }
 }
 
+/// A client Service `name` on port 8200 selecting `selector`, as the chart's
+/// `traffic.service` is before the coordinator switches it.
+pub fn client_service(
+    name: &str,
+    selector: BTreeMap<String, String>,
+) -> k8s_openapi::api::core::v1::Service {
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    Service {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..kube::api::ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                port: 8200,
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
 /// The cluster for one test: a fresh [`FakeApiServer`], or the cluster of the kubeconfig named

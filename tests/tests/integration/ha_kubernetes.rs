@@ -22,8 +22,8 @@ use vault_dr_coordinator::config::CoordinationFile;
 use vault_dr_coordinator::coordination::leader_pod::LEADER_LABEL;
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::wait::try_wait_for_every;
-use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy};
-use vault_dr_tests::fake_apiserver::test_client;
+use vault_dr_tests::coordinators::{Backend, DrLab, HaGroupBuilder, HaGroups, probe_policy};
+use vault_dr_tests::fake_apiserver::{TestKube, test_client};
 
 /// The default lease (the group runs with the default coordination settings).
 const LEASE: Duration = Duration::from_secs(5);
@@ -38,35 +38,45 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
         .and_then(|s| s.holder_identity)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
-    let kube = test_client().await.unwrap();
-    let kubeconfig_dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kube.kubeconfig_file(kubeconfig_dir.path()).unwrap();
-    let lease_name = kube.name("vault-dr-coordinator");
-    let mut lab = Group::builder()
+/// Three coordinator processes on the Lease `lease_name` (the builder changed by `configure`),
+/// started, with the index of the one that leads first.
+async fn three_replicas(
+    kube: &TestKube,
+    kubeconfig: std::path::PathBuf,
+    lease_name: &str,
+    configure: impl FnOnce(HaGroupBuilder) -> HaGroupBuilder,
+) -> (DrLab, usize) {
+    let builder = Group::builder()
         .clusters(["p", "s1"])
         .coordinators(3)
         .ha(Backend::Kubernetes {
             kubeconfig,
             namespace: kube.namespace.clone(),
-            lease_name: lease_name.clone(),
+            lease_name: lease_name.to_owned(),
             configmap_name: kube.name("vault-dr-topology"),
         })
         .policy_file(probe_policy(
             Duration::from_millis(500),
             Duration::from_millis(400),
         ))
-        .dr_token(false)
-        .start()
-        .await
-        .unwrap();
-    let group = &mut lab.group;
-    group.start_all().await.unwrap();
-    let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
-        Ok(l) => l,
-        Err(e) => panic!("{e}\n{}", group.logs()),
+        .dr_token(false);
+    let mut lab = configure(builder).start().await.unwrap();
+    lab.group.start_all().await.unwrap();
+    let first = match lab.group.wait_leader(None, Duration::from_secs(30)).await {
+        Ok((l, _)) => l,
+        Err(e) => panic!("{e}\n{}", lab.group.logs()),
     };
+    (lab, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_names_the_leader_and_moves_when_the_leader_is_killed() {
+    let kube = test_client().await.unwrap();
+    let kubeconfig_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig_file(kubeconfig_dir.path()).unwrap();
+    let lease_name = kube.name("vault-dr-coordinator");
+    let (mut lab, first) = three_replicas(&kube, kubeconfig, &lease_name, |b| b).await;
+    let group = &mut lab.group;
     let first_id = group.replicas[first].id.clone();
     let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &kube.namespace);
     assert_eq!(
@@ -185,34 +195,14 @@ async fn the_leaders_pod_alone_carries_the_leader_label_and_it_follows_the_lease
         .await
         .unwrap();
     }
-    let mut lab = Group::builder()
-        .clusters(["p", "s1"])
-        .coordinators(3)
-        .ha(Backend::Kubernetes {
-            kubeconfig,
-            namespace: kube.namespace.clone(),
-            lease_name: lease_name.clone(),
-            configmap_name: kube.name("vault-dr-topology"),
-        })
-        .id_prefix(&prefix)
-        .coordination(CoordinationFile {
+    let (mut lab, first) = three_replicas(&kube, kubeconfig, &lease_name, |b| {
+        b.id_prefix(&prefix).coordination(CoordinationFile {
             pod_selector: Some(selector.clone()),
             ..CoordinationFile::default()
         })
-        .policy_file(probe_policy(
-            Duration::from_millis(500),
-            Duration::from_millis(400),
-        ))
-        .dr_token(false)
-        .start()
-        .await
-        .unwrap();
+    })
+    .await;
     let group = &mut lab.group;
-    group.start_all().await.unwrap();
-    let (first, _) = match group.wait_leader(None, Duration::from_secs(30)).await {
-        Ok(l) => l,
-        Err(e) => panic!("{e}\n{}", group.logs()),
-    };
     let first_id = group.replicas[first].id.clone();
     let on_first = try_wait_for_every(
         Duration::from_millis(50),

@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use url::Url;
 use vault_dr_coordinator::config::{TrafficBackend, TrafficFile};
 use vault_dr_coordinator::model::Step;
@@ -31,7 +31,7 @@ use vault_dr_lab::harness::Group;
 use vault_dr_lab::ports::closed_loopback;
 use vault_dr_lab::wait::try_wait_for_every;
 use vault_dr_tests::coordinators::{Backend, DrLab, HaGroups, probe_policy, sample};
-use vault_dr_tests::fake_apiserver::test_client;
+use vault_dr_tests::fake_apiserver::{client_service, test_client};
 
 /// The leader's tick (its probe interval), which is also the reconcile period.
 const TICK: Duration = Duration::from_millis(500);
@@ -149,21 +149,7 @@ async fn the_leader_corrects_a_client_service_that_selects_another_cluster_than_
         .unwrap();
     // What the reinstall creates: the Service selecting the values' first primary.
     let services: Api<Service> = Api::namespaced(kube.client.clone(), &kube.namespace);
-    let service = Service {
-        metadata: ObjectMeta {
-            name: Some(service_name.clone()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some(labels("dc1")),
-            ports: Some(vec![ServicePort {
-                port: 8200,
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    };
+    let service = client_service(&service_name, labels("dc1"));
     services
         .create(&PostParams::default(), &service)
         .await
@@ -249,25 +235,6 @@ async fn the_leader_corrects_a_client_service_that_selects_another_cluster_than_
     }
 }
 
-/// A Service selecting `dc`.
-fn service_selecting(name: &str, dc: &str) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some(labels(dc)),
-            ports: Some(vec![ServicePort {
-                port: 8200,
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_takes_over_mid_failover_at_any_step_reconciles_the_service_to_the_topology()
 {
@@ -306,7 +273,7 @@ async fn a_leader_that_takes_over_mid_failover_at_any_step_reconciles_the_servic
         services
             .create(
                 &PostParams::default(),
-                &service_selecting(&service_name, "dc1"),
+                &client_service(&service_name, labels("dc1")),
             )
             .await
             .unwrap();
