@@ -32,6 +32,8 @@ pub const LEADER_LABEL: &str = "vault-dr.io/leader";
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// How often leadership is looked at.
 const POLL: Duration = Duration::from_millis(250);
+/// How soon a failed reconcile is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// The label of this replica's pod and of the other pods of its group.
 #[derive(Clone)]
@@ -152,18 +154,23 @@ pub async fn supervise(
     coordination: Arc<dyn Coordination>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last: Option<(bool, Instant)> = None;
+    // The leadership the labels were last made right for, and when to look again.
+    let mut done_for: Option<bool> = None;
+    let mut next = Instant::now();
+    let mut retry_at = Instant::now();
     let mut last_error: Option<String> = None;
     loop {
         if *stop.borrow() {
             break;
         }
         let leading = coordination.is_leader();
-        let due = last.is_none_or(|(was, at)| was != leading || at.elapsed() >= RECONCILE_EVERY);
+        let now = Instant::now();
+        let due = now >= next || (done_for != Some(leading) && now >= retry_at);
         if due {
             match pod.reconcile(leading).await {
                 Ok(done) => {
-                    last = Some((leading, Instant::now()));
+                    done_for = Some(leading);
+                    next = Instant::now() + RECONCILE_EVERY;
                     last_error = None;
                     if done.labelled_own {
                         tracing::info!(pod = %pod.own, "leader: labelled this pod {LEADER_LABEL}=true (the coordinator Service selects it)");
@@ -173,9 +180,13 @@ pub async fn supervise(
                     }
                 }
                 Err(e) => {
+                    // Retried after RETRY, not at every poll (a missing RBAC rule must not
+                    // turn into four requests a second).
+                    retry_at = Instant::now() + RETRY;
+                    next = retry_at;
                     let e = e.to_string();
                     if last_error.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(pod = %pod.own, leading, "cannot set the leader label: {e}; retrying");
+                        tracing::warn!(pod = %pod.own, leading, "cannot set the leader label: {e}; retrying every {RETRY:?}");
                         last_error = Some(e);
                     }
                 }
