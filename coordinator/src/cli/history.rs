@@ -60,9 +60,21 @@ pub fn render(records: &[FailoverRecord]) -> String {
                         format!("later: {}", l.detail),
                     ]
                 });
+                // A step whose effect happened before it ran (traffic that followed the
+                // topology) is shown at its effect's time, and says when it ran.
+                let early = s.effect_at.filter(|e| *e < s.started_at);
+                let ran = early
+                    .map(|_| {
+                        format!(
+                            " (took effect at {}; the step ran at {})",
+                            at(s.effect_at.unwrap_or(s.started_at)),
+                            at(s.started_at)
+                        )
+                    })
+                    .unwrap_or_default();
                 std::iter::once(vec![
                     s.step.to_string(),
-                    at(s.started_at),
+                    at(early.unwrap_or(s.started_at)),
                     s.finished_at
                         .map(|f| {
                             format!(
@@ -73,8 +85,8 @@ pub fn render(records: &[FailoverRecord]) -> String {
                         .unwrap_or_else(|| "running".into()),
                     s.by.clone(),
                     match &s.error {
-                        Some(e) => format!("{} (error: {e})", s.detail),
-                        None => s.detail.clone(),
+                        Some(e) => format!("{}{ran} (error: {e})", s.detail),
+                        None => format!("{}{ran}", s.detail),
                     },
                 ])
                 .chain(later)
@@ -121,6 +133,7 @@ pub(crate) mod tests {
                 by: "c0".into(),
                 detail: "s1 is primary in term 2".into(),
                 error: None,
+                effect_at: None,
                 later: Vec::new(),
             }],
             status: FailoverStatus::Done,
@@ -178,6 +191,7 @@ pub(crate) mod tests {
                 by: "c0".into(),
                 detail: "fenced by the term and the traffic cut".into(),
                 error: Some("p not sealed in 1.00 s".into()),
+                effect_at: None,
                 later: vec![crate::model::LaterEvent {
                     at: at + chrono::Duration::milliseconds(63_250),
                     detail: "sealed p in 0.02 s (1 node(s))".into(),
@@ -197,6 +211,35 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(lines[fenced + 2].contains("promoted"), "{text}");
+    }
+
+    #[test]
+    fn a_step_whose_effect_came_first_is_shown_at_the_effects_time() {
+        let mut r = record(None);
+        let at = r.decided_at;
+        r.steps.push(StepRecord {
+            step: Step::Switched,
+            started_at: at + chrono::Duration::milliseconds(2000),
+            finished_at: Some(at + chrono::Duration::milliseconds(2010)),
+            by: "c0".into(),
+            detail: "forwarder already sends to s1".into(),
+            error: None,
+            effect_at: Some(at + chrono::Duration::milliseconds(1520)),
+            later: Vec::new(),
+        });
+        let text = render(&[r]);
+        let line = text.lines().find(|l| l.contains("switched")).unwrap();
+        assert!(line.contains("+1.52 s"), "{text}");
+        assert!(
+            line.ends_with(
+                "forwarder already sends to s1 (took effect at +1.52 s; the step ran at +2.00 s)"
+            ),
+            "{text}"
+        );
+        assert!(
+            !line.contains("+2.00 s  "),
+            "the AT column is the effect's: {text}"
+        );
     }
 
     #[test]

@@ -31,8 +31,10 @@ pub enum Command {
     Coordinator(CoordinatorArgs),
     /// Shows every cluster: role, state, lag, latency, CPU, memory, report age, eligibility.
     Status(ApiArgs),
-    /// Shows the latest decision and its full candidate table.
-    Explain(ApiArgs),
+    /// Shows the latest decision that made a candidate table (a failover, a switchover, or
+    /// no candidate) with that table and its time, then the current tick's sentence;
+    /// `--failover ID` shows one past failover's decision instead.
+    Explain(explain::ExplainArgs),
     /// Shows the failover journal.
     History {
         /// Shared flags.
@@ -72,7 +74,7 @@ pub async fn main(command: Command) -> i32 {
     let printed = match command {
         Command::Coordinator(args) => return run_coordinator(&args).await,
         Command::Status(api) => status::run(&api).await,
-        Command::Explain(api) => explain::run(&api).await,
+        Command::Explain(args) => explain::run(&args).await,
         Command::History { api, limit } => history::run(&api, limit).await,
         Command::Drill(args) => return lab::run(&ProcessEnv, "drill", &args),
         Command::Bench(args) => return lab::run(&ProcessEnv, "bench", &args),

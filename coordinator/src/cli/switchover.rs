@@ -149,6 +149,7 @@ mod tests {
                     by: "c1".into(),
                     detail: format!("{step} detail"),
                     error: err.map(str::to_owned),
+                    effect_at: None,
                     later: Vec::new(),
                 })
                 .collect(),

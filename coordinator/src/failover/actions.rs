@@ -80,6 +80,14 @@ pub trait TrafficSwitch: Send + Sync + std::fmt::Debug {
             "no traffic switch to cut in term {term}; clients may still write to the old primary"
         ))
     }
+
+    /// When client traffic was last sent to `cluster` (the effect of a switch, which the
+    /// topology loops may have made before the Switched step ran), if this switch knows it
+    /// and sends traffic there now.
+    fn switched_at(&self, cluster: &ClusterConfig) -> Option<chrono::DateTime<chrono::Utc>> {
+        let _ = cluster;
+        None
+    }
 }
 
 /// Proves the new primary works.

@@ -224,6 +224,7 @@ impl Executor {
                 by: self.id.clone(),
                 detail: format!("term raised to {term}; {reason}"),
                 error: None,
+                effect_at: None,
                 later: Vec::new(),
             }],
             status: FailoverStatus::InProgress,
@@ -281,6 +282,15 @@ impl Executor {
                     ),
                 }
             };
+            // The forwarders follow the topology: traffic may have reached the new primary as
+            // soon as it was promoted, before this step ran. The journal records that time.
+            let effect_at = match step {
+                Step::Switched if error.is_none() => self
+                    .cluster(&f.to)
+                    .ok()
+                    .and_then(|c| self.actions.traffic.switched_at(c)),
+                _ => None,
+            };
             // The step's completion is a CAS: if another coordinator moved the topology, we stop.
             if step == Step::Done {
                 next.primary = f.to.clone();
@@ -295,8 +305,15 @@ impl Executor {
             self.coordination
                 .write_topology(&next, Some(&current.version))
                 .await?;
-            self.finish_step(&mut record, step, detail, error, started.elapsed())
-                .await;
+            self.finish_step(
+                &mut record,
+                step,
+                detail,
+                error,
+                effect_at,
+                started.elapsed(),
+            )
+            .await;
             crate::failpoint::after(step).await;
             if step == Step::Done {
                 tracing::info!(failover = %record.id, "done: {} is primary in term {}", record.to, record.term);
@@ -413,6 +430,7 @@ impl Executor {
                 by: self.id.clone(),
                 detail: "running".into(),
                 error: None,
+                effect_at: None,
                 later: Vec::new(),
             }),
         }
@@ -428,18 +446,29 @@ impl Executor {
         step: Step,
         detail: String,
         error: Option<String>,
+        effect_at: Option<chrono::DateTime<Utc>>,
         elapsed: Duration,
     ) {
+        let now = Utc::now();
+        let mut effect = String::new();
         if let Some(s) = record.steps.iter_mut().find(|s| s.step == step) {
-            s.finished_at = Some(Utc::now());
+            s.finished_at = Some(now);
             s.detail = detail;
             s.error = error.clone();
+            s.effect_at = effect_at;
+            if let Some(at) = effect_at.filter(|at| *at < s.started_at) {
+                effect = format!(
+                    "; its effect happened {:.2} s before the step ran, at {}",
+                    (s.started_at - at).num_milliseconds() as f64 / 1000.0,
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                );
+            }
         }
         if step == Step::Done {
             record.status = FailoverStatus::Done;
         }
         self.journal(record).await;
-        tracing::info!(failover = %record.id, step = %step, "step {step} finished in {:.2} s", elapsed.as_secs_f64());
+        tracing::info!(failover = %record.id, step = %step, "step {step} finished in {:.2} s{effect}", elapsed.as_secs_f64());
         if let Some(h) = &self.hook {
             h.finished(record, step, elapsed.as_secs_f64(), error.as_deref());
         }

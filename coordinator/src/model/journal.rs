@@ -92,10 +92,23 @@ pub struct StepRecord {
     pub detail: String,
     /// Error of the latest attempt, if it failed.
     pub error: Option<String>,
+    /// When the step's effect happened, where that is not when the step ran: the forwarders
+    /// follow the topology, so client traffic reaches the new primary as soon as it is
+    /// promoted, before the Switched step runs and finds it done. `None`: the effect is the
+    /// step's own (its `finished_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect_at: Option<DateTime<Utc>>,
     /// What happened after the step finished because of it (a seal that completed in the
     /// background after the Fenced step gave up waiting), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub later: Vec<LaterEvent>,
+}
+
+impl StepRecord {
+    /// When the step's effect happened: [`StepRecord::effect_at`], else when it finished.
+    pub fn took_effect_at(&self) -> Option<DateTime<Utc>> {
+        self.effect_at.or(self.finished_at)
+    }
 }
 
 /// Something a step's effect did after the step finished.
@@ -163,6 +176,7 @@ impl FailoverRecord {
                     "{step} done, as the topology records; the previous leader's journal entry never reached the store (time not journaled: shown as the previous entry's end)"
                 ),
                 error: None,
+                effect_at: None,
                 later: Vec::new(),
             });
         }

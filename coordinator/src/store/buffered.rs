@@ -694,6 +694,7 @@ mod tests {
             by: "c0".into(),
             detail: "sealed dc1".into(),
             error: None,
+            effect_at: None,
             later: Vec::new(),
         }
     }

@@ -500,6 +500,7 @@ fn step(step: Step, at: DateTime<Utc>, error: Option<&str>) -> StepRecord {
         by: "coordinator-0".to_owned(),
         detail: format!("{step} at {at}"),
         error: error.map(str::to_owned),
+        effect_at: None,
         later: Vec::new(),
     }
 }

@@ -96,6 +96,8 @@ impl ForwarderMetrics {
 struct Routed {
     generation: u64,
     target: Option<Target>,
+    /// When `target` was set (wall clock, for the journal).
+    since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A listening forwarder: its address and how to stop it.
@@ -130,6 +132,7 @@ impl LocalForwarder {
         let (routed, _) = watch::channel(Routed {
             generation: 0,
             target: None,
+            since: None,
         });
         Arc::new(Self {
             listen,
@@ -195,6 +198,7 @@ impl LocalForwarder {
             }
             r.generation += 1;
             r.target = target.clone();
+            r.since = Some(chrono::Utc::now());
             true
         });
         if !changed {
@@ -216,6 +220,15 @@ impl LocalForwarder {
             }
         }
         Some(open)
+    }
+
+    /// When the forwarder started sending new connections to `cluster`, if it does now.
+    pub fn sending_to_since(&self, cluster: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let r = self.routed.borrow();
+        match &r.target {
+            Some(t) if t.cluster == cluster => r.since,
+            _ => None,
+        }
     }
 
     /// Whether it listens now.
@@ -280,7 +293,9 @@ impl LocalForwarder {
 
     async fn relay(self: Arc<Self>, mut client: TcpStream, mut stopped: watch::Receiver<bool>) {
         let mut routed = self.routed.subscribe();
-        let Routed { generation, target } = routed.borrow_and_update().clone();
+        let Routed {
+            generation, target, ..
+        } = routed.borrow_and_update().clone();
         let Some(target) = target else {
             self.metrics.closed.with_label_values(&["cut"]).inc();
             return; // dropping the stream closes it: cut

@@ -68,6 +68,9 @@ pub struct KubernetesServiceSwitch {
     name: String,
     /// Explicit `switch`/`cut` calls so far (see [`supervise`]).
     explicit: AtomicU64,
+    /// The selector this replica last patched in, and when (the effect time the journal
+    /// records for the Switched step when the reconcile loop got there first).
+    patched: std::sync::Mutex<Option<(BTreeMap<String, String>, chrono::DateTime<chrono::Utc>)>>,
 }
 
 impl std::fmt::Debug for KubernetesServiceSwitch {
@@ -92,6 +95,7 @@ impl KubernetesServiceSwitch {
             namespace,
             name: name.into(),
             explicit: AtomicU64::new(0),
+            patched: std::sync::Mutex::new(None),
         }
     }
 
@@ -119,6 +123,10 @@ impl TrafficSwitch for KubernetesServiceSwitch {
         }
         self.explicit.fetch_add(1, Ordering::SeqCst);
         self.select(&to.selector, &to.name, term).await
+    }
+
+    fn switched_at(&self, cluster: &ClusterConfig) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.patched_since(&cluster.selector)
     }
 
     /// Points the Service at a label no pod carries (`vault-dr.io/cut: "<term>"`): its
@@ -170,6 +178,20 @@ pub enum Reconciled {
 }
 
 impl KubernetesServiceSwitch {
+    fn patched_in(&self, selector: &BTreeMap<String, String>) {
+        if let Ok(mut p) = self.patched.lock() {
+            *p = Some((selector.clone(), chrono::Utc::now()));
+        }
+    }
+
+    fn patched_since(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let p = self.patched.lock().ok()?;
+        p.as_ref().filter(|(s, _)| s == selector).map(|(_, t)| *t)
+    }
+
     async fn read(&self) -> Result<(BTreeMap<String, String>, Option<String>), ActionError> {
         let service = tokio::time::timeout(WRITE_TIMEOUT, self.services.get(&self.name))
             .await
@@ -211,7 +233,10 @@ impl KubernetesServiceSwitch {
         .await
         .map_err(|_| self.failed("patch", "no answer within 10 s"))?;
         match patched {
-            Ok(_) => Ok(Reconciled::Corrected { from: current }),
+            Ok(_) => {
+                self.patched_in(want);
+                Ok(Reconciled::Corrected { from: current })
+            }
             Err(e) if api_code(&e) == Some(409) => Ok(Reconciled::Skipped),
             Err(e) => Err(self.failed("patch", e)),
         }
@@ -233,8 +258,17 @@ impl KubernetesServiceSwitch {
         for _ in 0..3 {
             let (current, rv) = self.read().await?;
             if current == *selector {
+                let since = self
+                    .patched_since(selector)
+                    .map(|t| {
+                        format!(
+                            " since {} (the topology loop patched it in)",
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        )
+                    })
+                    .unwrap_or_default();
                 return Ok(format!(
-                    "service {}/{} already selects {} ({what}, term {term})",
+                    "service {}/{} already selects {}{since} ({what}, term {term})",
                     self.namespace,
                     self.name,
                     show_selector(selector),
@@ -250,6 +284,7 @@ impl KubernetesServiceSwitch {
             .map_err(|_| self.failed("patch", "no answer within 10 s"))?;
             match patched {
                 Ok(_) => {
+                    self.patched_in(selector);
                     return Ok(format!(
                         "service {}/{} now selects {} ({what}, term {term}); it selected {}",
                         self.namespace,

@@ -67,10 +67,21 @@ impl TrafficSwitch for LocalForwarder {
             Some(closed) => format!(
                 "forwarder on {listen} sends new connections to {target} in term {term}; closed {closed} open connection(s) to the previous target"
             ),
-            None => format!(
-                "forwarder on {listen} already sends new connections to {target} (term {term})"
-            ),
+            None => match self.sending_to_since(&to.name) {
+                Some(since) => format!(
+                    "forwarder on {listen} has sent new connections to {target} since {} (term {term}): it follows the topology, which named {} as soon as it was promoted",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    to.name
+                ),
+                None => format!(
+                    "forwarder on {listen} already sends new connections to {target} (term {term})"
+                ),
+            },
         })
+    }
+
+    fn switched_at(&self, cluster: &ClusterConfig) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.sending_to_since(&cluster.name)
     }
 
     async fn cut(&self, term: u64) -> ActionResult {
@@ -455,5 +466,36 @@ mod tests {
         assert_eq!(f.target(), None);
         let again = f.cut(2).await.unwrap();
         assert!(again.contains("already cut client traffic"), "{again}");
+    }
+
+    #[tokio::test]
+    async fn a_switch_the_topology_loop_made_first_is_journaled_at_the_loops_time() {
+        let m = ForwarderMetrics::new(&prometheus::Registry::new()).unwrap();
+        let f = LocalForwarder::new(
+            "127.0.0.1:0".parse().unwrap(),
+            vec!["dc1".into(), "dc2".into()],
+            m,
+        );
+        let (dc1, dc2) = (
+            cluster("dc1", "http://127.0.0.1:8200"),
+            cluster("dc2", "http://127.0.0.1:8202"),
+        );
+        assert_eq!(f.switched_at(&dc2), None, "never sent to dc2");
+        // The topology loop moves the forwarder as soon as dc2 is promoted.
+        f.set_target(target_of(&dc2));
+        let moved = f.switched_at(&dc2).expect("the time the loop moved it");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let detail = f.switch(&dc2, 2).await.unwrap();
+        assert!(detail.contains("since"), "{detail}");
+        assert_eq!(
+            f.switched_at(&dc2),
+            Some(moved),
+            "the step does not move the time"
+        );
+        assert_eq!(f.switched_at(&dc1), None, "it does not send to dc1");
+        // An explicit switch elsewhere is its own effect, at its own time.
+        f.switch(&dc1, 3).await.unwrap();
+        assert!(f.switched_at(&dc1).is_some_and(|t| t > moved));
+        assert_eq!(f.switched_at(&dc2), None);
     }
 }

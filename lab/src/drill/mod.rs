@@ -918,7 +918,9 @@ async fn follow(
                     if s.step == Step::Decided || seen_steps.contains(&s.step) {
                         continue;
                     }
-                    if let Some(done) = s.finished_at {
+                    // The time its effect happened (traffic follows the topology, so it can
+                    // reach the new primary before the Switched step runs).
+                    if let Some(done) = s.took_effect_at() {
                         seen_steps.push(s.step);
                         push(timeline, s.step.as_str(), done, s.detail.clone());
                     }

@@ -149,7 +149,6 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
     assert_eq!(topo.desired["s1"].primary, "s2");
     let all: Vec<FailoverRecord> = lab.group.get(0, "/v1/failovers").await.unwrap();
     assert_eq!(all.len(), 1);
-
     // The operator's view: `vault-dr history` and `vault-dr status` show it.
     let history = lab.group.cli(&["history"]).await;
     println!("{history}");
@@ -175,6 +174,34 @@ async fn killing_the_primary_leads_to_exactly_one_failover_and_health_to_none() 
             "{step} once in {history}"
         );
     }
+    // `vault-dr explain` after the failover: the failover's own candidate table and time,
+    // then the current tick's sentence; `--failover ID` shows the same record.
+    let explain = lab.group.cli(&["explain"]).await;
+    println!("{explain}");
+    assert!(
+        explain.starts_with("latest decision with a candidate table: failover 2-p-s2\n"),
+        "{explain}"
+    );
+    assert!(explain.contains("candidate table at "), "{explain}");
+    assert!(explain.contains("winner: s2"), "{explain}");
+    let s2_row = explain
+        .lines()
+        .find(|l| l.starts_with("#1") && l.contains(" s2 "));
+    assert!(s2_row.is_some_and(|l| l.contains("eligible")), "{explain}");
+    assert!(explain.contains("\nnow ("), "{explain}");
+    assert!(
+        explain
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .contains("primary s2"),
+        "the current tick's sentence names the new primary: {explain}"
+    );
+    let one = lab.group.cli(&["explain", "--failover", "2-p-s2"]).await;
+    assert!(one.starts_with("2-p-s2 (p -> s2, term 2, Done"), "{one}");
+    assert!(one.contains("winner: s2"), "{one}");
+
     let status = lab.group.cli(&["status"]).await;
     println!("{status}");
     assert!(

@@ -295,6 +295,20 @@ async fn continuous_kill_the_primary_then_it_returns_as_a_quarantined_secondary(
         at(&done, Step::Done, killed),
         at(&done, Step::Promoted, killed)
     );
+    // The Switched step's time is when traffic moved: the forwarder follows the topology, so
+    // it sent new connections to the winner once it was promoted, before the step ran.
+    let (promoted, switched) = (
+        done.step(Step::Promoted).unwrap(),
+        done.step(Step::Switched).unwrap(),
+    );
+    let effect = switched
+        .effect_at
+        .expect("the Switched step records when the forwarder moved");
+    assert!(effect <= switched.finished_at.unwrap(), "{switched:?}");
+    assert!(
+        effect >= promoted.started_at,
+        "traffic moved after the promotion began: {promoted:?} {switched:?}"
+    );
 
     let lost = missing(http, stable, token, &acked).await;
     assert!(

@@ -133,6 +133,7 @@ async fn the_buffered_store_rides_out_a_mongodb_outage() {
         by: "coordinator-0".into(),
         detail: "sealed dc1".into(),
         error: None,
+        effect_at: None,
         later: Vec::new(),
     });
     journal.status = FailoverStatus::InProgress;
