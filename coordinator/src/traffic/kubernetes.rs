@@ -70,8 +70,11 @@ pub struct KubernetesServiceSwitch {
     explicit: AtomicU64,
     /// The selector this replica last patched in, and when (the effect time the journal
     /// records for the Switched step when the reconcile loop got there first).
-    patched: std::sync::Mutex<Option<(BTreeMap<String, String>, chrono::DateTime<chrono::Utc>)>>,
+    patched: std::sync::Mutex<Option<Patched>>,
 }
+
+/// A selector this replica patched into the Service, and when.
+type Patched = (BTreeMap<String, String>, chrono::DateTime<chrono::Utc>);
 
 impl std::fmt::Debug for KubernetesServiceSwitch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
