@@ -36,6 +36,7 @@ use crate::failover::openbao::{CanaryVerifier, DesiredStateReplication, SealFenc
 use crate::leader::Leader;
 use crate::store::Store;
 use crate::store::buffered::BufferedStore;
+use crate::store::shared_journal::{JournalCopy, SharedJournal};
 #[cfg(feature = "kubernetes")]
 use crate::traffic::kubernetes::KubernetesServiceSwitch;
 use std::future::Future;
@@ -53,12 +54,19 @@ fn not_built(field: &str, feature: &str) -> Error {
     })
 }
 
-/// Opens the configured store behind the write buffer.
-async fn open_store(config: &Config, registry: &prometheus::Registry) -> Result<Arc<dyn Store>> {
+/// Opens the configured store behind the write buffer. An embedded store is each replica's
+/// own: its journal is also kept in `journal_copy`, where every replica reads it.
+async fn open_store(
+    config: &Config,
+    registry: &prometheus::Registry,
+    journal_copy: Arc<dyn JournalCopy>,
+) -> Result<Arc<dyn Store>> {
     let retention = config.policy.report_retention;
     let inner: Arc<dyn Store> = match &config.store {
         StoreConfig::Embedded { path } => {
-            Arc::new(store::embedded::EmbeddedStore::open(path, retention)?)
+            let own: Arc<dyn Store> =
+                Arc::new(store::embedded::EmbeddedStore::open(path, retention)?);
+            Arc::new(SharedJournal::new(own, journal_copy, registry)?)
         }
         #[cfg(feature = "mongodb")]
         StoreConfig::Mongo { uri, database } => {
@@ -91,23 +99,26 @@ pub async fn run(
     })?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry)?;
-    let store = open_store(&config, &registry).await?;
     #[cfg_attr(not(feature = "kubernetes"), allow(unused_mut))]
     let mut hooks: Vec<Arc<dyn StepHook>> = vec![Arc::new(metrics.clone())];
     #[cfg(feature = "kubernetes")]
     let mut kube_client: Option<kube::Client> = None;
     #[cfg(feature = "kubernetes")]
     let mut leader_pod: Option<Arc<coordination::leader_pod::LeaderPod>> = None;
+    let journal_copy: Arc<dyn JournalCopy>;
     let coordination: Arc<dyn Coordination> = match &config.coordination {
         CoordinationConfig::Local {
             path,
             lease_duration,
             ..
-        } => Arc::new(LocalCoordination::new(
-            path,
-            config.id.clone(),
-            *lease_duration,
-        )),
+        } => {
+            journal_copy = Arc::new(coordination::journal_copy::FileJournalCopy::beside(path));
+            Arc::new(LocalCoordination::new(
+                path,
+                config.id.clone(),
+                *lease_duration,
+            ))
+        }
         #[cfg(not(feature = "kubernetes"))]
         CoordinationConfig::Kubernetes { .. } => {
             return Err(not_built("coordination.backend", "kubernetes"));
@@ -135,9 +146,15 @@ pub async fn run(
                 config.id.clone(),
             )?));
             kube_client = Some(c.client());
+            journal_copy = Arc::new(coordination::journal_copy::ConfigMapJournalCopy::new(
+                c.client(),
+                namespace,
+                coordination::journal_copy::journal_configmap_name(configmap_name),
+            ));
             Arc::new(c)
         }
     };
+    let store = open_store(&config, &registry, journal_copy).await?;
     let mut forwarder: Option<Arc<traffic::LocalForwarder>> = None;
     #[cfg(feature = "kubernetes")]
     let mut service_switch: Option<Arc<KubernetesServiceSwitch>> = None;

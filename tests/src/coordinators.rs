@@ -127,6 +127,9 @@ struct GroupSpec {
     vault_token: Option<String>,
     /// The `[traffic]` table.
     traffic: TrafficFile,
+    /// Each replica its own embedded store (`<id>-store.sqlite`, as in pods without MongoDB)
+    /// instead of one shared file.
+    own_stores: bool,
 }
 
 /// One replica.
@@ -224,7 +227,11 @@ impl CoordinatorGroup {
                 token_file: Some("token".into()),
                 vault_token_file: spec.vault_token.as_ref().map(|_| "vault-token".into()),
                 store: StoreFile {
-                    path: Some("store.sqlite".into()),
+                    path: Some(if spec.own_stores {
+                        format!("{id}-store.sqlite").into()
+                    } else {
+                        "store.sqlite".into()
+                    }),
                     ..StoreFile::default()
                 },
                 coordination: coordination.clone(),
@@ -804,6 +811,7 @@ pub struct HaGroupBuilder {
     selectors: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     agents: AgentOptions,
     id_prefix: String,
+    own_stores: bool,
 }
 
 /// The high-availability form of the group builder.
@@ -831,6 +839,7 @@ impl HaGroups for GroupBuilder {
             selectors: Default::default(),
             agents: AgentOptions::default(),
             id_prefix: "c".to_owned(),
+            own_stores: false,
         }
     }
 }
@@ -840,6 +849,13 @@ impl HaGroupBuilder {
     /// an id names a Kubernetes object, e.g. the pod a replica labels as the leader's.
     pub fn id_prefix(mut self, prefix: &str) -> Self {
         self.id_prefix = prefix.to_owned();
+        self
+    }
+
+    /// Each replica its own embedded store, as pods without MongoDB have (default: one file
+    /// shared by the replicas).
+    pub fn own_stores(mut self, own: bool) -> Self {
+        self.own_stores = own;
         self
     }
 
@@ -957,6 +973,7 @@ impl HaGroupBuilder {
             backend: self.backend,
             replicas: base.coordinators,
             id_prefix: self.id_prefix.clone(),
+            own_stores: self.own_stores,
             clusters: names
                 .iter()
                 .zip(addresses)

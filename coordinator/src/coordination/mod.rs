@@ -4,6 +4,7 @@
 //! while (a paused process, an unconditioned lease patch). Every change of the topology is a
 //! compare-and-swap on its version, so at most one of them can raise a term.
 
+pub mod journal_copy;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 #[cfg(feature = "kubernetes")]

@@ -4,6 +4,8 @@
 //! One trait, two implementations: [`embedded`] (the default: one local SQLite file) and
 //! [`mongo`] (production). [`buffered`] wraps either so that an outage of the store never blocks
 //! detection or failover: writes are queued in a bounded buffer and retried with backoff.
+//! [`shared_journal`] keeps the journal's recent records also where every replica can read
+//! them, for replicas that each have their own embedded store.
 //!
 //! The store is the *record*. What a new leader needs to resume a failover lives in the
 //! topology of the coordination backend; the store journal is written as well, for history.
@@ -12,6 +14,7 @@ pub mod buffered;
 pub mod embedded;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+pub mod shared_journal;
 
 use crate::model::DecisionRecord;
 use crate::model::FailoverRecord;

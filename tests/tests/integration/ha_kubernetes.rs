@@ -290,3 +290,110 @@ async fn the_leaders_pod_alone_carries_the_leader_label_and_it_follows_the_lease
         let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
     }
 }
+
+/// Without MongoDB every pod has its own embedded store: the leader keeps the journal's recent
+/// records also in the ConfigMap `<topology>-journal`, so the replica that leads next answers
+/// `history` and `explain --failover` with the failover the killed leader ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_without_mongodb_keeps_the_history() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use vault_dr_coordinator::coordination::journal_copy::{JOURNAL_KEY, journal_configmap_name};
+    use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus};
+    use vault_dr_tests::coordinators::failover_policy;
+
+    let kube = test_client().await.unwrap();
+    let kubeconfig_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig_file(kubeconfig_dir.path()).unwrap();
+    let lease_name = kube.name("vault-dr-history");
+    let (mut lab, first) = three_replicas(&kube, kubeconfig, &lease_name, |b| {
+        b.own_stores(true)
+            .policy_file(failover_policy())
+            .agents(|a| a.replication = None)
+    })
+    .await;
+    lab.start_agents().await.unwrap();
+    let dir = lab.group.dir().to_path_buf();
+    assert!(!dir.join("store.sqlite").exists(), "no shared store file");
+    for r in &lab.group.replicas {
+        let own = dir.join(format!("{}-store.sqlite", r.id));
+        assert!(own.exists(), "{} has its own store", r.id);
+    }
+
+    // The primary's server dies: the first leader runs the failover p -> s1.
+    wait_for_eligible(&lab, first, "s1").await;
+    lab.clusters[0].nodes_mut()[0].kill();
+    let (done, _) = lab
+        .group
+        .wait_failover(
+            first,
+            "the failover to finish",
+            Duration::from_secs(60),
+            |r| r.status == FailoverStatus::Done,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.group.logs()));
+    assert_eq!((done.from.as_str(), done.to.as_str()), ("p", "s1"));
+
+    // The copy every replica reads holds it.
+    let configmaps: Api<ConfigMap> = Api::namespaced(kube.client.clone(), &kube.namespace);
+    let journal_name = journal_configmap_name(&kube.name("vault-dr-topology"));
+    let copy = configmaps.get(&journal_name).await.unwrap();
+    let copied: Vec<FailoverRecord> =
+        serde_json::from_str(&copy.data.unwrap()[JOURNAL_KEY]).unwrap();
+    assert_eq!(copied.len(), 1);
+    assert_eq!(copied[0].id, done.id);
+
+    // Its leader dies; the next one has never written a journal record in its own store.
+    lab.group.kill(first);
+    let (second, _) = lab
+        .group
+        .wait_leader(Some(first), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let seen: Vec<FailoverRecord> = lab.group.get(second, "/v1/failovers").await.unwrap();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].id, done.id);
+    assert_eq!(seen[0].status, FailoverStatus::Done);
+    assert_eq!(
+        seen[0].steps.len(),
+        done.steps.len(),
+        "every step, as journaled"
+    );
+    let history = lab.group.cli(&["history"]).await;
+    assert!(
+        history.contains(&format!("{} · p -> s1 · term 2 · Done", done.id)),
+        "{history}"
+    );
+    let explain = lab.group.cli(&["explain", "--failover", &done.id]).await;
+    assert!(explain.contains("winner: s1"), "{explain}");
+
+    if kube.fake().is_none() {
+        let _ = configmaps
+            .delete(&journal_name, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Waits until `cluster` is an eligible candidate on replica `i`.
+async fn wait_for_eligible(lab: &DrLab, i: usize, cluster: &str) {
+    use vault_dr_coordinator::api::ClustersResponse;
+    use vault_dr_coordinator::model::Eligibility;
+    let found = try_wait_for_every(
+        Duration::from_millis(200),
+        "the secondary to be eligible",
+        Duration::from_secs(30),
+        || async {
+            let v: ClustersResponse = lab.group.get(i, "/v1/clusters").await?;
+            v.candidates
+                .candidates
+                .iter()
+                .find(|c| c.cluster == cluster && c.eligibility == Eligibility::Eligible)
+                .map(|_| ())
+        },
+    )
+    .await;
+    if let Err(e) = found {
+        let clusters: Option<serde_json::Value> = lab.group.get(i, "/v1/clusters").await;
+        panic!("{e}: {clusters:#?}");
+    }
+}

@@ -373,8 +373,18 @@ fn the_role_is_namespaced_least_privilege_and_extractable_alone() {
             "update",
         ),
         ("coordination.k8s.io", "leases", "*", "create"),
-        ("", "configmaps", "vault-dr-topology", "get"),
-        ("", "configmaps", "vault-dr-topology", "update"),
+        (
+            "",
+            "configmaps",
+            "vault-dr-topology,vault-dr-topology-journal",
+            "get",
+        ),
+        (
+            "",
+            "configmaps",
+            "vault-dr-topology,vault-dr-topology-journal",
+            "update",
+        ),
         ("", "configmaps", "*", "create"),
         ("", "services", "vault-dr-active", "get"),
         ("", "services", "vault-dr-active", "patch"),
@@ -1317,6 +1327,9 @@ fn allowed(rules: &[Value], call: &vault_dr_tests::fake_apiserver::Call) -> bool
 async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
     use std::sync::Arc;
     use vault_dr_coordinator::coordination::Coordination;
+    use vault_dr_coordinator::coordination::journal_copy::{
+        ConfigMapJournalCopy, journal_configmap_name,
+    };
     use vault_dr_coordinator::coordination::kubernetes::KubernetesCoordination;
     use vault_dr_coordinator::failover::actions::Actions;
     use vault_dr_coordinator::failover::actions::test_util::Recorder;
@@ -1328,6 +1341,7 @@ async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
     use vault_dr_coordinator::model::{FailoverStatus, Step};
     use vault_dr_coordinator::store::Store;
     use vault_dr_coordinator::store::embedded::EmbeddedStore;
+    use vault_dr_coordinator::store::shared_journal::SharedJournal;
     use vault_dr_coordinator::traffic::kubernetes::KubernetesServiceSwitch;
     use vault_dr_tests::fake_apiserver::FakeApiServer;
 
@@ -1422,8 +1436,23 @@ async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
         .write_topology(&Topology::initial(primary.name.clone()), None)
         .await
         .unwrap();
-    let store: Arc<dyn Store> = Arc::new(
+    // The store as `run` builds it without MongoDB: the replica's own embedded store, its
+    // journal also kept in the ConfigMap every replica reads.
+    let journal_name = journal_configmap_name(&configmap_name);
+    let own: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(&dir.path().join("s.sqlite"), Duration::from_secs(60)).unwrap(),
+    );
+    let store: Arc<dyn Store> = Arc::new(
+        SharedJournal::new(
+            own,
+            Arc::new(ConfigMapJournalCopy::new(
+                client.clone(),
+                &namespace,
+                journal_name.clone(),
+            )),
+            &prometheus::Registry::new(),
+        )
+        .unwrap(),
     );
     store.init().await.unwrap();
     let recorder = Recorder::new();
@@ -1482,6 +1511,14 @@ async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
             .any(|c| c.resource == "services" && c.verb == "patch"),
         "{calls:?}"
     );
+    for verb in ["create", "update"] {
+        assert!(
+            calls.iter().any(|c| c.resource == "configmaps"
+                && c.verb == verb
+                && (verb == "create" || c.name.as_deref() == Some(journal_name.as_str()))),
+            "the journal's copy is written ({verb}): {calls:?}"
+        );
+    }
     assert!(
         calls
             .iter()
