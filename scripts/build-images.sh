@@ -8,12 +8,13 @@
 # pushes with `skopeo copy oci-archive:<file> docker://<ref>` (helm/vault-dr/README.md, "Images").
 #
 # Usage: scripts/build-images.sh [--bin-dir DIR] [--repository PREFIX] [--tag TAG] [--out DIR]
-#                                [--revision COMMIT]
+#                                [--revision COMMIT] [--ca-bundle FILE]
 #   --bin-dir     where vault-dr and vault-dr-agent are             [target/release]
 #   --repository  registry and path the image names start with     [ghcr.io/vault-dr, the chart's]
 #   --tag         image tag                                         [the chart's appVersion]
 #   --out         directory the archives are written to             [target/images]
 #   --revision    org.opencontainers.image.revision label, e.g. "$(git rev-parse HEAD)"  [none]
+#   --ca-bundle   the CA certificates the images trust   [/etc/ssl/certs/ca-certificates.crt]
 # SOURCE_DATE_EPOCH, when set, is the images' creation time (else 1970-01-01): the same binaries
 # give the same image digest. Prints one line per image: file, reference, manifest digest.
 #
@@ -35,6 +36,7 @@ repository="ghcr.io/vault-dr"
 tag="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$ROOT/helm/vault-dr/Chart.yaml")"
 out="$ROOT/target/images"
 revision=""
+ca_bundle="/etc/ssl/certs/ca-certificates.crt"
 while (($#)); do
     case "$1" in
         --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
@@ -42,6 +44,7 @@ while (($#)); do
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --out) out="${2:?--out needs a directory}"; shift 2 ;;
         --revision) revision="${2:?--revision needs a value}"; shift 2 ;;
+        --ca-bundle) ca_bundle="${2:?--ca-bundle needs a file}"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -78,6 +81,7 @@ image() {
     digest="$(python3 "$ROOT/scripts/oci_image.py" \
         --binary "$bin_dir/$binary" --install-path "/usr/local/bin/$binary" \
         --ref "$ref" --out "$file" --user "$user" --user-name "$user_name" --port "$port" \
+        --ca-bundle "$ca_bundle" \
         "${cmd[@]}" "${common_labels[@]}" \
         --label "org.opencontainers.image.title=$name" \
         --label "org.opencontainers.image.description=$description")"
