@@ -10,8 +10,9 @@
 //!   which is also the config's `User`;
 //! - unpacked, it runs `<binary> --help` in a chroot as that uid:gid, and then its service
 //!   (the config's Entrypoint and Cmd) on a read-only bind mount of the root, with only the
-//!   chart's mounts writable, until `/healthz` answers; `/proc/<pid>/status` shows the process
-//!   ran as that uid:gid and `/proc/<pid>/root` that its root was the image's.
+//!   chart's mounts writable and the image's Env only, until `/healthz` answers;
+//!   `/proc/<pid>/{status,root,environ}` show the process ran as that uid:gid, in the image's
+//!   root, with that environment, and the coordinator's store file is owned by that uid:gid.
 //!
 //! The chart's uid:gid are read from the chart (coordinator: its Deployment; agent: the sidecar
 //! examples), so an image and a chart that disagree fail here. Needs root (chroot, a mount
@@ -49,11 +50,14 @@ const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// The CA bundle's path in the image (where rustls-native-certs' probe and SSL_CERT_FILE look).
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
-/// Shell run in a new mount namespace: bind the image root onto itself read-only (the chart's
-/// `readOnlyRootFilesystem: true`), bind each `ro|rw SOURCE TARGET` triple over it (the pod's
-/// volumes), then exec chroot as `USER`. Every step execs, so the pid stays the service's.
+/// Shell run in a new mount namespace (arguments: ROOT USER ENV [ro|rw SOURCE TARGET]... --
+/// COMMAND...): bind the image root onto itself read-only (the chart's
+/// `readOnlyRootFilesystem: true`), bind each triple over it (the pod's volumes), then exec
+/// chroot as USER with nothing but the image's ENV (KEY=VALUE lines). Every step execs, so the
+/// pid stays the service's.
 const CONTAINER_SH: &str = r#"set -e
-root="$1"; user="$2"; shift 2
+root="$1"; user="$2"; envs="$3"; shift 3
+chroot="$(command -v chroot)"
 mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
 while [ "$1" != -- ]; do
@@ -62,7 +66,9 @@ while [ "$1" != -- ]; do
   shift 3
 done
 shift
-exec chroot --userspec="$user" "$root" "$@""#;
+IFS='
+'
+exec env -i $envs "$chroot" --userspec="$user" "$root" "$@""#;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -432,17 +438,10 @@ fn volume(path: &Path, owner: Option<(u32, u32)>) -> PathBuf {
 /// `[(ro|rw, source, target in the image)]`: the pod's volumes.
 type Mounts = Vec<(&'static str, PathBuf, &'static str)>;
 
-/// Runs `args` as the image's service: the root read-only, `mounts` over it, chroot as the
-/// image's `user`; waits for `/healthz` on `port`, checks that the process's uid and gid are
-/// the chart's and its root the image's.
-async fn serve(
-    spec: Spec,
-    rootfs: &Path,
-    mounts: Mounts,
-    (user, args): (String, Vec<String>),
-    port: u16,
-    log: &Path,
-) {
+/// Runs `start` as the image's service: the root read-only, `mounts` over it, chroot as the
+/// image's user with the image's environment only; waits for `/healthz` on `port`, checks that
+/// the process's uid and gid are the chart's and its root the image's.
+async fn serve(spec: Spec, rootfs: &Path, mounts: Mounts, start: Start, port: u16, log: &Path) {
     let (uid, gid) = spec.chart_user();
     let mut argv: Vec<OsString> = [
         "--mount",
@@ -456,14 +455,16 @@ async fn serve(
     .to_vec();
     argv.push("container.sh".into());
     argv.push(rootfs.into());
-    argv.push(user.into());
+    argv.push(start.user.into());
+    let env = start.env.join("\n");
+    argv.push(env.clone().into());
     for (mode, source, target) in &mounts {
         // The runtime creates mount points in the image's root (they are not in the image).
         std::fs::create_dir_all(rootfs.join(target.trim_start_matches('/'))).unwrap();
         argv.extend([OsString::from(mode), source.into(), target.into()]);
     }
     argv.push("--".into());
-    argv.extend(args.into_iter().map(OsString::from));
+    argv.extend(start.argv.into_iter().map(OsString::from));
     let mut child = ChildGuard::spawn(spec.name, Path::new("unshare"), &argv, log).unwrap();
     let client = vault_dr_common::http::client_builder().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/healthz");
@@ -501,6 +502,12 @@ async fn serve(
     // Real, effective, saved and file-system ids: no way back to root.
     assert_eq!(ids("Uid:"), [uid; 4], "{status}");
     assert_eq!(ids("Gid:"), [gid; 4], "{status}");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert_eq!(
+        String::from_utf8(environ).unwrap().trim_end_matches('\0'),
+        env.replace('\n', "\0"),
+        "the service's environment is not the image's"
+    );
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
         rootfs,
@@ -509,20 +516,35 @@ async fn serve(
     child.terminate(Duration::from_secs(10)).await;
 }
 
-/// What a runtime starts without overrides, from the config the docker manifest names: the
-/// image's User, and its Entrypoint followed by its Cmd.
-fn command(archive: &Path) -> (String, Vec<String>) {
+/// What a runtime starts without overrides.
+#[derive(Debug)]
+struct Start {
+    /// The config's User.
+    user: String,
+    /// Its Env.
+    env: Vec<String>,
+    /// Its Entrypoint followed by its Cmd (and what a test adds).
+    argv: Vec<String>,
+}
+
+/// The [`Start`] of an image, from the config the docker manifest names.
+fn command(archive: &Path) -> Start {
     let files = read_archive(archive);
     let docker: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let config: Value =
         serde_json::from_slice(&files[docker[0]["Config"].as_str().unwrap()]).unwrap();
-    let argv = ["Entrypoint", "Cmd"]
-        .iter()
-        .filter_map(|k| config["config"][k].as_array())
-        .flatten()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
-    (config["config"]["User"].as_str().unwrap().to_owned(), argv)
+    let strings = |keys: &[&str]| -> Vec<String> {
+        keys.iter()
+            .filter_map(|k| config["config"][k].as_array())
+            .flatten()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    Start {
+        user: config["config"]["User"].as_str().unwrap().to_owned(),
+        env: strings(&["Env"]),
+        argv: strings(&["Entrypoint", "Cmd"]),
+    }
 }
 
 /// `<binary> --help` in a chroot of the image as the chart's user: its usage text.
@@ -605,12 +627,13 @@ async fn each_image_runs_help_and_its_service_as_the_user_the_chart_runs_it_as()
     std::fs::write(token_dir.join("token"), "image-test-token").unwrap();
     let data = volume(&c.join("data"), Some(user));
     let tmp = volume(&c.join("tmp"), Some(user));
-    let (user_spec, args) = command(&out.join("vault-dr-coordinator.oci.tar"));
+    let mut start = command(&out.join("vault-dr-coordinator.oci.tar"));
     // The chart's `args`, so that the image also runs as it stands.
     assert_eq!(
-        args[1..],
+        start.argv[1..],
         ["coordinator", "--config", "/etc/vault-dr/config.toml"]
     );
+    start.env.push("VAULT_DR_LOG_JSON=true".into());
     let mounts = vec![
         ("ro", config_dir, "/etc/vault-dr"),
         ("ro", token_dir, "/var/run/secrets/vault-dr/token"),
@@ -618,7 +641,7 @@ async fn each_image_runs_help_and_its_service_as_the_user_the_chart_runs_it_as()
         ("rw", tmp, "/tmp"),
     ];
     let log = c.join("log");
-    serve(COORDINATOR, &rootfs, mounts, (user_spec, args), port, &log).await;
+    serve(COORDINATOR, &rootfs, mounts, start, port, &log).await;
     // It wrote its store as that user, into the one volume meant for it.
     let store = std::fs::metadata(data.join("store.sqlite")).unwrap();
     assert_eq!(
@@ -634,21 +657,13 @@ async fn each_image_runs_help_and_its_service_as_the_user_the_chart_runs_it_as()
     let rootfs = unpack(AGENT, &out.join("vault-dr-agent.oci.tar"), &a);
     help(AGENT, &rootfs);
     let port = vault_dr_lab::ports::reserve(loopback).unwrap();
-    let (user_spec, mut args) = command(&out.join("vault-dr-agent.oci.tar"));
-    assert_eq!(args, ["/usr/local/bin/vault-dr-agent"]);
-    args.extend([
+    let mut start = command(&out.join("vault-dr-agent.oci.tar"));
+    assert_eq!(start.argv, ["/usr/local/bin/vault-dr-agent"]);
+    start.argv.extend([
         "--cluster=dc1".to_owned(),
         "--node=dc1-0".into(),
         format!("--listen=127.0.0.1:{port}"),
         format!("--vault-addr=http://127.0.0.1:{closed}"),
     ]);
-    serve(
-        AGENT,
-        &rootfs,
-        Vec::new(),
-        (user_spec, args),
-        port,
-        &a.join("log"),
-    )
-    .await;
+    serve(AGENT, &rootfs, Vec::new(), start, port, &a.join("log")).await;
 }
