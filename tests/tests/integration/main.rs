@@ -22,6 +22,7 @@ mod ha_local;
 mod ha_split_brain;
 mod helm_chart;
 mod hostile_input;
+mod images;
 mod k8s_coordination;
 mod k8s_traffic;
 mod lab_openbao;
