@@ -3,7 +3,7 @@
 #   <out>/vault-dr-coordinator.oci.tar   <repository>/vault-dr-coordinator:<tag>  (the `vault-dr` binary)
 #   <out>/vault-dr-agent.oci.tar         <repository>/vault-dr-agent:<tag>        (the sidecar)
 # from binaries already built (default target/release, after
-#   cargo build --release --locked --bin vault-dr --bin vault-dr-agent).
+#   cargo build --release --locked -p vault-dr-coordinator -p vault-dr-agent).
 # Each archive loads with `docker load -i`, `podman load -i`, `ctr -n k8s.io images import`, and
 # pushes with `skopeo copy oci-archive:<file> docker://<ref>` (helm/vault-dr/README.md, "Images").
 #
@@ -52,7 +52,7 @@ done
 [[ -n "$tag" ]] || die "no --tag, and no appVersion in helm/vault-dr/Chart.yaml"
 repository="${repository%/}"
 for bin in vault-dr vault-dr-agent; do
-    [[ -x "$bin_dir/$bin" ]] || die "$bin_dir/$bin is missing: cargo build --release --locked --bin vault-dr --bin vault-dr-agent (or pass --bin-dir)"
+    [[ -x "$bin_dir/$bin" ]] || die "$bin_dir/$bin is missing: cargo build --release --locked -p vault-dr-coordinator -p vault-dr-agent (or pass --bin-dir)"
 done
 command -v python3 >/dev/null || die "python3 not found (scripts/setup.sh installs it)"
 command -v ldd >/dev/null || die "ldd not found (Debian: apt-get install libc-bin)"
