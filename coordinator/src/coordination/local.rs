@@ -46,6 +46,11 @@ struct State {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lease {
     holder: String,
+    /// Which process of `holder` holds it: two processes given the same id (two replicas on
+    /// one host without `VAULT_DR_ID`, whose default is the host name) must not both lead.
+    /// `None` in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
     acquired_at: DateTime<Utc>,
     renewed_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -65,6 +70,10 @@ pub struct LocalCoordination {
     lease_duration: Duration,
     /// Local monotonic deadline until which we consider ourselves leader.
     leader_until: Mutex<Option<Instant>>,
+    /// This process's instance ([`Lease::instance`]).
+    instance: String,
+    /// Whether the lease held by another process under our id was last logged.
+    same_id_said: std::sync::atomic::AtomicBool,
 }
 
 impl LocalCoordination {
@@ -76,6 +85,12 @@ impl LocalCoordination {
             id: id.into(),
             lease_duration,
             leader_until: Mutex::new(None),
+            instance: format!(
+                "{}-{}",
+                std::process::id(),
+                Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            ),
+            same_id_said: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -247,27 +262,49 @@ fn update<T>(path: &Path, f: impl Fn(&mut State) -> Result<(T, bool)>) -> Result
 }
 
 /// The lease decision of `try_acquire_or_renew` on `s`: (whether `id` holds it, dirty).
-fn acquire_or_renew(s: &mut State, id: &str, duration: Duration) -> (bool, bool) {
+/// What one attempt to acquire or renew the lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attempt {
+    /// We hold it (acquired or renewed).
+    Held,
+    /// Another replica holds it.
+    Taken,
+    /// Another process holds it under our id (instance named).
+    SameId(String),
+}
+
+fn acquire_or_renew(
+    s: &mut State,
+    id: &str,
+    instance: &str,
+    duration: Duration,
+) -> (Attempt, bool) {
     let now = Utc::now();
     // A duration chrono cannot hold (centuries) falls back to zero: the lease then lapses at
     // once, which can only cost leadership, never make two leaders.
     let expires_at = now + chrono::Duration::from_std(duration).unwrap_or_default();
     match &mut s.lease {
-        Some(l) if l.holder == id => {
+        Some(l) if l.holder == id && l.instance.as_deref().is_none_or(|i| i == instance) => {
+            l.instance = Some(instance.to_owned());
             l.renewed_at = now;
             l.expires_at = expires_at;
-            (true, true)
+            (Attempt::Held, true)
         }
-        Some(l) if l.expires_at > now => (false, false),
+        Some(l) if l.expires_at > now && l.holder == id => (
+            Attempt::SameId(l.instance.clone().unwrap_or_default()),
+            false,
+        ),
+        Some(l) if l.expires_at > now => (Attempt::Taken, false),
         _ => {
             s.transitions += 1;
             s.lease = Some(Lease {
                 holder: id.to_owned(),
+                instance: Some(instance.to_owned()),
                 acquired_at: now,
                 renewed_at: now,
                 expires_at,
             });
-            (true, true)
+            (Attempt::Held, true)
         }
     }
 }
@@ -286,10 +323,24 @@ impl LocalCoordination {
 impl Coordination for LocalCoordination {
     async fn try_acquire_or_renew(&self) -> Result<bool> {
         let started = Instant::now();
-        let (id, duration) = (self.id.clone(), self.lease_duration);
-        let won = self
-            .with_state(move |s| Ok(acquire_or_renew(s, &id, duration)))
+        let (id, instance, duration) =
+            (self.id.clone(), self.instance.clone(), self.lease_duration);
+        let attempt = self
+            .with_state(move |s| Ok(acquire_or_renew(s, &id, &instance, duration)))
             .await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Attempt::SameId(other) = &attempt {
+            if !self.same_id_said.swap(true, Relaxed) {
+                tracing::error!(
+                    id = %self.id,
+                    "another coordinator process (instance {other}) holds the lease under this replica's id {}: give every replica its own id (VAULT_DR_ID or `id` in the file; the default is the host name); this one does not lead meanwhile",
+                    self.id
+                );
+            }
+        } else {
+            self.same_id_said.store(false, Relaxed);
+        }
+        let won = attempt == Attempt::Held;
         let mut until = self.leader_until.lock().unwrap_or_else(|p| p.into_inner());
         // Count the lease from before the write started, less a margin for clock reads, so we
         // stop acting before any other replica can see the lease as expired.
@@ -410,6 +461,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_processes_given_the_same_id_never_both_lead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coord.json");
+        let lease = Duration::from_secs(2);
+        // Two replicas on one host without VAULT_DR_ID: both default to the host name.
+        let a = LocalCoordination::new(&path, "host", lease);
+        let b = LocalCoordination::new(&path, "host", lease);
+        assert_ne!(a.instance, b.instance);
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap(),
+            "b does not renew a's lease"
+        );
+        assert!(!b.is_leader());
+        assert!(
+            a.try_acquire_or_renew().await.unwrap(),
+            "a goes on renewing"
+        );
+        // a stops (killed): b takes over once a's lease expired, as from any other replica.
+        tokio::time::sleep(Duration::from_millis(2050)).await;
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        assert!(
+            !a.try_acquire_or_renew().await.unwrap(),
+            "and a no longer renews b's"
+        );
+        // A file from before instances existed is renewed by its holder's id.
+        let mut state = State::default();
+        state.lease = Some(Lease {
+            holder: "old".into(),
+            instance: None,
+            acquired_at: Utc::now(),
+            renewed_at: Utc::now(),
+            expires_at: Utc::now() + chrono::Duration::seconds(5),
+        });
+        assert_eq!(
+            acquire_or_renew(&mut state, "old", "new-1", lease).0,
+            Attempt::Held
+        );
+    }
+
+    #[tokio::test]
     async fn release_hands_the_lease_over_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = pair(dir.path(), Duration::from_secs(30));
@@ -458,13 +550,14 @@ mod tests {
         // state: the lease is b's and live, so a does not take it.
         let a_won = update(&path, |s| {
             if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                let b_won = update(&path, |s2| Ok(acquire_or_renew(s2, "b", lease))).unwrap();
-                assert!(b_won);
+                let b_won =
+                    update(&path, |s2| Ok(acquire_or_renew(s2, "b", "b-1", lease))).unwrap();
+                assert_eq!(b_won, Attempt::Held);
             }
-            Ok(acquire_or_renew(s, "a", lease))
+            Ok(acquire_or_renew(s, "a", "a-1", lease))
         })
         .unwrap();
-        assert!(!a_won);
+        assert_eq!(a_won, Attempt::Taken);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "a decided again once");
         let (_, state) = latest(&path).unwrap();
         assert_eq!(state.lease.unwrap().holder, "b");
