@@ -1186,7 +1186,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     for url in &agent_urls {
         let text = get_text(&client, url).await;
         assert!(
-            text.contains("vault_dr_agent_up 1"),
+            vault_dr_tests::agents::metric(&text, "vault_dr_agent_up") == 1.0,
             "agent at {url} is not up:\n{text}"
         );
         exported.extend(exported_names(&text));

@@ -904,7 +904,7 @@ async fn the_agent_refuses_hostile_requests_and_keeps_serving() {
     let (status, metrics) = send(client.get(format!("{base}/metrics"))).await;
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("vault_dr_agent_up 1"),
+        vault_dr_tests::agents::metric(&metrics, "vault_dr_agent_up") == 1.0,
         "{}",
         shorten(&metrics)
     );
