@@ -1,6 +1,6 @@
-//! The node's own CPU and memory figures for the report: the cgroup v2 files of the agent's
-//! container (`cpu.stat`, `memory.current`, `memory.max`), otherwise the node's server process,
-//! which [`Locator`] finds: by its pid file; else as the process that listens on the node's
+//! The node's own CPU and memory figures for the report: the cgroup v2 files of the node's
+//! cgroup (`cpu.stat`, `memory.current`, `memory.max`; see [`SystemSampler::sample_at`] for when
+//! a cgroup is the node's), otherwise the node's server process, which [`Locator`] finds: by its pid file; else as the process that listens on the node's
 //! address (the port of `--vault-addr`: `/proc/net/tcp{,6}` gives the listening socket's inode,
 //! the `socket:[inode]` links under `/proc/<pid>/fd` its owner); else, when that owner is not
 //! visible to the agent, as the only process running with one of the names.
@@ -472,11 +472,23 @@ pub fn cores_between(prev_cpu_secs: f64, now_cpu_secs: f64, elapsed_secs: f64) -
     (now_cpu_secs - prev_cpu_secs) / elapsed_secs
 }
 
+/// The cgroup v2 path of `pid` (the `0::` line of `/proc/<pid>/cgroup`, relative to the
+/// reader's cgroup namespace).
+fn cgroup_path(proc_root: &Path, pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
 /// The memory limit of `pid`'s own cgroup v2 (the lowest `memory.max` from its cgroup up to
 /// the root), `None` when unlimited or not readable (cgroup v1, another namespace).
 fn process_memory_max(proc_root: &Path, cgroup_mount: &Path, pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = cgroup_path(proc_root, pid)?;
+    if rel.starts_with("/..") {
+        // Outside the agent's cgroup namespace: not under its mount.
+        return None;
+    }
     let mut dir = cgroup_mount.join(rel.trim_start_matches('/'));
     let mut lowest: Option<u64> = None;
     while dir.starts_with(cgroup_mount) {
@@ -562,21 +574,33 @@ impl SystemSampler {
     }
 
     /// One sample, `now` being the time of the reading (tests pass their own instants).
+    ///
+    /// The cgroup's figures count only beside the node's live process: an operator-given
+    /// cgroup (`--cgroup-root`) is the node's by the operator's word; the container's own
+    /// root only when the node runs in the agent's cgroup (one container for both). A sidecar
+    /// sees its own container's cgroup there, not the server's: then the process's figures.
+    /// Without a live process there are none: the cgroup may hold other work (the lab's
+    /// stress, the agent itself).
     pub fn sample_at(&mut self, now: Instant) -> HostStats {
-        if let Some(r) = CgroupReading::read(&self.cgroup_root, !self.cgroup_explicit) {
-            let mut stats = self.sample_cgroup(r, now);
-            if r.memory_current_bytes.is_none() {
-                // No memory controller in this cgroup: the Vault process's memory instead.
-                if let Some(p) = self.sample_process(now) {
-                    stats.pid = Some(p.pid);
+        let cgroup = CgroupReading::read(&self.cgroup_root, !self.cgroup_explicit);
+        let Some(p) = self.sample_process(now) else {
+            // Keep the cgroup's rate history honest across the gap.
+            self.prev_cgroup = None;
+            return HostStats::UNKNOWN;
+        };
+        let holds_node = self.cgroup_explicit || self.container_holds_only(p.pid);
+        match cgroup.filter(|_| holds_node) {
+            Some(r) => {
+                let mut stats = self.sample_cgroup(r, now);
+                stats.pid = Some(p.pid);
+                if r.memory_current_bytes.is_none() {
+                    // No memory controller in this cgroup: the Vault process's memory instead.
                     stats.memory_used_bytes = Some(p.memory_bytes);
                     stats.memory_limit_bytes = p.memory_limit_bytes;
                 }
+                stats
             }
-            return stats;
-        }
-        match self.sample_process(now) {
-            Some(p) => HostStats {
+            None => HostStats {
                 source: HostSource::Process,
                 pid: Some(p.pid),
                 cpu_usage_cores: p.cores,
@@ -584,8 +608,25 @@ impl SystemSampler {
                 memory_used_bytes: Some(p.memory_bytes),
                 memory_limit_bytes: p.memory_limit_bytes,
             },
-            None => HostStats::UNKNOWN,
         }
+    }
+
+    /// Whether the container's cgroup (the implicit root) holds the node `pid`, and no other
+    /// server: the agent's own cgroup is the node's, and its figures are not several nodes'.
+    fn container_holds_only(&self, pid: u32) -> bool {
+        let root = &self.locator.proc_root;
+        let mine = cgroup_path(root, std::process::id());
+        if mine.is_none() || mine != cgroup_path(root, pid) {
+            return false;
+        }
+        let Ok(procs) = std::fs::read_to_string(self.cgroup_root.join("cgroup.procs")) else {
+            return false;
+        };
+        let servers = pids_named(root, &self.locator.names);
+        !procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .any(|q| q != pid && servers.contains(&q))
     }
 
     fn sample_cgroup(&mut self, r: CgroupReading, now: Instant) -> HostStats {
@@ -983,6 +1024,77 @@ mod tests {
         Locator::new(None, None, vec!["no-such-process-xyz".into()])
     }
 
+    /// A locator whose pid file (in `dir`) names this test process.
+    fn this_process(dir: &Path) -> Locator {
+        let pid_file = dir.join("self.pid");
+        std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+        Locator::new(Some(pid_file), None, vec![])
+    }
+
+    #[test]
+    fn a_containers_cgroup_is_the_nodes_only_while_the_node_runs_in_it_alone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let (me, node) = (std::process::id(), child.id());
+        // A fake /proc for where processes are (the figures are the real processes').
+        let p = FakeProc::new();
+        p.process(me, "vault-dr-agent", &[]);
+        p.process(node, "bao", &[]);
+        p.process(999_999, "bao", &[]);
+        let in_cgroup = |pid: u32, path: &str| {
+            std::fs::write(
+                p.root().join(format!("{pid}/cgroup")),
+                format!("0::{path}\n"),
+            )
+            .unwrap();
+        };
+        in_cgroup(me, "/");
+        in_cgroup(node, "/");
+        let cg = tempfile::tempdir().unwrap();
+        write_cgroup(cg.path(), 2_000_000, 300 << 20, "max");
+        let procs = |pids: &[u32]| {
+            let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
+            std::fs::write(cg.path().join("cgroup.procs"), text).unwrap();
+        };
+        procs(&[1, me, node]);
+        let pid_file = p.root().join("bao.pid");
+        std::fs::write(&pid_file, format!("{node}\n")).unwrap();
+        let mut s = SystemSampler::new(
+            cg.path().into(),
+            Locator::new(Some(pid_file), None, vec!["bao".into()]).with_proc_root(p.root()),
+        );
+        let h = s.sample();
+        assert_eq!((h.source, h.pid), (HostSource::Cgroup, Some(node)), "{h:?}");
+        assert_eq!(h.memory_used_bytes, Some(300 << 20), "the container's");
+        // Another server in the same container: its figures would be both's.
+        procs(&[1, me, node, 999_999]);
+        let h = s.sample();
+        assert_eq!(
+            (h.source, h.pid),
+            (HostSource::Process, Some(node)),
+            "{h:?}"
+        );
+        // A sidecar: the agent's container is not the server's.
+        procs(&[1, me]);
+        in_cgroup(node, "/../server-container");
+        let h = s.sample();
+        assert_eq!(
+            (h.source, h.pid),
+            (HostSource::Process, Some(node)),
+            "{h:?}"
+        );
+        // The server dies: nothing, though the cgroup files are still there.
+        in_cgroup(node, "/");
+        procs(&[1, me, node]);
+        assert_eq!(s.sample().source, HostSource::Cgroup);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        p.zombie(node);
+        assert_eq!(s.sample(), HostStats::UNKNOWN);
+    }
+
     #[test]
     fn an_explicit_cgroup_without_memory_controller_still_gives_its_cpu() {
         let dir = tempfile::tempdir().unwrap();
@@ -991,15 +1103,16 @@ mod tests {
         let mut default = SystemSampler::new(dir.path().into(), no_process());
         assert_ne!(default.sample().source, HostSource::Cgroup);
         // Given by the operator, cpu.stat is enough (stress in that cgroup becomes visible).
-        let mut explicit =
-            SystemSampler::new(dir.path().into(), no_process()).with_explicit_cgroup(true);
+        let mut explicit = SystemSampler::new(dir.path().into(), this_process(dir.path()))
+            .with_explicit_cgroup(true);
         let t0 = Instant::now();
         let first = explicit.sample_at(t0);
         assert_eq!(first.source, HostSource::Cgroup);
         assert_eq!(first.cpu_seconds_total, Some(4.0));
-        assert_eq!(
-            first.memory_used_bytes, None,
-            "no controller and no process: unknown, not 0"
+        assert_eq!(first.pid, Some(std::process::id()));
+        assert!(
+            first.memory_used_bytes.is_some_and(|b| b > 0),
+            "no memory controller: the process's memory"
         );
         std::fs::write(dir.path().join("cpu.stat"), "usage_usec 5600000\n").unwrap();
         let second = explicit.sample_at(t0 + Duration::from_secs(2));
@@ -1013,7 +1126,13 @@ mod tests {
     fn a_cgroup_directory_is_read_and_cpu_usage_is_a_rate() {
         let dir = tempfile::tempdir().unwrap();
         write_cgroup(dir.path(), 2_000_000, 100 << 20, "536870912");
-        let mut s = SystemSampler::new(dir.path().into(), no_process());
+        // The agent's container, where the node runs too (here: this test process as both).
+        std::fs::write(
+            dir.path().join("cgroup.procs"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        let mut s = SystemSampler::new(dir.path().into(), this_process(dir.path()));
         let t0 = Instant::now();
         let first = s.sample_at(t0);
         assert_eq!(first.source, HostSource::Cgroup);
