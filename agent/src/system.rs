@@ -1,21 +1,24 @@
 //! The node's own CPU and memory figures for the report: the cgroup v2 files of the node's
-//! cgroup (`cpu.stat`, `memory.current`, `memory.max`; see [`SystemSampler::sample_at`] for when
-//! a cgroup is the node's), otherwise the node's server process, which [`Locator`] finds: by its pid file; else as the process that listens on the node's
-//! address (the port of `--vault-addr`: `/proc/net/tcp{,6}` gives the listening socket's inode,
-//! the `socket:[inode]` links under `/proc/<pid>/fd` its owner); else, when that owner is not
-//! visible to the agent, as the only process running with one of the names.
+//! cgroup (`cpu.stat`, `memory.current`, `memory.max`), otherwise the node's server process.
+//! [`Locator`] finds that process: by its pid file; else as the process that listens on the
+//! node's address (the port of `--vault-addr`: `/proc/net/tcp{,6}` gives the listening
+//! socket's inode, the `socket:[inode]` links under `/proc/<pid>/fd` its owner); else, when
+//! that owner is not visible to the agent (another user's process), as the only process
+//! running with one of the names.
 //!
 //! When none of these tells which process is the node's, the figures are unknown
 //! ([`HostStats::UNKNOWN`]) and the agent logs why, once per reason: nothing listens on the
 //! node's port (the node is down, starting, or not on this host), or several servers run here
 //! and the listener's owner is hidden ("give --vault-pid-file"). The figures are never the
 //! whole host's nor another process's: the scorer and `vault-dr status` compare nodes with
-//! them, and a dead primary at "1.3 cores" (some other `bao` on its host) misleads both.
+//! them, and a dead primary shown at "1.3 cores" (some other `bao` on its host) misleads both.
 //! Host-wide figures are not offered even on request: they describe no node, and a host
 //! exporter (node_exporter) measures hosts better.
 //!
-//! "Inside a container" means the cgroup v2 root the agent sees holds `memory.current`: the
-//! real root cgroup of a host has none, a container's namespaced root has one.
+//! A cgroup counts only beside the node's live process ([`SystemSampler::sample_at`]): the one
+//! given with `--cgroup-root`, or the agent's own container ("inside a container" meaning the
+//! cgroup v2 root the agent sees holds `memory.current`: the real root cgroup of a host has
+//! none, a container's namespaced root has one) when the node runs in it with no other server.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
