@@ -120,11 +120,11 @@ struct Args {
     interval: Option<String>,
     #[arg(long, value_name = "ADDR", help = help("Listen address for /metrics, /healthz, /readyz, /v1/* [default: 0.0.0.0:8210]", ENV_LISTEN))]
     listen: Option<String>,
-    #[arg(long, value_name = "FILE", help = help("Pid file of the Vault process", ENV_VAULT_PID_FILE))]
+    #[arg(long, value_name = "FILE", help = help("Pid file of the Vault process, whose CPU and memory the agent reports (without it: the process listening on --vault-addr)", ENV_VAULT_PID_FILE))]
     vault_pid_file: Option<PathBuf>,
     #[arg(long, value_name = "DIR", help = help("cgroup v2 directory of the Vault node (its CPU, and memory when the controller is there) [default: /sys/fs/cgroup inside a container]", ENV_CGROUP_ROOT))]
     cgroup_root: Option<PathBuf>,
-    #[arg(long, value_name = "NAME", help = help("Vault process name (then `vault`) [default: bao]", ENV_VAULT_PROCESS_NAME))]
+    #[arg(long, value_name = "NAME", help = help("Vault process name (then `vault`): without pid file, when the agent cannot see which process listens on --vault-addr, the only one running with it [default: bao]", ENV_VAULT_PROCESS_NAME))]
     vault_process_name: Option<String>,
     #[arg(long, value_name = "off|signal", help = help("signal: when this node's cluster was the primary of an older term and the node stays sealed (vault-dr's fence), SIGTERM its server so that its supervisor (kubelet, systemd Restart=always) starts it again and its auto-unseal seal unseals it; it then rejoins as a secondary [default: off]", ENV_VAULT_RESTART))]
     vault_restart: Option<String>,

@@ -37,7 +37,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let registry = prometheus::Registry::new();
+    let registry = metrics::registry(&config.cluster, &config.node)?;
     let metrics = metrics::Metrics::new(&registry)?;
     let shared = Arc::new(state::Shared::new(&config.cluster, &config.node));
 
@@ -72,11 +72,14 @@ pub async fn run(
                 status.clone(),
             )
             .map_err(Error::SnapshotStore)?
-            .with_restarter(restart::Restarter::new(
-                config.vault_restart,
-                config.vault_pid_file.clone(),
-                config.vault_process_names.clone(),
-            ));
+            .with_restarter(
+                restart::Restarter::new(
+                    config.vault_restart,
+                    config.vault_pid_file.clone(),
+                    config.vault_process_names.clone(),
+                )
+                .with_vault_addr(config.vault.addr.clone()),
+            );
             tasks.spawn(shipper.run());
             snapshot_status = Some(status.clone());
             status
@@ -84,8 +87,11 @@ pub async fn run(
     };
     let system = system::SystemSampler::new(
         config.cgroup_root.clone(),
-        config.vault_pid_file.clone(),
-        config.vault_process_names.clone(),
+        system::Locator::new(
+            config.vault_pid_file.clone(),
+            Some(&config.vault.addr),
+            config.vault_process_names.clone(),
+        ),
     )
     .with_explicit_cgroup(config.cgroup_explicit);
     let prober = probe::Prober::new(vault, replicator, system, shared.clone(), metrics.clone());

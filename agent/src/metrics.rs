@@ -1,12 +1,30 @@
 //! The agent's Prometheus metrics, `vault_dr_agent_<thing>_<unit>`, registered in the one
-//! [`Registry`] that `run` builds. Labels are bounded: node states and failure kinds.
+//! [`Registry`] that `run` builds ([`registry`]). Every series carries the agent's `cluster` and
+//! `node` (constant labels of the registry), so one Prometheus scraping many agents tells them
+//! apart without relabelling. Other labels are bounded: node states, figure sources, failure
+//! kinds, results.
 
 use crate::error::Result;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use vault_dr_common::report::HostSource;
 use vault_dr_common::{HostStats, NodeState, ReplicationStatus, VaultStatus};
+
+/// The registry of one agent: every series labelled with its `cluster` and `node` (one value
+/// each per process, so bounded).
+pub fn registry(cluster: &str, node: &str) -> Result<Registry> {
+    let labels = [("cluster", cluster), ("node", node)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Ok(Registry::new_custom(None, Some(labels))?)
+}
+
+/// The sources this agent's figures come from (the `source` label); never `host`.
+pub const HOST_SOURCES: [HostSource; 3] =
+    [HostSource::Cgroup, HostSource::Process, HostSource::Unknown];
 
 /// Kinds of report send failures (the `kind` label).
 pub const SEND_FAILURE_KINDS: [&str; 4] = ["connect", "timeout", "status", "decode"];
@@ -20,7 +38,8 @@ pub struct Metrics {
     pub up: IntGauge,
     /// `vault_dr_agent_node_state{state}`: one-hot over [`NodeState::ALL`].
     pub node_state: IntGaugeVec,
-    /// `vault_dr_agent_cpu_seconds_total`: cumulative CPU of the container/process/host.
+    /// `vault_dr_agent_cpu_seconds_total`: cumulative CPU of the node's container or process
+    /// (NaN while unknown, as the other figures).
     pub cpu_seconds_total: Gauge,
     /// `vault_dr_agent_cpu_usage_cores`.
     pub cpu_usage_cores: Gauge,
@@ -28,6 +47,9 @@ pub struct Metrics {
     pub memory_bytes: Gauge,
     /// `vault_dr_agent_memory_limit_bytes` (0 when unlimited).
     pub memory_limit_bytes: Gauge,
+    /// `vault_dr_agent_host_figures_source{source}`: one-hot over [`HOST_SOURCES`]; `unknown`
+    /// when the agent cannot tell which process is its node's, or it is gone.
+    pub host_source: IntGaugeVec,
     /// `vault_dr_agent_raft_applied_index`.
     pub raft_applied_index: IntGauge,
     /// `vault_dr_agent_raft_commit_index`.
@@ -116,18 +138,34 @@ impl Metrics {
                 r,
                 g(
                     "cpu_seconds_total",
-                    "Cumulative CPU time of the container, Vault process or host",
+                    "Cumulative CPU time of the node's container or server process (NaN: unknown)",
                 )?,
             )?,
             cpu_usage_cores: reg(
                 r,
                 g(
                     "cpu_usage_cores",
-                    "CPU used over the last interval, in cores",
+                    "CPU the node used over the last interval, in cores (NaN: unknown)",
                 )?,
             )?,
-            memory_bytes: reg(r, g("memory_bytes", "Memory in use")?)?,
-            memory_limit_bytes: reg(r, g("memory_limit_bytes", "Memory limit (0 = unlimited)")?)?,
+            memory_bytes: reg(r, g("memory_bytes", "Memory the node uses (NaN: unknown)")?)?,
+            memory_limit_bytes: reg(
+                r,
+                g(
+                    "memory_limit_bytes",
+                    "Memory limit of the node (0 = unlimited, NaN: unknown)",
+                )?,
+            )?,
+            host_source: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{P}host_figures_source"),
+                        "Where the node's CPU and memory figures come from (one-hot; unknown: no figures)",
+                    ),
+                    &["source"],
+                )?,
+            )?,
             raft_applied_index: reg(
                 r,
                 IntGauge::new(format!("{P}raft_applied_index"), "Raft applied index")?,
@@ -280,6 +318,7 @@ impl Metrics {
         for k in SEND_FAILURE_KINDS {
             m.send_failures.with_label_values(&[k]).inc_by(0);
         }
+        m.observe_host(&HostStats::UNKNOWN);
         Ok(m)
     }
 
@@ -305,13 +344,25 @@ impl Metrics {
         }
     }
 
-    /// Records one host sample.
+    /// Records one host sample. An unknown figure is NaN, never 0 (an idle node) nor a
+    /// stale value: comparisons with NaN are false, and graphs show a gap.
     pub fn observe_host(&self, h: &HostStats) {
-        self.cpu_seconds_total.set(h.cpu_seconds_total);
-        self.cpu_usage_cores.set(h.cpu_usage_cores);
-        self.memory_bytes.set(h.memory_used_bytes as f64);
-        self.memory_limit_bytes
-            .set(h.memory_limit_bytes.unwrap_or(0) as f64);
+        self.cpu_seconds_total
+            .set(h.cpu_seconds_total.unwrap_or(f64::NAN));
+        self.cpu_usage_cores
+            .set(h.cpu_usage_cores.unwrap_or(f64::NAN));
+        let used = h.memory_used_bytes;
+        self.memory_bytes.set(used.map_or(f64::NAN, |b| b as f64));
+        // The limit means something only beside a known use (None there is "unlimited").
+        self.memory_limit_bytes.set(match used {
+            Some(_) => h.memory_limit_bytes.unwrap_or(0) as f64,
+            None => f64::NAN,
+        });
+        for s in HOST_SOURCES {
+            self.host_source
+                .with_label_values(&[s.as_str()])
+                .set(i64::from(s == h.source));
+        }
     }
 
     /// Records one replication status.
@@ -325,5 +376,122 @@ impl Metrics {
     /// Counts one failed report of `kind` (one of [`SEND_FAILURE_KINDS`]).
     pub fn send_failed(&self, kind: &str) {
         self.send_failures.with_label_values(&[kind]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Encoder;
+    use std::collections::BTreeMap;
+
+    fn text(r: &Registry) -> String {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&r.gather(), &mut buf)
+            .unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// Every sample of the text: name, labels (in any order on the wire), value.
+    fn samples(t: &str) -> Vec<(String, BTreeMap<String, String>, String)> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+                let labels = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').unwrap();
+                        (k.to_owned(), v.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels, value.to_owned())
+            })
+            .collect()
+    }
+
+    /// The value of `name` whose labels include `want` (besides cluster and node).
+    fn value(t: &str, name: &str, want: &[(&str, &str)]) -> String {
+        samples(t)
+            .into_iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .unwrap_or_else(|| panic!("no {name} {want:?} in\n{t}"))
+    }
+
+    #[test]
+    fn every_series_carries_the_agents_cluster_and_node() {
+        let r = registry("dc1", "dc1-0").unwrap();
+        let m = Metrics::new(&r).unwrap();
+        m.send_failed("timeout");
+        let t = text(&r);
+        let all = samples(&t);
+        assert!(all.len() > 30, "{t}");
+        for (name, labels, _) in &all {
+            assert_eq!(
+                labels.get("cluster").map(String::as_str),
+                Some("dc1"),
+                "{name}"
+            );
+            assert_eq!(
+                labels.get("node").map(String::as_str),
+                Some("dc1-0"),
+                "{name}"
+            );
+        }
+        let kind = [("kind", "timeout")];
+        assert_eq!(
+            value(&t, "vault_dr_agent_report_send_failures_total", &kind),
+            "1"
+        );
+    }
+
+    #[test]
+    fn unknown_figures_are_nan_with_source_unknown_and_known_ones_are_shown() {
+        let r = registry("dc1", "dc1-0").unwrap();
+        let m = Metrics::new(&r).unwrap();
+        let t = text(&r);
+        for g in [
+            "cpu_usage_cores",
+            "cpu_seconds_total",
+            "memory_bytes",
+            "memory_limit_bytes",
+        ] {
+            assert_eq!(value(&t, &format!("vault_dr_agent_{g}"), &[]), "NaN", "{g}");
+        }
+        let source =
+            |t: &str, s: &str| value(t, "vault_dr_agent_host_figures_source", &[("source", s)]);
+        assert_eq!(source(&t, "unknown"), "1");
+        assert_eq!(source(&t, "process"), "0");
+        m.observe_host(&HostStats {
+            source: HostSource::Process,
+            pid: Some(7),
+            cpu_usage_cores: Some(0.25),
+            cpu_seconds_total: Some(3.0),
+            memory_used_bytes: Some(1 << 20),
+            memory_limit_bytes: None,
+        });
+        let t = text(&r);
+        assert_eq!(value(&t, "vault_dr_agent_cpu_usage_cores", &[]), "0.25");
+        assert_eq!(
+            value(&t, "vault_dr_agent_memory_limit_bytes", &[]),
+            "0",
+            "unlimited"
+        );
+        assert_eq!(source(&t, "process"), "1");
+        assert_eq!(source(&t, "unknown"), "0");
+        assert!(
+            !t.contains(r#"source="host""#),
+            "agents never send host-wide figures"
+        );
     }
 }

@@ -7,8 +7,8 @@
 //! cluster is a secondary of a later term ([`Action::RestartSealed`]); the [`Restarter`] does
 //! it the way its [`RestartMode`] says:
 //!
-//! - `signal`: SIGTERM to the server process (found by pid file or by name, as the host figures
-//!   are), SIGKILL if it is still there after [`STOP_TIMEOUT`]. Whatever supervises the server
+//! - `signal`: SIGTERM to the server process (found as the host figures find it: pid file,
+//!   listener of the node's address, the only process with the name), SIGKILL if it is still there after [`STOP_TIMEOUT`]. Whatever supervises the server
 //!   starts it again: the kubelet (the agent as a sidecar with `shareProcessNamespace`), systemd
 //!   with `Restart=always`, the lab's supervisor.
 //! - `off` (the default of the binary): nothing; the agent reports `sealed_restart_off` and
@@ -22,6 +22,7 @@
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use url::Url;
 
 use crate::system;
 
@@ -101,21 +102,31 @@ impl Outcome {
 pub struct Restarter {
     mode: RestartMode,
     pid_file: Option<PathBuf>,
+    vault_addr: Option<Url>,
     names: Vec<String>,
     last: Option<Instant>,
     backoff: Duration,
 }
 
 impl Restarter {
-    /// A restarter finding the server by `pid_file`, else by the first of `names` running.
+    /// A restarter finding the server by `pid_file`, else as the only one of `names` running
+    /// (see [`Restarter::with_vault_addr`]).
     pub fn new(mode: RestartMode, pid_file: Option<PathBuf>, names: Vec<String>) -> Self {
         Self {
             mode,
             pid_file,
+            vault_addr: None,
             names,
             last: None,
             backoff: MIN_BACKOFF,
         }
+    }
+
+    /// Without pid file, the server is the process listening on `addr` (the node's own, not
+    /// another server on the same host).
+    pub fn with_vault_addr(mut self, addr: Url) -> Self {
+        self.vault_addr = Some(addr);
+        self
     }
 
     /// The mode.
@@ -148,8 +159,15 @@ impl Restarter {
             // Found sealed again after a restart: wait longer before the next.
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         }
-        let pid =
-            system::locate_pid(self.pid_file.as_deref(), &self.names).ok_or(Outcome::NoProcess)?;
+        let pid = system::locate_pid(
+            self.pid_file.as_deref(),
+            self.vault_addr.as_ref(),
+            &self.names,
+        )
+        .map_err(|why| {
+            tracing::warn!(reason = %why, "no server process to restart");
+            Outcome::NoProcess
+        })?;
         self.last = Some(Instant::now());
         Ok(pid)
     }

@@ -168,30 +168,73 @@ pub struct VaultStatus {
     pub last_error: Option<String>,
 }
 
-/// CPU and memory figures, from cgroup v2 in a container, otherwise the Vault process or host.
+/// CPU and memory figures of the node alone: its container's cgroup v2, or its own server
+/// process. A figure the agent cannot attribute to its node is `None` (a dead process, or
+/// several servers on one host and no way to tell which is this node's), never another
+/// process's or the whole host's.
+///
+/// Wire compatibility: every figure is optional and defaults to `None`, so reports of older
+/// agents (plain numbers) still load. An older coordinator rejects only the reports whose
+/// figures are unknown (`null`, source `unknown`), hence coordinators are upgraded first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostStats {
     /// Where the figures come from.
     pub source: HostSource,
-    /// CPU used over the last interval, in cores (1.0 = one core fully busy).
-    pub cpu_usage_cores: f64,
-    /// Cumulative CPU time, in seconds.
-    pub cpu_seconds_total: f64,
+    /// The server process the figures are of (source `process`), or the one that was found
+    /// for the memory of a cgroup without memory controller.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// CPU used over the last interval, in cores (1.0 = one core fully busy); `None` until
+    /// two readings of the same container or process gave a rate.
+    #[serde(default)]
+    pub cpu_usage_cores: Option<f64>,
+    /// Cumulative CPU time of the container or process, in seconds.
+    #[serde(default)]
+    pub cpu_seconds_total: Option<f64>,
     /// Memory in use, in bytes.
-    pub memory_used_bytes: u64,
-    /// Memory limit (cgroup `memory.max` or host total), in bytes; `None` when unlimited.
+    #[serde(default)]
+    pub memory_used_bytes: Option<u64>,
+    /// Memory limit (the cgroup's `memory.max`, else the host's total), in bytes; `None` when
+    /// unlimited, or unknown with the memory in use.
+    #[serde(default)]
     pub memory_limit_bytes: Option<u64>,
 }
 
 impl HostStats {
-    /// Fraction of the memory limit still free (1.0 when unlimited).
-    pub fn memory_headroom_ratio(&self) -> f64 {
-        match self.memory_limit_bytes {
-            Some(limit) if limit > 0 => {
-                1.0 - (self.memory_used_bytes as f64 / limit as f64).clamp(0.0, 1.0)
-            }
+    /// No figures: the agent cannot tell which process is its node's, or it is gone.
+    pub const UNKNOWN: Self = Self {
+        source: HostSource::Unknown,
+        pid: None,
+        cpu_usage_cores: None,
+        cpu_seconds_total: None,
+        memory_used_bytes: None,
+        memory_limit_bytes: None,
+    };
+
+    /// Whether the figures are the node's own (its container or process). Host-wide figures,
+    /// which older agents sent when they found no process, are other processes' too.
+    pub fn is_node_own(&self) -> bool {
+        matches!(self.source, HostSource::Cgroup | HostSource::Process)
+    }
+
+    /// CPU cores in use by the node, when known and its own.
+    pub fn node_cpu_cores(&self) -> Option<f64> {
+        self.cpu_usage_cores.filter(|_| self.is_node_own())
+    }
+
+    /// Memory in use by the node, in bytes, when known and its own.
+    pub fn node_memory_bytes(&self) -> Option<u64> {
+        self.memory_used_bytes.filter(|_| self.is_node_own())
+    }
+
+    /// Fraction of the memory limit still free (1.0 when unlimited); `None` when the memory
+    /// in use is unknown or not the node's own.
+    pub fn memory_headroom_ratio(&self) -> Option<f64> {
+        let used = self.node_memory_bytes()?;
+        Some(match self.memory_limit_bytes {
+            Some(limit) if limit > 0 => 1.0 - (used as f64 / limit as f64).clamp(0.0, 1.0),
             _ => 1.0,
-        }
+        })
     }
 }
 
@@ -201,11 +244,27 @@ impl HostStats {
 pub enum HostSource {
     /// cgroup v2 files of the agent's container (`cpu.stat`, `memory.current`, `memory.max`).
     Cgroup,
-    /// The Vault process, found by pid file or name.
+    /// The node's server process: from its pid file, the process listening on the node's
+    /// address, or the only one running with its name.
     Process,
-    /// The whole host.
-    #[default]
+    /// The whole host. Sent only by older agents (they fell back to it when they found no
+    /// process); the figures are not the node's own, so they count as unknown.
     Host,
+    /// No figures: no process of the node (it is down), or no way to tell which one is.
+    #[default]
+    Unknown,
+}
+
+impl HostSource {
+    /// Stable lower-case name, as used in the metrics label and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cgroup => "cgroup",
+            Self::Process => "process",
+            Self::Host => "host",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// Which replication mechanism a node takes part in.
@@ -321,9 +380,10 @@ mod tests {
             },
             host: HostStats {
                 source: HostSource::Process,
-                cpu_usage_cores: 0.2,
-                cpu_seconds_total: 12.0,
-                memory_used_bytes: 100 << 20,
+                pid: Some(4242),
+                cpu_usage_cores: Some(0.2),
+                cpu_seconds_total: Some(12.0),
+                memory_used_bytes: Some(100 << 20),
                 memory_limit_bytes: Some(1 << 30),
             },
             replication: ReplicationStatus::default(),
@@ -382,10 +442,54 @@ mod tests {
     #[test]
     fn memory_headroom_is_the_free_fraction_of_the_limit() {
         let mut h = sample().host;
-        h.memory_used_bytes = 256 << 20;
+        h.memory_used_bytes = Some(256 << 20);
         h.memory_limit_bytes = Some(1 << 30);
-        assert!((h.memory_headroom_ratio() - 0.75).abs() < 1e-9);
+        assert!((h.memory_headroom_ratio().unwrap() - 0.75).abs() < 1e-9);
         h.memory_limit_bytes = None;
-        assert_eq!(h.memory_headroom_ratio(), 1.0);
+        assert_eq!(h.memory_headroom_ratio(), Some(1.0));
+        h.memory_used_bytes = None;
+        assert_eq!(
+            h.memory_headroom_ratio(),
+            None,
+            "unknown use, unknown headroom"
+        );
+    }
+
+    #[test]
+    fn figures_that_are_not_the_nodes_own_count_as_unknown() {
+        let mut h = sample().host;
+        assert_eq!(h.node_cpu_cores(), Some(0.2));
+        for source in [HostSource::Host, HostSource::Unknown] {
+            h.source = source;
+            assert_eq!(h.node_cpu_cores(), None, "{source:?}");
+            assert_eq!(h.node_memory_bytes(), None, "{source:?}");
+            assert_eq!(h.memory_headroom_ratio(), None, "{source:?}");
+        }
+        assert_eq!(HostStats::default(), HostStats::UNKNOWN);
+    }
+
+    #[test]
+    fn host_figures_of_an_older_agent_still_load_and_unknown_ones_are_null() {
+        // An agent before optional figures: plain numbers, source `host`, no pid.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["host"] = serde_json::json!({
+            "source": "host",
+            "cpu_usage_cores": 1.29,
+            "cpu_seconds_total": 100.0,
+            "memory_used_bytes": 1_181_116_006u64,
+            "memory_limit_bytes": 25_000_000_000u64,
+        });
+        let r: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(r.host.source, HostSource::Host);
+        assert_eq!(r.host.cpu_usage_cores, Some(1.29));
+        assert_eq!(r.host.pid, None);
+        assert_eq!(r.host.node_cpu_cores(), None, "the host's, not the node's");
+        // Unknown figures go out as nulls with source `unknown`.
+        let mut r = sample();
+        r.host = HostStats::UNKNOWN;
+        let text = serde_json::to_value(&r).unwrap();
+        assert_eq!(text["host"]["source"], "unknown");
+        assert!(text["host"]["cpu_usage_cores"].is_null());
+        assert_eq!(serde_json::from_value::<Report>(text).unwrap(), r);
     }
 }

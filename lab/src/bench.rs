@@ -225,7 +225,7 @@ fn report(cluster: usize, node: usize, seq: u64, started: chrono::DateTime<Utc>)
     }
     r.vault.raft_applied_index = Some(1000 + seq);
     r.vault.raft_commit_index = Some(1000 + seq);
-    r.host.cpu_seconds_total = seq as f64;
+    r.host.cpu_seconds_total = Some(seq as f64);
     r
 }
 

@@ -2,6 +2,7 @@
 //! the integration tests make on it: its current report, polling until a report satisfies a
 //! predicate, its `/metrics` text, and an orderly shutdown. It stops when dropped.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -113,10 +114,35 @@ impl Drop for InProcessAgent {
     }
 }
 
-/// The value of the sample `series` (name and labels exactly as exposed) in a Prometheus text
-/// exposition; panics with the text when it is not there.
+/// The name and labels of one sample line's series (`name{k="v",...}`), labels sorted.
+pub fn parse_series(series: &str) -> (String, BTreeMap<String, String>) {
+    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+    let labels = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+        })
+        .collect();
+    (name.to_owned(), labels)
+}
+
+/// The value of the sample `series` (`name` or `name{k="v",...}`) in a Prometheus text
+/// exposition: the first sample of that name whose labels include the given ones, whatever
+/// their order and whatever others it has (every agent series also carries `cluster` and
+/// `node`); panics with the text when there is none.
 pub fn metric(text: &str, series: &str) -> f64 {
+    let (name, want) = parse_series(series);
     text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (s, value) = l.rsplit_once(' ')?;
+            let (n, labels) = parse_series(s);
+            let all = want.iter().all(|(k, v)| labels.get(k) == Some(v));
+            (n == name && all)
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
         .unwrap_or_else(|| panic!("metric {series} not found in:\n{text}"))
 }

@@ -118,10 +118,12 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
             })
             .replace('-', ""),
             opt(r.map(|r| r.vault.latency.p99_ms), |v| format!("{v:.1} ms")),
-            opt(r.map(|r| r.host.cpu_usage_cores), |v| {
+            // `-` when the agent cannot attribute figures to its node (the process is gone,
+            // or several servers share the host), never another process's or the host's.
+            opt(r.and_then(|r| r.host.node_cpu_cores()), |v| {
                 format!("{v:.2} cores")
             }),
-            opt(r.map(|r| r.host.memory_used_bytes), |v| {
+            opt(r.and_then(|r| r.host.node_memory_bytes()), |v| {
                 format!("{} MiB", v >> 20)
             }),
             opt(node.map(|n| n.age_seconds(now)), |v| format!("{v:.1} s")),
@@ -214,6 +216,71 @@ mod tests {
         for line in [off, shamir, failed, other] {
             assert!(!line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn a_node_without_figures_shows_dashes_never_someone_elses_cpu_or_memory() {
+        use crate::model::test_util::ViewBuilder;
+        use vault_dr_common::HostStats;
+        use vault_dr_common::report::HostSource;
+        let view = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+            // dc1's server was killed: its agent knows no process of its node.
+            .reports("dc1", |r| {
+                r.vault.state = NodeState::Unreachable;
+                r.host = HostStats::UNKNOWN;
+            })
+            // dc3's agent is an older one that sent the host's figures.
+            .reports("dc3", |r| {
+                r.host.source = HostSource::Host;
+                r.host.cpu_usage_cores = Some(1.29);
+                r.host.memory_used_bytes = Some(1_181_116_006);
+            })
+            .build();
+        let resp = ClustersResponse {
+            candidates: crate::failover::scorer::score(&view, &Default::default()),
+            view,
+            report_ttl_seconds: 5.0,
+            decision: None,
+        };
+        let topo = crate::api::TopologyResponse {
+            id: "c-0".into(),
+            is_leader: true,
+            leader: Some("c-0".into()),
+            topology: None,
+            desired: Default::default(),
+            refusing: None,
+        };
+        let text = render(&resp, &topo);
+        let row = |name: &str| -> Vec<String> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no row {name}:\n{text}"));
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let header = row("CLUSTER");
+        let (cpu, mem) = (
+            header.iter().position(|h| h == "CPU").unwrap(),
+            header.iter().position(|h| h == "MEMORY").unwrap(),
+        );
+        for dead in ["dc1", "dc3"] {
+            let r = row(dead);
+            assert_eq!(
+                (r[cpu].as_str(), r[mem].as_str()),
+                ("-", "-"),
+                "{dead}:\n{text}"
+            );
+        }
+        let live = row("dc2");
+        assert_eq!(
+            (live[cpu].as_str(), live[mem].as_str()),
+            ("0.10 cores", "512 MiB"),
+            "{text}"
+        );
     }
 
     #[test]

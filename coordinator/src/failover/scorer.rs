@@ -15,6 +15,9 @@
 //!   DR target), but unknown lag sorts after every known lag, so any measured replica wins.
 //!   Operators who never want such a cluster promoted mark it `excluded`.
 //! - Non-finite figures (NaN, infinity) are treated as unknown so they cannot distort the order.
+//!   So are CPU and memory the agent could not attribute to its node (`source: unknown`) and
+//!   an older agent's host-wide ones (`source: host`): unknown sorts after known, so a node
+//!   without figures never wins as "0 % CPU".
 //! - Data age is compared in steps of [`CLOSE_DATA_AGE_SECONDS`]. Within a step, a standby
 //!   whose promotion has nothing more to restore ranks first (it serves its newest snapshot or
 //!   is restoring it, e.g. ahead of a suspected primary's failover), then one that serves
@@ -182,8 +185,14 @@ fn candidate(
         latency_p99_ms: rep
             .filter(|n| n.report.vault.latency.samples > 0)
             .and_then(|n| finite(n.report.vault.latency.p99_ms)),
-        cpu_usage_cores: rep.and_then(|n| finite(n.report.host.cpu_usage_cores)),
-        memory_headroom_ratio: rep.and_then(|n| finite(n.report.host.memory_headroom_ratio())),
+        // Unknown figures (a dead or unidentified process, an older agent's host-wide ones)
+        // stay unknown: they sort after every known figure, never as an idle node.
+        cpu_usage_cores: rep
+            .and_then(|n| n.report.host.node_cpu_cores())
+            .and_then(finite),
+        memory_headroom_ratio: rep
+            .and_then(|n| n.report.host.memory_headroom_ratio())
+            .and_then(finite),
         priority: cluster.priority,
         report_age_seconds: freshest_age,
         // A fast promotion keeps what the node restored, unless it never restored one.
@@ -500,7 +509,7 @@ mod tests {
     fn cpu_stress_on_one_secondary_and_lag_on_another_make_the_third_win() {
         // dc2 and dc3 would win on name alone; dc2 burns CPU, dc3 lags (within the limit).
         let v = ViewBuilder::healthy("dc1", &["dc2", "dc3", "dc4"])
-            .reports("dc2", |r| r.host.cpu_usage_cores = 1.9)
+            .reports("dc2", |r| r.host.cpu_usage_cores = Some(1.9))
             .reports("dc3", |r| {
                 r.replication.lag_entries = Some(40);
                 r.replication.lag_seconds = Some(8.0);
@@ -586,17 +595,25 @@ mod tests {
     fn each_criterion_decides_only_when_the_earlier_ones_tie() {
         type Adjust = fn(&mut vault_dr_common::Report);
         // (what dc2 gets worse, so dc3 must win). Each row leaves every earlier criterion tied.
-        let rows: [(&str, Adjust); 6] = [
+        let rows: [(&str, Adjust); 9] = [
             ("more lag entries", |r| r.replication.lag_entries = Some(1)),
             ("unknown lag entries", |r| r.replication.lag_entries = None),
             ("more lag seconds", |r| {
                 r.replication.lag_seconds = Some(0.5)
             }),
             ("higher p99 latency", |r| r.vault.latency.p99_ms = 2.5),
-            ("more CPU", |r| r.host.cpu_usage_cores = 0.2),
-            ("less memory headroom", |r| {
-                r.host.memory_used_bytes += 1 << 20
+            ("more CPU", |r| r.host.cpu_usage_cores = Some(0.2)),
+            ("unknown CPU (its process is gone)", |r| {
+                r.host = vault_dr_common::HostStats::UNKNOWN
             }),
+            ("host-wide CPU of an older agent", |r| {
+                r.host.source = vault_dr_common::report::HostSource::Host;
+                r.host.cpu_usage_cores = Some(0.0);
+            }),
+            ("less memory headroom", |r| {
+                r.host.memory_used_bytes = r.host.memory_used_bytes.map(|b| b + (1 << 20))
+            }),
+            ("unknown memory", |r| r.host.memory_used_bytes = None),
         ];
         for (name, worse) in rows {
             let v = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
@@ -613,8 +630,8 @@ mod tests {
             .reports("dc2", |r| r.replication.lag_entries = Some(1))
             .reports("dc3", |r| {
                 r.vault.latency.p99_ms = 900.0;
-                r.host.cpu_usage_cores = 8.0;
-                r.host.memory_used_bytes = 1 << 30;
+                r.host.cpu_usage_cores = Some(8.0);
+                r.host.memory_used_bytes = Some(1 << 30);
             })
             .with("dc2", |c| c.priority = 100)
             .build();
@@ -652,12 +669,12 @@ mod tests {
                 let mut standby = c.nodes[0].clone();
                 standby.node = "dc2-1".into();
                 standby.report.vault.state = NodeState::Standby;
-                standby.report.host.cpu_usage_cores = 3.0;
+                standby.report.host.cpu_usage_cores = Some(3.0);
                 c.nodes.insert(0, standby);
             })
             .reports("dc2", |r| {
                 if r.vault.state == NodeState::Active {
-                    r.host.cpu_usage_cores = 0.7;
+                    r.host.cpu_usage_cores = Some(0.7);
                 }
             })
             .build();

@@ -244,9 +244,10 @@ pub mod synthetic {
             },
             host: HostStats {
                 source: HostSource::Process,
-                cpu_usage_cores: 0.1,
-                cpu_seconds_total: 1.0,
-                memory_used_bytes: 512 << 20,
+                pid: Some(4242),
+                cpu_usage_cores: Some(0.1),
+                cpu_seconds_total: Some(1.0),
+                memory_used_bytes: Some(512 << 20),
                 memory_limit_bytes: Some(1 << 30),
             },
             replication: ReplicationStatus {
@@ -280,8 +281,8 @@ pub mod synthetic {
             r.replication.lag_entries = Some(next() % 50);
             r.replication.lag_seconds = Some((next() % 30_000) as f64 / 1000.0);
             r.vault.latency.p99_ms = (next() % 5_000) as f64 / 100.0;
-            r.host.cpu_usage_cores = (next() % 400) as f64 / 100.0;
-            r.host.memory_used_bytes = (next() % 1024) << 20;
+            r.host.cpu_usage_cores = Some((next() % 400) as f64 / 100.0);
+            r.host.memory_used_bytes = Some((next() % 1024) << 20);
             match next() % 20 {
                 0 => r.vault.state = NodeState::Sealed,
                 1 => r.replication.lag_seconds = Some(600.0),

@@ -388,9 +388,10 @@ pub fn report(cluster: &str, node: &str, seq: u64, received_at: DateTime<Utc>) -
             },
             host: HostStats {
                 source: HostSource::Cgroup,
-                cpu_usage_cores: 0.37,
-                cpu_seconds_total: 1234.5,
-                memory_used_bytes: 512 << 20,
+                pid: None,
+                cpu_usage_cores: Some(0.37),
+                cpu_seconds_total: Some(1234.5),
+                memory_used_bytes: Some(512 << 20),
                 memory_limit_bytes: Some(2 << 30),
             },
             replication: ReplicationStatus {

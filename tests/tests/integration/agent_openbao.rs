@@ -1,6 +1,6 @@
 //! The agent against a real OpenBao node (the lab): `active` for a live node, `sealed` after
-//! `PUT sys/seal`, `unreachable` after SIGKILL, `active` again after a restart (the static
-//! seal unseals it); real latency percentiles; the raft applied index rises after writes;
+//! `PUT sys/seal`, `unreachable` and no CPU or memory figures after SIGKILL, `active` again
+//! with the new process's figures after a restart (the static seal unseals it); real latency percentiles; the raft applied index rises after writes;
 //! OpenBao's 404 on `sys/replication/*` is mode `none`, not an error.
 //!
 //! Needs `.tools/bin/bao` (run `scripts/setup.sh`); a missing binary fails the test.
@@ -11,7 +11,7 @@
 use std::time::Duration;
 use vault_dr_agent::Config;
 use vault_dr_common::report::HostSource;
-use vault_dr_common::{NodeState, ReplicationMode};
+use vault_dr_common::{HostStats, NodeState, ReplicationMode};
 use vault_dr_tests::agents::{InProcessAgent, metric};
 use vault_dr_tests::lab::LabCluster;
 
@@ -72,8 +72,9 @@ async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
     );
     assert_eq!(r.replication.last_error, None, "404 is not an error");
     assert_eq!(r.host.source, HostSource::Process, "{:?}", r.host);
+    assert_eq!(r.host.pid, node.pid(), "the pid file's server");
     assert!(
-        r.host.memory_used_bytes > 10 << 20,
+        r.host.memory_used_bytes.is_some_and(|b| b > 10 << 20),
         "bao's RSS is tens of MiB: {:?}",
         r.host
     );
@@ -143,8 +144,16 @@ async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
         .await;
     assert_eq!(r.vault.last_probe_ms, None);
     assert_eq!(r.vault.last_error.as_deref(), Some("connect"));
+    // A dead server has no figures: neither its last ones nor the host's.
+    assert_eq!(r.host, HostStats::UNKNOWN, "{:?}", r.host);
     let m = agent.metrics().await;
     assert_eq!(metric(&m, "vault_dr_agent_up"), 0.0);
+    assert!(metric(&m, "vault_dr_agent_cpu_usage_cores").is_nan());
+    assert!(metric(&m, "vault_dr_agent_memory_bytes").is_nan());
+    assert_eq!(
+        metric(&m, "vault_dr_agent_host_figures_source{source=\"unknown\"}"),
+        1.0
+    );
     assert_eq!(
         metric(&m, "vault_dr_agent_node_state{state=\"unreachable\"}"),
         1.0
@@ -169,9 +178,10 @@ async fn the_agent_follows_a_real_openbao_node_through_seal_kill_and_restart() {
         r.vault.raft_applied_index.is_some_and(|i| i >= before + 10),
         "{r:#?}"
     );
+    let new_pid = cluster.nodes()[0].pid();
     agent
         .wait_for("the new process's figures", Duration::from_secs(5), |r| {
-            r.host.source == HostSource::Process
+            r.host.source == HostSource::Process && r.host.pid == new_pid
         })
         .await;
     agent.shutdown().await.unwrap().unwrap();

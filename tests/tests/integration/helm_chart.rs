@@ -6,7 +6,8 @@
 //! least privilege; the agent sidecar examples validate as containers of a Pod;
 //! `examples/merge-values.sh` adds them to a release's own values without losing any; and every
 //! metric the Grafana dashboard and the alerts query is exported by a real agent and a real
-//! coordinator running against a lab OpenBao group.
+//! coordinator running against a lab OpenBao group, every agent series with its `cluster` and
+//! `node` labels (`agent_prometheus` runs the agent queries in a real Prometheus).
 //!
 //! Needs `.tools/bin/{helm,kubectl,bao}`, `kubernetes-validate` in `.tools/venv` and `promtool`
 //! (run `scripts/setup.sh`, which calls `scripts/setup-helm.sh`).
@@ -420,14 +421,18 @@ fn custom_resources_carry_their_required_fields_and_the_rules_pass_promtool() {
             .iter()
             .any(|p| p["name"] == port)
     );
-    // PodMonitor: the port name the sidecar examples declare, and the cluster relabeling.
+    // PodMonitor: the port name the sidecar examples declare, and no relabelling onto the
+    // agent's own `cluster` and `node` labels (a target label would rename them `exported_*`).
     let pm = find(&docs, "PodMonitor")[0];
     let ep = &pm["spec"]["podMetricsEndpoints"][0];
     assert_eq!(ep["port"], "vault-dr");
-    assert_eq!(ep["relabelings"][0]["targetLabel"], "cluster");
-    assert_eq!(
-        ep["relabelings"][0]["sourceLabels"][0],
-        "__meta_kubernetes_pod_label_vault_dr_io_cluster"
+    let relabelled: Vec<&Value> = ep["relabelings"]
+        .as_array()
+        .map(|r| r.iter().map(|r| &r["targetLabel"]).collect())
+        .unwrap_or_default();
+    assert!(
+        !relabelled.iter().any(|t| *t == "cluster" || *t == "node"),
+        "{relabelled:?}"
     );
     // StressChaos: like the proof of concept, one per cluster, every pod of it.
     let chaos = find(&docs, "StressChaos");
@@ -1056,7 +1061,7 @@ fn the_merge_script_adds_the_sidecar_to_a_release_and_keeps_its_volumes_mounts_a
 }
 
 /// Metric names (`vault_dr_*`) in a PromQL expression.
-fn metric_names(expr: &str) -> BTreeSet<String> {
+pub(crate) fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = expr;
     while let Some(i) = rest.find("vault_dr_") {
@@ -1091,7 +1096,7 @@ fn exported_names(text: &str) -> BTreeSet<String> {
 }
 
 /// The PromQL expressions of the dashboard, after checking it parses and has panels.
-fn dashboard_exprs() -> Vec<String> {
+pub(crate) fn dashboard_exprs() -> Vec<String> {
     let text = std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap();
     let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     assert_eq!(dash["uid"], "vault-dr");
@@ -1117,7 +1122,7 @@ fn dashboard_exprs() -> Vec<String> {
 }
 
 /// The PromQL expressions of the rendered PrometheusRule.
-fn rule_exprs() -> Vec<String> {
+pub(crate) fn rule_exprs() -> Vec<String> {
     let docs = yaml_docs(&render(&value_sets()[1].1));
     find(&docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
         .as_array()
@@ -1160,10 +1165,10 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     lab.group.start_all().await.unwrap();
     lab.start_agents().await.unwrap();
     let coord_url = lab.group.urls();
-    let agent_urls: Vec<String> = lab
+    let agent_urls: Vec<(String, String)> = lab
         .agents
-        .values()
-        .map(|a| format!("{}/metrics", a.url))
+        .iter()
+        .map(|(cluster, a)| (cluster.clone(), format!("{}/metrics", a.url)))
         .collect();
 
     // Wait until the leader has probed both clusters and holds a report from each agent, so
@@ -1193,12 +1198,21 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_by_the_agent_o
     )
     .await;
     let mut exported = exported_names(&coordinator_metrics);
-    for url in &agent_urls {
+    for (cluster, url) in &agent_urls {
         let text = get_text(&client, url).await;
         assert!(
-            text.contains("vault_dr_agent_up 1"),
+            vault_dr_tests::agents::metric(&text, "vault_dr_agent_up") == 1.0,
             "agent at {url} is not up:\n{text}"
         );
+        // Every agent series names its cluster and node, so the queries' `by (cluster, node)`
+        // needs no relabelling.
+        let node = format!("{cluster}-0");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            let (_, labels) = vault_dr_tests::agents::parse_series(series);
+            assert_eq!(labels.get("cluster"), Some(cluster), "{line}");
+            assert_eq!(labels.get("node"), Some(&node), "{line}");
+        }
         exported.extend(exported_names(&text));
     }
 

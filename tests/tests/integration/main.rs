@@ -21,6 +21,7 @@ mod ha_kubernetes;
 mod ha_local;
 mod ha_split_brain;
 mod helm_chart;
+mod host_figures;
 mod hostile_input;
 mod images;
 mod k8s_coordination;
