@@ -487,14 +487,16 @@ mod tests {
             "and a no longer renews b's"
         );
         // A file from before instances existed is renewed by its holder's id.
-        let mut state = State::default();
-        state.lease = Some(Lease {
-            holder: "old".into(),
-            instance: None,
-            acquired_at: Utc::now(),
-            renewed_at: Utc::now(),
-            expires_at: Utc::now() + chrono::Duration::seconds(5),
-        });
+        let mut state = State {
+            lease: Some(Lease {
+                holder: "old".into(),
+                instance: None,
+                acquired_at: Utc::now(),
+                renewed_at: Utc::now(),
+                expires_at: Utc::now() + chrono::Duration::seconds(5),
+            }),
+            ..State::default()
+        };
         assert_eq!(
             acquire_or_renew(&mut state, "old", "new-1", lease).0,
             Attempt::Held
