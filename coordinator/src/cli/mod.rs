@@ -14,11 +14,29 @@ use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 use vault_dr_common::Secret;
+use vault_dr_common::http::{Answerer, answer_reason, error_chain, quoted};
+use vault_dr_common::telemetry::{LOG_FORMATS, LogFormat};
+
+/// Env: log format of every subcommand, `json` or `text` (`--log-format`).
+pub const ENV_LOG_FORMAT: &str = "VAULT_DR_LOG_FORMAT";
+/// Env: `true` logs JSON (`vault-dr coordinator --log-json`), the older form of
+/// `VAULT_DR_LOG_FORMAT=json`, kept because charts and users set it.
+pub const ENV_LOG_JSON: &str = "VAULT_DR_LOG_JSON";
 
 /// vault-dr: disaster recovery for Vault and OpenBao.
 #[derive(Debug, clap::Parser)]
 #[command(name = "vault-dr", version, about)]
 pub struct Cli {
+    /// Log format of every subcommand: json = one JSON object per line, text = one line for
+    /// people. Never colour codes unless stderr is a terminal [default: text]
+    #[arg(
+        long,
+        global = true,
+        env = ENV_LOG_FORMAT,
+        value_name = LOG_FORMATS,
+        value_parser = parse_log_format
+    )]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -61,9 +79,23 @@ pub struct CoordinatorArgs {
     /// The DR group configuration (TOML). Environment overrides: see the README.
     #[arg(long, env = "VAULT_DR_CONFIG")]
     pub config: PathBuf,
-    /// Log one JSON object per line.
-    #[arg(long, env = "VAULT_DR_LOG_JSON")]
+    /// Same as --log-format json (kept for older set-ups; --log-format wins).
+    #[arg(long, env = ENV_LOG_JSON)]
     pub log_json: bool,
+}
+
+impl Cli {
+    /// The log format: `--log-format`, else `--log-json` of `vault-dr coordinator`, else text.
+    pub fn log_format(&self) -> LogFormat {
+        let json_alias = matches!(&self.command, Command::Coordinator(a) if a.log_json);
+        LogFormat::resolve(self.log_format, json_alias)
+    }
+}
+
+/// `--log-format`'s value parser: clap's usage error (exit 64) then names the flag, and this
+/// message the variable.
+fn parse_log_format(raw: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(raw).map_err(|m| format!("{m} (--log-format, env {ENV_LOG_FORMAT})"))
 }
 
 /// Runs a subcommand and returns the process exit code.
@@ -169,18 +201,21 @@ pub enum CliError {
     /// The coordinator could not be reached.
     #[error("cannot reach the coordinator at {url}: {message}")]
     Unreachable {
-        /// The URL.
+        /// What was asked: the full URL.
         url: String,
-        /// Transport error kind.
+        /// The transport error with every cause (refused, DNS failure, timeout).
         message: String,
     },
-    /// The coordinator answered with an error.
-    #[error("the coordinator answered {status}: {body}")]
+    /// The coordinator, or whatever answers at `--url`, answered with an error.
+    #[error("{url} answered {status}: {reason}")]
     Status {
+        /// What was asked: the full URL.
+        url: String,
         /// HTTP status.
         status: u16,
-        /// Its error message.
-        body: String,
+        /// The reason the answer gave, or what it probably means when it gave none
+        /// ([`answer_reason`]).
+        reason: String,
     },
     /// The answer was not what this CLI understands.
     #[error("unexpected answer from the coordinator: {0}")]
@@ -248,7 +283,7 @@ impl Client {
             });
         }
         let http = vault_dr_common::http::client_builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(CLI_TIMEOUT)
             .build()
             .map_err(|e| CliError::Decode(e.to_string()))?;
         if args.url.is_empty() {
@@ -339,47 +374,74 @@ impl Client {
         let url = base
             .join(path)
             .map_err(|e| CliError::Decode(e.to_string()))?;
-        self.send(&base, self.http.post(url).json(body)).await
+        self.send(self.http.post(url).json(body)).await
     }
 
     async fn get_at(&self, base: &Url, path: &str) -> Result<serde_json::Value, CliError> {
         let url = base
             .join(path)
             .map_err(|e| CliError::Decode(e.to_string()))?;
-        self.send(base, self.http.get(url)).await
+        self.send(self.http.get(url)).await
     }
 
-    /// Sends `request` to the coordinator at `base` with the bearer token: the JSON answer, or
-    /// the error a CLI user can act on.
-    async fn send(
-        &self,
-        base: &Url,
-        request: reqwest::RequestBuilder,
-    ) -> Result<serde_json::Value, CliError> {
-        let resp = request
+    /// Sends `request` to the coordinator with the bearer token: the JSON answer, or the error
+    /// a CLI user can act on, naming the URL asked and the reason (the transport error with its
+    /// causes, or what the answer said).
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value, CliError> {
+        let request = request
             .bearer_auth(self.token.expose())
-            .send()
-            .await
-            .map_err(|e| CliError::Unreachable {
-                url: base.to_string(),
-                message: if e.is_timeout() {
-                    "timeout".into()
-                } else {
-                    "connection failed".into()
-                },
-            })?;
+            .build()
+            .map_err(|e| CliError::Decode(error_chain(&e)))?;
+        let url = request.url().to_string();
+        // The URL is named once, in front; reqwest would repeat it in its own message.
+        let unreachable = |e: reqwest::Error| CliError::Unreachable {
+            url: url.clone(),
+            message: if e.is_timeout() {
+                format!(
+                    "no answer within {CLI_TIMEOUT:?} ({})",
+                    error_chain(&e.without_url())
+                )
+            } else {
+                error_chain(&e.without_url())
+            },
+        };
+        let resp = self.http.execute(request).await.map_err(unreachable)?;
         let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| CliError::Decode(format!("not JSON: {e}")))?;
+        let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             return Err(CliError::Status {
+                url,
                 status: status.as_u16(),
-                body: body["error"].as_str().unwrap_or("").to_owned(),
+                reason: status_reason(&body),
             });
         }
-        Ok(body)
+        serde_json::from_slice(&body).map_err(|e| {
+            CliError::Decode(format!(
+                "{url} answered {status} with something that is not JSON ({e}): {:?}",
+                quoted(&String::from_utf8_lossy(&body))
+            ))
+        })
+    }
+}
+
+/// Timeout of one CLI request.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The reason an error answer gave, and when it is not a vault-dr answer what it probably is
+/// (a coordinator always says why in `{"error": ...}`): a Vault/OpenBao server, something
+/// else, or a body with nothing in it.
+pub fn status_reason(body: &[u8]) -> String {
+    const NOT_US: &str = "--url names a Vault/OpenBao server, not the vault-dr coordinator";
+    match answer_reason(body) {
+        (Some(reason), Answerer::VaultDr) => reason,
+        (Some(reason), Answerer::Vault) => format!("{reason} (a Vault/OpenBao answer: {NOT_US})"),
+        (None, Answerer::Vault) => format!("no reason given (a Vault/OpenBao answer: {NOT_US})"),
+        (Some(reason), _) => format!(
+            "{reason} (not a vault-dr answer: is --url the coordinator, not a proxy or another server?)"
+        ),
+        (None, _) => "an empty body: probably not a vault-dr coordinator, which always says \
+             why (is --url the coordinator, not a proxy or another server?)"
+            .to_owned(),
     }
 }
 
