@@ -478,3 +478,143 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_the_coordinators_reason_or_what_answered_instead() {
+        let token = status_reason(br#"{"error":"missing or wrong bearer token"}"#);
+        assert_eq!(token, "missing or wrong bearer token");
+        let vault = status_reason(br#"{"errors":["permission denied"]}"#);
+        assert!(
+            vault.starts_with("permission denied") && vault.contains("Vault/OpenBao server"),
+            "{vault}"
+        );
+        let vault_silent = status_reason(br#"{"errors":[]}"#);
+        assert!(
+            vault_silent.contains("Vault/OpenBao server"),
+            "{vault_silent}"
+        );
+        let empty = status_reason(b"");
+        assert!(
+            empty.contains("empty body") && empty.contains("not a vault-dr coordinator"),
+            "{empty}"
+        );
+        let html = status_reason(b"<h1>403 Forbidden</h1>");
+        assert!(
+            html.contains("<h1>403 Forbidden</h1>") && html.contains("not a vault-dr answer"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn the_log_format_applies_to_every_subcommand_and_the_old_switch_still_works() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.log_format());
+        let status = [
+            "vault-dr",
+            "status",
+            "--token-file",
+            "t",
+            "--log-format",
+            "json",
+        ];
+        assert_eq!(parse(&status).unwrap(), LogFormat::Json);
+        let before = [
+            "vault-dr",
+            "--log-format",
+            "json",
+            "history",
+            "--token-file",
+            "t",
+        ];
+        assert_eq!(parse(&before).unwrap(), LogFormat::Json);
+        let coordinator = ["vault-dr", "coordinator", "--config", "c.toml"];
+        assert_eq!(parse(&coordinator).unwrap(), LogFormat::Text);
+        let old = [
+            "vault-dr",
+            "coordinator",
+            "--config",
+            "c.toml",
+            "--log-json",
+        ];
+        assert_eq!(parse(&old).unwrap(), LogFormat::Json);
+        let both = [
+            "vault-dr",
+            "coordinator",
+            "--config",
+            "c.toml",
+            "--log-json",
+            "--log-format",
+            "text",
+        ];
+        assert_eq!(parse(&both).unwrap(), LogFormat::Text);
+        let bad = [
+            "vault-dr",
+            "coordinator",
+            "--config",
+            "c",
+            "--log-format",
+            "xml",
+        ];
+        let e = parse(&bad).unwrap_err();
+        assert!(e.use_stderr(), "a usage error (main exits 64)");
+        let text = e.to_string();
+        assert!(
+            text.contains("--log-format") && text.contains(ENV_LOG_FORMAT),
+            "{text}"
+        );
+    }
+
+    /// A client of one server at `url` with a token file in `dir`.
+    fn client(dir: &std::path::Path, url: &str) -> Client {
+        std::fs::write(dir.join("token"), "t").unwrap();
+        Client::new(&ApiArgs {
+            url: vec![Url::parse(url).unwrap()],
+            token_file: dir.join("token"),
+            output: Output::Table,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_empty_refusal_names_the_url_the_status_and_what_it_probably_is() {
+        let app = axum::Router::new().route(
+            "/v1/clusters",
+            axum::routing::get(|| async { axum::http::StatusCode::FORBIDDEN }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let e = client(dir.path(), &url)
+            .get_value("v1/clusters")
+            .await
+            .unwrap_err();
+        server.abort();
+        let text = e.to_string();
+        assert!(matches!(e, CliError::Status { status: 403, .. }), "{e:?}");
+        assert!(
+            text.starts_with(&format!("{url}v1/clusters answered 403: an empty body")),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_coordinator_names_the_dns_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = client(dir.path(), "http://no-such-host.invalid:1")
+            .get_value("v1/clusters")
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("http://no-such-host.invalid:1/v1/clusters")
+                && text.contains("failed to lookup address"),
+            "{text}"
+        );
+    }
+}
