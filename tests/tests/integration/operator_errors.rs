@@ -99,6 +99,31 @@ async fn status_pointed_at_an_openbao_server_names_its_403_reason_and_says_what_
     assert_eq!(code, 0);
     assert!(stdout.contains("--log-format"), "{stdout}");
     no_escape_bytes("--help", stdout.as_bytes());
+    // The agent's, too; an invalid format is a usage error naming the flag and variable.
+    let agent = |args: &'static [&'static str]| {
+        tokio::process::Command::new(built_binary("vault-dr-agent").unwrap())
+            .args(args)
+            .env(COLOUR_TERM.0, COLOUR_TERM.1)
+            .env_remove("NO_COLOR")
+            .output()
+    };
+    let out = agent(&["--help"]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("VAULT_DR_AGENT_LOG_FORMAT"));
+    no_escape_bytes("the agent's --help", &out.stdout);
+    let out = agent(&["--cluster", "a", "--node", "b", "--log-format", "xml"])
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(vault_dr_common::exit::USAGE),
+        "{err}"
+    );
+    assert!(
+        err.contains("--log-format") && err.contains("VAULT_DR_AGENT_LOG_FORMAT"),
+        "{err}"
+    );
+    no_escape_bytes("the agent's usage error", &out.stderr);
 }
 
 #[tokio::test]
