@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use url::Url;
 use vault_dr_common::Secret;
+use vault_dr_common::telemetry::{LOG_FORMATS, LogFormat};
 
 /// Env: address of the local Vault/OpenBao node (`--vault-addr`).
 pub const ENV_VAULT_ADDR: &str = "VAULT_DR_AGENT_VAULT_ADDR";
@@ -43,7 +44,10 @@ pub const ENV_CGROUP_ROOT: &str = "VAULT_DR_AGENT_CGROUP_ROOT";
 pub const ENV_VAULT_PROCESS_NAME: &str = "VAULT_DR_AGENT_VAULT_PROCESS_NAME";
 /// Env: how the agent restarts a superseded primary's sealed server (`--vault-restart`).
 pub const ENV_VAULT_RESTART: &str = "VAULT_DR_AGENT_VAULT_RESTART";
-/// Env: log one JSON object per line (`--log-json`).
+/// Env: log format, `json` or `text` (`--log-format`).
+pub const ENV_LOG_FORMAT: &str = "VAULT_DR_AGENT_LOG_FORMAT";
+/// Env: log one JSON object per line (`--log-json`), the older form of
+/// `VAULT_DR_AGENT_LOG_FORMAT=json`, kept because charts and users set it.
 pub const ENV_LOG_JSON: &str = "VAULT_DR_AGENT_LOG_JSON";
 /// Env: replication backend, `none` or `snapshot` (`--replication`).
 pub const ENV_REPLICATION: &str = "VAULT_DR_AGENT_REPLICATION";
@@ -128,7 +132,9 @@ struct Args {
     vault_process_name: Option<String>,
     #[arg(long, value_name = "off|signal", help = help("signal: when this node's cluster was the primary of an older term and the node stays sealed (vault-dr's fence), SIGTERM its server so that its supervisor (kubelet, systemd Restart=always) starts it again and its auto-unseal seal unseals it; it then rejoins as a secondary [default: off]", ENV_VAULT_RESTART))]
     vault_restart: Option<String>,
-    #[arg(long, help = help("Log one JSON object per line", ENV_LOG_JSON))]
+    #[arg(long, value_name = LOG_FORMATS, help = help("Log format: json = one JSON object per line, text = one line for people; never colour codes unless stderr is a terminal [default: text]", ENV_LOG_FORMAT))]
+    log_format: Option<String>,
+    #[arg(long, help = help("Same as --log-format json (kept for older set-ups; --log-format wins)", ENV_LOG_JSON))]
     log_json: bool,
     #[arg(long, value_name = "ADDR", help = help("Serve the node's client address here and forward to --vault-addr only while this node may take writes (the write gate; see README) [default: no gate]", ENV_GATE_LISTEN))]
     gate_listen: Option<String>,
@@ -243,8 +249,8 @@ pub struct Config {
     pub vault_process_names: Vec<String>,
     /// Whether and how a superseded primary's sealed server is restarted.
     pub vault_restart: crate::restart::RestartMode,
-    /// JSON logs.
-    pub log_json: bool,
+    /// The log format.
+    pub log_format: LogFormat,
     /// Where cgroup v2 is mounted (tests point it at fixtures).
     pub cgroup_root: PathBuf,
     /// Whether `cgroup_root` was given (`--cgroup-root`): then `cpu.stat` alone is enough and
@@ -404,7 +410,10 @@ impl Config {
             vault_pid_file: pick_path(a.vault_pid_file, ENV_VAULT_PID_FILE),
             vault_process_names,
             vault_restart,
-            log_json: a.log_json || parse_bool(env.var(ENV_LOG_JSON), "--log-json", ENV_LOG_JSON)?,
+            log_format: parse_log_format(
+                pick(a.log_format, ENV_LOG_FORMAT),
+                a.log_json || parse_bool(env.var(ENV_LOG_JSON), "--log-json", ENV_LOG_JSON)?,
+            )?,
             cgroup_explicit: cgroup_root.is_some(),
             cgroup_root: cgroup_root.unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_ROOT)),
         })
@@ -430,7 +439,7 @@ impl Config {
             vault_pid_file: None,
             vault_process_names: vec![DEFAULT_PROCESS_NAME.into(), "vault".into()],
             vault_restart: crate::restart::RestartMode::Off,
-            log_json: false,
+            log_format: LogFormat::Text,
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
             cgroup_explicit: false,
             gate: None,
@@ -703,6 +712,15 @@ fn parse_interval(raw: &str) -> Result<Duration> {
         ));
     }
     Ok(d)
+}
+
+/// `--log-format` (flag or variable) or else the older `--log-json` switch.
+fn parse_log_format(raw: Option<String>, json_alias: bool) -> Result<LogFormat> {
+    let explicit = raw
+        .map(|r| LogFormat::parse(&r))
+        .transpose()
+        .map_err(|m| config_error("--log-format", ENV_LOG_FORMAT, m))?;
+    Ok(LogFormat::resolve(explicit, json_alias))
 }
 
 fn parse_bool(raw: Option<String>, flag: &'static str, env: &'static str) -> Result<bool> {
@@ -1057,6 +1075,45 @@ mod tests {
             &[(ENV_LOG_JSON, "perhaps")],
         );
         assert_eq!(flag_of(r), "--log-json");
+    }
+
+    #[test]
+    fn the_log_format_comes_from_its_flag_its_variable_or_the_old_json_switch() {
+        let base = ["--cluster", "a", "--node", "b"];
+        let format = |extra: &[&str], env: &[(&str, &str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v, env).map(|c| c.log_format)
+        };
+        assert_eq!(format(&[], &[]).unwrap(), LogFormat::Text);
+        assert_eq!(
+            format(&["--log-format", "json"], &[]).unwrap(),
+            LogFormat::Json
+        );
+        assert_eq!(
+            format(&[], &[(ENV_LOG_FORMAT, "json")]).unwrap(),
+            LogFormat::Json
+        );
+        assert_eq!(format(&["--log-json"], &[]).unwrap(), LogFormat::Json);
+        assert_eq!(
+            format(&[], &[(ENV_LOG_JSON, "true")]).unwrap(),
+            LogFormat::Json
+        );
+        assert_eq!(
+            format(&["--log-format", "text"], &[(ENV_LOG_JSON, "true")]).unwrap(),
+            LogFormat::Text,
+            "--log-format wins over the old switch"
+        );
+        let e = format(&[], &[(ENV_LOG_FORMAT, "xml")]).unwrap_err();
+        assert_eq!(e.exit_code(), 64);
+        assert!(e.to_string().contains(ENV_LOG_FORMAT), "{e}");
+        assert_eq!(
+            flag_of(parse(
+                &["--cluster", "a", "--node", "b", "--log-format", "yaml"],
+                &[]
+            )),
+            "--log-format"
+        );
     }
 
     #[test]

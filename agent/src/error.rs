@@ -1,6 +1,7 @@
 //! The agent's error type: configuration errors (exit 64, naming the field), HTTP client and
-//! server set-up, and the failures of single Vault or coordinator requests (also a restore not
-//! served in time and a failed promotion canary).
+//! server set-up, and the failures of single Vault or coordinator requests, each naming the
+//! address and the reason the other side gave (also a restore not served in time and a failed
+//! promotion canary).
 
 /// Result with the agent's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -82,6 +83,32 @@ pub enum Error {
         index: u64,
         /// How long was waited.
         after: std::time::Duration,
+    },
+    /// A report got no answer from the coordinator (refused, reset, DNS, timed out).
+    #[error("report to {url}: no answer from the coordinator: {message}")]
+    CoordinatorRequest {
+        /// The report URL.
+        url: url::Url,
+        /// The transport error with every cause.
+        message: String,
+    },
+    /// The coordinator refused a report; `reason` is what its answer said (trimmed).
+    #[error("report to {url}: the coordinator answered {status}: {reason}")]
+    CoordinatorStatus {
+        /// The report URL.
+        url: url::Url,
+        /// The HTTP status.
+        status: u16,
+        /// The answer's reason, or what it probably means when it gave none.
+        reason: String,
+    },
+    /// The coordinator's 2xx answer to a report is not a desired state.
+    #[error("report to {url}: the coordinator's answer is not a desired state: {message}")]
+    CoordinatorDecode {
+        /// The report URL.
+        url: url::Url,
+        /// Why.
+        message: String,
     },
     /// The promotion canary (a write and read in the DR token's cubbyhole) failed.
     #[error("canary: {0}")]

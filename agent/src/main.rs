@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(e.exit_code());
         }
     };
-    vault_dr_common::telemetry::init(config.log_json);
+    vault_dr_common::telemetry::init(config.log_format);
     // One thread is plenty for a probe a second, and keeps the resident set small; the write
     // gate carries the node's client traffic and gets two.
     let runtime = if config.gate.is_some() {

@@ -58,6 +58,16 @@ impl SendFailure {
     }
 }
 
+/// One failed send: its kind (the back-off and the failure counter) and the error that names
+/// the URL and the coordinator's reason (the log line).
+#[derive(Debug)]
+pub struct SendError {
+    /// The kind.
+    pub failure: SendFailure,
+    /// What failed, where, and why.
+    pub error: Error,
+}
+
 /// Sends the reports of one agent.
 #[derive(Debug)]
 pub struct Sender {
@@ -159,7 +169,7 @@ impl Sender {
     }
 
     /// Sends one report (if there is an observation yet) and handles the answer.
-    pub async fn send_once(&self) -> std::result::Result<(), SendFailure> {
+    pub async fn send_once(&self) -> std::result::Result<(), SendError> {
         let Some(mut report) = self.shared.next_report() else {
             return Ok(());
         };
@@ -167,11 +177,17 @@ impl Sender {
             report.replication = status.status().await;
         }
         let first = self.current.load(Ordering::Relaxed);
-        let mut result = Err(SendFailure::Connect);
+        let mut result = Err(SendError {
+            failure: SendFailure::Connect,
+            error: Error::CoordinatorRequest {
+                url: self.current_url().clone(),
+                message: "no coordinator URL".into(),
+            },
+        });
         for step in 0..self.urls.len() {
             let i = (first + step) % self.urls.len();
             result = self.post(&self.urls[i], &report).await;
-            match result {
+            match &result {
                 Ok(_) => {
                     if i != first {
                         tracing::info!(url = %self.urls[i], "reporting to another coordinator");
@@ -180,7 +196,10 @@ impl Sender {
                     break;
                 }
                 // Not there, frozen or not the leader: the next one may be.
-                Err(SendFailure::Connect | SendFailure::Timeout | SendFailure::Status(503)) => {
+                Err(SendError {
+                    failure: SendFailure::Connect | SendFailure::Timeout | SendFailure::Status(503),
+                    ..
+                }) => {
                     continue;
                 }
                 Err(_) => break,
@@ -208,16 +227,23 @@ impl Sender {
         Ok(())
     }
 
-    /// Posts one report to `url`; the desired state from a 2xx answer.
+    /// Posts one report to `url`; the desired state from a 2xx answer, else the failure with
+    /// the URL and the reason (the transport error's causes, or what the answer said).
     async fn post(
         &self,
         url: &Url,
         report: &vault_dr_common::Report,
-    ) -> std::result::Result<DesiredState, SendFailure> {
-        let classify = |e: reqwest::Error| match request_error_kind(&e) {
-            "timeout" => SendFailure::Timeout,
-            "decode" => SendFailure::Decode,
-            _ => SendFailure::Connect,
+    ) -> std::result::Result<DesiredState, SendError> {
+        let classify = |e: reqwest::Error| SendError {
+            failure: match request_error_kind(&e) {
+                "timeout" => SendFailure::Timeout,
+                "decode" => SendFailure::Decode,
+                _ => SendFailure::Connect,
+            },
+            error: Error::CoordinatorRequest {
+                url: url.clone(),
+                message: vault_dr_common::http::error_chain(&e.without_url()),
+            },
         };
         let resp = self
             .http
@@ -228,16 +254,36 @@ impl Sender {
             .await
             .map_err(classify)?;
         let status = resp.status();
-        if !status.is_success() {
-            return Err(SendFailure::Status(status.as_u16()));
-        }
+        let decode = |message: String| SendError {
+            failure: SendFailure::Decode,
+            error: Error::CoordinatorDecode {
+                url: url.clone(),
+                message,
+            },
+        };
         let body = read_capped(resp, MAX_ANSWER_BYTES)
             .await
             .map_err(|e| match e {
                 Some(e) => classify(e),
-                None => SendFailure::Decode,
-            })?;
-        serde_json::from_slice(&body).map_err(|_| SendFailure::Decode)
+                None => decode(format!("more than {MAX_ANSWER_BYTES} bytes")),
+            });
+        if !status.is_success() {
+            // The coordinator says why in its body; a body that cannot be read still leaves
+            // the status.
+            let reason = match &body {
+                Ok(b) => refusal_reason(b),
+                Err(e) => format!("(body unreadable: {})", e.error),
+            };
+            return Err(SendError {
+                failure: SendFailure::Status(status.as_u16()),
+                error: Error::CoordinatorStatus {
+                    url: url.clone(),
+                    status: status.as_u16(),
+                    reason,
+                },
+            });
+        }
+        serde_json::from_slice(&body?).map_err(|e| decode(e.to_string()))
     }
 
     /// Sends every `interval`, backing off after failures, until the task is dropped. Every
@@ -247,6 +293,7 @@ impl Sender {
     /// when the applied term rises or a probe round's evidence changes.
     pub async fn run(self, interval: Duration) {
         let mut backoff = Retry::new(interval);
+        let mut repeats = vault_dr_common::telemetry::Repeats::default();
         let mut delay = interval;
         loop {
             if backoff.failures() == 0 {
@@ -271,6 +318,7 @@ impl Sender {
                         );
                     }
                     backoff.reset();
+                    repeats.clear();
                     let urgent = self.shared.alarmed()
                         || self
                             .shared
@@ -282,17 +330,29 @@ impl Sender {
                         interval
                     }
                 }
-                Err(f) => {
+                Err(SendError { failure: f, error }) => {
                     self.metrics.send_failed(f.kind());
                     let d = backoff.next_delay(f, &mut rand::rng());
-                    // Log the first failure and then every tenth, not every second.
-                    if backoff.failures() % 10 == 1 {
-                        tracing::warn!(kind = f.kind(), ?f, failures = backoff.failures(), retry_in = ?d, "report not accepted");
+                    // Once when the failure appears or changes, then once a minute.
+                    let text = error.to_string();
+                    if let Some(repeated) = repeats.note(&text, std::time::Instant::now()) {
+                        tracing::warn!(kind = f.kind(), failures = backoff.failures(), repeated, retry_in = ?d, "report not accepted: {text}");
                     }
                     d
                 }
             };
         }
+    }
+}
+
+/// What a refused report's answer says: the coordinator's `{"error": ...}`, else the body
+/// (trimmed, escaped), else that it was empty (then it is probably not a vault-dr coordinator).
+fn refusal_reason(body: &[u8]) -> String {
+    use vault_dr_common::http::{Answerer, answer_reason};
+    match answer_reason(body) {
+        (Some(reason), Answerer::VaultDr) => reason,
+        (Some(reason), _) => format!("{reason} (not a vault-dr answer)"),
+        (None, _) => "an empty body (probably not a vault-dr coordinator, which says why)".into(),
     }
 }
 
@@ -410,6 +470,91 @@ mod tests {
             got[0].vault.raft_applied_index,
             Some(3),
             "the rest is the probe's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_report_names_the_status_the_url_and_the_coordinators_reason() {
+        // Answers in turn: 401 with a reason, 422 with a reason, 403 with nothing.
+        let answers = Arc::new(std::sync::Mutex::new(vec![
+            (403, String::new()),
+            (422, r#"{"error":"unknown cluster \"nowhere\""}"#.to_owned()),
+            (
+                401,
+                r#"{"error":"missing or wrong bearer token"}"#.to_owned(),
+            ),
+        ]));
+        let app = axum::Router::new().route(
+            "/v1/reports",
+            axum::routing::post(move || {
+                let answers = answers.clone();
+                async move {
+                    let (code, body) = answers.lock().unwrap().pop().unwrap();
+                    (axum::http::StatusCode::from_u16(code).unwrap(), body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let shared = Arc::new(Shared::new("s1", "s1-0"));
+        shared.set_observation(crate::state::tests::observation());
+        let sender = Sender::new(
+            &CoordinatorConfig {
+                url: url.clone(),
+                token: Secret::new("wrong".to_owned()),
+                ca_certs: Vec::new(),
+            },
+            &[],
+            shared,
+            Metrics::new(&prometheus::Registry::new()).unwrap(),
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let e = sender.send_once().await.unwrap_err();
+            seen.push((e.failure, e.error.to_string()));
+        }
+        server.abort();
+        let at = format!("{url}v1/reports");
+        assert_eq!(seen[0].0, SendFailure::Status(401));
+        assert!(
+            seen[0].1.contains(&at) && seen[0].1.contains("401: missing or wrong bearer token"),
+            "{}",
+            seen[0].1
+        );
+        assert_eq!(seen[1].0, SendFailure::Status(422));
+        assert!(
+            seen[1].1.contains("422: unknown cluster \"nowhere\""),
+            "{}",
+            seen[1].1
+        );
+        assert_eq!(seen[2].0, SendFailure::Status(403));
+        assert!(seen[2].1.contains("403: an empty body"), "{}", seen[2].1);
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_coordinator_names_the_dns_failure() {
+        let shared = Arc::new(Shared::new("s1", "s1-0"));
+        shared.set_observation(crate::state::tests::observation());
+        let sender = Sender::new(
+            &CoordinatorConfig {
+                url: Url::parse("http://no-such-host.invalid:1").unwrap(),
+                token: Secret::new("t".to_owned()),
+                ca_certs: Vec::new(),
+            },
+            &[],
+            shared,
+            Metrics::new(&prometheus::Registry::new()).unwrap(),
+        )
+        .unwrap();
+        let e = sender.send_once().await.unwrap_err();
+        assert_eq!(e.failure, SendFailure::Connect);
+        let text = e.error.to_string();
+        assert!(
+            text.contains("http://no-such-host.invalid:1/v1/reports")
+                && text.contains("failed to lookup address"),
+            "{text}"
         );
     }
 

@@ -103,6 +103,10 @@ pub async fn run(
     let mut hooks: Vec<Arc<dyn StepHook>> = vec![Arc::new(metrics.clone())];
     #[cfg(feature = "kubernetes")]
     let mut kube_client: Option<kube::Client> = None;
+    // Every failed Kubernetes API request is counted, also those logged only once a minute.
+    #[cfg(feature = "kubernetes")]
+    let kube_errors =
+        coordination::kubernetes::ApiErrors::new(metrics.kubernetes_api_errors.clone());
     #[cfg(feature = "kubernetes")]
     let mut leader_pod: Option<Arc<coordination::leader_pod::LeaderPod>> = None;
     let journal_copy: Arc<dyn JournalCopy>;
@@ -130,14 +134,19 @@ pub async fn run(
             pod_selector,
             ..
         } => {
-            let c = KubernetesCoordination::from_config(k, config.id.clone()).await?;
+            let c = KubernetesCoordination::from_config(k, config.id.clone())
+                .await?
+                .with_api_errors(kube_errors.clone());
             if let Some(selector) = pod_selector {
-                leader_pod = Some(Arc::new(coordination::leader_pod::LeaderPod::new(
-                    c.client(),
-                    namespace,
-                    &config.id,
-                    selector,
-                )));
+                leader_pod = Some(Arc::new(
+                    coordination::leader_pod::LeaderPod::new(
+                        c.client(),
+                        namespace,
+                        &config.id,
+                        selector,
+                    )
+                    .with_api_errors(kube_errors.clone()),
+                ));
             }
             hooks.push(Arc::new(KubernetesEvents::new(
                 c.client(),
@@ -172,11 +181,10 @@ pub async fn run(
                     )))
                 })?,
             };
-            let switch = Arc::new(KubernetesServiceSwitch::new(
-                client,
-                namespace.clone(),
-                service.clone(),
-            ));
+            let switch = Arc::new(
+                KubernetesServiceSwitch::new(client, namespace.clone(), service.clone())
+                    .with_api_errors(kube_errors.clone()),
+            );
             service_switch = Some(switch.clone());
             switch
         }

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use vault_dr_common::exit;
-use vault_dr_coordinator::cli::{self, Cli, Command};
+use vault_dr_coordinator::cli::{self, Cli};
 
 #[tokio::main]
 async fn main() {
@@ -19,7 +19,8 @@ async fn main() {
             std::process::exit(0);
         }
     };
-    vault_dr_common::telemetry::init(matches!(&cli.command, Command::Coordinator(a) if a.log_json));
+    // Every subcommand logs in the format asked for (`drill` and `bench` run another binary).
+    vault_dr_common::telemetry::init(cli.log_format());
     let code = cli::main(cli.command).await;
     std::process::exit(code);
 }

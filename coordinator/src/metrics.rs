@@ -52,6 +52,11 @@ pub struct Metrics {
     pub leader_transitions: IntCounter,
     /// Lease reads or writes that failed (the backend unreachable, RBAC refused, ...).
     pub lease_errors: IntCounter,
+    /// `vault_dr_coordinator_kubernetes_api_errors_total{what, kind}`: Kubernetes API requests
+    /// that failed, by object (`lease`, `configmap`, `pods`, `service`) and kind (`forbidden`,
+    /// `unauthorized`, `not_found`, `timeout`, `transport`, ...), every one of them, also those
+    /// the logs mention only once a minute.
+    pub kubernetes_api_errors: IntCounterVec,
     /// Seconds this replica has been leader (cumulative).
     pub leader_seconds: Gauge,
     /// Times the leader found client traffic pointed elsewhere than the topology says (e.g. a
@@ -256,6 +261,16 @@ impl Metrics {
                 IntCounter::new(
                     name("lease_errors_total"),
                     "Lease reads or writes of this replica that failed",
+                )?,
+            )?,
+            kubernetes_api_errors: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("kubernetes_api_errors_total"),
+                        "Kubernetes API requests that failed, by object and kind",
+                    ),
+                    &["what", "kind"],
                 )?,
             )?,
             leader_seconds: reg(

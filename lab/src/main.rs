@@ -19,6 +19,6 @@ async fn main() {
             std::process::exit(0);
         }
     };
-    vault_dr_common::telemetry::init(false);
+    vault_dr_common::telemetry::init(vault_dr_common::telemetry::LogFormat::Text);
     std::process::exit(cli::main(cli.command).await);
 }

@@ -136,6 +136,8 @@ struct Store {
     objects: BTreeMap<Key, Value>,
     resource_version: u64,
     calls: Vec<Call>,
+    /// (group, resource) answered 403 Forbidden, as for a revoked RBAC rule.
+    forbidden: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Store {
@@ -210,6 +212,14 @@ impl FakeApiServer {
     /// Every request received so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.store).calls.clone()
+    }
+
+    /// From now on answers every request for `resource` of `group` (`""` for core) with 403
+    /// Forbidden and the real apiserver's message, as after its RBAC rule was revoked.
+    pub fn forbid(&self, group: &str, resource: &str) {
+        lock(&self.store)
+            .forbidden
+            .insert((group.to_owned(), resource.to_owned()));
     }
 
     /// The stored object, as JSON (`group` is `""` for core resources).
@@ -396,6 +406,31 @@ fn conflict(kind: &Kind, name: &str) -> Response {
     )
 }
 
+/// The user the fake says it refused (the chart's service account).
+const FORBIDDEN_USER: &str = "system:serviceaccount:default:vault-dr-coordinator";
+
+/// 403 as the real apiserver words it for a request RBAC does not allow.
+fn forbidden(kind: &Kind, verb: &str, name: Option<&str>, namespace: Option<&str>) -> Response {
+    let object = match name {
+        Some(n) => format!("{} \"{n}\"", kind.qualified()),
+        None => kind.qualified(),
+    };
+    let scope = match namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_owned(),
+    };
+    status(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "{object} is forbidden: User \"{FORBIDDEN_USER}\" cannot {verb} resource \"{}\" in \
+             API group \"{}\"{scope}",
+            kind.resource, kind.group
+        ),
+        Some(details(kind, name.unwrap_or_default())),
+    )
+}
+
 fn bad_request(message: impl Into<String>) -> Response {
     status(StatusCode::BAD_REQUEST, "BadRequest", message.into(), None)
 }
@@ -480,6 +515,13 @@ async fn handle(
             None,
         );
     };
+    if store
+        .forbidden
+        .contains(&(kind.group.to_owned(), kind.resource.to_owned()))
+    {
+        let v = verb(&method, target.name.is_some(), watch);
+        return forbidden(kind, v, target.name.as_deref(), target.namespace.as_deref());
+    }
     if target.subresource.is_some() {
         return status(
             StatusCode::NOT_FOUND,
@@ -864,6 +906,225 @@ impl TestKube {
         }
         previous.write_topology(topology, None).await?;
         previous.release().await
+    }
+}
+
+/// What a [`TestIdentity`] may do: every verb on each of these (API group, resource), the
+/// resources the coordinator uses.
+pub const GRANTED: [(&str, &str); 5] = [
+    ("coordination.k8s.io", "leases"),
+    ("", "configmaps"),
+    ("", "services"),
+    ("", "events"),
+    ("", "pods"),
+];
+
+/// Credentials of their own for the processes of a test, whose RBAC a test revokes one
+/// resource at a time ([`TestKube::revoke`]): on the fake, its kubeconfig (the fake then
+/// forbids the resource); on a real cluster, a ServiceAccount bound to a Role granting
+/// [`GRANTED`], and a kubeconfig with a token of it (revoking rewrites the Role).
+#[derive(Debug)]
+pub struct TestIdentity {
+    /// The kubeconfig file the processes read (`KUBECONFIG`).
+    pub kubeconfig: std::path::PathBuf,
+    /// On a real cluster: the name of the ServiceAccount, its Role and RoleBinding.
+    name: Option<String>,
+    /// What the Role still grants.
+    granted: Mutex<Vec<(String, String)>>,
+}
+
+/// The Role named `name` granting every verb on `granted`.
+fn role(name: &str, granted: &[(String, String)]) -> k8s_openapi::api::rbac::v1::Role {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role};
+    Role {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..kube::api::ObjectMeta::default()
+        },
+        rules: Some(
+            granted
+                .iter()
+                .map(|(group, resource)| PolicyRule {
+                    api_groups: Some(vec![group.clone()]),
+                    resources: Some(vec![resource.clone()]),
+                    verbs: vec!["*".to_owned()],
+                    ..PolicyRule::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+impl TestKube {
+    /// A [`TestIdentity`] named after `base` (made unique), its kubeconfig written into `dir`.
+    pub async fn identity(
+        &self,
+        dir: &std::path::Path,
+        base: &str,
+    ) -> Result<TestIdentity, FakeError> {
+        let granted: Vec<(String, String)> = GRANTED
+            .iter()
+            .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
+            .collect();
+        if self.fake.is_some() {
+            return Ok(TestIdentity {
+                kubeconfig: self.kubeconfig_file(dir)?,
+                name: None,
+                granted: Mutex::new(granted),
+            });
+        }
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+        use kube::Api;
+        use kube::api::{ObjectMeta, PostParams};
+        let name = self.name(base);
+        let meta = ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        };
+        let pp = PostParams::default();
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.namespace);
+        let account = ServiceAccount {
+            metadata: meta.clone(),
+            ..ServiceAccount::default()
+        };
+        accounts.create(&pp, &account).await?;
+        Api::namespaced(self.client.clone(), &self.namespace)
+            .create(&pp, &role(&name, &granted))
+            .await?;
+        let binding = RoleBinding {
+            metadata: meta,
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".to_owned(),
+                kind: "Role".to_owned(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".to_owned(),
+                name: name.clone(),
+                namespace: Some(self.namespace.clone()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<RoleBinding>::namespaced(self.client.clone(), &self.namespace)
+            .create(&pp, &binding)
+            .await?;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let token = accounts
+            .create_token_request(&name, &pp, &request)
+            .await?
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| FakeError::Kubeconfig {
+                path: ENV_KUBECONFIG.to_owned(),
+                message: format!("the token request for service account {name} gave no token"),
+            })?;
+        let kubeconfig = dir.join("kubeconfig");
+        self.write_token_kubeconfig(&kubeconfig, &token)?;
+        Ok(TestIdentity {
+            kubeconfig,
+            name: Some(name),
+            granted: Mutex::new(granted),
+        })
+    }
+
+    /// A kubeconfig at `path` for the cluster of `VAULT_DR_TEST_KUBECONFIG`'s current context
+    /// (its server and CA, paths made absolute) with `token` as the only credential. JSON,
+    /// which kubeconfig readers take as YAML.
+    fn write_token_kubeconfig(&self, path: &std::path::Path, token: &str) -> Result<(), FakeError> {
+        let source = std::env::var(ENV_KUBECONFIG).unwrap_or_default();
+        let failed = |message: String| FakeError::Kubeconfig {
+            path: source.clone(),
+            message,
+        };
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&source).map_err(|e| failed(e.to_string()))?;
+        let context = kubeconfig
+            .current_context
+            .as_deref()
+            .and_then(|c| kubeconfig.contexts.iter().find(|n| n.name == c))
+            .and_then(|n| n.context.as_ref())
+            .ok_or_else(|| failed("no current context".into()))?;
+        let cluster = kubeconfig
+            .clusters
+            .iter()
+            .find(|c| c.name == context.cluster)
+            .ok_or_else(|| failed(format!("no cluster {:?}", context.cluster)))?;
+        let cluster = serde_json::to_value(cluster).map_err(|e| failed(e.to_string()))?;
+        let doc = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{ "name": "vault-dr-test", "user": { "token": token } }],
+            "contexts": [{ "name": "vault-dr-test", "context": {
+                "cluster": context.cluster, "user": "vault-dr-test", "namespace": self.namespace,
+            } }],
+            "current-context": "vault-dr-test",
+        });
+        std::fs::write(path, doc.to_string()).map_err(|e| failed(e.to_string()))
+    }
+
+    /// Takes `resource` of API `group` from `identity`: every later request of it for that
+    /// resource is answered 403 Forbidden.
+    pub async fn revoke(
+        &self,
+        identity: &TestIdentity,
+        group: &str,
+        resource: &str,
+    ) -> Result<(), FakeError> {
+        let granted = {
+            let mut granted = identity.granted.lock().unwrap_or_else(|p| p.into_inner());
+            granted.retain(|(g, r)| !(g == group && r == resource));
+            granted.clone()
+        };
+        match (&self.fake, &identity.name) {
+            (Some(fake), _) => {
+                fake.forbid(group, resource);
+                Ok(())
+            }
+            (None, Some(name)) => {
+                let roles: kube::Api<k8s_openapi::api::rbac::v1::Role> =
+                    kube::Api::namespaced(self.client.clone(), &self.namespace);
+                let mut current = roles.get(name).await?;
+                current.rules = role(name, &granted).rules;
+                roles
+                    .replace(name, &kube::api::PostParams::default(), &current)
+                    .await?;
+                Ok(())
+            }
+            (None, None) => Err(FakeError::Kubeconfig {
+                path: ENV_KUBECONFIG.to_owned(),
+                message: "this identity was made for the fake apiserver".into(),
+            }),
+        }
+    }
+
+    /// Deletes what [`Self::identity`] created on a real cluster (nothing on the fake).
+    pub async fn remove_identity(&self, identity: &TestIdentity) {
+        let Some(name) = &identity.name else {
+            return;
+        };
+        let dp = kube::api::DeleteParams::default();
+        let ns = &self.namespace;
+        let c = &self.client;
+        let _ = kube::Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns)
+            .delete(name, &dp)
+            .await;
+        let _ = kube::Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(c.clone(), ns)
+            .delete(name, &dp)
+            .await;
+        let _ = kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), ns)
+            .delete(name, &dp)
+            .await;
     }
 }
 

@@ -14,11 +14,29 @@ use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 use vault_dr_common::Secret;
+use vault_dr_common::http::{Answerer, answer_reason, error_chain, quoted};
+use vault_dr_common::telemetry::{LOG_FORMATS, LogFormat};
+
+/// Env: log format of every subcommand, `json` or `text` (`--log-format`).
+pub const ENV_LOG_FORMAT: &str = "VAULT_DR_LOG_FORMAT";
+/// Env: `true` logs JSON (`vault-dr coordinator --log-json`), the older form of
+/// `VAULT_DR_LOG_FORMAT=json`, kept because charts and users set it.
+pub const ENV_LOG_JSON: &str = "VAULT_DR_LOG_JSON";
 
 /// vault-dr: disaster recovery for Vault and OpenBao.
 #[derive(Debug, clap::Parser)]
 #[command(name = "vault-dr", version, about)]
 pub struct Cli {
+    /// Log format of every subcommand: json = one JSON object per line, text = one line for
+    /// people. Never colour codes unless stderr is a terminal [default: text]
+    #[arg(
+        long,
+        global = true,
+        env = ENV_LOG_FORMAT,
+        value_name = LOG_FORMATS,
+        value_parser = parse_log_format
+    )]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -63,9 +81,23 @@ pub struct CoordinatorArgs {
     /// The DR group configuration (TOML). Environment overrides: see the README.
     #[arg(long, env = "VAULT_DR_CONFIG")]
     pub config: PathBuf,
-    /// Log one JSON object per line.
-    #[arg(long, env = "VAULT_DR_LOG_JSON")]
+    /// Same as --log-format json (kept for older set-ups; --log-format wins).
+    #[arg(long, env = ENV_LOG_JSON)]
     pub log_json: bool,
+}
+
+impl Cli {
+    /// The log format: `--log-format`, else `--log-json` of `vault-dr coordinator`, else text.
+    pub fn log_format(&self) -> LogFormat {
+        let json_alias = matches!(&self.command, Command::Coordinator(a) if a.log_json);
+        LogFormat::resolve(self.log_format, json_alias)
+    }
+}
+
+/// `--log-format`'s value parser: clap's usage error (exit 64) then names the flag, and this
+/// message the variable.
+fn parse_log_format(raw: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(raw).map_err(|m| format!("{m} (--log-format, env {ENV_LOG_FORMAT})"))
 }
 
 /// Runs a subcommand and returns the process exit code.
@@ -171,18 +203,21 @@ pub enum CliError {
     /// The coordinator could not be reached.
     #[error("cannot reach the coordinator at {url}: {message}")]
     Unreachable {
-        /// The URL.
+        /// What was asked: the full URL.
         url: String,
-        /// Transport error kind.
+        /// The transport error with every cause (refused, DNS failure, timeout).
         message: String,
     },
-    /// The coordinator answered with an error.
-    #[error("the coordinator answered {status}: {body}")]
+    /// The coordinator, or whatever answers at `--url`, answered with an error.
+    #[error("{url} answered {status}: {reason}")]
     Status {
+        /// What was asked: the full URL.
+        url: String,
         /// HTTP status.
         status: u16,
-        /// Its error message.
-        body: String,
+        /// The reason the answer gave, or what it probably means when it gave none
+        /// ([`answer_reason`]).
+        reason: String,
     },
     /// The answer was not what this CLI understands.
     #[error("unexpected answer from the coordinator: {0}")]
@@ -250,7 +285,7 @@ impl Client {
             });
         }
         let http = vault_dr_common::http::client_builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(CLI_TIMEOUT)
             .build()
             .map_err(|e| CliError::Decode(e.to_string()))?;
         if args.url.is_empty() {
@@ -341,47 +376,74 @@ impl Client {
         let url = base
             .join(path)
             .map_err(|e| CliError::Decode(e.to_string()))?;
-        self.send(&base, self.http.post(url).json(body)).await
+        self.send(self.http.post(url).json(body)).await
     }
 
     async fn get_at(&self, base: &Url, path: &str) -> Result<serde_json::Value, CliError> {
         let url = base
             .join(path)
             .map_err(|e| CliError::Decode(e.to_string()))?;
-        self.send(base, self.http.get(url)).await
+        self.send(self.http.get(url)).await
     }
 
-    /// Sends `request` to the coordinator at `base` with the bearer token: the JSON answer, or
-    /// the error a CLI user can act on.
-    async fn send(
-        &self,
-        base: &Url,
-        request: reqwest::RequestBuilder,
-    ) -> Result<serde_json::Value, CliError> {
-        let resp = request
+    /// Sends `request` to the coordinator with the bearer token: the JSON answer, or the error
+    /// a CLI user can act on, naming the URL asked and the reason (the transport error with its
+    /// causes, or what the answer said).
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value, CliError> {
+        let request = request
             .bearer_auth(self.token.expose())
-            .send()
-            .await
-            .map_err(|e| CliError::Unreachable {
-                url: base.to_string(),
-                message: if e.is_timeout() {
-                    "timeout".into()
-                } else {
-                    "connection failed".into()
-                },
-            })?;
+            .build()
+            .map_err(|e| CliError::Decode(error_chain(&e)))?;
+        let url = request.url().to_string();
+        // The URL is named once, in front; reqwest would repeat it in its own message.
+        let unreachable = |e: reqwest::Error| CliError::Unreachable {
+            url: url.clone(),
+            message: if e.is_timeout() {
+                format!(
+                    "no answer within {CLI_TIMEOUT:?} ({})",
+                    error_chain(&e.without_url())
+                )
+            } else {
+                error_chain(&e.without_url())
+            },
+        };
+        let resp = self.http.execute(request).await.map_err(unreachable)?;
         let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| CliError::Decode(format!("not JSON: {e}")))?;
+        let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             return Err(CliError::Status {
+                url,
                 status: status.as_u16(),
-                body: body["error"].as_str().unwrap_or("").to_owned(),
+                reason: status_reason(&body),
             });
         }
-        Ok(body)
+        serde_json::from_slice(&body).map_err(|e| {
+            CliError::Decode(format!(
+                "{url} answered {status} with something that is not JSON ({e}): {:?}",
+                quoted(&String::from_utf8_lossy(&body))
+            ))
+        })
+    }
+}
+
+/// Timeout of one CLI request.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The reason an error answer gave, and when it is not a vault-dr answer what it probably is
+/// (a coordinator always says why in `{"error": ...}`): a Vault/OpenBao server, something
+/// else, or a body with nothing in it.
+pub fn status_reason(body: &[u8]) -> String {
+    const NOT_US: &str = "--url names a Vault/OpenBao server, not the vault-dr coordinator";
+    match answer_reason(body) {
+        (Some(reason), Answerer::VaultDr) => reason,
+        (Some(reason), Answerer::Vault) => format!("{reason} (a Vault/OpenBao answer: {NOT_US})"),
+        (None, Answerer::Vault) => format!("no reason given (a Vault/OpenBao answer: {NOT_US})"),
+        (Some(reason), _) => format!(
+            "{reason} (not a vault-dr answer: is --url the coordinator, not a proxy or another server?)"
+        ),
+        (None, _) => "an empty body: probably not a vault-dr coordinator, which always says \
+             why (is --url the coordinator, not a proxy or another server?)"
+            .to_owned(),
     }
 }
 
@@ -417,4 +479,144 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_the_coordinators_reason_or_what_answered_instead() {
+        let token = status_reason(br#"{"error":"missing or wrong bearer token"}"#);
+        assert_eq!(token, "missing or wrong bearer token");
+        let vault = status_reason(br#"{"errors":["permission denied"]}"#);
+        assert!(
+            vault.starts_with("permission denied") && vault.contains("Vault/OpenBao server"),
+            "{vault}"
+        );
+        let vault_silent = status_reason(br#"{"errors":[]}"#);
+        assert!(
+            vault_silent.contains("Vault/OpenBao server"),
+            "{vault_silent}"
+        );
+        let empty = status_reason(b"");
+        assert!(
+            empty.contains("empty body") && empty.contains("not a vault-dr coordinator"),
+            "{empty}"
+        );
+        let html = status_reason(b"<h1>403 Forbidden</h1>");
+        assert!(
+            html.contains("<h1>403 Forbidden</h1>") && html.contains("not a vault-dr answer"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn the_log_format_applies_to_every_subcommand_and_the_old_switch_still_works() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.log_format());
+        let status = [
+            "vault-dr",
+            "status",
+            "--token-file",
+            "t",
+            "--log-format",
+            "json",
+        ];
+        assert_eq!(parse(&status).unwrap(), LogFormat::Json);
+        let before = [
+            "vault-dr",
+            "--log-format",
+            "json",
+            "history",
+            "--token-file",
+            "t",
+        ];
+        assert_eq!(parse(&before).unwrap(), LogFormat::Json);
+        let coordinator = ["vault-dr", "coordinator", "--config", "c.toml"];
+        assert_eq!(parse(&coordinator).unwrap(), LogFormat::Text);
+        let old = [
+            "vault-dr",
+            "coordinator",
+            "--config",
+            "c.toml",
+            "--log-json",
+        ];
+        assert_eq!(parse(&old).unwrap(), LogFormat::Json);
+        let both = [
+            "vault-dr",
+            "coordinator",
+            "--config",
+            "c.toml",
+            "--log-json",
+            "--log-format",
+            "text",
+        ];
+        assert_eq!(parse(&both).unwrap(), LogFormat::Text);
+        let bad = [
+            "vault-dr",
+            "coordinator",
+            "--config",
+            "c",
+            "--log-format",
+            "xml",
+        ];
+        let e = parse(&bad).unwrap_err();
+        assert!(e.use_stderr(), "a usage error (main exits 64)");
+        let text = e.to_string();
+        assert!(
+            text.contains("--log-format") && text.contains(ENV_LOG_FORMAT),
+            "{text}"
+        );
+    }
+
+    /// A client of one server at `url` with a token file in `dir`.
+    fn client(dir: &std::path::Path, url: &str) -> Client {
+        std::fs::write(dir.join("token"), "t").unwrap();
+        Client::new(&ApiArgs {
+            url: vec![Url::parse(url).unwrap()],
+            token_file: dir.join("token"),
+            output: Output::Table,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_empty_refusal_names_the_url_the_status_and_what_it_probably_is() {
+        let app = axum::Router::new().route(
+            "/v1/clusters",
+            axum::routing::get(|| async { axum::http::StatusCode::FORBIDDEN }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let e = client(dir.path(), &url)
+            .get_value("v1/clusters")
+            .await
+            .unwrap_err();
+        server.abort();
+        let text = e.to_string();
+        assert!(matches!(e, CliError::Status { status: 403, .. }), "{e:?}");
+        assert!(
+            text.starts_with(&format!("{url}v1/clusters answered 403: an empty body")),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_coordinator_names_the_dns_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = client(dir.path(), "http://no-such-host.invalid:1")
+            .get_value("v1/clusters")
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("http://no-such-host.invalid:1/v1/clusters")
+                && text.contains("failed to lookup address"),
+            "{text}"
+        );
+    }
 }

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
+use prometheus::IntCounterVec;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -36,6 +37,21 @@ pub(crate) fn api_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
+    }
+}
+
+/// What the apiserver said, for a log line: `403 Forbidden: <its message>` for an answer (its
+/// message names the user and the missing permission), else the error with its causes (no
+/// answer: refused, TLS, DNS).
+pub fn api_error_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!(
+            "{} {}: {}",
+            status.code,
+            status.reason,
+            vault_dr_common::http::quoted(&status.message)
+        ),
+        other => vault_dr_common::http::error_chain(other),
     }
 }
 
@@ -132,6 +148,57 @@ pub struct KubernetesCoordination {
     renew_period: Duration,
     /// Local monotonic deadline until which we consider ourselves leader.
     leader_until: Mutex<Option<Instant>>,
+    api_errors: ApiErrors,
+}
+
+/// The object of one request: its metric label and its name for messages.
+struct What {
+    label: &'static str,
+    text: String,
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Counts failed Kubernetes API requests in
+/// `vault_dr_coordinator_kubernetes_api_errors_total{what, kind}`: `what` is the object
+/// (`lease`, `configmap`, `pods`, `service`), `kind` [`api_error_kind`] or `timeout`. Without a
+/// counter (tests, embedding) it counts nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ApiErrors(Option<IntCounterVec>);
+
+impl ApiErrors {
+    /// Counts into `counter` (labels `what`, `kind`).
+    pub fn new(counter: IntCounterVec) -> Self {
+        Self(Some(counter))
+    }
+
+    /// One failed request about `what`.
+    pub fn count(&self, what: &'static str, kind: &'static str) {
+        if let Some(c) = &self.0 {
+            c.with_label_values(&[what, kind]).inc();
+        }
+    }
+}
+
+/// Bounded kind of a failed Kubernetes API request, from the status the apiserver answered:
+/// `unauthorized`, `forbidden` (RBAC), `not_found`, `conflict`, `invalid`, `throttled`,
+/// `server_error`, `client_error`; `transport` when no answer came (refused, TLS, DNS).
+pub fn api_error_kind(e: &kube::Error) -> &'static str {
+    match api_code(e) {
+        Some(401) => "unauthorized",
+        Some(403) => "forbidden",
+        Some(404) => "not_found",
+        Some(409) => "conflict",
+        Some(422) => "invalid",
+        Some(429) => "throttled",
+        Some(c) if c >= 500 => "server_error",
+        Some(_) => "client_error",
+        None => "transport",
+    }
 }
 
 impl std::fmt::Debug for KubernetesCoordination {
@@ -173,7 +240,14 @@ impl KubernetesCoordination {
             lease_duration,
             renew_period,
             leader_until: Mutex::new(None),
+            api_errors: ApiErrors::default(),
         }
+    }
+
+    /// Counts every failed request (by object and kind) into `api_errors`.
+    pub fn with_api_errors(mut self, api_errors: ApiErrors) -> Self {
+        self.api_errors = api_errors;
+        self
     }
 
     /// Production constructor: a client from the pod's service account (or the kubeconfig
@@ -238,10 +312,18 @@ impl KubernetesCoordination {
         (self.lease_duration / 2).max(Duration::from_secs(1))
     }
 
-    async fn timed<T>(&self, what: &str, fut: impl Future<Output = T>) -> Result<T> {
+    fn what(&self, label: &'static str, name: &str) -> What {
+        What {
+            label,
+            text: format!("{label} {name}"),
+        }
+    }
+
+    async fn timed<T>(&self, what: &What, fut: impl Future<Output = T>) -> Result<T> {
         tokio::time::timeout(self.request_timeout(), fut)
             .await
             .map_err(|_| {
+                self.api_errors.count(what.label, "timeout");
                 CoordinationError::Unavailable(format!(
                     "{what}: no answer from the Kubernetes API within {:?}",
                     self.request_timeout()
@@ -249,7 +331,13 @@ impl KubernetesCoordination {
             })
     }
 
-    fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> CoordinationError {
+    /// A failed request, counted by kind.
+    fn unavailable(&self, what: &What, e: kube::Error) -> CoordinationError {
+        self.api_errors.count(what.label, api_error_kind(&e));
+        self.gave_up(what, api_error_text(&e))
+    }
+
+    fn gave_up(&self, what: &What, e: impl std::fmt::Display) -> CoordinationError {
         CoordinationError::Unavailable(format!("{what} in namespace {}: {e}", self.namespace))
     }
 
@@ -307,7 +395,7 @@ impl KubernetesCoordination {
 impl Coordination for KubernetesCoordination {
     async fn try_acquire_or_renew(&self) -> Result<bool> {
         let started = Instant::now();
-        let what = format!("lease {}", self.lease_name);
+        let what = self.what("lease", &self.lease_name);
         let current = self
             .timed(&what, self.leases.get_opt(&self.lease_name))
             .await?
@@ -359,7 +447,7 @@ impl Coordination for KubernetesCoordination {
 
     async fn release(&self) -> Result<()> {
         self.set_leader_until(None);
-        let what = format!("lease {}", self.lease_name);
+        let what = self.what("lease", &self.lease_name);
         // Replace with the resourceVersion just read (never clear a successor's hold), only
         // when the Lease names us, and date the renewal in the past so takeover is at once.
         for _ in 0..3 {
@@ -393,11 +481,11 @@ impl Coordination for KubernetesCoordination {
                 Err(e) => return Err(self.unavailable(&what, e)),
             }
         }
-        Err(self.unavailable(&what, "changed under every release attempt"))
+        Err(self.gave_up(&what, "changed under every release attempt"))
     }
 
     async fn lease(&self) -> Result<LeaseInfo> {
-        let what = format!("lease {}", self.lease_name);
+        let what = self.what("lease", &self.lease_name);
         let lease = self
             .timed(&what, self.leases.get_opt(&self.lease_name))
             .await?
@@ -413,7 +501,7 @@ impl Coordination for KubernetesCoordination {
     }
 
     async fn read_topology(&self) -> Result<Option<Versioned<Topology>>> {
-        let what = format!("configmap {}", self.configmap_name);
+        let what = self.what("configmap", &self.configmap_name);
         let cm = self
             .timed(&what, self.configmaps.get_opt(&self.configmap_name))
             .await?
@@ -426,7 +514,7 @@ impl Coordination for KubernetesCoordination {
         topology: &Topology,
         expected: Option<&str>,
     ) -> Result<Versioned<Topology>> {
-        let what = format!("configmap {}", self.configmap_name);
+        let what = self.what("configmap", &self.configmap_name);
         let cm = self.topology_configmap(topology, expected)?;
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::Coordination;
+use super::kubernetes::{ApiErrors, api_error_kind, api_error_text};
+use vault_dr_common::telemetry::Repeats;
 
 /// The label the leader's pod carries (value `"true"`).
 pub const LEADER_LABEL: &str = "vault-dr.io/leader";
@@ -41,6 +43,7 @@ pub struct LeaderPod {
     pods: Api<Pod>,
     own: String,
     selector: String,
+    api_errors: ApiErrors,
 }
 
 impl std::fmt::Debug for LeaderPod {
@@ -70,7 +73,14 @@ impl LeaderPod {
             pods: Api::namespaced(client, namespace),
             own: own.to_owned(),
             selector: selector.to_owned(),
+            api_errors: ApiErrors::default(),
         }
+    }
+
+    /// Counts every failed reconcile (`what` = `pods`, by kind) into `api_errors`.
+    pub fn with_api_errors(mut self, api_errors: ApiErrors) -> Self {
+        self.api_errors = api_errors;
+        self
     }
 
     /// This replica's pod.
@@ -147,8 +157,9 @@ impl LeaderPod {
 
 /// Keeps the label on the leader's pod until `stop` turns true: at once when `coordination`
 /// says leadership changed, else every [`RECONCILE_EVERY`]. Each change is logged; a failure
-/// is logged once per change of the error and retried at the next look. On stop, a leader
-/// takes the label off its own pod (the next leader puts it on its own).
+/// is counted, logged when it appears or changes and then once a minute ([`Repeats`]), and
+/// retried after [`RETRY`]. On stop, a leader takes the label off its own pod (the next leader
+/// puts it on its own).
 pub async fn supervise(
     pod: Arc<LeaderPod>,
     coordination: Arc<dyn Coordination>,
@@ -158,7 +169,7 @@ pub async fn supervise(
     let mut done_for: Option<bool> = None;
     let mut next = Instant::now();
     let mut retry_at = Instant::now();
-    let mut last_error: Option<String> = None;
+    let mut failing = Repeats::default();
     loop {
         if *stop.borrow() {
             break;
@@ -171,7 +182,9 @@ pub async fn supervise(
                 Ok(done) => {
                     done_for = Some(leading);
                     next = Instant::now() + RECONCILE_EVERY;
-                    last_error = None;
+                    if let Some(n) = failing.clear() {
+                        tracing::info!(pod = %pod.own, "leader label reconciled again after {n} more failed attempts");
+                    }
                     if done.labelled_own {
                         tracing::info!(pod = %pod.own, "leader: labelled this pod {LEADER_LABEL}=true (the coordinator Service selects it)");
                     }
@@ -184,10 +197,10 @@ pub async fn supervise(
                     // turn into four requests a second).
                     retry_at = Instant::now() + RETRY;
                     next = retry_at;
-                    let e = e.to_string();
-                    if last_error.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(pod = %pod.own, leading, "cannot set the leader label: {e}; retrying every {RETRY:?}");
-                        last_error = Some(e);
+                    pod.api_errors.count("pods", api_error_kind(&e));
+                    let e = api_error_text(&e);
+                    if let Some(repeated) = failing.note(&e, Instant::now()) {
+                        tracing::warn!(pod = %pod.own, leading, repeated, "cannot set the leader label (pods in the coordinator's namespace, selector {}): {e}; retrying every {RETRY:?}, logged again once a minute while it lasts", pod.selector);
                     }
                 }
             }

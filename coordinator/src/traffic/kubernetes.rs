@@ -11,7 +11,9 @@
 
 use crate::config::ClusterConfig;
 use crate::coordination::Coordination;
-use crate::coordination::kubernetes::{FIELD_MANAGER, api_code};
+use crate::coordination::kubernetes::{
+    ApiErrors, FIELD_MANAGER, api_code, api_error_kind, api_error_text,
+};
 use crate::failover::actions::{ActionError, ActionResult, TrafficSwitch};
 use crate::model::topology::Topology;
 use async_trait::async_trait;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+use vault_dr_common::telemetry::Repeats;
 
 /// How long one read or patch of the Service may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +74,7 @@ pub struct KubernetesServiceSwitch {
     /// The selector this replica last patched in, and when (the effect time the journal
     /// records for the Switched step when the reconcile loop got there first).
     patched: std::sync::Mutex<Option<Patched>>,
+    api_errors: ApiErrors,
 }
 
 /// A selector this replica patched into the Service, and when.
@@ -99,7 +103,14 @@ impl KubernetesServiceSwitch {
             name: name.into(),
             explicit: AtomicU64::new(0),
             patched: std::sync::Mutex::new(None),
+            api_errors: ApiErrors::default(),
         }
+    }
+
+    /// Counts every failed read or patch (`what` = `service`, by kind) into `api_errors`.
+    pub fn with_api_errors(mut self, api_errors: ApiErrors) -> Self {
+        self.api_errors = api_errors;
+        self
     }
 
     /// How many explicit `switch`/`cut` calls were made so far.
@@ -112,6 +123,18 @@ impl KubernetesServiceSwitch {
             "cannot {what} service {}/{}: {e}",
             self.namespace, self.name
         ))
+    }
+
+    /// A request that got no answer in time, counted.
+    fn timed_out(&self, what: &str) -> ActionError {
+        self.api_errors.count("service", "timeout");
+        self.failed(what, "no answer within 10 s")
+    }
+
+    /// A request the apiserver refused or that got no answer, counted by kind.
+    fn refused(&self, what: &str, e: &kube::Error) -> ActionError {
+        self.api_errors.count("service", api_error_kind(e));
+        self.failed(what, api_error_text(e))
     }
 }
 
@@ -198,8 +221,8 @@ impl KubernetesServiceSwitch {
     async fn read(&self) -> Result<(BTreeMap<String, String>, Option<String>), ActionError> {
         let service = tokio::time::timeout(WRITE_TIMEOUT, self.services.get(&self.name))
             .await
-            .map_err(|_| self.failed("read", "no answer within 10 s"))?
-            .map_err(|e| self.failed("read", e))?;
+            .map_err(|_| self.timed_out("read"))?
+            .map_err(|e| self.refused("read", &e))?;
         let current = service.spec.and_then(|s| s.selector).unwrap_or_default();
         Ok((current, service.metadata.resource_version))
     }
@@ -234,14 +257,14 @@ impl KubernetesServiceSwitch {
                 .patch(&self.name, &params, &Patch::Merge(&patch)),
         )
         .await
-        .map_err(|_| self.failed("patch", "no answer within 10 s"))?;
+        .map_err(|_| self.timed_out("patch"))?;
         match patched {
             Ok(_) => {
                 self.patched_in(want);
                 Ok(Reconciled::Corrected { from: current })
             }
             Err(e) if api_code(&e) == Some(409) => Ok(Reconciled::Skipped),
-            Err(e) => Err(self.failed("patch", e)),
+            Err(e) => Err(self.refused("patch", &e)),
         }
     }
 
@@ -284,7 +307,7 @@ impl KubernetesServiceSwitch {
                     .patch(&self.name, &params, &Patch::Merge(&patch)),
             )
             .await
-            .map_err(|_| self.failed("patch", "no answer within 10 s"))?;
+            .map_err(|_| self.timed_out("patch"))?;
             match patched {
                 Ok(_) => {
                     self.patched_in(selector);
@@ -297,7 +320,7 @@ impl KubernetesServiceSwitch {
                     ));
                 }
                 Err(e) if api_code(&e) == Some(409) => continue,
-                Err(e) => return Err(self.failed("patch", e)),
+                Err(e) => return Err(self.refused("patch", &e)),
             }
         }
         Err(self.failed("patch", "it changed under every attempt"))
@@ -307,7 +330,8 @@ impl KubernetesServiceSwitch {
 /// Keeps the client Service selecting what the topology says while `coordination` says we
 /// lead: every `period`, reads the topology and [`KubernetesServiceSwitch::reconcile`]s the
 /// Service, logging and counting each correction; until `stop` turns true. A failing read or
-/// patch is logged once per change of the error and retried at the next tick.
+/// patch is logged when it appears or changes and then once a minute ([`Repeats`]), and retried
+/// at the next tick.
 pub async fn supervise(
     switch: Arc<KubernetesServiceSwitch>,
     coordination: Arc<dyn Coordination>,
@@ -317,7 +341,7 @@ pub async fn supervise(
     refusal: crate::group::Refusal,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last_error: Option<String> = None;
+    let mut failing = Repeats::default();
     loop {
         if *stop.borrow() {
             break;
@@ -341,7 +365,7 @@ pub async fn supervise(
             match outcome {
                 Ok((Reconciled::Corrected { from }, want, term)) => {
                     corrections.inc();
-                    last_error = None;
+                    failing.clear();
                     tracing::warn!(
                         service = %format!("{}/{}", switch.namespace, switch.name),
                         "traffic corrected: the service selected {} but the topology (term {term}) says {}; it now selects {}",
@@ -350,14 +374,20 @@ pub async fn supervise(
                         show_selector(&want),
                     );
                 }
-                Ok(_) => last_error = None,
+                Ok(_) => {
+                    if let Some(n) = failing.clear() {
+                        tracing::info!(
+                            "traffic: the client service reconciles again after {n} more failed attempts"
+                        );
+                    }
+                }
                 Err(e) => {
                     let e = e.to_string();
-                    if last_error.as_deref() != Some(e.as_str()) {
+                    if let Some(repeated) = failing.note(&e, std::time::Instant::now()) {
                         tracing::warn!(
-                            "traffic: cannot reconcile the client service: {e}; retrying every {period:?}"
+                            repeated,
+                            "traffic: cannot reconcile the client service: {e}; retrying every {period:?}, logged again once a minute while it lasts"
                         );
-                        last_error = Some(e);
                     }
                 }
             }

@@ -288,7 +288,7 @@ async fn main() {
         && cmd == "coordinator"
         && flag == "--config"
     {
-        vault_dr_common::telemetry::init(false);
+        vault_dr_common::telemetry::init(vault_dr_common::telemetry::LogFormat::Text);
         let args = vault_dr_coordinator::cli::CoordinatorArgs {
             config: config.into(),
             log_json: false,

@@ -545,7 +545,7 @@ fn mutated_config_files(strict: bool) {
 }
 
 /// The agent's flags, as `vault-dr-agent --help` lists them (the replication ones included).
-const AGENT_FLAGS: [&str; 20] = [
+const AGENT_FLAGS: [&str; 21] = [
     "--vault-addr",
     "--vault-ca-cert",
     "--vault-skip-verify",
@@ -560,6 +560,7 @@ const AGENT_FLAGS: [&str; 20] = [
     "--vault-pid-file",
     "--vault-process-name",
     "--log-json",
+    "--log-format",
     "--replication",
     "--snapshot-dir",
     "--snapshot-interval",
@@ -569,7 +570,7 @@ const AGENT_FLAGS: [&str; 20] = [
 ];
 
 /// Their environment variables, in the same order.
-const AGENT_ENV: [&str; 20] = [
+const AGENT_ENV: [&str; 21] = [
     "VAULT_DR_AGENT_VAULT_ADDR",
     "VAULT_DR_AGENT_VAULT_CA_CERT",
     "VAULT_DR_AGENT_VAULT_SKIP_VERIFY",
@@ -584,6 +585,7 @@ const AGENT_ENV: [&str; 20] = [
     "VAULT_DR_AGENT_VAULT_PID_FILE",
     "VAULT_DR_AGENT_VAULT_PROCESS_NAME",
     "VAULT_DR_AGENT_LOG_JSON",
+    "VAULT_DR_AGENT_LOG_FORMAT",
     "VAULT_DR_AGENT_REPLICATION",
     "VAULT_DR_AGENT_SNAPSHOT_DIR",
     "VAULT_DR_AGENT_SNAPSHOT_INTERVAL",

@@ -688,6 +688,7 @@ fn agent_env_vars() -> BTreeSet<&'static str> {
         a::ENV_VAULT_PROCESS_NAME,
         a::ENV_VAULT_RESTART,
         a::ENV_LOG_JSON,
+        a::ENV_LOG_FORMAT,
         a::ENV_REPLICATION,
         a::ENV_SNAPSHOT_DIR,
         a::ENV_SNAPSHOT_INTERVAL,
@@ -1562,5 +1563,54 @@ async fn every_api_call_of_a_failover_is_allowed_by_the_rendered_role() {
     assert_eq!(
         selector, target.selector,
         "the client Service must select the new primary"
+    );
+}
+
+/// `coordinator.logFormat` and `agent.logFormat` reach both binaries as their log-format
+/// variables; the older `logJson: false` still means text, and any other format fails the
+/// render naming the value.
+#[test]
+fn the_log_format_values_reach_both_binaries_and_a_bad_one_fails_the_render() {
+    let formats = |extra: &[&str]| {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let docs = yaml_docs(&render(&extra));
+        let env = one(&docs, "Deployment", "vault-dr-coordinator")["spec"]["template"]["spec"]
+            ["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let coordinator = env
+            .iter()
+            .find(|e| e["name"] == vault_dr_coordinator::cli::ENV_LOG_FORMAT)
+            .map(|e| e["value"].as_str().unwrap().to_owned());
+        let agent = one(&docs, "ConfigMap", "vault-dr-agent")["data"]
+            [vault_dr_agent::config::ENV_LOG_FORMAT]
+            .as_str()
+            .map(str::to_owned);
+        (coordinator, agent)
+    };
+    let json = Some("json".to_owned());
+    let text = Some("text".to_owned());
+    assert_eq!(formats(&[]), (json.clone(), json.clone()));
+    assert_eq!(
+        formats(&["--set", "coordinator.logFormat=text"]),
+        (text.clone(), json.clone())
+    );
+    assert_eq!(
+        formats(&["--set", "agent.logJson=false"]),
+        (json, text),
+        "the older switch"
+    );
+    let (ok, _, err) = run(
+        Command::new(tool("bin/helm"))
+            .args(["template", "vault-dr"])
+            .arg(chart())
+            .args(["--set", "agent.logFormat=xml"]),
+        None,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("agent.logFormat must be json or text"),
+        "{err}"
     );
 }

@@ -27,6 +27,7 @@ mod images;
 mod k8s_coordination;
 mod k8s_traffic;
 mod lab_openbao;
+mod operator_errors;
 mod replication_agent;
 mod replication_openbao;
 mod restore_ahead;
