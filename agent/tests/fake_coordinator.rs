@@ -72,9 +72,7 @@ async fn primary_health() -> impl IntoResponse {
 }
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {series} not found in:\n{text}"))
+    support::sample(text, series).unwrap_or_else(|| panic!("metric {series} not found in:\n{text}"))
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, watch};
+use vault_dr_common::telemetry::Repeats;
 
 /// The leader's loops and their state.
 #[derive(Debug)]
@@ -426,70 +427,9 @@ fn decision_kind(d: &Decision) -> &'static str {
     }
 }
 
-/// How often a condition that did not change is logged again.
-const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// One failing condition, logged when it first appears or changes and then at most once per
-/// [`REPEAT_LOG_EVERY`] (with how often it repeated), not at every attempt.
-#[derive(Debug, Default)]
-struct Repeats {
-    text: Option<String>,
-    count: u64,
-    logged_at: Option<Instant>,
-}
-
-impl Repeats {
-    /// Records one occurrence of `text` at `now`; `Some(repeats since the last log)` when it
-    /// should be logged.
-    fn note(&mut self, text: &str, now: Instant) -> Option<u64> {
-        self.count += 1;
-        let changed = self.text.as_deref() != Some(text);
-        let due = self
-            .logged_at
-            .is_none_or(|t| now.duration_since(t) >= REPEAT_LOG_EVERY);
-        if changed || due {
-            self.text = Some(text.to_owned());
-            self.logged_at = Some(now);
-            return Some(std::mem::take(&mut self.count));
-        }
-        None
-    }
-
-    /// The condition ended; `Some(occurrences)` when there was one.
-    fn clear(&mut self) -> Option<u64> {
-        let had = self.text.take().is_some();
-        let n = std::mem::take(&mut self.count);
-        self.logged_at = None;
-        had.then_some(n)
-    }
-}
-
 /// How often a follower tries to take the lease (the leader renews at its own renew period,
 /// at most a second apart).
 pub const FOLLOWER_POLL: Duration = Duration::from_millis(500);
 
 /// Default time the executor waits for the target's agent to acknowledge a promotion.
 pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_repeated_failure_is_logged_once_then_once_a_minute_and_a_new_one_at_once() {
-        let t0 = Instant::now();
-        let mut r = Repeats::default();
-        assert_eq!(r.note("403 forbidden", t0), Some(1));
-        for i in 1..80 {
-            // every 500 ms for 40 s: nothing more is logged
-            assert_eq!(
-                r.note("403 forbidden", t0 + Duration::from_millis(500 * i)),
-                None
-            );
-        }
-        assert_eq!(r.note("timeout", t0 + Duration::from_secs(41)), Some(80));
-        assert_eq!(r.note("timeout", t0 + Duration::from_secs(102)), Some(1));
-        assert_eq!(r.clear(), Some(0));
-        assert_eq!(r.clear(), None);
-    }
-}

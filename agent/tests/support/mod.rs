@@ -61,3 +61,31 @@ impl Running {
             .map(|joined| joined.expect("the agent task panicked"))
     }
 }
+
+/// The value of the sample `series` (`name` or `name{k="v",...}`) in a Prometheus text
+/// exposition: the first sample of that name whose labels include the given ones, whatever
+/// their order and whatever others it has (every agent series also carries `cluster` and
+/// `node`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    fn parse(series: &str) -> (&str, Vec<(&str, &str)>) {
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let labels = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                Some((k.trim(), v.trim().trim_matches('"')))
+            })
+            .collect();
+        (name, labels)
+    }
+    let (name, want) = parse(series);
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (s, value) = l.rsplit_once(' ')?;
+        let (n, labels) = parse(s);
+        let all = want.iter().all(|w| labels.contains(w));
+        (n == name && all)
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}

@@ -306,6 +306,16 @@ mod tests {
     }
 
     fn replica(dir: &tempfile::TempDir, name: &str, copy: &Arc<MemoryCopy>) -> SharedJournal {
+        replica_in(dir, name, copy, &Registry::new())
+    }
+
+    /// A replica's store, its metrics in `registry`.
+    fn replica_in(
+        dir: &tempfile::TempDir,
+        name: &str,
+        copy: &Arc<MemoryCopy>,
+        registry: &Registry,
+    ) -> SharedJournal {
         let inner: Arc<dyn Store> = Arc::new(
             EmbeddedStore::open(
                 &dir.path().join(format!("{name}.sqlite")),
@@ -313,7 +323,7 @@ mod tests {
             )
             .unwrap(),
         );
-        SharedJournal::new(inner, copy.clone(), &Registry::new()).unwrap()
+        SharedJournal::new(inner, copy.clone(), registry).unwrap()
     }
 
     #[tokio::test]
@@ -393,14 +403,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let copy = Arc::new(MemoryCopy::default());
         let registry = Registry::new();
-        let inner: Arc<dyn Store> = Arc::new(
-            EmbeddedStore::open(
-                &dir.path().join("a.sqlite"),
-                std::time::Duration::from_secs(60),
-            )
-            .unwrap(),
-        );
-        let a = SharedJournal::new(inner, copy.clone(), &registry).unwrap();
+        let a = replica_in(&dir, "a", &copy, &registry);
         let b = replica(&dir, "b", &copy);
         copy.set_down(true);
         a.put_failover(&record(2, true)).await.unwrap();
