@@ -110,6 +110,14 @@ pub fn router(service: Service) -> Router {
             "/v1/switchover",
             post(post_switchover).layer(DefaultBodyLimit::max(MAX_SWITCHOVER_BYTES)),
         )
+        .route(
+            "/v1/pause",
+            post(post_pause).layer(DefaultBodyLimit::max(MAX_SWITCHOVER_BYTES)),
+        )
+        .route(
+            "/v1/resume",
+            post(post_resume).layer(DefaultBodyLimit::max(MAX_SWITCHOVER_BYTES)),
+        )
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(get_ready))
@@ -424,6 +432,243 @@ async fn get_failover(
     match s.store.failover(&id).await {
         Ok(Some(f)) => Json(f).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no failover {id:?}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `POST /v1/pause` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// Why (required, at most [`MAX_PAUSE_TEXT`] characters).
+    pub reason: String,
+    /// Who asks (at most [`MAX_PAUSE_TEXT`] characters; default "unknown").
+    #[serde(default)]
+    pub by: Option<String>,
+    /// How long, as a humantime duration ("2h", "30m"), at most [`MAX_PAUSE`]; `None`:
+    /// until `POST /v1/resume`.
+    #[serde(default, rename = "for")]
+    pub duration: Option<String>,
+}
+
+/// `POST /v1/resume` body (may be empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// Who asks.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// The longest reason or name a pause takes.
+pub const MAX_PAUSE_TEXT: usize = 500;
+/// The longest pause with a duration (a longer one is a pause until resumed, said so).
+pub const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// The checks every pause or resume passes: the token, then leadership and the group.
+fn maintenance_refused(s: &Service, headers: &HeaderMap) -> Option<Response> {
+    if !authorised(s, headers) {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
+    }
+    if let Some(why) = s.state.refusal().reason() {
+        return Some(error(
+            StatusCode::CONFLICT,
+            format!("this coordinator refuses to act: {why}"),
+        ));
+    }
+    if !s.coordination.is_leader() {
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this coordinator is not the leader; send it to the leader",
+        ));
+    }
+    None
+}
+
+/// A pause's text field, trimmed; empty or too long is the message of a 422 naming the field.
+fn pause_text(field: &str, text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if t.chars().count() > MAX_PAUSE_TEXT {
+        return Err(format!(
+            "{field} is longer than {MAX_PAUSE_TEXT} characters"
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+/// `POST /v1/pause`: no automatic failover until the pause ends (its duration runs out or
+/// `POST /v1/resume`). Leader only; refused while a failover is in progress (finish it first).
+/// A new pause replaces the current one. Written into the topology by compare-and-swap.
+async fn post_pause(
+    axum::extract::State(s): axum::extract::State<Service>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Some(refused) = maintenance_refused(&s, &headers) {
+        return refused;
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let request: PauseRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be {{\"reason\": \"...\", \"by\": \"...\", \"for\": \"2h\"}} (by and for optional): {e}"
+                ),
+            );
+        }
+    };
+    let reason = match pause_text("reason", &request.reason) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    let by = match request.by.as_deref().map(|b| pause_text("by", b)) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        None => "unknown".to_owned(),
+    };
+    let duration = match request.duration.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() && d <= MAX_PAUSE => Some(d),
+        Some(Ok(_)) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "for must be above 0 and at most 30 days (pause without it to pause until resumed)",
+            );
+        }
+        Some(Err(e)) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("for is not a duration (\"2h\", \"30m\"): {e}"),
+            );
+        }
+    };
+    let current = match s.coordination.read_topology().await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the topology is not initialised yet; retry in a second",
+            );
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    if let Some(f) = &current.value.failover {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "failover {} is in progress; pause once it has finished (a half-done failover is never held)",
+                f.id
+            ),
+        );
+    }
+    let now = Utc::now();
+    let mut next = current.value.clone();
+    next.end_pause(now, format!("replaced by a pause by {by}"));
+    let pause = crate::model::topology::Pause {
+        by,
+        reason,
+        since: now,
+        until: duration
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| now + d),
+        ended: None,
+    };
+    next.pause = Some(pause.clone());
+    match s
+        .coordination
+        .write_topology(&next, Some(&current.version))
+        .await
+    {
+        Ok(_) => {
+            s.metrics.paused.set(1);
+            tracing::info!("{pause}: no automatic failover until it ends (detection goes on)");
+            s.reload_topology().await;
+            Json(json!({ "paused": true, "pause": pause })).into_response()
+        }
+        Err(CoordinationError::Conflict { .. }) => error(
+            StatusCode::CONFLICT,
+            "the topology changed meanwhile; ask again",
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `POST /v1/resume`: ends the pause (idempotent: no pause is a 200 that says so).
+async fn post_resume(
+    axum::extract::State(s): axum::extract::State<Service>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Some(refused) = maintenance_refused(&s, &headers) {
+        return refused;
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let request: ResumeRequest = if body.is_empty() {
+        ResumeRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body must be empty or {{\"by\": \"...\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let by = match request.by.as_deref().map(|b| pause_text("by", b)) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        None => "unknown".to_owned(),
+    };
+    let current = match s.coordination.read_topology().await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Json(
+                json!({ "resumed": false, "message": "automatic failover was not paused" }),
+            )
+            .into_response();
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let now = Utc::now();
+    let mut next = current.value.clone();
+    if !next.end_pause(now, format!("resumed by {by}")) {
+        return Json(json!({ "resumed": false, "message": "automatic failover was not paused" }))
+            .into_response();
+    }
+    let ended = next.past_pauses.last().cloned();
+    match s
+        .coordination
+        .write_topology(&next, Some(&current.version))
+        .await
+    {
+        Ok(_) => {
+            s.metrics.paused.set(0);
+            if let Some(p) = &ended {
+                tracing::info!("pause ended: {p}; automatic failover is on again");
+            }
+            s.reload_topology().await;
+            Json(json!({ "resumed": true, "pause": ended })).into_response()
+        }
+        Err(CoordinationError::Conflict { .. }) => error(
+            StatusCode::CONFLICT,
+            "the topology changed meanwhile; ask again",
+        ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

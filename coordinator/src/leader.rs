@@ -8,6 +8,7 @@ use crate::api::Service;
 use crate::coordination::CoordinationError;
 use crate::failover::detector;
 use crate::failover::executor::{ExecError, Executor};
+use crate::model::topology::{Topology, Versioned};
 use crate::model::{Decision, DecisionRecord, Phase};
 use crate::vault::VaultClient;
 use chrono::Utc;
@@ -236,6 +237,10 @@ impl Leader {
             return Ok(());
         }
         let now = Utc::now();
+        let topology = self.end_pause_whose_time_ran_out(topology, now).await?;
+        s.metrics
+            .paused
+            .set(i64::from(topology.value.pause_at(now).is_some()));
         let view = s.state.view(&s.config, &topology.value, now);
         for n in s.state.latest_reports() {
             s.metrics
@@ -300,6 +305,37 @@ impl Leader {
             self.spawn_fences();
         }
         Ok(())
+    }
+
+    /// A pause whose time ran out ends here, once, by compare-and-swap (another leader may end
+    /// it first): it moves to the topology's past pauses, and the log says so.
+    async fn end_pause_whose_time_ran_out(
+        &self,
+        topology: Versioned<Topology>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Versioned<Topology>, CoordinationError> {
+        let s = &self.service;
+        match &topology.value.pause {
+            Some(p) if !p.holds_at(now) && s.coordination.is_leader() => {
+                let mut next = topology.value.clone();
+                next.end_pause(now, "its time ran out");
+                match s
+                    .coordination
+                    .write_topology(&next, Some(&topology.version))
+                    .await
+                {
+                    Ok(written) => {
+                        tracing::info!(
+                            "pause ended: its time ran out ({p}); automatic failover is on again"
+                        );
+                        Ok(written)
+                    }
+                    Err(CoordinationError::Conflict { .. }) => s.load_topology().await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(topology),
+        }
     }
 
     /// Starts a round of the pending fences unless one runs or a failover is being carried
@@ -422,6 +458,7 @@ fn decision_kind(d: &Decision) -> &'static str {
         Decision::Failover { .. } => "failover",
         Decision::NoCandidate { .. } => "no_candidate",
         Decision::CooldownBlocked { .. } => "cooldown_blocked",
+        Decision::Paused { .. } => "paused",
         Decision::Resume { .. } => "resume",
         Decision::Switchover { .. } => "switchover",
     }

@@ -48,6 +48,9 @@ pub struct Metrics {
     /// `vault_dr_coordinator_group_refusing`: 1 while this coordinator refuses to act because
     /// a cluster carries another group's stamp or a higher term (`crate::group`).
     pub group_refusing: IntGauge,
+    /// `vault_dr_coordinator_paused`: 1 while an operator's pause holds automatic failover
+    /// (`vault-dr pause`), as the topology this replica last read says.
+    pub paused: IntGauge,
     /// Lease acquisitions by this replica.
     pub leader_transitions: IntCounter,
     /// Lease reads or writes that failed (the backend unreachable, RBAC refused, ...).
@@ -247,6 +250,13 @@ impl Metrics {
                 IntGauge::new(
                     name("group_refusing"),
                     "1 while this coordinator refuses to act: a cluster carries another coordinator group's stamp or a higher term",
+                )?,
+            )?,
+            paused: reg(
+                r,
+                IntGauge::new(
+                    name("paused"),
+                    "1 while an operator's pause holds automatic failover (vault-dr pause; detection goes on)",
                 )?,
             )?,
             leader_transitions: reg(

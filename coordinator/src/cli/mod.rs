@@ -4,6 +4,7 @@
 pub mod explain;
 pub mod history;
 pub mod lab;
+pub mod maintenance;
 pub mod status;
 pub mod switchover;
 
@@ -73,6 +74,12 @@ pub enum Command {
     /// Planned switchover: cut client traffic, restore a final snapshot of the primary into
     /// the target, promote it, switch traffic. No acknowledged write is lost.
     Switchover(switchover::SwitchoverArgs),
+    /// Maintenance: no automatic failover until `vault-dr resume` or `--for` runs out
+    /// (detection, metrics and planned switchovers go on). Journaled in the topology with who
+    /// and why; `status` shows it on its first line.
+    Pause(maintenance::PauseArgs),
+    /// Ends the maintenance pause: automatic failover is on again.
+    Resume(maintenance::ResumeArgs),
 }
 
 /// Flags of `vault-dr coordinator`.
@@ -111,6 +118,8 @@ pub async fn main(command: Command) -> i32 {
         Command::Drill(args) => return lab::run(&ProcessEnv, "drill", &args),
         Command::Bench(args) => return lab::run(&ProcessEnv, "bench", &args),
         Command::Switchover(args) => switchover::run(&args).await,
+        Command::Pause(args) => maintenance::pause(&args).await,
+        Command::Resume(args) => maintenance::resume(&args).await,
     };
     match printed {
         Ok(text) => {

@@ -132,6 +132,11 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
     }
     let t = &resp.view.topology;
     let mut out = String::new();
+    if let Some(p) = t.pause_at(now) {
+        out.push_str(&format!(
+            "PAUSED: no automatic failover (detection goes on): {p}\n"
+        ));
+    }
     if let Some(why) = &topo.refusing {
         out.push_str(&format!("REFUSING TO ACT: {why}\n"));
     }

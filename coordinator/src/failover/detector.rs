@@ -187,6 +187,15 @@ pub fn step(phase: &Phase, view: &View, now: DateTime<Utc>, policy: &Policy) -> 
                 },
             );
         }
+        if let Some(pause) = view.topology.pause_at(now) {
+            return (
+                suspect,
+                Decision::Paused {
+                    primary,
+                    pause: pause.clone(),
+                },
+            );
+        }
         if let Some(last) = view.topology.last_failover_at {
             let cooldown =
                 chrono::Duration::from_std(policy.cooldown).unwrap_or(chrono::Duration::MAX);
@@ -635,6 +644,47 @@ mod tests {
         let after = b.at(last + Duration::seconds(300)).build();
         let (_, d) = step(&out[3].0, &after, after.at, &policy());
         assert!(matches!(d, Decision::Failover { term: 3, .. }), "{d}");
+    }
+
+    #[test]
+    fn a_paused_group_does_not_fail_over_a_down_primary_until_the_pause_ends() {
+        use crate::model::topology::Pause;
+        let until = t0() + Duration::seconds(10);
+        let b = dead3().topology(|t| {
+            t.pause = Some(Pause {
+                by: "alice@ops".into(),
+                reason: "raft upgrade".into(),
+                since: t0() - Duration::seconds(5),
+                until: Some(until),
+                ended: None,
+            });
+        });
+        let out = run(&ticks(&b, 4), &policy());
+        let Decision::Paused { primary, pause } = &out[2].1 else {
+            panic!("expected paused, got {}", out[2].1);
+        };
+        assert_eq!((primary.as_str(), pause.by.as_str()), ("dc1", "alice@ops"));
+        let sentence = out[2].1.to_string();
+        assert!(
+            sentence.starts_with(
+                "paused: primary dc1 is down but automatic failover is paused by alice@ops"
+            ) && sentence.contains("raft upgrade"),
+            "{sentence}"
+        );
+        // Detection goes on meanwhile: the count keeps rising.
+        assert!(matches!(out[3].0, Phase::Suspect { ticks: 4, .. }));
+        // Its time runs out: a primary still down fails over at once.
+        let after = b.clone().at(until).build();
+        let (_, d) = step(&out[3].0, &after, after.at, &policy());
+        assert!(matches!(d, Decision::Failover { term: 2, .. }), "{d}");
+        // Ended by `vault-dr resume` before its time: the same.
+        let resumed = b
+            .topology(|t| {
+                t.end_pause(t0(), "resumed by bob");
+            })
+            .build();
+        let (_, d) = step(&out[3].0, &resumed, resumed.at, &policy());
+        assert!(matches!(d, Decision::Failover { .. }), "{d}");
     }
 
     #[test]

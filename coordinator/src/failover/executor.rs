@@ -199,9 +199,7 @@ impl Executor {
                 completed: Step::Decided,
                 planned,
             }),
-            last_failover_at: current.value.last_failover_at,
-            group_id: current.value.group_id.clone(),
-            fence_pending: current.value.fence_pending.clone(),
+            ..current.value.clone()
         };
         // The fencing point: only one coordinator can move the topology off this version.
         self.coordination

@@ -127,6 +127,13 @@ pub enum Decision {
         /// Seconds until the cooldown ends.
         remaining_seconds: f64,
     },
+    /// The primary is down but an operator paused automatic failover.
+    Paused {
+        /// The primary.
+        primary: String,
+        /// The pause (who, why, until when).
+        pause: crate::model::topology::Pause,
+    },
     /// The topology records a failover in progress: carry on with it.
     Resume {
         /// Journal id.
@@ -237,6 +244,10 @@ impl fmt::Display for Decision {
             } => write!(
                 f,
                 "cooldown: primary {primary} is down but the last failover was too recent, {remaining_seconds:.1} s left"
+            ),
+            Self::Paused { primary, pause } => write!(
+                f,
+                "paused: primary {primary} is down but automatic failover is {pause}; `vault-dr resume` ends the pause"
             ),
             Self::Resume { id } => write!(f, "resume: failover {id} is in progress"),
             Self::Switchover {

@@ -31,6 +31,58 @@ pub struct Topology {
     /// primary (see `crate::failover::fence`). Kept here so that a new leader goes on too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fence_pending: Vec<PendingFence>,
+    /// A maintenance pause: while it holds, no automatic failover is decided (detection and
+    /// metrics go on; an operator's switchover is still taken). Kept here so that every
+    /// replica, and the next leader, honours it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+    /// The pauses that ended, newest last, at most [`PAUSES_KEPT`]: who paused, why, and who
+    /// or what ended it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_pauses: Vec<Pause>,
+}
+
+/// How many ended pauses the topology keeps.
+pub const PAUSES_KEPT: usize = 10;
+
+/// An operator's maintenance pause of automatic failover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Who asked (`--by`, else the CLI's user@host).
+    pub by: String,
+    /// Why (required).
+    pub reason: String,
+    /// When it began.
+    pub since: DateTime<Utc>,
+    /// When it ends by itself; `None`: until `vault-dr resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// When it ended and how ("resumed by alice", "its time ran out"); `None` while it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<(DateTime<Utc>, String)>,
+}
+
+impl Pause {
+    /// Whether it holds at `now` (not ended, and its time has not run out).
+    pub fn holds_at(&self, now: DateTime<Utc>) -> bool {
+        self.ended.is_none() && self.until.is_none_or(|u| now < u)
+    }
+}
+
+impl std::fmt::Display for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        write!(f, "paused by {} since {}", self.by, at(self.since))?;
+        match self.until {
+            Some(u) => write!(f, " until {}", at(u))?,
+            None => write!(f, " until `vault-dr resume`")?,
+        }
+        write!(f, ": {}", self.reason)?;
+        if let Some((t, how)) = &self.ended {
+            write!(f, " (ended {}: {how})", at(*t))?;
+        }
+        Ok(())
+    }
 }
 
 /// An old primary not yet sealed: fenced by the term and the traffic cut, not by a seal.
@@ -72,7 +124,27 @@ impl Topology {
             last_failover_at: None,
             group_id: Some(Self::new_group_id()),
             fence_pending: Vec::new(),
+            pause: None,
+            past_pauses: Vec::new(),
         }
+    }
+
+    /// The pause that holds at `now`, if any.
+    pub fn pause_at(&self, now: DateTime<Utc>) -> Option<&Pause> {
+        self.pause.as_ref().filter(|p| p.holds_at(now))
+    }
+
+    /// Ends the current pause (at `now`, `how` says by whom or why) and keeps it among the
+    /// last [`PAUSES_KEPT`]. Returns whether there was one.
+    pub fn end_pause(&mut self, now: DateTime<Utc>, how: impl Into<String>) -> bool {
+        let Some(mut p) = self.pause.take() else {
+            return false;
+        };
+        p.ended = Some((now, how.into()));
+        self.past_pauses.push(p);
+        let extra = self.past_pauses.len().saturating_sub(PAUSES_KEPT);
+        self.past_pauses.drain(..extra);
+        true
     }
 
     /// A fresh random group identity (128 bits, hex).

@@ -466,6 +466,8 @@ mod tests {
             last_failover_at: None,
             group_id: None,
             fence_pending: Vec::new(),
+            pause: None,
+            past_pauses: Vec::new(),
         };
         let mut later = Topology::initial("dc2");
         later.term = 4;

@@ -28,6 +28,7 @@ mod k8s_coordination;
 mod k8s_traffic;
 mod lab_openbao;
 mod operator_errors;
+mod pause;
 mod replication_agent;
 mod replication_openbao;
 mod restore_ahead;
