@@ -31,7 +31,7 @@ use crate::group::{DrGroup, GroupSpec, PromotionMode, RestoreMode};
 use progress::Progress;
 use vault_dr_coordinator::model::CandidateTable;
 use vault_dr_coordinator::model::{AtRisk, FailoverRecord, FailoverStatus, LossAccount, Step};
-use vault_dr_coordinator::model::{DecisionRecord, Phase};
+use vault_dr_coordinator::model::{Decision, DecisionRecord, Phase};
 use workload::{ClientStats, Workload};
 
 /// OpenBao's restore of a small snapshot (measured facts: about 5.5 s): the part of a warm
@@ -867,7 +867,14 @@ async fn follow(
                         if let Ok(d) = serde_json::from_value::<DecisionRecord>(v) {
                             let since = match d.phase {
                                 Phase::Suspect { since, .. } if since >= fault_at => Some(since),
-                                Phase::FailingOver { .. } if d.primary == primary => Some(d.at),
+                                // Only a failover's decision is a detection (a switchover's
+                                // is the operator's, a resume follows either).
+                                Phase::FailingOver { .. }
+                                    if d.primary == primary
+                                        && matches!(d.decision, Decision::Failover { .. }) =>
+                                {
+                                    Some(d.at)
+                                }
                                 _ => None,
                             };
                             if let Some(since) = since {
@@ -889,14 +896,17 @@ async fn follow(
                     .into_iter()
                     .find(|r| r.decided_at >= fault_at - chrono::Duration::seconds(1))
             {
+                // A planned switchover detects nothing: the operator asked (the fault line).
                 if !detected {
                     detected = true;
-                    push(
-                        timeline,
-                        "detected",
-                        rec.decided_at,
-                        format!("primary {primary} down (seen with the decision)"),
-                    );
+                    if !rec.planned {
+                        push(
+                            timeline,
+                            "detected",
+                            rec.decided_at,
+                            format!("primary {primary} down (seen with the decision)"),
+                        );
+                    }
                 }
                 if seen_steps.is_empty() {
                     seen_steps.push(Step::Decided);
