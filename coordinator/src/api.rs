@@ -465,6 +465,61 @@ pub const MAX_PAUSE_TEXT: usize = 500;
 /// The longest pause with a duration (a longer one is a pause until resumed, said so).
 pub const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
+/// A request the API refuses: its status and the message of the `{"error": ...}` body.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// The JSON body of an operator's request, or a 400 saying what it must look like.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    expected: &str,
+) -> Result<T, Refused> {
+    let body = body.map_err(|e| Refused(e.status(), e.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Refused(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {expected}: {e}"),
+        )
+    })
+}
+
+/// The topology an operator's request acts on: 503 while it is unreadable or not made yet.
+async fn current_topology(s: &Service) -> Result<Versioned<Topology>, Refused> {
+    match s.coordination.read_topology().await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the topology is not initialised yet; retry in a second".into(),
+        )),
+        Err(e) => Err(Refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+/// Writes an operator's change of `current`: 409 when the topology moved meanwhile.
+async fn write_change(
+    s: &Service,
+    next: &Topology,
+    current: &Versioned<Topology>,
+) -> Result<(), Refused> {
+    match s
+        .coordination
+        .write_topology(next, Some(&current.version))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(CoordinationError::Conflict { .. }) => Err(Refused(
+            StatusCode::CONFLICT,
+            "the topology changed meanwhile; ask again".into(),
+        )),
+        Err(e) => Err(Refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
 /// The checks every pause or resume passes: the token, then leadership and the group.
 fn maintenance_refused(s: &Service, headers: &HeaderMap) -> Option<Response> {
     if !authorised(s, headers) {
@@ -513,20 +568,12 @@ async fn post_pause(
     if let Some(refused) = maintenance_refused(&s, &headers) {
         return refused;
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return error(e.status(), e.body_text()),
-    };
-    let request: PauseRequest = match serde_json::from_slice(&body) {
+    let request: PauseRequest = match json_body(
+        body,
+        r#"{"reason": "...", "by": "...", "for": "2h"} (by and for optional)"#,
+    ) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the body must be {{\"reason\": \"...\", \"by\": \"...\", \"for\": \"2h\"}} (by and for optional): {e}"
-                ),
-            );
-        }
+        Err(r) => return r.into_response(),
     };
     let reason = match pause_text("reason", &request.reason) {
         Ok(r) => r,
@@ -553,15 +600,9 @@ async fn post_pause(
             );
         }
     };
-    let current = match s.coordination.read_topology().await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the topology is not initialised yet; retry in a second",
-            );
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    let current = match current_topology(&s).await {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
     };
     if let Some(f) = &current.value.failover {
         return error(
@@ -585,23 +626,13 @@ async fn post_pause(
         ended: None,
     };
     next.pause = Some(pause.clone());
-    match s
-        .coordination
-        .write_topology(&next, Some(&current.version))
-        .await
-    {
-        Ok(_) => {
-            s.metrics.paused.set(1);
-            tracing::info!("{pause}: no automatic failover until it ends (detection goes on)");
-            s.reload_topology().await;
-            Json(json!({ "paused": true, "pause": pause })).into_response()
-        }
-        Err(CoordinationError::Conflict { .. }) => error(
-            StatusCode::CONFLICT,
-            "the topology changed meanwhile; ask again",
-        ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    if let Err(r) = write_change(&s, &next, &current).await {
+        return r.into_response();
     }
+    s.metrics.paused.set(1);
+    tracing::info!("{pause}: no automatic failover until it ends (detection goes on)");
+    s.reload_topology().await;
+    Json(json!({ "paused": true, "pause": pause })).into_response()
 }
 
 /// `POST /v1/resume`: ends the pause (idempotent: no pause is a 200 that says so).
@@ -613,37 +644,21 @@ async fn post_resume(
     if let Some(refused) = maintenance_refused(&s, &headers) {
         return refused;
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return error(e.status(), e.body_text()),
-    };
-    let request: ResumeRequest = if body.is_empty() {
-        ResumeRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
+    let request: ResumeRequest = match body {
+        Ok(b) if b.is_empty() => ResumeRequest::default(),
+        body => match json_body(body, r#"empty or {"by": "..."}"#) {
             Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body must be empty or {{\"by\": \"...\"}}: {e}"),
-                );
-            }
-        }
+            Err(r) => return r.into_response(),
+        },
     };
     let by = match request.by.as_deref().map(|b| pause_text("by", b)) {
         Some(Ok(b)) => b,
         Some(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
         None => "unknown".to_owned(),
     };
-    let current = match s.coordination.read_topology().await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return Json(
-                json!({ "resumed": false, "message": "automatic failover was not paused" }),
-            )
-            .into_response();
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    let current = match current_topology(&s).await {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
     };
     let now = Utc::now();
     let mut next = current.value.clone();
@@ -652,25 +667,15 @@ async fn post_resume(
             .into_response();
     }
     let ended = next.past_pauses.last().cloned();
-    match s
-        .coordination
-        .write_topology(&next, Some(&current.version))
-        .await
-    {
-        Ok(_) => {
-            s.metrics.paused.set(0);
-            if let Some(p) = &ended {
-                tracing::info!("pause ended: {p}; automatic failover is on again");
-            }
-            s.reload_topology().await;
-            Json(json!({ "resumed": true, "pause": ended })).into_response()
-        }
-        Err(CoordinationError::Conflict { .. }) => error(
-            StatusCode::CONFLICT,
-            "the topology changed meanwhile; ask again",
-        ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    if let Err(r) = write_change(&s, &next, &current).await {
+        return r.into_response();
     }
+    s.metrics.paused.set(0);
+    if let Some(p) = &ended {
+        tracing::info!("pause ended: {p}; automatic failover is on again");
+    }
+    s.reload_topology().await;
+    Json(json!({ "resumed": true, "pause": ended })).into_response()
 }
 
 /// `POST /v1/switchover` body: the cluster to make primary.
@@ -706,18 +711,9 @@ async fn post_switchover(
     if !authorised(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return error(e.status(), e.body_text()),
-    };
-    let request: SwitchoverRequest = match serde_json::from_slice(&body) {
+    let request: SwitchoverRequest = match json_body(body, r#"{"to": "<cluster>"}"#) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body must be {{\"to\": \"<cluster>\"}}: {e}"),
-            );
-        }
+        Err(r) => return r.into_response(),
     };
     let to = request.to;
     if let Some(why) = s.state.refusal().reason() {
@@ -738,15 +734,9 @@ async fn post_switchover(
             "the executor is not running yet",
         );
     };
-    let current = match s.coordination.read_topology().await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the topology is not initialised yet; retry in a second",
-            );
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    let current = match current_topology(&s).await {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
     };
     let view = s.state.view(&s.config, &current.value, Utc::now());
     let (reason, table) = match crate::failover::detector::switchover(&view, &to, &s.config.policy)

@@ -72,18 +72,10 @@ pub async fn resume(args: &ResumeArgs) -> Result<String, CliError> {
     let body = serde_json::json!({ "by": args.by.clone().unwrap_or_else(who) });
     let answer = client.post_value("v1/resume", &body).await?;
     render(&args.api, &answer, |a| {
-        Ok(match a["resumed"].as_bool() {
-            Some(true) => format!(
-                "automatic failover is on again ({})\n",
-                a["pause"]
-                    .as_object()
-                    .and_then(|_| serde_json::from_value::<crate::model::topology::Pause>(
-                        a["pause"].clone()
-                    )
-                    .ok())
-                    .map(|p| p.to_string())
-                    .unwrap_or_default()
-            ),
+        let ended = serde_json::from_value::<crate::model::topology::Pause>(a["pause"].clone());
+        Ok(match (a["resumed"].as_bool(), ended) {
+            (Some(true), Ok(p)) => format!("automatic failover is on again ({p})\n"),
+            (Some(true), Err(_)) => "automatic failover is on again\n".to_owned(),
             _ => "automatic failover was not paused\n".to_owned(),
         })
     })

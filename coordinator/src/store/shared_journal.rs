@@ -174,7 +174,8 @@ impl Store for SharedJournal {
 
     async fn put_failover(&self, failover: &FailoverRecord) -> Result<()> {
         self.inner.put_failover(failover).await?;
-        // This replica's newest records go along, so a copy that failed before heals now.
+        // This replica's newest records go along, so a copy that failed before heals now (if
+        // they cannot be read this time, this record goes alone and the next write heals).
         let own = self.inner.failovers(KEEP_RECORDS).await.unwrap_or_default();
         let record = failover.clone();
         let change = move |current: Vec<FailoverRecord>| {
