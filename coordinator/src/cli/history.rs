@@ -1,8 +1,9 @@
 //! `vault-dr history`: every failover with its steps, who ran them and how long each took,
-//! and what it lost.
+//! and what it lost; then the maintenance pauses (who, why, when, how each ended).
 
 use super::{ApiArgs, CliError, Client, Output, table};
 use crate::model::FailoverRecord;
+use crate::model::topology::Topology;
 
 /// Fetches `/v1/failovers` and renders it.
 pub async fn run(args: &ApiArgs, limit: usize) -> Result<String, CliError> {
@@ -15,7 +16,30 @@ pub async fn run(args: &ApiArgs, limit: usize) -> Result<String, CliError> {
     }
     let records: Vec<FailoverRecord> =
         serde_json::from_value(value).map_err(|e| CliError::Decode(e.to_string()))?;
-    Ok(render(&records))
+    let topology: crate::api::TopologyResponse = client.get("v1/topology").await?;
+    let mut out = render(&records);
+    if let Some(t) = &topology.topology {
+        out.push_str(&render_pauses(t));
+    }
+    Ok(out)
+}
+
+/// The topology's pauses, the current one last; nothing when there never was one.
+pub fn render_pauses(t: &Topology) -> String {
+    let all: Vec<String> = t
+        .past_pauses
+        .iter()
+        .chain(t.pause.iter())
+        .map(|p| format!("  {p}\n"))
+        .collect();
+    if all.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\npauses of automatic failover (the last {}):\n{}",
+        all.len(),
+        all.concat()
+    )
 }
 
 /// Renders the journal.
@@ -239,6 +263,40 @@ pub(crate) mod tests {
         assert!(
             !line.contains("+2.00 s  "),
             "the AT column is the effect's: {text}"
+        );
+    }
+
+    #[test]
+    fn the_pauses_are_listed_with_who_why_and_how_each_ended() {
+        use crate::model::topology::Pause;
+        let at = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let mut t = Topology::initial("p");
+        assert_eq!(render_pauses(&t), "", "no pause ever: no section");
+        t.pause = Some(Pause {
+            by: "alice".into(),
+            reason: "raft upgrade".into(),
+            since: at,
+            until: None,
+            ended: None,
+        });
+        t.end_pause(at + chrono::Duration::minutes(5), "resumed by bob");
+        t.pause = Some(Pause {
+            by: "carol".into(),
+            reason: "network work".into(),
+            since: at + chrono::Duration::hours(1),
+            until: Some(at + chrono::Duration::hours(3)),
+            ended: None,
+        });
+        let text = render_pauses(&t);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "pauses of automatic failover (the last 2):");
+        assert_eq!(
+            lines[2],
+            "  paused by alice since 2025-01-01T12:00:00Z until `vault-dr resume`: raft upgrade (ended 2025-01-01T12:05:00Z: resumed by bob)"
+        );
+        assert_eq!(
+            lines[3],
+            "  paused by carol since 2025-01-01T13:00:00Z until 2025-01-01T15:00:00Z: network work"
         );
     }
 

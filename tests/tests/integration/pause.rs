@@ -146,6 +146,15 @@ async fn a_paused_group_detects_a_dead_primary_but_fails_over_only_once_resumed(
         ("alice", "raft upgrade")
     );
     assert_eq!(past.ended.as_ref().unwrap().1, "resumed by bob");
+    let history = lab.group.cli(&["history"]).await;
+    assert!(
+        history
+            .lines()
+            .any(|l| l.trim_start().starts_with("paused by alice since ")
+                && l.contains(": raft upgrade (ended ")
+                && l.ends_with(": resumed by bob)")),
+        "history keeps who paused, why, and who resumed: {history}"
+    );
     let again = lab.group.cli(&["resume"]).await;
     assert_eq!(again, "automatic failover was not paused\n");
 }
