@@ -8,6 +8,7 @@ pub mod desired;
 pub mod env;
 pub mod exit;
 pub mod http;
+pub mod latency;
 pub mod report;
 pub mod secret;
 pub mod shutdown;

@@ -70,6 +70,7 @@ pub struct State {
     reports: RwLock<HashMap<(String, String), NodeView>>,
     applied: RwLock<HashMap<(String, String), AppliedIndex>>,
     probes: RwLock<HashMap<String, DirectProbe>>,
+    probe_windows: RwLock<HashMap<String, vault_dr_common::latency::LatencyWindow>>,
     topology: RwLock<Option<Topology>>,
     decision: RwLock<Option<DecisionRecord>>,
     leading_since: RwLock<Option<DateTime<Utc>>>,
@@ -195,6 +196,17 @@ impl State {
 
     /// Records the latest direct probe of a cluster.
     pub fn set_probe(&self, cluster: &str, probe: DirectProbe) {
+        // No answer, or a garbage one, counts as failed (as in the agents' windows).
+        let answered = !matches!(
+            probe.state,
+            vault_dr_common::NodeState::Unreachable | vault_dr_common::NodeState::Error
+        );
+        write(&self.probe_windows)
+            .entry(cluster.to_owned())
+            .or_insert_with(|| {
+                vault_dr_common::latency::LatencyWindow::new(crate::model::view::PROBE_WINDOW)
+            })
+            .push(probe.latency_ms.filter(|_| answered));
         write(&self.probes).insert(cluster.to_owned(), probe);
     }
 
@@ -248,6 +260,7 @@ impl State {
     pub fn view(&self, config: &Config, topology: &Topology, at: DateTime<Utc>) -> View {
         let reports = read(&self.reports);
         let probes = read(&self.probes);
+        let windows = read(&self.probe_windows);
         let clusters = config
             .clusters
             .iter()
@@ -271,6 +284,10 @@ impl State {
                         priority: c.priority,
                         excluded: c.excluded,
                         direct_probe: probes.get(&c.name).cloned(),
+                        probe_latency: windows
+                            .get(&c.name)
+                            .map(|w| w.summary())
+                            .unwrap_or_default(),
                         nodes,
                         configured_nodes: c.nodes.len(),
                     },
@@ -420,6 +437,29 @@ mod tests {
             ));
         }
         Config::parse(&text, dir.path(), &env).unwrap()
+    }
+
+    #[test]
+    fn the_view_carries_the_coordinators_own_probe_window_of_each_cluster() {
+        use vault_dr_common::NodeState;
+        let config = config(PromotionMode::Complete);
+        let state = State::default();
+        let probe = |state: NodeState, latency_ms: Option<f64>| DirectProbe {
+            state,
+            at: Utc::now(),
+            latency_ms,
+            error: None,
+        };
+        for ms in [10.0, 20.0, 30.0] {
+            state.set_probe("p", probe(NodeState::Active, Some(ms)));
+        }
+        // A garbage answer counts as failed even though it took time.
+        state.set_probe("p", probe(NodeState::Error, Some(5.0)));
+        let view = state.view(&config, &Topology::initial("p"), Utc::now());
+        let p = &view.clusters["p"].probe_latency;
+        assert_eq!((p.samples, p.p99_ms), (4, 30.0));
+        assert!((p.error_ratio - 0.25).abs() < 1e-12, "{p:?}");
+        assert_eq!(view.clusters["s1"].probe_latency.samples, 0, "never probed");
     }
 
     fn during(planned: bool, completed: Step) -> Topology {

@@ -118,6 +118,7 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
             })
             .replace('-', ""),
             opt(r.map(|r| r.vault.latency.p99_ms), |v| format!("{v:.1} ms")),
+            probe_cell(&c.probe_latency),
             // `-` when the agent cannot attribute figures to its node (the process is gone,
             // or several servers share the host), never another process's or the host's.
             opt(r.and_then(|r| r.host.node_cpu_cores()), |v| {
@@ -188,6 +189,7 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
             "STATE",
             "LAG",
             "P99",
+            "PROBE P99",
             "CPU",
             "MEMORY",
             "REPORT AGE",
@@ -198,10 +200,35 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
     out
 }
 
+/// The coordinator's own probes of a cluster: p99 of those answered, and the failed share.
+fn probe_cell(s: &vault_dr_common::LatencySummary) -> String {
+    match (s.samples, s.error_ratio) {
+        (0, _) => "-".into(),
+        (_, e) if e >= 1.0 => "all failed".into(),
+        (_, e) if e > 0.0 => format!("{:.1} ms ({:.0}% failed)", s.p99_ms, e * 100.0),
+        _ => format!("{:.1} ms", s.p99_ms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::ReplicaRole;
+
+    #[test]
+    fn the_coordinators_own_probes_show_their_p99_and_failed_share() {
+        use vault_dr_common::LatencySummary;
+        let s = |samples, p99_ms, error_ratio| LatencySummary {
+            samples,
+            p50_ms: 1.0,
+            p99_ms,
+            error_ratio,
+        };
+        assert_eq!(probe_cell(&LatencySummary::default()), "-");
+        assert_eq!(probe_cell(&s(120, 12.34, 0.0)), "12.3 ms");
+        assert_eq!(probe_cell(&s(120, 812.0, 0.2)), "812.0 ms (20% failed)");
+        assert_eq!(probe_cell(&s(5, 0.0, 1.0)), "all failed");
+    }
 
     #[test]
     fn a_sealed_node_line_says_what_to_run_for_each_reason_its_agent_gives() {

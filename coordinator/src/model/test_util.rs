@@ -70,6 +70,7 @@ impl ViewBuilder {
                 role,
                 priority: 0,
                 excluded: false,
+                probe_latency: Default::default(),
                 direct_probe: Some(DirectProbe {
                     state: NodeState::Active,
                     at,
@@ -300,6 +301,7 @@ pub mod synthetic {
                     },
                     priority: (next() % 3) as i32,
                     excluded: next() % 50 == 0,
+                    probe_latency: Default::default(),
                     direct_probe: Some(DirectProbe {
                         state: r.vault.state,
                         at,

@@ -37,12 +37,21 @@ pub struct ClusterView {
     /// The coordinator's own probe of the cluster's API (the second observer); `None` before
     /// the first probe.
     pub direct_probe: Option<DirectProbe>,
+    /// The coordinator's last [`PROBE_WINDOW`] probes of the cluster: p50, p99 and the failed
+    /// fraction, as this replica measured them (the agents' own are in their reports).
+    #[serde(default)]
+    pub probe_latency: vault_dr_common::LatencySummary,
     /// Latest report of each configured node that has reported at all.
     pub nodes: Vec<NodeView>,
     /// How many nodes the configuration names (0 when unknown: a view from an older build).
     #[serde(default)]
     pub configured_nodes: usize,
 }
+
+/// How many of its own probes of a cluster the coordinator keeps for
+/// [`ClusterView::probe_latency`] (two minutes at the default 1 s probe interval, as the
+/// agents' window).
+pub const PROBE_WINDOW: usize = 120;
 
 /// The coordinator's own probe of one cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
