@@ -32,6 +32,20 @@ pub fn coordinator_file(
     }
 }
 
+/// One `[[clusters]]` entry of one node, `<name>-0`, at `api_addr`: priority 0, not excluded,
+/// no selector (change the fields the test needs with `..`).
+pub fn one_node_cluster(name: &str, role: ClusterRole, api_addr: &str) -> ClusterFile {
+    ClusterFile {
+        name: name.to_owned(),
+        role,
+        api_addrs: vec![api_addr.to_owned()],
+        nodes: vec![format!("{name}-0")],
+        priority: 0,
+        excluded: false,
+        selector: BTreeMap::new(),
+    }
+}
+
 /// One `[[clusters]]` entry for a lab cluster: its nodes' names and API addresses.
 pub fn cluster_file(cluster: &LabCluster, primary: bool) -> ClusterFile {
     ClusterFile {

@@ -203,18 +203,21 @@ impl CoordinatorGroup {
         let clusters: Vec<ClusterFile> = spec
             .clusters
             .iter()
-            .map(|c| ClusterFile {
-                name: c.name.clone(),
-                role: if c.primary {
+            .map(|c| {
+                let role = if c.primary {
                     ClusterRole::Primary
                 } else {
                     ClusterRole::Secondary
-                },
-                api_addrs: vec![c.api_addr.to_string()],
-                nodes: vec![format!("{}-0", c.name)],
-                priority: 0,
-                excluded: c.excluded,
-                selector: c.selector.clone(),
+                };
+                ClusterFile {
+                    excluded: c.excluded,
+                    selector: c.selector.clone(),
+                    ..crate::lab::coordinator_file::one_node_cluster(
+                        &c.name,
+                        role,
+                        c.api_addr.as_str(),
+                    )
+                }
             })
             .collect();
         let mut replicas = Vec::new();

@@ -1209,3 +1209,22 @@ pub async fn test_client() -> Result<TestKube, FakeError> {
         }
     }
 }
+
+/// A pod object for a coordinator replica whose pod a test needs (the leader label): never
+/// scheduled (a scheduling gate holds it), so that the test runs unchanged against a real
+/// cluster, where the replicas run outside it.
+pub fn replica_pod(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "schedulingGates": [{ "name": "vault-dr.io/test-never-scheduled" }],
+            "containers": [{ "name": "coordinator", "image": "registry.invalid/vault-dr:test" }],
+        },
+    }))
+    .unwrap_or_else(|e| panic!("the replica pod does not decode: {e}"))
+}

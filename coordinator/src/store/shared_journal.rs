@@ -327,6 +327,12 @@ mod tests {
         SharedJournal::new(inner, copy.clone(), registry).unwrap()
     }
 
+    /// The ids of the newest 20 failovers `store` answers, newest first.
+    async fn ids(store: &SharedJournal) -> Vec<String> {
+        let all = store.failovers(20).await.unwrap();
+        all.into_iter().map(|r| r.id).collect()
+    }
+
     #[tokio::test]
     async fn the_shared_suite_passes_on_the_embedded_store_with_a_journal_copy() {
         let dir = tempfile::tempdir().unwrap();
@@ -383,13 +389,7 @@ mod tests {
         );
         // b leads now and writes the next one: both are in the copy, newest first.
         b.put_failover(&record(3, true)).await.unwrap();
-        let ids: Vec<String> = a
-            .failovers(20)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let ids = ids(&a).await;
         assert_eq!(ids, ["3-p-s1", "2-p-s1"]);
         // A stale view offered later does not win over the record that got further.
         a.put_failover(&record(2, false)).await.unwrap();
@@ -417,13 +417,7 @@ mod tests {
         copy.set_down(false);
         assert!(b.failovers(20).await.unwrap().is_empty());
         a.put_failover(&record(3, true)).await.unwrap();
-        let ids: Vec<String> = b
-            .failovers(20)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let ids = ids(&b).await;
         assert_eq!(ids, ["3-p-s1", "2-p-s1"], "the earlier record came along");
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())

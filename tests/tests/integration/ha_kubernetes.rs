@@ -23,7 +23,7 @@ use vault_dr_coordinator::coordination::leader_pod::LEADER_LABEL;
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::wait::try_wait_for_every;
 use vault_dr_tests::coordinators::{Backend, DrLab, HaGroupBuilder, HaGroups, probe_policy};
-use vault_dr_tests::fake_apiserver::{TestKube, test_client};
+use vault_dr_tests::fake_apiserver::{TestKube, replica_pod, test_client};
 
 /// The default lease (the group runs with the default coordination settings).
 const LEASE: Duration = Duration::from_secs(5);
@@ -148,21 +148,6 @@ async fn labelled(pods: &Api<Pod>, selector: &str) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// A pod object for a replica: never scheduled (a scheduling gate holds it), so that the test
-/// runs unchanged against a real cluster, where the replicas run outside it.
-fn replica_pod(name: &str, labels: &BTreeMap<String, String>) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name, "labels": labels },
-        "spec": {
-            "schedulingGates": [{ "name": "vault-dr.io/test-never-scheduled" }],
-            "containers": [{ "name": "coordinator", "image": "registry.invalid/vault-dr:test" }],
-        },
-    }))
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

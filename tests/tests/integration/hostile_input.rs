@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use url::Url;
 use vault_dr_common::{NodeState, Report};
 use vault_dr_coordinator::config::{
-    ClusterFile, ClusterRole, ConfigFile, CoordinationFile, PolicyFile, StoreFile,
+    ClusterRole, ConfigFile, CoordinationFile, PolicyFile, StoreFile,
 };
 use vault_dr_coordinator::store::Store;
 use vault_dr_coordinator::store::embedded::EmbeddedStore;
@@ -89,14 +89,12 @@ async fn coordinator() -> Coordinator {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let closed = closed_loopback().unwrap();
-    let cluster = |name: &str, role| ClusterFile {
-        name: name.to_owned(),
-        role,
-        api_addrs: vec![format!("http://127.0.0.1:{closed}")],
-        nodes: vec![format!("{name}-0")],
-        priority: 0,
-        excluded: false,
-        selector: BTreeMap::new(),
+    let cluster = |name: &str, role| {
+        vault_dr_lab::coordinator_file::one_node_cluster(
+            name,
+            role,
+            &format!("http://127.0.0.1:{closed}"),
+        )
     };
     let file = ConfigFile {
         listen: Some(format!("127.0.0.1:{port}")),

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use vault_dr_coordinator::config::{
-    ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, StoreFile,
+    ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, StoreFile,
 };
 use vault_dr_lab::coordinator_file::coordinator_toml;
 use vault_dr_lab::process::ChildGuard;
@@ -589,14 +589,12 @@ async fn each_image_runs_help_and_its_service_as_the_user_the_chart_runs_it_as()
     let user = COORDINATOR.chart_user();
     let port = vault_dr_lab::ports::reserve(loopback).unwrap();
     let closed = vault_dr_lab::ports::closed_loopback().unwrap();
-    let cluster = |name: &str, role| ClusterFile {
-        name: name.to_owned(),
-        role,
-        api_addrs: vec![format!("http://127.0.0.1:{closed}")],
-        nodes: vec![format!("{name}-0")],
-        priority: 0,
-        excluded: false,
-        selector: BTreeMap::new(),
+    let cluster = |name: &str, role| {
+        vault_dr_lab::coordinator_file::one_node_cluster(
+            name,
+            role,
+            &format!("http://127.0.0.1:{closed}"),
+        )
     };
     let file = ConfigFile {
         listen: Some(format!("127.0.0.1:{port}")),

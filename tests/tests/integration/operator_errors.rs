@@ -33,7 +33,7 @@ use vault_dr_lab::process::ChildGuard;
 use vault_dr_lab::tools::built_binary;
 use vault_dr_lab::wait::try_wait_for;
 use vault_dr_tests::coordinators::{Backend, HaGroups, probe_policy, sample};
-use vault_dr_tests::fake_apiserver::{client_service, test_client};
+use vault_dr_tests::fake_apiserver::{client_service, replica_pod, test_client};
 
 /// A terminal type that asks for colour: output that is not a terminal must have none anyway.
 const COLOUR_TERM: (&str, &str) = ("TERM", "xterm-256color");
@@ -62,25 +62,31 @@ fn no_escape_bytes(what: &str, bytes: &[u8]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_pointed_at_an_openbao_server_names_its_403_reason_and_says_what_answered() {
-    let clusters = LabCluster::start_group_with(&["v"], true, None)
-        .await
-        .unwrap();
+/// `vault-dr status --url URL` with a throw-away token file: its exit code and its stderr.
+async fn status_at(url: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "t").unwrap();
-    let url = clusters[0].api_addr().to_string();
     let (code, _, stderr) = vault_dr(&[
         "status",
         "--url",
-        &url,
+        url,
         "--token-file",
         token.to_str().unwrap(),
     ])
     .await;
     let text = String::from_utf8_lossy(&stderr).into_owned();
     println!("{text}");
+    (code, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_pointed_at_an_openbao_server_names_its_403_reason_and_says_what_answered() {
+    let clusters = LabCluster::start_group_with(&["v"], true, None)
+        .await
+        .unwrap();
+    let url = clusters[0].api_addr().to_string();
+    let (code, text) = status_at(&url).await;
     assert_eq!(code, vault_dr_common::exit::UNAVAILABLE, "{text}");
     assert!(
         text.contains(&format!("{url}v1/clusters answered 403: permission denied")),
@@ -90,7 +96,7 @@ async fn status_pointed_at_an_openbao_server_names_its_403_reason_and_says_what_
         text.contains("Vault/OpenBao server, not the vault-dr coordinator"),
         "says what answered: {text}"
     );
-    no_escape_bytes("the CLI's error", &stderr);
+    no_escape_bytes("the CLI's error", text.as_bytes());
     // Usage errors and --help through a pipe carry no colour either (clap's own output).
     let (code, _, stderr) = vault_dr(&["status", "--bogus"]).await;
     assert_eq!(code, vault_dr_common::exit::USAGE);
@@ -128,19 +134,7 @@ async fn status_pointed_at_an_openbao_server_names_its_403_reason_and_says_what_
 
 #[tokio::test]
 async fn status_of_a_coordinator_whose_name_does_not_resolve_names_the_dns_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "t").unwrap();
-    let (code, _, stderr) = vault_dr(&[
-        "status",
-        "--url",
-        "http://no-such-host.invalid:1",
-        "--token-file",
-        token.to_str().unwrap(),
-    ])
-    .await;
-    let text = String::from_utf8_lossy(&stderr).into_owned();
-    println!("{text}");
+    let (code, text) = status_at("http://no-such-host.invalid:1").await;
     assert_eq!(code, vault_dr_common::exit::UNAVAILABLE, "{text}");
     assert!(
         text.contains("cannot reach the coordinator at http://no-such-host.invalid:1/v1/clusters")
@@ -320,21 +314,6 @@ async fn refused_agents_log_the_coordinators_reason_and_no_log_file_holds_escape
         group_agent.contains(" INFO "),
         "the text format: {group_agent}"
     );
-}
-
-/// A pod object for a replica, never scheduled (a scheduling gate holds it), so that the test
-/// runs unchanged against a real cluster, where the replica runs outside it.
-fn replica_pod(name: &str, labels: &BTreeMap<String, String>) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name, "labels": labels },
-        "spec": {
-            "schedulingGates": [{ "name": "vault-dr.io/test-never-scheduled" }],
-            "containers": [{ "name": "coordinator", "image": "registry.invalid/vault-dr:test" }],
-        },
-    }))
-    .unwrap()
 }
 
 /// The value of `vault_dr_coordinator_kubernetes_api_errors_total{what, kind}` (0 when absent).
