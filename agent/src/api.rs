@@ -129,6 +129,7 @@ mod tests {
                     p99_ms: 2.0,
                     error_ratio: 0.0,
                 },
+                recent: Default::default(),
                 version: Some("2.7.2".into()),
                 cluster_id: None,
                 cluster_name: None,

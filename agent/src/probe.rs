@@ -10,7 +10,7 @@ use crate::vault::{VaultClient, probe_health};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
-use vault_dr_common::latency::LatencyWindow;
+use vault_dr_common::latency::{LatencyWindow, RECENT_PROBES};
 use vault_dr_common::{NodeState, PeerProbe, Role, VaultStatus};
 
 /// Probes kept in the rolling window (two minutes at the default 1 s interval).
@@ -118,6 +118,7 @@ impl Prober {
             state,
             last_probe_ms: latency_ms,
             latency: self.window.summary(),
+            recent: self.window.summary_of_last(RECENT_PROBES),
             version: health.health.version,
             cluster_id: health.health.cluster_id,
             cluster_name: health.health.cluster_name,

@@ -301,6 +301,7 @@ pub(crate) mod tests {
                 state: NodeState::Active,
                 last_probe_ms: Some(1.0),
                 latency: LatencySummary::default(),
+                recent: Default::default(),
                 version: None,
                 cluster_id: None,
                 cluster_name: None,

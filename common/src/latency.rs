@@ -4,6 +4,12 @@
 use crate::report::LatencySummary;
 use std::collections::VecDeque;
 
+/// How many of the newest probes make the *recent* summary ([`LatencyWindow::summary_of_last`]):
+/// the latency figure of the degraded-primary rule. Its p99 is the slowest of them, so one slow
+/// probe counts for ten probes only, and a latency that stays above a threshold for a whole
+/// window means the probes stayed slow.
+pub const RECENT_PROBES: usize = 10;
+
 /// Rolling window of probe outcomes: a latency in milliseconds, or `None` for a failed probe.
 #[derive(Debug, Clone)]
 pub struct LatencyWindow {
@@ -30,9 +36,15 @@ impl LatencyWindow {
 
     /// p50 and p99 (nearest rank) over successful probes and the failed fraction.
     pub fn summary(&self) -> LatencySummary {
-        let mut ok: Vec<f64> = self.samples.iter().flatten().copied().collect();
+        self.summary_of_last(self.cap)
+    }
+
+    /// The same over the newest `n` probes only (e.g. [`RECENT_PROBES`]).
+    pub fn summary_of_last(&self, n: usize) -> LatencySummary {
+        let skip = self.samples.len().saturating_sub(n);
+        let mut ok: Vec<f64> = self.samples.iter().skip(skip).flatten().copied().collect();
         ok.sort_by(f64::total_cmp);
-        let n = self.samples.len();
+        let n = self.samples.len() - skip;
         let failed = n - ok.len();
         LatencySummary {
             samples: u32::try_from(n).unwrap_or(u32::MAX),
@@ -89,6 +101,23 @@ mod tests {
         assert_eq!(s.p99_ms, 30.0);
         assert_eq!(s.p50_ms, 2.0);
         assert!((s.error_ratio - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_recent_summary_covers_the_newest_probes_only() {
+        let mut w = LatencyWindow::new(20);
+        for _ in 0..15 {
+            w.push(Some(900.0));
+        }
+        for _ in 0..4 {
+            w.push(Some(2.0));
+        }
+        w.push(None);
+        assert_eq!(w.summary().p99_ms, 900.0);
+        let r = w.summary_of_last(5);
+        assert_eq!((r.samples, r.p99_ms), (5, 2.0));
+        assert!((r.error_ratio - 0.2).abs() < 1e-12);
+        assert_eq!(w.summary_of_last(100), w.summary());
     }
 
     #[test]

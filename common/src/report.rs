@@ -152,6 +152,10 @@ pub struct VaultStatus {
     pub last_probe_ms: Option<f64>,
     /// Rolling window of probe latencies.
     pub latency: LatencySummary,
+    /// The same over the newest [`crate::latency::RECENT_PROBES`] probes (absent from older
+    /// agents: zero samples, no evidence).
+    #[serde(default)]
+    pub recent: LatencySummary,
     /// Server version string from `sys/health`.
     pub version: Option<String>,
     /// `cluster_id` from `sys/health` (absent while sealed).
@@ -370,6 +374,7 @@ mod tests {
                     p99_ms: 3.0,
                     error_ratio: 0.0,
                 },
+                recent: Default::default(),
                 version: Some("2.7.2".into()),
                 cluster_id: Some("abc".into()),
                 cluster_name: Some("dr-dc1".into()),

@@ -701,6 +701,50 @@ pub struct SwitchoverResponse {
     pub message: String,
 }
 
+/// Begins a planned switchover to `to`, the operator's (`POST /v1/switchover`) or the
+/// degraded-primary rule's (`automatic`, counted in the topology for
+/// `policy.degraded.max_per_day` by the same compare-and-swap): the target finishes a restore
+/// in flight before clients are cut and starts none, so that the write pause is one restore of
+/// the final snapshot; then the term CAS, the journal, and a kick for the leader loop to run
+/// the executor now.
+pub async fn begin_switchover(
+    s: &Service,
+    executor: &crate::failover::executor::Executor,
+    current: &Versioned<Topology>,
+    to: &str,
+    reason: &str,
+    table: crate::model::CandidateTable,
+    automatic: bool,
+) -> Result<crate::model::FailoverRecord, crate::failover::executor::ExecError> {
+    let since = Utc::now();
+    s.state.hold(to);
+    let waited = executor.quiesce(to, since).await;
+    let mut current = current.clone();
+    if automatic {
+        current.value.note_automatic_switchover(Utc::now());
+    }
+    let begun = executor.begin(&current, to, reason, table, true).await;
+    s.state.release();
+    if let Some(w) = &waited {
+        tracing::info!("switchover to {to}: {w}");
+    }
+    if let Ok(rec) = &begun {
+        s.metrics.failovers_started.inc();
+        s.metrics.failover_in_progress.set(1);
+        s.reload_topology().await;
+        s.state.kick();
+        tracing::info!(
+            failover = %rec.id,
+            "{} switchover begun: {} -> {} in term {}",
+            if automatic { "automatic" } else { "planned" },
+            rec.from,
+            rec.to,
+            rec.term
+        );
+    }
+    begun
+}
+
 async fn post_switchover(
     axum::extract::State(s): axum::extract::State<Service>,
     headers: HeaderMap,
@@ -756,25 +800,8 @@ async fn post_switchover(
             return error(status, refusal.to_string());
         }
     };
-    // The target finishes a restore in flight before clients are cut (and starts none), so
-    // that the pause is one restore of the final snapshot, not that restore as well.
-    let since = Utc::now();
-    s.state.hold(&to);
-    let waited = executor.quiesce(&to, since).await;
-    let begun = executor.begin(&current, &to, &reason, table, true).await;
-    s.state.release();
-    if let Some(w) = &waited {
-        tracing::info!("switchover to {to}: {w}");
-    }
-    match begun {
-        Ok(rec) => {
-            s.metrics.failovers_started.inc();
-            s.metrics.failover_in_progress.set(1);
-            s.reload_topology().await;
-            // The leader loop starts the executor now, not at its next tick.
-            s.state.kick();
-            tracing::info!(failover = %rec.id, "planned switchover begun: {} -> {} in term {}", rec.from, rec.to, rec.term);
-            (
+    match begin_switchover(&s, &executor, &current, &to, &reason, table, false).await {
+        Ok(rec) => (
                 StatusCode::ACCEPTED,
                 Json(SwitchoverResponse {
                     message: format!(
@@ -787,8 +814,7 @@ async fn post_switchover(
                     to: rec.to,
                 }),
             )
-                .into_response()
-        }
+                .into_response(),
         Err(ExecError::NotLeader) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this coordinator lost the lease; send the switchover to the new leader",

@@ -6,8 +6,9 @@
 
 use crate::api::Service;
 use crate::coordination::CoordinationError;
-use crate::failover::detector;
 use crate::failover::executor::{ExecError, Executor};
+use crate::failover::{degraded, detector};
+use crate::model::degraded::DegradedClock;
 use crate::model::topology::{Topology, Versioned};
 use crate::model::{Decision, DecisionRecord, Phase};
 use crate::vault::VaultClient;
@@ -34,6 +35,10 @@ pub struct Leader {
     stamps_read: std::sync::Mutex<Option<Instant>>,
     /// Whether "the DR token may not read the stamp" was said.
     stamps_forbidden_said: AtomicBool,
+    /// Since when the primary has been over the `[policy.degraded]` thresholds.
+    degraded: Mutex<Option<DegradedClock>>,
+    /// Whether an automatic switchover is being begun (the target quiesces first).
+    switching: Arc<AtomicBool>,
 }
 
 impl Leader {
@@ -49,6 +54,8 @@ impl Leader {
             executing: Arc::new(AtomicBool::new(false)),
             stamps_read: std::sync::Mutex::new(None),
             stamps_forbidden_said: AtomicBool::new(false),
+            degraded: Mutex::new(None),
+            switching: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -266,6 +273,7 @@ impl Leader {
             *phase = next.clone();
             (next, decision)
         };
+        let decision = self.judge_degraded(decision, &view, now).await;
         let record = DecisionRecord::new(phase, decision.clone(), &view);
         tracing::info!("{}", record.sentence);
         s.metrics
@@ -299,12 +307,85 @@ impl Leader {
                 }
             }
             Decision::Resume { .. } => self.spawn_executor(),
+            Decision::Switchover {
+                to, reason, table, ..
+            } => self.spawn_switchover(topology.clone(), to, reason, table),
             _ => {}
         }
         if !topology.value.fence_pending.is_empty() {
             self.spawn_fences();
         }
         Ok(())
+    }
+
+    /// The degraded-primary rule on this tick (see `failover::degraded`), asked only while the
+    /// failure detector sees no failover to confirm or carry on: `decision` itself when the
+    /// rule is off or the primary is not over, else the rule's decision.
+    async fn judge_degraded(
+        &self,
+        decision: Decision,
+        view: &crate::model::View,
+        now: chrono::DateTime<Utc>,
+    ) -> Decision {
+        let policy = &self.service.config.policy;
+        let mut clock = self.degraded.lock().await;
+        let judged = match (&policy.degraded, &decision) {
+            (Some(d), Decision::NoAction { .. } | Decision::Suspect { ticks: 0, .. }) => {
+                let (next, judged) = degraded::judge(clock.as_ref(), view, now, policy, d);
+                *clock = next;
+                judged
+            }
+            _ => {
+                *clock = None;
+                None
+            }
+        };
+        let held = match &judged {
+            Some(Decision::Degraded { held_seconds, .. }) => *held_seconds,
+            Some(Decision::Switchover { .. }) => clock
+                .as_ref()
+                .map(|c| (now - c.since).num_milliseconds() as f64 / 1000.0)
+                .unwrap_or_default(),
+            _ => 0.0,
+        };
+        self.service.metrics.primary_degraded_seconds.set(held);
+        judged.unwrap_or(decision)
+    }
+
+    /// Begins the degraded rule's switchover in the background (the target first finishes a
+    /// restore in flight, which may take seconds: the lease loop must not wait for it), unless
+    /// one is being begun.
+    fn spawn_switchover(
+        self: &Arc<Self>,
+        current: Versioned<Topology>,
+        to: String,
+        reason: String,
+        table: crate::model::CandidateTable,
+    ) {
+        if self.switching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let begun = crate::api::begin_switchover(
+                &this.service,
+                &this.executor,
+                &current,
+                &to,
+                &reason,
+                table,
+                true,
+            )
+            .await;
+            match begun {
+                Ok(_) => *this.degraded.lock().await = None,
+                Err(ExecError::Conflict(e)) => tracing::warn!(
+                    "automatic switchover to {to} not begun: the topology moved first ({e})"
+                ),
+                Err(e) => tracing::warn!("automatic switchover to {to} not begun: {e}"),
+            }
+            this.switching.store(false, Ordering::SeqCst);
+        });
     }
 
     /// A pause whose time ran out ends here, once, by compare-and-swap (another leader may end
@@ -459,6 +540,7 @@ fn decision_kind(d: &Decision) -> &'static str {
         Decision::NoCandidate { .. } => "no_candidate",
         Decision::CooldownBlocked { .. } => "cooldown_blocked",
         Decision::Paused { .. } => "paused",
+        Decision::Degraded { .. } => "degraded",
         Decision::Resume { .. } => "resume",
         Decision::Switchover { .. } => "switchover",
     }

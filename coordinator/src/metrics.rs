@@ -51,6 +51,9 @@ pub struct Metrics {
     /// `vault_dr_coordinator_paused`: 1 while an operator's pause holds automatic failover
     /// (`vault-dr pause`), as the topology this replica last read says.
     pub paused: IntGauge,
+    /// `vault_dr_coordinator_primary_degraded_seconds`: how long both observers have called the
+    /// serving primary over the `[policy.degraded]` thresholds (0: not over, or the rule off).
+    pub primary_degraded_seconds: Gauge,
     /// Lease acquisitions by this replica.
     pub leader_transitions: IntCounter,
     /// Lease reads or writes that failed (the backend unreachable, RBAC refused, ...).
@@ -257,6 +260,13 @@ impl Metrics {
                 IntGauge::new(
                     name("paused"),
                     "1 while an operator's pause holds automatic failover (vault-dr pause; detection goes on)",
+                )?,
+            )?,
+            primary_degraded_seconds: reg(
+                r,
+                Gauge::new(
+                    name("primary_degraded_seconds"),
+                    "How long both observers have called the serving primary slow or failing ([policy.degraded]); 0 when not",
                 )?,
             )?,
             leader_transitions: reg(

@@ -288,6 +288,10 @@ impl State {
                             .get(&c.name)
                             .map(|w| w.summary())
                             .unwrap_or_default(),
+                        probe_recent: windows
+                            .get(&c.name)
+                            .map(|w| w.summary_of_last(vault_dr_common::latency::RECENT_PROBES))
+                            .unwrap_or_default(),
                         nodes,
                         configured_nodes: c.nodes.len(),
                     },
@@ -478,6 +482,7 @@ mod tests {
             fence_pending: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
+            automatic_switchovers: Vec::new(),
         }
     }
 

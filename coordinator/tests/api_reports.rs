@@ -95,6 +95,7 @@ fn report(cluster: &str, node: &str, seq: u64) -> Report {
             state: NodeState::Active,
             last_probe_ms: Some(1.0),
             latency: LatencySummary::default(),
+            recent: Default::default(),
             version: None,
             cluster_id: None,
             cluster_name: None,

@@ -141,6 +141,13 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
     if let Some(why) = &topo.refusing {
         out.push_str(&format!("REFUSING TO ACT: {why}\n"));
     }
+    // The degraded-primary rule's evidence (`[policy.degraded]`): both observers' figures of
+    // the primary and of the secondary it is compared with, and how long it has been over.
+    if let Some(d) = &resp.decision
+        && matches!(d.decision, crate::model::Decision::Degraded { .. })
+    {
+        out.push_str(&format!("DEGRADED PRIMARY: {}\n", d.sentence));
+    }
     out += &format!(
         "primary {} · term {} · leader {}{}\n\n",
         t.serving_primary(),

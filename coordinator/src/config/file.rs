@@ -7,6 +7,7 @@ use super::{
     ENV_LISTEN, ENV_MONGODB_URI, ENV_NAMESPACE, ENV_STORE_PATH, ENV_TOKEN_FILE,
     ENV_VAULT_TOKEN_FILE, Env, SERVICE_ACCOUNT_NAMESPACE, StoreConfig, TrafficConfig,
 };
+use crate::model::policy::DegradedPolicy;
 use crate::model::policy::humantime_serde_compat;
 use crate::model::{Policy, QuorumMode};
 use serde::{Deserialize, Serialize};
@@ -227,6 +228,119 @@ pub struct PolicyFile {
     /// See [`Policy::promotion`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<PromotionMode>,
+    /// `[policy.degraded]`: see [`Policy::degraded`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<DegradedFile>,
+}
+
+/// `[policy.degraded]` as written (defaults: [`DegradedPolicy::default`]). The section turns
+/// the rule on unless it says `enabled = false`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedFile {
+    /// `false` keeps the rule off with the section written (default `true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// See [`DegradedPolicy::window`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+    /// See [`DegradedPolicy::latency_p99`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency_p99: Option<Duration>,
+    /// See [`DegradedPolicy::latency_p99_clear`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency_p99_clear: Option<Duration>,
+    /// See [`DegradedPolicy::error_ratio`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_ratio: Option<f64>,
+    /// See [`DegradedPolicy::error_ratio_clear`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_ratio_clear: Option<f64>,
+    /// See [`DegradedPolicy::worse_factor`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worse_factor: Option<f64>,
+    /// See [`DegradedPolicy::max_per_day`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_day: Option<u32>,
+}
+
+impl DegradedFile {
+    /// Checks the section against the policy it belongs to (`probe_interval`).
+    fn validate(self, probe_interval: Duration) -> Result<Option<DegradedPolicy>, ConfigError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let d = DegradedPolicy::default();
+        let p = DegradedPolicy {
+            window: self.window.unwrap_or(d.window),
+            latency_p99: positive(
+                "policy.degraded.latency_p99",
+                self.latency_p99,
+                d.latency_p99,
+            )?,
+            latency_p99_clear: self.latency_p99_clear.unwrap_or(d.latency_p99_clear),
+            error_ratio: self.error_ratio.unwrap_or(d.error_ratio),
+            error_ratio_clear: self.error_ratio_clear.unwrap_or(d.error_ratio_clear),
+            worse_factor: self.worse_factor.unwrap_or(d.worse_factor),
+            max_per_day: self.max_per_day.unwrap_or(d.max_per_day),
+        };
+        if p.window < probe_interval * 3 {
+            return Err(ConfigError::new(
+                "policy.degraded.window",
+                format!(
+                    "{} is shorter than three probe intervals ({}): a window needs at least three probes",
+                    humantime::format_duration(p.window),
+                    humantime::format_duration(probe_interval * 3)
+                ),
+            ));
+        }
+        if p.latency_p99_clear >= p.latency_p99 {
+            return Err(ConfigError::new(
+                "policy.degraded.latency_p99_clear",
+                "must be below policy.degraded.latency_p99 (it is the lower threshold of the hysteresis)",
+            ));
+        }
+        if !(p.error_ratio > 0.0 && p.error_ratio <= 1.0) {
+            return Err(ConfigError::new(
+                "policy.degraded.error_ratio",
+                format!("{} must be a share above 0 and at most 1", p.error_ratio),
+            ));
+        }
+        if !(p.error_ratio_clear >= 0.0 && p.error_ratio_clear < p.error_ratio) {
+            return Err(ConfigError::new(
+                "policy.degraded.error_ratio_clear",
+                format!(
+                    "{} must be at least 0 and below policy.degraded.error_ratio ({})",
+                    p.error_ratio_clear, p.error_ratio
+                ),
+            ));
+        }
+        if !(1.0..=100.0).contains(&p.worse_factor) {
+            return Err(ConfigError::new(
+                "policy.degraded.worse_factor",
+                format!("{} must be between 1 and 100", p.worse_factor),
+            ));
+        }
+        if p.max_per_day == 0 {
+            return Err(ConfigError::new(
+                "policy.degraded.max_per_day",
+                "must be at least 1 (turn the rule off with enabled = false)",
+            ));
+        }
+        Ok(Some(p))
+    }
 }
 
 /// `clusters[].role`.
@@ -619,6 +733,7 @@ impl PolicyFile {
                 d.report_retention,
             )?,
             promotion: self.promotion.unwrap_or(d.promotion),
+            degraded: None,
         };
         if p.confirm == 0 {
             return Err(ConfigError::new("policy.confirm", "must be at least 1"));
@@ -635,7 +750,11 @@ impl PolicyFile {
                 "must be at least policy.probe_interval",
             ));
         }
-        Ok(p)
+        let degraded = match self.degraded {
+            Some(f) => f.validate(p.probe_interval)?,
+            None => None,
+        };
+        Ok(Policy { degraded, ..p })
     }
 }
 

@@ -347,6 +347,68 @@ mod tests {
         assert_eq!(field_of(&text), "policy.probe_interval");
     }
 
+    /// `GOOD` with a `[policy.degraded]` section holding `body`.
+    fn degraded(body: &str) -> String {
+        GOOD.replace(
+            "cooldown = \"0s\"\n",
+            &format!("cooldown = \"0s\"\n[policy.degraded]\n{body}\n"),
+        )
+    }
+
+    #[test]
+    fn the_degraded_rule_is_off_by_default_and_on_with_its_section() {
+        assert_eq!(parse(GOOD).unwrap().policy.degraded, None);
+        let on = parse(&degraded("")).unwrap().policy.degraded;
+        assert_eq!(on, Some(crate::model::policy::DegradedPolicy::default()));
+        assert_eq!(
+            parse(&degraded("enabled = false")).unwrap().policy.degraded,
+            None
+        );
+        let p = parse(&degraded(
+            "window = \"30s\"\nlatency_p99 = \"1s\"\nlatency_p99_clear = \"400ms\"\nerror_ratio = 0.2\nerror_ratio_clear = 0.1\nworse_factor = 2.0\nmax_per_day = 5",
+        ))
+        .unwrap()
+        .policy
+        .degraded
+        .unwrap();
+        assert_eq!(p.window, Duration::from_secs(30));
+        assert_eq!(p.latency_p99_clear, Duration::from_millis(400));
+        assert_eq!(
+            (p.error_ratio, p.worse_factor, p.max_per_day),
+            (0.2, 2.0, 5)
+        );
+    }
+
+    #[test]
+    fn degraded_thresholds_out_of_range_or_a_short_window_name_their_field() {
+        for (body, field) in [
+            // probe_interval is 500 ms in GOOD: three intervals are 1.5 s.
+            ("window = \"1s\"", "policy.degraded.window"),
+            ("latency_p99 = \"0s\"", "policy.degraded.latency_p99"),
+            ("latency_p99 = \"soon\"", "policy.degraded.latency_p99"),
+            (
+                "latency_p99 = \"200ms\"\nlatency_p99_clear = \"300ms\"",
+                "policy.degraded.latency_p99_clear",
+            ),
+            ("error_ratio = 0.0", "policy.degraded.error_ratio"),
+            ("error_ratio = 1.5", "policy.degraded.error_ratio"),
+            (
+                "error_ratio_clear = 0.5",
+                "policy.degraded.error_ratio_clear",
+            ),
+            (
+                "error_ratio_clear = -0.1",
+                "policy.degraded.error_ratio_clear",
+            ),
+            ("worse_factor = 0.5", "policy.degraded.worse_factor"),
+            ("max_per_day = 0", "policy.degraded.max_per_day"),
+            ("surprise = 1", "policy.degraded.surprise"),
+        ] {
+            assert_eq!(field_of(&degraded(body)), field, "{body}");
+        }
+        assert!(parse(&degraded("window = \"1500ms\"")).is_ok());
+    }
+
     #[test]
     fn unknown_keys_are_rejected() {
         let e = parse(&format!("surprise = 1\n{GOOD}")).unwrap_err();

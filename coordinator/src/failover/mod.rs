@@ -6,6 +6,7 @@
 //! primary that the Fenced step's bounded attempt left pending.
 
 pub mod actions;
+pub mod degraded;
 pub mod detector;
 pub mod error;
 #[cfg(feature = "kubernetes")]

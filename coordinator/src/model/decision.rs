@@ -134,6 +134,23 @@ pub enum Decision {
         /// The pause (who, why, until when).
         pause: crate::model::topology::Pause,
     },
+    /// The primary serves but is slow or failing (`[policy.degraded]`): over the thresholds
+    /// for `held_seconds` of the `window_seconds` it must be, or for the whole window but not
+    /// moved (`not_moved` says why). An automatic move is [`Decision::Switchover`].
+    Degraded {
+        /// The primary.
+        primary: String,
+        /// How long both observers have called it over.
+        held_seconds: f64,
+        /// The policy's window.
+        window_seconds: f64,
+        /// Why it is not moved although the window is over (paused, cooldown, the daily cap,
+        /// no eligible secondary).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_moved: Option<String>,
+        /// Both observers' figures.
+        evidence: crate::model::degraded::DegradedEvidence,
+    },
     /// The topology records a failover in progress: carry on with it.
     Resume {
         /// Journal id.
@@ -248,6 +265,26 @@ impl fmt::Display for Decision {
             Self::Paused { primary, pause } => write!(
                 f,
                 "paused: primary {primary} is down but automatic failover is {pause}; `vault-dr resume` ends the pause"
+            ),
+            Self::Degraded {
+                primary,
+                held_seconds,
+                window_seconds,
+                not_moved: None,
+                evidence,
+            } => write!(
+                f,
+                "degraded: primary {primary} over the thresholds for {held_seconds:.1} of {window_seconds:.0} s ({evidence})"
+            ),
+            Self::Degraded {
+                primary,
+                held_seconds,
+                not_moved: Some(why),
+                evidence,
+                ..
+            } => write!(
+                f,
+                "degraded: primary {primary} over the thresholds for {held_seconds:.1} s but not moved: {why} ({evidence})"
             ),
             Self::Resume { id } => write!(f, "resume: failover {id} is in progress"),
             Self::Switchover {

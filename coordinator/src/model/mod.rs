@@ -6,6 +6,7 @@
 
 pub mod candidate;
 pub mod decision;
+pub mod degraded;
 pub mod journal;
 pub mod loss;
 pub mod policy;

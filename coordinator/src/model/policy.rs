@@ -53,6 +53,55 @@ pub struct Policy {
     /// failover's journal record.
     #[serde(default)]
     pub promotion: PromotionMode,
+    /// The degraded-primary rule (`[policy.degraded]`; `None`: off, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<DegradedPolicy>,
+}
+
+/// When a primary that still serves is moved away from by an automatic planned switchover
+/// (see `failover::degraded`).
+///
+/// Each observer (the primary's agents, the coordinator's own probe) gives two figures of a
+/// cluster: the **latency**, the p99 of its newest [`vault_dr_common::latency::RECENT_PROBES`]
+/// probes, and the **error rate**, the failed share of its whole rolling window (a share needs
+/// many probes to mean anything). An observer calls the primary *over* when a figure exceeds
+/// its threshold and is at least `worse_factor` times the best eligible secondary's figure by
+/// the same observer. The primary is degraded once both observers have called it over, without
+/// a tick of either falling below the `*_clear` thresholds, for `window`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DegradedPolicy {
+    /// How long the primary must stay over before it is moved.
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
+    /// The latency (p99 of the recent probes) above which a primary is over.
+    #[serde(with = "humantime_serde_compat")]
+    pub latency_p99: Duration,
+    /// The latency below which it is no longer over (hysteresis; below `latency_p99`).
+    #[serde(with = "humantime_serde_compat")]
+    pub latency_p99_clear: Duration,
+    /// The failed share (0..1) above which a primary is over.
+    pub error_ratio: f64,
+    /// The failed share below which it is no longer over (below `error_ratio`).
+    pub error_ratio_clear: f64,
+    /// How many times worse than the best eligible secondary's a figure must be (so that a
+    /// slowdown of every cluster, e.g. of the network, never moves the primary).
+    pub worse_factor: f64,
+    /// At most this many automatic switchovers in any 24 hours.
+    pub max_per_day: u32,
+}
+
+impl Default for DegradedPolicy {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            latency_p99: Duration::from_millis(500),
+            latency_p99_clear: Duration::from_millis(250),
+            error_ratio: 0.10,
+            error_ratio_clear: 0.05,
+            worse_factor: 3.0,
+            max_per_day: 2,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -68,6 +117,7 @@ impl Default for Policy {
             quorum: QuorumMode::Majority,
             report_retention: Duration::from_secs(24 * 3600),
             promotion: PromotionMode::Complete,
+            degraded: None,
         }
     }
 }

@@ -71,6 +71,7 @@ impl ViewBuilder {
                 priority: 0,
                 excluded: false,
                 probe_latency: Default::default(),
+                probe_recent: Default::default(),
                 direct_probe: Some(DirectProbe {
                     state: NodeState::Active,
                     at,
@@ -235,6 +236,7 @@ pub mod synthetic {
                     p99_ms: 2.0,
                     error_ratio: 0.0,
                 },
+                recent: Default::default(),
                 version: Some("2.7.2".to_owned()),
                 cluster_id: None,
                 cluster_name: None,
@@ -302,6 +304,7 @@ pub mod synthetic {
                     priority: (next() % 3) as i32,
                     excluded: next() % 50 == 0,
                     probe_latency: Default::default(),
+                    probe_recent: Default::default(),
                     direct_probe: Some(DirectProbe {
                         state: r.vault.state,
                         at,

@@ -40,6 +40,10 @@ pub struct Topology {
     /// or what ended it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub past_pauses: Vec<Pause>,
+    /// When the automatic switchovers away from a degraded primary of the last 24 hours began
+    /// (for `policy.degraded.max_per_day`), written by the compare-and-swap that begins each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub automatic_switchovers: Vec<DateTime<Utc>>,
 }
 
 /// How many ended pauses the topology keeps.
@@ -124,9 +128,26 @@ impl Topology {
             last_failover_at: None,
             group_id: Some(Self::new_group_id()),
             fence_pending: Vec::new(),
+            automatic_switchovers: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
         }
+    }
+
+    /// How many automatic switchovers began in the 24 hours before `now`.
+    pub fn automatic_switchovers_since_a_day(&self, now: DateTime<Utc>) -> usize {
+        let day = now - chrono::Duration::hours(24);
+        self.automatic_switchovers
+            .iter()
+            .filter(|at| **at > day)
+            .count()
+    }
+
+    /// Records an automatic switchover beginning at `now`, forgetting those older than a day.
+    pub fn note_automatic_switchover(&mut self, now: DateTime<Utc>) {
+        let day = now - chrono::Duration::hours(24);
+        self.automatic_switchovers.retain(|at| *at > day);
+        self.automatic_switchovers.push(now);
     }
 
     /// The pause that holds at `now`, if any.

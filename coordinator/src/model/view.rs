@@ -41,6 +41,9 @@ pub struct ClusterView {
     /// fraction, as this replica measured them (the agents' own are in their reports).
     #[serde(default)]
     pub probe_latency: vault_dr_common::LatencySummary,
+    /// The same over its newest [`vault_dr_common::latency::RECENT_PROBES`] probes.
+    #[serde(default)]
+    pub probe_recent: vault_dr_common::LatencySummary,
     /// Latest report of each configured node that has reported at all.
     pub nodes: Vec<NodeView>,
     /// How many nodes the configuration names (0 when unknown: a view from an older build).

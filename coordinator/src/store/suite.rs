@@ -378,6 +378,7 @@ pub fn report(cluster: &str, node: &str, seq: u64, received_at: DateTime<Utc>) -
                     p99_ms: 4.5,
                     error_ratio: 0.0,
                 },
+                recent: Default::default(),
                 version: Some("2.7.2".to_owned()),
                 cluster_id: Some(format!("{cluster}-id")),
                 cluster_name: Some(cluster.to_owned()),

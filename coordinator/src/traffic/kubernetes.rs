@@ -468,6 +468,7 @@ mod tests {
             fence_pending: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
+            automatic_switchovers: Vec::new(),
         };
         let mut later = Topology::initial("dc2");
         later.term = 4;

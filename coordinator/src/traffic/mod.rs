@@ -236,6 +236,7 @@ mod tests {
             fence_pending: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
+            automatic_switchovers: Vec::new(),
         }
     }
 
