@@ -335,6 +335,16 @@ impl Leader {
                 *clock = next;
                 judged
             }
+            // A failover being confirmed, blocked or carried out: the rule waits, its clock
+            // kept (one tick on which every observer missed the primary, as a failing primary
+            // gives now and then, must not restart it).
+            (
+                Some(_),
+                Decision::Suspect { .. }
+                | Decision::NoCandidate { .. }
+                | Decision::CooldownBlocked { .. }
+                | Decision::Paused { .. },
+            ) => None,
             _ => {
                 *clock = None;
                 None

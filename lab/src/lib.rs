@@ -20,6 +20,7 @@
 pub mod bench;
 pub mod cli;
 pub mod coordinator_file;
+pub mod degrade;
 pub mod drill;
 pub mod error;
 pub mod group;

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use vault_dr_lab::LabError;
+use vault_dr_lab::degrade::{PortDegradation, PortFault, python};
 use vault_dr_lab::process::{ChildGuard, pid_alive};
 use vault_dr_lab::wait::try_wait_for_blocking;
 
@@ -45,59 +46,6 @@ const DELAY_READY: Duration = Duration::from_secs(10);
 
 /// Distinguishes the links of several [`Net`]s in one process.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// The delay program: binds NFQUEUE `argv[1]` (copy mode: metadata only), then accepts every
-/// packet `argv[2]` milliseconds after it arrived, in order. Prints `ready` once bound.
-const DELAY_PY: &str = r#"import collections, select, socket, struct, sys, time
-qnum = int(sys.argv[1]); delay = float(sys.argv[2]) / 1000.0
-s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
-s.bind((0, 0))
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-def msg(mtype, attrs, flags=1):
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(qnum))
-    for t, p in attrs:
-        n = 4 + len(p)
-        body += struct.pack("=HH", n, t) + p + b"\0" * ((4 - n % 4) % 4)
-    return struct.pack("=IHHII", 16 + len(body), (3 << 8) | mtype, flags, 0, 0) + body
-def ack():
-    d = s.recv(65536)
-    ln, ty = struct.unpack_from("=IH", d, 0)
-    if ty == 2:
-        err = struct.unpack_from("=i", d, 16)[0]
-        if err != 0:
-            sys.exit("nfqueue config failed: errno %d" % -err)
-s.send(msg(2, [(1, struct.pack("=BBH", 1, 0, socket.htons(socket.AF_INET)))], 5)); ack()
-s.send(msg(2, [(2, struct.pack(">IB", 0, 1)), (3, struct.pack(">I", 20000))], 5)); ack()
-print("ready", flush=True)
-pending = collections.deque()
-while True:
-    t = max(0.0, pending[0][0] - time.monotonic()) if pending else 1.0
-    r, _, _ = select.select([s], [], [], t)
-    if r:
-        try:
-            d = s.recv(1 << 20)
-        except OSError:
-            d = b""
-        off = 0
-        while off + 16 <= len(d):
-            ln, ty = struct.unpack_from("=IH", d, off)
-            if ln < 16:
-                break
-            if ty == (3 << 8):
-                a = off + 20
-                while a + 4 <= off + ln:
-                    al, at = struct.unpack_from("=HH", d, a)
-                    if al < 4:
-                        break
-                    if at & 0x3FFF == 1:
-                        pending.append((time.monotonic() + delay, struct.unpack_from(">I", d, a + 4)[0]))
-                    a += (al + 3) & ~3
-            off += (ln + 3) & ~3
-    now = time.monotonic()
-    while pending and pending[0][0] <= now:
-        _, pid = pending.popleft()
-        s.send(msg(1, [(2, struct.pack(">II", 1, pid))]))
-"#;
 
 /// What went wrong setting up a namespace or a fault.
 #[derive(Debug, thiserror::Error)]
@@ -497,7 +445,7 @@ impl Host {
         let args: Vec<OsString> = vec![
             "-u".into(),
             "-c".into(),
-            DELAY_PY.into(),
+            vault_dr_lab::degrade::DELAY_PY.into(),
             QUEUE.to_string().into(),
             ms.to_string().into(),
         ];
@@ -521,6 +469,20 @@ impl Host {
         }
         *guard = Some(child);
         self.change(|f| f.delay_ms = ms)
+    }
+
+    /// Slows or fails the requests to TCP `port` in this host on every interface, its own
+    /// loopback included (see `vault_dr_lab::degrade`): how a node's API is degraded while
+    /// the node stays alive, for its own agent as for every other client. Undone on drop. The
+    /// other faults of this host rewrite its filter table whole, which removes the degradation:
+    /// do not combine them on one host.
+    pub fn degrade_port(&self, port: u16, fault: PortFault) -> Result<PortDegradation, NetError> {
+        Ok(PortDegradation::start(
+            &self.exec_prefix(),
+            port,
+            fault,
+            self.dir.path(),
+        )?)
     }
 
     /// Removes every fault (cut, cut_from, loss, delay).
@@ -556,16 +518,6 @@ impl Drop for Host {
         }
         let _ = run("ip", &["link", "del", &self.veth]);
         let _ = run("ip", &["netns", "del", &self.ns]);
-    }
-}
-
-/// `/usr/bin/python3` when present (no shim), else `python3` from PATH.
-fn python() -> PathBuf {
-    let p = PathBuf::from("/usr/bin/python3");
-    if p.exists() {
-        p
-    } else {
-        PathBuf::from("python3")
     }
 }
 
@@ -697,6 +649,81 @@ mod tests {
         a.clear().unwrap();
         let after = connect(a.ip(), T).unwrap();
         assert!(after < Duration::from_millis(190), "{after:?}");
+    }
+
+    /// From inside `host`: `n` new connections to its own port 7001 on loopback, each sending
+    /// one byte and reading its echo; the seconds each took, `None` for a failed one.
+    fn echo_from_inside(host: &Host, n: u32) -> Vec<Option<f64>> {
+        let code = format!(
+            "import socket, time\n\
+             for _ in range({n}):\n    t = time.monotonic()\n    try:\n        \
+             c = socket.create_connection(('127.0.0.1', 7001), timeout=3)\n        \
+             c.sendall(b'x')\n        assert c.recv(1) == b'x'\n        \
+             print(time.monotonic() - t)\n    except Exception:\n        print('failed')\n"
+        );
+        let out = host
+            .exec(&python().display().to_string(), &["-c", &code])
+            .unwrap();
+        out.lines().map(|l| l.trim().parse().ok()).collect()
+    }
+
+    #[test]
+    fn a_degraded_port_is_slow_or_refuses_one_request_in_n_on_loopback_too() {
+        let net = Net::create().unwrap();
+        let a = net.host("a").unwrap();
+        // A server that answers each connection in its own thread, as a real server does: a
+        // connection whose request was refused never reaches it with data.
+        let code = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',7001))\ns.listen(64)\nprint('ready',flush=True)\n\
+             import threading\n\
+             def echo(c):\n    c.settimeout(5)\n    d=c.recv(1)\n    c.sendall(d)\n    c.close()\n\
+             while True:\n    c,_=s.accept()\n    threading.Thread(target=echo,args=(c,),daemon=True).start()\n";
+        let log = a.dir.path().join("echo.log");
+        let _echo = a
+            .spawn(
+                "echo",
+                &python(),
+                &["-u".into(), "-c".into(), code.into()],
+                &log,
+            )
+            .unwrap();
+        wait_for_blocking("the echo server", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("ready")
+        });
+        let _other = server(&a);
+        let fast = echo_from_inside(&a, 3);
+        assert!(fast.iter().all(|t| t.is_some_and(|t| t < 0.15)), "{fast:?}");
+        {
+            let _slow = a.degrade_port(7001, PortFault::Slow { ms: 300 }).unwrap();
+            // The handshake's SYN and the data each wait 300 ms on the way in.
+            let slow = echo_from_inside(&a, 3);
+            assert!(
+                slow.iter()
+                    .all(|t| t.is_some_and(|t| (0.55..2.5).contains(&t))),
+                "{slow:?}"
+            );
+            // Another port of the same host is untouched.
+            let other = connect(a.ip(), T).unwrap();
+            assert!(other < Duration::from_millis(150), "{other:?}");
+        }
+        {
+            let _errors = a
+                .degrade_port(7001, PortFault::Errors { every: 5 })
+                .unwrap();
+            let out = echo_from_inside(&a, 20);
+            let failed = out.iter().filter(|t| t.is_none()).count();
+            assert_eq!(failed, 4, "every 5th request refused: {out:?}");
+        }
+        // Dropped: neither slow nor failing, and no rule is left.
+        let after = echo_from_inside(&a, 5);
+        assert!(
+            after.iter().all(|t| t.is_some_and(|t| t < 0.15)),
+            "{after:?}"
+        );
+        let rules = a.exec("iptables", &["-S"]).unwrap();
+        assert!(!rules.contains("VDR"), "{rules}");
     }
 
     #[test]
