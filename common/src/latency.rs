@@ -5,10 +5,11 @@ use crate::report::LatencySummary;
 use std::collections::VecDeque;
 
 /// How many of the newest probes make the *recent* summary ([`LatencyWindow::summary_of_last`]):
-/// the latency figure of the degraded-primary rule. Its p99 is the slowest of them, so one slow
-/// probe counts for ten probes only, and a latency that stays above a threshold for a whole
-/// window means the probes stayed slow.
-pub const RECENT_PROBES: usize = 10;
+/// the figures of the degraded-primary rule. Forty probes are enough for a failed share to mean
+/// something (at 20 % failing, a share below 5 % comes once in about 700 windows), and short
+/// enough that the figures follow a degradation within a window: its p99 is the slowest but
+/// of them (nearest rank), so one slow probe counts for forty probes only.
+pub const RECENT_PROBES: usize = 40;
 
 /// Rolling window of probe outcomes: a latency in milliseconds, or `None` for a failed probe.
 #[derive(Debug, Clone)]

@@ -81,6 +81,10 @@ pub struct GroupSpec {
     pub restore: RestoreMode,
     /// Promotion mode of the coordinators (`None`: the config key is left out).
     pub promotion: Option<PromotionMode>,
+    /// `[policy.degraded]` (`None`: the rule off).
+    pub degraded: Option<vault_dr_coordinator::config::DegradedFile>,
+    /// `policy.max_lag` (`None`: the coordinator's default).
+    pub max_lag: Option<Duration>,
     /// How often secondaries pull a snapshot.
     pub snapshot_interval: Duration,
     /// Agents' probe and report interval.
@@ -157,6 +161,8 @@ impl Default for GroupSpec {
             excluded: Vec::new(),
             restore: RestoreMode::Continuous,
             promotion: Some(PromotionMode::Complete),
+            degraded: None,
+            max_lag: None,
             snapshot_interval: Duration::from_secs(2),
             agent_interval: Duration::from_millis(500),
             traffic: true,
@@ -705,6 +711,8 @@ impl DrGroup {
             spec.cooldown,
         );
         file.policy.promotion = spec.promotion;
+        file.policy.degraded = spec.degraded;
+        file.policy.max_lag = spec.max_lag.or(file.policy.max_lag);
         file
     }
 

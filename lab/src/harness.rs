@@ -62,6 +62,10 @@ pub struct GroupPolicy {
     pub cooldown: Duration,
     /// Promotion mode (`None`: the key is left out of the file).
     pub promotion: Option<PromotionMode>,
+    /// `[policy.degraded]` (`None`: the rule off).
+    pub degraded: Option<vault_dr_coordinator::config::DegradedFile>,
+    /// `policy.max_lag` (`None`: the coordinator's default).
+    pub max_lag: Option<Duration>,
 }
 
 /// What [`Group::builder`] starts; [`GroupBuilder::start`] starts it.
@@ -107,6 +111,8 @@ impl GroupBuilder {
             report_ttl: s.report_ttl,
             cooldown: s.cooldown,
             promotion: s.promotion,
+            degraded: s.degraded,
+            max_lag: s.max_lag,
         };
         change(&mut p);
         (
@@ -115,12 +121,16 @@ impl GroupBuilder {
             s.report_ttl,
             s.cooldown,
             s.promotion,
+            s.degraded,
+            s.max_lag,
         ) = (
             p.probe_interval,
             p.confirm,
             p.report_ttl,
             p.cooldown,
             p.promotion,
+            p.degraded,
+            p.max_lag,
         );
         self
     }

@@ -102,13 +102,25 @@ struct Published {
     status: ReplicationStatus,
     newest_taken_at: Option<DateTime<Utc>>,
     primary_index: Option<u64>,
+    /// When `primary_index` was read from the primary.
+    primary_index_at: Option<DateTime<Utc>>,
     secondary: bool,
 }
+
+/// How long a read of the primary's applied index counts for the lag. A secondary that cannot
+/// reach the primary any more (a partition, or the primary died) must not go on saying it is
+/// caught up: past this its lag in entries is unknown and its lag in seconds is the age of
+/// the newest snapshot it holds, growing, as the design defines it.
+pub const PRIMARY_INDEX_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Published {
     fn refresh_lag(&mut self) {
         let s = &mut self.status;
-        s.lag_entries = match (s.replicated_index, self.primary_index) {
+        let fresh = self.primary_index_at.is_some_and(|at| {
+            (Utc::now() - at).to_std().unwrap_or_default() <= PRIMARY_INDEX_FRESH
+        });
+        let primary_index = self.primary_index.filter(|_| fresh);
+        s.lag_entries = match (s.replicated_index, primary_index) {
             (Some(held), Some(p)) if self.secondary => Some(p.saturating_sub(held)),
             _ => None,
         };
@@ -149,6 +161,7 @@ impl SnapshotStatus {
     fn set_primary_index(&self, index: u64) {
         let mut p = self.lock();
         p.primary_index = Some(index);
+        p.primary_index_at = Some(Utc::now());
         p.refresh_lag();
     }
 
@@ -1023,6 +1036,25 @@ mod tests {
             s.get().lag_seconds,
             Some(0.0),
             "caught up: nothing is missing"
+        );
+    }
+
+    #[test]
+    fn a_primary_index_not_read_again_stops_counting_as_caught_up() {
+        let s = SnapshotStatus::default();
+        let (st, at) = held(160, 30);
+        s.set(st, at, true);
+        s.set_primary_index(160);
+        assert_eq!(s.get().lag_seconds, Some(0.0), "caught up as of the read");
+        // The primary unreachable since: the read grows old.
+        s.lock().primary_index_at =
+            Some(Utc::now() - chrono::Duration::from_std(PRIMARY_INDEX_FRESH).unwrap() * 2);
+        let r = s.get();
+        assert_eq!(r.lag_entries, None, "no fresh primary index");
+        let age = r.lag_seconds.unwrap();
+        assert!(
+            (30.0..31.0).contains(&age),
+            "the newest snapshot's age: {age}"
         );
     }
 

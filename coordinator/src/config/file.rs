@@ -235,7 +235,7 @@ pub struct PolicyFile {
 
 /// `[policy.degraded]` as written (defaults: [`DegradedPolicy::default`]). The section turns
 /// the rule on unless it says `enabled = false`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DegradedFile {
     /// `false` keeps the rule off with the section written (default `true`).

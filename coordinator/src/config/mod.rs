@@ -45,8 +45,8 @@ pub const ENV_VARS: [&str; 8] = [
 mod file;
 
 pub use file::{
-    ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, PolicyFile,
-    StoreFile, TlsFile, TrafficBackend, TrafficFile,
+    ClusterFile, ClusterRole, ConfigFile, CoordinationBackend, CoordinationFile, DegradedFile,
+    PolicyFile, StoreFile, TlsFile, TrafficBackend, TrafficFile,
 };
 
 /// The environment seam, shared with the agent.

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use vault_dr_common::NodeState;
 
 /// The primary's (or any cluster's) figures by its agents: the active node's fresh report,
-/// else the freshest serving one; `None` without one, or from an agent too old to send the
+/// else the freshest one; `None` without one, or from an agent too old to send the
 /// recent summary. The node's name comes along.
 pub fn agent_figures(
     cluster: &ClusterView,
@@ -36,10 +36,11 @@ pub fn agent_figures(
     policy: &Policy,
 ) -> Option<(String, Figures)> {
     let ttl = policy.report_ttl.as_secs_f64();
+    // A secondary restoring snapshots is often not "serving" at the moment of its report; its
+    // figures still say how fast its node answers.
     let node = cluster.active_node(now, ttl).or_else(|| {
         cluster
             .fresh_nodes(now, ttl)
-            .filter(|n| n.report.vault.state.is_serving())
             .min_by(|a, b| a.age_seconds(now).total_cmp(&b.age_seconds(now)))
     })?;
     let v = &node.report.vault;
@@ -48,7 +49,7 @@ pub fn agent_figures(
             node.node.clone(),
             Figures {
                 p99_ms: v.recent.p99_ms,
-                error_ratio: v.latency.error_ratio,
+                error_ratio: v.recent.error_ratio,
             },
         )
     })
@@ -56,9 +57,9 @@ pub fn agent_figures(
 
 /// The coordinator's own figures of `cluster` (`None` before its first probe).
 pub fn probe_figures(cluster: &ClusterView) -> Option<Figures> {
-    (cluster.probe_latency.samples > 0).then_some(Figures {
+    (cluster.probe_recent.samples > 0).then_some(Figures {
         p99_ms: cluster.probe_recent.p99_ms,
-        error_ratio: cluster.probe_latency.error_ratio,
+        error_ratio: cluster.probe_recent.error_ratio,
     })
 }
 

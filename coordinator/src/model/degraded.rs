@@ -11,7 +11,7 @@ use std::fmt;
 pub struct Figures {
     /// p99 of the observer's newest probes, in milliseconds (0 when none answered).
     pub p99_ms: f64,
-    /// Failed share of the observer's whole rolling window (0..1).
+    /// Failed share of the same probes (0..1).
     pub error_ratio: f64,
 }
 

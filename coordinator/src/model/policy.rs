@@ -62,9 +62,8 @@ pub struct Policy {
 /// (see `failover::degraded`).
 ///
 /// Each observer (the primary's agents, the coordinator's own probe) gives two figures of a
-/// cluster: the **latency**, the p99 of its newest [`vault_dr_common::latency::RECENT_PROBES`]
-/// probes, and the **error rate**, the failed share of its whole rolling window (a share needs
-/// many probes to mean anything). An observer calls the primary *over* when a figure exceeds
+/// cluster over its newest [`vault_dr_common::latency::RECENT_PROBES`] probes: the **latency**
+/// (their p99) and the **error rate** (their failed share). An observer calls the primary *over* when a figure exceeds
 /// its threshold and is at least `worse_factor` times the best eligible secondary's figure by
 /// the same observer. The primary is degraded once both observers have called it over, without
 /// a tick of either falling below the `*_clear` thresholds, for `window`.

@@ -67,6 +67,12 @@ pub enum Fault {
     /// (`POST /v1/switchover`), the primary staying up. RTO is then the clients' write
     /// pause, and RPO must be 0.
     Switchover,
+    /// The primary's API slowed by 800 ms on every request (its port, for every client: see
+    /// `crate::degrade`), the server alive: the degraded-primary rule moves it by an automatic
+    /// switchover. Needs root and iptables.
+    Slow,
+    /// One request in five to the primary's API refused (reset), the server alive; as `slow`.
+    Errors,
 }
 
 impl Fault {
@@ -76,7 +82,33 @@ impl Fault {
             Self::Stop => "stop",
             Self::Seal => "seal",
             Self::Switchover => "switchover",
+            Self::Slow => "slow",
+            Self::Errors => "errors",
         }
+    }
+
+    /// The primary stays up and is moved by a planned switchover (asked for, or automatic):
+    /// the RTO is the clients' write pause and nothing may be lost.
+    pub fn planned(self) -> bool {
+        matches!(self, Self::Switchover | Self::Slow | Self::Errors)
+    }
+
+    /// What the fault does to the primary's API port, if it degrades it.
+    pub fn degradation(self) -> Option<crate::degrade::PortFault> {
+        match self {
+            Self::Slow => Some(crate::degrade::PortFault::Slow { ms: 800 }),
+            Self::Errors => Some(crate::degrade::PortFault::Errors { every: 5 }),
+            _ => None,
+        }
+    }
+}
+
+/// `[policy.degraded]` of a drill whose fault degrades the primary: a 20 s window, the
+/// default thresholds.
+fn drill_degraded_policy() -> vault_dr_coordinator::config::DegradedFile {
+    vault_dr_coordinator::config::DegradedFile {
+        window: Some(Duration::from_secs(20)),
+        ..Default::default()
     }
 }
 
@@ -309,6 +341,64 @@ pub struct DrillReport {
     pub fault_offset_seconds: f64,
     /// The whole drill, seconds.
     pub total_seconds: f64,
+    /// The client's write latency before the fault, between the fault and the decision, and
+    /// after the switch (what a degraded primary cost its clients, and what moving it gave back).
+    #[serde(default)]
+    pub client_latency: Option<ClientLatency>,
+}
+
+/// p50 and p99 of the client's acknowledged writes (sent to acknowledged) in three periods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientLatency {
+    /// Before the fault: (p50, p99) in milliseconds, and the writes.
+    pub before_ms: (f64, f64, usize),
+    /// From the fault to the decision.
+    pub fault_to_decision_ms: (f64, f64, usize),
+    /// After the switch (traffic on the new primary).
+    pub after_ms: (f64, f64, usize),
+}
+
+impl ClientLatency {
+    fn of(
+        acked: &[workload::AckedWrite],
+        fault_at: DateTime<Utc>,
+        decided_at: DateTime<Utc>,
+        switched_at: DateTime<Utc>,
+    ) -> Self {
+        let figures = |keep: &dyn Fn(&workload::AckedWrite) -> bool| {
+            let mut ms: Vec<f64> = acked
+                .iter()
+                .filter(|a| keep(a))
+                .map(|a| (a.acked_at - a.sent_at).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            (
+                vault_dr_common::latency::percentile(&ms, 0.50),
+                vault_dr_common::latency::percentile(&ms, 0.99),
+                ms.len(),
+            )
+        };
+        Self {
+            before_ms: figures(&|a| a.sent_at < fault_at),
+            fault_to_decision_ms: figures(&|a| a.sent_at >= fault_at && a.acked_at < decided_at),
+            after_ms: figures(&|a| a.sent_at >= switched_at),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let one = |(p50, p99, n): (f64, f64, usize)| {
+            format!("p50 {p50:.1} ms, p99 {p99:.1} ms ({n} writes)")
+        };
+        write!(
+            f,
+            "before the fault {}; fault to decision {}; after the switch {}",
+            one(self.before_ms),
+            one(self.fault_to_decision_ms),
+            one(self.after_ms)
+        )
+    }
 }
 
 /// Runs one drill. An `Err` means it could not run; a finished drill whose checks failed is an
@@ -332,6 +422,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         confirm: opts.confirm,
         report_ttl: opts.report_ttl,
         agent_interval: opts.agent_interval,
+        degraded: opts.fault.degradation().map(|_| drill_degraded_policy()),
         ..GroupSpec::default()
     };
     let mut group = progress
@@ -490,7 +581,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
 
     // The fault.
     let fault_at = Utc::now();
-    let fault_detail = inject(&mut group, &primary, opts.fault).await?;
+    let (fault_detail, degradation) = inject(&mut group, &primary, opts.fault).await?;
     // The fault has taken effect (a killed server is reaped, a stopped one stopped): a request
     // sent from now on cannot reach the old primary. One sent before may still have been
     // acknowledged by it a moment after `fault_at`, and is lost with it (the RPO), not "after
@@ -517,6 +608,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     // A little more traffic on the new primary, then stop the client.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = client.stop().await;
+    drop(degradation);
     let acked = read_acked(&group)?;
 
     let mut problems = Vec::new();
@@ -562,7 +654,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     // first after it.
     let rto_seconds = first.as_ref().map(|w| {
         let start = match opts.fault {
-            Fault::Switchover => acked
+            f if f.planned() => acked
                 .iter()
                 .filter(|a| a.acked_at < w.acked_at)
                 .map(|a| a.acked_at)
@@ -613,6 +705,16 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
             Err(e) => problems.push(format!("reading the acknowledged writes back: {e}")),
         }
     }
+    let client_latency = followed.record.as_ref().map(|r| {
+        ClientLatency::of(
+            &acked,
+            fault_at,
+            r.decided_at,
+            r.step(Step::Switched)
+                .and_then(|s| s.took_effect_at())
+                .unwrap_or(r.decided_at),
+        )
+    });
     let accounted_loss = followed.record.as_ref().and_then(|r| r.loss.clone());
     let report_interval_seconds = spec.agent_interval.as_secs_f64();
     let loss_difference_seconds = match loss_agreement(
@@ -669,6 +771,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         setup_seconds,
         fault_offset_seconds: fault_offset.as_secs_f64(),
         total_seconds: 0.0,
+        client_latency,
     };
     progress
         .wait("stopping every process", async { drop(group) })
@@ -718,7 +821,38 @@ fn stress_note(group: &DrGroup, in_cgroups: bool) -> String {
     }
 }
 
-async fn inject(group: &mut DrGroup, primary: &str, fault: Fault) -> Result<String, DrillError> {
+/// Injects `fault` into `primary`: what was done, and the port degradation that must live
+/// until the drill ends (for `slow` and `errors`).
+async fn inject(
+    group: &mut DrGroup,
+    primary: &str,
+    fault: Fault,
+) -> Result<(String, Option<crate::degrade::PortDegradation>), DrillError> {
+    if let Some(port_fault) = fault.degradation() {
+        let dir = group.dir().to_path_buf();
+        let cluster = group
+            .cluster(primary)
+            .ok_or_else(|| DrillError::Invalid(format!("no cluster {primary}")))?;
+        let port = cluster.api_addr().port().unwrap_or(8200);
+        let d =
+            crate::degrade::PortDegradation::start(&[], port, port_fault, &dir).map_err(|e| {
+                DrillError::Invalid(format!("degrading {primary}'s API port {port}: {e}"))
+            })?;
+        return Ok((
+            format!("{primary}'s API (port {port}) degraded: {port_fault}; the server stays up"),
+            Some(d),
+        ));
+    }
+    inject_on_node(group, primary, fault)
+        .await
+        .map(|d| (d, None))
+}
+
+async fn inject_on_node(
+    group: &mut DrGroup,
+    primary: &str,
+    fault: Fault,
+) -> Result<String, DrillError> {
     let Some(cluster) = group
         .clusters_mut()
         .iter_mut()
@@ -763,6 +897,10 @@ async fn inject(group: &mut DrGroup, primary: &str, fault: Fault) -> Result<Stri
             Ok(format!("sealed {primary} through sys/seal"))
         }
         Fault::Switchover => switchover(group).await,
+        Fault::Slow | Fault::Errors => Err(DrillError::Invalid(format!(
+            "{} degrades a port, not a node",
+            fault.as_str()
+        ))),
     }
 }
 
@@ -866,6 +1004,13 @@ async fn follow(
                     Some(v) => {
                         if let Ok(d) = serde_json::from_value::<DecisionRecord>(v) {
                             let since = match d.phase {
+                                // A degraded primary is detected by the degraded rule (its
+                                // slow probes may make it suspect too, which is no detection).
+                                _ if opts.fault.degradation().is_some() => {
+                                    matches!(d.decision, Decision::Degraded { .. })
+                                        .then_some(d.at)
+                                        .filter(|at| *at >= fault_at)
+                                }
                                 Phase::Suspect { since, .. } if since >= fault_at => Some(since),
                                 // Only a failover's decision is a detection (a switchover's
                                 // is the operator's, a resume follows either).
@@ -899,7 +1044,7 @@ async fn follow(
                 // A planned switchover detects nothing: the operator asked (the fault line).
                 if !detected {
                     detected = true;
-                    if !rec.planned {
+                    if !rec.planned || opts.fault.degradation().is_some() {
                         push(
                             timeline,
                             "detected",
@@ -950,7 +1095,7 @@ async fn follow(
             // A planned switchover: the primary stays up and takes writes until clients are
             // cut, so the first write that counts is the one after the pause (the longest gap
             // between two acknowledged writes since the request), once the record is done.
-            let next = if opts.fault == Fault::Switchover {
+            let next = if opts.fault.planned() {
                 record
                     .as_ref()
                     .filter(|r| r.status != FailoverStatus::InProgress)
@@ -1257,6 +1402,9 @@ pub fn render(r: &DrillReport) -> String {
             r.report_interval_seconds
         ))
     ));
+    if let Some(l) = &r.client_latency {
+        out.push_str(&format!("client write latency: {l}\n"));
+    }
     out.push_str(&format!(
         "client: {} writes acknowledged, {} failed; {} reads ok, {} failed\n",
         r.client.writes_acked, r.client.writes_failed, r.client.reads_ok, r.client.reads_failed
@@ -1368,6 +1516,7 @@ mod tests {
             setup_seconds: 10.0,
             fault_offset_seconds: 1.5,
             total_seconds: 40.0,
+            client_latency: None,
         }
     }
 

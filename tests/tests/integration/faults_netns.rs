@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use url::Url;
+use vault_dr_coordinator::config::DegradedFile;
 use vault_dr_coordinator::model::{FailoverRecord, FailoverStatus, Step};
 use vault_dr_lab::LabCluster;
+use vault_dr_lab::degrade::{PortDegradation, PortFault};
 use vault_dr_lab::group::RestoreMode;
 use vault_dr_lab::harness::Group;
 use vault_dr_lab::openbao::NodeHost;
@@ -59,6 +61,22 @@ struct LabOptions {
     /// Snapshot replication (continuous restore every second) with the DR token in every
     /// cluster, agents and coordinator; and the local traffic forwarder.
     replicate: bool,
+    /// `[policy.degraded]` (`None`: the rule off).
+    degraded: Option<DegradedFile>,
+}
+
+impl LabOptions {
+    /// Three clusters `p`, `s1`, `s2`, snapshot replication and the traffic forwarder, a 60 s
+    /// cooldown and the degraded-primary rule ([`degraded_policy`]).
+    fn degraded() -> Self {
+        LabOptions {
+            names: &["p", "s1", "s2"],
+            cooldown: Duration::from_secs(60),
+            mongodb: None,
+            replicate: true,
+            degraded: degraded_policy(),
+        }
+    }
 }
 
 impl Lab {
@@ -78,6 +96,9 @@ impl Lab {
                 (p.probe_interval, p.confirm) = (Duration::from_millis(500), 2);
                 (p.report_ttl, p.cooldown) = (Duration::from_secs(2), opts.cooldown);
                 p.promotion = None;
+                p.degraded = opts.degraded;
+                // The degraded scenarios make secondaries lag past it within seconds.
+                p.max_lag = opts.degraded.map(|_| Duration::from_secs(10));
             })
             .spec(|s| {
                 s.coordinator_ip = net.gateway().into();
@@ -221,6 +242,7 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
         cooldown: Duration::from_secs(60),
         mongodb: None,
         replicate: false,
+        degraded: None,
     })
     .await;
     let p = lab.host("p");
@@ -342,6 +364,7 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
         cooldown: Duration::from_secs(60),
         mongodb: None,
         replicate: true,
+        degraded: None,
     })
     .await;
     // The client's token is p's root token: the secondaries restore p's snapshots, so it is
@@ -452,6 +475,7 @@ async fn s3_latency_and_cpu_stress_do_not_promote() {
         cooldown: Duration::from_secs(60),
         mongodb: None,
         replicate: false,
+        degraded: None,
     })
     .await;
     for h in &lab.hosts {
@@ -520,6 +544,7 @@ async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
         cooldown: Duration::from_secs(60),
         mongodb: None,
         replicate: false,
+        degraded: None,
     })
     .await;
     let t = Instant::now();
@@ -592,6 +617,7 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         cooldown: Duration::from_secs(60),
         mongodb: Some((mongo.uri(), db.clone())),
         replicate: false,
+        degraded: None,
     })
     .await;
     let cut_at = Utc::now();
@@ -857,4 +883,304 @@ async fn s6_leader_killed_when_promoted_has_started() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_leader_killed_when_verified_has_started() {
     leader_killed_at("when verified has started", "crash-before:verified").await;
+}
+
+/// The `[policy.degraded]` of the degraded-primary scenarios: a 20 s window (at least three
+/// probe intervals of 500 ms), the default thresholds (p99 500 ms / 10 % failed, clear below
+/// 250 ms / 5 %, 3× the best eligible secondary's), and room for every switchover a scenario
+/// may make in a day.
+fn degraded_policy() -> Option<DegradedFile> {
+    Some(DegradedFile {
+        window: Some(Duration::from_secs(20)),
+        max_per_day: Some(10),
+        ..DegradedFile::default()
+    })
+}
+
+impl Lab {
+    /// Degrades the API port of every node of `cluster` (on its host: loopback included).
+    fn degrade(&self, cluster: &str, fault: PortFault) -> Vec<PortDegradation> {
+        self.cluster(cluster)
+            .nodes()
+            .iter()
+            .map(|n| {
+                self.host(cluster)
+                    .degrade_port(n.api_addr().port().unwrap(), fault)
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// `vault-dr ARGS… --url <the coordinator> --token-file <token>`: its standard output.
+    async fn cli(&self, args: &[&str]) -> String {
+        let program = vault_dr_lab::tools::built_binary("vault-dr").unwrap();
+        let out = tokio::process::Command::new(program)
+            .args(args)
+            .args(["--url", self.url.as_str(), "--token-file"])
+            .arg(self.group.token_file())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "vault-dr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The longest time between two acknowledged writes from `from` on: the clients' write pause.
+fn longest_pause(acked: &[(u64, DateTime<Utc>)], from: DateTime<Utc>) -> f64 {
+    acked
+        .windows(2)
+        .filter(|w| w[1].1 >= from)
+        .map(|w| (w[1].1 - w[0].1).num_milliseconds() as f64 / 1000.0)
+        .fold(0.0, f64::max)
+}
+
+/// The primary alone degraded (`fault` on its API port) for 90 s under a writing client:
+/// exactly one automatic switchover, away from it, whose reason names both observers' figures,
+/// and every acknowledged write on the new primary. Returns the row's figures.
+async fn degraded_primary_is_switched_over_once_without_loss(fault: PortFault, scenario: &str) {
+    let lab = Lab::start(LabOptions::degraded()).await;
+    let token = lab.cluster("p").root_token().expose().to_owned();
+    let stable = lab.traffic.clone().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(client_writer(stable, token.clone(), stop_rx));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(lab.failovers().await.is_empty());
+
+    let degraded_at = Utc::now();
+    let start = Instant::now();
+    let degradation = lab.degrade("p", fault);
+    let done = wait_for(
+        "an automatic switchover away from the degraded primary",
+        Duration::from_secs(90),
+        || async {
+            let f = lab.failovers().await;
+            let done = f.iter().find(|r| r.status == FailoverStatus::Done).cloned();
+            done.ok_or_else(|| format!("{f:?}"))
+        },
+    )
+    .await;
+    // The degradation stays on p for the whole 90 s: nothing else may move.
+    tokio::time::sleep(Duration::from_secs(90).saturating_sub(start.elapsed())).await;
+    drop(degradation);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send(true).unwrap();
+    let acked = writer.await.unwrap();
+
+    let all = lab.failovers().await;
+    assert_eq!(all.len(), 1, "exactly one switchover: {all:?}");
+    assert!(done.planned, "a switchover, not a failover: {done:?}");
+    assert_eq!((done.from.as_str(), done.term), ("p", 2));
+    for needed in [
+        "automatic switchover: primary p degraded",
+        "agent of p-",
+        "coordinator probe: p99",
+        "thresholds p99 > 500 ms or > 10 % failed",
+    ] {
+        assert!(
+            done.reason.contains(needed),
+            "{needed:?} not in {}",
+            done.reason
+        );
+    }
+    let history = lab.cli(&["history"]).await;
+    assert!(
+        history.contains("agent of p-") && history.contains("coordinator probe"),
+        "history does not name both observers' figures:\n{history}"
+    );
+    let (primary, _) = lab.topology().await;
+    assert_eq!(primary, done.to);
+    // Zero loss: every write acknowledged, before and after the switchover, is on the new
+    // primary.
+    let keys: Vec<u64> = acked.iter().map(|(n, _)| *n).collect();
+    let kept = held(lab.cluster(&done.to), &token, &keys).await;
+    let lost: Vec<u64> = keys.iter().filter(|n| !kept.contains(n)).copied().collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not on {}: {lost:?}",
+        done.to
+    );
+    let to_switch = (done.decided_at - degraded_at).num_milliseconds() as f64 / 1000.0;
+    let pause = longest_pause(&acked, done.decided_at);
+    println!("{scenario} timeline: {}", timeline(&done, degraded_at));
+    println!("{scenario} reason: {}", done.reason);
+    table_row(
+        &format!("{scenario} primary alone degraded ({fault}) for 90 s"),
+        "exactly one switchover, 0 acknowledged writes lost",
+        &format!(
+            "1 switchover p -> {} decided {to_switch:.1} s after the degradation began (window 20 s); longest write pause {pause:.1} s; {} writes acked, 0 lost",
+            done.to,
+            acked.len()
+        ),
+        rto(&done, degraded_at),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_a_slow_primary_is_switched_over_once_without_loss() {
+    degraded_primary_is_switched_over_once_without_loss(PortFault::Slow { ms: 800 }, "7").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s8_a_primary_failing_a_fifth_of_its_requests_is_switched_over_once_without_loss() {
+    degraded_primary_is_switched_over_once_without_loss(PortFault::Errors { every: 4 }, "8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_every_cluster_slow_moves_nothing_and_a_lagging_secondary_is_not_promoted() {
+    let lab = Lab::start(LabOptions::degraded()).await;
+    // Every cluster +800 ms for twice the window: no switchover.
+    let all: Vec<PortDegradation> = ["p", "s1", "s2"]
+        .iter()
+        .flat_map(|c| lab.degrade(c, PortFault::Slow { ms: 800 }))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let f = lab.failovers().await;
+    assert!(f.is_empty(), "moved with every cluster slow: {f:?}");
+    drop(all);
+    table_row(
+        "9a every cluster +800 ms for 40 s (window 20 s)",
+        "no switchover",
+        "no switchover",
+        None,
+    );
+
+    // The primary slow while no secondary is caught up: cut from p, s1 and s2 pull no more
+    // snapshots, and while a client writes to p their data grows older than max_lag (10 s
+    // here). Then p is slowed.
+    let token = lab.cluster("p").root_token().expose().to_owned();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(client_writer(lab.traffic.clone().unwrap(), token, stop_rx));
+    let p_ip = lab.host("p").ip();
+    lab.host("s1").cut_from(p_ip).unwrap();
+    lab.host("s2").cut_from(p_ip).unwrap();
+    wait_for(
+        "both secondaries to lag past max_lag",
+        Duration::from_secs(60),
+        || async {
+            let c = lab.get("v1/clusters").await.unwrap_or(Value::Null);
+            let rows = c["candidates"]["candidates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let lagging = rows
+                .iter()
+                .filter(|r| r.to_string().contains("lagging"))
+                .count();
+            if lagging == 2 {
+                Ok(())
+            } else {
+                Err(c["candidates"].to_string())
+            }
+        },
+    )
+    .await;
+    let _slow = lab.degrade("p", PortFault::Slow { ms: 800 });
+    let sentence = wait_for(
+        "the rule to say why the degraded primary is not moved",
+        Duration::from_secs(120),
+        || async {
+            let d = lab.get("v1/decisions/latest").await.unwrap_or(Value::Null);
+            let s = d["sentence"].as_str().unwrap_or_default().to_owned();
+            if s.contains("not moved: no secondary is eligible") {
+                Ok(s)
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
+    let explain = lab.cli(&["explain"]).await;
+    assert!(
+        explain.contains("degraded: primary p over the thresholds")
+            && explain.contains("not moved: no secondary is eligible")
+            && explain.contains("lag"),
+        "explain does not say why p is not moved:\n{explain}"
+    );
+    let status = lab.cli(&["status"]).await;
+    assert!(
+        status.contains("DEGRADED PRIMARY: degraded: primary p"),
+        "{status}"
+    );
+    let f = lab.failovers().await;
+    assert!(f.is_empty(), "moved to a lagging secondary: {f:?}");
+    stop_tx.send(true).unwrap();
+    assert!(
+        !writer.await.unwrap().is_empty(),
+        "the client wrote nothing"
+    );
+    table_row(
+        "9b primary +800 ms, both secondaries lagging past max_lag",
+        "no switchover; explain says why",
+        &format!("no switchover; {sentence}"),
+        None,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_a_flapping_degradation_is_moved_from_at_most_once_per_cooldown() {
+    let cooldown = Duration::from_secs(120);
+    let lab = Lab::start(LabOptions {
+        cooldown,
+        ..LabOptions::degraded()
+    })
+    .await;
+    // +800 ms for 30 s, then 30 s without, for 5 minutes, always on whichever cluster is
+    // the primary when the degradation begins.
+    let t = Instant::now();
+    let mut on = Vec::new();
+    while t.elapsed() < Duration::from_secs(300) {
+        let (primary, _) = lab.topology().await;
+        let primary = if primary.is_empty() {
+            "p".to_owned()
+        } else {
+            primary
+        };
+        on.push((Utc::now(), primary.clone()));
+        let slow = lab.degrade(&primary, PortFault::Slow { ms: 800 });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(slow);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    let f = lab.failovers().await;
+    let mut decided: Vec<DateTime<Utc>> = f.iter().map(|r| r.decided_at).collect();
+    decided.sort();
+    for w in decided.windows(2) {
+        let gap = (w[1] - w[0]).to_std().unwrap_or_default();
+        assert!(gap >= cooldown, "two switchovers {gap:?} apart: {f:?}");
+    }
+    assert!(f.iter().all(|r| r.planned), "only switchovers: {f:?}");
+    assert!(
+        f.len() <= 3,
+        "more than one switchover per cooldown in 5 min: {f:?}"
+    );
+    table_row(
+        "10 degradation flapping (+800 ms 30 s on / 30 s off, 5 min, on the current primary)",
+        "at most one switchover per cooldown (120 s)",
+        &format!(
+            "{} degradations, {} switchovers ({}){}",
+            on.len(),
+            f.len(),
+            f.iter()
+                .map(|r| format!("{} -> {}", r.from, r.to))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if decided.len() > 1 {
+                format!(
+                    ", the closest {:.0} s apart",
+                    decided
+                        .windows(2)
+                        .map(|w| (w[1] - w[0]).num_milliseconds() as f64 / 1000.0)
+                        .fold(f64::MAX, f64::min)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        None,
+    );
 }

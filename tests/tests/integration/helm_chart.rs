@@ -651,6 +651,23 @@ fn the_rendered_config_is_accepted_by_the_coordinator() {
         default.cluster("dc2").unwrap().selector["app.kubernetes.io/instance"],
         "openbao-dc2"
     );
+    // The degraded-primary rule is off unless enabled; enabled, its section is rendered.
+    assert_eq!(default.policy.degraded, None);
+    let on: Vec<String> = [
+        "--set",
+        "coordinator.policy.degraded.enabled=true",
+        "--set",
+        "coordinator.policy.degraded.window=30s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let degraded = CoordConfig::parse(&rendered_config(&on), dir.path(), &env)
+        .unwrap_or_else(|e| panic!("degraded on: {e}"))
+        .policy
+        .degraded
+        .expect("[policy.degraded] rendered");
+    assert_eq!(degraded.window, Duration::from_secs(30));
+    assert_eq!(degraded.max_per_day, 2);
 
     let mut env_ci = env.clone();
     env_ci.insert(
