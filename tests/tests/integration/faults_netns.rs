@@ -1,4 +1,5 @@
-//! Fault suite on network namespaces (issue 8, scenarios 1–6): each OpenBao cluster lives on
+//! Fault suite on network namespaces (issue 8, scenarios 1–6; issue 17, scenarios 7–10: a
+//! degraded primary, its API port slowed or failing with `Host::degrade_port`): each OpenBao cluster lives on
 //! its own namespace ("host") on one bridge; faults are packet filter rules and an NFQUEUE
 //! delay inside a host (see `vault_dr_tests::netns`). Every group comes from the one harness
 //! (`Group::builder()`, placed on the hosts). Scenarios 1–5: one `vault-dr coordinator`
