@@ -1377,8 +1377,13 @@ pub fn render(r: &DrillReport) -> String {
     }
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} s"));
     out.push_str(&format!(
-        "\nRTO  {}  (fault -> first acknowledged client write on the new primary)\n",
-        f(r.rto_seconds)
+        "\nRTO  {}  ({})\n",
+        f(r.rto_seconds),
+        if r.fault.planned() {
+            "the clients' write pause: last acknowledged write before it -> first on the new primary"
+        } else {
+            "fault -> first acknowledged client write on the new primary"
+        }
     ));
     out.push_str(&format!(
         "RPO  {} acknowledged writes missing on the new primary (oldest {} before the fault); \

@@ -190,3 +190,68 @@ fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_l
     let dir = PathBuf::from(report["run_dir"].as_str().unwrap());
     assert!(!dir.exists(), "run directory {} left behind", dir.display());
 }
+
+/// `vault-dr drill --fault slow --json`: the primary's API slowed by 800 ms on loopback (it
+/// stays up) is moved by the degraded-primary rule's automatic switchover, with the evidence in
+/// the decision, nothing lost, and the client's write latency before, during and after.
+#[test]
+fn a_slow_primary_drill_is_one_automatic_switchover_with_no_loss_and_the_clients_latency() {
+    let out = std::process::Command::new(built_binary("vault-dr").unwrap())
+        .args([
+            "drill",
+            "--json",
+            "--clusters",
+            "3",
+            "--coordinators",
+            "2",
+            "--fault",
+            "slow",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout}\n{stderr}"));
+    assert!(
+        out.status.success() && report["ok"] == true,
+        "problems {}\n{stderr}",
+        report["problems"]
+    );
+    assert_eq!(report["fault"], "slow");
+    assert_eq!(
+        (report["promotions"].as_u64(), report["term"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(report["rpo_writes"], 0, "a switchover loses nothing");
+    let decided = report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "decided")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        decided.contains("automatic switchover: primary p degraded")
+            && decided.contains("agent of p-")
+            && decided.contains("coordinator probe"),
+        "{decided}"
+    );
+    let detected = report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "detected")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detected.contains("degraded: primary p"), "{detected}");
+    // The client felt the 800 ms while p was primary, and not after the switch.
+    let l = &report["client_latency"];
+    let p50 = |k: &str| l[k][0].as_f64().unwrap();
+    assert!(p50("fault_to_decision_ms") >= 800.0, "{l}");
+    assert!(p50("after_ms") < 400.0 && p50("before_ms") < 400.0, "{l}");
+}
