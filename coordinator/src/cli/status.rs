@@ -117,8 +117,13 @@ pub fn render(resp: &ClustersResponse, topo: &crate::api::TopologyResponse) -> S
                 format!(" / {s:.1} s")
             })
             .replace('-', ""),
-            opt(r.map(|r| r.vault.latency.p99_ms), |v| format!("{v:.1} ms")),
-            probe_cell(&c.probe_latency),
+            // Both observers' figures over their newest probes: what the degraded-primary
+            // rule judges (an older agent without them: its whole window's p99).
+            match r {
+                Some(r) if r.vault.recent.samples > 0 => probe_cell(&r.vault.recent),
+                r => opt(r.map(|r| r.vault.latency.p99_ms), |v| format!("{v:.1} ms")),
+            },
+            probe_cell(&c.probe_recent),
             // `-` when the agent cannot attribute figures to its node (the process is gone,
             // or several servers share the host), never another process's or the host's.
             opt(r.and_then(|r| r.host.node_cpu_cores()), |v| {
