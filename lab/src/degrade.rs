@@ -151,27 +151,10 @@ impl PortDegradation {
         match fault {
             PortFault::Slow { ms } => {
                 // One queue per port, kept clear of the fault suite's queue 0.
-                let queue = (1000 + u32::from(port) % 30000).to_string();
+                let queue_num = 1000 + port % 30000;
+                let queue = queue_num.to_string();
                 let log = dir.join(format!("delay-port-{port}.log"));
-                let _ = std::fs::remove_file(&log);
-                let mut child = d.spawn_delay(&queue, ms, &log)?;
-                let ready =
-                    try_wait_for_blocking("the delay program to be ready", DELAY_READY, || {
-                        let text = std::fs::read_to_string(&log).unwrap_or_default();
-                        if text.lines().any(|l| l.trim() == "ready") {
-                            return Some(true);
-                        }
-                        (!child.is_running()).then_some(false)
-                    });
-                if ready != Ok(true) {
-                    child.kill();
-                    return Err(LabError::Invalid(format!(
-                        "the delay program for port {port} did not start; log {}: {}",
-                        log.display(),
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    )));
-                }
-                d.delay = Some(child);
+                d.delay = Some(start_delay_program(prefix, queue_num, ms, &log)?);
                 d.iptables(&[
                     "-A",
                     &chain,
@@ -258,23 +241,6 @@ impl PortDegradation {
         Ok(())
     }
 
-    fn spawn_delay(&self, queue: &str, ms: u32, log: &Path) -> Result<ChildGuard, LabError> {
-        let python = python();
-        let mut args: Vec<OsString> = Vec::new();
-        let program: PathBuf = match self.prefix.split_first() {
-            Some((first, rest)) => {
-                args.extend(rest.iter().cloned());
-                args.push(python.into_os_string());
-                PathBuf::from(first)
-            }
-            None => python,
-        };
-        args.extend(["-u".into(), "-c".into(), DELAY_PY.into()]);
-        args.push(queue.into());
-        args.push(ms.to_string().into());
-        ChildGuard::spawn("the port delay program", &program, &args, log)
-    }
-
     /// Removes the jump and the chain (quietly: they may not exist).
     fn remove(&self) {
         let port = self.port.to_string();
@@ -304,6 +270,51 @@ impl Drop for PortDegradation {
             child.kill();
         }
     }
+}
+
+/// Starts the delay program ([`DELAY_PY`]) holding the packets of NFQUEUE `queue` for `ms`
+/// milliseconds, in the namespace `prefix` runs commands in (empty: this one), its output in
+/// `log`, and waits until it has bound its queue (an error with its log's tail if it exits or
+/// takes longer than 10 s). Add the `NFQUEUE` rule only after: `--queue-bypass` lets packets
+/// through while no program holds the queue.
+pub fn start_delay_program(
+    prefix: &[OsString],
+    queue: u16,
+    ms: u32,
+    log: &Path,
+) -> Result<ChildGuard, LabError> {
+    let _ = std::fs::remove_file(log);
+    let python = python();
+    let mut args: Vec<OsString> = Vec::new();
+    let program: PathBuf = match prefix.split_first() {
+        Some((first, rest)) => {
+            args.extend(rest.iter().cloned());
+            args.push(python.into_os_string());
+            PathBuf::from(first)
+        }
+        None => python,
+    };
+    args.extend(["-u".into(), "-c".into(), DELAY_PY.into()]);
+    args.push(queue.to_string().into());
+    args.push(ms.to_string().into());
+    let mut child = ChildGuard::spawn("the delay program", &program, &args, log)?;
+    // Some(true): it printed "ready"; Some(false): it exited, which ends the wait at once.
+    let ready = try_wait_for_blocking("the delay program to be ready", DELAY_READY, || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| l.trim() == "ready") {
+            return Some(true);
+        }
+        (!child.is_running()).then_some(false)
+    });
+    if ready != Ok(true) {
+        child.kill();
+        return Err(LabError::Invalid(format!(
+            "the delay program did not bind NFQUEUE {queue} within {DELAY_READY:?}; log {}: {}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        )));
+    }
+    Ok(child)
 }
 
 /// `/usr/bin/python3` when present (no shim), else `python3` from PATH.

@@ -22,16 +22,14 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use vault_dr_lab::LabError;
-use vault_dr_lab::degrade::{PortDegradation, PortFault, python};
+use vault_dr_lab::degrade::{PortDegradation, PortFault, start_delay_program};
 use vault_dr_lab::process::{ChildGuard, pid_alive};
-use vault_dr_lab::wait::try_wait_for_blocking;
 
 /// Every name starts with this, then the owner's pid and `-`.
 const PREFIX: &str = "vdr-";
@@ -41,8 +39,6 @@ const IFNAME_MAX: usize = 15;
 const HOST_IF: &str = "eth0";
 /// The NFQUEUE number used for the delay (one per namespace, so always 0).
 const QUEUE: u16 = 0;
-/// How long the delay program may take to bind its queue.
-const DELAY_READY: Duration = Duration::from_secs(10);
 
 /// Distinguishes the links of several [`Net`]s in one process.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -73,18 +69,6 @@ pub enum NetError {
     /// A name or address that cannot be used.
     #[error("{0}")]
     Invalid(String),
-    /// The delay program did not come up.
-    #[error("delay program in {ns} did not bind its queue within {after:?}; log {log}: {tail}")]
-    DelayNotReady {
-        /// The namespace.
-        ns: String,
-        /// How long we waited.
-        after: Duration,
-        /// Its log file.
-        log: PathBuf,
-        /// The end of its log.
-        tail: String,
-    },
     /// Starting a process in the namespace failed.
     #[error(transparent)]
     Lab(#[from] LabError),
@@ -440,33 +424,7 @@ impl Host {
             return Ok(());
         }
         let log = self.dir.path().join(format!("delay-{ms}.log"));
-        let _ = std::fs::remove_file(&log);
-        let python = python();
-        let args: Vec<OsString> = vec![
-            "-u".into(),
-            "-c".into(),
-            vault_dr_lab::degrade::DELAY_PY.into(),
-            QUEUE.to_string().into(),
-            ms.to_string().into(),
-        ];
-        let mut child = self.spawn("delay", &python, &args, &log)?;
-        // Some(true): it printed "ready"; Some(false): it exited, which ends the wait at once.
-        let ready = try_wait_for_blocking("the delay proxy to be ready", DELAY_READY, || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.lines().any(|l| l.trim() == "ready") {
-                return Some(true);
-            }
-            (!child.is_running()).then_some(false)
-        });
-        if ready != Ok(true) {
-            child.kill();
-            return Err(NetError::DelayNotReady {
-                ns: self.ns.clone(),
-                after: DELAY_READY,
-                tail: std::fs::read_to_string(&log).unwrap_or_default(),
-                log,
-            });
-        }
+        let child = start_delay_program(&self.exec_prefix(), QUEUE, ms, &log)?;
         *guard = Some(child);
         self.change(|f| f.delay_ms = ms)
     }
@@ -525,7 +483,9 @@ impl Drop for Host {
 mod tests {
     use super::*;
     use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
     use std::time::Instant;
+    use vault_dr_lab::degrade::python;
     use vault_dr_lab::wait::wait_for_blocking;
 
     /// A TCP server in `host` on port 7000 that writes "hi" to each connection.

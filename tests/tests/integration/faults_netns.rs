@@ -724,7 +724,23 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
 /// armed with the failpoint `failpoint` (`crash-after:<step>`, or `crash-before:fenced` for
 /// "right after Decided": the Decided step is not run by the executor); the primary's host is
 /// isolated; the next leader must finish the failover, each step exactly once.
+/// What makes the first leader act in [`leader_killed_at`].
+#[derive(Clone, Copy, PartialEq)]
+enum Trigger {
+    /// p's host cut off: a failover.
+    Cut,
+    /// p's API slowed by 800 ms (`[policy.degraded]` on): an automatic switchover.
+    Slow,
+}
+
 async fn leader_killed_at(moment: &str, failpoint: &str) {
+    leader_killed_during(moment, failpoint, Trigger::Cut).await;
+}
+
+/// Three coordinators, the first armed with `failpoint`; `trigger` makes it begin a failover
+/// (or an automatic switchover), the failpoint kills it mid-way, and the next leader must
+/// finish it, each step once.
+async fn leader_killed_during(moment: &str, failpoint: &str, trigger: Trigger) {
     use vault_dr_coordinator::config::CoordinationFile;
     use vault_dr_lab::harness::Group;
     use vault_dr_tests::coordinators::{Backend, HaGroups};
@@ -743,6 +759,10 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
     }
     let mut lab = builder
         .ha(Backend::Local)
+        .policy_file(vault_dr_coordinator::config::PolicyFile {
+            degraded: degraded_policy().filter(|_| trigger == Trigger::Slow),
+            ..vault_dr_tests::coordinators::failover_policy()
+        })
         .coordination(CoordinationFile {
             lease_duration: Some(Duration::from_secs(3)),
             renew_period: Some(Duration::from_secs(1)),
@@ -762,7 +782,21 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let cut_at = Utc::now();
-    hosts[0].cut().unwrap();
+    let _slow = match trigger {
+        Trigger::Cut => {
+            hosts[0].cut().unwrap();
+            Vec::new()
+        }
+        Trigger::Slow => lab.clusters[0]
+            .nodes()
+            .iter()
+            .map(|n| {
+                hosts[0]
+                    .degrade_port(n.api_addr().port().unwrap(), PortFault::Slow { ms: 800 })
+                    .unwrap()
+            })
+            .collect(),
+    };
     let t = Instant::now();
     let group = &mut lab.group;
     let stopped = try_wait_for(
@@ -805,6 +839,12 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         "each step once, in order, after {failpoint}"
     );
     assert_eq!((done.term, done.from.as_str()), (2, "p"));
+    assert_eq!(
+        done.planned,
+        trigger == Trigger::Slow,
+        "a slow primary is switched over, a cut one failed over: {}",
+        done.reason
+    );
     let by: Vec<&str> = done.steps.iter().map(|s| s.by.as_str()).collect();
     assert!(
         by.contains(&"c1") && by.iter().any(|b| *b != "c1"),
@@ -832,8 +872,15 @@ async fn leader_killed_at(moment: &str, failpoint: &str) {
         .unwrap();
     assert!(write.status().is_success(), "{:?}", write.status());
     table_row(
-        &format!("6 leader killed {moment} ({failpoint})"),
-        "the failover completes exactly once",
+        &format!(
+            "{} leader killed {moment} ({failpoint})",
+            if trigger == Trigger::Slow { "11" } else { "6" }
+        ),
+        if trigger == Trigger::Slow {
+            "the automatic switchover completes exactly once"
+        } else {
+            "the failover completes exactly once"
+        },
         &format!(
             "1 failover p -> {}, 7 steps once each (by {}), next leader {}",
             done.to,
@@ -1184,4 +1231,14 @@ async fn s10_a_flapping_degradation_is_moved_from_at_most_once_per_cooldown() {
         ),
         None,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_leader_killed_after_fenced_in_an_automatic_switchover() {
+    leader_killed_during(
+        "after fenced, in a slow primary's switchover",
+        "crash-after:fenced",
+        Trigger::Slow,
+    )
+    .await;
 }
