@@ -28,39 +28,43 @@ fn alive(pid: u64) -> bool {
     })
 }
 
-#[test]
-fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_leaves_nothing() {
+/// Runs `vault-dr drill --json ARGS…` (the real binary, which runs `vault-dr-lab drill`): its
+/// output and its report, the one JSON document on stdout (panics naming both otherwise).
+fn drill(args: &[&str]) -> (std::process::Output, Value) {
     built_binary("vault-dr-agent").unwrap();
     built_binary("vault-dr-lab").unwrap();
-    let started = Instant::now();
     let out = std::process::Command::new(built_binary("vault-dr").unwrap())
-        .args([
-            "drill",
-            "--json",
-            "--clusters",
-            "3",
-            "--coordinators",
-            "2",
-            "--exclude",
-            "s1",
-            "--restore",
-            "on-promotion",
-            "--snapshot-interval",
-            "1s",
-            "--warmup",
-            "2s",
-        ])
+        .args(["drill", "--json"])
+        .args(args)
         .output()
         .unwrap();
-    let took = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "drill took {:.1} s; progress:\n{stderr}",
-        took.as_secs_f64()
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("drill progress:\n{stderr}");
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout}\n{stderr}"));
+    (out, report)
+}
+
+#[test]
+fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_leaves_nothing() {
+    let started = Instant::now();
+    let (out, report) = drill(&[
+        "--clusters",
+        "3",
+        "--coordinators",
+        "2",
+        "--exclude",
+        "s1",
+        "--restore",
+        "on-promotion",
+        "--snapshot-interval",
+        "1s",
+        "--warmup",
+        "2s",
+    ]);
+    eprintln!("drill took {:.1} s", started.elapsed().as_secs_f64());
+    let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert!(
         out.status.success(),
@@ -196,23 +200,8 @@ fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_l
 /// the decision, nothing lost, and the client's write latency before, during and after.
 #[test]
 fn a_slow_primary_drill_is_one_automatic_switchover_with_no_loss_and_the_clients_latency() {
-    let out = std::process::Command::new(built_binary("vault-dr").unwrap())
-        .args([
-            "drill",
-            "--json",
-            "--clusters",
-            "3",
-            "--coordinators",
-            "2",
-            "--fault",
-            "slow",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, report) = drill(&["--clusters", "3", "--coordinators", "2", "--fault", "slow"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout}\n{stderr}"));
     assert!(
         out.status.success() && report["ok"] == true,
         "problems {}\n{stderr}",
