@@ -718,6 +718,10 @@ impl LabNode {
     pub fn stop(&mut self) {
         if let Some(child) = &self.child {
             child.signal(Signal::Stop);
+            // Stopped when this returns: no thread answers a request sent afterwards.
+            if !child.wait_stopped(Duration::from_secs(2)) {
+                tracing::warn!(node = %self.name, "bao not stopped 2 s after SIGSTOP");
+            }
         }
     }
 

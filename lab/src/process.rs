@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use super::LabError;
 
@@ -232,6 +233,32 @@ impl ChildGuard {
         if !self.done {
             send(signal, &self.pid().to_string());
         }
+    }
+
+    /// Waits (blocking, at most `within`) until every thread of the server is stopped, after
+    /// [`Signal::Stop`]: `kill` returns before the kernel has stopped each thread, and a busy
+    /// machine may let a thread answer one more request meanwhile. Whether they all stopped.
+    pub fn wait_stopped(&self, within: Duration) -> bool {
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let all_stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.split_whitespace().next())
+                            .is_some_and(|state| state == "T" || state == "t")
+                    })
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if all_stopped() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        all_stopped()
     }
 
     /// Waits (blocking) until the server has exited on its own, e.g. after [`Signal::Term`].
