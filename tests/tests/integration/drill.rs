@@ -46,6 +46,16 @@ fn drill(args: &[&str]) -> (std::process::Output, Value) {
     (out, report)
 }
 
+/// The detail of the report's timeline event `event` (panics when there is none).
+fn event_detail(report: &Value, event: &str) -> String {
+    report["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["event"] == event))
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_else(|| panic!("no {event} event in {}", report["timeline"]))
+        .to_owned()
+}
+
 #[test]
 fn a_short_drill_promotes_exactly_once_loses_at_most_one_snapshot_interval_and_leaves_nothing() {
     let started = Instant::now();
@@ -213,30 +223,14 @@ fn a_slow_primary_drill_is_one_automatic_switchover_with_no_loss_and_the_clients
         (Some(1), Some(2))
     );
     assert_eq!(report["rpo_writes"], 0, "a switchover loses nothing");
-    let decided = report["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "decided")
-        .unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let decided = event_detail(&report, "decided");
     assert!(
         decided.contains("automatic switchover: primary p degraded")
             && decided.contains("agent of p-")
             && decided.contains("coordinator probe"),
         "{decided}"
     );
-    let detected = report["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "detected")
-        .unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let detected = event_detail(&report, "detected");
     assert!(detected.contains("degraded: primary p"), "{detected}");
     // The client felt the 800 ms while p was primary, and not after the switch.
     let l = &report["client_latency"];
