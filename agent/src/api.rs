@@ -184,6 +184,7 @@ mod tests {
             promotion: Default::default(),
             final_snapshot_from: None,
             primary_suspect: false,
+            raft_formed_term: None,
         });
         let (status, body) = get(&s, "/v1/desired").await;
         assert_eq!(status, StatusCode::OK);

@@ -61,6 +61,14 @@ pub const ENV_SNAPSHOT_KEEP: &str = "VAULT_DR_AGENT_SNAPSHOT_KEEP";
 pub const ENV_RESTORE: &str = "VAULT_DR_AGENT_RESTORE";
 /// Env: directory of quarantined (diverged) data (`--quarantine-dir`).
 pub const ENV_QUARANTINE_DIR: &str = "VAULT_DR_AGENT_QUARANTINE_DIR";
+/// Env: the node's raft storage path (`--raft-path`).
+pub const ENV_RAFT_PATH: &str = "VAULT_DR_AGENT_RAFT_PATH";
+/// Env: the node's raft node id (`--raft-node-id`).
+pub const ENV_RAFT_NODE_ID: &str = "VAULT_DR_AGENT_RAFT_NODE_ID";
+/// Env: the node's raft cluster address, `host:port` (`--raft-cluster-addr`).
+pub const ENV_RAFT_CLUSTER_ADDR: &str = "VAULT_DR_AGENT_RAFT_CLUSTER_ADDR";
+/// Env: the launcher's control directory (`--raft-control-dir`).
+pub const ENV_RAFT_CONTROL_DIR: &str = "VAULT_DR_AGENT_RAFT_CONTROL_DIR";
 /// Env: the write gate's listen address, the node's client address (`--gate-listen`).
 pub const ENV_GATE_LISTEN: &str = "VAULT_DR_AGENT_GATE_LISTEN";
 /// Env: `open` forwards every request whatever the role (`--gate-override`).
@@ -151,7 +159,7 @@ struct Args {
 /// The replication flags.
 #[derive(Debug, clap::Args)]
 struct SnapshotArgs {
-    #[arg(long, value_name = "none|snapshot", help = help("Replication backend: snapshot = pull raft snapshots from the primary [default: none]", ENV_REPLICATION))]
+    #[arg(long, value_name = "none|snapshot|raft", help = help("Replication backend: snapshot = pull raft snapshots from the primary; raft = the group is one raft, secondaries are non-voters, the server runs under vault-dr-launch [default: none]", ENV_REPLICATION))]
     replication: Option<String>,
     #[arg(long, value_name = "DIR", help = help("Directory of pulled snapshots (required with --replication snapshot)", ENV_SNAPSHOT_DIR))]
     snapshot_dir: Option<PathBuf>,
@@ -161,8 +169,16 @@ struct SnapshotArgs {
     snapshot_keep: Option<String>,
     #[arg(long, value_name = "continuous|on-promotion", help = help("continuous: restore every pulled snapshot (warm standby); on-promotion: restore the newest at promotion [default: continuous]", ENV_RESTORE))]
     restore: Option<String>,
-    #[arg(long, value_name = "DIR", help = help("Where a returning ex-primary saves its diverged data [default: <snapshot-dir>/quarantine]", ENV_QUARANTINE_DIR))]
+    #[arg(long, value_name = "DIR", help = help("Where a returning ex-primary saves its diverged data [default: <snapshot-dir>/quarantine; raft: <raft-path>/.vault-dr-quarantine]", ENV_QUARANTINE_DIR))]
     quarantine_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", help = help("The node's raft storage path, as in its config (required with --replication raft)", ENV_RAFT_PATH))]
+    raft_path: Option<PathBuf>,
+    #[arg(long, value_name = "ID", help = help("The node's raft node_id [default: --node]", ENV_RAFT_NODE_ID))]
+    raft_node_id: Option<String>,
+    #[arg(long, value_name = "HOST:PORT", help = help("The node's raft cluster address, as in its cluster_addr (required with --replication raft)", ENV_RAFT_CLUSTER_ADDR))]
+    raft_cluster_addr: Option<String>,
+    #[arg(long, value_name = "DIR", help = help("The control directory of the node's vault-dr-launch [default: <raft-path>/.vault-dr]", ENV_RAFT_CONTROL_DIR))]
+    raft_control_dir: Option<PathBuf>,
 }
 
 /// When a secondary restores pulled snapshots into its node.
@@ -197,6 +213,8 @@ pub enum ReplicationConfig {
     None,
     /// Raft snapshot shipping.
     Snapshot(SnapshotConfig),
+    /// The group is one raft.
+    Raft(crate::replication::raft::RaftConfig),
 }
 
 /// Connection to the local Vault/OpenBao node.
@@ -294,7 +312,7 @@ impl Config {
         };
         let cluster = required_name(pick(a.cluster, ENV_CLUSTER), "--cluster", ENV_CLUSTER)?;
         let node = required_name(pick(a.node, ENV_NODE), "--node", ENV_NODE)?;
-        let replication = parse_replication(&a.snapshot, env, vault.token.is_some())?;
+        let replication = parse_replication(&a.snapshot, env, vault.token.is_some(), &node)?;
 
         let mut coordinator_fallbacks = Vec::new();
         let coordinator = match pick(a.coordinator_url, ENV_COORDINATOR_URL) {
@@ -556,6 +574,7 @@ fn parse_replication(
     a: &SnapshotArgs,
     env: &dyn Env,
     has_token: bool,
+    node: &str,
 ) -> Result<ReplicationConfig> {
     let pick = |flag: &Option<String>, key: &str| flag.clone().or_else(|| non_empty(env.var(key)));
     let pick_path = |flag: &Option<PathBuf>, key: &str| {
@@ -566,11 +585,12 @@ fn parse_replication(
     match backend.trim().to_ascii_lowercase().as_str() {
         "none" => return Ok(ReplicationConfig::None),
         "snapshot" => {}
+        "raft" => return parse_raft(a, env, has_token, node),
         other => {
             return Err(config_error(
                 "--replication",
                 ENV_REPLICATION,
-                format!("{other:?} is not one of none, snapshot"),
+                format!("{other:?} is not one of none, snapshot, raft"),
             ));
         }
     }
@@ -644,6 +664,76 @@ fn parse_replication(
         restore,
         quarantine_dir,
     }))
+}
+
+/// The raft flags: the storage path, the cluster address and the DR token are required.
+fn parse_raft(
+    a: &SnapshotArgs,
+    env: &dyn Env,
+    has_token: bool,
+    node: &str,
+) -> Result<ReplicationConfig> {
+    let pick = |flag: &Option<String>, key: &str| flag.clone().or_else(|| non_empty(env.var(key)));
+    let pick_path = |flag: &Option<PathBuf>, key: &str| {
+        flag.clone()
+            .or_else(|| non_empty(env.var(key)).map(PathBuf::from))
+    };
+    let path = pick_path(&a.raft_path, ENV_RAFT_PATH).ok_or_else(|| {
+        config_error(
+            "--raft-path",
+            ENV_RAFT_PATH,
+            "is required with --replication raft (the node's raft storage path)",
+        )
+    })?;
+    if !path.is_absolute() {
+        return Err(config_error(
+            "--raft-path",
+            ENV_RAFT_PATH,
+            format!("{} is not an absolute path", path.display()),
+        ));
+    }
+    let cluster_addr = pick(&a.raft_cluster_addr, ENV_RAFT_CLUSTER_ADDR).ok_or_else(|| {
+        config_error(
+            "--raft-cluster-addr",
+            ENV_RAFT_CLUSTER_ADDR,
+            "is required with --replication raft (host:port, the node's cluster_addr)",
+        )
+    })?;
+    let cluster_addr = cluster_addr.trim().to_owned();
+    let port_ok = cluster_addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok || cluster_addr.contains("://") {
+        return Err(config_error(
+            "--raft-cluster-addr",
+            ENV_RAFT_CLUSTER_ADDR,
+            format!("{cluster_addr:?} is not host:port (no scheme)"),
+        ));
+    }
+    let node_id = match pick(&a.raft_node_id, ENV_RAFT_NODE_ID) {
+        Some(id) => required_name(Some(id), "--raft-node-id", ENV_RAFT_NODE_ID)?,
+        None => node.to_owned(),
+    };
+    if !has_token {
+        return Err(config_error(
+            "--vault-token-file",
+            ENV_VAULT_TOKEN_FILE,
+            "is required with --replication raft (the DR token: autopilot state)",
+        ));
+    }
+    let control_dir = pick_path(&a.raft_control_dir, ENV_RAFT_CONTROL_DIR)
+        .unwrap_or_else(|| path.join(".vault-dr"));
+    let quarantine_dir = pick_path(&a.quarantine_dir, ENV_QUARANTINE_DIR)
+        .unwrap_or_else(|| path.join(".vault-dr-quarantine"));
+    Ok(ReplicationConfig::Raft(
+        crate::replication::raft::RaftConfig {
+            path,
+            node_id,
+            cluster_addr,
+            control_dir,
+            quarantine_dir,
+        },
+    ))
 }
 
 fn config_error(flag: &'static str, env: &'static str, message: impl Into<String>) -> Error {
@@ -1114,6 +1204,77 @@ mod tests {
             )),
             "--log-format"
         );
+    }
+
+    #[test]
+    fn raft_replication_needs_a_path_a_cluster_address_and_the_dr_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "dr").unwrap();
+        let token = token.display().to_string();
+        let base = [
+            "--cluster",
+            "s1",
+            "--node",
+            "s1-n1",
+            "--replication",
+            "raft",
+            "--vault-token-file",
+            &token,
+        ];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v, &[])
+        };
+        let ok = with(&[
+            "--raft-path",
+            "/data",
+            "--raft-cluster-addr",
+            "10.0.0.5:8201",
+        ])
+        .unwrap();
+        let ReplicationConfig::Raft(r) = ok.replication else {
+            panic!("not raft: {:?}", ok.replication)
+        };
+        assert_eq!(r.node_id, "s1-n1");
+        assert_eq!(r.control_dir, PathBuf::from("/data/.vault-dr"));
+        assert_eq!(
+            r.quarantine_dir,
+            PathBuf::from("/data/.vault-dr-quarantine")
+        );
+        assert_eq!(
+            flag_of(with(&["--raft-cluster-addr", "h:1"])),
+            "--raft-path"
+        );
+        assert_eq!(
+            flag_of(with(&["--raft-path", "rel", "--raft-cluster-addr", "h:1"])),
+            "--raft-path"
+        );
+        assert_eq!(flag_of(with(&["--raft-path", "/d"])), "--raft-cluster-addr");
+        for bad in ["h", "h:0", "h:x", "https://h:8201", ":8201"] {
+            assert_eq!(
+                flag_of(with(&["--raft-path", "/d", "--raft-cluster-addr", bad])),
+                "--raft-cluster-addr",
+                "{bad}"
+            );
+        }
+        let no_token = parse(
+            &[
+                "--cluster",
+                "s1",
+                "--node",
+                "n",
+                "--replication",
+                "raft",
+                "--raft-path",
+                "/d",
+                "--raft-cluster-addr",
+                "h:1",
+            ],
+            &[],
+        );
+        assert_eq!(flag_of(no_token), "--vault-token-file");
     }
 
     #[test]

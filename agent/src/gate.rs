@@ -440,6 +440,7 @@ mod tests {
             promotion: PromotionMode::Complete,
             final_snapshot_from: None,
             primary_suspect: false,
+            raft_formed_term: None,
         }
     }
 

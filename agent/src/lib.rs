@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod launch;
 pub mod metrics;
 pub mod probe;
 pub mod replication;
@@ -48,7 +49,8 @@ pub async fn run(
         config.vault.token.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    // The snapshot backend's status lives in memory: the report sender reads it at sending.
+    // The snapshot and raft backends' status lives in memory: the report sender reads it at
+    // sending, and they set `applied_term` themselves.
     let mut snapshot_status: Option<Arc<dyn replication::Replicator>> = None;
     let replicator: Arc<dyn replication::Replicator> = match &config.replication {
         config::ReplicationConfig::None => Arc::new(
@@ -81,6 +83,24 @@ pub async fn run(
                 .with_vault_addr(config.vault.addr.clone()),
             );
             tasks.spawn(shipper.run());
+            snapshot_status = Some(status.clone());
+            status
+        }
+        config::ReplicationConfig::Raft(r) => {
+            let status = Arc::new(replication::raft::RaftStatus::default());
+            let controller = replication::raft::Controller::new(
+                r.clone(),
+                vault.clone(),
+                shared.clone(),
+                metrics.clone(),
+                status.clone(),
+            )
+            .map_err(|e| Error::Config {
+                flag: "--raft-control-dir",
+                env: config::ENV_RAFT_CONTROL_DIR,
+                message: format!("cannot create {}: {e}", r.control_dir.display()),
+            })?;
+            tasks.spawn(controller.run());
             snapshot_status = Some(status.clone());
             status
         }

@@ -78,6 +78,9 @@ pub struct Metrics {
     /// `vault_dr_agent_server_restarts_total`: restarts of the sealed server of a superseded
     /// primary (`--vault-restart signal`).
     pub server_restarts: IntCounter,
+    /// `vault_dr_agent_raft_actions_total{action}`: what the raft backend did to its node
+    /// (`permit`, `stop`, `recover`, `quarantine`).
+    pub raft_actions: IntCounterVec,
     /// `vault_dr_agent_snapshot_index`: raft index of the newest snapshot held.
     pub snapshot_index: IntGauge,
     /// `vault_dr_agent_snapshot_restoring_seconds_total`: time spent restoring (its rate is
@@ -263,6 +266,16 @@ impl Metrics {
                 IntCounter::new(
                     format!("{P}server_restarts_total"),
                     "Restarts of the sealed server of a superseded primary, so that its seal unseals it",
+                )?,
+            )?,
+            raft_actions: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{P}raft_actions_total"),
+                        "Raft backend actions on the node: permit (a start), stop, recover (peers.json), quarantine",
+                    ),
+                    &["action"],
                 )?,
             )?,
             snapshot_index: reg(

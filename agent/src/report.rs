@@ -423,6 +423,7 @@ mod tests {
                         promotion: Default::default(),
                         final_snapshot_from: None,
                         primary_suspect: false,
+                        raft_formed_term: None,
                     };
                     got.lock().unwrap().push(r);
                     axum::Json(answer)

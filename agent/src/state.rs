@@ -327,6 +327,7 @@ pub(crate) mod tests {
             promotion: Default::default(),
             final_snapshot_from: None,
             primary_suspect: false,
+            raft_formed_term: None,
         }
     }
 

@@ -42,6 +42,7 @@ async fn reports(State(r): State<Replica>) -> axum::response::Response {
         promotion: Default::default(),
         final_snapshot_from: None,
         primary_suspect: false,
+        raft_formed_term: None,
     })
     .into_response()
 }

@@ -57,6 +57,7 @@ async fn reports(
                 promotion: Default::default(),
                 final_snapshot_from: None,
                 primary_suspect: false,
+                raft_formed_term: None,
             };
             axum::Json(desired).into_response()
         }

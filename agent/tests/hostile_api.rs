@@ -38,6 +38,7 @@ fn answer(n: usize, thief: &str) -> Response {
             promotion: Default::default(),
             final_snapshot_from: None,
             primary_suspect: false,
+            raft_formed_term: None,
         })
         .into_response()
     };
@@ -293,6 +294,7 @@ async fn a_report_redirect_to_another_origin_is_not_followed() {
                     promotion: Default::default(),
                     final_snapshot_from: None,
                     primary_suspect: false,
+                    raft_formed_term: None,
                 })
             }
         }),

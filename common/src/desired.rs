@@ -66,6 +66,14 @@ pub struct DesiredState {
     /// a promotion anyway, and OpenBao blocks a node for seconds per restore.
     #[serde(default)]
     pub primary_suspect: bool,
+    /// Raft replication (`--replication raft`): the term in which the raft that `primary`
+    /// leads was formed (the initial term, or the term of the failover whose promotion made
+    /// `primary`'s nodes its voters). A node whose data belongs to that raft may start as it
+    /// is; any other data is quarantined before the node starts (or recovered, on the target of
+    /// the promotion). `None` while no such raft exists yet (a failover to `primary` that has
+    /// not promoted it): a node that does not belong waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_formed_term: Option<u64>,
 }
 
 /// What a promoted secondary restores before it takes traffic.

@@ -280,6 +280,9 @@ pub enum ReplicationMode {
     None,
     /// vault-dr's raft-snapshot shipping.
     Snapshot,
+    /// The group is one raft: this node is a voter of the primary cluster or a non-voter of
+    /// a secondary (vault-dr's zero-loss mode).
+    Raft,
     /// Vault Enterprise DR replication.
     EnterpriseDr,
     /// Vault Enterprise performance replication.

@@ -403,6 +403,7 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         .filter(|f| f.planned && f.to == cluster && f.completed >= Step::Fenced)
         .and_then(|f| config.cluster(&f.from))
         .and_then(|c| c.api_addrs.first().cloned());
+    let raft_formed_term = raft_formed_term(topology, &primary);
     DesiredState {
         term: topology.term,
         cluster: cluster.to_owned(),
@@ -414,6 +415,22 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         final_snapshot_from,
         // Set per report by the API from the leader's phase (`State::primary_suspect`).
         primary_suspect: false,
+        raft_formed_term,
+    }
+}
+
+/// The term in which the raft that `primary` leads was formed (see
+/// [`DesiredState::raft_formed_term`]). Every change of term is a change of primary whose
+/// promotion forms a new raft: without a failover the current primary's raft is the current
+/// term's; during one, the old primary's is the previous term's until the target's promotion
+/// (from `Fenced` on, the target forms the current term's raft), and the target's raft does not
+/// exist for the others before it is `Promoted`.
+fn raft_formed_term(topology: &Topology, primary: &str) -> Option<u64> {
+    match &topology.failover {
+        None => Some(topology.term),
+        Some(f) if primary == f.from => Some(topology.term.saturating_sub(1).max(1)),
+        Some(f) if primary == f.to && f.completed >= Step::Fenced => Some(topology.term),
+        Some(_) => None,
     }
 }
 
@@ -593,6 +610,56 @@ mod tests {
                 d.primary_api_addr.is_some(),
                 role == S,
                 "{name}: a secondary knows where to pull from"
+            );
+        }
+    }
+
+    #[test]
+    fn the_raft_a_node_may_start_in_is_the_one_its_primary_leads() {
+        let c = config(PromotionMode::Complete);
+        let rows: Vec<(&str, Topology, &str, Option<u64>)> = vec![
+            (
+                "steady: the initial raft",
+                Topology::initial("p"),
+                "s2",
+                Some(1),
+            ),
+            (
+                "decided: the others stay in p's raft of term 1",
+                during(false, Step::Decided),
+                "s2",
+                Some(1),
+            ),
+            (
+                "decided: the old primary waits (s1's raft does not exist yet)",
+                during(false, Step::Decided),
+                "p",
+                None,
+            ),
+            (
+                "fenced: the target forms term 2's raft",
+                during(false, Step::Fenced),
+                "s1",
+                Some(2),
+            ),
+            (
+                "fenced: the target's raft forms (the old primary's agent waits for the end)",
+                during(false, Step::Fenced),
+                "p",
+                Some(2),
+            ),
+            (
+                "promoted: the others follow the target's raft",
+                during(false, Step::Promoted),
+                "s2",
+                Some(2),
+            ),
+        ];
+        for (name, t, cluster, want) in rows {
+            assert_eq!(
+                desired_state(&c, &t, cluster).raft_formed_term,
+                want,
+                "{name}"
             );
         }
     }

@@ -131,6 +131,10 @@ pub struct GroupSpec {
     pub selectors: BTreeMap<String, BTreeMap<String, String>>,
     /// Added to every coordinator's environment (e.g. `KUBECONFIG`).
     pub coordinator_env: Vec<(String, String)>,
+    /// Raft replication instead of snapshots (`None`: snapshots when `replication`): the
+    /// group is one raft, the first cluster's nodes its voters, every other node a non-voter,
+    /// every `bao` under `vault-dr-launch` and every agent `--replication raft`.
+    pub raft: Option<RaftLayout>,
     /// Where `vault-dr` and `vault-dr-agent` are taken from (e.g. another build, for a
     /// before/after bench in one run); `None`: [`built_binary`].
     pub binaries_dir: Option<PathBuf>,
@@ -183,9 +187,19 @@ impl Default for GroupSpec {
             traffic_file: None,
             selectors: BTreeMap::new(),
             coordinator_env: Vec::new(),
+            raft: None,
             binaries_dir: None,
         }
     }
+}
+
+/// How many nodes each cluster of a raft group has ([`GroupSpec::raft`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftLayout {
+    /// Nodes of the primary (the voters).
+    pub primary_nodes: usize,
+    /// Nodes of every secondary (non-voters).
+    pub secondary_nodes: usize,
 }
 
 /// One running coordinator process.
@@ -450,7 +464,25 @@ impl DrGroup {
                 (n.as_str(), host)
             })
             .collect();
-        let clusters = LabCluster::start_group_on(&placed, true, Some(&dir.path)).await?;
+        let clusters = match &spec.raft {
+            None => LabCluster::start_group_on(&placed, true, Some(&dir.path)).await?,
+            Some(layout) => {
+                let launcher = spec.binary("vault-dr-launch")?;
+                let sized: Vec<(&str, usize, NodeHost)> = placed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, host))| {
+                        let count = if i == 0 {
+                            layout.primary_nodes
+                        } else {
+                            layout.secondary_nodes
+                        };
+                        (*n, count, host.clone())
+                    })
+                    .collect();
+                LabCluster::start_raft_group(&sized, &launcher, Some(&dir.path)).await?
+            }
+        };
         let http = super::openbao::http_client()?;
 
         let dr_token = Secret::new(format!("vdr-{:032x}", rand::random::<u128>()));
@@ -459,7 +491,10 @@ impl DrGroup {
         let token_file = dir.path.join("coordinator.token");
         crate::tools::write_private(&dr_token_file, dr_token.expose())?;
         crate::tools::write_private(&token_file, coordinator_token.expose())?;
-        if spec.replication {
+        if spec.raft.is_some() {
+            // One raft: one token store.
+            clusters[0].create_dr_token(&dr_token).await?;
+        } else if spec.replication {
             let dr_tokens = clusters.iter().map(|c| c.create_dr_token(&dr_token));
             futures::future::try_join_all(dr_tokens).await?;
         }
@@ -753,7 +788,7 @@ impl DrGroup {
             let at = node.client_socket().to_string();
             push("--gate-listen", Some(at.into()), false);
         }
-        if spec.replication {
+        if spec.replication || spec.raft.is_some() {
             push(
                 "--vault-token-file",
                 Some(self.dr_token_file.clone().into_os_string()),
@@ -783,7 +818,19 @@ impl DrGroup {
             Some(node.pid_file().to_path_buf().into_os_string()),
             true,
         );
-        if spec.replication {
+        if spec.raft.is_some() {
+            push("--replication", Some("raft".into()), true);
+            push(
+                "--raft-path",
+                Some(node.data_dir().to_path_buf().into_os_string()),
+                true,
+            );
+            push(
+                "--raft-cluster-addr",
+                Some(node.cluster_socket().to_string().into()),
+                true,
+            );
+        } else if spec.replication {
             push("--replication", Some("snapshot".into()), false);
             push("--restore", Some(spec.restore.as_str().into()), false);
             push(

@@ -154,6 +154,16 @@ impl GroupBuilder {
         self
     }
 
+    /// Raft replication: the group is one raft of `primary_nodes` voters in the first
+    /// cluster and `secondary_nodes` non-voters in every other.
+    pub fn raft(mut self, primary_nodes: usize, secondary_nodes: usize) -> Self {
+        self.spec.raft = Some(super::group::RaftLayout {
+            primary_nodes,
+            secondary_nodes,
+        });
+        self
+    }
+
     /// The agents' probe and report interval.
     pub fn agent_interval(mut self, interval: Duration) -> Self {
         self.spec.agent_interval = interval;

@@ -53,6 +53,7 @@ pub struct LabNode {
     api_addr: Url,
     client_addr: Url,
     client_socket: std::net::SocketAddr,
+    cluster_socket: std::net::SocketAddr,
     dir: PathBuf,
     data_dir: PathBuf,
     config_path: PathBuf,
@@ -63,6 +64,9 @@ pub struct LabNode {
     child: Option<ChildGuard>,
     /// Runs `bao` through this prefix (e.g. `ip netns exec <ns>`); empty: directly.
     prefix: Vec<OsString>,
+    /// Raft replication: `bao` runs under this `vault-dr-launch`, which starts it only with
+    /// its agent's permit (in [`LabNode::control_dir`]).
+    launcher: Option<PathBuf>,
 }
 
 /// Where the nodes of a lab cluster run: the IP address their listeners bind (and advertise)
@@ -300,6 +304,130 @@ impl LabCluster {
         futures::future::try_join_all(standbys).await?;
         cluster.wait_voters(SETTLE_TIMEOUT).await?;
         Ok(cluster)
+    }
+
+    /// Starts a DR group that is **one raft** (raft replication): `clusters[0]` is the
+    /// primary, whose nodes are the voters; every node of the other clusters joins as a
+    /// non-voter. Every node's config lists every other node in `retry_join` (a quarantined
+    /// node joins whichever is the leader then), and every `bao` runs under `launcher`
+    /// (`vault-dr-launch`), given its first permit and the bootstrap lineage (term 0, the
+    /// primary) by the lab as an installer would. Returns once the primary's node 1 is active
+    /// with KV v2, every primary node is a voter and every other node a non-voter answering
+    /// 429. One shared static seal key, `performance_multiplier = 1`. Every cluster's root
+    /// token is the primary's (one raft).
+    pub async fn start_raft_group(
+        clusters: &[(&str, usize, NodeHost)],
+        launcher: &Path,
+        base_dir: Option<&Path>,
+    ) -> Result<Vec<LabCluster>, LabError> {
+        if clusters.len() < 2 || clusters.iter().any(|(_, n, _)| *n == 0) {
+            return Err(LabError::Invalid(
+                "a raft group needs a primary and a secondary, each with nodes".into(),
+            ));
+        }
+        for (i, (n, _, _)) in clusters.iter().enumerate() {
+            check_name(n)?;
+            if clusters[..i].iter().any(|(m, _, _)| m == n) {
+                return Err(LabError::Invalid(format!("duplicate cluster name {n:?}")));
+            }
+        }
+        let bao = tools::find("bao")?;
+        let dir = Arc::new(LabDir::new(base_dir)?);
+        let key = dir.write_seal_key()?;
+        let client = http_client()?;
+        let total: usize = clusters.iter().map(|(_, n, _)| n).sum();
+        let ports = super::ports::reserve_loopback_n(3 * total)?;
+        let mut specs = Vec::new();
+        let mut k = 0;
+        for (name, count, host) in clusters {
+            for i in 0..*count {
+                specs.push((
+                    host.clone(),
+                    NodeSpec {
+                        cluster: (*name).to_owned(),
+                        node: format!("{name}-n{}", i + 1),
+                        api_port: ports[3 * k],
+                        cluster_port: ports[3 * k + 1],
+                        client_port: ports[3 * k + 2],
+                        fast_election: true,
+                        retry_join: Vec::new(),
+                        ip: host.ip,
+                    },
+                ));
+                k += 1;
+            }
+        }
+        let api_urls = specs
+            .iter()
+            .map(|(_, sp)| host_url(sp.ip, sp.api_port))
+            .collect::<Result<Vec<_>, _>>()?;
+        let primary = clusters[0].0;
+        let mut by_cluster: Vec<Vec<LabNode>> = clusters.iter().map(|_| Vec::new()).collect();
+        for (j, (host, spec)) in specs.iter_mut().enumerate() {
+            spec.retry_join = api_urls
+                .iter()
+                .enumerate()
+                .filter(|(m, _)| *m != j)
+                .map(|(_, u)| u.clone())
+                .collect();
+            let mut node = LabNode::create(
+                spec,
+                &bao,
+                &dir.path.join(&spec.cluster),
+                &key,
+                &client,
+                &host.prefix,
+            )?;
+            node.launcher = Some(launcher.to_path_buf());
+            let c = clusters
+                .iter()
+                .position(|(n, _, _)| *n == spec.cluster)
+                .unwrap_or(0);
+            node.write_bootstrap(primary, c > 0)?;
+            by_cluster[c].push(node);
+        }
+        // The primary first: node 1 is initialised, the others join it as voters.
+        for n in &mut by_cluster[0] {
+            n.spawn()?;
+        }
+        futures::future::try_join_all(by_cluster[0].iter_mut().map(|n| n.wait_listening())).await?;
+        let root_token = init(&by_cluster[0][0]).await?;
+        let mut out: Vec<LabCluster> = clusters
+            .iter()
+            .zip(by_cluster)
+            .map(|((name, _, _), nodes)| LabCluster {
+                name: (*name).to_owned(),
+                nodes,
+                root_token: root_token.clone(),
+                seal_key_path: key.clone(),
+                client: client.clone(),
+                dir: Arc::clone(&dir),
+            })
+            .collect();
+        {
+            let p = &out[0];
+            let first = &p.nodes[0];
+            first.wait_health(200, INIT_TIMEOUT).await?;
+            p.enable_kv2(first).await?;
+            p.shorten_stabilization().await?;
+            let standbys = p.nodes[1..]
+                .iter()
+                .map(|n| n.wait_health(429, SETTLE_TIMEOUT));
+            futures::future::try_join_all(standbys).await?;
+            p.wait_voters(SETTLE_TIMEOUT).await?;
+        }
+        for c in &mut out[1..] {
+            for n in &mut c.nodes {
+                n.spawn()?;
+            }
+        }
+        let joined = out[1..]
+            .iter()
+            .flat_map(|c| c.nodes.iter())
+            .map(|n| n.wait_health(429, SETTLE_TIMEOUT));
+        futures::future::try_join_all(joined).await?;
+        out[0].wait_voters(SETTLE_TIMEOUT).await?;
+        Ok(out)
     }
 
     /// Writes configs and starts `count` nodes of cluster `name`, then waits until every one
@@ -611,6 +739,7 @@ impl LabNode {
             api_addr: host_url(spec.ip, spec.api_port)?,
             client_addr: host_url(spec.ip, spec.client_port)?,
             client_socket: std::net::SocketAddr::new(spec.ip, spec.client_port),
+            cluster_socket: std::net::SocketAddr::new(spec.ip, spec.cluster_port),
             config_path: dir.join("config.hcl"),
             log_path: dir.join("bao.log"),
             pid_file: dir.join("bao.pid"),
@@ -620,6 +749,7 @@ impl LabNode {
             client: client.clone(),
             child: None,
             prefix: prefix.to_vec(),
+            launcher: None,
         };
         let config = render_config(spec, &node.data_dir, &node.pid_file, seal_key);
         std::fs::write(&node.config_path, config)
@@ -627,25 +757,70 @@ impl LabNode {
         Ok(node)
     }
 
+    /// What an installer gives a launched node before its first start: the bootstrap
+    /// lineage (term 0 of `primary`'s raft) and a permit, as a voter or a non-voter.
+    fn write_bootstrap(&self, primary: &str, non_voter: bool) -> Result<(), LabError> {
+        let control = vault_dr_agent::launch::ControlDir::new(self.control_dir());
+        let io =
+            |what: &str, e| LabError::io(format!("{what} in {}", self.control_dir().display()), e);
+        control
+            .create()
+            .map_err(|e| io("create the control dir", e))?;
+        let lineage = serde_json::json!({ "term": 0, "primary": primary });
+        vault_dr_agent::launch::write_atomic(
+            &self
+                .control_dir()
+                .join(vault_dr_agent::replication::raft::LINEAGE_FILE),
+            lineage.to_string().as_bytes(),
+        )
+        .map_err(|e| io("write the lineage", e))?;
+        control
+            .write_permit(&vault_dr_agent::launch::Permit {
+                term: 0,
+                non_voter,
+                reason: "the lab's first start".into(),
+            })
+            .map_err(|e| io("write the permit", e))
+    }
+
     /// Starts `bao server` with this node's config (log appended to [`LabNode::log_path`]).
+    /// A launched node ([`LabNode::launched`]) starts its launcher, which starts `bao` only
+    /// with a permit; the process group goes on a kill.
     fn spawn(&mut self) -> Result<(), LabError> {
         let (program, args) = self.command();
-        let guard = ChildGuard::spawn(&self.name, &program, &args, &self.log_path)?;
+        let guard = if self.launcher.is_some() {
+            ChildGuard::spawn_tracked(&self.name, &program, &args, &self.log_path, &self.pid_file)?
+        } else {
+            ChildGuard::spawn(&self.name, &program, &args, &self.log_path)?
+        };
         self.child = Some(guard);
         Ok(())
     }
 
-    /// The program and arguments that start `bao server` (through the host's prefix).
+    /// The program and arguments that start `bao server` (through the launcher when there is
+    /// one, through the host's prefix).
     fn command(&self) -> (PathBuf, Vec<OsString>) {
         let mut args: Vec<OsString> = vec![
             "server".into(),
             format!("-config={}", self.config_path.display()).into(),
         ];
+        let mut bao = self.bao.clone();
+        if let Some(launcher) = &self.launcher {
+            let mut launch: Vec<OsString> = vec![
+                "--control-dir".into(),
+                self.control_dir().into_os_string(),
+                "--".into(),
+                bao.into_os_string(),
+            ];
+            launch.append(&mut args);
+            args = launch;
+            bao = launcher.clone();
+        }
         let program = match self.prefix.split_first() {
-            None => self.bao.clone(),
+            None => bao,
             Some((first, rest)) => {
                 let mut full = rest.to_vec();
-                full.push(self.bao.clone().into_os_string());
+                full.push(bao.into_os_string());
                 full.append(&mut args);
                 args = full;
                 PathBuf::from(first)
@@ -690,6 +865,29 @@ impl LabNode {
     /// The raft data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The control directory of the node's `vault-dr-launch` (raft replication), inside its
+    /// data directory as the agent's default has it.
+    pub fn control_dir(&self) -> PathBuf {
+        self.data_dir.join(".vault-dr")
+    }
+
+    /// Whether `bao` runs under `vault-dr-launch` (raft replication).
+    pub fn launched(&self) -> bool {
+        self.launcher.is_some()
+    }
+
+    /// The node's cluster address, `host:port` (its `cluster_addr` without the scheme).
+    pub fn cluster_socket(&self) -> std::net::SocketAddr {
+        self.cluster_socket
+    }
+
+    /// Starts the node's launcher again (killing it and `bao` first if they run) and returns
+    /// at once: `bao` starts when the agent permits it. For [`LabNode::launched`] nodes.
+    pub fn restart_held(&mut self) -> Result<(), LabError> {
+        self.kill();
+        self.spawn()
     }
 
     /// The node's folder (config, log, pid file, data).

@@ -131,6 +131,19 @@ impl ChildGuard {
         Self::start(WATCHDOG, what, program, args, log, None, env)
     }
 
+    /// [`ChildGuard::spawn`] of a program that starts the server as its child (a launcher):
+    /// `pid_file` is where the server writes its pid, [`ChildGuard::pid`] and signals follow
+    /// it, and a kill takes the whole process group.
+    pub fn spawn_tracked(
+        what: &str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+        pid_file: &Path,
+    ) -> Result<Self, LabError> {
+        Self::start(WATCHDOG, what, program, args, log, Some(pid_file), &[])
+    }
+
     /// [`ChildGuard::spawn`] under a supervisor that starts the server again whenever it
     /// exits; `pid_file` is where the server writes its pid. [`ChildGuard::kill`] and
     /// [`ChildGuard::terminate`] end the supervisor with it.

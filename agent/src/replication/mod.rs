@@ -3,9 +3,12 @@
 //! One file per backend: [`enterprise`] reads Vault Enterprise's own DR / performance
 //! replication status (OpenBao answers 404 there, which is mode `none`); [`snapshot`] ships raft
 //! snapshots for OpenBao and publishes its status through the same trait, its decisions being
-//! the pure [`snapshot::plan`] and its Vault calls in [`crate::vault`].
+//! the pure [`snapshot::plan`] and its Vault calls in [`crate::vault`]; [`raft`] keeps the
+//! node in the group's one raft (non-voters outside the primary, promotion by raft recovery),
+//! its decisions the pure [`raft::plan`].
 
 pub mod enterprise;
+pub mod raft;
 pub mod snapshot;
 
 use async_trait::async_trait;

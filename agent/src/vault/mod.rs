@@ -213,6 +213,17 @@ impl VaultClient {
         serde_json::from_slice(&body).map_err(|source| Error::VaultDecode { what: WHAT, source })
     }
 
+    /// `GET sys/storage/raft/autopilot/state`, every server (a standby forwards it to the
+    /// active node, so it fails while the raft has no leader). Needs the token.
+    pub async fn autopilot_servers(&self) -> Result<Vec<AutopilotServer>> {
+        const WHAT: &str = "sys/storage/raft/autopilot/state";
+        let (status, body) = self.get_raw(WHAT, WHAT).await?;
+        if status != 200 {
+            return Err(Error::VaultStatus { what: WHAT, status });
+        }
+        parse_autopilot_servers(&body)
+    }
+
     /// `GET sys/storage/raft/autopilot/state`: `Some(healthy)`, or `None` when there is no
     /// token or the token does not allow it (403).
     pub async fn autopilot_healthy(&self) -> Result<Option<bool>> {
@@ -227,6 +238,90 @@ impl VaultClient {
             _ => Err(Error::VaultStatus { what: WHAT, status }),
         }
     }
+}
+
+/// One server of the raft as autopilot sees it (`sys/storage/raft/autopilot/state`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AutopilotServer {
+    /// Its raft node id.
+    pub id: String,
+    /// Its cluster address (`host:port`).
+    #[serde(default)]
+    pub address: String,
+    /// `leader`, `voter`, `non-voter` (or `staging`).
+    #[serde(default)]
+    pub status: String,
+    /// The last raft index it has (for the leader: its own last index).
+    #[serde(default)]
+    pub last_index: u64,
+    /// Time since the leader last heard from it, Go duration text (`"0s"`, `"1.2ms"`).
+    #[serde(default)]
+    pub last_contact: String,
+    /// Whether autopilot counts it healthy.
+    #[serde(default)]
+    pub healthy: bool,
+}
+
+impl AutopilotServer {
+    /// [`AutopilotServer::last_contact`] as a duration (`None` when it does not parse).
+    pub fn last_contact(&self) -> Option<Duration> {
+        parse_go_duration(&self.last_contact)
+    }
+}
+
+/// A Go `time.Duration` string (`"0s"`, `"850µs"`, `"1.5ms"`, `"2m3.5s"`).
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" || s == "0s" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|i| *i > 0)?;
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// The servers of an autopilot state answer, wrapped in `data` (Vault API) or bare.
+pub fn parse_autopilot_servers(body: &[u8]) -> Result<Vec<AutopilotServer>> {
+    #[derive(Deserialize)]
+    struct State {
+        servers: std::collections::BTreeMap<String, AutopilotServer>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Answer {
+        Wrapped { data: State },
+        Bare(State),
+    }
+    let a: Answer = serde_json::from_slice(body).map_err(|source| Error::VaultDecode {
+        what: "sys/storage/raft/autopilot/state",
+        source,
+    })?;
+    let (Answer::Wrapped { data } | Answer::Bare(data)) = a;
+    Ok(data.servers.into_values().collect())
 }
 
 /// `healthy` from an autopilot state answer, wrapped in `data` (Vault API) or bare.
@@ -253,6 +348,34 @@ pub fn parse_autopilot(body: &[u8]) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations_parse() {
+        let ms = |m: f64| Some(Duration::from_secs_f64(m / 1000.0));
+        assert_eq!(parse_go_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration("1.5ms"), ms(1.5));
+        assert_eq!(parse_go_duration("850µs"), ms(0.85));
+        assert_eq!(parse_go_duration("2m3.5s"), ms(123_500.0));
+        for bad in ["", "ms", "1.5", "3 s", "-1s", "1x"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn autopilot_servers_parse_from_openbao_s_answer() {
+        let body = br#"{"data":{"healthy":true,"leader":"p-n1","servers":{
+            "p-n1":{"id":"p-n1","name":"p-n1","address":"127.0.0.1:8201","node_status":"alive",
+                    "last_contact":"0s","last_term":3,"last_index":61,"healthy":true,
+                    "status":"leader","node_type":"voter"},
+            "s1-n1":{"id":"s1-n1","address":"127.0.0.1:8211","last_contact":"2.1ms",
+                     "last_index":59,"healthy":true,"status":"non-voter"}}}}"#;
+        let servers = parse_autopilot_servers(body).unwrap();
+        assert_eq!(servers.len(), 2);
+        let s1 = servers.iter().find(|s| s.id == "s1-n1").unwrap();
+        assert_eq!((s1.status.as_str(), s1.last_index), ("non-voter", 59));
+        assert_eq!(s1.last_contact(), Some(Duration::from_micros(2100)));
+        assert!(parse_autopilot_servers(b"{\"data\": 3}").is_err());
+    }
 
     #[test]
     fn endpoints_keep_a_path_prefix() {

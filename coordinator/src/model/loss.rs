@@ -146,7 +146,12 @@ pub fn at_risk(primary: Option<&AppliedIndex>, served: Option<&ServedData>) -> A
     let Some(served) = served else {
         return not("no report of the target's promoting agent was found");
     };
-    if served.mode != ReplicationMode::Snapshot {
+    // Both index the old primary's raft log: a restored snapshot's index, or (raft) the
+    // index the recovered target served from.
+    if !matches!(
+        served.mode,
+        ReplicationMode::Snapshot | ReplicationMode::Raft
+    ) {
         return AtRisk::NotAccounted {
             reason: format!(
                 "the target replicates by {}, whose reports name no restored snapshot index",
@@ -181,6 +186,7 @@ fn mode_name(mode: ReplicationMode) -> &'static str {
     match mode {
         ReplicationMode::None => "nothing (no replication)",
         ReplicationMode::Snapshot => "snapshot",
+        ReplicationMode::Raft => "raft (one raft, non-voters)",
         ReplicationMode::EnterpriseDr => "Vault Enterprise DR replication",
         ReplicationMode::EnterprisePerformance => "Vault Enterprise performance replication",
     }

@@ -167,6 +167,7 @@ fn desired(term: u64, cluster: &str, primary: &LabCluster) -> DesiredState {
         promotion: PromotionMode::Complete,
         final_snapshot_from: None,
         primary_suspect: false,
+        raft_formed_term: None,
     }
 }
 

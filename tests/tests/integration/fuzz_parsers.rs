@@ -742,6 +742,7 @@ fn desired_state() -> impl Strategy<Value = vault_dr_common::DesiredState> {
                 promotion: Default::default(),
                 final_snapshot_from: None,
                 primary_suspect: false,
+                raft_formed_term: None,
             },
         )
 }

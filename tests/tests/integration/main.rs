@@ -29,6 +29,7 @@ mod k8s_traffic;
 mod lab_openbao;
 mod operator_errors;
 mod pause;
+mod raft_replication;
 mod replication_agent;
 mod replication_openbao;
 mod restore_ahead;

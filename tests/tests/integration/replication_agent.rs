@@ -102,6 +102,7 @@ fn desired(
         promotion: PromotionMode::Complete,
         final_snapshot_from: None,
         primary_suspect: false,
+        raft_formed_term: None,
     }
 }
 

@@ -609,6 +609,7 @@ mod tests {
             promotion: Complete,
             final_snapshot_from: None,
             primary_suspect: false,
+            raft_formed_term: None,
         }
     }
 
@@ -796,6 +797,7 @@ mod tests {
                 desired: Some(DesiredState {
                     final_snapshot_from: Some(url("http://dc1:8200")),
                     primary_suspect: false,
+                    raft_formed_term: None,
                     ..primary(4, Fast)
                 }),
                 snapshots: held.clone(),
@@ -817,6 +819,7 @@ mod tests {
                 desired: Some(DesiredState {
                     final_snapshot_from: Some(url("http://dc1:8200")),
                     primary_suspect: false,
+                    raft_formed_term: None,
                     ..primary(3, Complete)
                 }),
                 snapshots: held.clone(),

@@ -1,0 +1,429 @@
+//! Raft replication (`--replication raft`): the DR group is one raft. The primary cluster's
+//! nodes are its voters, every secondary's nodes are non-voters that receive the log within
+//! milliseconds; promotion re-forms the raft around the target with a `peers.json` recovery.
+//!
+//! This node's side, every round ([`Controller::run`]):
+//! - **status**: the exact lag in entries and the time since the leader last heard from this
+//!   node, from autopilot (`sys/storage/raft/autopilot/state` through the node, which a standby
+//!   forwards to the leader); while no leader answers, the lag against the leader's last known
+//!   index and the time since it was known;
+//! - **the start hold**: the server runs under `vault-dr-launch` ([`crate::launch`]) and
+//!   starts only with this agent's permit, which [`plan::plan`] gives only once the node's data
+//!   belongs to the raft the coordinator names; otherwise the data is recovered (the promotion
+//!   target) or quarantined and the node joins as a non-voter.
+//!
+//! Every step is safe to repeat: a round re-reads the control directory and the lineage file,
+//! and each action writes its files before the permit that acts on them.
+
+pub mod plan;
+
+use crate::launch::{ControlDir, Permit, write_atomic};
+use crate::metrics::Metrics;
+use crate::replication::Replicator;
+use crate::state::Shared;
+use crate::vault::VaultClient;
+use async_trait::async_trait;
+use chrono::Utc;
+use plan::{Action, Facts, Launcher, Lineage};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vault_dr_common::{NodeState, ReplicationMode, ReplicationStatus};
+
+/// The lineage file in the control directory.
+pub const LINEAGE_FILE: &str = "lineage.json";
+/// How often the controller looks at its node when nothing changes.
+pub const ROUND: Duration = Duration::from_millis(250);
+/// Entries of the raft path that are the agent's own and are never quarantined.
+const OWN_PREFIX: &str = ".vault-dr";
+
+/// The raft backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// The node's raft storage `path` (`--raft-path`): `peers.json` goes to `<path>/raft/`.
+    pub path: PathBuf,
+    /// The node's raft `node_id` (`--raft-node-id`, default the node name).
+    pub node_id: String,
+    /// The node's cluster address, `host:port` (`--raft-cluster-addr`): the address the
+    /// recovered raft lists for it.
+    pub cluster_addr: String,
+    /// The launcher's control directory (`--raft-control-dir`, default
+    /// `<path>/.vault-dr`).
+    pub control_dir: PathBuf,
+    /// Where data of another raft is moved (`--quarantine-dir`, default
+    /// `<path>/.vault-dr-quarantine`; on the same file system as `path`).
+    pub quarantine_dir: PathBuf,
+}
+
+/// What the reports carry, kept between rounds.
+#[derive(Debug, Default)]
+pub struct RaftStatus {
+    inner: Mutex<StatusInner>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct StatusInner {
+    status: ReplicationStatus,
+    /// The leader's last index and when it was read.
+    leader_index: Option<(u64, Instant, f64)>,
+}
+
+#[async_trait]
+impl Replicator for RaftStatus {
+    async fn status(&self) -> ReplicationStatus {
+        self.lock().status.clone()
+    }
+}
+
+impl RaftStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The raft backend's loop.
+#[derive(Debug)]
+pub struct Controller {
+    config: RaftConfig,
+    vault: Arc<VaultClient>,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    status: Arc<RaftStatus>,
+    control: ControlDir,
+}
+
+impl Controller {
+    /// A controller of the node behind `vault`.
+    pub fn new(
+        config: RaftConfig,
+        vault: Arc<VaultClient>,
+        shared: Arc<Shared>,
+        metrics: Metrics,
+        status: Arc<RaftStatus>,
+    ) -> std::io::Result<Self> {
+        let control = ControlDir::new(&config.control_dir);
+        control.create()?;
+        Ok(Self {
+            config,
+            vault,
+            shared,
+            metrics,
+            status,
+            control,
+        })
+    }
+
+    /// Runs forever, one round every [`ROUND`] (at once when the desired state changes).
+    pub async fn run(self) {
+        let mut changes = self.shared.desired_changes();
+        let mut last_wait = None;
+        loop {
+            let action = self.round().await;
+            match &action {
+                Action::Wait(w) => {
+                    if last_wait.as_ref() != Some(w) {
+                        tracing::info!(wait = ?w, "raft: waiting");
+                        last_wait = Some(w.clone());
+                    }
+                }
+                other => {
+                    last_wait = None;
+                    if !matches!(other, Action::Applied(_) | Action::Record(_)) {
+                        tracing::info!(action = ?other, "raft: acting");
+                    }
+                }
+            }
+            if let Err(e) = self.act(action) {
+                tracing::error!(error = %e, "raft: action failed; retried next round");
+                self.status.lock().status.last_error = Some(e);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(ROUND) => {}
+                () = changes.changed() => {}
+            }
+        }
+    }
+
+    /// Reads the facts, updates the status, decides.
+    async fn round(&self) -> Action {
+        let launcher = if self.control.stop_pending() {
+            Launcher::Stopping
+        } else if self.control.pending_permit().is_some() {
+            Launcher::Permitted
+        } else if self.control.running().is_some() {
+            Launcher::Running
+        } else {
+            Launcher::Down
+        };
+        let node = if launcher == Launcher::Running {
+            self.vault.health().await.health.state
+        } else {
+            NodeState::Unreachable
+        };
+        let leader_seen = self.refresh_status(launcher == Launcher::Running).await;
+        let lineage = self.lineage();
+        let desired = self.shared.desired();
+        plan::plan(Facts {
+            desired: desired.as_ref(),
+            lineage: lineage.as_ref(),
+            launcher,
+            data_present: data_present(&self.config.path),
+            node,
+            leader_seen,
+        })
+    }
+
+    /// Reads autopilot through the node; the lag figures. Whether a leader answered.
+    async fn refresh_status(&self, running: bool) -> bool {
+        let servers = if running {
+            Some(self.vault.autopilot_servers().await)
+        } else {
+            None
+        };
+        let applied = if running {
+            self.vault
+                .leader()
+                .await
+                .ok()
+                .and_then(|l| l.raft_applied_index)
+        } else {
+            None
+        };
+        let lineage = self.lineage();
+        let mut s = self.status.lock();
+        let prev = s.clone();
+        let mut status = ReplicationStatus {
+            mode: ReplicationMode::Raft,
+            ..prev.status.clone()
+        };
+        let leader_seen = match &servers {
+            Some(Ok(list)) => {
+                let leader = list.iter().find(|x| x.status == "leader");
+                let me = list.iter().find(|x| x.id == self.config.node_id);
+                match (leader, me) {
+                    (Some(l), Some(m)) => {
+                        let contact = if m.status == "leader" {
+                            0.0
+                        } else {
+                            m.last_contact().map_or(0.0, |d| d.as_secs_f64())
+                        };
+                        status.lag_entries = Some(l.last_index.saturating_sub(m.last_index));
+                        status.lag_seconds = Some(contact);
+                        status.replicated_index = Some(m.last_index);
+                        status.state = Some(m.status.clone());
+                        status.connection_state = Some("leader reachable".into());
+                        status.last_success_at = Some(Utc::now());
+                        status.last_error = None;
+                        s.leader_index = Some((l.last_index, Instant::now(), contact));
+                        true
+                    }
+                    (None, _) => {
+                        status.last_error = Some("autopilot names no leader".into());
+                        false
+                    }
+                    (_, None) => {
+                        status.last_error = Some(format!(
+                            "this node ({}) is not a server of the raft its node answers for",
+                            self.config.node_id
+                        ));
+                        false
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                status.last_error = Some(format!("autopilot state: {e}"));
+                false
+            }
+            None => false,
+        };
+        if !leader_seen {
+            status.connection_state = Some(if running {
+                "no leader reachable".into()
+            } else {
+                "server held by its agent".into()
+            });
+            if let Some(a) = applied {
+                status.replicated_index = Some(a);
+            }
+            // Against the leader's last known index, older by the time since it was known.
+            if let Some((index, at, contact)) = prev.leader_index {
+                status.lag_entries = status
+                    .replicated_index
+                    .map(|mine| index.saturating_sub(mine));
+                status.lag_seconds = Some(contact + at.elapsed().as_secs_f64());
+            }
+        }
+        status.seeded = lineage.is_some() && status.replicated_index.unwrap_or(0) > 0;
+        status.quarantined = prev.status.quarantined.clone();
+        s.status = status;
+        leader_seen
+    }
+
+    fn act(&self, action: Action) -> Result<(), String> {
+        let term = self.shared.seen_term();
+        let label = match &action {
+            Action::Wait(_) | Action::Applied(_) | Action::Record(_) => None,
+            Action::Permit { .. } => Some("permit"),
+            Action::Stop { .. } => Some("stop"),
+            Action::Recover { .. } => Some("recover"),
+            Action::Quarantine { .. } => Some("quarantine"),
+        };
+        if let Some(l) = label {
+            self.metrics.raft_actions.with_label_values(&[l]).inc();
+        }
+        match action {
+            Action::Wait(_) => Ok(()),
+            Action::Applied(t) => {
+                if self.shared.applied_term() < t {
+                    tracing::info!(term = t, "raft: the term is carried out on this node");
+                    // The index this node serves from, for the failover's loss account.
+                    let index = self.status.lock().status.replicated_index;
+                    if let Some(i) = index {
+                        self.status.lock().status.restored_index = Some(i);
+                    }
+                    self.shared.set_applied_term(t);
+                }
+                Ok(())
+            }
+            Action::Permit { non_voter, record } => {
+                if let Some(l) = record {
+                    self.write_lineage(&l)?;
+                }
+                self.permit(term, non_voter, "its data belongs to the primary's raft")
+            }
+            Action::Record(l) => self.write_lineage(&l),
+            Action::Stop { why } => {
+                tracing::warn!(why = %why, "raft: stopping the server");
+                self.control
+                    .request_stop()
+                    .map_err(|e| format!("request a stop: {e}"))
+            }
+            Action::Recover { lineage } => {
+                self.write_peers()?;
+                self.write_lineage(&lineage)?;
+                self.permit(term, false, "raft recovery: this node forms the new raft")
+            }
+            Action::Quarantine { lineage, from } => {
+                let moved = self.quarantine(from.as_ref())?;
+                self.status.lock().status.quarantined = moved.clone();
+                self.write_lineage(&lineage)?;
+                self.permit(term, true, "quarantined: joins the primary's raft")
+            }
+        }
+    }
+
+    fn permit(&self, term: u64, non_voter: bool, reason: &str) -> Result<(), String> {
+        self.control
+            .write_permit(&Permit {
+                term,
+                non_voter,
+                reason: reason.into(),
+            })
+            .map_err(|e| format!("write the permit: {e}"))
+    }
+
+    fn lineage(&self) -> Option<Lineage> {
+        let bytes = std::fs::read(self.config.control_dir.join(LINEAGE_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write_lineage(&self, l: &Lineage) -> Result<(), String> {
+        let body = serde_json::to_vec_pretty(l).map_err(|e| e.to_string())?;
+        write_atomic(&self.config.control_dir.join(LINEAGE_FILE), &body)
+            .map_err(|e| format!("write the lineage: {e}"))
+    }
+
+    /// `<path>/raft/peers.json` naming this node the only voter.
+    fn write_peers(&self) -> Result<(), String> {
+        let dir = self.config.path.join("raft");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let body = peers_json(&self.config.node_id, &self.config.cluster_addr);
+        write_atomic(&dir.join("peers.json"), body.as_bytes())
+            .map_err(|e| format!("write peers.json: {e}"))
+    }
+
+    /// Moves every entry of the raft path but the agent's own into a new folder of the
+    /// quarantine; its path (`None` when there was nothing to move).
+    fn quarantine(&self, from: Option<&Lineage>) -> Result<Option<String>, String> {
+        let entries = data_entries(&self.config.path)
+            .map_err(|e| format!("read {}: {e}", self.config.path.display()))?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let label = match from {
+            Some(l) => format!("term{}-{}", l.term, l.primary),
+            None => "unknown".into(),
+        };
+        let dest = self.config.quarantine_dir.join(format!(
+            "{}-{label}",
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        std::fs::create_dir_all(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
+        for e in entries {
+            let to = dest.join(e.file_name().unwrap_or_default());
+            std::fs::rename(&e, &to)
+                .map_err(|err| format!("move {} to {}: {err}", e.display(), to.display()))?;
+        }
+        tracing::warn!(to = %dest.display(), "raft: the node's data of another raft is quarantined");
+        Ok(Some(dest.display().to_string()))
+    }
+}
+
+/// The `peers.json` of a recovery that makes `id` at `addr` the only voter.
+pub fn peers_json(id: &str, addr: &str) -> String {
+    serde_json::json!([{ "id": id, "address": addr, "non_voter": false }]).to_string()
+}
+
+/// The raft path's entries that are the server's (everything but the agent's own).
+fn data_entries(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    match std::fs::read_dir(path) {
+        Ok(dir) => {
+            for e in dir {
+                let e = e?;
+                if !e.file_name().to_string_lossy().starts_with(OWN_PREFIX) {
+                    out.push(e.path());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether the raft path holds server data.
+fn data_present(path: &Path) -> bool {
+    data_entries(path).is_ok_and(|e| !e.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_json_names_one_voter() {
+        let v: serde_json::Value =
+            serde_json::from_str(&peers_json("s1-n1", "127.0.0.1:8201")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"id": "s1-n1", "address": "127.0.0.1:8201", "non_voter": false}])
+        );
+    }
+
+    #[test]
+    fn the_agent_s_own_entries_are_not_data() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!data_present(dir.path()));
+        std::fs::create_dir(dir.path().join(".vault-dr")).unwrap();
+        std::fs::create_dir(dir.path().join(".vault-dr-quarantine")).unwrap();
+        assert!(!data_present(dir.path()));
+        std::fs::write(dir.path().join("vault.db"), b"x").unwrap();
+        assert_eq!(
+            data_entries(dir.path()).unwrap(),
+            vec![dir.path().join("vault.db")]
+        );
+        assert!(!data_present(&dir.path().join("missing")));
+    }
+}

@@ -1,0 +1,399 @@
+//! The raft backend's decisions, as a pure function of what the agent knows ([`plan`]).
+//!
+//! The node's data belongs to one raft, its **lineage**: the term in which that raft was formed
+//! and the primary cluster that formed it (recorded in the control directory when the agent
+//! lets the node start in it). The coordinator's desired state names the raft the node must
+//! be in ([`DesiredState::raft_formed_term`] of `primary`). The node starts only in that raft:
+//! - data of that raft: the node starts as it is (a voter in the primary cluster, a non-voter
+//!   elsewhere);
+//! - the promotion target's node, whose data is the old primary's raft: it is recovered with a
+//!   `peers.json` that makes it the only voter of the new raft ([`Action::Recover`]);
+//! - any other data (an old primary coming back, a secondary after a promotion elsewhere, data
+//!   of unknown origin): moved aside into the quarantine, and the node joins the current raft
+//!   as a non-voter ([`Action::Quarantine`]).
+//!
+//! A running node whose data is of another raft is stopped first; a node not involved waits
+//! while a failover is in progress (the old primary and the target are held until the end).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use vault_dr_common::{DesiredState, NodeState, Role};
+
+/// Which raft a node's data belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The term in which the raft was formed.
+    pub term: u64,
+    /// The cluster whose nodes were its voters then.
+    pub primary: String,
+}
+
+impl fmt::Display for Lineage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the raft {} formed in term {}", self.primary, self.term)
+    }
+}
+
+/// The launcher's state, from the control directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// No run and no permit: the server waits for one.
+    Down,
+    /// A permit is waiting for the launcher.
+    Permitted,
+    /// The server runs.
+    Running,
+    /// A stop was asked for and the server has not exited yet.
+    Stopping,
+}
+
+/// What the agent knows in one round.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The kept desired state.
+    pub desired: Option<&'a DesiredState>,
+    /// The recorded lineage of the node's data (`None`: never recorded).
+    pub lineage: Option<&'a Lineage>,
+    /// The launcher.
+    pub launcher: Launcher,
+    /// Whether the node's data directory holds raft data.
+    pub data_present: bool,
+    /// The node as the last probe saw it.
+    pub node: NodeState,
+    /// Whether the raft the node runs in has a leader it can reach (autopilot state answered
+    /// through the node).
+    pub leader_seen: bool,
+}
+
+/// Why the agent does nothing this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// No desired state yet: the server is held (it never starts on an unknown term).
+    NoDesiredState,
+    /// The stop asked for is in progress.
+    Stopping,
+    /// A permit is waiting for the launcher.
+    Permitted,
+    /// The server runs and is not serving yet.
+    Starting,
+    /// A failover is in progress and this node is not its target: it waits for the end.
+    FailoverInProgress,
+    /// The raft this node must be in does not exist yet (the target is not promoted).
+    NoRaftYet,
+    /// Nothing to do: the term is carried out.
+    Steady,
+}
+
+/// One round's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing.
+    Wait(Wait),
+    /// Permit the next start with the node's data as it is.
+    Permit {
+        /// As a non-voter (outside the primary cluster).
+        non_voter: bool,
+        /// Record this lineage first (a fresh node, or the bootstrap lineage confirmed).
+        record: Option<Lineage>,
+    },
+    /// Ask the launcher to stop the server (its data is of another raft).
+    Stop {
+        /// The raft the data is of.
+        why: String,
+    },
+    /// The promotion target: write `peers.json` making this node the voter, record the new
+    /// lineage, permit the start.
+    Recover {
+        /// The raft being formed.
+        lineage: Lineage,
+    },
+    /// Move the node's data into the quarantine, record the lineage, permit a start as a
+    /// non-voter (it joins the current raft with `retry_join`).
+    Quarantine {
+        /// The raft the node will join.
+        lineage: Lineage,
+        /// The data's lineage (`None`: unknown).
+        from: Option<Lineage>,
+    },
+    /// The desired state of this term is carried out on this node.
+    Applied(u64),
+    /// Record this lineage for the running node: the installer's bootstrap lineage (term 0)
+    /// of the primary now named, confirmed by the first desired state.
+    Record(Lineage),
+}
+
+/// The decision of one round.
+pub fn plan(f: Facts<'_>) -> Action {
+    let Some(d) = f.desired else {
+        return Action::Wait(Wait::NoDesiredState);
+    };
+    match f.launcher {
+        Launcher::Stopping => return Action::Wait(Wait::Stopping),
+        Launcher::Permitted => return Action::Wait(Wait::Permitted),
+        Launcher::Down | Launcher::Running => {}
+    }
+    let target = d.role == Role::Primary && d.cluster == d.primary && d.failover_in_progress;
+    let Some(formed) = d.raft_formed_term else {
+        return Action::Wait(if d.failover_in_progress {
+            Wait::FailoverInProgress
+        } else {
+            Wait::NoRaftYet
+        });
+    };
+    let want = Lineage {
+        term: formed,
+        primary: d.primary.clone(),
+    };
+    let running = f.launcher == Launcher::Running;
+    // The bootstrap: a node of the initial raft recorded by whoever installed it (lineage of
+    // term 0 naming the primary).
+    let bootstrap = f
+        .lineage
+        .is_some_and(|l| l.term == 0 && l.primary == want.primary);
+    if bootstrap && running {
+        return Action::Record(want);
+    }
+    if f.lineage == Some(&want) {
+        if !running {
+            return Action::Permit {
+                non_voter: d.role == Role::Secondary,
+                record: None,
+            };
+        }
+        let serving = match d.role {
+            Role::Primary => f.node == NodeState::Active,
+            Role::Secondary => f.node.is_serving() && f.leader_seen,
+        };
+        // A secondary carries out a term once it follows the term's primary: not while a
+        // failover holds it (it would acknowledge the old primary's raft).
+        let held = d.failover_in_progress && !target;
+        return if serving && !held {
+            Action::Applied(d.term)
+        } else if serving {
+            Action::Wait(Wait::Steady)
+        } else {
+            Action::Wait(Wait::Starting)
+        };
+    }
+    // The data is of another raft (or of none recorded).
+    if d.failover_in_progress && !target {
+        return Action::Wait(Wait::FailoverInProgress);
+    }
+    if running {
+        return Action::Stop {
+            why: match f.lineage {
+                Some(l) => format!("its data is of {l}, the primary's is {want}"),
+                None => format!("its data is of no recorded raft, the primary's is {want}"),
+            },
+        };
+    }
+    if target && formed == d.term {
+        return Action::Recover { lineage: want };
+    }
+    // The bootstrap lineage, or a fresh node with no data at all.
+    if bootstrap || (f.lineage.is_none() && !f.data_present) {
+        return Action::Permit {
+            non_voter: d.role == Role::Secondary,
+            record: Some(want),
+        };
+    }
+    Action::Quarantine {
+        lineage: want,
+        from: f.lineage.cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vault_dr_common::PromotionMode;
+
+    fn desired(cluster: &str, role: Role, primary: &str, term: u64) -> DesiredState {
+        DesiredState {
+            term,
+            cluster: cluster.into(),
+            role,
+            primary: primary.into(),
+            primary_api_addr: None,
+            failover_in_progress: false,
+            promotion: PromotionMode::Complete,
+            final_snapshot_from: None,
+            primary_suspect: false,
+            raft_formed_term: Some(term),
+        }
+    }
+
+    fn lineage(term: u64, primary: &str) -> Lineage {
+        Lineage {
+            term,
+            primary: primary.into(),
+        }
+    }
+
+    fn facts<'a>(d: Option<&'a DesiredState>, l: Option<&'a Lineage>) -> Facts<'a> {
+        Facts {
+            desired: d,
+            lineage: l,
+            launcher: Launcher::Down,
+            data_present: true,
+            node: NodeState::Unreachable,
+            leader_seen: false,
+        }
+    }
+
+    #[test]
+    fn without_a_desired_state_the_server_is_held() {
+        let l = lineage(1, "p");
+        assert_eq!(
+            plan(facts(None, Some(&l))),
+            Action::Wait(Wait::NoDesiredState)
+        );
+    }
+
+    #[test]
+    fn data_of_the_current_raft_starts_as_it_is_and_carries_out_the_term_when_serving() {
+        let d = desired("s1", Role::Secondary, "p", 1);
+        let l = lineage(1, "p");
+        assert_eq!(
+            plan(facts(Some(&d), Some(&l))),
+            Action::Permit {
+                non_voter: true,
+                record: None
+            }
+        );
+        let mut f = facts(Some(&d), Some(&l));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Standby;
+        assert_eq!(plan(f), Action::Wait(Wait::Starting), "no leader seen yet");
+        f.leader_seen = true;
+        assert_eq!(plan(f), Action::Applied(1));
+        let p = desired("p", Role::Primary, "p", 1);
+        let mut f = facts(Some(&p), Some(&l));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Active;
+        assert_eq!(plan(f), Action::Applied(1));
+        f.launcher = Launcher::Down;
+        assert_eq!(
+            plan(f),
+            Action::Permit {
+                non_voter: false,
+                record: None
+            },
+            "a voter of the primary cluster"
+        );
+    }
+
+    #[test]
+    fn the_target_is_stopped_then_recovered_into_the_new_raft() {
+        let mut d = desired("s1", Role::Primary, "s1", 2);
+        d.failover_in_progress = true;
+        let old = lineage(1, "p");
+        let mut f = facts(Some(&d), Some(&old));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Standby;
+        assert!(matches!(plan(f), Action::Stop { .. }));
+        f.launcher = Launcher::Stopping;
+        assert_eq!(plan(f), Action::Wait(Wait::Stopping));
+        f.launcher = Launcher::Down;
+        assert_eq!(
+            plan(f),
+            Action::Recover {
+                lineage: lineage(2, "s1")
+            }
+        );
+        // Recovered and active: the promotion is carried out.
+        let new = lineage(2, "s1");
+        let mut f = facts(Some(&d), Some(&new));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Active;
+        assert_eq!(plan(f), Action::Applied(2));
+    }
+
+    #[test]
+    fn others_wait_during_the_failover_then_quarantine_and_rejoin() {
+        let old = lineage(1, "p");
+        // Before the target is promoted: still in p's raft of term 1, held.
+        let mut d = desired("s2", Role::Secondary, "p", 2);
+        d.failover_in_progress = true;
+        d.raft_formed_term = Some(1);
+        let mut f = facts(Some(&d), Some(&old));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Standby;
+        f.leader_seen = true;
+        assert_eq!(
+            plan(f),
+            Action::Wait(Wait::Steady),
+            "not acknowledged early"
+        );
+        // The old primary's node during the failover: waits, whatever its data.
+        let mut d = desired("p", Role::Secondary, "s1", 2);
+        d.failover_in_progress = true;
+        let f = facts(Some(&d), Some(&old));
+        assert_eq!(plan(f), Action::Wait(Wait::FailoverInProgress));
+        // Released: stop, then quarantine into s1's raft.
+        d.failover_in_progress = false;
+        let mut f = facts(Some(&d), Some(&old));
+        f.launcher = Launcher::Running;
+        assert!(matches!(plan(f), Action::Stop { .. }));
+        f.launcher = Launcher::Down;
+        assert_eq!(
+            plan(f),
+            Action::Quarantine {
+                lineage: lineage(2, "s1"),
+                from: Some(old.clone())
+            }
+        );
+    }
+
+    #[test]
+    fn a_node_of_unknown_data_is_quarantined_a_fresh_one_joins_and_the_bootstrap_is_confirmed() {
+        let d = desired("s1", Role::Secondary, "p", 1);
+        assert_eq!(
+            plan(facts(Some(&d), None)),
+            Action::Quarantine {
+                lineage: lineage(1, "p"),
+                from: None
+            }
+        );
+        let mut f = facts(Some(&d), None);
+        f.data_present = false;
+        assert_eq!(
+            plan(f),
+            Action::Permit {
+                non_voter: true,
+                record: Some(lineage(1, "p"))
+            }
+        );
+        let boot = lineage(0, "p");
+        assert_eq!(
+            plan(facts(Some(&d), Some(&boot))),
+            Action::Permit {
+                non_voter: true,
+                record: Some(lineage(1, "p"))
+            }
+        );
+        let mut f = facts(Some(&d), Some(&boot));
+        f.launcher = Launcher::Running;
+        assert_eq!(
+            plan(f),
+            Action::Record(lineage(1, "p")),
+            "no restart for it"
+        );
+        let other = lineage(0, "s9");
+        assert!(matches!(
+            plan(facts(Some(&d), Some(&other))),
+            Action::Quarantine { .. }
+        ));
+    }
+
+    #[test]
+    fn no_raft_yet_means_wait() {
+        let mut d = desired("s2", Role::Secondary, "s1", 2);
+        d.raft_formed_term = None;
+        let old = lineage(1, "p");
+        assert_eq!(
+            plan(facts(Some(&d), Some(&old))),
+            Action::Wait(Wait::NoRaftYet)
+        );
+    }
+}

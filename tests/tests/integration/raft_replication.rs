@@ -1,0 +1,342 @@
+//! Raft replication (`--replication raft`) on real OpenBao 2.7 processes: the DR group is one
+//! raft (the primary's 3 nodes voters, each secondary's node a non-voter, every `bao` under
+//! `vault-dr-launch`). The whole primary cluster is killed under a writing client: one
+//! promotion by raft recovery, every acknowledged write read back by version and value, the
+//! other secondary rejoins the new raft; the old primary's nodes come back with their old data
+//! and accept no write on their own addresses while the new primary stays active, then follow.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vault_dr_tests::lab::drill::workload::{self, Target, Workload};
+use vault_dr_tests::lab::harness::Group;
+use vault_dr_tests::lab::wait::try_wait_for;
+
+const READY: Duration = Duration::from_secs(90);
+
+/// The leader's candidate table (`GET /v1/clusters`): cluster → its row.
+async fn candidates(group: &Group) -> BTreeMap<String, Value> {
+    let Some(leader) = group.leader().await else {
+        return BTreeMap::new();
+    };
+    let Some(v) = group.get_json(&leader, "v1/clusters").await else {
+        return BTreeMap::new();
+    };
+    v.pointer("/candidates/candidates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| Some((c.get("cluster")?.as_str()?.to_owned(), c)))
+        .collect()
+}
+
+/// The raft configuration's servers as (id, voter) through `cluster`'s first live node.
+async fn raft_servers(group: &Group, via: &str) -> Option<Vec<(String, bool)>> {
+    let c = group.cluster(via)?;
+    for n in c.nodes() {
+        let url = n
+            .api_addr()
+            .join("v1/sys/storage/raft/configuration")
+            .ok()?;
+        let Ok(resp) = group
+            .http()
+            .get(url)
+            .header("X-Vault-Token", c.root_token().expose())
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if resp.status().as_u16() != 200 {
+            continue;
+        }
+        let v: Value = resp.json().await.ok()?;
+        let servers = v.pointer("/data/config/servers")?.as_array()?.clone();
+        return Some(
+            servers
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s.get("node_id")?.as_str()?.to_owned(),
+                        s.get("voter")?.as_bool()?,
+                    ))
+                })
+                .collect(),
+        );
+    }
+    None
+}
+
+/// One write of `key` through `addr` with `token`: whether it was acknowledged (2xx).
+async fn try_write(http: &reqwest::Client, addr: &url::Url, token: &str, key: &str) -> bool {
+    let Ok(url) = addr.join(&format!("v1/secret/data/{key}")) else {
+        return false;
+    };
+    let sent = http
+        .post(url)
+        .header("X-Vault-Token", token)
+        .timeout(Duration::from_millis(500))
+        .json(&serde_json::json!({ "data": { "k": key } }))
+        .send()
+        .await;
+    sent.is_ok_and(|r| r.status().is_success())
+}
+
+/// The lag figures of `cluster` in the leader's table.
+fn lag(rows: &BTreeMap<String, Value>, cluster: &str) -> (Option<u64>, Option<f64>) {
+    let row = rows.get(cluster);
+    (
+        row.and_then(|r| r.get("lag_entries"))
+            .and_then(Value::as_u64),
+        row.and_then(|r| r.get("lag_seconds"))
+            .and_then(Value::as_f64),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_primary_killed_promotes_a_non_voter_with_every_acknowledged_write() {
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .raft(3, 1)
+        .coordinators(2)
+        .traffic(false)
+        .spec(|s| {
+            s.dir = std::env::var_os("VAULT_DR_TEST_RUN_DIR").map(Into::into);
+            s.keep = s.dir.is_some();
+        })
+        .start()
+        .await
+        .expect("raft group");
+    let servers = raft_servers(&group, "p").await.expect("raft configuration");
+    let mut voters: Vec<&str> = servers
+        .iter()
+        .filter(|(_, v)| *v)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    voters.sort_unstable();
+    assert_eq!(voters, ["p-n1", "p-n2", "p-n3"], "{servers:?}");
+    assert_eq!(
+        servers.len(),
+        5,
+        "two non-voters beside the voters: {servers:?}"
+    );
+
+    // A writing client, through the write gate of whichever cluster the coordinators name.
+    let p = group.cluster("p").unwrap();
+    let root = p.root_token().clone();
+    let http = workload::client_http().unwrap();
+    let token = workload::create_client_token(&http, p.nodes()[0].api_addr(), &root)
+        .await
+        .expect("client token");
+    let clusters: BTreeMap<String, url::Url> = group
+        .clusters()
+        .iter()
+        .map(|c| (c.name().to_owned(), group.client_addr(c)))
+        .collect();
+    let target = Target::Follow {
+        coordinators: group.coordinators().iter().map(|c| c.url.clone()).collect(),
+        token: group.coordinator_token().clone(),
+        clusters,
+    };
+    let client = Workload::start(
+        target,
+        token,
+        group.dir(),
+        Duration::from_millis(20),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("client");
+
+    // The exact lag of the non-voters while the client writes.
+    let lagged = try_wait_for("both secondaries' exact lag", READY, || async {
+        let rows = candidates(&group).await;
+        let known = ["s1", "s2"]
+            .iter()
+            .all(|c| matches!(lag(&rows, c), (Some(e), Some(_)) if e < 50));
+        known.then_some(())
+    })
+    .await;
+    if lagged.is_err() {
+        panic!("no exact lag reported: {:#?}", candidates(&group).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = candidates(&group).await;
+    let reported_lag = ["s1", "s2"]
+        .iter()
+        .filter_map(|c| lag(&before, c).1)
+        .fold(0.0_f64, f64::max);
+    println!(
+        "lag before the fault: s1 {:?}, s2 {:?}",
+        lag(&before, "s1"),
+        lag(&before, "s2")
+    );
+
+    // The loss of the primary site: every node of p, with its agents.
+    let killed_at = chrono::Utc::now();
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+    let fault = Instant::now();
+    let new_primary = group
+        .wait_failover_done(1, Duration::from_secs(90))
+        .await
+        .expect("the failover finishes");
+    println!(
+        "failover to {new_primary} done after {:.1} s",
+        fault.elapsed().as_secs_f64()
+    );
+    assert!(["s1", "s2"].contains(&new_primary.as_str()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked = client.acked();
+    let stats = client.stop().await;
+    let leader = group.leader().await.expect("a leader");
+    let topology = group.get_json(&leader, "v1/topology").await.unwrap();
+    assert_eq!(
+        topology.pointer("/topology/term").and_then(Value::as_u64),
+        Some(2),
+        "exactly one promotion: {topology}"
+    );
+
+    // Every acknowledged write, by version and value, on the new primary.
+    let x_api = group.cluster(&new_primary).unwrap().nodes()[0]
+        .api_addr()
+        .clone();
+    let missing = workload::missing_writes(&x_api, &root, &acked)
+        .await
+        .expect("read back");
+    let window = chrono::Duration::milliseconds((reported_lag * 1000.0).ceil() as i64);
+    let allowed = acked
+        .iter()
+        .filter(|w| w.acked_at <= killed_at && w.acked_at >= killed_at - window)
+        .count();
+    println!(
+        "{} writes acknowledged ({} after the fault), {} missing; allowed by the reported lag \
+         of {reported_lag:.3} s: {allowed}; client {stats:?}",
+        acked.len(),
+        acked.iter().filter(|w| w.sent_at > killed_at).count(),
+        missing.len()
+    );
+    assert!(
+        missing.len() <= allowed,
+        "lost more than the lag before the fault: {missing:?}"
+    );
+    assert!(
+        acked.iter().any(|w| w.sent_at > killed_at),
+        "the client wrote to the new primary"
+    );
+
+    // The other secondary follows the new raft as a non-voter, its lag back near zero.
+    let other = if new_primary == "s1" { "s2" } else { "s1" };
+    let other_node = format!("{other}-n1");
+    let x_node = format!("{new_primary}-n1");
+    let followed = try_wait_for("the other secondary in the new raft", READY, || async {
+        let servers = raft_servers(&group, &new_primary).await?;
+        let rows = candidates(&group).await;
+        let joined = servers.contains(&(other_node.clone(), false))
+            && servers.contains(&(x_node.clone(), true));
+        let near = matches!(lag(&rows, other), (Some(e), _) if e < 50);
+        (joined && near).then_some(())
+    })
+    .await;
+    if followed.is_err() {
+        let servers = raft_servers(&group, &new_primary).await;
+        panic!("{other} did not follow: {servers:?}");
+    }
+
+    // The old primary's nodes come back with their old data, agents too.
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.restart_held().expect("restart an old node");
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.restart().expect("restart an old agent");
+    }
+    let old: Vec<(String, url::Url, url::Url)> = group
+        .cluster("p")
+        .unwrap()
+        .nodes()
+        .iter()
+        .map(|n| {
+            (
+                n.name().to_owned(),
+                n.client_addr().clone(),
+                n.api_addr().clone(),
+            )
+        })
+        .collect();
+    let probe = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (mut gate_accepted, mut raw_accepted, mut not_active, mut rounds) = (0, Vec::new(), 0, 0);
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(60) {
+        rounds += 1;
+        for (name, gate, api) in &old {
+            let key = format!("fence/{name}-{rounds}");
+            if try_write(&probe, gate, root.expose(), &format!("{key}-gate")).await {
+                gate_accepted += 1;
+            }
+            if try_write(&probe, api, root.expose(), &key).await {
+                raw_accepted.push(key);
+            }
+        }
+        let active = probe
+            .get(x_api.join("v1/sys/health").unwrap())
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200);
+        if !active {
+            not_active += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{rounds} rounds: {gate_accepted} writes accepted on the old nodes' client addresses, \
+         {} on their listeners (forwarded into {new_primary}), {new_primary} not active in \
+         {not_active}",
+        raw_accepted.len()
+    );
+    assert_eq!(
+        gate_accepted, 0,
+        "an old node's client address took a write"
+    );
+    assert_eq!(not_active, 0, "{new_primary} lost leadership");
+    // What an old node's own listener took went into the new primary, nowhere else.
+    for key in &raw_accepted {
+        let x = group.cluster(&new_primary).unwrap();
+        let got = x.kv_get(key).await.expect("read on the new primary");
+        assert!(
+            got.is_some(),
+            "{key} was accepted by an old node but is not on {new_primary}"
+        );
+    }
+    // Then the old nodes follow: non-voters of the new raft.
+    let rejoined = try_wait_for("the old nodes in the new raft", READY, || async {
+        let servers = raft_servers(&group, &new_primary).await?;
+        ["p-n1", "p-n2", "p-n3"]
+            .iter()
+            .all(|n| servers.contains(&((*n).to_owned(), false)))
+            .then_some(())
+    })
+    .await;
+    if rejoined.is_err() {
+        let servers = raft_servers(&group, &new_primary).await;
+        panic!("the old nodes did not follow: {servers:?}");
+    }
+    let quarantined = std::fs::read_dir(
+        group.cluster("p").unwrap().nodes()[0]
+            .data_dir()
+            .join(".vault-dr-quarantine"),
+    )
+    .map(|d| d.count())
+    .unwrap_or(0);
+    assert_eq!(quarantined, 1, "p-n1's old raft state is in the quarantine");
+}
