@@ -122,8 +122,8 @@ impl Prober {
             version: health.health.version,
             cluster_id: health.health.cluster_id,
             cluster_name: health.health.cluster_name,
-            raft_applied_index: leader.and_then(|l| l.raft_applied_index),
-            raft_commit_index: leader.and_then(|l| l.raft_committed_index),
+            raft_applied_index: leader.as_ref().and_then(|l| l.raft_applied_index),
+            raft_commit_index: leader.as_ref().and_then(|l| l.raft_committed_index),
             autopilot_healthy: autopilot,
             last_error: health.health.error.map(str::to_owned),
         };

@@ -34,6 +34,8 @@ use vault_dr_common::{NodeState, ReplicationMode, ReplicationStatus};
 pub const LINEAGE_FILE: &str = "lineage.json";
 /// How often the controller looks at its node when nothing changes.
 pub const ROUND: Duration = Duration::from_millis(250);
+/// How often autopilot's state (membership, last contact) is read.
+pub const AUTOPILOT_EVERY: Duration = Duration::from_secs(1);
 /// Entries of the raft path that are the agent's own and are never quarantined.
 const OWN_PREFIX: &str = ".vault-dr";
 
@@ -64,8 +66,22 @@ pub struct RaftStatus {
 #[derive(Debug, Default, Clone)]
 struct StatusInner {
     status: ReplicationStatus,
-    /// The leader's last index and when it was read.
-    leader_index: Option<(u64, Instant, f64)>,
+    /// The leader's last committed index and when it was read.
+    leader_index: Option<(u64, Instant)>,
+    /// The last autopilot reading.
+    membership: Option<Membership>,
+}
+
+/// What the last autopilot state said of this node.
+#[derive(Debug, Clone)]
+struct Membership {
+    read_at: Instant,
+    /// Listed, under a leader.
+    member: bool,
+    /// `leader`, `voter`, `non-voter`.
+    status: Option<String>,
+    /// Seconds since the leader last heard from it (0 for the leader).
+    contact: f64,
 }
 
 #[async_trait]
@@ -173,90 +189,115 @@ impl Controller {
         })
     }
 
-    /// Reads autopilot through the node; the lag figures. Whether a leader answered.
+    /// Reads the raft through the node; updates the status. Whether the node is a member of
+    /// a raft whose leader answers (its own `sys/leader` names a leader that answers, and the
+    /// last autopilot state, at most [`AUTOPILOT_EVERY`] old, lists this node).
+    ///
+    /// The lag in entries is the leader's committed index minus this node's applied index,
+    /// this node's read first: never smaller than the true lag, larger by at most the writes
+    /// of one round trip. The lag in seconds is 0 when no entry is missing, else the time
+    /// since the leader last heard from this node (autopilot; OpenBao refreshes it every few
+    /// seconds for non-voters); while no leader answers, both are taken against the leader's
+    /// last known index and grow with the time since it was known.
     async fn refresh_status(&self, running: bool) -> bool {
-        let servers = if running {
-            Some(self.vault.autopilot_servers().await)
+        let local = if running {
+            self.vault.leader().await.ok()
         } else {
             None
         };
-        let applied = if running {
-            self.vault
-                .leader()
-                .await
-                .ok()
-                .and_then(|l| l.raft_applied_index)
+        let leader_commit = match &local {
+            Some(l) if l.is_self => l.raft_committed_index,
+            Some(l) if !l.leader_address.is_empty() => match url::Url::parse(&l.leader_address) {
+                Ok(addr) => crate::vault::leader_of(self.vault.http(), &addr)
+                    .await
+                    .ok()
+                    .filter(|x| x.is_self)
+                    .and_then(|x| x.raft_committed_index),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let due = self
+            .status
+            .lock()
+            .membership
+            .as_ref()
+            .is_none_or(|m| m.read_at.elapsed() >= AUTOPILOT_EVERY);
+        let autopilot = if running && due && leader_commit.is_some() {
+            Some(self.vault.autopilot_servers().await)
         } else {
             None
         };
         let lineage = self.lineage();
         let mut s = self.status.lock();
-        let prev = s.clone();
-        let mut status = ReplicationStatus {
-            mode: ReplicationMode::Raft,
-            ..prev.status.clone()
-        };
-        let leader_seen = match &servers {
+        if !running || leader_commit.is_none() {
+            s.membership = None;
+        }
+        match autopilot {
             Some(Ok(list)) => {
-                let leader = list.iter().find(|x| x.status == "leader");
                 let me = list.iter().find(|x| x.id == self.config.node_id);
-                match (leader, me) {
-                    (Some(l), Some(m)) => {
-                        let contact = if m.status == "leader" {
-                            0.0
-                        } else {
-                            m.last_contact().map_or(0.0, |d| d.as_secs_f64())
-                        };
-                        status.lag_entries = Some(l.last_index.saturating_sub(m.last_index));
-                        status.lag_seconds = Some(contact);
-                        status.replicated_index = Some(m.last_index);
-                        status.state = Some(m.status.clone());
-                        status.connection_state = Some("leader reachable".into());
-                        status.last_success_at = Some(Utc::now());
-                        status.last_error = None;
-                        s.leader_index = Some((l.last_index, Instant::now(), contact));
-                        true
-                    }
-                    (None, _) => {
-                        status.last_error = Some("autopilot names no leader".into());
-                        false
-                    }
-                    (_, None) => {
-                        status.last_error = Some(format!(
-                            "this node ({}) is not a server of the raft its node answers for",
-                            self.config.node_id
-                        ));
-                        false
-                    }
+                s.membership = Some(Membership {
+                    read_at: Instant::now(),
+                    member: me.is_some() && list.iter().any(|x| x.status == "leader"),
+                    status: me.map(|m| m.status.clone()),
+                    contact: me
+                        .filter(|m| m.status != "leader")
+                        .and_then(|m| m.last_contact())
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                });
+                if me.is_none() {
+                    s.status.last_error = Some(format!(
+                        "this node ({}) is not a server of the raft its node answers for",
+                        self.config.node_id
+                    ));
                 }
             }
             Some(Err(e)) => {
-                status.last_error = Some(format!("autopilot state: {e}"));
-                false
+                s.membership = None;
+                s.status.last_error = Some(format!("autopilot state: {e}"));
             }
-            None => false,
+            None => {}
+        }
+        let applied = local.as_ref().and_then(|l| l.raft_applied_index);
+        let mut status = ReplicationStatus {
+            mode: ReplicationMode::Raft,
+            ..s.status.clone()
         };
-        if !leader_seen {
-            status.connection_state = Some(if running {
-                "no leader reachable".into()
-            } else {
-                "server held by its agent".into()
-            });
-            if let Some(a) = applied {
-                status.replicated_index = Some(a);
+        if let Some(a) = applied {
+            status.replicated_index = Some(a);
+        }
+        let member = s.membership.as_ref().is_some_and(|m| m.member);
+        match (leader_commit, applied) {
+            (Some(commit), Some(mine)) => {
+                let entries = commit.saturating_sub(mine);
+                let contact = s.membership.as_ref().map_or(0.0, |m| m.contact);
+                status.lag_entries = Some(entries);
+                status.lag_seconds = Some(if entries == 0 { 0.0 } else { contact });
+                status.state = s.membership.as_ref().and_then(|m| m.status.clone());
+                status.connection_state = Some("leader reachable".into());
+                status.last_success_at = Some(Utc::now());
+                if member {
+                    status.last_error = None;
+                }
+                s.leader_index = Some((commit, Instant::now()));
             }
-            // Against the leader's last known index, older by the time since it was known.
-            if let Some((index, at, contact)) = prev.leader_index {
-                status.lag_entries = status
-                    .replicated_index
-                    .map(|mine| index.saturating_sub(mine));
-                status.lag_seconds = Some(contact + at.elapsed().as_secs_f64());
+            _ => {
+                status.connection_state = Some(if running {
+                    "no leader reachable".into()
+                } else {
+                    "server held by its agent".into()
+                });
+                if let Some((index, at)) = s.leader_index {
+                    status.lag_entries = status
+                        .replicated_index
+                        .map(|mine| index.saturating_sub(mine));
+                    status.lag_seconds = Some(at.elapsed().as_secs_f64());
+                }
             }
         }
         status.seeded = lineage.is_some() && status.replicated_index.unwrap_or(0) > 0;
-        status.quarantined = prev.status.quarantined.clone();
         s.status = status;
-        leader_seen
+        leader_commit.is_some() && member
     }
 
     fn act(&self, action: Action) -> Result<(), String> {

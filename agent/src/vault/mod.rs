@@ -30,7 +30,7 @@ pub struct HealthProbe {
 }
 
 /// Raft indices from `GET sys/leader`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Leader {
     /// Raft applied index.
     #[serde(default)]
@@ -38,6 +38,32 @@ pub struct Leader {
     /// Raft committed index.
     #[serde(default)]
     pub raft_committed_index: Option<u64>,
+    /// Whether the answering node is the active one.
+    #[serde(default)]
+    pub is_self: bool,
+    /// The active node's API address as the node knows it (empty when none).
+    #[serde(default)]
+    pub leader_address: String,
+}
+
+/// `GET <base>/v1/sys/leader` (unauthenticated) within [`POLL_TIMEOUT`].
+pub async fn leader_of(http: &reqwest::Client, base: &Url) -> Result<Leader> {
+    const WHAT: &str = "sys/leader";
+    let resp = http
+        .get(endpoint(base, WHAT))
+        .timeout(POLL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|source| Error::VaultRequest { what: WHAT, source })?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return Err(Error::VaultStatus { what: WHAT, status });
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|source| Error::VaultRequest { what: WHAT, source })?;
+    serde_json::from_slice(&body).map_err(|source| Error::VaultDecode { what: WHAT, source })
 }
 
 /// Longest wait for a TCP connection to a Vault node.
