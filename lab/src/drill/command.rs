@@ -10,7 +10,7 @@ use vault_dr_common::Secret;
 
 use crate::drill::progress::Progress;
 use crate::drill::{self, DrillOptions, Fault, TrafficMode};
-use crate::group::{PromotionMode, RestoreMode};
+use crate::group::{PromotionMode, RaftLayout, RestoreMode};
 
 /// Exit code after Ctrl-C / SIGTERM.
 const INTERRUPTED: i32 = 130;
@@ -40,9 +40,22 @@ pub struct DrillArgs {
     /// Secondaries the coordinators must not promote, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub exclude: Vec<String>,
-    /// Number of clusters: `p` (the primary) and `s1`.. `sN-1`.
-    #[arg(long, default_value_t = 4)]
-    pub clusters: usize,
+    /// How the secondaries replicate: `snapshot` (pull and restore snapshots) or `raft` (one
+    /// raft: the primary's nodes voters, every secondary's node a non-voter; promotion by raft
+    /// recovery, the old primary held and fenced when it comes back).
+    #[arg(long, value_enum, default_value_t = ReplicationArg::Snapshot)]
+    pub replication: ReplicationArg,
+    /// With `--replication raft`: nodes of the primary cluster, the raft's voters.
+    #[arg(long, default_value_t = 3)]
+    pub primary_nodes: usize,
+    /// With `--replication raft`: nodes of every secondary cluster, non-voters (only 1 so
+    /// far).
+    #[arg(long, default_value_t = 1)]
+    pub secondary_nodes: usize,
+    /// Number of clusters: `p` (the primary) and `s1`.. `sN-1` (default 4; 3 with
+    /// `--replication raft`).
+    #[arg(long)]
+    pub clusters: Option<usize>,
     /// Number of coordinator processes.
     #[arg(long, default_value_t = 3)]
     pub coordinators: usize,
@@ -87,6 +100,15 @@ pub enum RestoreArg {
     OnPromotion,
 }
 
+/// `--replication`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicationArg {
+    /// Snapshot shipping (the secondaries are separate rafts).
+    Snapshot,
+    /// One raft, the secondaries' nodes non-voters (zero-loss mode, asynchronous flavour).
+    Raft,
+}
+
 /// `--promotion`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PromotionArg {
@@ -101,7 +123,14 @@ impl DrillArgs {
     pub fn options(&self) -> DrillOptions {
         DrillOptions {
             traffic: self.traffic,
-            clusters: self.clusters,
+            clusters: self.clusters.unwrap_or(match self.replication {
+                ReplicationArg::Snapshot => 4,
+                ReplicationArg::Raft => 3,
+            }),
+            raft: (self.replication == ReplicationArg::Raft).then_some(RaftLayout {
+                primary_nodes: self.primary_nodes,
+                secondary_nodes: self.secondary_nodes,
+            }),
             coordinators: self.coordinators,
             restore: match self.restore {
                 RestoreArg::Continuous => RestoreMode::Continuous,

@@ -27,7 +27,7 @@ use url::Url;
 use vault_dr_common::Secret;
 
 use crate::LabError;
-use crate::group::{DrGroup, GroupSpec, PromotionMode, RestoreMode};
+use crate::group::{DrGroup, GroupSpec, PromotionMode, RaftLayout, RestoreMode};
 use progress::Progress;
 use vault_dr_coordinator::model::CandidateTable;
 use vault_dr_coordinator::model::{AtRisk, FailoverRecord, FailoverStatus, LossAccount, Step};
@@ -167,6 +167,9 @@ pub struct DrillOptions {
     pub report_ttl: Duration,
     /// The agents' probe and report interval.
     pub agent_interval: Duration,
+    /// Raft replication (one raft: the primary's nodes voters, the secondaries' non-voters)
+    /// instead of snapshot shipping; `None`: snapshots.
+    pub raft: Option<RaftLayout>,
 }
 
 impl Default for DrillOptions {
@@ -192,6 +195,7 @@ impl Default for DrillOptions {
             confirm: 2,
             report_ttl: Duration::from_secs(3),
             agent_interval: Duration::from_millis(500),
+            raft: None,
         }
     }
 }
@@ -228,6 +232,27 @@ impl DrillOptions {
                 "--confirm, --probe-interval, --report-ttl and --agent-interval must be above 0"
                     .into(),
             ));
+        }
+        if let Some(layout) = self.raft {
+            if !matches!(self.fault, Fault::Kill | Fault::Stop) {
+                return Err(DrillError::Invalid(format!(
+                    "--replication raft takes --fault kill or stop (every node of the primary \
+                     cluster), not {}",
+                    self.fault.as_str()
+                )));
+            }
+            if layout.primary_nodes == 0 || layout.primary_nodes > 7 {
+                return Err(DrillError::Invalid(
+                    "--primary-nodes must be 1 to 7 (the voters of the raft)".into(),
+                ));
+            }
+            if layout.secondary_nodes != 1 {
+                return Err(DrillError::Invalid(
+                    "--secondary-nodes: raft recovery of a secondary of more than one node is \
+                     not built yet; only 1"
+                        .into(),
+                ));
+            }
         }
         if self.exclude.len() + 1 >= self.clusters {
             return Err(DrillError::Invalid(
@@ -282,6 +307,16 @@ pub struct DrillReport {
     pub restore: RestoreMode,
     /// The promotion mode.
     pub promotion: PromotionMode,
+    /// How the secondaries replicated: `snapshot`, or `raft (V voters, N non-voters per
+    /// secondary)`.
+    #[serde(default)]
+    pub replication: String,
+    /// Raft replication: the new primary's lag as reported before the fault and at the
+    /// decision, the larger (seconds since the leader last reached it), and the writes the
+    /// client had acknowledged within that much before the fault: what an asynchronous
+    /// raft may lose.
+    #[serde(default)]
+    pub raft_lag: Option<RaftLag>,
     /// The store (`embedded` or `mongodb`).
     pub store: String,
     /// Coordinator processes.
@@ -345,6 +380,48 @@ pub struct DrillReport {
     /// after the switch (what a degraded primary cost its clients, and what moving it gave back).
     #[serde(default)]
     pub client_latency: Option<ClientLatency>,
+}
+
+/// What asynchronous raft replication may lose: the target's reported lag and the writes
+/// acknowledged within it before the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RaftLag {
+    /// The target's lag in entries (the larger of before the fault and at the decision).
+    pub entries: Option<u64>,
+    /// The target's lag in seconds (likewise).
+    pub seconds: f64,
+    /// Writes the client had acknowledged within `seconds` before the fault.
+    pub writes_within: usize,
+}
+
+impl RaftLag {
+    /// The lag of `target` in the two tables and the acknowledged writes it covers.
+    fn of(
+        target: &str,
+        tables: [Option<&CandidateTable>; 2],
+        acked: &[workload::AckedWrite],
+        fault_at: DateTime<Utc>,
+    ) -> Self {
+        let rows = tables
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.candidates.iter().find(|c| c.cluster == target));
+        let (mut entries, mut seconds) = (None, 0.0_f64);
+        for row in rows {
+            entries = entries.max(row.lag_entries);
+            seconds = seconds.max(row.lag_seconds.unwrap_or(0.0));
+        }
+        let window = chrono::Duration::microseconds((seconds * 1e6).ceil() as i64);
+        let writes_within = acked
+            .iter()
+            .filter(|w| w.acked_at <= fault_at && w.acked_at >= fault_at - window)
+            .count();
+        Self {
+            entries,
+            seconds,
+            writes_within,
+        }
+    }
 }
 
 /// p50 and p99 of the client's acknowledged writes (sent to acknowledged) in three periods.
@@ -423,6 +500,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         report_ttl: opts.report_ttl,
         agent_interval: opts.agent_interval,
         degraded: opts.fault.degradation().map(|_| drill_degraded_policy()),
+        raft: opts.raft,
         ..GroupSpec::default()
     };
     let mut group = progress
@@ -513,28 +591,42 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
     // write after it. A warm standby (`continuous`) must serve it (its first restore is done);
     // an `on-promotion` standby must hold a snapshot with it, which it restores when promoted.
     let warm = opts.restore == RestoreMode::Continuous;
-    progress
-        .wait(
-            if warm {
-                "waiting until every secondary serves the client's token (restored)"
-            } else {
-                "waiting until every secondary holds a snapshot with the client's token"
-            },
-            wait_replicated_after(
-                &group,
-                &primary,
-                token_at,
-                &token,
-                warm,
-                Duration::from_secs(60),
-            ),
-        )
-        .await?;
+    if opts.raft.is_some() {
+        // One raft: the token is in every node's log once committed. What must hold before
+        // the fault is that every secondary's agent reports its exact lag.
+        progress
+            .wait(
+                "waiting until every secondary reports its lag in raft entries",
+                wait_raft_lag(&group, &primary, Duration::from_secs(60)),
+            )
+            .await?;
+    } else {
+        progress
+            .wait(
+                if warm {
+                    "waiting until every secondary serves the client's token (restored)"
+                } else {
+                    "waiting until every secondary holds a snapshot with the client's token"
+                },
+                wait_replicated_after(
+                    &group,
+                    &primary,
+                    token_at,
+                    &token,
+                    warm,
+                    Duration::from_secs(60),
+                ),
+            )
+            .await?;
+    }
     // Without a random offset the fault would always land at the same point of the replication
     // cycle (the wait above ends right after a restore), and RTO and RPO would measure that
     // point only. One cycle: the pull interval, plus OpenBao's restore (about 5.5 s for a small
     // snapshot) when every pull is restored.
-    let cycle = if warm {
+    let cycle = if opts.raft.is_some() {
+        // Raft replicates continuously; the cycle that matters is the agents' reports.
+        opts.agent_interval
+    } else if warm {
         opts.snapshot_interval + RESTORE_ESTIMATE
     } else {
         opts.snapshot_interval
@@ -705,6 +797,27 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
             Err(e) => problems.push(format!("reading the acknowledged writes back: {e}")),
         }
     }
+    let raft_lag = match (&opts.raft, &target) {
+        (Some(_), Some(t)) => {
+            let lag = RaftLag::of(
+                t,
+                [candidates_before_fault.as_ref(), candidates.as_ref()],
+                &acked,
+                fault_at,
+            );
+            if let Some(lost) = rpo_writes
+                && lost > lag.writes_within as u64
+            {
+                problems.push(format!(
+                    "{lost} acknowledged writes lost, more than the {} acknowledged within \
+                     {t}'s reported lag of {:.2} s before the fault",
+                    lag.writes_within, lag.seconds
+                ));
+            }
+            Some(lag)
+        }
+        _ => None,
+    };
     let client_latency = followed.record.as_ref().map(|r| {
         ClientLatency::of(
             &acked,
@@ -739,6 +852,16 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         traffic: opts.traffic,
         restore: opts.restore,
         promotion: opts.promotion,
+        replication: match opts.raft {
+            None => "snapshot".into(),
+            Some(l) => format!(
+                "raft ({} voters, {} non-voter{} per secondary)",
+                l.primary_nodes,
+                l.secondary_nodes,
+                if l.secondary_nodes == 1 { "" } else { "s" }
+            ),
+        },
+        raft_lag,
         store: if opts.mongodb_uri.is_some() {
             "mongodb"
         } else {
@@ -860,21 +983,30 @@ async fn inject_on_node(
     else {
         return Err(DrillError::Invalid(format!("no cluster {primary}")));
     };
-    let node = &mut cluster.nodes_mut()[0];
-    let pid = node
-        .pid()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "-".into());
+    // Every node of the primary cluster: the loss of the whole site (one node in the
+    // snapshot layout, the voters in the raft layout).
+    let pids = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.pid().map_or_else(|| "-".into(), |p| p.to_string()))
+        .collect::<Vec<String>>()
+        .join(", ");
+    let what = match cluster.nodes().len() {
+        1 => format!("{primary}'s bao (pid {pids})"),
+        n => format!("every node of {primary}: {n} bao (pids {pids})"),
+    };
     match fault {
         Fault::Kill => {
-            node.kill();
-            Ok(format!("SIGKILL {primary}'s bao (pid {pid})"))
+            for node in cluster.nodes_mut() {
+                node.kill();
+            }
+            Ok(format!("SIGKILL {what}"))
         }
         Fault::Stop => {
-            node.stop();
-            Ok(format!(
-                "SIGSTOP {primary}'s bao (pid {pid}): port open, no answers"
-            ))
+            for node in cluster.nodes_mut() {
+                node.stop();
+            }
+            Ok(format!("SIGSTOP {what}: ports open, no answers"))
         }
         Fault::Seal => {
             let url = cluster
@@ -1202,6 +1334,48 @@ async fn token_served(http: &reqwest::Client, api_addr: &Url, token: &Secret) ->
         .is_ok_and(|r| matches!(r.status().as_u16(), 200 | 404))
 }
 
+/// Waits until the leader's candidate table gives every secondary of a raft group its exact
+/// lag (`lag_entries`), which the agents report once their node has joined as a non-voter.
+async fn wait_raft_lag(
+    group: &DrGroup,
+    primary: &str,
+    timeout: Duration,
+) -> Result<(), DrillError> {
+    let deadline = Instant::now() + timeout;
+    let secondaries: Vec<String> = group
+        .clusters()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .filter(|n| n != primary)
+        .collect();
+    loop {
+        let behind: Vec<String> = match candidates_now(group).await {
+            Some(table) => secondaries
+                .iter()
+                .filter(|s| {
+                    !table
+                        .candidates
+                        .iter()
+                        .any(|c| &c.cluster == *s && c.lag_entries.is_some())
+                })
+                .cloned()
+                .collect(),
+            None => secondaries.clone(),
+        };
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DrillError::Lab(LabError::Invalid(format!(
+                "no lag in raft entries reported for {} within {} s",
+                behind.join(", "),
+                timeout.as_secs()
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Waits until every secondary holds the client's token: it serves it (restored), or, unless
 /// `must_serve`, its agent reports a snapshot pulled after `t` (kept for restore at promotion).
 async fn wait_replicated_after(
@@ -1335,8 +1509,17 @@ fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
 
 /// The report for people: the timeline, the candidate table, RTO, RPO and the verdict.
 pub fn render(r: &DrillReport) -> String {
+    let replication = if r.replication.starts_with("raft") {
+        format!("replication {}", r.replication)
+    } else {
+        format!(
+            "restore {}, promotion {}",
+            r.restore.as_str(),
+            r.promotion.as_str()
+        )
+    };
     let mut out = format!(
-        "vault-dr drill: {} clusters ({} primary; {}), {} coordinators, {} store, traffic {}, restore {}, promotion {}, fault {}\n",
+        "vault-dr drill: {} clusters ({} primary; {}), {} coordinators, {} store, traffic {}, {replication}, fault {}\n",
         r.clusters.len(),
         r.primary,
         r.clusters[1..].join(", "),
@@ -1346,8 +1529,6 @@ pub fn render(r: &DrillReport) -> String {
             TrafficMode::Local => "local forwarder",
             TrafficMode::Follow => "client follows the topology",
         },
-        r.restore.as_str(),
-        r.promotion.as_str(),
         r.fault.as_str(),
     );
     out.push_str(&format!(
@@ -1385,13 +1566,24 @@ pub fn render(r: &DrillReport) -> String {
             "fault -> first acknowledged client write on the new primary"
         }
     ));
+    let bound = match &r.raft_lag {
+        Some(l) => format!(
+            "the new primary's reported lag was {} entries, {:.2} s: {} writes acknowledged \
+             within it",
+            l.entries.map_or("-".into(), |e| e.to_string()),
+            l.seconds,
+            l.writes_within
+        ),
+        None => format!(
+            "one snapshot interval ({:.1} s) is about {:.0} writes",
+            r.snapshot_interval_seconds, r.writes_per_snapshot_interval
+        ),
+    };
     out.push_str(&format!(
         "RPO  {} acknowledged writes missing on the new primary (oldest {} before the fault); \
-         one snapshot interval ({:.1} s) is about {:.0} writes\n",
+         {bound}\n",
         r.rpo_writes.map_or("-".into(), |v| v.to_string()),
         f(r.rpo_seconds),
-        r.snapshot_interval_seconds,
-        r.writes_per_snapshot_interval
     ));
     out.push_str(&format!(
         "LOSS {} accounted by the coordinator ({}){}\n",
@@ -1489,6 +1681,8 @@ mod tests {
             traffic: TrafficMode::Local,
             restore: RestoreMode::Continuous,
             promotion: PromotionMode::Fast,
+            replication: "snapshot".into(),
+            raft_lag: None,
             store: "embedded".into(),
             coordinators: 3,
             snapshot_interval_seconds: 2.0,
@@ -1548,6 +1742,75 @@ mod tests {
         };
         assert!(all.validate().is_err());
         assert!(DrillOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn raft_drills_take_a_whole_site_fault_and_one_node_secondaries_only() {
+        let raft = |fault, primary_nodes, secondary_nodes| DrillOptions {
+            clusters: 3,
+            fault,
+            raft: Some(RaftLayout {
+                primary_nodes,
+                secondary_nodes,
+            }),
+            ..DrillOptions::default()
+        };
+        assert!(raft(Fault::Kill, 3, 1).validate().is_ok());
+        assert!(raft(Fault::Stop, 1, 1).validate().is_ok());
+        let refused = |o: DrillOptions, field: &str| {
+            assert!(
+                matches!(o.validate(), Err(DrillError::Invalid(ref m)) if m.contains(field)),
+                "{field}: {:?}",
+                o.validate()
+            );
+        };
+        refused(raft(Fault::Seal, 3, 1), "--fault");
+        refused(raft(Fault::Kill, 0, 1), "--primary-nodes");
+        refused(raft(Fault::Kill, 8, 1), "--primary-nodes");
+        refused(raft(Fault::Kill, 3, 2), "--secondary-nodes");
+    }
+
+    #[test]
+    fn the_raft_lag_bound_counts_the_writes_acknowledged_within_the_larger_reported_lag() {
+        use vault_dr_coordinator::model::{Candidate, Eligibility};
+        let t0 = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        let row = |cluster: &str, entries, seconds| Candidate {
+            cluster: cluster.into(),
+            rank: Some(1),
+            eligibility: Eligibility::Eligible,
+            state: None,
+            lag_entries: Some(entries),
+            lag_seconds: Some(seconds),
+            latency_p99_ms: None,
+            cpu_usage_cores: None,
+            memory_headroom_ratio: None,
+            priority: 0,
+            report_age_seconds: Some(0.2),
+            promotion_restores: false,
+        };
+        let table = |candidates: Vec<Candidate>| CandidateTable {
+            at: t0,
+            candidates,
+            winner: Some("s1".into()),
+        };
+        let before = table(vec![row("s1", 2, 0.25), row("s2", 9, 3.0)]);
+        let decided = table(vec![row("s1", 5, 0.1)]);
+        let w = |seq, acked: i64| workload::AckedWrite {
+            seq,
+            version: seq,
+            sent_at: t0 + ms(acked - 5),
+            acked_at: t0 + ms(acked),
+        };
+        // Acknowledged 400, 200 and 100 ms before the fault, and one after it.
+        let acked = [w(1, -400), w(2, -200), w(3, -100), w(4, 50)];
+        let lag = RaftLag::of("s1", [Some(&before), Some(&decided)], &acked, t0);
+        assert_eq!(lag.entries, Some(5), "the larger of the two tables");
+        assert_eq!(lag.seconds, 0.25);
+        assert_eq!(
+            lag.writes_within, 2,
+            "writes 2 and 3, not 1 (older), not 4 (after)"
+        );
     }
 
     #[test]
