@@ -36,7 +36,7 @@ pub enum BenchCommand {
         runs: usize,
         /// The drill's flags.
         #[command(flatten)]
-        drill: crate::drill::command::DrillArgs,
+        drill: Box<crate::drill::command::DrillArgs>,
     },
     /// The leading coordinator killed N times under a client writing through the stable
     /// address: takeover time, each agent's first report at the new leader, the client's gap.
