@@ -852,15 +852,9 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         traffic: opts.traffic,
         restore: opts.restore,
         promotion: opts.promotion,
-        replication: match opts.raft {
-            None => "snapshot".into(),
-            Some(l) => format!(
-                "raft ({} voters, {} non-voter{} per secondary)",
-                l.primary_nodes,
-                l.secondary_nodes,
-                if l.secondary_nodes == 1 { "" } else { "s" }
-            ),
-        },
+        replication: opts
+            .raft
+            .map_or_else(|| "snapshot".into(), |l| raft_label(&l)),
         raft_lag,
         store: if opts.mongodb_uri.is_some() {
             "mongodb"
@@ -1332,6 +1326,16 @@ async fn token_served(http: &reqwest::Client, api_addr: &Url, token: &Secret) ->
         .send()
         .await
         .is_ok_and(|r| matches!(r.status().as_u16(), 200 | 404))
+}
+
+/// "raft (3 voters, 1 non-voter per secondary)".
+pub(crate) fn raft_label(l: &RaftLayout) -> String {
+    format!(
+        "raft ({} voters, {} non-voter{} per secondary)",
+        l.primary_nodes,
+        l.secondary_nodes,
+        if l.secondary_nodes == 1 { "" } else { "s" }
+    )
 }
 
 /// Waits until the leader's candidate table gives every secondary of a raft group its exact

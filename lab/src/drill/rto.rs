@@ -93,13 +93,12 @@ impl From<&DrillReport> for RunFigures {
     }
 }
 
-/// The result of `bench rto`.
+/// The figures of one replication mode in `bench rto`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RtoReport {
-    /// Restore mode.
-    pub restore: String,
-    /// Promotion mode.
-    pub promotion: String,
+pub struct ModeReport {
+    /// The mode: `raft (3 voters, 1 non-voter per secondary)` or `snapshot (restore
+    /// continuous, promotion fast)`.
+    pub mode: String,
     /// Every drill run.
     pub runs: Vec<RunFigures>,
     /// RTO over the runs that produced one.
@@ -116,49 +115,100 @@ pub struct RtoReport {
     pub loss_difference: Option<Summary>,
     /// Median seconds after the fault of each timeline event, in timeline order.
     pub phases_p50: Vec<(String, f64)>,
+    /// This mode's p50 RTO divided by OpenBao's p50.
+    pub ratio_p50: Option<f64>,
+}
+
+impl ModeReport {
+    /// Summarises the runs of `mode`; `openbao`: the in-cluster failover's summary.
+    fn of(mode: String, figures: Vec<RunFigures>, openbao: Option<Summary>) -> Self {
+        let vals = |f: &dyn Fn(&RunFigures) -> Option<f64>| -> Vec<f64> {
+            figures.iter().filter_map(f).collect()
+        };
+        let rto = Summary::of(&vals(&|r| r.rto_seconds));
+        let mut phases_p50 = Vec::new();
+        if let Some(first) = figures.first() {
+            for (name, _) in &first.phases {
+                let v: Vec<f64> = figures
+                    .iter()
+                    .filter_map(|r| r.phases.iter().find(|(n, _)| n == name).map(|(_, s)| *s))
+                    .collect();
+                if let Some(s) = Summary::of(&v) {
+                    phases_p50.push((name.clone(), s.p50));
+                }
+            }
+        }
+        Self {
+            mode,
+            rpo_writes: Summary::of(&vals(&|r| r.rpo_writes.map(|w| w as f64))),
+            rpo_seconds: Summary::of(&vals(&|r| r.rpo_seconds)),
+            accounted_seconds: Summary::of(&vals(&|r| r.accounted_seconds)),
+            loss_difference: Summary::of(&vals(&|r| r.loss_difference_seconds.map(f64::abs))),
+            ratio_p50: match (rto, openbao) {
+                (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
+                _ => None,
+            },
+            rto,
+            runs: figures,
+            phases_p50,
+        }
+    }
+}
+
+/// The result of `bench rto`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RtoReport {
+    /// Each mode's figures, in the order given.
+    pub modes: Vec<ModeReport>,
     /// OpenBao's in-cluster failover: seconds from killing the active node to the first write.
     pub openbao_failover: Vec<f64>,
     /// Its summary.
     pub openbao: Option<Summary>,
-    /// vault-dr p50 RTO divided by OpenBao's p50.
-    pub ratio_p50: Option<f64>,
 }
 
-/// Runs `runs` drills with `drill` options and `runs` OpenBao in-cluster failovers.
+/// The label of a drill's mode in the benchmark.
+pub fn mode_label(o: &DrillOptions) -> String {
+    match o.raft {
+        Some(l) => super::raft_label(&l),
+        None => format!(
+            "snapshot (restore {}, promotion {})",
+            o.restore.as_str(),
+            o.promotion.as_str()
+        ),
+    }
+}
+
+/// Runs `runs` rounds: in each, one drill of every mode in `modes`, then one OpenBao
+/// in-cluster failover, so that every figure is measured side by side on the same machine.
 pub async fn run(
     runs: usize,
-    drill: &DrillOptions,
+    modes: &[DrillOptions],
     progress: &Progress,
 ) -> Result<RtoReport, DrillError> {
-    let mut figures = Vec::new();
-    for i in 0..runs {
-        progress.line(format!("drill {}/{runs}", i + 1));
-        let quiet = Progress::new(true);
-        let r = progress
-            .wait(
-                &format!("drill {}/{runs}", i + 1),
-                super::run(drill, &quiet),
-            )
-            .await?;
-        progress.line(format!(
-            "drill {}/{runs}: RTO {} RPO {} writes {} accounted {}{}",
-            i + 1,
-            r.rto_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
-            r.rpo_writes.map_or("-".into(), |v| v.to_string()),
-            r.rpo_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
-            r.accounted_loss
-                .as_ref()
-                .map_or("-".into(), vault_dr_coordinator::model::LossAccount::short),
-            if r.ok {
-                String::new()
-            } else {
-                format!(" FAILED: {}", r.problems.join("; "))
-            }
-        ));
-        figures.push(RunFigures::from(&r));
-    }
+    let mut figures: Vec<Vec<RunFigures>> = vec![Vec::new(); modes.len()];
     let mut openbao = Vec::new();
     for i in 0..runs {
+        for (m, drill) in modes.iter().enumerate() {
+            let name = format!("{} drill {}/{runs}", mode_label(drill), i + 1);
+            progress.line(name.clone());
+            let quiet = Progress::new(true);
+            let r = progress.wait(&name, super::run(drill, &quiet)).await?;
+            progress.line(format!(
+                "{name}: RTO {} RPO {} writes {} accounted {}{}",
+                r.rto_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
+                r.rpo_writes.map_or("-".into(), |v| v.to_string()),
+                r.rpo_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
+                r.accounted_loss
+                    .as_ref()
+                    .map_or("-".into(), vault_dr_coordinator::model::LossAccount::short),
+                if r.ok {
+                    String::new()
+                } else {
+                    format!(" FAILED: {}", r.problems.join("; "))
+                }
+            ));
+            figures[m].push(RunFigures::from(&r));
+        }
         let t = progress
             .wait(
                 &format!("OpenBao in-cluster failover {}/{runs}", i + 1),
@@ -171,37 +221,13 @@ pub async fn run(
         ));
         openbao.push(t);
     }
-    let vals = |f: &dyn Fn(&RunFigures) -> Option<f64>| -> Vec<f64> {
-        figures.iter().filter_map(f).collect()
-    };
-    let rto = Summary::of(&vals(&|r| r.rto_seconds));
     let openbao_summary = Summary::of(&openbao);
-    let mut phases_p50 = Vec::new();
-    if let Some(first) = figures.first() {
-        for (name, _) in &first.phases {
-            let v: Vec<f64> = figures
-                .iter()
-                .filter_map(|r| r.phases.iter().find(|(n, _)| n == name).map(|(_, s)| *s))
-                .collect();
-            if let Some(s) = Summary::of(&v) {
-                phases_p50.push((name.clone(), s.p50));
-            }
-        }
-    }
     Ok(RtoReport {
-        restore: drill.restore.as_str().into(),
-        promotion: drill.promotion.as_str().into(),
-        rpo_writes: Summary::of(&vals(&|r| r.rpo_writes.map(|w| w as f64))),
-        rpo_seconds: Summary::of(&vals(&|r| r.rpo_seconds)),
-        accounted_seconds: Summary::of(&vals(&|r| r.accounted_seconds)),
-        loss_difference: Summary::of(&vals(&|r| r.loss_difference_seconds.map(f64::abs))),
-        ratio_p50: match (rto, openbao_summary) {
-            (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
-            _ => None,
-        },
-        rto,
-        runs: figures,
-        phases_p50,
+        modes: modes
+            .iter()
+            .zip(figures)
+            .map(|(o, f)| ModeReport::of(mode_label(o), f, openbao_summary))
+            .collect(),
         openbao_failover: openbao,
         openbao: openbao_summary,
     })
@@ -265,56 +291,64 @@ pub fn render(r: &RtoReport) -> String {
         None => "-".into(),
     };
     let mut out = format!(
-        "vault-dr bench rto: {} drills, restore {}, promotion {}\n",
-        r.runs.len(),
-        r.restore,
-        r.promotion
+        "vault-dr bench rto: {} round{} of {} drill{} and one OpenBao in-cluster failover, side by side\n",
+        r.openbao_failover.len(),
+        if r.openbao_failover.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        r.modes.len(),
+        if r.modes.len() == 1 { "" } else { "s" }
     );
-    out.push_str(&format!("  RTO        {}\n", s(&r.rto, " s")));
-    out.push_str(&format!("  RPO        {}\n", s(&r.rpo_writes, " writes")));
-    out.push_str(&format!("  RPO age    {}\n", s(&r.rpo_seconds, " s")));
-    out.push_str(&format!(
-        "  accounted  {}  (the coordinator's loss account, seconds at risk)\n",
-        s(&r.accounted_seconds, " s")
-    ));
-    out.push_str(&format!(
-        "  |accounted - RPO age|  {}\n",
-        s(&r.loss_difference, " s")
-    ));
-    out.push_str("  runs (RTO s, RPO writes, RPO age s, accounted entries, accounted s):");
-    for x in &r.runs {
-        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    for m in &r.modes {
+        out.push_str(&format!("{}\n", m.mode));
+        out.push_str(&format!("  RTO        {}\n", s(&m.rto, " s")));
+        out.push_str(&format!("  RPO        {}\n", s(&m.rpo_writes, " writes")));
+        out.push_str(&format!("  RPO age    {}\n", s(&m.rpo_seconds, " s")));
         out.push_str(&format!(
-            " [{} {} {} {} {}]",
-            f(x.rto_seconds),
-            n(x.rpo_writes),
-            f(x.rpo_seconds),
-            n(x.accounted_entries),
-            f(x.accounted_seconds)
+            "  accounted  {}  (the coordinator's loss account, seconds at risk)\n",
+            s(&m.accounted_seconds, " s")
         ));
-    }
-    out.push('\n');
-    out.push_str(&format!(
-        "  OpenBao in-cluster failover (3 nodes, performance_multiplier 1)  {}\n",
-        s(&r.openbao, " s")
-    ));
-    out.push_str(&format!(
-        "  ratio (vault-dr p50 RTO / OpenBao p50)  {}\n",
-        r.ratio_p50.map_or("-".into(), |v| format!("{v:.2}"))
-    ));
-    out.push_str("  where the time goes (p50 seconds after the fault):");
-    for (name, t) in &r.phases_p50 {
-        out.push_str(&format!(" {name} {t:.2};"));
-    }
-    out.push('\n');
-    let failed = r.runs.iter().filter(|x| !x.ok).count();
-    if failed > 0 {
-        out.push_str(&format!("  {failed} drills FAILED:\n"));
-        for x in r.runs.iter().filter(|x| !x.ok) {
-            out.push_str(&format!("    - {}\n", x.problems.join("; ")));
+        out.push_str(&format!(
+            "  |accounted - RPO age|  {}\n",
+            s(&m.loss_difference, " s")
+        ));
+        out.push_str("  runs (RTO s, RPO writes, RPO age s, accounted entries, accounted s):");
+        for x in &m.runs {
+            let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+            let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+            out.push_str(&format!(
+                " [{} {} {} {} {}]",
+                f(x.rto_seconds),
+                n(x.rpo_writes),
+                f(x.rpo_seconds),
+                n(x.accounted_entries),
+                f(x.accounted_seconds)
+            ));
+        }
+        out.push('\n');
+        out.push_str(&format!(
+            "  ratio (p50 RTO / OpenBao p50)  {}\n",
+            m.ratio_p50.map_or("-".into(), |v| format!("{v:.2}"))
+        ));
+        out.push_str("  where the time goes (p50 seconds after the fault):");
+        for (name, t) in &m.phases_p50 {
+            out.push_str(&format!(" {name} {t:.2};"));
+        }
+        out.push('\n');
+        let failed = m.runs.iter().filter(|x| !x.ok).count();
+        if failed > 0 {
+            out.push_str(&format!("  {failed} drills FAILED:\n"));
+            for x in m.runs.iter().filter(|x| !x.ok) {
+                out.push_str(&format!("    - {}\n", x.problems.join("; ")));
+            }
         }
     }
+    out.push_str(&format!(
+        "OpenBao in-cluster failover (3 nodes, performance_multiplier 1)  {}\n",
+        s(&r.openbao, " s")
+    ));
     out
 }
 
@@ -337,18 +371,20 @@ mod tests {
         };
         let runs = vec![run(2.0, 1.8), run(1.0, 1.3)];
         let r = RtoReport {
-            restore: "continuous".into(),
-            promotion: "complete".into(),
-            rto: Summary::of(&[9.0, 9.0]),
-            rpo_writes: Summary::of(&[20.0, 20.0]),
-            rpo_seconds: Summary::of(&[2.0, 1.0]),
-            accounted_seconds: Summary::of(&[1.8, 1.3]),
-            loss_difference: Summary::of(&[0.2, 0.3]),
-            runs,
-            phases_p50: Vec::new(),
-            openbao_failover: Vec::new(),
-            openbao: None,
-            ratio_p50: None,
+            modes: vec![
+                ModeReport::of(
+                    "snapshot (restore continuous, promotion complete)".into(),
+                    runs,
+                    Summary::of(&[3.0]),
+                ),
+                ModeReport::of(
+                    "raft (3 voters, 1 non-voter per secondary)".into(),
+                    Vec::new(),
+                    None,
+                ),
+            ],
+            openbao_failover: vec![3.0],
+            openbao: Summary::of(&[3.0]),
         };
         let text = render(&r);
         assert!(
@@ -361,6 +397,15 @@ mod tests {
         );
         assert!(
             text.contains("[9.00 20 2.00 25 1.80] [9.00 20 1.00 25 1.30]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ratio (p50 RTO / OpenBao p50)  3.00\n")
+                && text.contains("\nraft (3 voters"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 round of 2 drills and one OpenBao in-cluster failover"),
             "{text}"
         );
     }
