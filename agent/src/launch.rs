@@ -21,7 +21,9 @@
 //! - `running.json`: the permit of the run in progress (the launcher renames `permit.json` to
 //!   it at the start and removes it when the server has exited);
 //! - `stop`: the agent asks the launcher to end the run (SIGTERM, SIGKILL after
-//!   [`STOP_TIMEOUT`]); removed by the launcher when the server has exited.
+//!   [`STOP_TIMEOUT`]); removed by the launcher when the server has exited;
+//! - `ended.json`: how the latest run ended ([`RunEnded`]), which the agent reads to tell a
+//!   server that cannot start (it backs off and reports why) from one that was stopped.
 //!
 //! The launcher starts the server with `BAO_RAFT_RETRY_JOIN_AS_NON_VOTER=true` when the permit
 //! says `non_voter` (OpenBao reads it like `retry_join_as_non_voter` in the config), and
@@ -41,6 +43,8 @@ pub const PERMIT_FILE: &str = "permit.json";
 pub const RUNNING_FILE: &str = "running.json";
 /// The agent's request to end the run.
 pub const STOP_FILE: &str = "stop";
+/// How the latest run ended.
+pub const ENDED_FILE: &str = "ended.json";
 /// The environment variable OpenBao reads as `retry_join_as_non_voter`.
 pub const NON_VOTER_ENV: &str = "BAO_RAFT_RETRY_JOIN_AS_NON_VOTER";
 /// Vault's name of it (a Vault server reads this one).
@@ -59,6 +63,30 @@ pub struct Permit {
     pub non_voter: bool,
     /// Why the agent permits this start (in the launcher's log).
     pub reason: String,
+}
+
+/// How a run of the server ended, written by the launcher when it has exited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnded {
+    /// The permit it ran on.
+    pub permit: Permit,
+    /// "exited: exit status: 1", "stopped: signal: 15 (SIGTERM)", ...
+    pub how: String,
+    /// Whether the agent had asked for the stop.
+    pub asked: bool,
+    /// When the server was started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When it had exited.
+    pub ended_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RunEnded {
+    /// How long the server ran.
+    pub fn ran(&self) -> Duration {
+        (self.ended_at - self.started_at)
+            .to_std()
+            .unwrap_or_default()
+    }
 }
 
 /// The control directory shared by the launcher and the agent.
@@ -102,6 +130,17 @@ impl ControlDir {
     /// Asks the launcher to end the run in progress (no-op without one).
     pub fn request_stop(&self) -> io::Result<()> {
         write_atomic(&self.dir.join(STOP_FILE), b"stop\n")
+    }
+
+    /// How the latest run ended, if one has.
+    pub fn last_ended(&self) -> Option<RunEnded> {
+        read_json(&self.dir.join(ENDED_FILE))
+    }
+
+    /// The launcher's side: records how a run ended.
+    fn write_ended(&self, ended: &RunEnded) -> io::Result<()> {
+        let body = serde_json::to_vec_pretty(ended).map_err(io::Error::other)?;
+        write_atomic(&self.dir.join(ENDED_FILE), &body)
     }
 
     /// Whether a stop was asked for and not yet carried out.
@@ -193,6 +232,7 @@ impl Launcher {
                 reason = %permit.reason,
                 "permitted: starting the server"
             );
+            let started_at = chrono::Utc::now();
             let mut child = self.spawn(&permit)?;
             let ended = tokio::select! {
                 _ = term.recv() => None,
@@ -205,8 +245,17 @@ impl Launcher {
                     self.control.run_ended()?;
                     return Ok(());
                 }
-                Some(how) => {
+                Some((how, asked)) => {
                     tracing::info!(how = %how, "server run ended; waiting for the next permit");
+                    // Recorded before the run is gone: the agent that sees no run finds how
+                    // it ended.
+                    self.control.write_ended(&RunEnded {
+                        permit,
+                        how,
+                        asked,
+                        started_at,
+                        ended_at: chrono::Utc::now(),
+                    })?;
                     self.control.run_ended()?;
                 }
             }
@@ -235,20 +284,22 @@ impl Launcher {
         cmd.spawn()
     }
 
-    /// Waits until the server exits, or the agent asks for a stop (then stops it).
-    async fn watch(&self, child: &mut tokio::process::Child) -> String {
+    /// Waits until the server exits, or the agent asks for a stop (then stops it). How it
+    /// ended, and whether the agent asked for it.
+    async fn watch(&self, child: &mut tokio::process::Child) -> (String, bool) {
         loop {
             tokio::select! {
                 status = child.wait() => {
-                    return match status {
+                    let how = match status {
                         Ok(s) => format!("exited: {s}"),
                         Err(e) => format!("wait failed: {e}"),
                     };
+                    return (how, false);
                 }
                 () = tokio::time::sleep(POLL) => {
                     if self.control.stop_pending() {
                         tracing::info!("the agent asked for a stop");
-                        return stop_child(child).await;
+                        return (stop_child(child).await, true);
                     }
                 }
             }
@@ -340,6 +391,11 @@ mod tests {
         control.request_stop().unwrap();
         wait_until("the stop", || control.running().is_none()).await;
         assert!(!control.stop_pending());
+        let ended = control
+            .last_ended()
+            .expect("the end of the run is recorded");
+        assert!(ended.asked && ended.how.starts_with("stopped"), "{ended:?}");
+        assert_eq!(ended.permit, permit(true));
 
         control.write_permit(&permit(false)).unwrap();
         wait_until("the second start", || {

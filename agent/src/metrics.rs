@@ -81,6 +81,9 @@ pub struct Metrics {
     /// `vault_dr_agent_raft_actions_total{action}`: what the raft backend did to its node
     /// (`permit`, `stop`, `recover`, `quarantine`).
     pub raft_actions: IntCounterVec,
+    /// `vault_dr_agent_raft_failed_starts_total`: runs of the server under `vault-dr-launch`
+    /// that ended within 10 s without the agent asking (a start that failed).
+    pub raft_failed_starts: IntCounter,
     /// `vault_dr_agent_snapshot_index`: raft index of the newest snapshot held.
     pub snapshot_index: IntGauge,
     /// `vault_dr_agent_snapshot_restoring_seconds_total`: time spent restoring (its rate is
@@ -276,6 +279,13 @@ impl Metrics {
                         "Raft backend actions on the node: permit (a start), stop, recover (peers.json), quarantine",
                     ),
                     &["action"],
+                )?,
+            )?,
+            raft_failed_starts: reg(
+                r,
+                IntCounter::new(
+                    format!("{P}raft_failed_starts_total"),
+                    "Starts of the server under vault-dr-launch that failed (it exited within 10 s unasked)",
                 )?,
             )?,
             snapshot_index: reg(

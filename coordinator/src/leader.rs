@@ -559,6 +559,3 @@ fn decision_kind(d: &Decision) -> &'static str {
 /// How often a follower tries to take the lease (the leader renews at its own renew period,
 /// at most a second apart).
 pub const FOLLOWER_POLL: Duration = Duration::from_millis(500);
-
-/// Default time the executor waits for the target's agent to acknowledge a promotion.
-pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);

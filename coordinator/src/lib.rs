@@ -211,7 +211,7 @@ pub async fn run(
         replication: Arc::new(DesiredStateReplication {
             state: state.clone(),
             report_ttl: config.policy.report_ttl,
-            promote_timeout: leader::PROMOTE_TIMEOUT,
+            promote_timeout: config.policy.promote_timeout,
             repoint_timeout: config.policy.report_ttl * 2,
         }),
         traffic,

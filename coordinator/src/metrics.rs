@@ -43,6 +43,8 @@ pub struct Metrics {
     pub step_duration: HistogramVec,
     /// Steps that gave up.
     pub step_failures: IntCounterVec,
+    /// Failed attempts of steps that are tried again (a promotion that keeps failing).
+    pub step_attempt_failures: IntCounterVec,
     /// 1 while this replica holds the lease.
     pub is_leader: IntGauge,
     /// `vault_dr_coordinator_group_refusing`: 1 while this coordinator refuses to act because
@@ -103,7 +105,7 @@ impl Metrics {
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
-        Ok(Self {
+        let m = Self {
             reports_accepted: reg(
                 r,
                 IntCounter::new(name("reports_accepted_total"), "Agent reports accepted")?,
@@ -241,6 +243,16 @@ impl Metrics {
                     &["step"],
                 )?,
             )?,
+            step_attempt_failures: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("failover_step_attempt_failures_total"),
+                        "Failed attempts of failover steps that are tried again",
+                    ),
+                    &["step"],
+                )?,
+            )?,
             is_leader: reg(
                 r,
                 IntGauge::new(
@@ -335,7 +347,12 @@ impl Metrics {
                     "Failovers whose loss could not be accounted",
                 )?,
             )?,
-        })
+        };
+        // Exported at 0 from the start, so that an alert on their increase sees the first one.
+        for step in crate::model::Step::ALL {
+            m.step_attempt_failures.with_label_values(&[step.as_str()]);
+        }
+        Ok(m)
     }
 
     /// Exports the loss account of a failover whose target was just promoted: the gauges show
@@ -381,6 +398,12 @@ impl StepHook for Metrics {
             self.failover_in_progress.set(0);
             self.failovers_finished.inc();
         }
+    }
+
+    fn attempt_failed(&self, _record: &FailoverRecord, step: Step, _attempt: u32, _error: &str) {
+        self.step_attempt_failures
+            .with_label_values(&[step.as_str()])
+            .inc();
     }
 }
 

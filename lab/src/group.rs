@@ -85,6 +85,8 @@ pub struct GroupSpec {
     pub degraded: Option<vault_dr_coordinator::config::DegradedFile>,
     /// `policy.max_lag` (`None`: the coordinator's default).
     pub max_lag: Option<Duration>,
+    /// `policy.promote_timeout` (`None`: the coordinator's default).
+    pub promote_timeout: Option<Duration>,
     /// How often secondaries pull a snapshot.
     pub snapshot_interval: Duration,
     /// Agents' probe and report interval.
@@ -167,6 +169,7 @@ impl Default for GroupSpec {
             promotion: Some(PromotionMode::Complete),
             degraded: None,
             max_lag: None,
+            promote_timeout: None,
             snapshot_interval: Duration::from_secs(2),
             agent_interval: Duration::from_millis(500),
             traffic: true,
@@ -748,6 +751,7 @@ impl DrGroup {
         file.policy.promotion = spec.promotion;
         file.policy.degraded = spec.degraded;
         file.policy.max_lag = spec.max_lag.or(file.policy.max_lag);
+        file.policy.promote_timeout = spec.promote_timeout;
         file
     }
 

@@ -24,7 +24,7 @@ use crate::state::Shared;
 use crate::vault::VaultClient;
 use async_trait::async_trait;
 use chrono::Utc;
-use plan::{Action, Facts, Launcher, Lineage};
+use plan::{Action, Facts, Launcher, Lineage, Wait};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,10 @@ pub const LINEAGE_FILE: &str = "lineage.json";
 pub const ROUND: Duration = Duration::from_millis(250);
 /// How often autopilot's state (membership, last contact) is read.
 pub const AUTOPILOT_EVERY: Duration = Duration::from_secs(1);
+/// A run the agent did not stop that ends sooner than this is a failed start.
+pub const FAILED_START: Duration = Duration::from_secs(10);
+/// The longest wait before the next start after failed starts.
+pub const START_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Entries of the raft path that are the agent's own and are never quarantined.
 const OWN_PREFIX: &str = ".vault-dr";
 
@@ -106,6 +110,22 @@ pub struct Controller {
     metrics: Metrics,
     status: Arc<RaftStatus>,
     control: ControlDir,
+    starts: Mutex<FailedStarts>,
+}
+
+/// The server's failed starts in a row, from the launcher's end records.
+#[derive(Debug, Default)]
+struct FailedStarts {
+    /// The end record counted last.
+    seen: Option<chrono::DateTime<Utc>>,
+    /// Failed starts in a row (0: the latest run ended normally or was stopped).
+    count: u32,
+}
+
+/// The wait before the next start after `failures` failed starts in a row: 1 s, 2 s, 4 s, ...,
+/// at most [`START_BACKOFF_MAX`].
+fn start_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(START_BACKOFF_MAX)
 }
 
 impl Controller {
@@ -126,6 +146,7 @@ impl Controller {
             metrics,
             status,
             control,
+            starts: Mutex::default(),
         })
     }
 
@@ -134,7 +155,7 @@ impl Controller {
         let mut changes = self.shared.desired_changes();
         let mut last_wait = None;
         loop {
-            let action = self.round().await;
+            let action = self.hold_failed_starts(self.round().await);
             match &action {
                 Action::Wait(w) => {
                     if last_wait.as_ref() != Some(w) {
@@ -157,6 +178,59 @@ impl Controller {
                 () = tokio::time::sleep(ROUND) => {}
                 () = changes.changed() => {}
             }
+        }
+    }
+
+    /// Holds a start back while the server keeps failing to start (a recovery that cannot be
+    /// applied, a broken config): after n failed starts in a row the next one waits
+    /// [`start_backoff`]`(n)` from the last failure, and the report says why, so that the
+    /// coordinator journals the reason with the failed promotion. Other actions pass.
+    fn hold_failed_starts(&self, action: Action) -> Action {
+        if !matches!(
+            action,
+            Action::Permit { .. } | Action::Recover { .. } | Action::Quarantine { .. }
+        ) {
+            return action;
+        }
+        let Some(ended) = self.control.last_ended() else {
+            return action;
+        };
+        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        if starts.seen != Some(ended.ended_at) {
+            starts.seen = Some(ended.ended_at);
+            let failed = !ended.asked && ended.ran() < FAILED_START;
+            starts.count = if failed { starts.count + 1 } else { 0 };
+            if failed {
+                self.metrics.raft_failed_starts.inc();
+                tracing::error!(how = %ended.how, ran = ?ended.ran(), failures = starts.count, "raft: the server failed to start; see its log");
+            }
+        }
+        if starts.count == 0 {
+            return action;
+        }
+        let delay = start_backoff(starts.count);
+        let since = (Utc::now() - ended.ended_at).to_std().unwrap_or_default();
+        let mut why = format!(
+            "the server failed to start {} time{} in a row (the last {} after {:.1} s, on the permit \"{}\" of term {}); see the server's log",
+            starts.count,
+            if starts.count == 1 { "" } else { "s" },
+            ended.how,
+            ended.ran().as_secs_f64(),
+            ended.permit.reason,
+            ended.permit.term
+        );
+        let held = since < delay;
+        if held {
+            why.push_str(&format!(
+                "; next start in {:.0} s",
+                (delay - since).as_secs_f64().ceil()
+            ));
+        }
+        self.status.lock().status.last_error = Some(why);
+        if held {
+            Action::Wait(Wait::FailedStarts(starts.count))
+        } else {
+            action
         }
     }
 

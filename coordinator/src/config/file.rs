@@ -228,6 +228,13 @@ pub struct PolicyFile {
     /// See [`Policy::promotion`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<PromotionMode>,
+    /// See [`Policy::promote_timeout`].
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub promote_timeout: Option<Duration>,
     /// `[policy.degraded]`: see [`Policy::degraded`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<DegradedFile>,
@@ -733,6 +740,11 @@ impl PolicyFile {
                 d.report_retention,
             )?,
             promotion: self.promotion.unwrap_or(d.promotion),
+            promote_timeout: positive(
+                "policy.promote_timeout",
+                self.promote_timeout,
+                d.promote_timeout,
+            )?,
             degraded: None,
         };
         if p.confirm == 0 {

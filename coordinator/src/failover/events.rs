@@ -35,6 +35,13 @@ pub enum StepPhase<'a> {
         /// Why it failed, if it did.
         error: Option<&'a str>,
     },
+    /// Attempt `attempt` failed with `error`; the step is tried again.
+    Retrying {
+        /// Which attempt failed (1 = the first).
+        attempt: u32,
+        /// Why.
+        error: &'a str,
+    },
 }
 
 /// The Event `type` and message for `step` of `record`: names the step, from, to and term.
@@ -71,6 +78,13 @@ pub fn step_message(
             "Warning",
             format!(
                 "failover {}: step {step} failed after {seconds:.1} s {tail}: {error}",
+                record.id
+            ),
+        ),
+        StepPhase::Retrying { attempt, error } => (
+            "Warning",
+            format!(
+                "failover {}: step {step} attempt {attempt} failed {tail}, retrying: {error}",
                 record.id
             ),
         ),
@@ -231,6 +245,10 @@ impl StepHook for KubernetesEvents {
     fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>) {
         self.emit(record, step, StepPhase::Finished { seconds, error });
     }
+
+    fn attempt_failed(&self, record: &FailoverRecord, step: Step, attempt: u32, error: &str) {
+        self.emit(record, step, StepPhase::Retrying { attempt, error });
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +308,19 @@ mod tests {
             },
         );
         assert_eq!(kind, "Warning");
+        let (retry_kind, retry) = step_message(
+            &r,
+            Step::Promoted,
+            StepPhase::Retrying {
+                attempt: 2,
+                error: "dc2 has not applied term 3",
+            },
+        );
+        assert_eq!(retry_kind, "Warning");
+        assert_eq!(
+            retry,
+            "failover 3-dc1-dc2: step promoted attempt 2 failed (from dc1 to dc2, term 3), retrying: dc2 has not applied term 3"
+        );
         assert!(
             msg.ends_with("(from dc1 to dc2, term 3): canary read returned 403"),
             "{msg}"

@@ -266,7 +266,7 @@ impl Executor {
                 }
                 (detail, unsealed)
             } else {
-                let outcome = self.run_step(&current.value, &f, step).await?;
+                let outcome = self.run_step(&current.value, &f, step, &mut record).await?;
                 if step == Step::Promoted && outcome.is_ok() {
                     let account = self.account_loss(&record, &f, current.value.term)?;
                     tracing::info!(failover = %record.id, "loss: {account}");
@@ -480,15 +480,21 @@ impl Executor {
         }
     }
 
+    /// Runs `step` until it succeeds or its [`attempts`] are used up. Every failed attempt
+    /// that is retried is journaled in `record` (the step's `error` and the attempt in its
+    /// `detail`) and reported to the hooks, so that a step that keeps failing (a target that
+    /// cannot carry out its promotion) is seen, with its reason, while it is retried.
     async fn run_step(
         &self,
         topology: &Topology,
         f: &FailoverInProgress,
         step: Step,
+        record: &mut FailoverRecord,
     ) -> Result<Result<String, ActionError>, ExecError> {
         let term = topology.term;
         let mut backoff = self.retry.initial;
         let mut attempt = 0u32;
+        let mut failed: Option<(u32, String)> = None;
         loop {
             attempt += 1;
             if !self.coordination.is_leader() {
@@ -532,10 +538,31 @@ impl Executor {
                 Step::Done => Ok(format!("{} is primary in term {term}", f.to)),
             };
             match (result, attempts(step)) {
-                (Ok(detail), _) => return Ok(Ok(detail)),
+                (Ok(detail), _) => {
+                    return Ok(Ok(match failed {
+                        None => detail,
+                        Some((n, last)) => format!(
+                            "{detail} (after {n} failed attempt{}; the last: {last})",
+                            if n == 1 { "" } else { "s" }
+                        ),
+                    }));
+                }
                 (Err(e), Attempts::AtMost(n)) if attempt >= n => return Ok(Err(e)),
                 (Err(e), _) => {
                     tracing::warn!(failover = %f.id, step = %step, attempt, "step {step} failed: {e}; retrying in {backoff:?}");
+                    if let Some(s) = record.steps.iter_mut().find(|s| s.step == step) {
+                        s.detail = format!(
+                            "attempt {attempt} failed at {}; retrying in {backoff:?}, for as long as {} leads",
+                            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            self.id
+                        );
+                        s.error = Some(e.0.clone());
+                    }
+                    self.journal(record).await;
+                    if let Some(h) = &self.hook {
+                        h.attempt_failed(record, step, attempt, &e.0);
+                    }
+                    failed = Some((attempt, e.0));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.max);
                 }

@@ -11,6 +11,8 @@ pub trait StepHook: Send + Sync + std::fmt::Debug {
     fn started(&self, record: &FailoverRecord, step: Step);
     /// `step` of `record` finished (`error` set when it finished by giving up).
     fn finished(&self, record: &FailoverRecord, step: Step, seconds: f64, error: Option<&str>);
+    /// Attempt `attempt` of `step` failed with `error` and the step will be tried again.
+    fn attempt_failed(&self, record: &FailoverRecord, step: Step, attempt: u32, error: &str);
 }
 
 /// Several hooks as one (metrics and Kubernetes Events).
@@ -26,5 +28,11 @@ impl StepHook for Hooks {
         self.0
             .iter()
             .for_each(|h| h.finished(record, step, seconds, error));
+    }
+
+    fn attempt_failed(&self, record: &FailoverRecord, step: Step, attempt: u32, error: &str) {
+        self.0
+            .iter()
+            .for_each(|h| h.attempt_failed(record, step, attempt, error));
     }
 }

@@ -119,6 +119,20 @@ impl DesiredStateReplication {
     }
 
     /// Fresh nodes of `cluster` that have seen `term` but not carried it out yet (for messages).
+    /// "; s1-0 reports: <its replication error>" for every node of `cluster` whose latest
+    /// report carries one (what its agent knows of why it does not get there).
+    fn agent_errors(&self, cluster: &str) -> String {
+        self.state
+            .latest_reports()
+            .iter()
+            .filter(|n| n.report.cluster == cluster)
+            .filter_map(|n| {
+                let e = n.report.replication.last_error.as_deref()?;
+                Some(format!("; {} reports: {e}", n.report.node))
+            })
+            .collect()
+    }
+
     fn seen_only(&self, cluster: &str, term: u64) -> usize {
         let now = Utc::now();
         let ttl = self.report_ttl.as_secs_f64();
@@ -231,8 +245,10 @@ impl Replication for DesiredStateReplication {
             if tokio::time::Instant::now() >= deadline {
                 let seen = self.seen_only(&target.name, term);
                 return Err(ActionError(format!(
-                    "{} has not applied term {term} as an active primary within {:?} ({acked} node(s) applied it, {seen} saw it and are still working on it)",
-                    target.name, self.promote_timeout
+                    "{} has not applied term {term} as an active primary within {:?} ({acked} node(s) applied it, {seen} saw it and are still working on it){}",
+                    target.name,
+                    self.promote_timeout,
+                    self.agent_errors(&target.name)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

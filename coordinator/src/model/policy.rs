@@ -53,9 +53,19 @@ pub struct Policy {
     /// failover's journal record.
     #[serde(default)]
     pub promotion: PromotionMode,
+    /// How long the target has to carry out its promotion (restore, or raft recovery and
+    /// election; its agent then acknowledges the term) before the attempt counts as failed:
+    /// the failure is journaled with the agents' reasons and alerted, and the promotion is
+    /// tried again for as long as this coordinator leads.
+    #[serde(default = "default_promote_timeout", with = "humantime_serde_compat")]
+    pub promote_timeout: Duration,
     /// The degraded-primary rule (`[policy.degraded]`; `None`: off, the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<DegradedPolicy>,
+}
+
+fn default_promote_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// When a primary that still serves is moved away from by an automatic planned switchover
@@ -116,6 +126,7 @@ impl Default for Policy {
             quorum: QuorumMode::Majority,
             report_retention: Duration::from_secs(24 * 3600),
             promotion: PromotionMode::Complete,
+            promote_timeout: default_promote_timeout(),
             degraded: None,
         }
     }

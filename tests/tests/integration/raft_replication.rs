@@ -4,6 +4,8 @@
 //! promotion by raft recovery, every acknowledged write read back by version and value, the
 //! other secondary rejoins the new raft; the old primary's nodes come back with their old data
 //! and accept no write on their own addresses while the new primary stays active, then follow.
+//! A target whose server cannot start keeps the failover open, journaled with the reason and
+//! counted for the alert, until it can.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -333,4 +335,151 @@ async fn the_whole_primary_killed_promotes_a_non_voter_with_every_acknowledged_w
     .map(|d| d.count())
     .unwrap_or(0);
     assert_eq!(quarantined, 1, "p-n1's old raft state is in the quarantine");
+}
+
+/// The leader's failover records (`GET /v1/failovers`), newest first.
+async fn failovers(group: &Group) -> Vec<Value> {
+    let Some(leader) = group.leader().await else {
+        return Vec::new();
+    };
+    group
+        .get_json(&leader, "v1/failovers")
+        .await
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_cannot_start_leaves_the_failover_open_with_its_reason_until_it_can() {
+    // A one-voter primary and a one-node secondary; a promotion must be acknowledged within
+    // 4 s, else the attempt counts as failed.
+    let mut group = Group::builder()
+        .clusters(["p", "s1"])
+        .raft(1, 1)
+        .coordinators(1)
+        .spec(|s| s.promote_timeout = Some(Duration::from_secs(4)))
+        .start()
+        .await
+        .expect("raft group");
+    let lagged = try_wait_for("s1's exact lag", READY, || async {
+        matches!(lag(&candidates(&group).await, "s1"), (Some(e), _) if e < 50).then_some(())
+    })
+    .await;
+    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    let p = group.cluster("p").unwrap();
+    let root = p.root_token().clone();
+    p.kv_put("kept/before-the-fault", &serde_json::json!({ "v": "one" }))
+        .await
+        .expect("a write on p");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Bad input: s1's server cannot start any more (its config no longer parses), so the
+    // raft recovery that would promote it cannot be applied.
+    let s1_config = group.cluster("s1").unwrap().nodes()[0]
+        .config_path()
+        .to_owned();
+    let good = std::fs::read(&s1_config).unwrap();
+    std::fs::write(&s1_config, b"storage \"raft\" { this is not HCL\n").unwrap();
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+
+    // The term is raised, the failover stays in progress, and its Promoted step carries the
+    // reason, the agent's included; the attempts are counted for the alert.
+    let journaled = try_wait_for("the failed promotion in the journal", READY, || async {
+        let f = failovers(&group).await.into_iter().next()?;
+        let step = f
+            .get("steps")?
+            .as_array()?
+            .iter()
+            .find(|s| s.get("step").and_then(Value::as_str) == Some("promoted"))?
+            .clone();
+        let error = step.get("error")?.as_str()?.to_owned();
+        (error.contains("the server failed to start")).then_some((f, step, error))
+    })
+    .await;
+    let Ok((record, step, error)) = journaled else {
+        panic!(
+            "no journaled promotion failure: {:#?}",
+            failovers(&group).await
+        );
+    };
+    println!("journaled: {error}\n  detail: {}", step["detail"]);
+    assert!(
+        error.contains("s1 has not applied term 2") && error.contains("s1-n1 reports"),
+        "{error}"
+    );
+    assert_eq!(record["status"], "in_progress", "{record:#}");
+    assert!(step["finished_at"].is_null(), "{step:#}");
+    assert!(
+        step["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("failed") && d.contains("retrying")),
+        "{step:#}"
+    );
+    let leader = group.leader().await.expect("a leader");
+    let topology = group.get_json(&leader, "v1/topology").await.unwrap();
+    assert_eq!(topology.pointer("/topology/term"), Some(&Value::from(2)));
+    assert!(
+        topology
+            .pointer("/topology/failover")
+            .is_some_and(|f| !f.is_null()),
+        "never reported done while the target cannot start: {topology}"
+    );
+    let metrics = group
+        .http()
+        .get(leader.join("metrics").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let attempts = vault_dr_tests::agents::metric(
+        &metrics,
+        "vault_dr_coordinator_failover_step_attempt_failures_total{step=\"promoted\"}",
+    );
+    assert!(attempts >= 1.0, "attempt failures counted: {attempts}");
+
+    // The operator mends the node; the next attempt promotes it with the data it had.
+    std::fs::write(&s1_config, good).unwrap();
+    let done = group
+        .wait_failover_done(1, Duration::from_secs(90))
+        .await
+        .expect("the failover finishes once s1 can start");
+    assert_eq!(done, "s1");
+    let record = failovers(&group).await.into_iter().next().unwrap();
+    assert_eq!(record["status"], "done", "{record:#}");
+    let promoted = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "promoted")
+        .unwrap();
+    assert!(promoted["error"].is_null(), "{promoted:#}");
+    assert!(
+        promoted["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("failed attempt")),
+        "the journal keeps the failed attempts: {promoted:#}"
+    );
+    let s1_api = group.cluster("s1").unwrap().nodes()[0].api_addr().clone();
+    let kept: Value = group
+        .http()
+        .get(s1_api.join("v1/secret/data/kept/before-the-fault").unwrap())
+        .header("X-Vault-Token", root.expose())
+        .send()
+        .await
+        .expect("read on s1")
+        .json()
+        .await
+        .expect("a KV answer");
+    assert_eq!(
+        kept.pointer("/data/data/v"),
+        Some(&Value::from("one")),
+        "{kept}"
+    );
 }

@@ -82,6 +82,9 @@ pub enum Wait {
     NoRaftYet,
     /// Nothing to do: the term is carried out.
     Steady,
+    /// The server failed to start this many times in a row: the next start waits (the
+    /// agent's back-off, not the plan's).
+    FailedStarts(u32),
 }
 
 /// One round's decision.
