@@ -127,9 +127,16 @@ impl ControlDir {
         read_json(&self.dir.join(RUNNING_FILE))
     }
 
-    /// Asks the launcher to end the run in progress (no-op without one).
-    pub fn request_stop(&self) -> io::Result<()> {
-        write_atomic(&self.dir.join(STOP_FILE), b"stop\n")
+    /// Asks the launcher to end the run in progress (no-op without one): SIGTERM, or with
+    /// `kill` SIGKILL at once.
+    pub fn request_stop(&self, kill: bool) -> io::Result<()> {
+        let body: &[u8] = if kill { b"kill\n" } else { b"stop\n" };
+        write_atomic(&self.dir.join(STOP_FILE), body)
+    }
+
+    /// Whether the pending stop asks for SIGKILL.
+    fn stop_is_kill(&self) -> bool {
+        std::fs::read(self.dir.join(STOP_FILE)).is_ok_and(|b| b.starts_with(b"kill"))
     }
 
     /// How the latest run ended, if one has.
@@ -298,6 +305,15 @@ impl Launcher {
                 }
                 () = tokio::time::sleep(POLL) => {
                     if self.control.stop_pending() {
+                        if self.control.stop_is_kill() {
+                            tracing::info!("the agent asked for a kill");
+                            let _ = child.kill().await;
+                            let how = match child.wait().await {
+                                Ok(s) => format!("killed: {s}"),
+                                Err(e) => format!("wait failed: {e}"),
+                            };
+                            return (how, true);
+                        }
                         tracing::info!("the agent asked for a stop");
                         return (stop_child(child).await, true);
                     }
@@ -339,7 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = ControlDir::new(dir.path());
         assert_eq!(c.take_permit().unwrap(), None);
-        c.request_stop().unwrap();
+        c.request_stop(false).unwrap();
         c.write_permit(&permit(true)).unwrap();
         assert_eq!(c.pending_permit(), Some(permit(true)));
         assert_eq!(c.take_permit().unwrap(), Some(permit(true)));
@@ -388,7 +404,7 @@ mod tests {
         control.write_permit(&permit(true)).unwrap();
         wait_until("the first run", || control.running().is_some()).await;
         wait_until("the output", || out.exists()).await;
-        control.request_stop().unwrap();
+        control.request_stop(false).unwrap();
         wait_until("the stop", || control.running().is_none()).await;
         assert!(!control.stop_pending());
         let ended = control
@@ -404,6 +420,10 @@ mod tests {
         .await;
         let runs = std::fs::read_to_string(&out).unwrap();
         assert_eq!(runs, "start true\nstart voter\n");
+        control.request_stop(true).unwrap();
+        wait_until("the kill", || control.running().is_none()).await;
+        let ended = control.last_ended().unwrap();
+        assert!(ended.asked && ended.how.starts_with("killed"), "{ended:?}");
         task.abort();
     }
 }

@@ -227,7 +227,11 @@ pub async fn run(
         config.clusters.clone(),
     )
     .with_hook(Arc::new(Hooks(hooks)))
-    .with_promotion(config.policy.promotion);
+    .with_promotion(config.policy.promotion)
+    .with_publish({
+        let state = state.clone();
+        failover::executor::Publish(Arc::new(move |t| state.set_topology(t.clone())))
+    });
     let service = Service {
         config: config.clone(),
         state,

@@ -34,6 +34,10 @@ use vault_dr_common::{NodeState, ReplicationMode, ReplicationStatus};
 pub const LINEAGE_FILE: &str = "lineage.json";
 /// How often the controller looks at its node when nothing changes.
 pub const ROUND: Duration = Duration::from_millis(250);
+/// How often the controller looks while a stop, a start or a recovery is in flight.
+pub const BUSY_ROUND: Duration = Duration::from_millis(50);
+/// How far back the leader's committed indexes are kept for the lag in seconds.
+pub const COMMIT_HISTORY: Duration = Duration::from_secs(30);
 /// How often autopilot's state (membership, last contact) is read.
 pub const AUTOPILOT_EVERY: Duration = Duration::from_secs(1);
 /// A run the agent did not stop that ends sooner than this is a failed start.
@@ -72,6 +76,10 @@ struct StatusInner {
     status: ReplicationStatus,
     /// The leader's last committed index and when it was read.
     leader_index: Option<(u64, Instant)>,
+    /// The leader's committed index as read each round, over the last [`COMMIT_HISTORY`]:
+    /// when entries are missing, their age is bounded by the last reading at or below this
+    /// node's applied index.
+    commits: std::collections::VecDeque<(u64, Instant)>,
     /// The last autopilot reading.
     membership: Option<Membership>,
 }
@@ -122,6 +130,29 @@ struct FailedStarts {
     count: u32,
 }
 
+/// The age of the oldest entry this node misses, bounded from above: every entry past
+/// `mine` was committed after the last reading of the leader's committed index at or below
+/// `mine` (`history`, oldest first), so the time since that reading. 0 when no entry is
+/// missing; without such a reading in the history, the larger of its span and autopilot's
+/// last contact.
+fn lag_seconds(
+    history: &std::collections::VecDeque<(u64, Instant)>,
+    mine: u64,
+    entries: u64,
+    contact: f64,
+    now: Instant,
+) -> f64 {
+    if entries == 0 {
+        return 0.0;
+    }
+    match history.iter().rev().find(|(commit, _)| *commit <= mine) {
+        Some((_, at)) => now.duration_since(*at).as_secs_f64(),
+        None => history.front().map_or(contact, |(_, at)| {
+            now.duration_since(*at).as_secs_f64().max(contact)
+        }),
+    }
+}
+
 /// The wait before the next start after `failures` failed starts in a row: 1 s, 2 s, 4 s, ...,
 /// at most [`START_BACKOFF_MAX`].
 fn start_backoff(failures: u32) -> Duration {
@@ -170,12 +201,22 @@ impl Controller {
                     }
                 }
             }
+            // While a stop, a start or a recovery is in flight the next step follows within
+            // [`BUSY_ROUND`]: a promotion waits for each of them.
+            let busy = matches!(
+                action,
+                Action::Stop { .. }
+                    | Action::Recover { .. }
+                    | Action::Permit { .. }
+                    | Action::Quarantine { .. }
+                    | Action::Wait(Wait::Stopping | Wait::Permitted | Wait::Starting)
+            );
             if let Err(e) = self.act(action) {
                 tracing::error!(error = %e, "raft: action failed; retried next round");
                 self.status.lock().status.last_error = Some(e);
             }
             tokio::select! {
-                () = tokio::time::sleep(ROUND) => {}
+                () = tokio::time::sleep(if busy { BUSY_ROUND } else { ROUND }) => {}
                 () = changes.changed() => {}
             }
         }
@@ -269,10 +310,12 @@ impl Controller {
     ///
     /// The lag in entries is the leader's committed index minus this node's applied index,
     /// this node's read first: never smaller than the true lag, larger by at most the writes
-    /// of one round trip. The lag in seconds is 0 when no entry is missing, else the time
-    /// since the leader last heard from this node (autopilot; OpenBao refreshes it every few
-    /// seconds for non-voters); while no leader answers, both are taken against the leader's
-    /// last known index and grow with the time since it was known.
+    /// of one round trip. The lag in seconds is 0 when no entry is missing, else an upper
+    /// bound of the oldest missing entry's age ([`lag_seconds`]: the time since the leader's
+    /// committed index was last read at or below this node's; autopilot's last contact,
+    /// which OpenBao refreshes only every few seconds for non-voters, when there is no such
+    /// reading); while no leader answers, both are taken against the leader's last known
+    /// index and grow with the time since it was known.
     async fn refresh_status(&self, running: bool) -> bool {
         let local = if running {
             self.vault.leader().await.ok()
@@ -345,8 +388,17 @@ impl Controller {
             (Some(commit), Some(mine)) => {
                 let entries = commit.saturating_sub(mine);
                 let contact = s.membership.as_ref().map_or(0.0, |m| m.contact);
+                let now = Instant::now();
                 status.lag_entries = Some(entries);
-                status.lag_seconds = Some(if entries == 0 { 0.0 } else { contact });
+                status.lag_seconds = Some(lag_seconds(&s.commits, mine, entries, contact, now));
+                s.commits.push_back((commit, now));
+                while s
+                    .commits
+                    .front()
+                    .is_some_and(|(_, at)| now.duration_since(*at) > COMMIT_HISTORY)
+                {
+                    s.commits.pop_front();
+                }
                 status.state = s.membership.as_ref().and_then(|m| m.status.clone());
                 status.connection_state = Some("leader reachable".into());
                 status.last_success_at = Some(Utc::now());
@@ -407,10 +459,10 @@ impl Controller {
                 self.permit(term, non_voter, "its data belongs to the primary's raft")
             }
             Action::Record(l) => self.write_lineage(&l),
-            Action::Stop { why } => {
-                tracing::warn!(why = %why, "raft: stopping the server");
+            Action::Stop { why, kill } => {
+                tracing::warn!(why = %why, kill, "raft: stopping the server");
                 self.control
-                    .request_stop()
+                    .request_stop(kill)
                     .map_err(|e| format!("request a stop: {e}"))
             }
             Action::Recover { lineage } => {
@@ -516,6 +568,27 @@ fn data_present(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lag_in_seconds_is_the_time_since_the_leader_was_last_seen_at_or_below_this_node() {
+        let now = Instant::now();
+        let ago = |ms| now - Duration::from_millis(ms);
+        let history: std::collections::VecDeque<(u64, Instant)> = [
+            (100, ago(1000)),
+            (104, ago(750)),
+            (110, ago(500)),
+            (112, ago(250)),
+        ]
+        .into();
+        assert_eq!(lag_seconds(&history, 112, 0, 3.0, now), 0.0, "caught up");
+        // Applied 110: everything past it was committed after the reading of 110.
+        assert_eq!(lag_seconds(&history, 110, 3, 3.0, now), 0.5);
+        assert_eq!(lag_seconds(&history, 111, 2, 3.0, now), 0.5);
+        // Behind every reading: at least the history's span, or the last contact.
+        assert_eq!(lag_seconds(&history, 90, 23, 0.2, now), 1.0);
+        assert_eq!(lag_seconds(&history, 90, 23, 2.5, now), 2.5);
+        assert_eq!(lag_seconds(&Default::default(), 90, 23, 2.5, now), 2.5);
+    }
 
     #[test]
     fn peers_json_names_one_voter() {

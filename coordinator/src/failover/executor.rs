@@ -89,6 +89,17 @@ pub struct Executor {
     retry: RetryPolicy,
     hook: Option<Arc<dyn StepHook>>,
     promotion: PromotionMode,
+    publish: Option<Publish>,
+}
+
+/// Receives every topology the executor wrote (see [`Executor::with_publish`]).
+#[derive(Clone)]
+pub struct Publish(pub Arc<dyn Fn(&Topology) + Send + Sync>);
+
+impl std::fmt::Debug for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publish(..)")
+    }
 }
 
 impl Executor {
@@ -116,6 +127,21 @@ impl Executor {
             retry: RetryPolicy::default(),
             hook: None,
             promotion: PromotionMode::default(),
+            publish: None,
+        }
+    }
+
+    /// Hands every topology this executor wrote to `publish` at once (the service's cached
+    /// topology, from which the agents' desired states are answered): an agent learns of a
+    /// step in its next report's answer, not a tick later.
+    pub fn with_publish(mut self, publish: Publish) -> Self {
+        self.publish = Some(publish);
+        self
+    }
+
+    fn published(&self, topology: &Topology) {
+        if let Some(p) = &self.publish {
+            (p.0)(topology);
         }
     }
 
@@ -205,6 +231,7 @@ impl Executor {
         self.coordination
             .write_topology(&next, Some(&current.version))
             .await?;
+        self.published(&next);
         let now = Utc::now();
         let record = FailoverRecord {
             id,
@@ -303,6 +330,7 @@ impl Executor {
             self.coordination
                 .write_topology(&next, Some(&current.version))
                 .await?;
+            self.published(&next);
             self.finish_step(
                 &mut record,
                 step,

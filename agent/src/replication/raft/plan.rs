@@ -103,6 +103,11 @@ pub enum Action {
     Stop {
         /// The raft the data is of.
         why: String,
+        /// SIGKILL at once instead of a graceful stop: the promotion target, whose recovery
+        /// waits for the stop (OpenBao takes ~0.4 s to close its cluster listeners on
+        /// SIGTERM), while raft's log and store are crash-safe by design (every entry is
+        /// fsynced before it is acknowledged).
+        kill: bool,
     },
     /// The promotion target: write `peers.json` making this node the voter, record the new
     /// lineage, permit the start.
@@ -184,6 +189,7 @@ pub fn plan(f: Facts<'_>) -> Action {
     }
     if running {
         return Action::Stop {
+            kill: target,
             why: match f.lineage {
                 Some(l) => format!("its data is of {l}, the primary's is {want}"),
                 None => format!("its data is of no recorded raft, the primary's is {want}"),
@@ -294,7 +300,7 @@ mod tests {
         let mut f = facts(Some(&d), Some(&old));
         f.launcher = Launcher::Running;
         f.node = NodeState::Standby;
-        assert!(matches!(plan(f), Action::Stop { .. }));
+        assert!(matches!(plan(f), Action::Stop { kill: true, .. }));
         f.launcher = Launcher::Stopping;
         assert_eq!(plan(f), Action::Wait(Wait::Stopping));
         f.launcher = Launcher::Down;
@@ -337,7 +343,10 @@ mod tests {
         d.failover_in_progress = false;
         let mut f = facts(Some(&d), Some(&old));
         f.launcher = Launcher::Running;
-        assert!(matches!(plan(f), Action::Stop { .. }));
+        assert!(
+            matches!(plan(f), Action::Stop { kill: false, .. }),
+            "a node that is not promoted stops gracefully"
+        );
         f.launcher = Launcher::Down;
         assert_eq!(
             plan(f),
