@@ -241,7 +241,19 @@ impl LabCoordinator {
     /// Starts it again with the same config file and address (killing it first if it runs);
     /// its log is appended to.
     pub fn restart(&mut self) -> Result<(), LabError> {
+        self.restart_with_env(&[])
+    }
+
+    /// [`LabCoordinator::restart`] with `extra` added to its environment for this run (e.g.
+    /// a crash failpoint).
+    pub fn restart_with_env(&mut self, extra: &[(&str, &str)]) -> Result<(), LabError> {
         self.kill();
+        let mut env = self.env.clone();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let args: Vec<OsString> = vec![
             "coordinator".into(),
             "--config".into(),
@@ -252,7 +264,7 @@ impl LabCoordinator {
             &self.program,
             &args,
             &self.log_path,
-            &self.env,
+            &env,
         )?);
         Ok(())
     }

@@ -483,3 +483,139 @@ async fn a_target_that_cannot_start_leaves_the_failover_open_with_its_reason_unt
         "{kept}"
     );
 }
+
+/// The index of the coordinator that leads now.
+async fn leader_index(group: &Group) -> Option<usize> {
+    let url = group.leader().await?;
+    group.coordinators().iter().position(|c| c.url == url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_as_the_raft_promotion_begins_is_finished_by_the_next_once() {
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .raft(1, 1)
+        .coordinators(2)
+        .start()
+        .await
+        .expect("raft group");
+    let lagged = try_wait_for("the secondaries' exact lag", READY, || async {
+        let rows = candidates(&group).await;
+        ["s1", "s2"]
+            .iter()
+            .all(|c| matches!(lag(&rows, c), (Some(e), _) if e < 50))
+            .then_some(())
+    })
+    .await;
+    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    // Arm the follower, then make it the leader: it aborts right after journaling the start
+    // of the Promoted step, while the target's agent recovers its node.
+    let first = leader_index(&group).await.expect("a leader");
+    let armed = 1 - first;
+    group.coordinators_mut()[armed]
+        .restart_with_env(&[("VAULT_DR_FAILPOINT", "crash-before:promoted")])
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    group.coordinators_mut()[first].kill();
+    let took = try_wait_for("the armed coordinator to lead", READY, || async {
+        (leader_index(&group).await == Some(armed)).then_some(())
+    })
+    .await;
+    assert!(took.is_ok(), "the armed coordinator never led");
+    group.coordinators_mut()[first].restart().unwrap();
+
+    let root = group.cluster("p").unwrap().root_token().clone();
+    group
+        .cluster("p")
+        .unwrap()
+        .kv_put("kept/before-the-fault", &serde_json::json!({ "v": "one" }))
+        .await
+        .expect("a write on p");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+    let aborted = try_wait_for("the armed leader to abort at its failpoint", READY, || {
+        let dead = group.coordinators()[armed].pid().is_none()
+            || std::fs::read_to_string(&group.coordinators()[armed].log_path)
+                .is_ok_and(|l| l.contains("failpoint reached"));
+        async move { dead.then_some(()) }
+    })
+    .await;
+    assert!(
+        aborted.is_ok(),
+        "the armed leader did not reach its failpoint"
+    );
+    let to = group
+        .wait_failover_done(1, Duration::from_secs(120))
+        .await
+        .expect("the next leader finishes the failover");
+    let records = failovers(&group).await;
+    assert_eq!(records.len(), 1, "one failover: {records:#?}");
+    let record = &records[0];
+    let steps: Vec<&str> = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "decided",
+            "fenced",
+            "promoted",
+            "switched",
+            "repointed",
+            "verified",
+            "done"
+        ],
+        "each step once: {record:#}"
+    );
+    let by: Vec<&str> = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["by"].as_str())
+        .collect();
+    let ids: Vec<&str> = group.coordinators().iter().map(|c| c.id.as_str()).collect();
+    assert!(
+        by.contains(&ids[armed]) && by.contains(&ids[first]),
+        "steps by both leaders: {by:?}"
+    );
+    // The target's node was recovered once; the other secondary rejoined it.
+    let log = group.agent_log(&to).unwrap();
+    assert_eq!(
+        log.matches("raft: acting action=Recover").count(),
+        1,
+        "one raft recovery of {to}:\n{log}"
+    );
+    let other = if to == "s1" { "s2" } else { "s1" };
+    let joined = try_wait_for("the other secondary in the new raft", READY, || async {
+        let servers = raft_servers(&group, &to).await?;
+        servers
+            .contains(&(format!("{other}-n1"), false))
+            .then_some(())
+    })
+    .await;
+    assert!(joined.is_ok(), "{:?}", raft_servers(&group, &to).await);
+    let x_api = group.cluster(&to).unwrap().nodes()[0].api_addr().clone();
+    let kept: Value = group
+        .http()
+        .get(x_api.join("v1/secret/data/kept/before-the-fault").unwrap())
+        .header("X-Vault-Token", root.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.pointer("/data/data/v"),
+        Some(&Value::from("one")),
+        "{kept}"
+    );
+}
