@@ -190,6 +190,24 @@ pub enum RestoreMode {
     OnPromotion,
 }
 
+/// The raft backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// The node's raft storage `path` (`--raft-path`): `peers.json` goes to `<path>/raft/`.
+    pub path: PathBuf,
+    /// The node's raft `node_id` (`--raft-node-id`, default the node name).
+    pub node_id: String,
+    /// The node's cluster address, `host:port` (`--raft-cluster-addr`): the address the
+    /// recovered raft lists for it.
+    pub cluster_addr: String,
+    /// The launcher's control directory (`--raft-control-dir`, default
+    /// `<path>/.vault-dr`).
+    pub control_dir: PathBuf,
+    /// Where data of another raft is moved (`--quarantine-dir`, default
+    /// `<path>/.vault-dr-quarantine`; on the same file system as `path`).
+    pub quarantine_dir: PathBuf,
+}
+
 /// The snapshot backend's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotConfig {
@@ -214,7 +232,7 @@ pub enum ReplicationConfig {
     /// Raft snapshot shipping.
     Snapshot(SnapshotConfig),
     /// The group is one raft.
-    Raft(crate::replication::raft::RaftConfig),
+    Raft(RaftConfig),
 }
 
 /// Connection to the local Vault/OpenBao node.
@@ -725,15 +743,13 @@ fn parse_raft(
         .unwrap_or_else(|| path.join(".vault-dr"));
     let quarantine_dir = pick_path(&a.quarantine_dir, ENV_QUARANTINE_DIR)
         .unwrap_or_else(|| path.join(".vault-dr-quarantine"));
-    Ok(ReplicationConfig::Raft(
-        crate::replication::raft::RaftConfig {
-            path,
-            node_id,
-            cluster_addr,
-            control_dir,
-            quarantine_dir,
-        },
-    ))
+    Ok(ReplicationConfig::Raft(RaftConfig {
+        path,
+        node_id,
+        cluster_addr,
+        control_dir,
+        quarantine_dir,
+    }))
 }
 
 fn config_error(flag: &'static str, env: &'static str, message: impl Into<String>) -> Error {

@@ -17,6 +17,7 @@
 
 pub mod plan;
 
+pub use crate::config::RaftConfig;
 use crate::launch::{ControlDir, Permit, write_atomic};
 use crate::metrics::Metrics;
 use crate::replication::Replicator;
@@ -46,24 +47,6 @@ pub const FAILED_START: Duration = Duration::from_secs(10);
 pub const START_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Entries of the raft path that are the agent's own and are never quarantined.
 const OWN_PREFIX: &str = ".vault-dr";
-
-/// The raft backend's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RaftConfig {
-    /// The node's raft storage `path` (`--raft-path`): `peers.json` goes to `<path>/raft/`.
-    pub path: PathBuf,
-    /// The node's raft `node_id` (`--raft-node-id`, default the node name).
-    pub node_id: String,
-    /// The node's cluster address, `host:port` (`--raft-cluster-addr`): the address the
-    /// recovered raft lists for it.
-    pub cluster_addr: String,
-    /// The launcher's control directory (`--raft-control-dir`, default
-    /// `<path>/.vault-dr`).
-    pub control_dir: PathBuf,
-    /// Where data of another raft is moved (`--quarantine-dir`, default
-    /// `<path>/.vault-dr-quarantine`; on the same file system as `path`).
-    pub quarantine_dir: PathBuf,
-}
 
 /// What the reports carry, kept between rounds.
 #[derive(Debug, Default)]

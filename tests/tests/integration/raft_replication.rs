@@ -337,6 +337,20 @@ async fn the_whole_primary_killed_promotes_a_non_voter_with_every_acknowledged_w
     assert_eq!(quarantined, 1, "p-n1's old raft state is in the quarantine");
 }
 
+/// KV v2 `key` as `cluster`'s first node serves it, with `token` (`None`: no answer).
+async fn read_kv(group: &Group, cluster: &str, token: &str, key: &str) -> Option<Value> {
+    let api = group.cluster(cluster)?.nodes().first()?.api_addr().clone();
+    let url = api.join(&format!("v1/secret/data/{key}")).ok()?;
+    let resp = group
+        .http()
+        .get(url)
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
 /// The leader's failover records (`GET /v1/failovers`), newest first.
 async fn failovers(group: &Group) -> Vec<Value> {
     let Some(leader) = group.leader().await else {
@@ -466,17 +480,9 @@ async fn a_target_that_cannot_start_leaves_the_failover_open_with_its_reason_unt
             .is_some_and(|d| d.contains("failed attempt")),
         "the journal keeps the failed attempts: {promoted:#}"
     );
-    let s1_api = group.cluster("s1").unwrap().nodes()[0].api_addr().clone();
-    let kept: Value = group
-        .http()
-        .get(s1_api.join("v1/secret/data/kept/before-the-fault").unwrap())
-        .header("X-Vault-Token", root.expose())
-        .send()
+    let kept = read_kv(&group, "s1", root.expose(), "kept/before-the-fault")
         .await
-        .expect("read on s1")
-        .json()
-        .await
-        .expect("a KV answer");
+        .expect("a KV answer from s1");
     assert_eq!(
         kept.pointer("/data/data/v"),
         Some(&Value::from("one")),
@@ -562,19 +568,11 @@ async fn the_leader_killed_as_the_raft_promotion_begins_is_finished_by_the_next_
         .iter()
         .filter_map(|s| s["step"].as_str())
         .collect();
-    assert_eq!(
-        steps,
-        [
-            "decided",
-            "fenced",
-            "promoted",
-            "switched",
-            "repointed",
-            "verified",
-            "done"
-        ],
-        "each step once: {record:#}"
-    );
+    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(steps, all, "each step once: {record:#}");
     let by: Vec<&str> = record["steps"]
         .as_array()
         .unwrap()
@@ -602,17 +600,9 @@ async fn the_leader_killed_as_the_raft_promotion_begins_is_finished_by_the_next_
     })
     .await;
     assert!(joined.is_ok(), "{:?}", raft_servers(&group, &to).await);
-    let x_api = group.cluster(&to).unwrap().nodes()[0].api_addr().clone();
-    let kept: Value = group
-        .http()
-        .get(x_api.join("v1/secret/data/kept/before-the-fault").unwrap())
-        .header("X-Vault-Token", root.expose())
-        .send()
+    let kept = read_kv(&group, &to, root.expose(), "kept/before-the-fault")
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect("a KV answer from the new primary");
     assert_eq!(
         kept.pointer("/data/data/v"),
         Some(&Value::from("one")),
