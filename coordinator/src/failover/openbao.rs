@@ -118,7 +118,6 @@ impl DesiredStateReplication {
         (restoring, since_hold)
     }
 
-    /// Fresh nodes of `cluster` that have seen `term` but not carried it out yet (for messages).
     /// "; s1-0 reports: <its replication error>" for every node of `cluster` whose latest
     /// report carries one (what its agent knows of why it does not get there).
     fn agent_errors(&self, cluster: &str) -> String {
@@ -133,6 +132,7 @@ impl DesiredStateReplication {
             .collect()
     }
 
+    /// Fresh nodes of `cluster` that have seen `term` but not carried it out yet (for messages).
     fn seen_only(&self, cluster: &str, term: u64) -> usize {
         let now = Utc::now();
         let ttl = self.report_ttl.as_secs_f64();
