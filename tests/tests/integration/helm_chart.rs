@@ -716,9 +716,61 @@ fn agent_env_vars() -> BTreeSet<&'static str> {
         a::ENV_GATE_OVERRIDE,
         a::ENV_GATE_TLS_CERT,
         a::ENV_GATE_TLS_KEY,
+        a::ENV_RAFT_PATH,
+        a::ENV_RAFT_NODE_ID,
+        a::ENV_RAFT_CLUSTER_ADDR,
+        a::ENV_RAFT_CONTROL_DIR,
     ]
     .into_iter()
     .collect()
+}
+
+#[test]
+fn the_raft_backend_renders_an_agent_configuration_the_agent_accepts() {
+    use vault_dr_agent::config as a;
+    let docs = yaml_docs(&render(&[
+        "--set".into(),
+        "agent.replication.backend=raft".into(),
+    ]));
+    let cm = one(&docs, "ConfigMap", "vault-dr-agent");
+    let data = cm["data"].as_object().unwrap();
+    assert_eq!(data[a::ENV_REPLICATION], "raft");
+    assert_eq!(data[a::ENV_RAFT_PATH], "/openbao/data");
+    assert!(
+        !data.contains_key(a::ENV_SNAPSHOT_DIR),
+        "no snapshot settings with raft"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let mut env: std::collections::HashMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    for k in [a::ENV_COORDINATOR_TOKEN_FILE, a::ENV_VAULT_TOKEN_FILE] {
+        env.insert(k.into(), token.display().to_string());
+    }
+    env.insert(a::ENV_CLUSTER.into(), "dc2".into());
+    env.insert(a::ENV_NODE.into(), "openbao-dc2-0".into());
+    // What the sidecar adds per pod.
+    env.insert(
+        a::ENV_RAFT_CLUSTER_ADDR.into(),
+        "openbao-dc2-0.openbao-dc2-internal:8201".into(),
+    );
+    let c = vault_dr_agent::Config::parse(["vault-dr-agent"], &env).unwrap();
+    let a::ReplicationConfig::Raft(r) = c.replication else {
+        panic!("not raft: {:?}", c.replication)
+    };
+    assert_eq!(r.node_id, "openbao-dc2-0", "the pod name, as setNodeId");
+    assert_eq!(r.control_dir, Path::new("/openbao/data/.vault-dr"));
+    let (ok, _, err) = run(
+        Command::new(tool("bin/helm"))
+            .args(["template", "vault-dr"])
+            .arg(chart())
+            .args(["--set", "agent.replication.backend=rsync"]),
+        None,
+    );
+    assert!(!ok && err.contains("snapshot, raft or none"), "{err}");
 }
 
 #[test]
