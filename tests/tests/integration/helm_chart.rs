@@ -819,7 +819,11 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
     );
 
     let dir = tempfile::tempdir().unwrap();
-    for example in ["openbao-agent-values.yaml", "vault-agent-values.yaml"] {
+    for example in [
+        "openbao-agent-values.yaml",
+        "vault-agent-values.yaml",
+        "openbao-agent-raft-values.yaml",
+    ] {
         let text = std::fs::read_to_string(chart().join("examples").join(example)).unwrap();
         let values = &yaml_docs(&text)[0];
         let server = &values["server"];
@@ -846,13 +850,40 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
             "name": "data",
             "persistentVolumeClaim": {"claimName": "data-openbao-dc1-0"}
         }));
+        // The server container with what the chart adds from the values: its environment
+        // (`extraEnvironmentVars`) and mounts (`volumeMounts`); the init containers as given.
+        let server_env: Vec<Value> = server["extraEnvironmentVars"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| json!({"name": k, "value": v}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let server_mounts = server["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let init = server["extraInitContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "openbao-dc1-0", "labels": server["extraLabels"]},
             "spec": {
                 "shareProcessNamespace": server["shareProcessNamespace"],
-                "containers": [{"name": "openbao", "image": "openbao/openbao:2.7.2"}, sidecar],
+                "initContainers": init,
+                "containers": [
+                    {
+                        "name": "openbao",
+                        "image": "openbao/openbao:2.7.2",
+                        "env": server_env,
+                        "volumeMounts": server_mounts,
+                    },
+                    sidecar
+                ],
                 "volumes": pod_volumes,
             }
         });
@@ -875,10 +906,45 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
             .map(|v| v["name"].as_str().unwrap())
             .collect();
         volumes.insert("data");
-        for m in sidecar["volumeMounts"].as_array().unwrap() {
+        let mounts = sidecar["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(&server_mounts)
+            .chain(
+                init.iter()
+                    .flat_map(|c| c["volumeMounts"].as_array().unwrap()),
+            );
+        for m in mounts {
             assert!(
                 volumes.contains(m["name"].as_str().unwrap()),
                 "{example}: {m}"
+            );
+        }
+        // Raft replication: the shim comes first on the server's PATH, installed by an init
+        // container into a volume the server mounts, and the agent shares the data volume at
+        // the raft path the chart's ConfigMap gives it.
+        if let Some(path) = server["extraEnvironmentVars"]["PATH"].as_str() {
+            let shim_dir = path.split(':').next().unwrap();
+            let install = &init[0]["command"];
+            assert_eq!(install[1], "install", "{example}: {install}");
+            assert_eq!(install[2], shim_dir, "{example}");
+            assert!(
+                server_mounts.iter().any(|m| m["mountPath"] == shim_dir),
+                "{example}: the server mounts {shim_dir}"
+            );
+            assert!(
+                sidecar["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["name"] == "data" && m["mountPath"] == "/openbao/data"),
+                "{example}: the agent shares the data volume"
+            );
+            assert_eq!(
+                server["extraEnvironmentVars"]["VAULT_DR_LAUNCH_CONTROL_DIR"],
+                "/openbao/data/.vault-dr",
+                "{example}: the agent's default control dir"
             );
         }
         assert!(
