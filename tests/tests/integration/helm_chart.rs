@@ -725,6 +725,31 @@ fn agent_env_vars() -> BTreeSet<&'static str> {
     .collect()
 }
 
+/// A sidecar's environment: the agent ConfigMap's `data`, token files (written into `dir`) and
+/// what the pod adds (its cluster and node).
+fn sidecar_env(
+    data: &Value,
+    dir: &Path,
+    cluster: &str,
+    node: &str,
+) -> std::collections::HashMap<String, String> {
+    use vault_dr_agent::config as a;
+    let token = dir.join("token");
+    std::fs::write(&token, "t").unwrap();
+    let mut env: std::collections::HashMap<String, String> = data
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    for k in [a::ENV_COORDINATOR_TOKEN_FILE, a::ENV_VAULT_TOKEN_FILE] {
+        env.insert(k.into(), token.display().to_string());
+    }
+    env.insert(a::ENV_CLUSTER.into(), cluster.into());
+    env.insert(a::ENV_NODE.into(), node.into());
+    env
+}
+
 #[test]
 fn the_raft_backend_renders_an_agent_configuration_the_agent_accepts() {
     use vault_dr_agent::config as a;
@@ -741,17 +766,7 @@ fn the_raft_backend_renders_an_agent_configuration_the_agent_accepts() {
         "no snapshot settings with raft"
     );
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "t").unwrap();
-    let mut env: std::collections::HashMap<String, String> = data
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-        .collect();
-    for k in [a::ENV_COORDINATOR_TOKEN_FILE, a::ENV_VAULT_TOKEN_FILE] {
-        env.insert(k.into(), token.display().to_string());
-    }
-    env.insert(a::ENV_CLUSTER.into(), "dc2".into());
-    env.insert(a::ENV_NODE.into(), "openbao-dc2-0".into());
+    let mut env = sidecar_env(&cm["data"], dir.path(), "dc2", "openbao-dc2-0");
     // What the sidecar adds per pod.
     env.insert(
         a::ENV_RAFT_CLUSTER_ADDR.into(),
@@ -787,21 +802,8 @@ fn the_agent_sidecar_examples_validate_as_pod_containers_and_use_real_agent_vari
     // The chart's defaults are a valid agent configuration with the write gate in front of a
     // node on a port of its own (the token files are the pod's; here temporary ones).
     {
-        use vault_dr_agent::config as a;
         let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("token");
-        std::fs::write(&token, "t").unwrap();
-        let mut env: std::collections::HashMap<String, String> = agent_cm["data"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-            .collect();
-        for k in [a::ENV_COORDINATOR_TOKEN_FILE, a::ENV_VAULT_TOKEN_FILE] {
-            env.insert(k.into(), token.display().to_string());
-        }
-        env.insert(a::ENV_CLUSTER.into(), "dc1".into());
-        env.insert(a::ENV_NODE.into(), "dc1-0".into());
+        let env = sidecar_env(&agent_cm["data"], dir.path(), "dc1", "dc1-0");
         let c = vault_dr_agent::Config::parse(["vault-dr-agent"], &env).unwrap();
         let gate = c.gate.expect("the chart turns the write gate on");
         assert_eq!(gate.listen, "0.0.0.0:8200".parse().unwrap());
