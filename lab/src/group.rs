@@ -1063,6 +1063,23 @@ impl DrGroup {
         resp.json().await.ok()
     }
 
+    /// The text a coordinator serves at `path` under `base` (e.g. `metrics`), if it answers 2xx.
+    pub async fn get_text(&self, base: &Url, path: &str) -> Option<String> {
+        let url = base.join(path).ok()?;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.coordinator_token.expose())
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.text().await.ok()
+    }
+
     /// The clusters; the first is the initial primary.
     pub fn clusters(&self) -> &[LabCluster] {
         &self.clusters

@@ -123,14 +123,9 @@ async fn a_second_group_over_the_same_clusters_refuses_to_act_and_the_first_goes
         "a refusing coordinator takes no switchover"
     );
     let metrics = g
-        .http()
-        .get(b.url.join("metrics").unwrap())
-        .send()
+        .get_text(&b.url, "metrics")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .expect("the coordinator's metrics");
     assert!(
         metrics.contains("vault_dr_coordinator_group_refusing 1"),
         "the alert's metric: {metrics}"

@@ -444,14 +444,9 @@ async fn a_target_that_cannot_start_leaves_the_failover_open_with_its_reason_unt
         "never reported done while the target cannot start: {topology}"
     );
     let metrics = group
-        .http()
-        .get(leader.join("metrics").unwrap())
-        .send()
+        .get_text(&leader, "metrics")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .expect("the leader's metrics");
     let attempts = vault_dr_tests::agents::metric(
         &metrics,
         "vault_dr_coordinator_failover_step_attempt_failures_total{step=\"promoted\"}",
