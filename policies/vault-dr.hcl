@@ -47,6 +47,12 @@ path "cubbyhole/vault-dr/group" {
   capabilities = ["create", "read", "update"]
 }
 
+# Agent (raft backend, synchronous layout): a DR voter that won a raft election hands the
+# leadership back (the active node belongs in the primary cluster).
+path "sys/step-down" {
+  capabilities = ["update", "sudo"]
+}
+
 # Agent probes: raft indices and autopilot health.
 path "sys/leader" {
   capabilities = ["read"]

@@ -67,6 +67,8 @@ pub const ENV_RAFT_PATH: &str = "VAULT_DR_AGENT_RAFT_PATH";
 pub const ENV_RAFT_NODE_ID: &str = "VAULT_DR_AGENT_RAFT_NODE_ID";
 /// Env: the node's raft cluster address, `host:port` (`--raft-cluster-addr`).
 pub const ENV_RAFT_CLUSTER_ADDR: &str = "VAULT_DR_AGENT_RAFT_CLUSTER_ADDR";
+/// Env: how the node joins a raft, `auto`, `voter` or `non-voter` (`--raft-suffrage`).
+pub const ENV_RAFT_SUFFRAGE: &str = "VAULT_DR_AGENT_RAFT_SUFFRAGE";
 /// Env: the launcher's control directory (`--raft-control-dir`).
 pub const ENV_RAFT_CONTROL_DIR: &str = "VAULT_DR_AGENT_RAFT_CONTROL_DIR";
 /// Env: the write gate's listen address, the node's client address (`--gate-listen`).
@@ -179,6 +181,8 @@ struct SnapshotArgs {
     raft_cluster_addr: Option<String>,
     #[arg(long, value_name = "DIR", help = help("The control directory of the node's vault-dr-launch [default: <raft-path>/.vault-dr]", ENV_RAFT_CONTROL_DIR))]
     raft_control_dir: Option<PathBuf>,
+    #[arg(long, value_name = "auto|voter|non-voter", help = help("How the node joins a raft: auto = a voter while its cluster is the primary, else a non-voter (asynchronous); voter = always (a DR voter of the synchronous layout); non-voter = always [default: auto]", ENV_RAFT_SUFFRAGE))]
+    raft_suffrage: Option<String>,
 }
 
 /// When a secondary restores pulled snapshots into its node.
@@ -206,6 +210,8 @@ pub struct RaftConfig {
     /// Where data of another raft is moved (`--quarantine-dir`, default
     /// `<path>/.vault-dr-quarantine`; on the same file system as `path`).
     pub quarantine_dir: PathBuf,
+    /// How the node joins a raft (`--raft-suffrage`, default `auto`).
+    pub suffrage: crate::replication::raft::plan::Suffrage,
 }
 
 /// The snapshot backend's settings.
@@ -743,12 +749,19 @@ fn parse_raft(
         .unwrap_or_else(|| path.join(".vault-dr"));
     let quarantine_dir = pick_path(&a.quarantine_dir, ENV_QUARANTINE_DIR)
         .unwrap_or_else(|| path.join(".vault-dr-quarantine"));
+    let suffrage = match pick(&a.raft_suffrage, ENV_RAFT_SUFFRAGE) {
+        Some(v) => v
+            .parse()
+            .map_err(|e: String| config_error("--raft-suffrage", ENV_RAFT_SUFFRAGE, e))?,
+        None => Default::default(),
+    };
     Ok(ReplicationConfig::Raft(RaftConfig {
         path,
         node_id,
         cluster_addr,
         control_dir,
         quarantine_dir,
+        suffrage,
     }))
 }
 
@@ -1258,6 +1271,17 @@ mod tests {
         assert_eq!(
             r.quarantine_dir,
             PathBuf::from("/data/.vault-dr-quarantine")
+        );
+        assert_eq!(r.suffrage, crate::replication::raft::plan::Suffrage::Auto);
+        let addr = ["--raft-path", "/d", "--raft-cluster-addr", "h:1"];
+        let voter = with(&[&addr[..], &["--raft-suffrage", "voter"]].concat()).unwrap();
+        let ReplicationConfig::Raft(r) = voter.replication else {
+            panic!("not raft")
+        };
+        assert_eq!(r.suffrage, crate::replication::raft::plan::Suffrage::Voter);
+        assert_eq!(
+            flag_of(with(&[&addr[..], &["--raft-suffrage", "yes"]].concat())),
+            "--raft-suffrage"
         );
         assert_eq!(
             flag_of(with(&["--raft-cluster-addr", "h:1"])),

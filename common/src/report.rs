@@ -333,6 +333,12 @@ pub struct ReplicationStatus {
     /// ex-primary saved before it was turned into a secondary.
     #[serde(default)]
     pub quarantined: Option<String>,
+    /// Raft backend: the node's last log index (`raft_committed_index` of its own `sys/leader`,
+    /// which OpenBao reads from the log's last entry). Among nodes of one raft whose leader is
+    /// gone, the highest holds every committed entry a quorum including it acknowledged: the
+    /// scorer ranks by it first.
+    #[serde(default)]
+    pub log_index: Option<u64>,
 }
 
 /// An agent's own probe of another cluster (the primary).

@@ -48,6 +48,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The write latency of the raft layouts, asynchronous and synchronous, side by side, on
+    /// loopback and with a delay added between the clusters.
+    RaftWrites {
+        /// Sequential writes per layout, delay and round.
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+        /// Rounds (alternating between the layouts).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Added to each round trip between the primary and a secondary, e.g. 20ms.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        delay: std::time::Duration,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// N agents reporting once a second into one coordinator (goal: p99 at most 20 ms).
     Ingest {
         /// Simulated agents.
@@ -74,6 +90,21 @@ pub async fn main(cmd: BenchCommand) -> i32 {
             return crate::drill::command::bench_rto(runs, &drill).await;
         }
         BenchCommand::Ingest { agents, seconds } => ingest(agents, seconds).await,
+        BenchCommand::RaftWrites {
+            writes,
+            rounds,
+            delay,
+            json,
+        } => match crate::raft_writes::run(writes, rounds, delay).await {
+            Ok(r) if json => serde_json::to_string_pretty(&r)
+                .map(|text| println!("{text}"))
+                .map_err(|e| format!("the figures as JSON: {e}")),
+            Ok(r) => {
+                print!("{}", crate::raft_writes::render(&r));
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
         BenchCommand::Takeover { runs, json } => match crate::takeover::run(runs).await {
             Ok(r) if json => serde_json::to_string_pretty(&r)
                 .map(|text| println!("{text}"))

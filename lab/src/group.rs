@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use url::Url;
+use vault_dr_agent::replication::raft::plan::Suffrage;
 use vault_dr_common::Secret;
 use vault_dr_coordinator::config::{
     ConfigFile, CoordinationBackend, CoordinationFile, StoreFile, TrafficBackend, TrafficFile,
@@ -196,13 +197,45 @@ impl Default for GroupSpec {
     }
 }
 
-/// How many nodes each cluster of a raft group has ([`GroupSpec::raft`]).
+/// How many nodes each cluster of a raft group has, and who votes ([`GroupSpec::raft`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftLayout {
-    /// Nodes of the primary (the voters).
+    /// Nodes of the primary.
     pub primary_nodes: usize,
-    /// Nodes of every secondary (non-voters).
+    /// Nodes of every secondary.
     pub secondary_nodes: usize,
+    /// The synchronous layout: the first node of every secondary is a voter (`voter`
+    /// suffrage), and no more of the primary's nodes vote than there are DR voters (the rest
+    /// `non-voter`), so that every commit quorum includes a node outside the primary (2 + 1 + 1
+    /// for a 3-node primary and two secondaries). Otherwise (asynchronous) the primary's
+    /// nodes are the voters and every other node a non-voter (`auto`).
+    pub sync: bool,
+}
+
+impl RaftLayout {
+    /// Each node's suffrage, cluster by cluster, for a group of `clusters` (the primary
+    /// first).
+    pub fn suffrages(&self, clusters: usize) -> Vec<Vec<Suffrage>> {
+        let dr_voters = clusters.saturating_sub(1);
+        (0..clusters)
+            .map(|c| {
+                let nodes = if c == 0 {
+                    self.primary_nodes
+                } else {
+                    self.secondary_nodes
+                };
+                (0..nodes)
+                    .map(|i| match (self.sync, c, i) {
+                        (false, _, _) => Suffrage::Auto,
+                        (true, 0, i) if i < dr_voters.max(1) => Suffrage::Auto,
+                        (true, 0, _) => Suffrage::NonVoter,
+                        (true, _, 0) => Suffrage::Voter,
+                        (true, _, _) => Suffrage::Auto,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// One running coordinator process.
@@ -483,17 +516,11 @@ impl DrGroup {
             None => LabCluster::start_group_on(&placed, true, Some(&dir.path)).await?,
             Some(layout) => {
                 let launcher = spec.binary("vault-dr-launch")?;
-                let sized: Vec<(&str, usize, NodeHost)> = placed
+                let suffrages = layout.suffrages(placed.len());
+                let sized: Vec<(&str, Vec<Suffrage>, NodeHost)> = placed
                     .iter()
-                    .enumerate()
-                    .map(|(i, (n, host))| {
-                        let count = if i == 0 {
-                            layout.primary_nodes
-                        } else {
-                            layout.secondary_nodes
-                        };
-                        (*n, count, host.clone())
-                    })
+                    .zip(suffrages)
+                    .map(|((n, host), s)| (*n, s, host.clone()))
                     .collect();
                 LabCluster::start_raft_group(&sized, &launcher, Some(&dir.path)).await?
             }
@@ -846,6 +873,13 @@ impl DrGroup {
                 Some(node.cluster_socket().to_string().into()),
                 true,
             );
+            if node.suffrage() != Suffrage::Auto {
+                push(
+                    "--raft-suffrage",
+                    Some(node.suffrage().as_str().into()),
+                    true,
+                );
+            }
         } else if spec.replication {
             push("--replication", Some("snapshot".into()), false);
             push("--restore", Some(spec.restore.as_str().into()), false);

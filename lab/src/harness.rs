@@ -160,6 +160,18 @@ impl GroupBuilder {
         self.spec.raft = Some(super::group::RaftLayout {
             primary_nodes,
             secondary_nodes,
+            sync: false,
+        });
+        self
+    }
+
+    /// The synchronous raft layout ([`super::group::RaftLayout::sync`]): the first node of
+    /// every secondary votes, and every commit quorum includes one of them.
+    pub fn raft_sync(mut self, primary_nodes: usize, secondary_nodes: usize) -> Self {
+        self.spec.raft = Some(super::group::RaftLayout {
+            primary_nodes,
+            secondary_nodes,
+            sync: true,
         });
         self
     }

@@ -28,6 +28,7 @@ pub mod harness;
 pub mod openbao;
 pub mod ports;
 pub mod process;
+pub mod raft_writes;
 pub mod takeover;
 pub mod token;
 pub mod tools;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use url::Url;
-use vault_dr_common::Secret;
+use vault_dr_agent::replication::raft::plan::Suffrage;
+use vault_dr_common::{Role, Secret};
 
 pub use super::error::LabError;
 use super::process::{ChildGuard, Signal};
@@ -67,6 +68,8 @@ pub struct LabNode {
     /// Raft replication: `bao` runs under this `vault-dr-launch`, which starts it only with
     /// its agent's permit (in [`LabNode::control_dir`]).
     launcher: Option<PathBuf>,
+    /// Raft replication: how the node joins a raft (its agent's `--raft-suffrage`).
+    suffrage: Suffrage,
 }
 
 /// Where the nodes of a lab cluster run: the IP address their listeners bind (and advertise)
@@ -316,11 +319,11 @@ impl LabCluster {
     /// 429. One shared static seal key, `performance_multiplier = 1`. Every cluster's root
     /// token is the primary's (one raft).
     pub async fn start_raft_group(
-        clusters: &[(&str, usize, NodeHost)],
+        clusters: &[(&str, Vec<Suffrage>, NodeHost)],
         launcher: &Path,
         base_dir: Option<&Path>,
     ) -> Result<Vec<LabCluster>, LabError> {
-        if clusters.len() < 2 || clusters.iter().any(|(_, n, _)| *n == 0) {
+        if clusters.len() < 2 || clusters.iter().any(|(_, n, _)| n.is_empty()) {
             return Err(LabError::Invalid(
                 "a raft group needs a primary and a secondary, each with nodes".into(),
             ));
@@ -335,14 +338,15 @@ impl LabCluster {
         let dir = Arc::new(LabDir::new(base_dir)?);
         let key = dir.write_seal_key()?;
         let client = http_client()?;
-        let total: usize = clusters.iter().map(|(_, n, _)| n).sum();
+        let total: usize = clusters.iter().map(|(_, n, _)| n.len()).sum();
         let ports = super::ports::reserve_loopback_n(3 * total)?;
         let mut specs = Vec::new();
         let mut k = 0;
-        for (name, count, host) in clusters {
-            for i in 0..*count {
+        for (name, suffrages, host) in clusters {
+            for (i, suffrage) in suffrages.iter().enumerate() {
                 specs.push((
                     host.clone(),
+                    *suffrage,
                     NodeSpec {
                         cluster: (*name).to_owned(),
                         node: format!("{name}-n{}", i + 1),
@@ -359,11 +363,11 @@ impl LabCluster {
         }
         let api_urls = specs
             .iter()
-            .map(|(_, sp)| host_url(sp.ip, sp.api_port))
+            .map(|(_, _, sp)| host_url(sp.ip, sp.api_port))
             .collect::<Result<Vec<_>, _>>()?;
         let primary = clusters[0].0;
         let mut by_cluster: Vec<Vec<LabNode>> = clusters.iter().map(|_| Vec::new()).collect();
-        for (j, (host, spec)) in specs.iter_mut().enumerate() {
+        for (j, (host, suffrage, spec)) in specs.iter_mut().enumerate() {
             spec.retry_join = api_urls
                 .iter()
                 .enumerate()
@@ -379,11 +383,17 @@ impl LabCluster {
                 &host.prefix,
             )?;
             node.launcher = Some(launcher.to_path_buf());
+            node.suffrage = *suffrage;
             let c = clusters
                 .iter()
                 .position(|(n, _, _)| *n == spec.cluster)
                 .unwrap_or(0);
-            node.write_bootstrap(primary, c > 0)?;
+            let role = if c == 0 {
+                Role::Primary
+            } else {
+                Role::Secondary
+            };
+            node.write_bootstrap(primary, suffrage.non_voter(role))?;
             by_cluster[c].push(node);
         }
         // The primary first: node 1 is initialised, the others join it as voters.
@@ -414,7 +424,8 @@ impl LabCluster {
                 .iter()
                 .map(|n| n.wait_health(429, SETTLE_TIMEOUT));
             futures::future::try_join_all(standbys).await?;
-            p.wait_voters(SETTLE_TIMEOUT).await?;
+            p.wait_voter_count(voters(&p.nodes, Role::Primary), SETTLE_TIMEOUT)
+                .await?;
         }
         for c in &mut out[1..] {
             for n in &mut c.nodes {
@@ -426,7 +437,12 @@ impl LabCluster {
             .flat_map(|c| c.nodes.iter())
             .map(|n| n.wait_health(429, SETTLE_TIMEOUT));
         futures::future::try_join_all(joined).await?;
-        out[0].wait_voters(SETTLE_TIMEOUT).await?;
+        let all = voters(&out[0].nodes, Role::Primary)
+            + out[1..]
+                .iter()
+                .map(|c| voters(&c.nodes, Role::Secondary))
+                .sum::<usize>();
+        out[0].wait_voter_count(all, SETTLE_TIMEOUT).await?;
         Ok(out)
     }
 
@@ -687,6 +703,11 @@ impl LabCluster {
 
     /// Waits until the raft configuration lists every node as a voter.
     pub async fn wait_voters(&self, timeout: Duration) -> Result<(), LabError> {
+        self.wait_voter_count(self.nodes.len(), timeout).await
+    }
+
+    /// Waits until the raft configuration lists `want` voters.
+    pub async fn wait_voter_count(&self, want: usize, timeout: Duration) -> Result<(), LabError> {
         // Voters counted: Ok(Ok(())); a request error: Ok(Err(e)), which ends the wait at once.
         try_wait_for("every node to be a raft voter", timeout, || async {
             let (status, text) = match self
@@ -709,15 +730,20 @@ impl LabCluster {
                 .iter()
                 .filter(|s| s.get("voter").and_then(Value::as_bool) == Some(true))
                 .count();
-            if voters == self.nodes.len() {
+            if voters == want {
                 Ok(Ok(()))
             } else {
-                Err(format!("{voters} of {} are voters", self.nodes.len()))
+                Err(format!("{voters} voters, waiting for {want}"))
             }
         })
         .await
-        .map_err(|_| self.nodes[0].timeout("every node to be a raft voter", timeout))?
+        .map_err(|_| self.nodes[0].timeout(&format!("{want} raft voters"), timeout))?
     }
+}
+
+/// How many of `nodes` are voters of a raft whose primary they are (`Role::Primary`) or not.
+fn voters(nodes: &[LabNode], role: Role) -> usize {
+    nodes.iter().filter(|n| !n.suffrage.non_voter(role)).count()
 }
 
 impl LabNode {
@@ -750,6 +776,7 @@ impl LabNode {
             child: None,
             prefix: prefix.to_vec(),
             launcher: None,
+            suffrage: Suffrage::Auto,
         };
         let config = render_config(spec, &node.data_dir, &node.pid_file, seal_key);
         std::fs::write(&node.config_path, config)
@@ -876,6 +903,11 @@ impl LabNode {
     /// Whether `bao` runs under `vault-dr-launch` (raft replication).
     pub fn launched(&self) -> bool {
         self.launcher.is_some()
+    }
+
+    /// How the node joins a raft (raft replication; `auto` otherwise).
+    pub fn suffrage(&self) -> Suffrage {
+        self.suffrage
     }
 
     /// The node's cluster address, `host:port` (its `cluster_addr` without the scheme).

@@ -41,6 +41,9 @@ pub const BUSY_ROUND: Duration = Duration::from_millis(50);
 pub const COMMIT_HISTORY: Duration = Duration::from_secs(30);
 /// How often autopilot's state (membership, last contact) is read.
 pub const AUTOPILOT_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two step-downs of this node ([`Action::StepDown`]): one election
+/// (about 1 s with `performance_multiplier = 1`) must be able to finish before the next.
+pub const STEP_DOWN_EVERY: Duration = Duration::from_secs(5);
 /// A run the agent did not stop that ends sooner than this is a failed start.
 pub const FAILED_START: Duration = Duration::from_secs(10);
 /// The longest wait before the next start after failed starts.
@@ -102,6 +105,8 @@ pub struct Controller {
     status: Arc<RaftStatus>,
     control: ControlDir,
     starts: Mutex<FailedStarts>,
+    /// When this node last stepped down.
+    stepped_down: Mutex<Option<Instant>>,
 }
 
 /// The server's failed starts in a row, from the launcher's end records.
@@ -161,6 +166,7 @@ impl Controller {
             status,
             control,
             starts: Mutex::default(),
+            stepped_down: Mutex::default(),
         })
     }
 
@@ -194,7 +200,12 @@ impl Controller {
                     | Action::Quarantine { .. }
                     | Action::Wait(Wait::Stopping | Wait::Permitted | Wait::Starting)
             );
-            if let Err(e) = self.act(action) {
+            let result = if action == Action::StepDown {
+                self.step_down().await
+            } else {
+                self.act(action)
+            };
+            if let Err(e) = result {
                 tracing::error!(error = %e, "raft: action failed; retried next round");
                 self.status.lock().status.last_error = Some(e);
             }
@@ -284,6 +295,7 @@ impl Controller {
             data_present: data_present(&self.config.path),
             node,
             leader_seen,
+            suffrage: self.config.suffrage,
         })
     }
 
@@ -366,6 +378,8 @@ impl Controller {
         if let Some(a) = applied {
             status.replicated_index = Some(a);
         }
+        // The node's own last log index, known while it runs, leader or not.
+        status.log_index = local.as_ref().and_then(|l| l.raft_committed_index);
         let member = s.membership.as_ref().is_some_and(|m| m.member);
         match (leader_commit, applied) {
             (Some(commit), Some(mine)) => {
@@ -409,10 +423,30 @@ impl Controller {
         leader_commit.is_some() && member
     }
 
+    /// Steps the node down (at most once every [`STEP_DOWN_EVERY`]).
+    async fn step_down(&self) -> Result<(), String> {
+        {
+            let mut last = self.stepped_down.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < STEP_DOWN_EVERY) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        tracing::warn!("raft: this secondary's node leads the raft; stepping it down");
+        self.metrics
+            .raft_actions
+            .with_label_values(&["step-down"])
+            .inc();
+        self.vault
+            .step_down()
+            .await
+            .map_err(|e| format!("step down: {e}"))
+    }
+
     fn act(&self, action: Action) -> Result<(), String> {
         let term = self.shared.seen_term();
         let label = match &action {
-            Action::Wait(_) | Action::Applied(_) | Action::Record(_) => None,
+            Action::Wait(_) | Action::Applied(_) | Action::Record(_) | Action::StepDown => None,
             Action::Permit { .. } => Some("permit"),
             Action::Stop { .. } => Some("stop"),
             Action::Recover { .. } => Some("recover"),
@@ -422,7 +456,7 @@ impl Controller {
             self.metrics.raft_actions.with_label_values(&[l]).inc();
         }
         match action {
-            Action::Wait(_) => Ok(()),
+            Action::Wait(_) | Action::StepDown => Ok(()),
             Action::Applied(t) => {
                 if self.shared.applied_term() < t {
                     tracing::info!(term = t, "raft: the term is carried out on this node");
@@ -453,11 +487,15 @@ impl Controller {
                 self.write_lineage(&lineage)?;
                 self.permit(term, false, "raft recovery: this node forms the new raft")
             }
-            Action::Quarantine { lineage, from } => {
+            Action::Quarantine {
+                lineage,
+                from,
+                non_voter,
+            } => {
                 let moved = self.quarantine(from.as_ref())?;
                 self.status.lock().status.quarantined = moved.clone();
                 self.write_lineage(&lineage)?;
-                self.permit(term, true, "quarantined: joins the primary's raft")
+                self.permit(term, non_voter, "quarantined: joins the primary's raft")
             }
         }
     }

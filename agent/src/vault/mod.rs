@@ -239,6 +239,24 @@ impl VaultClient {
         serde_json::from_slice(&body).map_err(|source| Error::VaultDecode { what: WHAT, source })
     }
 
+    /// `PUT sys/step-down`: the active node gives up leadership (raft: a new election among
+    /// the other voters). Needs the token (`sudo`).
+    pub async fn step_down(&self) -> Result<()> {
+        const WHAT: &str = "sys/step-down";
+        let mut req = self.http.put(endpoint(&self.addr, WHAT));
+        if let Some(t) = &self.token {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| Error::VaultRequest { what: WHAT, source })?;
+        match resp.status().as_u16() {
+            200 | 204 => Ok(()),
+            status => Err(Error::VaultStatus { what: WHAT, status }),
+        }
+    }
+
     /// `GET sys/storage/raft/autopilot/state`, every server (a standby forwards it to the
     /// active node, so it fails while the raft has no leader). Needs the token.
     pub async fn autopilot_servers(&self) -> Result<Vec<AutopilotServer>> {

@@ -144,6 +144,7 @@ pub fn render_table(t: &CandidateTable) -> String {
                 opt(c.rank, |r| format!("#{r}")),
                 c.cluster.clone(),
                 opt(c.state, |s| s.to_string()),
+                opt(c.log_index, |v| v.to_string()),
                 opt(c.lag_entries, |v| v.to_string()),
                 opt(c.lag_seconds, |v| format!("{v:.1}")),
                 opt(c.latency_p99_ms, |v| format!("{v:.1}")),
@@ -163,6 +164,7 @@ pub fn render_table(t: &CandidateTable) -> String {
             "RANK",
             "CLUSTER",
             "STATE",
+            "LOG INDEX",
             "LAG ENTRIES",
             "LAG S",
             "P99 MS",
@@ -219,6 +221,7 @@ mod tests {
             priority: 0,
             report_age_seconds: Some(0.4),
             promotion_restores: false,
+            log_index: None,
         });
         let text = render(&healthy(), Some(&r));
         assert!(

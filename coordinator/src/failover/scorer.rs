@@ -71,7 +71,8 @@ fn age_step(lag_seconds: Option<f64>) -> Option<i64> {
         .map(|s| (s / CLOSE_DATA_AGE_SECONDS).floor() as i64)
 }
 
-/// The total order over eligible candidates: data age in steps of
+/// The total order over eligible candidates: the raft log index, highest first (raft
+/// backend: nodes of one raft; known before unknown), then data age in steps of
 /// [`CLOSE_DATA_AGE_SECONDS`] (unknown after known), then nothing left to restore at promotion
 /// before a restore still to do, then serving before mid-restore, then
 /// least lag (entries, then seconds; unknown after known), lowest p99 latency, lowest CPU,
@@ -80,23 +81,26 @@ fn age_step(lag_seconds: Option<f64>) -> Option<i64> {
 /// total order.
 pub fn rank_order(a: &Candidate, b: &Candidate) -> Ordering {
     let restoring = |c: &Candidate| c.state == Some(NodeState::Restoring);
-    known_first(age_step(a.lag_seconds), age_step(b.lag_seconds), |x, y| {
-        x.cmp(&y)
-    })
-    .then_with(|| a.promotion_restores.cmp(&b.promotion_restores))
-    .then_with(|| restoring(a).cmp(&restoring(b)))
-    .then_with(|| known_first(a.lag_entries, b.lag_entries, |x, y| x.cmp(&y)))
-    .then_with(|| known_first(a.lag_seconds, b.lag_seconds, fcmp))
-    .then_with(|| known_first(a.latency_p99_ms, b.latency_p99_ms, fcmp))
-    .then_with(|| known_first(a.cpu_usage_cores, b.cpu_usage_cores, fcmp))
-    .then_with(|| {
-        // Higher headroom is better: compare reversed.
-        known_first(a.memory_headroom_ratio, b.memory_headroom_ratio, |x, y| {
-            y.total_cmp(&x)
+    known_first(a.log_index, b.log_index, |x, y| y.cmp(&x))
+        .then_with(|| {
+            known_first(age_step(a.lag_seconds), age_step(b.lag_seconds), |x, y| {
+                x.cmp(&y)
+            })
         })
-    })
-    .then_with(|| b.priority.cmp(&a.priority))
-    .then_with(|| a.cluster.cmp(&b.cluster))
+        .then_with(|| a.promotion_restores.cmp(&b.promotion_restores))
+        .then_with(|| restoring(a).cmp(&restoring(b)))
+        .then_with(|| known_first(a.lag_entries, b.lag_entries, |x, y| x.cmp(&y)))
+        .then_with(|| known_first(a.lag_seconds, b.lag_seconds, fcmp))
+        .then_with(|| known_first(a.latency_p99_ms, b.latency_p99_ms, fcmp))
+        .then_with(|| known_first(a.cpu_usage_cores, b.cpu_usage_cores, fcmp))
+        .then_with(|| {
+            // Higher headroom is better: compare reversed.
+            known_first(a.memory_headroom_ratio, b.memory_headroom_ratio, |x, y| {
+                y.total_cmp(&x)
+            })
+        })
+        .then_with(|| b.priority.cmp(&a.priority))
+        .then_with(|| a.cluster.cmp(&b.cluster))
 }
 
 /// `total_cmp` by value, so it fits `known_first`.
@@ -196,6 +200,9 @@ fn candidate(
         priority: cluster.priority,
         report_age_seconds: freshest_age,
         // A fast promotion keeps what the node restored, unless it never restored one.
+        log_index: replication
+            .filter(|r| r.mode == ReplicationMode::Raft)
+            .and_then(|r| r.log_index),
         promotion_restores: replication.is_some_and(|r| {
             r.promotion_restores
                 && (policy.promotion == PromotionMode::Complete || r.restored_index.is_none())
@@ -646,6 +653,35 @@ mod tests {
     }
 
     #[test]
+    fn in_one_raft_the_longest_log_wins_before_any_lag_figure() {
+        // The leader is gone: each node's lag is against the index it last read from the
+        // leader, at its own moment; only the nodes' own log indexes compare exactly.
+        let raft = |index: u64, lag: u64, age: f64| {
+            move |r: &mut vault_dr_common::Report| {
+                r.replication.mode = ReplicationMode::Raft;
+                r.replication.log_index = Some(index);
+                r.replication.lag_entries = Some(lag);
+                r.replication.lag_seconds = Some(age);
+            }
+        };
+        let v = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+            .reports("dc2", raft(1_000, 0, 0.9))
+            .reports("dc3", raft(1_002, 3, 1.2))
+            .build();
+        let t = score(&v, &policy());
+        assert_eq!(t.winner.as_deref(), Some("dc3"), "{t:#?}");
+        assert_eq!(t.candidate("dc3").unwrap().log_index, Some(1_002));
+        // A log index outside the raft backend means nothing.
+        let v = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
+            .reports("dc3", |r| r.replication.log_index = Some(1_002))
+            .build();
+        assert_eq!(
+            score(&v, &policy()).candidate("dc3").unwrap().log_index,
+            None
+        );
+    }
+
+    #[test]
     fn a_cluster_without_vault_dr_replication_ranks_after_every_measured_replica() {
         let v = ViewBuilder::healthy("dc1", &["dc2", "dc3"])
             .reports("dc2", |r| {
@@ -761,6 +797,7 @@ mod tests {
                     priority,
                     report_age_seconds: Some(0.0),
                     promotion_restores: false,
+                    log_index: None,
                 },
             )
     }

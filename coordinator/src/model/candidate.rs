@@ -73,6 +73,11 @@ pub struct Candidate {
     /// restores it).
     #[serde(default)]
     pub promotion_restores: bool,
+    /// Raft backend: the representative node's last log index. Nodes of one raft compare by
+    /// it exactly; the highest holds the most of the log (every committed entry, in the
+    /// synchronous layout).
+    #[serde(default)]
+    pub log_index: Option<u64>,
 }
 
 /// Whether a candidate may be promoted.

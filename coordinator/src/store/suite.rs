@@ -434,6 +434,7 @@ pub fn table(at: DateTime<Utc>) -> CandidateTable {
                 priority: 0,
                 report_age_seconds: Some(0.4),
                 promotion_restores: false,
+                log_index: None,
             },
             Candidate {
                 cluster: "dc3".to_owned(),
@@ -451,6 +452,7 @@ pub fn table(at: DateTime<Utc>) -> CandidateTable {
                 priority: -2,
                 report_age_seconds: Some(0.9),
                 promotion_restores: false,
+                log_index: None,
             },
         ],
         winner: Some("dc2".to_owned()),

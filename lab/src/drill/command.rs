@@ -52,6 +52,12 @@ pub struct DrillArgs {
     /// far).
     #[arg(long, default_value_t = 1)]
     pub secondary_nodes: usize,
+    /// With `--replication raft`: the synchronous layout. Every secondary's first node is a
+    /// voter and at most as many of the primary's nodes vote (2 + 1 + 1 for a 3-node primary
+    /// and two secondaries), so that every commit includes a node outside the primary: no
+    /// acknowledged write may be lost. `bench rto --replication raft` runs both layouts.
+    #[arg(long)]
+    pub sync: bool,
     /// Number of clusters: `p` (the primary) and `s1`.. `sN-1` (default 4; 3 with
     /// `--replication raft`).
     #[arg(long)]
@@ -130,6 +136,7 @@ impl DrillArgs {
             raft: (self.replication == ReplicationArg::Raft).then_some(RaftLayout {
                 primary_nodes: self.primary_nodes,
                 secondary_nodes: self.secondary_nodes,
+                sync: self.sync,
             }),
             coordinators: self.coordinators,
             restore: match self.restore {
@@ -157,8 +164,18 @@ impl DrillArgs {
     }
 }
 
+/// Flags that make sense only together: why, when they are given apart.
+fn refused(args: &DrillArgs) -> Option<&'static str> {
+    (args.sync && args.replication != ReplicationArg::Raft)
+        .then_some("--sync is a layout of --replication raft")
+}
+
 /// Runs `drill`; returns the exit code.
 pub async fn run(args: &DrillArgs) -> i32 {
+    if let Some(why) = refused(args) {
+        eprintln!("error: {why}");
+        return vault_dr_common::exit::USAGE;
+    }
     let progress = Progress::new(false);
     let opts = args.options();
     let result = tokio::select! {
@@ -195,21 +212,33 @@ pub async fn run(args: &DrillArgs) -> i32 {
 
 /// Runs `bench rto`; returns the exit code.
 pub async fn bench_rto(runs: usize, args: &DrillArgs) -> i32 {
+    if let Some(why) = refused(args) {
+        eprintln!("error: {why}");
+        return vault_dr_common::exit::USAGE;
+    }
     let progress = Progress::new(false);
     let opts = args.options();
-    // Raft is measured beside the snapshot mode of the lowest RTO (warm standby, fast
-    // promotion) in the same run.
+    // Raft is measured in both layouts (asynchronous, synchronous) beside the snapshot mode
+    // of the lowest RTO (warm standby, fast promotion) in the same run.
     let modes = match opts.raft {
         None => vec![opts],
         Some(_) => {
+            let layout = |sync| {
+                DrillArgs {
+                    sync,
+                    ..args.clone()
+                }
+                .options()
+            };
             let snapshot = DrillArgs {
                 replication: ReplicationArg::Snapshot,
                 restore: RestoreArg::Continuous,
                 promotion: PromotionArg::Fast,
                 clusters: None,
+                sync: false,
                 ..args.clone()
             };
-            vec![opts, snapshot.options()]
+            vec![layout(false), layout(true), snapshot.options()]
         }
     };
     let result = tokio::select! {

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
-use vault_dr_common::Secret;
+use vault_dr_common::{Role, Secret};
 
 use crate::LabError;
 use crate::group::{DrGroup, GroupSpec, PromotionMode, RaftLayout, RestoreMode};
@@ -798,14 +798,21 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         }
     }
     let raft_lag = match (&opts.raft, &target) {
-        (Some(_), Some(t)) => {
+        (Some(layout), Some(t)) => {
             let lag = RaftLag::of(
                 t,
                 [candidates_before_fault.as_ref(), candidates.as_ref()],
                 &acked,
                 fault_at,
             );
-            if let Some(lost) = rpo_writes
+            if layout.sync
+                && let Some(lost) = rpo_writes.filter(|l| *l > 0)
+            {
+                problems.push(format!(
+                    "{lost} acknowledged writes lost in the synchronous layout, where every \
+                     commit includes a DR voter: none may be"
+                ));
+            } else if let Some(lost) = rpo_writes
                 && lost > lag.writes_within as u64
             {
                 problems.push(format!(
@@ -854,7 +861,7 @@ pub async fn run(opts: &DrillOptions, progress: &Progress) -> Result<DrillReport
         promotion: opts.promotion,
         replication: opts
             .raft
-            .map_or_else(|| "snapshot".into(), |l| raft_label(&l)),
+            .map_or_else(|| "snapshot".into(), |l| raft_label(&l, opts.clusters)),
         raft_lag,
         store: if opts.mongodb_uri.is_some() {
             "mongodb"
@@ -1328,13 +1335,36 @@ async fn token_served(http: &reqwest::Client, api_addr: &Url, token: &Secret) ->
         .is_ok_and(|r| matches!(r.status().as_u16(), 200 | 404))
 }
 
-/// "raft (3 voters, 1 non-voter per secondary)".
-pub(crate) fn raft_label(l: &RaftLayout) -> String {
+/// "raft (3 voters, 1 non-voter per secondary)", or for the synchronous layout of `clusters`
+/// clusters "raft synchronous (2 + 1 + 1 voters, 1 non-voter in the primary)".
+pub(crate) fn raft_label(l: &RaftLayout, clusters: usize) -> String {
+    if !l.sync {
+        return format!(
+            "raft ({} voters, {} non-voter{} per secondary)",
+            l.primary_nodes,
+            l.secondary_nodes,
+            if l.secondary_nodes == 1 { "" } else { "s" }
+        );
+    }
+    let suffrages = l.suffrages(clusters);
+    let voters: Vec<usize> = suffrages
+        .iter()
+        .enumerate()
+        .map(|(c, nodes)| {
+            let role = if c == 0 {
+                Role::Primary
+            } else {
+                Role::Secondary
+            };
+            nodes.iter().filter(|s| !s.non_voter(role)).count()
+        })
+        .collect();
+    let non_voters = suffrages.iter().flatten().count() - voters.iter().sum::<usize>();
+    let voters: Vec<String> = voters.iter().map(ToString::to_string).collect();
     format!(
-        "raft ({} voters, {} non-voter{} per secondary)",
-        l.primary_nodes,
-        l.secondary_nodes,
-        if l.secondary_nodes == 1 { "" } else { "s" }
+        "raft synchronous ({} voters, {non_voters} non-voter{})",
+        voters.join(" + "),
+        if non_voters == 1 { "" } else { "s" }
     )
 }
 
@@ -1571,6 +1601,9 @@ pub fn render(r: &DrillReport) -> String {
         }
     ));
     let bound = match &r.raft_lag {
+        Some(_) if r.replication.starts_with("raft synchronous") => {
+            "every commit included a DR voter: none may be missing".to_owned()
+        }
         Some(l) => format!(
             "the new primary's reported lag was {} entries, {:.2} s: {} writes acknowledged \
              within it",
@@ -1749,6 +1782,34 @@ mod tests {
     }
 
     #[test]
+    fn the_synchronous_layout_keeps_the_primary_s_voters_at_most_the_dr_voters() {
+        let layout = |primary_nodes, sync| RaftLayout {
+            primary_nodes,
+            secondary_nodes: 1,
+            sync,
+        };
+        assert_eq!(
+            raft_label(&layout(3, true), 3),
+            "raft synchronous (2 + 1 + 1 voters, 1 non-voter)"
+        );
+        assert_eq!(
+            raft_label(&layout(1, true), 3),
+            "raft synchronous (1 + 1 + 1 voters, 0 non-voters)"
+        );
+        assert_eq!(
+            raft_label(&layout(3, false), 3),
+            "raft (3 voters, 1 non-voter per secondary)"
+        );
+        use vault_dr_agent::replication::raft::plan::Suffrage::{Auto, NonVoter, Voter};
+        assert_eq!(
+            layout(3, true).suffrages(3),
+            vec![vec![Auto, Auto, NonVoter], vec![Voter], vec![Voter]]
+        );
+        // Four secondaries: all three primary nodes vote (3 of 7: no quorum alone).
+        assert_eq!(layout(3, true).suffrages(5)[0], vec![Auto, Auto, Auto]);
+    }
+
+    #[test]
     fn raft_drills_take_a_whole_site_fault_and_one_node_secondaries_only() {
         let raft = |fault, primary_nodes, secondary_nodes| DrillOptions {
             clusters: 3,
@@ -1756,6 +1817,7 @@ mod tests {
             raft: Some(RaftLayout {
                 primary_nodes,
                 secondary_nodes,
+                sync: false,
             }),
             ..DrillOptions::default()
         };
@@ -1792,6 +1854,7 @@ mod tests {
             priority: 0,
             report_age_seconds: Some(0.2),
             promotion_restores: false,
+            log_index: None,
         };
         let table = |candidates: Vec<Candidate>| CandidateTable {
             at: t0,

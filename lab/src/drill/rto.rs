@@ -67,6 +67,9 @@ pub struct RunFigures {
     /// Accounted seconds minus `rpo_seconds`.
     #[serde(default)]
     pub loss_difference_seconds: Option<f64>,
+    /// The client's write latency before the fault, p50 and p99 in milliseconds.
+    #[serde(default)]
+    pub write_ms: Option<(f64, f64)>,
     /// Seconds after the fault of each timeline event (where the time goes).
     pub phases: Vec<(String, f64)>,
     /// Problems, if not ok.
@@ -83,6 +86,10 @@ impl From<&DrillReport> for RunFigures {
             accounted_entries: r.accounted_loss.as_ref().and_then(|l| l.entries()),
             accounted_seconds: r.accounted_loss.as_ref().and_then(|l| l.seconds()),
             loss_difference_seconds: r.loss_difference_seconds,
+            write_ms: r
+                .client_latency
+                .filter(|l| l.before_ms.2 > 0)
+                .map(|l| (l.before_ms.0, l.before_ms.1)),
             phases: r
                 .timeline
                 .iter()
@@ -113,6 +120,12 @@ pub struct ModeReport {
     /// |accounted seconds - RPO seconds| over the runs with both.
     #[serde(default)]
     pub loss_difference: Option<Summary>,
+    /// The client's write latency before the fault: the runs' p50s, and their p99s (ms).
+    #[serde(default)]
+    pub write_p50_ms: Option<Summary>,
+    /// See [`ModeReport::write_p50_ms`].
+    #[serde(default)]
+    pub write_p99_ms: Option<Summary>,
     /// Median seconds after the fault of each timeline event, in timeline order.
     pub phases_p50: Vec<(String, f64)>,
     /// This mode's p50 RTO divided by OpenBao's p50.
@@ -144,6 +157,8 @@ impl ModeReport {
             rpo_seconds: Summary::of(&vals(&|r| r.rpo_seconds)),
             accounted_seconds: Summary::of(&vals(&|r| r.accounted_seconds)),
             loss_difference: Summary::of(&vals(&|r| r.loss_difference_seconds.map(f64::abs))),
+            write_p50_ms: Summary::of(&vals(&|r| r.write_ms.map(|w| w.0))),
+            write_p99_ms: Summary::of(&vals(&|r| r.write_ms.map(|w| w.1))),
             ratio_p50: match (rto, openbao) {
                 (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
                 _ => None,
@@ -169,7 +184,7 @@ pub struct RtoReport {
 /// The label of a drill's mode in the benchmark.
 pub fn mode_label(o: &DrillOptions) -> String {
     match o.raft {
-        Some(l) => super::raft_label(&l),
+        Some(l) => super::raft_label(&l, o.clusters),
         None => format!(
             "snapshot (restore {}, promotion {})",
             o.restore.as_str(),
@@ -314,6 +329,13 @@ pub fn render(r: &RtoReport) -> String {
             "  |accounted - RPO age|  {}\n",
             s(&m.loss_difference, " s")
         ));
+        out.push_str(&format!(
+            "  client write latency before the fault: p50 of the runs' p50 {}, of their p99 {}\n",
+            m.write_p50_ms
+                .map_or("-".into(), |s| format!("{:.1} ms", s.p50)),
+            m.write_p99_ms
+                .map_or("-".into(), |s| format!("{:.1} ms", s.p50)),
+        ));
         out.push_str("  runs (RTO s, RPO writes, RPO age s, accounted entries, accounted s):");
         for x in &m.runs {
             let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
@@ -366,6 +388,7 @@ mod tests {
             accounted_entries: Some(25),
             accounted_seconds: Some(accounted),
             loss_difference_seconds: Some(accounted - rpo),
+            write_ms: Some((5.0, 9.0)),
             phases: Vec::new(),
             problems: Vec::new(),
         };
@@ -393,6 +416,10 @@ mod tests {
         );
         assert!(
             text.contains("  |accounted - RPO age|  p50 0.20 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("before the fault: p50 of the runs' p50 5.0 ms, of their p99 9.0 ms"),
             "{text}"
         );
         assert!(

@@ -761,6 +761,7 @@ fn the_raft_backend_renders_an_agent_configuration_the_agent_accepts() {
     let data = cm["data"].as_object().unwrap();
     assert_eq!(data[a::ENV_REPLICATION], "raft");
     assert_eq!(data[a::ENV_RAFT_PATH], "/openbao/data");
+    assert_eq!(data[a::ENV_RAFT_SUFFRAGE], "auto");
     assert!(
         !data.contains_key(a::ENV_SNAPSHOT_DIR),
         "no snapshot settings with raft"
@@ -786,6 +787,33 @@ fn the_raft_backend_renders_an_agent_configuration_the_agent_accepts() {
         None,
     );
     assert!(!ok && err.contains("snapshot, raft or none"), "{err}");
+    // A DR cluster of the synchronous layout.
+    let docs = yaml_docs(&render(&[
+        "--set".into(),
+        "agent.replication.backend=raft".into(),
+        "--set".into(),
+        "agent.replication.raftSuffrage=voter".into(),
+    ]));
+    let cm = one(&docs, "ConfigMap", "vault-dr-agent");
+    let mut env = sidecar_env(&cm["data"], dir.path(), "dc2", "openbao-dc2-0");
+    env.insert(a::ENV_RAFT_CLUSTER_ADDR.into(), "openbao-dc2-0:8201".into());
+    let c = vault_dr_agent::Config::parse(["vault-dr-agent"], &env).unwrap();
+    let a::ReplicationConfig::Raft(r) = c.replication else {
+        panic!("not raft")
+    };
+    assert_eq!(
+        r.suffrage,
+        vault_dr_agent::replication::raft::plan::Suffrage::Voter
+    );
+    let (ok, _, err) = run(
+        Command::new(tool("bin/helm"))
+            .args(["template", "vault-dr"])
+            .arg(chart())
+            .args(["--set", "agent.replication.backend=raft"])
+            .args(["--set", "agent.replication.raftSuffrage=sometimes"]),
+        None,
+    );
+    assert!(!ok && err.contains("auto, voter or non-voter"), "{err}");
 }
 
 #[test]

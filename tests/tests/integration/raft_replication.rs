@@ -604,3 +604,229 @@ async fn the_leader_killed_as_the_raft_promotion_begins_is_finished_by_the_next_
         "{kept}"
     );
 }
+
+/// The term in the leader coordinator's topology.
+async fn term(group: &Group) -> Option<u64> {
+    let leader = group.leader().await?;
+    let v = group.get_json(&leader, "v1/topology").await?;
+    v.pointer("/topology/term").and_then(Value::as_u64)
+}
+
+/// The voters of the raft as `cluster` sees it, sorted.
+async fn voters(group: &Group, via: &str) -> Option<Vec<String>> {
+    let mut v: Vec<String> = raft_servers(group, via)
+        .await?
+        .into_iter()
+        .filter(|(_, voter)| *voter)
+        .map(|(id, _)| id)
+        .collect();
+    v.sort_unstable();
+    Some(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_synchronous_layout_keeps_its_leader_in_the_primary_and_loses_no_acknowledged_write() {
+    // 2 + 1 + 1: p-n1 and p-n2 vote, p-n3 does not; s1-n1 and s2-n1 vote. A commit needs 3
+    // of 4 voters, so it always includes s1-n1 or s2-n1.
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .raft_sync(3, 1)
+        .coordinators(2)
+        .spec(|s| {
+            s.dir = std::env::var_os("VAULT_DR_TEST_RUN_DIR").map(Into::into);
+            s.keep = s.dir.is_some();
+        })
+        .start()
+        .await
+        .expect("raft group");
+    let servers = raft_servers(&group, "p").await.expect("raft configuration");
+    assert_eq!(
+        voters(&group, "p").await.unwrap(),
+        ["p-n1", "p-n2", "s1-n1", "s2-n1"],
+        "{servers:?}"
+    );
+    assert!(servers.contains(&("p-n3".into(), false)), "{servers:?}");
+
+    let p = group.cluster("p").unwrap();
+    let root = p.root_token().clone();
+    let http = workload::client_http().unwrap();
+    let token = workload::create_client_token(&http, p.nodes()[0].api_addr(), &root)
+        .await
+        .expect("client token");
+    let target = Target::Stable(group.traffic_addr().expect("the stable address").clone());
+    let client = Workload::start(
+        target,
+        token,
+        group.dir(),
+        Duration::from_millis(20),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("client");
+    let indexed = try_wait_for("both DR voters' log index", READY, || async {
+        let rows = candidates(&group).await;
+        ["s1", "s2"]
+            .iter()
+            .all(|c| {
+                rows.get(*c)
+                    .and_then(|r| r.get("log_index"))
+                    .and_then(Value::as_u64)
+                    .is_some()
+            })
+            .then_some(())
+    })
+    .await;
+    if indexed.is_err() {
+        panic!("no log index reported: {:#?}", candidates(&group).await);
+    }
+
+    // The primary's active node alone killed: the raft elects among p-n2, s1-n1, s2-n1. A DR
+    // voter that wins steps down (its agent), until p-n2 leads: no promotion.
+    let active = p.active_node().await.expect("p has an active node");
+    let lost = p.nodes()[active].name().to_owned();
+    group.cluster_mut("p").unwrap().nodes_mut()[active].kill();
+    let back = try_wait_for("the leadership back in p", READY, || async {
+        let p = group.cluster("p")?;
+        let a = p.active_node().await?;
+        (p.nodes()[a].name() != lost).then_some(())
+    })
+    .await;
+    assert!(back.is_ok(), "p never led again after {lost} was lost");
+    // It stays there, and nothing was promoted.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let p = group.cluster("p").unwrap();
+    assert!(p.active_node().await.is_some(), "the leadership left p");
+    assert_eq!(
+        term(&group).await,
+        Some(1),
+        "a node's loss promoted nothing"
+    );
+    group.cluster_mut("p").unwrap().nodes_mut()[active]
+        .restart_held()
+        .expect("restart the lost node");
+    let rejoined = try_wait_for("the lost node a voter again", READY, || async {
+        (voters(&group, "p").await? == ["p-n1", "p-n2", "s1-n1", "s2-n1"]).then_some(())
+    })
+    .await;
+    assert!(rejoined.is_ok(), "{:?}", raft_servers(&group, "p").await);
+    // Make a DR voter win: step p's active node down (a leadership transfer to another
+    // voter, two of three of them DR voters) until one has, and its agent stepped it down.
+    let dr_step_downs = |group: &Group| {
+        group
+            .agents()
+            .iter()
+            .filter(|a| a.cluster != "p")
+            .map(|a| {
+                std::fs::read_to_string(&a.log_path)
+                    .unwrap_or_default()
+                    .matches("stepping it down")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let mut transfers = 0;
+    while dr_step_downs(&group) == 0 && transfers < 12 {
+        let p = group.cluster("p").unwrap();
+        if let Some(a) = p.active_node().await {
+            let url = p.nodes()[a].api_addr().join("v1/sys/step-down").unwrap();
+            let _ = http
+                .put(url)
+                .header("X-Vault-Token", root.expose())
+                .send()
+                .await;
+            transfers += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let won = dr_step_downs(&group);
+    println!("{transfers} leadership transfers: {won} step-downs by DR voters' agents");
+    assert!(won > 0, "no DR voter won in {transfers} transfers");
+    let back = try_wait_for("the leadership back in p", READY, || async {
+        group.cluster("p")?.active_node().await
+    })
+    .await;
+    assert!(
+        back.is_ok(),
+        "p never led again after a DR voter stepped down"
+    );
+    assert_eq!(term(&group).await, Some(1), "a step-down promoted nothing");
+    // The client's address is p-n1's: writes resume once it serves again.
+    let resumed_from = client.acked().len();
+    let resumed = try_wait_for("the client writing again", READY, || async {
+        (client.acked().len() >= resumed_from + 100).then_some(())
+    })
+    .await;
+    assert!(resumed.is_ok(), "the client never wrote again");
+
+    // The loss of the primary site.
+    let killed_at = chrono::Utc::now();
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+    let new_primary = group
+        .wait_failover_done(1, Duration::from_secs(90))
+        .await
+        .expect("the failover finishes");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked = client.acked();
+    let stats = client.stop().await;
+    assert_eq!(term(&group).await, Some(2), "exactly one promotion");
+    let x = group.cluster(&new_primary).unwrap();
+    let x_api = x.nodes()[0].api_addr().clone();
+    let missing = workload::missing_writes(&x_api, &root, &acked)
+        .await
+        .expect("read back");
+    println!(
+        "{} writes acknowledged ({} in the second before the fault, {} after it), {} missing \
+         on {new_primary}; client {stats:?}",
+        acked.len(),
+        acked
+            .iter()
+            .filter(|w| w.acked_at <= killed_at
+                && w.acked_at > killed_at - chrono::Duration::seconds(1))
+            .count(),
+        acked.iter().filter(|w| w.sent_at > killed_at).count(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "synchronous, yet lost: {missing:?}");
+    assert!(acked.iter().any(|w| w.sent_at > killed_at));
+
+    // The other DR voter rejoins the new raft as a voter: the new primary's commits include it.
+    let other = if new_primary == "s1" { "s2" } else { "s1" };
+    let both = {
+        let mut v = vec![format!("{new_primary}-n1"), format!("{other}-n1")];
+        v.sort_unstable();
+        v
+    };
+    let joined = try_wait_for(
+        "the other DR voter a voter of the new raft",
+        READY,
+        || async { (voters(&group, &new_primary).await? == both).then_some(()) },
+    )
+    .await;
+    assert!(
+        joined.is_ok(),
+        "{:?}",
+        raft_servers(&group, &new_primary).await
+    );
+    assert!(try_write(&http, &x_api, root.expose(), "sync/with-both").await);
+
+    // Without it, the new primary takes no write: a commit needs both voters.
+    let other_node = group.cluster_mut(other).unwrap().nodes_mut();
+    other_node[0].kill();
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == other) {
+        a.kill();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut taken = 0;
+    for i in 0..6 {
+        if try_write(&http, &x_api, root.expose(), &format!("sync/alone-{i}")).await {
+            taken += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(taken, 0, "{new_primary} committed without a DR voter");
+}

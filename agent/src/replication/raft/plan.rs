@@ -63,6 +63,56 @@ pub struct Facts<'a> {
     /// Whether the raft the node runs in has a leader it can reach (autopilot state answered
     /// through the node).
     pub leader_seen: bool,
+    /// How the node joins.
+    pub suffrage: Suffrage,
+}
+
+/// How a node joins a raft (`--raft-suffrage`). A promotion target becomes the only voter of
+/// the raft it forms whatever its suffrage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Suffrage {
+    /// A voter while its cluster is the primary, a non-voter otherwise: the asynchronous
+    /// layout, where the primary's voters commit alone.
+    #[default]
+    Auto,
+    /// Always a voter: a DR voter of the synchronous layout, where every commit quorum
+    /// includes a node outside the primary cluster.
+    Voter,
+    /// Always a non-voter (a primary node kept out of the quorum in the synchronous layout).
+    NonVoter,
+}
+
+impl Suffrage {
+    /// Whether a node of this suffrage joins as a non-voter in `role`.
+    pub fn non_voter(self, role: Role) -> bool {
+        match self {
+            Self::Auto => role == Role::Secondary,
+            Self::Voter => false,
+            Self::NonVoter => true,
+        }
+    }
+
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Voter => "voter",
+            Self::NonVoter => "non-voter",
+        }
+    }
+}
+
+impl std::str::FromStr for Suffrage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "voter" => Ok(Self::Voter),
+            "non-voter" => Ok(Self::NonVoter),
+            other => Err(format!("{other:?} is not one of auto, voter, non-voter")),
+        }
+    }
 }
 
 /// Why the agent does nothing this round.
@@ -94,7 +144,7 @@ pub enum Action {
     Wait(Wait),
     /// Permit the next start with the node's data as it is.
     Permit {
-        /// As a non-voter (outside the primary cluster).
+        /// As a non-voter (its [`Suffrage`] in its role).
         non_voter: bool,
         /// Record this lineage first (a fresh node, or the bootstrap lineage confirmed).
         record: Option<Lineage>,
@@ -115,14 +165,20 @@ pub enum Action {
         /// The raft being formed.
         lineage: Lineage,
     },
-    /// Move the node's data into the quarantine, record the lineage, permit a start as a
-    /// non-voter (it joins the current raft with `retry_join`).
+    /// Move the node's data into the quarantine, record the lineage, permit a start (it joins
+    /// the current raft with `retry_join`, as its [`Suffrage`] says).
     Quarantine {
         /// The raft the node will join.
         lineage: Lineage,
         /// The data's lineage (`None`: unknown).
         from: Option<Lineage>,
+        /// As a non-voter.
+        non_voter: bool,
     },
+    /// The node of a secondary won a raft election (a DR voter of the synchronous layout,
+    /// after the primary's leader was lost): it steps down, so that the active node is in
+    /// the primary cluster again. The agent spaces them ([`crate::replication::raft::STEP_DOWN_EVERY`]).
+    StepDown,
     /// The desired state of this term is carried out on this node.
     Applied(u64),
     /// Record this lineage for the running node: the installer's bootstrap lineage (term 0)
@@ -164,9 +220,12 @@ pub fn plan(f: Facts<'_>) -> Action {
     if f.lineage == Some(&want) {
         if !running {
             return Action::Permit {
-                non_voter: d.role == Role::Secondary,
+                non_voter: f.suffrage.non_voter(d.role),
                 record: None,
             };
+        }
+        if d.role == Role::Secondary && f.node == NodeState::Active && !d.failover_in_progress {
+            return Action::StepDown;
         }
         let serving = match d.role {
             Role::Primary => f.node == NodeState::Active,
@@ -202,13 +261,14 @@ pub fn plan(f: Facts<'_>) -> Action {
     // The bootstrap lineage, or a fresh node with no data at all.
     if bootstrap || (f.lineage.is_none() && !f.data_present) {
         return Action::Permit {
-            non_voter: d.role == Role::Secondary,
+            non_voter: f.suffrage.non_voter(d.role),
             record: Some(want),
         };
     }
     Action::Quarantine {
         lineage: want,
         from: f.lineage.cloned(),
+        non_voter: f.suffrage.non_voter(d.role),
     }
 }
 
@@ -247,6 +307,7 @@ mod tests {
             data_present: true,
             node: NodeState::Unreachable,
             leader_seen: false,
+            suffrage: Suffrage::Auto,
         }
     }
 
@@ -352,7 +413,8 @@ mod tests {
             plan(f),
             Action::Quarantine {
                 lineage: lineage(2, "s1"),
-                from: Some(old.clone())
+                from: Some(old.clone()),
+                non_voter: true,
             }
         );
     }
@@ -364,7 +426,8 @@ mod tests {
             plan(facts(Some(&d), None)),
             Action::Quarantine {
                 lineage: lineage(1, "p"),
-                from: None
+                from: None,
+                non_voter: true,
             }
         );
         let mut f = facts(Some(&d), None);
@@ -396,6 +459,70 @@ mod tests {
             plan(facts(Some(&d), Some(&other))),
             Action::Quarantine { .. }
         ));
+    }
+
+    #[test]
+    fn the_suffrage_decides_how_a_node_joins_in_each_role() {
+        use Role::{Primary, Secondary};
+        for (suffrage, primary, secondary) in [
+            (Suffrage::Auto, false, true),
+            (Suffrage::Voter, false, false),
+            (Suffrage::NonVoter, true, true),
+        ] {
+            assert_eq!(suffrage.non_voter(Primary), primary, "{suffrage:?}");
+            assert_eq!(suffrage.non_voter(Secondary), secondary, "{suffrage:?}");
+            assert_eq!(suffrage.as_str().parse::<Suffrage>(), Ok(suffrage));
+        }
+        assert!("voters".parse::<Suffrage>().is_err());
+        // A DR voter of the synchronous layout rejoins the promoted raft as a voter ...
+        let d = desired("s2", Secondary, "s1", 2);
+        let old = lineage(1, "p");
+        let mut f = facts(Some(&d), Some(&old));
+        f.suffrage = Suffrage::Voter;
+        assert_eq!(
+            plan(f),
+            Action::Quarantine {
+                lineage: lineage(2, "s1"),
+                from: Some(old.clone()),
+                non_voter: false,
+            }
+        );
+        // ... and a node kept out of the quorum starts as a non-voter even in the primary.
+        let d = desired("p", Primary, "p", 1);
+        let mine = lineage(1, "p");
+        let mut f = facts(Some(&d), Some(&mine));
+        f.suffrage = Suffrage::NonVoter;
+        assert_eq!(
+            plan(f),
+            Action::Permit {
+                non_voter: true,
+                record: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_secondary_s_voter_that_leads_steps_down_unless_a_failover_makes_it_the_primary() {
+        let d = desired("s1", Role::Secondary, "p", 1);
+        let mine = lineage(1, "p");
+        let mut f = facts(Some(&d), Some(&mine));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Active;
+        f.leader_seen = true;
+        assert_eq!(plan(f), Action::StepDown);
+        f.node = NodeState::Standby;
+        assert_eq!(plan(f), Action::Applied(1));
+        let mut d = desired("s1", Role::Primary, "s1", 2);
+        d.failover_in_progress = true;
+        d.raft_formed_term = Some(1);
+        let mut f = facts(Some(&d), Some(&mine));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Active;
+        assert_ne!(
+            plan(f),
+            Action::StepDown,
+            "the target is never stepped down"
+        );
     }
 
     #[test]
