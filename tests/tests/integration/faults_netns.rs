@@ -64,6 +64,9 @@ struct LabOptions {
     replicate: bool,
     /// `[policy.degraded]` (`None`: the rule off).
     degraded: Option<DegradedFile>,
+    /// Raft replication instead: one raft, `p`'s 3 nodes its voters, one non-voter in every
+    /// other cluster (the DR token everywhere).
+    raft: bool,
 }
 
 impl LabOptions {
@@ -76,6 +79,7 @@ impl LabOptions {
             mongodb: None,
             replicate: true,
             degraded: degraded_policy(),
+            raft: false,
         }
     }
 }
@@ -108,6 +112,9 @@ impl Lab {
                     s.mongodb_database = Some(db.clone());
                 }
             });
+        if opts.raft {
+            builder = builder.raft(3, 1);
+        }
         for (n, h) in opts.names.iter().zip(&hosts) {
             let placement = NodeHost {
                 ip: h.ip().into(),
@@ -238,12 +245,25 @@ fn rto(record: &FailoverRecord, from: DateTime<Utc>) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
+    cut_off_from_the_primary_only(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_raft_coordinator_cut_off_from_the_primary_only_does_not_promote() {
+    cut_off_from_the_primary_only(true).await;
+}
+
+/// The coordinator cut off from the primary's host while the secondaries' hosts still reach
+/// it: suspected, never promoted; once healed the primary takes writes at once. `raft`: the
+/// group is one raft (the secondaries' non-voters keep following p across the bridge).
+async fn cut_off_from_the_primary_only(raft: bool) {
     let lab = Lab::start(LabOptions {
         names: &["p", "s1", "s2"],
         cooldown: Duration::from_secs(60),
         mongodb: None,
         replicate: false,
         degraded: None,
+        raft,
     })
     .await;
     let p = lab.host("p");
@@ -293,7 +313,11 @@ async fn s1_coordinator_cut_off_from_the_primary_only_does_not_promote() {
         .await
         .unwrap();
     table_row(
-        "1 coordinator cut off from the primary only",
+        if raft {
+            "1 coordinator cut off from the primary only (raft)"
+        } else {
+            "1 coordinator cut off from the primary only"
+        },
         "no promotion",
         &format!(
             "no promotion in {} s ({suspect} of {ticks} ticks suspect: {worst}); term 1",
@@ -366,6 +390,7 @@ async fn s2_isolated_primary_is_replaced_exactly_once() {
         mongodb: None,
         replicate: true,
         degraded: None,
+        raft: false,
     })
     .await;
     // The client's token is p's root token: the secondaries restore p's snapshots, so it is
@@ -477,6 +502,7 @@ async fn s3_latency_and_cpu_stress_do_not_promote() {
         mongodb: None,
         replicate: false,
         degraded: None,
+        raft: false,
     })
     .await;
     for h in &lab.hosts {
@@ -546,6 +572,7 @@ async fn s4_flapping_primary_fails_over_at_most_once_per_cooldown() {
         mongodb: None,
         replicate: false,
         degraded: None,
+        raft: false,
     })
     .await;
     let t = Instant::now();
@@ -619,6 +646,7 @@ async fn s5_mongodb_killed_during_a_failover_gets_the_journal_when_it_returns() 
         mongodb: Some((mongo.uri(), db.clone())),
         replicate: false,
         degraded: None,
+        raft: false,
     })
     .await;
     let cut_at = Utc::now();

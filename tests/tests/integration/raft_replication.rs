@@ -493,6 +493,25 @@ async fn leader_index(group: &Group) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_as_the_raft_promotion_begins_is_finished_by_the_next_once() {
+    leader_killed_at("crash-before:promoted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_once_the_old_primary_is_fenced_is_finished_by_the_next_once() {
+    leader_killed_at("crash-after:fenced").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_once_the_raft_is_recovered_is_finished_by_the_next_once() {
+    leader_killed_at("crash-after:promoted").await;
+}
+
+/// The leader coordinator aborts at `failpoint` of a raft failover (the whole primary lost):
+/// the next leader finishes it, each step once, the target's node recovered once, the data
+/// kept and the other secondary in the new raft. The body of three tests: a failed unwrap is
+/// a failed test.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+async fn leader_killed_at(failpoint: &str) {
     let mut group = Group::builder()
         .clusters(["p", "s1", "s2"])
         .raft(1, 1)
@@ -509,12 +528,13 @@ async fn the_leader_killed_as_the_raft_promotion_begins_is_finished_by_the_next_
     })
     .await;
     assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
-    // Arm the follower, then make it the leader: it aborts right after journaling the start
-    // of the Promoted step, while the target's agent recovers its node.
+    // Arm the follower, then make it the leader: it aborts at the failpoint (before the
+    // Promoted step: right after journaling its start, while the target's agent recovers its
+    // node).
     let first = leader_index(&group).await.expect("a leader");
     let armed = 1 - first;
     group.coordinators_mut()[armed]
-        .restart_with_env(&[("VAULT_DR_FAILPOINT", "crash-before:promoted")])
+        .restart_with_env(&[("VAULT_DR_FAILPOINT", failpoint)])
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     group.coordinators_mut()[first].kill();
