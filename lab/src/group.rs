@@ -271,6 +271,13 @@ impl LabCoordinator {
         }
     }
 
+    /// Sends `signal` to the process (SIGSTOP freezes it, SIGCONT wakes it), when it runs.
+    pub fn signal(&self, signal: super::process::Signal) {
+        if let Some(c) = &self.child {
+            c.signal(signal);
+        }
+    }
+
     /// Starts it again with the same config file and address (killing it first if it runs);
     /// its log is appended to.
     pub fn restart(&mut self) -> Result<(), LabError> {

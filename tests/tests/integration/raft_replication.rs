@@ -850,3 +850,98 @@ async fn the_synchronous_layout_keeps_its_leader_in_the_primary_and_loses_no_ack
     }
     assert_eq!(taken, 0, "{new_primary} committed without a DR voter");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_while_it_suspects_the_primary_and_woken_after_the_failover_promotes_nothing_more()
+ {
+    use vault_dr_tests::lab::process::Signal;
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .raft(1, 1)
+        .coordinators(2)
+        .start()
+        .await
+        .expect("raft group");
+    let lagged = try_wait_for("the secondaries' exact lag", READY, || async {
+        let rows = candidates(&group).await;
+        ["s1", "s2"]
+            .iter()
+            .all(|c| matches!(lag(&rows, c), (Some(e), _) if e < 50))
+            .then_some(())
+    })
+    .await;
+    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    let stale = leader_index(&group).await.expect("a leader");
+    let stale_url = group.coordinators()[stale].url.clone();
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+    // Freeze the leader the moment it suspects the primary (every 10 ms): it believes it
+    // leads, about to fail over.
+    let suspecting = vault_dr_tests::lab::wait::try_wait_for_every(
+        Duration::from_millis(10),
+        "the leader to suspect the primary",
+        READY,
+        || async {
+            let d = group.get_json(&stale_url, "v1/decisions/latest").await?;
+            (d.pointer("/decision/kind").and_then(Value::as_str) != Some("no_action"))
+                .then(|| d["sentence"].as_str().unwrap_or_default().to_owned())
+        },
+    )
+    .await
+    .expect("the leader suspected the primary");
+    group.coordinators()[stale].signal(Signal::Stop);
+    println!("froze the leader on: {suspecting}");
+    // The other replica takes the lease once it lapses and fails over.
+    let to = group
+        .wait_failover_done(1, Duration::from_secs(120))
+        .await
+        .expect("the other replica fails over");
+    // Wake the stale leader: it must find its lease lost and do nothing. The sleep is the
+    // point: what follows asserts that nothing happened meanwhile.
+    group.coordinators()[stale].signal(Signal::Cont);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let records = failovers(&group).await;
+    assert_eq!(records.len(), 1, "one failover: {records:#?}");
+    let steps: Vec<&str> = records[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(steps, all, "each step once: {:#}", records[0]);
+    assert_eq!(term(&group).await, Some(2), "one term raised");
+    assert_ne!(
+        leader_index(&group).await,
+        Some(stale),
+        "the woken replica does not lead"
+    );
+    let log = group.agent_log(&to).unwrap();
+    assert_eq!(
+        log.matches("raft: acting action=Recover").count(),
+        1,
+        "one raft recovery of {to}:\n{log}"
+    );
+    let other = if to == "s1" { "s2" } else { "s1" };
+    let other_log = group.agent_log(other).unwrap();
+    assert_eq!(
+        other_log.matches("raft: acting action=Recover").count(),
+        0,
+        "{other} was never recovered: one raft, one primary"
+    );
+    let joined = try_wait_for("the other secondary in the new raft", READY, || async {
+        let servers = raft_servers(&group, &to).await?;
+        servers
+            .contains(&(format!("{other}-n1"), false))
+            .then_some(())
+    })
+    .await;
+    assert!(joined.is_ok(), "{:?}", raft_servers(&group, &to).await);
+}
