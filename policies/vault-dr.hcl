@@ -52,6 +52,11 @@ path "cubbyhole/vault-dr/group" {
 path "sys/step-down" {
   capabilities = ["update", "sudo"]
 }
+# Agent (raft backend): a node that should vote but that the raft keeps a non-voter (it was a
+# permanent non-voter before its data was quarantined) asks for its promotion.
+path "sys/storage/raft/promote" {
+  capabilities = ["update", "sudo"]
+}
 
 # Agent probes: raft indices and autopilot health.
 path "sys/leader" {

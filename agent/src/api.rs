@@ -185,6 +185,7 @@ mod tests {
             final_snapshot_from: None,
             primary_suspect: false,
             raft_formed_term: None,
+            raft_recover_node: None,
         });
         let (status, body) = get(&s, "/v1/desired").await;
         assert_eq!(status, StatusCode::OK);

@@ -212,6 +212,9 @@ pub struct RaftConfig {
     pub quarantine_dir: PathBuf,
     /// How the node joins a raft (`--raft-suffrage`, default `auto`).
     pub suffrage: crate::replication::raft::plan::Suffrage,
+    /// The agent's node name (`--node`, the name its reports carry): how the coordinator
+    /// names the one node of a promoted cluster that forms the new raft.
+    pub node: String,
 }
 
 /// The snapshot backend's settings.
@@ -762,6 +765,7 @@ fn parse_raft(
         control_dir,
         quarantine_dir,
         suffrage,
+        node: node.to_owned(),
     }))
 }
 

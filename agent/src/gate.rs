@@ -441,6 +441,7 @@ mod tests {
             final_snapshot_from: None,
             primary_suspect: false,
             raft_formed_term: None,
+            raft_recover_node: None,
         }
     }
 

@@ -276,7 +276,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         format!("{P}raft_actions_total"),
-                        "Raft backend actions on the node: permit (a start), stop, recover (peers.json), quarantine, step-down (a secondary's voter that led)",
+                        "Raft backend actions on the node: permit (a start), stop, recover (peers.json), quarantine, step-down (a secondary's voter that led), promote (a node kept a non-voter)",
                     ),
                     &["action"],
                 )?,

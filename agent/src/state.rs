@@ -328,6 +328,7 @@ pub(crate) mod tests {
             final_snapshot_from: None,
             primary_suspect: false,
             raft_formed_term: None,
+            raft_recover_node: None,
         }
     }
 

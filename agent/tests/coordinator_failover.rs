@@ -43,6 +43,7 @@ async fn reports(State(r): State<Replica>) -> axum::response::Response {
         final_snapshot_from: None,
         primary_suspect: false,
         raft_formed_term: None,
+        raft_recover_node: None,
     })
     .into_response()
 }

@@ -58,6 +58,7 @@ async fn reports(
                 final_snapshot_from: None,
                 primary_suspect: false,
                 raft_formed_term: None,
+                raft_recover_node: None,
             };
             axum::Json(desired).into_response()
         }

@@ -39,6 +39,7 @@ fn answer(n: usize, thief: &str) -> Response {
             final_snapshot_from: None,
             primary_suspect: false,
             raft_formed_term: None,
+            raft_recover_node: None,
         })
         .into_response()
     };
@@ -295,6 +296,7 @@ async fn a_report_redirect_to_another_origin_is_not_followed() {
                     final_snapshot_from: None,
                     primary_suspect: false,
                     raft_formed_term: None,
+                    raft_recover_node: None,
                 })
             }
         }),

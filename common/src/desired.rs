@@ -74,6 +74,12 @@ pub struct DesiredState {
     /// not promoted it): a node that does not belong waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_formed_term: Option<u64>,
+    /// Raft replication, on the target of a failover: the one node of it that forms the new
+    /// raft by recovery; its other nodes wait for the end of the failover, then join it.
+    /// `None`: every node of the target recovers (one-node clusters, or no node reported a
+    /// raft log when the term was raised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_recover_node: Option<String>,
 }
 
 /// What a promoted secondary restores before it takes traffic.

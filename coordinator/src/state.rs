@@ -404,6 +404,11 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         .and_then(|f| config.cluster(&f.from))
         .and_then(|c| c.api_addrs.first().cloned());
     let raft_formed_term = raft_formed_term(topology, &primary);
+    let raft_recover_node = topology
+        .failover
+        .as_ref()
+        .filter(|f| f.to == cluster)
+        .and_then(|f| f.raft_node.clone());
     DesiredState {
         term: topology.term,
         cluster: cluster.to_owned(),
@@ -416,6 +421,7 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         // Set per report by the API from the leader's phase (`State::primary_suspect`).
         primary_suspect: false,
         raft_formed_term,
+        raft_recover_node,
     }
 }
 
@@ -493,6 +499,7 @@ mod tests {
                 to: "s1".into(),
                 completed,
                 planned,
+                raft_node: None,
             }),
             last_failover_at: None,
             group_id: None,

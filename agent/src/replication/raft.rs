@@ -44,6 +44,10 @@ pub const AUTOPILOT_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two step-downs of this node ([`Action::StepDown`]): one election
 /// (about 1 s with `performance_multiplier = 1`) must be able to finish before the next.
 pub const STEP_DOWN_EVERY: Duration = Duration::from_secs(5);
+/// How long a node that should vote may stay a non-voter before its agent asks the raft to
+/// promote it ([`plan::wants_promotion`]): autopilot's default stabilization time (10 s)
+/// and a margin. Asked again at most this often.
+pub const PROMOTE_AFTER: Duration = Duration::from_secs(15);
 /// A run the agent did not stop that ends sooner than this is a failed start.
 pub const FAILED_START: Duration = Duration::from_secs(10);
 /// The longest wait before the next start after failed starts.
@@ -107,6 +111,9 @@ pub struct Controller {
     starts: Mutex<FailedStarts>,
     /// When this node last stepped down.
     stepped_down: Mutex<Option<Instant>>,
+    /// Since when the node should vote but is a non-voter, and when its promotion was last
+    /// asked for.
+    unpromoted: Mutex<(Option<Instant>, Option<Instant>)>,
 }
 
 /// The server's failed starts in a row, from the launcher's end records.
@@ -167,6 +174,7 @@ impl Controller {
             control,
             starts: Mutex::default(),
             stepped_down: Mutex::default(),
+            unpromoted: Mutex::default(),
         })
     }
 
@@ -175,7 +183,12 @@ impl Controller {
         let mut changes = self.shared.desired_changes();
         let mut last_wait = None;
         loop {
-            let action = self.hold_failed_starts(self.round().await);
+            let (action, promote) = self.round().await;
+            let action = self.hold_failed_starts(action);
+            if let Err(e) = self.promote_if_kept_out(promote).await {
+                tracing::error!(error = %e, "raft: promotion failed; asked again later");
+                self.status.lock().status.last_error = Some(e);
+            }
             match &action {
                 Action::Wait(w) => {
                     if last_wait.as_ref() != Some(w) {
@@ -269,8 +282,37 @@ impl Controller {
         }
     }
 
-    /// Reads the facts, updates the status, decides.
-    async fn round(&self) -> Action {
+    /// Asks the raft to promote this node (`sys/storage/raft/promote`) once it has been kept
+    /// a non-voter for [`PROMOTE_AFTER`] while it should vote; at most once per that time.
+    async fn promote_if_kept_out(&self, wanted: bool) -> Result<(), String> {
+        {
+            let mut u = self.unpromoted.lock().unwrap_or_else(|p| p.into_inner());
+            if !wanted {
+                u.0 = None;
+                return Ok(());
+            }
+            let since = *u.0.get_or_insert_with(Instant::now);
+            let due = since.elapsed() >= PROMOTE_AFTER
+                && u.1.is_none_or(|last| last.elapsed() >= PROMOTE_AFTER);
+            if !due {
+                return Ok(());
+            }
+            u.1 = Some(Instant::now());
+        }
+        tracing::warn!(node_id = %self.config.node_id, "raft: this node should vote and is still a non-voter; asking the raft to promote it");
+        self.metrics
+            .raft_actions
+            .with_label_values(&["promote"])
+            .inc();
+        self.vault
+            .raft_promote(&self.config.node_id)
+            .await
+            .map_err(|e| format!("promote {} to a voter: {e}", self.config.node_id))
+    }
+
+    /// Reads the facts, updates the status, decides; and whether the node wants its
+    /// promotion to a voter ([`plan::wants_promotion`]).
+    async fn round(&self) -> (Action, bool) {
         let launcher = if self.control.stop_pending() {
             Launcher::Stopping
         } else if self.control.pending_permit().is_some() {
@@ -288,7 +330,13 @@ impl Controller {
         let leader_seen = self.refresh_status(launcher == Launcher::Running).await;
         let lineage = self.lineage();
         let desired = self.shared.desired();
-        plan::plan(Facts {
+        let voter = self
+            .status
+            .lock()
+            .membership
+            .as_ref()
+            .and_then(|m| m.status.as_deref().map(|s| s != "non-voter"));
+        let facts = Facts {
             desired: desired.as_ref(),
             lineage: lineage.as_ref(),
             launcher,
@@ -296,7 +344,10 @@ impl Controller {
             node,
             leader_seen,
             suffrage: self.config.suffrage,
-        })
+            me: &self.config.node,
+            voter,
+        };
+        (plan::plan(facts), plan::wants_promotion(&facts))
     }
 
     /// Reads the raft through the node; updates the status. Whether the node is a member of

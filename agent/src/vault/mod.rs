@@ -239,6 +239,27 @@ impl VaultClient {
         serde_json::from_slice(&body).map_err(|source| Error::VaultDecode { what: WHAT, source })
     }
 
+    /// `POST sys/storage/raft/promote {"server_id": id}`: makes a non-voter a voter (a
+    /// standby forwards it to the leader). Needs the token (`sudo`).
+    pub async fn raft_promote(&self, id: &str) -> Result<()> {
+        const WHAT: &str = "sys/storage/raft/promote";
+        let mut req = self
+            .http
+            .post(endpoint(&self.addr, WHAT))
+            .json(&serde_json::json!({ "server_id": id }));
+        if let Some(t) = &self.token {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| Error::VaultRequest { what: WHAT, source })?;
+        match resp.status().as_u16() {
+            200 | 204 => Ok(()),
+            status => Err(Error::VaultStatus { what: WHAT, status }),
+        }
+    }
+
     /// `PUT sys/step-down`: the active node gives up leadership (raft: a new election among
     /// the other voters). Needs the token (`sudo`).
     pub async fn step_down(&self) -> Result<()> {

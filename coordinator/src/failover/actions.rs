@@ -36,6 +36,12 @@ pub trait Replication: Send + Sync + std::fmt::Debug {
     async fn promote(&self, target: &ClusterConfig, term: u64) -> ActionResult;
     /// The newest applied raft index `cluster` was seen serving at, `None` when unknown.
     fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex>;
+    /// Raft replication: the node of `target` that should form the new raft (the longest log
+    /// among its fresh reports), `None` when no node of it reports a raft log. The default
+    /// knows of no agents.
+    fn raft_recovery_node(&self, _target: &ClusterConfig) -> Option<String> {
+        None
+    }
     /// The data `target` serves once promoted in `term`, `None` when nothing says.
     fn served(&self, target: &ClusterConfig, term: u64) -> Option<ServedData>;
     /// Whether every node of `cluster` carried out `term` as a secondary (it follows the

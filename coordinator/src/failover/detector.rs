@@ -695,6 +695,7 @@ mod tests {
             to: "dc2".into(),
             completed: Step::Decided,
             planned: false,
+            raft_node: None,
         };
         for b in [ViewBuilder::healthy("dc1", &["dc2"]), dead3()] {
             let v = b.topology(|t| t.failover = Some(inflight.clone())).build();
@@ -857,6 +858,7 @@ mod tests {
             to: "dc2".into(),
             completed: Step::Fenced,
             planned: true,
+            raft_node: None,
         };
         let healthy = || ViewBuilder::healthy("dc1", &["dc2", "dc3"]);
         /// The rule, the view, the target, and `Ok((from, term))` or the refusal.

@@ -213,6 +213,11 @@ impl Executor {
         let id = FailoverRecord::id_for(term, &from, to);
         // Taken before any side effect: what the old primary was last seen with.
         let primary_index = self.actions.replication.last_applied(self.cluster(&from)?);
+        // Raft: the one node of the target that forms the new raft, fixed with the term.
+        let raft_node = self
+            .actions
+            .replication
+            .raft_recovery_node(self.cluster(to)?);
         let reason = format!("{reason}; promotion: {}", self.promotion);
         let reason = reason.as_str();
         let next = Topology {
@@ -224,6 +229,7 @@ impl Executor {
                 to: to.to_owned(),
                 completed: Step::Decided,
                 planned,
+                raft_node,
             }),
             ..current.value.clone()
         };

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
-use vault_dr_common::NodeState;
+use vault_dr_common::{NodeState, ReplicationMode};
 
 /// Seals the old primary within [`crate::vault::FENCE_BOUND`], with seals that expire
 /// ([`VaultClient::fence`]).
@@ -153,6 +153,21 @@ impl DesiredStateReplication {
 impl Replication for DesiredStateReplication {
     fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex> {
         self.state.last_applied(&cluster.name)
+    }
+
+    /// The fresh raft node of `target` with the highest last log index (a tie: the name
+    /// first in order, so that every leader picks the same).
+    fn raft_recovery_node(&self, target: &ClusterConfig) -> Option<String> {
+        let now = Utc::now();
+        let ttl = self.report_ttl.as_secs_f64();
+        raft_recovery_node(
+            self.state
+                .latest_reports()
+                .iter()
+                .filter(|n| n.report.cluster == target.name && n.age_seconds(now) <= ttl)
+                .filter(|n| n.report.replication.mode == ReplicationMode::Raft)
+                .filter_map(|n| Some((n.node.as_str(), n.report.replication.log_index?))),
+        )
     }
 
     /// Every node of `cluster` (its configured nodes, or else every node that reported for
@@ -302,10 +317,32 @@ impl Replication for DesiredStateReplication {
     }
 }
 
+/// Of `(node, last log index)`, the node with the highest index; a tie goes to the name
+/// first in order.
+fn raft_recovery_node<'a>(nodes: impl Iterator<Item = (&'a str, u64)>) -> Option<String> {
+    nodes
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(n, _)| n.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn the_raft_recovery_node_is_the_longest_log_and_a_tie_the_first_name() {
+        let pick = |v: &[(&'static str, u64)]| raft_recovery_node(v.iter().copied());
+        assert_eq!(
+            pick(&[("s1-n1", 10), ("s1-n2", 12)]).as_deref(),
+            Some("s1-n2")
+        );
+        assert_eq!(
+            pick(&[("s1-n2", 12), ("s1-n1", 12)]).as_deref(),
+            Some("s1-n1")
+        );
+        assert_eq!(pick(&[]), None);
+    }
     use crate::model::test_util::synthetic::report;
     use std::collections::BTreeMap;
 

@@ -200,9 +200,13 @@ fn candidate(
         priority: cluster.priority,
         report_age_seconds: freshest_age,
         // A fast promotion keeps what the node restored, unless it never restored one.
-        log_index: replication
+        // The longest log of any fresh node: the one that would form the new raft.
+        log_index: cluster
+            .fresh_nodes(now, ttl)
+            .map(|n| &n.report.replication)
             .filter(|r| r.mode == ReplicationMode::Raft)
-            .and_then(|r| r.log_index),
+            .filter_map(|r| r.log_index)
+            .max(),
         promotion_restores: replication.is_some_and(|r| {
             r.promotion_restores
                 && (policy.promotion == PromotionMode::Complete || r.restored_index.is_none())

@@ -116,6 +116,13 @@ pub struct FailoverInProgress {
     /// Whether it was an automatic failover or an operator's switchover.
     #[serde(default)]
     pub planned: bool,
+    /// Raft replication: the one node of `to` that forms the new raft by recovery (its agent
+    /// writes the `peers.json`), chosen at the term's raise as the node with the longest log
+    /// in the fresh reports; the other nodes of `to` join it once the failover is done.
+    /// `None`: no raft node reported (every node of `to` recovers, right for one-node
+    /// clusters), or snapshot replication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_node: Option<String>,
 }
 
 impl Topology {

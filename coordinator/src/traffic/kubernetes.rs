@@ -462,6 +462,7 @@ mod tests {
                 to: to.into(),
                 completed,
                 planned,
+                raft_node: None,
             }),
             last_failover_at: None,
             group_id: None,

@@ -230,6 +230,7 @@ mod tests {
                 to: "dc2".into(),
                 completed,
                 planned,
+                raft_node: None,
             }),
             last_failover_at: None,
             group_id: None,

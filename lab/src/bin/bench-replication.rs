@@ -168,6 +168,7 @@ fn desired(term: u64, cluster: &str, primary: &LabCluster) -> DesiredState {
         final_snapshot_from: None,
         primary_suspect: false,
         raft_formed_term: None,
+        raft_recover_node: None,
     }
 }
 

@@ -48,8 +48,8 @@ pub struct DrillArgs {
     /// With `--replication raft`: nodes of the primary cluster, the raft's voters.
     #[arg(long, default_value_t = 3)]
     pub primary_nodes: usize,
-    /// With `--replication raft`: nodes of every secondary cluster, non-voters (only 1 so
-    /// far).
+    /// With `--replication raft`: nodes of every secondary cluster (1 or 2), non-voters (the
+    /// first a voter with `--sync`).
     #[arg(long, default_value_t = 1)]
     pub secondary_nodes: usize,
     /// With `--replication raft`: the synchronous layout. Every secondary's first node is a

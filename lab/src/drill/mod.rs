@@ -246,11 +246,9 @@ impl DrillOptions {
                     "--primary-nodes must be 1 to 7 (the voters of the raft)".into(),
                 ));
             }
-            if layout.secondary_nodes != 1 {
+            if !(1..=2).contains(&layout.secondary_nodes) {
                 return Err(DrillError::Invalid(
-                    "--secondary-nodes: raft recovery of a secondary of more than one node is \
-                     not built yet; only 1"
-                        .into(),
+                    "--secondary-nodes must be 1 or 2 with --replication raft".into(),
                 ));
             }
         }
@@ -1810,7 +1808,7 @@ mod tests {
     }
 
     #[test]
-    fn raft_drills_take_a_whole_site_fault_and_one_node_secondaries_only() {
+    fn raft_drills_take_a_whole_site_fault_and_secondaries_of_one_or_two_nodes() {
         let raft = |fault, primary_nodes, secondary_nodes| DrillOptions {
             clusters: 3,
             fault,
@@ -1833,7 +1831,8 @@ mod tests {
         refused(raft(Fault::Seal, 3, 1), "--fault");
         refused(raft(Fault::Kill, 0, 1), "--primary-nodes");
         refused(raft(Fault::Kill, 8, 1), "--primary-nodes");
-        refused(raft(Fault::Kill, 3, 2), "--secondary-nodes");
+        refused(raft(Fault::Kill, 3, 3), "--secondary-nodes");
+        assert!(raft(Fault::Kill, 3, 2).validate().is_ok());
     }
 
     #[test]

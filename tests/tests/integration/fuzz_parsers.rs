@@ -743,6 +743,7 @@ fn desired_state() -> impl Strategy<Value = vault_dr_common::DesiredState> {
                 final_snapshot_from: None,
                 primary_suspect: false,
                 raft_formed_term: None,
+                raft_recover_node: None,
             },
         )
 }

@@ -945,3 +945,96 @@ async fn a_leader_frozen_while_it_suspects_the_primary_and_woken_after_the_failo
     .await;
     assert!(joined.is_ok(), "{:?}", raft_servers(&group, &to).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_secondary_of_two_nodes_forms_the_new_raft_from_one_and_the_other_joins_it() {
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .raft(1, 2)
+        .coordinators(1)
+        .spec(|s| {
+            s.dir = std::env::var_os("VAULT_DR_TEST_RUN_DIR").map(Into::into);
+            s.keep = s.dir.is_some();
+        })
+        .start()
+        .await
+        .expect("raft group");
+    let lagged = try_wait_for("the secondaries' exact lag", READY, || async {
+        let rows = candidates(&group).await;
+        ["s1", "s2"]
+            .iter()
+            .all(|c| matches!(lag(&rows, c), (Some(e), _) if e < 50))
+            .then_some(())
+    })
+    .await;
+    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    let p = group.cluster("p").unwrap();
+    let root = p.root_token().clone();
+    p.kv_put("kept/before-the-fault", &serde_json::json!({ "v": "two" }))
+        .await
+        .expect("a write on p");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+    let to = group
+        .wait_failover_done(1, Duration::from_secs(120))
+        .await
+        .expect("the failover finishes");
+    let records = failovers(&group).await;
+    assert_eq!(records.len(), 1, "one failover: {records:#?}");
+    // Exactly one node of the target formed the new raft.
+    let recovered: Vec<String> = group
+        .agents()
+        .iter()
+        .filter(|a| a.cluster == to)
+        .filter(|a| {
+            std::fs::read_to_string(&a.log_path)
+                .unwrap_or_default()
+                .contains("raft: acting action=Recover")
+        })
+        .map(|a| a.node.clone())
+        .collect();
+    assert_eq!(recovered.len(), 1, "one recovery in {to}: {recovered:?}");
+    // Its other node joins as a voter (the primary's), the other secondary's two as
+    // non-voters.
+    let other = if to == "s1" { "s2" } else { "s1" };
+    let want: Vec<(String, bool)> = vec![
+        (format!("{to}-n1"), true),
+        (format!("{to}-n2"), true),
+        (format!("{other}-n1"), false),
+        (format!("{other}-n2"), false),
+    ];
+    let formed = try_wait_for("the new raft with every live node", READY, || async {
+        let servers = raft_servers(&group, &to).await?;
+        want.iter().all(|w| servers.contains(w)).then_some(())
+    })
+    .await;
+    assert!(formed.is_ok(), "{:?}", raft_servers(&group, &to).await);
+    let kept = read_kv(&group, &to, root.expose(), "kept/before-the-fault")
+        .await
+        .expect("a KV answer from the new primary");
+    assert_eq!(
+        kept.pointer("/data/data/v"),
+        Some(&Value::from("two")),
+        "{kept}"
+    );
+    // Both of its nodes carry the term out: the recovered one as the active node, the other
+    // as a standby of it.
+    let applied = try_wait_for("both nodes of the new primary in term 2", READY, || async {
+        let leader = group.leader().await?;
+        let v = group.get_json(&leader, "v1/clusters").await?;
+        let cluster = v.pointer(&format!("/view/clusters/{to}"))?.clone();
+        let terms: Vec<u64> = cluster["nodes"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n.pointer("/report/applied_term")?.as_u64())
+            .collect();
+        (terms.len() == 2 && terms.iter().all(|t| *t == 2)).then_some(())
+    })
+    .await;
+    assert!(applied.is_ok(), "a node of {to} did not carry out term 2");
+}

@@ -103,6 +103,7 @@ fn desired(
         final_snapshot_from: None,
         primary_suspect: false,
         raft_formed_term: None,
+        raft_recover_node: None,
     }
 }
 

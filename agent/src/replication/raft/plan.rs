@@ -65,6 +65,11 @@ pub struct Facts<'a> {
     pub leader_seen: bool,
     /// How the node joins.
     pub suffrage: Suffrage,
+    /// The agent's node name (as its reports carry it).
+    pub me: &'a str,
+    /// Whether the raft lists the node as a voter (the last autopilot reading; `None`:
+    /// unknown).
+    pub voter: Option<bool>,
 }
 
 /// How a node joins a raft (`--raft-suffrage`). A promotion target becomes the only voter of
@@ -186,6 +191,31 @@ pub enum Action {
     Record(Lineage),
 }
 
+/// Whether the node should be a voter but the raft keeps it a non-voter, while it follows the
+/// primary's raft outside a failover: a node that joined as a voter is added as a non-voter
+/// and autopilot promotes it once stable, but not one the raft knew as a permanent non-voter
+/// before its data was quarantined (a secondary's node, now in the promoted cluster). The
+/// agent asks for the promotion when autopilot has not made it for a while
+/// ([`crate::replication::raft::PROMOTE_AFTER`]).
+pub fn wants_promotion(f: &Facts<'_>) -> bool {
+    let Some(d) = f.desired else {
+        return false;
+    };
+    let in_raft = d.raft_formed_term.is_some_and(|formed| {
+        f.lineage
+            == Some(&Lineage {
+                term: formed,
+                primary: d.primary.clone(),
+            })
+    });
+    in_raft
+        && !d.failover_in_progress
+        && f.launcher == Launcher::Running
+        && f.leader_seen
+        && f.voter == Some(false)
+        && !f.suffrage.non_voter(d.role)
+}
+
 /// The decision of one round.
 pub fn plan(f: Facts<'_>) -> Action {
     let Some(d) = f.desired else {
@@ -196,7 +226,13 @@ pub fn plan(f: Facts<'_>) -> Action {
         Launcher::Permitted => return Action::Wait(Wait::Permitted),
         Launcher::Down | Launcher::Running => {}
     }
-    let target = d.role == Role::Primary && d.cluster == d.primary && d.failover_in_progress;
+    // The promotion target: the node of the promoted cluster that forms the new raft (the
+    // one the coordinator named, or every node when it named none). Its cluster's other
+    // nodes wait for the end of the failover and then join it.
+    let target = d.role == Role::Primary
+        && d.cluster == d.primary
+        && d.failover_in_progress
+        && d.raft_recover_node.as_deref().is_none_or(|n| n == f.me);
     let Some(formed) = d.raft_formed_term else {
         return Action::Wait(if d.failover_in_progress {
             Wait::FailoverInProgress
@@ -228,7 +264,10 @@ pub fn plan(f: Facts<'_>) -> Action {
             return Action::StepDown;
         }
         let serving = match d.role {
-            Role::Primary => f.node == NodeState::Active,
+            // The target serves once active; another node of the primary once it is a
+            // standby of the primary's leader.
+            Role::Primary if target => f.node == NodeState::Active,
+            Role::Primary => f.node == NodeState::Active || (f.node.is_serving() && f.leader_seen),
             Role::Secondary => f.node.is_serving() && f.leader_seen,
         };
         // A secondary carries out a term once it follows the term's primary: not while a
@@ -289,6 +328,7 @@ mod tests {
             final_snapshot_from: None,
             primary_suspect: false,
             raft_formed_term: Some(term),
+            raft_recover_node: None,
         }
     }
 
@@ -308,6 +348,8 @@ mod tests {
             node: NodeState::Unreachable,
             leader_seen: false,
             suffrage: Suffrage::Auto,
+            me: "n1",
+            voter: None,
         }
     }
 
@@ -523,6 +565,65 @@ mod tests {
             Action::StepDown,
             "the target is never stepped down"
         );
+    }
+
+    #[test]
+    fn only_the_named_node_of_a_promoted_cluster_recovers_the_others_join_it_after() {
+        let mut d = desired("s1", Role::Primary, "s1", 2);
+        d.failover_in_progress = true;
+        d.raft_recover_node = Some("s1-n1".into());
+        let old = lineage(1, "p");
+        let mut f = facts(Some(&d), Some(&old));
+        f.me = "s1-n1";
+        assert_eq!(
+            plan(f),
+            Action::Recover {
+                lineage: lineage(2, "s1")
+            }
+        );
+        f.me = "s1-n2";
+        assert_eq!(plan(f), Action::Wait(Wait::FailoverInProgress));
+        f.launcher = Launcher::Running;
+        assert_eq!(
+            plan(f),
+            Action::Wait(Wait::FailoverInProgress),
+            "it keeps running, untouched, until the end"
+        );
+        // Done: it leaves the old raft and joins the new one as a voter of the primary.
+        d.failover_in_progress = false;
+        let mut f = facts(Some(&d), Some(&old));
+        f.me = "s1-n2";
+        f.launcher = Launcher::Running;
+        assert!(matches!(plan(f), Action::Stop { kill: false, .. }));
+        f.launcher = Launcher::Down;
+        assert_eq!(
+            plan(f),
+            Action::Quarantine {
+                lineage: lineage(2, "s1"),
+                from: Some(old.clone()),
+                non_voter: false,
+            }
+        );
+        // In the new raft, a standby of the primary's leader carries the term out.
+        let mine = lineage(2, "s1");
+        let mut f = facts(Some(&d), Some(&mine));
+        f.me = "s1-n2";
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Standby;
+        f.leader_seen = true;
+        assert_eq!(plan(f), Action::Applied(2));
+        // Kept a non-voter by the raft: it asks for its promotion; a secondary's does not.
+        assert!(!wants_promotion(&f), "unknown membership");
+        f.voter = Some(false);
+        assert!(wants_promotion(&f));
+        f.voter = Some(true);
+        assert!(!wants_promotion(&f));
+        let s = desired("s3", Role::Secondary, "s1", 2);
+        let mut g = facts(Some(&s), Some(&mine));
+        (g.launcher, g.leader_seen, g.voter) = (Launcher::Running, true, Some(false));
+        assert!(!wants_promotion(&g));
+        g.suffrage = Suffrage::Voter;
+        assert!(wants_promotion(&g), "a DR voter of the synchronous layout");
     }
 
     #[test]

@@ -610,6 +610,7 @@ mod tests {
             final_snapshot_from: None,
             primary_suspect: false,
             raft_formed_term: None,
+            raft_recover_node: None,
         }
     }
 
@@ -798,6 +799,7 @@ mod tests {
                     final_snapshot_from: Some(url("http://dc1:8200")),
                     primary_suspect: false,
                     raft_formed_term: None,
+                    raft_recover_node: None,
                     ..primary(4, Fast)
                 }),
                 snapshots: held.clone(),
@@ -820,6 +822,7 @@ mod tests {
                     final_snapshot_from: Some(url("http://dc1:8200")),
                     primary_suspect: false,
                     raft_formed_term: None,
+                    raft_recover_node: None,
                     ..primary(3, Complete)
                 }),
                 snapshots: held.clone(),
