@@ -127,6 +127,15 @@ impl ControlDir {
         read_json(&self.dir.join(RUNNING_FILE))
     }
 
+    /// How long ago the run in progress was permitted (the running record's age), when one is.
+    pub fn running_for(&self) -> Option<std::time::Duration> {
+        let modified = std::fs::metadata(self.dir.join(RUNNING_FILE))
+            .ok()?
+            .modified()
+            .ok()?;
+        Some(modified.elapsed().unwrap_or_default())
+    }
+
     /// Asks the launcher to end the run in progress (no-op without one): SIGTERM, or with
     /// `kill` SIGKILL at once.
     pub fn request_stop(&self, kill: bool) -> io::Result<()> {

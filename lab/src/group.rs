@@ -328,11 +328,19 @@ impl LabAgent {
     /// Starts the agent again with the same arguments (killing it first if it runs); its log
     /// is appended to. A new agent process knows nothing of the old one's desired state.
     pub fn restart(&mut self) -> Result<(), LabError> {
+        self.restart_with_args(&[])
+    }
+
+    /// [`LabAgent::restart`] with `extra` arguments after its own, for this run (e.g. a wrong
+    /// `--raft-node-id`).
+    pub fn restart_with_args(&mut self, extra: &[&str]) -> Result<(), LabError> {
         self.kill();
+        let mut args = self.args.clone();
+        args.extend(extra.iter().map(OsString::from));
         self.child = Some(ChildGuard::spawn(
             &format!("agent {}", self.node),
             &self.program,
-            &self.args,
+            &args,
             &self.log_path,
         )?);
         Ok(())

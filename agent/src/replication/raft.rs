@@ -346,6 +346,9 @@ impl Controller {
             suffrage: self.config.suffrage,
             me: &self.config.node,
             voter,
+            running_for: (launcher == Launcher::Running)
+                .then(|| self.control.running_for())
+                .flatten(),
         };
         (plan::plan(facts), plan::wants_promotion(&facts))
     }

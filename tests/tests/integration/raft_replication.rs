@@ -1038,3 +1038,104 @@ async fn a_promoted_secondary_of_two_nodes_forms_the_new_raft_from_one_and_the_o
     .await;
     assert!(applied.is_ok(), "a node of {to} did not carry out term 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_naming_the_wrong_node_id_is_journaled_and_done_again_once_mended() {
+    let mut group = Group::builder()
+        .clusters(["p", "s1"])
+        .raft(1, 1)
+        .coordinators(1)
+        .spec(|s| {
+            s.promote_timeout = Some(Duration::from_secs(4));
+            s.dir = std::env::var_os("VAULT_DR_TEST_RUN_DIR").map(Into::into);
+            s.keep = s.dir.is_some();
+        })
+        .start()
+        .await
+        .expect("raft group");
+    // Bad input: s1's agent is told a node id that is not its server's. OpenBao accepts and
+    // deletes a peers.json naming it, and the node then never elects itself.
+    let s1_agent = group
+        .agents()
+        .iter()
+        .position(|a| a.cluster == "s1")
+        .expect("s1's agent");
+    group.agents_mut()[s1_agent]
+        .restart_with_args(&["--raft-node-id", "s1-wrong"])
+        .unwrap();
+    let noticed = try_wait_for("s1's agent to notice the wrong node id", READY, || async {
+        let leader = group.leader().await?;
+        let v = group.get_json(&leader, "v1/clusters").await?;
+        let e = v
+            .pointer("/view/clusters/s1/nodes/0/report/replication/last_error")?
+            .as_str()?
+            .to_owned();
+        e.contains("s1-wrong").then_some(e)
+    })
+    .await;
+    let Ok(noticed) = noticed else {
+        panic!("s1's agent never reported the wrong node id");
+    };
+    println!("s1's agent reports: {noticed}");
+    let p = group.cluster("p").unwrap();
+    let root = p.root_token().clone();
+    p.kv_put(
+        "kept/before-the-fault",
+        &serde_json::json!({ "v": "three" }),
+    )
+    .await
+    .expect("a write on p");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+    // The term is raised, the failover stays open with the agent's reason on its Promoted step.
+    let journaled = try_wait_for("the failed promotion in the journal", READY, || async {
+        let f = failovers(&group).await.into_iter().next()?;
+        let step = f
+            .get("steps")?
+            .as_array()?
+            .iter()
+            .find(|s| s.get("step").and_then(Value::as_str) == Some("promoted"))?
+            .clone();
+        let error = step.get("error")?.as_str()?.to_owned();
+        error.contains("s1-wrong").then_some((f, error))
+    })
+    .await;
+    let Ok((record, error)) = journaled else {
+        panic!("no journaled failure: {:#?}", failovers(&group).await);
+    };
+    println!("journaled: {error}");
+    assert_eq!(record["status"], "in_progress", "{record:#}");
+    assert_eq!(term(&group).await, Some(2));
+    let s1 = group.cluster("s1").unwrap();
+    assert_eq!(
+        s1.active_node().await,
+        None,
+        "the wrong recovery made nothing active"
+    );
+
+    // The operator mends the agent's flag; its next recovery takes.
+    group.agents_mut()[s1_agent].restart().unwrap();
+    let done = group
+        .wait_failover_done(1, Duration::from_secs(90))
+        .await
+        .expect("the failover finishes once the node id is right");
+    assert_eq!(done, "s1");
+    let log = group.agent_log("s1").unwrap();
+    assert!(
+        log.contains("the recovery did not take"),
+        "the agent recovered again:\n{log}"
+    );
+    let kept = read_kv(&group, "s1", root.expose(), "kept/before-the-fault")
+        .await
+        .expect("a KV answer from s1");
+    assert_eq!(
+        kept.pointer("/data/data/v"),
+        Some(&Value::from("three")),
+        "{kept}"
+    );
+}

@@ -70,7 +70,15 @@ pub struct Facts<'a> {
     /// Whether the raft lists the node as a voter (the last autopilot reading; `None`:
     /// unknown).
     pub voter: Option<bool>,
+    /// How long the server has been running (`None`: not running, or unknown).
+    pub running_for: Option<std::time::Duration>,
 }
+
+/// How long a recovered target may run without becoming active (or seeing a leader) before
+/// its recovery counts as not taken and is done again: OpenBao accepts and deletes a
+/// `peers.json` that names another node id, and the node then stays a standby without a
+/// leader forever (reference §9 E). A recovery that takes is active within a second.
+pub const RECOVERY_TAKES: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How a node joins a raft (`--raft-suffrage`). A promotion target becomes the only voter of
 /// the raft it forms whatever its suffrage.
@@ -255,9 +263,30 @@ pub fn plan(f: Facts<'_>) -> Action {
     }
     if f.lineage == Some(&want) {
         if !running {
+            // The target's server is down in the raft it forms (its recovery did not take and
+            // was stopped, or the node died before the failover ended): recovered again, so
+            // that it starts as the raft's only voter whatever its membership says.
+            if target && formed == d.term {
+                return Action::Recover { lineage: want };
+            }
             return Action::Permit {
                 non_voter: f.suffrage.non_voter(d.role),
                 record: None,
+            };
+        }
+        if target
+            && f.node != NodeState::Active
+            && !f.leader_seen
+            && f.running_for.is_some_and(|t| t >= RECOVERY_TAKES)
+        {
+            return Action::Stop {
+                kill: true,
+                why: format!(
+                    "recovered {:.0} s ago and still not active, without a leader: the recovery \
+                     did not take (a peers.json naming another node id than the server's?); \
+                     recovering again",
+                    f.running_for.unwrap_or_default().as_secs_f64()
+                ),
             };
         }
         if d.role == Role::Secondary && f.node == NodeState::Active && !d.failover_in_progress {
@@ -350,6 +379,7 @@ mod tests {
             suffrage: Suffrage::Auto,
             me: "n1",
             voter: None,
+            running_for: None,
         }
     }
 
@@ -624,6 +654,45 @@ mod tests {
         assert!(!wants_promotion(&g));
         g.suffrage = Suffrage::Voter;
         assert!(wants_promotion(&g), "a DR voter of the synchronous layout");
+    }
+
+    #[test]
+    fn a_recovery_that_did_not_take_is_stopped_and_done_again_only_on_the_target() {
+        let mut d = desired("s1", Role::Primary, "s1", 2);
+        d.failover_in_progress = true;
+        let mine = lineage(2, "s1");
+        let mut f = facts(Some(&d), Some(&mine));
+        f.launcher = Launcher::Running;
+        f.node = NodeState::Standby;
+        f.running_for = Some(std::time::Duration::from_secs(3));
+        assert_eq!(
+            plan(f),
+            Action::Wait(Wait::Starting),
+            "still within its time"
+        );
+        f.running_for = Some(RECOVERY_TAKES);
+        assert!(
+            matches!(plan(f), Action::Stop { kill: true, .. }),
+            "{:?}",
+            plan(f)
+        );
+        f.leader_seen = true;
+        assert_eq!(
+            plan(f),
+            Action::Wait(Wait::Starting),
+            "a leader: not a lost recovery"
+        );
+        f.launcher = Launcher::Down;
+        assert_eq!(
+            plan(f),
+            Action::Recover {
+                lineage: mine.clone()
+            }
+        );
+        // Not the target: a plain start.
+        d.failover_in_progress = false;
+        let f = facts(Some(&d), Some(&mine));
+        assert!(matches!(plan(f), Action::Permit { .. }));
     }
 
     #[test]
