@@ -242,39 +242,43 @@ impl VaultClient {
     /// `POST sys/storage/raft/promote {"server_id": id}`: makes a non-voter a voter (a
     /// standby forwards it to the leader). Needs the token (`sudo`).
     pub async fn raft_promote(&self, id: &str) -> Result<()> {
-        const WHAT: &str = "sys/storage/raft/promote";
-        let mut req = self
-            .http
-            .post(endpoint(&self.addr, WHAT))
-            .json(&serde_json::json!({ "server_id": id }));
-        if let Some(t) = &self.token {
-            req = req.header("X-Vault-Token", t.expose());
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| Error::VaultRequest { what: WHAT, source })?;
-        match resp.status().as_u16() {
-            200 | 204 => Ok(()),
-            status => Err(Error::VaultStatus { what: WHAT, status }),
-        }
+        let body = serde_json::json!({ "server_id": id });
+        self.send(
+            reqwest::Method::POST,
+            "sys/storage/raft/promote",
+            Some(&body),
+        )
+        .await
     }
 
     /// `PUT sys/step-down`: the active node gives up leadership (raft: a new election among
     /// the other voters). Needs the token (`sudo`).
     pub async fn step_down(&self) -> Result<()> {
-        const WHAT: &str = "sys/step-down";
-        let mut req = self.http.put(endpoint(&self.addr, WHAT));
+        self.send(reqwest::Method::PUT, "sys/step-down", None).await
+    }
+
+    /// `method v1/<what>` with the token when there is one and `body` as JSON; `Ok` on 200 or
+    /// 204.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        what: &'static str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let mut req = self.http.request(method, endpoint(&self.addr, what));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
         if let Some(t) = &self.token {
             req = req.header("X-Vault-Token", t.expose());
         }
         let resp = req
             .send()
             .await
-            .map_err(|source| Error::VaultRequest { what: WHAT, source })?;
+            .map_err(|source| Error::VaultRequest { what, source })?;
         match resp.status().as_u16() {
             200 | 204 => Ok(()),
-            status => Err(Error::VaultStatus { what: WHAT, status }),
+            status => Err(Error::VaultStatus { what, status }),
         }
     }
 

@@ -97,6 +97,23 @@ fn lag(rows: &BTreeMap<String, Value>, cluster: &str) -> (Option<u64>, Option<f6
     )
 }
 
+/// Waits until the leader's table gives each of `secondaries` its exact lag (entries and
+/// seconds), below 50 entries: their nodes follow the primary's raft. Panics (the test fails)
+/// with the table when they do not within [`READY`].
+async fn wait_lag_known(group: &Group, secondaries: &[&str]) {
+    let lagged = try_wait_for("the secondaries' exact lag", READY, || async {
+        let rows = candidates(group).await;
+        secondaries
+            .iter()
+            .all(|c| matches!(lag(&rows, c), (Some(e), Some(_)) if e < 50))
+            .then_some(())
+    })
+    .await;
+    if lagged.is_err() {
+        panic!("no exact lag reported: {:#?}", candidates(group).await);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_primary_killed_promotes_a_non_voter_with_every_acknowledged_write() {
     let mut group = Group::builder()
@@ -143,17 +160,7 @@ async fn the_whole_primary_killed_promotes_a_non_voter_with_every_acknowledged_w
     .expect("client");
 
     // The exact lag of the non-voters while the client writes.
-    let lagged = try_wait_for("both secondaries' exact lag", READY, || async {
-        let rows = candidates(&group).await;
-        let known = ["s1", "s2"]
-            .iter()
-            .all(|c| matches!(lag(&rows, c), (Some(e), Some(_)) if e < 50));
-        known.then_some(())
-    })
-    .await;
-    if lagged.is_err() {
-        panic!("no exact lag reported: {:#?}", candidates(&group).await);
-    }
+    wait_lag_known(&group, &["s1", "s2"]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = candidates(&group).await;
     let reported_lag = ["s1", "s2"]
@@ -375,11 +382,7 @@ async fn a_target_that_cannot_start_leaves_the_failover_open_with_its_reason_unt
         .start()
         .await
         .expect("raft group");
-    let lagged = try_wait_for("s1's exact lag", READY, || async {
-        matches!(lag(&candidates(&group).await, "s1"), (Some(e), _) if e < 50).then_some(())
-    })
-    .await;
-    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    wait_lag_known(&group, &["s1"]).await;
     let p = group.cluster("p").unwrap();
     let root = p.root_token().clone();
     p.kv_put("kept/before-the-fault", &serde_json::json!({ "v": "one" }))
@@ -519,15 +522,7 @@ async fn leader_killed_at(failpoint: &str) {
         .start()
         .await
         .expect("raft group");
-    let lagged = try_wait_for("the secondaries' exact lag", READY, || async {
-        let rows = candidates(&group).await;
-        ["s1", "s2"]
-            .iter()
-            .all(|c| matches!(lag(&rows, c), (Some(e), _) if e < 50))
-            .then_some(())
-    })
-    .await;
-    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    wait_lag_known(&group, &["s1", "s2"]).await;
     // Arm the follower, then make it the leader: it aborts at the failpoint (before the
     // Promoted step: right after journaling its start, while the target's agent recovers its
     // node).
@@ -862,15 +857,7 @@ async fn a_leader_frozen_while_it_suspects_the_primary_and_woken_after_the_failo
         .start()
         .await
         .expect("raft group");
-    let lagged = try_wait_for("the secondaries' exact lag", READY, || async {
-        let rows = candidates(&group).await;
-        ["s1", "s2"]
-            .iter()
-            .all(|c| matches!(lag(&rows, c), (Some(e), _) if e < 50))
-            .then_some(())
-    })
-    .await;
-    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    wait_lag_known(&group, &["s1", "s2"]).await;
     let stale = leader_index(&group).await.expect("a leader");
     let stale_url = group.coordinators()[stale].url.clone();
     for n in group.cluster_mut("p").unwrap().nodes_mut() {
@@ -959,15 +946,7 @@ async fn a_promoted_secondary_of_two_nodes_forms_the_new_raft_from_one_and_the_o
         .start()
         .await
         .expect("raft group");
-    let lagged = try_wait_for("the secondaries' exact lag", READY, || async {
-        let rows = candidates(&group).await;
-        ["s1", "s2"]
-            .iter()
-            .all(|c| matches!(lag(&rows, c), (Some(e), _) if e < 50))
-            .then_some(())
-    })
-    .await;
-    assert!(lagged.is_ok(), "{:#?}", candidates(&group).await);
+    wait_lag_known(&group, &["s1", "s2"]).await;
     let p = group.cluster("p").unwrap();
     let root = p.root_token().clone();
     p.kv_put("kept/before-the-fault", &serde_json::json!({ "v": "two" }))

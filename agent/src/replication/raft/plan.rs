@@ -274,18 +274,16 @@ pub fn plan(f: Facts<'_>) -> Action {
                 record: None,
             };
         }
-        if target
-            && f.node != NodeState::Active
-            && !f.leader_seen
-            && f.running_for.is_some_and(|t| t >= RECOVERY_TAKES)
-        {
+        if let Some(ran) = f.running_for.filter(|t| {
+            target && *t >= RECOVERY_TAKES && f.node != NodeState::Active && !f.leader_seen
+        }) {
             return Action::Stop {
                 kill: true,
                 why: format!(
                     "recovered {:.0} s ago and still not active, without a leader: the recovery \
                      did not take (a peers.json naming another node id than the server's?); \
                      recovering again",
-                    f.running_for.unwrap_or_default().as_secs_f64()
+                    ran.as_secs_f64()
                 ),
             };
         }
