@@ -103,6 +103,11 @@ pub async fn main(cmd: BenchCommand) -> i32 {
                 print!("{}", crate::raft_writes::render(&r));
                 Ok(())
             }
+            // A flag out of range is the caller's error: the usage exit, the flag named.
+            Err(e @ crate::LabError::Invalid(_)) => {
+                eprintln!("error: {e}");
+                return vault_dr_common::exit::USAGE;
+            }
             Err(e) => Err(e.to_string()),
         },
         BenchCommand::Takeover { runs, json } => match crate::takeover::run(runs).await {

@@ -198,6 +198,17 @@ pub fn render(r: &Report) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn out_of_range_flags_are_refused_before_anything_starts() {
+        for (writes, rounds, ms) in [(0, 1, 20), (1, 0, 20), (1, 1, 0)] {
+            let got = run(writes, rounds, Duration::from_millis(ms)).await;
+            assert!(
+                matches!(&got, Err(LabError::Invalid(m)) if m.contains("--writes")),
+                "{writes} {rounds} {ms}: {got:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_report_shows_what_the_synchronous_layout_adds_at_each_delay() {
         let row = |sync, added_ms, p50_ms| Row {
