@@ -217,6 +217,35 @@ async fn put(addr: &Url, token: &Secret, path: &str, data: Value) {
     assert!(r.status().is_success(), "write {path}: {}", r.status());
 }
 
+/// [`put`] for a load generator: a write whose connection fails (a reset seen once under a
+/// loaded CI machine) is sent again, up to 3 times; an HTTP error still fails the test.
+async fn put_retrying(addr: &Url, token: &Secret, path: &str, data: Value) {
+    let http = vault_dr_common::http::client_builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = addr.join(&format!("v1/secret/data/{path}")).unwrap();
+    for attempt in 1..=3 {
+        let sent = http
+            .post(url.clone())
+            .header("X-Vault-Token", token.expose())
+            .json(&json!({ "data": data }))
+            .send()
+            .await;
+        match sent {
+            Ok(r) => {
+                assert!(r.status().is_success(), "write {path}: {}", r.status());
+                return;
+            }
+            Err(e) if attempt < 3 => {
+                eprintln!("write {path}: {e}; sending it again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("write {path} failed 3 times: {e}"),
+        }
+    }
+}
+
 /// KV v2 read at `addr` with `token`: the data, None on 404 (or a token not known there).
 async fn get(addr: &Url, token: &Secret, path: &str) -> Option<Value> {
     let http = vault_dr_common::http::client_builder()
@@ -344,7 +373,7 @@ async fn continuous_mode_replicates_writes_reports_restoring_and_lag_falls() {
         let (addr, root) = (p.api_addr().clone(), root.clone());
         tokio::spawn(async move {
             for i in 0..600 {
-                put(&addr, &root, &format!("repl/bulk/{i}"), json!({"i": i})).await;
+                put_retrying(&addr, &root, &format!("repl/bulk/{i}"), json!({"i": i})).await;
             }
         })
     };
