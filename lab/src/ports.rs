@@ -32,7 +32,40 @@ static HANDED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 const ATTEMPTS: usize = 64;
 
 /// A port on `ip` that was free a moment ago and that this process has not handed out before.
+/// It is taken below the kernel's ephemeral range (`ip_local_port_range`) when there is room
+/// there: a port the kernel hands out as the local port of outgoing connections can be taken
+/// by any connection of any process between the pick and the child's bind (seen: an agent's
+/// write gate refused "address in use" in CI). Otherwise, by binding `:0`.
 pub fn reserve(ip: IpAddr) -> Result<u16, LabError> {
+    if let Some((lo, hi)) = below_ephemeral() {
+        let span = u32::from(hi - lo);
+        let start = rand::random::<u32>() % span;
+        let mut handed = HANDED
+            .lock()
+            .map_err(|_| LabError::Invalid("the port reservation lock is poisoned".into()))?;
+        for i in 0..span {
+            let port = lo + ((start + i) % span) as u16;
+            if handed.contains(&port) || TcpListener::bind((ip, port)).is_err() {
+                continue;
+            }
+            handed.insert(port);
+            return Ok(port);
+        }
+    }
+    reserve_ephemeral(ip)
+}
+
+/// The ports below the ephemeral range the lab picks from: `[10000, first ephemeral)`, when
+/// that holds at least 2,000 ports.
+fn below_ephemeral() -> Option<(u16, u16)> {
+    const LOW: u16 = 10_000;
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let first: u16 = text.split_whitespace().next()?.parse().ok()?;
+    (first >= LOW + 2_000).then_some((LOW, first))
+}
+
+/// [`reserve`] by binding `:0` (a port of the ephemeral range).
+fn reserve_ephemeral(ip: IpAddr) -> Result<u16, LabError> {
     // Listeners of ports already handed out stay open until the pick is done, so that the
     // kernel offers a different one on the next try.
     let mut held = Vec::new();
