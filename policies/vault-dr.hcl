@@ -57,6 +57,11 @@ path "sys/step-down" {
 path "sys/storage/raft/promote" {
   capabilities = ["update", "sudo"]
 }
+# Coordinator (raft backend): a planned switchover inside one raft makes the target's nodes
+# its voters (promote, above), the others non-voters, and steps the leader down (above).
+path "sys/storage/raft/demote" {
+  capabilities = ["update", "sudo"]
+}
 
 # Agent probes: raft indices and autopilot health.
 path "sys/leader" {

@@ -186,6 +186,8 @@ mod tests {
             primary_suspect: false,
             raft_formed_term: None,
             raft_recover_node: None,
+            raft_formed_by: None,
+            raft_handover: false,
         });
         let (status, body) = get(&s, "/v1/desired").await;
         assert_eq!(status, StatusCode::OK);

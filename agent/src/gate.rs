@@ -105,6 +105,12 @@ pub fn verdict(
         );
     };
     match d.role {
+        // One raft has one leader, and every node of it forwards a write there: while its
+        // leadership moves, clients keep writing through whichever node they reach.
+        _ if d.raft_handover && d.failover_in_progress => Verdict::Open(format!(
+            "a handover inside one raft is in progress in term {} (to {}): this node forwards to the raft's leader",
+            d.term, d.primary
+        )),
         Role::Secondary => Verdict::Closed(format!(
             "cluster {} is a secondary in term {}; the primary is {}",
             d.cluster, d.term, d.primary
@@ -442,7 +448,15 @@ mod tests {
             primary_suspect: false,
             raft_formed_term: None,
             raft_recover_node: None,
+            raft_formed_by: None,
+            raft_handover: false,
         }
+    }
+
+    fn handover(mut d: DesiredState, in_progress: bool) -> DesiredState {
+        d.raft_handover = in_progress;
+        d.failover_in_progress = in_progress;
+        d
     }
 
     #[test]
@@ -466,6 +480,17 @@ mod tests {
             (Some(p(3, true)), 0, Some(Standby), false, false),
             (Some(p(3, false)), 0, Some(Sealed), false, false),
             (Some(p(3, false)), 0, None, false, false),
+            // A handover inside one raft: every node forwards to the raft's leader until it
+            // is done, the old primary and the target alike; then the usual rule.
+            (Some(handover(s(3), true)), 0, Some(Active), false, true),
+            (
+                Some(handover(p(3, true), true)),
+                0,
+                Some(Standby),
+                false,
+                true,
+            ),
+            (Some(handover(s(3), false)), 3, Some(Standby), false, false),
         ];
         for (d, applied, node, over, open) in cases {
             let v = verdict(d.as_ref(), applied, node, over);

@@ -425,6 +425,8 @@ mod tests {
                         primary_suspect: false,
                         raft_formed_term: None,
                         raft_recover_node: None,
+                        raft_formed_by: None,
+                        raft_handover: false,
                     };
                     got.lock().unwrap().push(r);
                     axum::Json(answer)

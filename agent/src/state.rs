@@ -329,6 +329,8 @@ pub(crate) mod tests {
             primary_suspect: false,
             raft_formed_term: None,
             raft_recover_node: None,
+            raft_formed_by: None,
+            raft_handover: false,
         }
     }
 

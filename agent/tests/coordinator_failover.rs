@@ -44,6 +44,8 @@ async fn reports(State(r): State<Replica>) -> axum::response::Response {
         primary_suspect: false,
         raft_formed_term: None,
         raft_recover_node: None,
+        raft_formed_by: None,
+        raft_handover: false,
     })
     .into_response()
 }

@@ -59,6 +59,8 @@ async fn reports(
                 primary_suspect: false,
                 raft_formed_term: None,
                 raft_recover_node: None,
+                raft_formed_by: None,
+                raft_handover: false,
             };
             axum::Json(desired).into_response()
         }

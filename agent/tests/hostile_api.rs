@@ -40,6 +40,8 @@ fn answer(n: usize, thief: &str) -> Response {
             primary_suspect: false,
             raft_formed_term: None,
             raft_recover_node: None,
+            raft_formed_by: None,
+            raft_handover: false,
         })
         .into_response()
     };
@@ -297,6 +299,8 @@ async fn a_report_redirect_to_another_origin_is_not_followed() {
                     primary_suspect: false,
                     raft_formed_term: None,
                     raft_recover_node: None,
+                    raft_formed_by: None,
+                    raft_handover: false,
                 })
             }
         }),

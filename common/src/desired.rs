@@ -80,6 +80,18 @@ pub struct DesiredState {
     /// raft log when the term was raised).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_recover_node: Option<String>,
+    /// Raft replication: the cluster whose nodes formed the raft `primary` leads, when it is
+    /// not `primary` itself (the raft was handed over to `primary` by a planned switchover
+    /// inside it, [`DesiredState::raft_handover`]). A node's data belongs to the raft of the
+    /// lineage `(raft_formed_term, raft_formed_by or else primary)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_formed_by: Option<String>,
+    /// Raft replication: the failover in progress is a planned switchover inside the raft
+    /// (a handover): the target's nodes are made voters and the leadership is moved to one of
+    /// them, with no recovery and no restore. Every node stays in the raft it is in, and every
+    /// node forwards client requests to the raft's leader meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raft_handover: bool,
 }
 
 /// What a promoted secondary restores before it takes traffic.

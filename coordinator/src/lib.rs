@@ -213,6 +213,9 @@ pub async fn run(
             report_ttl: config.policy.report_ttl,
             promote_timeout: config.policy.promote_timeout,
             repoint_timeout: config.policy.report_ttl * 2,
+            handover: failover::handover::Handover {
+                vault: action_client.clone(),
+            },
         }),
         traffic,
         verifier: Arc::new(CanaryVerifier {

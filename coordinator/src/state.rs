@@ -400,10 +400,10 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
     let final_snapshot_from = topology
         .failover
         .as_ref()
-        .filter(|f| f.planned && f.to == cluster && f.completed >= Step::Fenced)
+        .filter(|f| f.planned && !f.raft_handover && f.to == cluster && f.completed >= Step::Fenced)
         .and_then(|f| config.cluster(&f.from))
         .and_then(|c| c.api_addrs.first().cloned());
-    let raft_formed_term = raft_formed_term(topology, &primary);
+    let raft = topology.raft_of(&primary);
     let raft_recover_node = topology
         .failover
         .as_ref()
@@ -413,30 +413,17 @@ pub fn desired_state(config: &Config, topology: &Topology, cluster: &str) -> Des
         term: topology.term,
         cluster: cluster.to_owned(),
         role,
-        primary,
         primary_api_addr,
         failover_in_progress,
         promotion: config.policy.promotion,
         final_snapshot_from,
         // Set per report by the API from the leader's phase (`State::primary_suspect`).
         primary_suspect: false,
-        raft_formed_term,
+        raft_formed_term: raft.as_ref().map(|l| l.term),
+        raft_formed_by: raft.filter(|l| l.formed_by != primary).map(|l| l.formed_by),
         raft_recover_node,
-    }
-}
-
-/// The term in which the raft that `primary` leads was formed (see
-/// [`DesiredState::raft_formed_term`]). Every change of term is a change of primary whose
-/// promotion forms a new raft: without a failover the current primary's raft is the current
-/// term's; during one, the old primary's is the previous term's until the target's promotion
-/// (from `Fenced` on, the target forms the current term's raft), and the target's raft does not
-/// exist for the others before it is `Promoted`.
-fn raft_formed_term(topology: &Topology, primary: &str) -> Option<u64> {
-    match &topology.failover {
-        None => Some(topology.term),
-        Some(f) if primary == f.from => Some(topology.term.saturating_sub(1).max(1)),
-        Some(f) if primary == f.to && f.completed >= Step::Fenced => Some(topology.term),
-        Some(_) => None,
+        raft_handover: topology.failover.as_ref().is_some_and(|f| f.raft_handover),
+        primary,
     }
 }
 
@@ -500,12 +487,14 @@ mod tests {
                 completed,
                 planned,
                 raft_node: None,
+                raft_handover: false,
             }),
             last_failover_at: None,
             group_id: None,
             fence_pending: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
+            raft_lineage: None,
             automatic_switchovers: Vec::new(),
         }
     }
@@ -667,6 +656,116 @@ mod tests {
                 desired_state(&c, &t, cluster).raft_formed_term,
                 want,
                 "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_handover_keeps_every_node_in_the_raft_it_is_in() {
+        use crate::model::topology::RaftLineage;
+        let c = config(PromotionMode::Complete);
+        let handover = |completed| {
+            let mut t = during(true, completed);
+            t.raft_lineage = Some(RaftLineage {
+                term: 1,
+                formed_by: "p".into(),
+            });
+            if let Some(f) = t.failover.as_mut() {
+                f.raft_handover = true;
+            }
+            t
+        };
+        let mut after = Topology::initial("s1");
+        after.term = 2;
+        after.raft_lineage = Some(RaftLineage {
+            term: 1,
+            formed_by: "p".into(),
+        });
+        // A failover that forms a new raft after the handover: s1 -> s2 in term 3.
+        let mut recovery = after.clone();
+        recovery.term = 3;
+        recovery.failover = during(false, Step::Decided).failover;
+        if let Some(f) = recovery.failover.as_mut() {
+            f.from = "s1".into();
+            f.to = "s2".into();
+        }
+        let mut recovered = recovery.clone();
+        if let Some(f) = recovered.failover.as_mut() {
+            f.completed = Step::Fenced;
+        }
+        let mut done = Topology::initial("s2");
+        done.term = 3;
+        // (why, topology, cluster, (formed term, formed by when not the primary), handover)
+        type Row<'a> = (
+            &'a str,
+            Topology,
+            &'a str,
+            (Option<u64>, Option<&'a str>),
+            bool,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "decided: the old primary follows s1 in p's raft",
+                handover(Step::Decided),
+                "p",
+                (Some(1), Some("p")),
+                true,
+            ),
+            (
+                "decided: the target is still a secondary of p's raft",
+                handover(Step::Decided),
+                "s1",
+                (Some(1), None),
+                true,
+            ),
+            (
+                "fenced: the target leads p's raft, no recovery",
+                handover(Step::Fenced),
+                "s1",
+                (Some(1), Some("p")),
+                true,
+            ),
+            (
+                "promoted: the others follow s1 in p's raft",
+                handover(Step::Promoted),
+                "s2",
+                (Some(1), Some("p")),
+                true,
+            ),
+            (
+                "after the handover: s1 leads the raft p formed",
+                after.clone(),
+                "s2",
+                (Some(1), Some("p")),
+                false,
+            ),
+            (
+                "a failover after it: the others stay in that raft",
+                recovery.clone(),
+                "p",
+                (Some(1), Some("p")),
+                false,
+            ),
+            (
+                "its target forms term 3's raft",
+                recovered,
+                "s2",
+                (Some(3), None),
+                false,
+            ),
+            ("once done: s2's raft", done, "p", (Some(3), None), false),
+        ];
+        for (name, t, cluster, (term, by), handing_over) in rows {
+            let d = desired_state(&c, &t, cluster);
+            assert_eq!(
+                (d.raft_formed_term, d.raft_formed_by.as_deref()),
+                (term, by),
+                "{name}"
+            );
+            assert_eq!(d.raft_handover, handing_over, "{name}");
+            assert_eq!(
+                d.final_snapshot_from, None,
+                "{name}: a handover restores nothing"
             );
         }
     }

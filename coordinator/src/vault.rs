@@ -411,6 +411,134 @@ impl VaultClient {
     }
 }
 
+/// One server of a raft configuration (`sys/storage/raft/configuration`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftServer {
+    /// Its raft node id.
+    pub id: String,
+    /// Whether it leads the raft.
+    pub leader: bool,
+    /// Whether it votes.
+    pub voter: bool,
+}
+
+impl VaultClient {
+    fn dr_token(&self) -> Result<&Secret, String> {
+        self.token
+            .as_ref()
+            .ok_or_else(|| "no DR token configured (a raft handover needs one)".to_owned())
+    }
+
+    /// `GET sys/storage/raft/configuration` through `addr` (a standby forwards it to the
+    /// leader): every server of the raft, with the DR token.
+    pub async fn raft_configuration(&self, addr: &Url) -> Result<Vec<RaftServer>, String> {
+        let token = self.dr_token()?;
+        let resp = self
+            .http
+            .get(Self::url(addr, "sys/storage/raft/configuration"))
+            .header("X-Vault-Token", token.expose())
+            .send()
+            .await
+            .map_err(|e| format!("raft configuration via {addr}: {}", error_kind(&e)))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(format!("raft configuration via {addr}: status {status}"));
+        }
+        let v: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|_| format!("raft configuration via {addr}: not JSON"))?;
+        let servers = v
+            .pointer("/data/config/servers")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| format!("raft configuration via {addr}: no servers in the answer"))?;
+        Ok(servers
+            .iter()
+            .filter_map(|s| {
+                Some(RaftServer {
+                    id: s.get("node_id")?.as_str()?.to_owned(),
+                    leader: s.get("leader")?.as_bool()?,
+                    voter: s.get("voter")?.as_bool()?,
+                })
+            })
+            .collect())
+    }
+
+    /// `POST sys/storage/raft/promote` (`voter`) or `demote` of raft node `id`, through
+    /// `addr`, with the DR token. Idempotent: promoting a voter or demoting a non-voter
+    /// changes nothing.
+    pub async fn raft_suffrage(&self, addr: &Url, id: &str, voter: bool) -> Result<(), String> {
+        let path = if voter {
+            "sys/storage/raft/promote"
+        } else {
+            "sys/storage/raft/demote"
+        };
+        match self
+            .send_with_token(
+                addr,
+                reqwest::Method::POST,
+                path,
+                Some(serde_json::json!({ "server_id": id })),
+            )
+            .await
+        {
+            // Autopilot took the request already and has not carried it into the raft
+            // configuration yet (it does so every 10 s): done.
+            Err(e) if e.contains("is already a voter") || e.contains("is already a non-voter") => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// `PUT sys/step-down` through `addr` (a standby forwards it): the raft's leader gives up
+    /// its leadership to another voter. With the DR token.
+    pub async fn step_down(&self, addr: &Url) -> Result<(), String> {
+        self.send_with_token(addr, reqwest::Method::PUT, "sys/step-down", None)
+            .await
+    }
+
+    async fn send_with_token(
+        &self,
+        addr: &Url,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), String> {
+        let token = self.dr_token()?;
+        let mut req = self
+            .http
+            .request(method, Self::url(addr, path))
+            .header("X-Vault-Token", token.expose());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{path} via {addr}: {}", error_kind(&e)))?;
+        match resp.status().as_u16() {
+            200 | 204 => Ok(()),
+            status => {
+                // OpenBao says why in `errors` (never a secret: a message about the request).
+                let why = resp
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/errors/0")
+                            .and_then(|e| e.as_str())
+                            .map(str::to_owned)
+                    })
+                    .map_or_else(String::new, |e| {
+                        format!(": {}", e.chars().take(200).collect::<String>())
+                    });
+                Err(format!("{path} via {addr}: status {status}{why}"))
+            }
+        }
+    }
+}
+
 /// How long the fence of a failover may take: the seal of the old primary is attempted within
 /// this, never longer, and the failover moves on (the term and the traffic cut fence it
 /// already; the leader goes on sealing it in the background, see `crate::failover::fence`).

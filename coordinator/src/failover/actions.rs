@@ -42,6 +42,26 @@ pub trait Replication: Send + Sync + std::fmt::Debug {
     fn raft_recovery_node(&self, _target: &ClusterConfig) -> Option<String> {
         None
     }
+    /// Raft replication: whether a planned switchover from `from` to `target` can be a
+    /// handover inside one raft (both clusters' nodes report raft replication, and the
+    /// target's follow the raft's leader). The default knows of no agents.
+    fn raft_handover(&self, _from: &ClusterConfig, _target: &ClusterConfig) -> bool {
+        false
+    }
+    /// Raft replication, a handover: moves the raft's leadership to a node of `target` and
+    /// makes `target`'s nodes its only voters (see `crate::failover::handover`). One bounded
+    /// attempt. The default cannot.
+    async fn hand_over(
+        &self,
+        _from: &ClusterConfig,
+        target: &ClusterConfig,
+        _term: u64,
+    ) -> ActionResult {
+        Err(ActionError(format!(
+            "no raft handover here: {} cannot be handed the raft's leadership",
+            target.name
+        )))
+    }
     /// The data `target` serves once promoted in `term`, `None` when nothing says.
     fn served(&self, target: &ClusterConfig, term: u64) -> Option<ServedData>;
     /// Whether every node of `cluster` carried out `term` as a secondary (it follows the
@@ -146,6 +166,7 @@ pub mod test_util {
         applied: Mutex<HashMap<String, AppliedIndex>>,
         served: Mutex<HashMap<String, ServedData>>,
         following: Mutex<Vec<String>>,
+        handover: Mutex<bool>,
     }
 
     impl Recorder {
@@ -202,6 +223,14 @@ pub mod test_util {
             }
         }
 
+        /// Makes every planned switchover a raft handover (what
+        /// [`Replication::raft_handover`] answers).
+        pub fn set_raft_handover(&self) {
+            if let Ok(mut h) = self.handover.lock() {
+                *h = true;
+            }
+        }
+
         /// All four actions backed by this recorder.
         pub fn actions(self: &Arc<Self>) -> Actions {
             Actions {
@@ -224,6 +253,17 @@ pub mod test_util {
     impl Replication for Recorder {
         async fn promote(&self, target: &ClusterConfig, term: u64) -> ActionResult {
             self.record("promote", &target.name, term)
+        }
+        fn raft_handover(&self, _from: &ClusterConfig, _target: &ClusterConfig) -> bool {
+            self.handover.lock().is_ok_and(|h| *h)
+        }
+        async fn hand_over(
+            &self,
+            _from: &ClusterConfig,
+            target: &ClusterConfig,
+            term: u64,
+        ) -> ActionResult {
+            self.record("hand-over", &target.name, term)
         }
         fn last_applied(&self, cluster: &ClusterConfig) -> Option<AppliedIndex> {
             self.applied.lock().ok()?.get(&cluster.name).cloned()

@@ -696,6 +696,7 @@ mod tests {
             completed: Step::Decided,
             planned: false,
             raft_node: None,
+            raft_handover: false,
         };
         for b in [ViewBuilder::healthy("dc1", &["dc2"]), dead3()] {
             let v = b.topology(|t| t.failover = Some(inflight.clone())).build();
@@ -859,6 +860,7 @@ mod tests {
             completed: Step::Fenced,
             planned: true,
             raft_node: None,
+            raft_handover: false,
         };
         let healthy = || ViewBuilder::healthy("dc1", &["dc2", "dc3"]);
         /// The rule, the view, the target, and `Ok((from, term))` or the refusal.

@@ -213,12 +213,27 @@ impl Executor {
         let id = FailoverRecord::id_for(term, &from, to);
         // Taken before any side effect: what the old primary was last seen with.
         let primary_index = self.actions.replication.last_applied(self.cluster(&from)?);
-        // Raft: the one node of the target that forms the new raft, fixed with the term.
-        let raft_node = self
-            .actions
-            .replication
-            .raft_recovery_node(self.cluster(to)?);
-        let reason = format!("{reason}; promotion: {}", self.promotion);
+        // Raft: a planned switchover inside one raft hands its leadership over; anything
+        // else forms a new raft from the one node of the target fixed with the term.
+        let raft_handover = planned
+            && self
+                .actions
+                .replication
+                .raft_handover(self.cluster(&from)?, self.cluster(to)?);
+        let raft_node = if raft_handover {
+            None
+        } else {
+            self.actions
+                .replication
+                .raft_recovery_node(self.cluster(to)?)
+        };
+        let reason = if raft_handover {
+            format!(
+                "{reason}; a handover inside one raft: the leadership moves to {to}, nothing is recovered or restored"
+            )
+        } else {
+            format!("{reason}; promotion: {}", self.promotion)
+        };
         let reason = reason.as_str();
         let next = Topology {
             primary: from.clone(),
@@ -230,7 +245,15 @@ impl Executor {
                 completed: Step::Decided,
                 planned,
                 raft_node,
+                raft_handover,
             }),
+            // The raft stays the one `from` leads: kept with the term, since the next
+            // failover's agents must know it.
+            raft_lineage: if raft_handover {
+                current.value.raft_of(&from)
+            } else {
+                current.value.raft_lineage.clone()
+            },
             ..current.value.clone()
         };
         // The fencing point: only one coordinator can move the topology off this version.
@@ -327,6 +350,10 @@ impl Executor {
                 next.primary = f.to.clone();
                 next.failover = None;
                 next.last_failover_at = Some(Utc::now());
+                if !f.raft_handover {
+                    // The target formed a new raft (or replication is by snapshot).
+                    next.raft_lineage = None;
+                }
             } else if let Some(nf) = next.failover.as_mut() {
                 nf.completed = step;
             }
@@ -538,7 +565,25 @@ impl Executor {
                 Step::Decided => Ok("decided".to_owned()),
                 // Planned: cut client traffic, keep the old primary up for the final snapshot
                 // (a failover's Fenced step runs in `fence`).
+                Step::Fenced if f.raft_handover => Ok(format!(
+                    "a handover inside one raft: {} stays a member of it and forwards every client request to its leader; nothing is cut or sealed",
+                    f.from
+                )),
                 Step::Fenced => self.actions.traffic.cut(term).await,
+                Step::Promoted if f.raft_handover => {
+                    let replication = &self.actions.replication;
+                    let to = self.cluster(&f.to)?;
+                    match replication
+                        .hand_over(self.cluster(&f.from)?, to, term)
+                        .await
+                    {
+                        Ok(handed) => replication
+                            .promote(to, term)
+                            .await
+                            .map(|p| format!("{handed}; {p}")),
+                        Err(e) => Err(e),
+                    }
+                }
                 Step::Promoted => {
                     self.actions
                         .replication
@@ -811,6 +856,72 @@ mod tests {
                 .unwrap()
                 .detail
                 .contains("promotion: fast")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_planned_switchover_inside_one_raft_hands_it_over_and_keeps_its_lineage() {
+        use crate::model::topology::RaftLineage;
+        let r = rig().await;
+        r.recorder.set_raft_handover();
+        let e = executor(&r, "a", r.coordination.clone());
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        let rec = e
+            .begin(&current, "dc2", "operator asked", table(), true)
+            .await
+            .unwrap();
+        assert!(
+            rec.reason.contains("a handover inside one raft"),
+            "{}",
+            rec.reason
+        );
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        let f = t.failover.clone().unwrap();
+        assert!(f.raft_handover && f.raft_node.is_none(), "{f:?}");
+        let initial = RaftLineage {
+            term: 1,
+            formed_by: "dc1".into(),
+        };
+        assert_eq!(t.raft_lineage, Some(initial.clone()));
+        let done = e.resume().await.unwrap().unwrap();
+        assert_eq!(
+            r.recorder.calls(),
+            [
+                "hand-over dc2 2",
+                "promote dc2 2",
+                "switch dc2 2",
+                "repoint dc3->dc2 2",
+                "verify dc2 2"
+            ],
+            "no cut and no seal: the old primary forwards to the raft's leader"
+        );
+        assert!(
+            done.step(Step::Fenced)
+                .unwrap()
+                .detail
+                .contains("nothing is cut or sealed")
+        );
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        assert_eq!((t.primary.as_str(), t.term), ("dc2", 2));
+        assert_eq!(
+            t.raft_lineage,
+            Some(initial),
+            "dc2 leads the raft dc1 formed"
+        );
+        // An automatic failover after it forms a new raft: the lineage goes once it is done.
+        let current = r.coordination.read_topology().await.unwrap().unwrap();
+        e.begin(&current, "dc3", "down", table(), false)
+            .await
+            .unwrap();
+        e.resume().await.unwrap().unwrap();
+        let t = r.coordination.read_topology().await.unwrap().unwrap().value;
+        assert_eq!(t.raft_lineage, None);
+        assert_eq!(
+            t.raft_of("dc3"),
+            Some(RaftLineage {
+                term: 3,
+                formed_by: "dc3".into()
+            })
         );
     }
 

@@ -3,7 +3,8 @@
 //! [`detector`] and [`scorer`] are pure functions over the data in `crate::model`;
 //! [`executor`] performs the side effects through the traits in [`actions`] and tells the
 //! [`hooks`] (metrics, Kubernetes Events) about every step; [`fence`] finishes a seal of the old
-//! primary that the Fenced step's bounded attempt left pending.
+//! primary that the Fenced step's bounded attempt left pending; [`handover`] moves the leadership
+//! of one raft to the target of a planned switchover.
 
 pub mod actions;
 pub mod degraded;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod executor;
 pub mod fence;
+pub mod handover;
 pub mod hooks;
 pub mod openbao;
 pub mod scorer;

@@ -14,6 +14,7 @@
 
 use crate::config::ClusterConfig;
 use crate::failover::actions::{ActionError, ActionResult, Fencer, Replication, Verifier};
+use crate::failover::handover::Handover;
 use crate::model::{AppliedIndex, ServedData};
 use crate::state::State;
 use crate::vault::VaultClient;
@@ -77,6 +78,8 @@ pub struct DesiredStateReplication {
     pub promote_timeout: Duration,
     /// How long re-pointing waits for the other agents.
     pub repoint_timeout: Duration,
+    /// Moves a raft's leadership (a planned switchover inside one raft).
+    pub handover: Handover,
 }
 
 impl DesiredStateReplication {
@@ -168,6 +171,66 @@ impl Replication for DesiredStateReplication {
                 .filter(|n| n.report.replication.mode == ReplicationMode::Raft)
                 .filter_map(|n| Some((n.node.as_str(), n.report.replication.log_index?))),
         )
+    }
+
+    /// Both clusters have fresh reports, every one of raft replication, and a node of
+    /// `target` reports its lag in entries (it follows the raft's leader).
+    fn raft_handover(&self, from: &ClusterConfig, target: &ClusterConfig) -> bool {
+        let now = Utc::now();
+        let ttl = self.report_ttl.as_secs_f64();
+        let reports = self.state.latest_reports();
+        let fresh = |cluster: &str| {
+            reports
+                .iter()
+                .filter(|n| n.report.cluster == cluster && n.age_seconds(now) <= ttl)
+                .collect::<Vec<_>>()
+        };
+        let (from, to) = (fresh(&from.name), fresh(&target.name));
+        let raft = |nodes: &[&crate::model::view::NodeView]| {
+            !nodes.is_empty()
+                && nodes
+                    .iter()
+                    .all(|n| n.report.replication.mode == ReplicationMode::Raft)
+        };
+        raft(&from)
+            && raft(&to)
+            && to
+                .iter()
+                .any(|n| n.report.replication.lag_entries.is_some())
+    }
+
+    /// Hands the raft over to the target's raft node ids: its configured nodes, or else the
+    /// nodes that report for it.
+    async fn hand_over(
+        &self,
+        from: &ClusterConfig,
+        target: &ClusterConfig,
+        term: u64,
+    ) -> ActionResult {
+        let mut nodes: std::collections::BTreeSet<String> = target.nodes.iter().cloned().collect();
+        if nodes.is_empty() {
+            nodes = self
+                .state
+                .latest_reports()
+                .into_iter()
+                .filter(|n| n.report.cluster == target.name)
+                .map(|n| n.node)
+                .collect();
+        }
+        // The old primary's first: its gate is open throughout (the primary's until its
+        // agent hears of the handover, then the handover's); the target's opens once its
+        // agent has heard.
+        let addrs: Vec<url::Url> = from
+            .api_addrs
+            .iter()
+            .chain(target.api_addrs.iter())
+            .cloned()
+            .collect();
+        self.handover
+            .run(&addrs, &nodes)
+            .await
+            .map(|done| format!("term {term}: {done}"))
+            .map_err(ActionError)
     }
 
     /// Every node of `cluster` (its configured nodes, or else every node that reported for
@@ -388,6 +451,9 @@ mod tests {
                 report_ttl: Duration::from_secs(60),
                 promote_timeout: Duration::from_secs(2),
                 repoint_timeout: Duration::from_secs(2),
+                handover: Handover {
+                    vault: crate::vault::VaultClient::new(Duration::from_secs(1), None).unwrap(),
+                },
             },
             state,
             seq: std::sync::atomic::AtomicU64::new(1),

@@ -44,6 +44,22 @@ pub struct Topology {
     /// (for `policy.degraded.max_per_day`), written by the compare-and-swap that begins each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub automatic_switchovers: Vec<DateTime<Utc>>,
+    /// Raft replication: the raft `primary` leads, when it was handed over to `primary` by a
+    /// planned switchover inside it rather than formed by `primary`'s promotion (see
+    /// [`FailoverInProgress::raft_handover`]). Written by the handover's term raise; a
+    /// failover that forms a new raft clears it when it is done. `None`: the raft was formed
+    /// by `primary` in the term the last failover raised (or is the initial one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_lineage: Option<RaftLineage>,
+}
+
+/// Which raft: the term in which it was formed and the cluster whose nodes formed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftLineage {
+    /// The term in which it was formed.
+    pub term: u64,
+    /// The cluster whose nodes were its voters then.
+    pub formed_by: String,
 }
 
 /// How many ended pauses the topology keeps.
@@ -123,6 +139,11 @@ pub struct FailoverInProgress {
     /// clusters), or snapshot replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_node: Option<String>,
+    /// Raft replication, a planned switchover inside the raft (a handover): the target's
+    /// nodes become voters and the leadership moves to one of them; nothing is recovered,
+    /// restored, cut or sealed, and every node stays in the raft it is in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raft_handover: bool,
 }
 
 impl Topology {
@@ -138,6 +159,40 @@ impl Topology {
             automatic_switchovers: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
+            raft_lineage: None,
+        }
+    }
+
+    /// Raft replication: the raft that `cluster`, the primary or the old primary of the
+    /// failover in progress, leads or led (see [`DesiredState::raft_formed_term`]): the
+    /// current term's raft without a failover; during one, the old primary's raft until
+    /// the target forms its own (from `Fenced` on), and in a handover the same raft for
+    /// both. `None` for the target before it forms its raft (and for any other cluster).
+    ///
+    /// [`DesiredState::raft_formed_term`]: vault_dr_common::DesiredState::raft_formed_term
+    pub fn raft_of(&self, cluster: &str) -> Option<RaftLineage> {
+        let kept = || {
+            self.raft_lineage.clone().unwrap_or_else(|| RaftLineage {
+                term: match &self.failover {
+                    // The old primary's raft was formed by the term before this failover's.
+                    Some(_) => self.term.saturating_sub(1).max(1),
+                    None => self.term,
+                },
+                formed_by: match &self.failover {
+                    Some(f) => f.from.clone(),
+                    None => self.primary.clone(),
+                },
+            })
+        };
+        match &self.failover {
+            None if cluster == self.primary => Some(kept()),
+            Some(f) if f.raft_handover && (cluster == f.from || cluster == f.to) => Some(kept()),
+            Some(f) if cluster == f.from => Some(kept()),
+            Some(f) if cluster == f.to && f.completed >= Step::Fenced => Some(RaftLineage {
+                term: self.term,
+                formed_by: f.to.clone(),
+            }),
+            _ => None,
         }
     }
 

@@ -463,12 +463,14 @@ mod tests {
                 completed,
                 planned,
                 raft_node: None,
+                raft_handover: false,
             }),
             last_failover_at: None,
             group_id: None,
             fence_pending: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
+            raft_lineage: None,
             automatic_switchovers: Vec::new(),
         };
         let mut later = Topology::initial("dc2");

@@ -32,9 +32,11 @@ pub const REFRESH_PERIOD_KUBERNETES: Duration = Duration::from_millis(250);
 /// a failover or planned switchover until the target is promoted. Traffic is cut then: in a
 /// switchover so that no write reaches the old primary after its final snapshot, in a
 /// failover because the old primary is fenced from the decision on (a frozen one that wakes
-/// must find no clients).
+/// must find no clients). A handover inside one raft cuts nothing: traffic stays on the old
+/// primary, whose nodes forward every request to the raft's leader, until the target leads.
 pub fn target_cluster(topology: &Topology) -> Option<&str> {
     match &topology.failover {
+        Some(f) if f.raft_handover && f.completed < Step::Promoted => Some(&f.from),
         Some(f) if f.completed < Step::Promoted => None,
         _ => Some(topology.serving_primary()),
     }
@@ -231,14 +233,24 @@ mod tests {
                 completed,
                 planned,
                 raft_node: None,
+                raft_handover: false,
             }),
             last_failover_at: None,
             group_id: None,
             fence_pending: Vec::new(),
             pause: None,
             past_pauses: Vec::new(),
+            raft_lineage: None,
             automatic_switchovers: Vec::new(),
         }
+    }
+
+    fn handover(completed: Step) -> Topology {
+        let mut t = failover(true, completed);
+        if let Some(f) = t.failover.as_mut() {
+            f.raft_handover = true;
+        }
+        t
     }
 
     #[test]
@@ -269,6 +281,16 @@ mod tests {
             (
                 "planned, switched: the new primary",
                 failover(true, Step::Switched),
+                Some("dc2"),
+            ),
+            (
+                "a handover, fenced: still the old primary (it forwards to the raft's leader)",
+                handover(Step::Fenced),
+                Some("dc1"),
+            ),
+            (
+                "a handover, promoted: the new primary",
+                handover(Step::Promoted),
                 Some("dc2"),
             ),
         ];

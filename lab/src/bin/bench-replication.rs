@@ -169,6 +169,8 @@ fn desired(term: u64, cluster: &str, primary: &LabCluster) -> DesiredState {
         primary_suspect: false,
         raft_formed_term: None,
         raft_recover_node: None,
+        raft_formed_by: None,
+        raft_handover: false,
     }
 }
 

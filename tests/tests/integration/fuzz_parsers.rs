@@ -744,6 +744,8 @@ fn desired_state() -> impl Strategy<Value = vault_dr_common::DesiredState> {
                 primary_suspect: false,
                 raft_formed_term: None,
                 raft_recover_node: None,
+                raft_formed_by: None,
+                raft_handover: false,
             },
         )
 }

@@ -267,6 +267,7 @@ async fn a_leader_that_takes_over_mid_failover_at_any_step_reconciles_the_servic
             completed: step,
             planned: false,
             raft_node: None,
+            raft_handover: false,
         });
         kube.leave_topology(&lease_name, &configmap_name, &topology)
             .await

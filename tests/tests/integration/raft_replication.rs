@@ -1118,3 +1118,174 @@ async fn a_recovery_naming_the_wrong_node_id_is_journaled_and_done_again_once_me
         "{kept}"
     );
 }
+
+/// A planned switchover inside one raft: the leadership moves to the target, whose node
+/// becomes the raft's only voter; nothing is recovered, restored, quarantined or sealed, and
+/// a client writing throughout loses nothing, though the leader coordinator is killed in the
+/// middle of it. The write pause is printed (the drill measures it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_hands_the_raft_over_with_no_restore_and_no_write_lost() {
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .raft(3, 1)
+        .coordinators(2)
+        .spec(|s| {
+            s.dir = std::env::var_os("VAULT_DR_TEST_RUN_DIR").map(Into::into);
+            s.keep = s.dir.is_some();
+        })
+        .start()
+        .await
+        .expect("raft group");
+    let p = group.cluster("p").unwrap();
+    let root = p.root_token().clone();
+    let http = workload::client_http().unwrap();
+    let token = workload::create_client_token(&http, p.nodes()[0].api_addr(), &root)
+        .await
+        .expect("client token");
+    let target = Target::Stable(group.traffic_addr().expect("the stable address").clone());
+    let client = Workload::start(
+        target,
+        token,
+        group.dir(),
+        Duration::from_millis(20),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("client");
+    wait_lag_known(&group, &["s1", "s2"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let leader = group.leader().await.expect("a leader");
+    let asked_at = chrono::Utc::now();
+    let resp = group
+        .http()
+        .post(leader.join("v1/switchover").unwrap())
+        .bearer_auth(group.coordinator_token().expose())
+        .json(&serde_json::json!({ "to": "s1" }))
+        .send()
+        .await
+        .expect("the switchover request");
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    // The leader coordinator is killed in the middle of the handover, once the target's node
+    // votes (the first of its moves): the next leader goes on from what the raft looks like.
+    let first = leader_index(&group).await.expect("a leader");
+    let voting = try_wait_for("s1-n1 a voter", READY, || async {
+        raft_servers(&group, "p")
+            .await?
+            .contains(&("s1-n1".to_owned(), true))
+            .then_some(())
+    })
+    .await;
+    assert!(voting.is_ok(), "{:?}", raft_servers(&group, "p").await);
+    group.coordinators_mut()[first].kill();
+    let to = group
+        .wait_failover_done(1, Duration::from_secs(90))
+        .await
+        .expect("the switchover finishes");
+    assert_eq!(to, "s1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = client.acked();
+    let stats = client.stop().await;
+
+    // The journal: a handover, no cut, no seal.
+    let records = failovers(&group).await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let reason = records[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("a handover inside one raft"), "{reason}");
+    let steps = records[0]["steps"].as_array().cloned().unwrap_or_default();
+    let detail = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .and_then(|s| s["detail"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(names, all, "each step once: {steps:#?}");
+    let by: Vec<&str> = steps.iter().filter_map(|s| s["by"].as_str()).collect();
+    let killed = group.coordinators()[first].id.clone();
+    assert!(
+        by.contains(&killed.as_str()) && by.iter().any(|b| *b != killed),
+        "steps by both leaders: {by:?}"
+    );
+    assert!(
+        detail("fenced").contains("nothing is cut or sealed"),
+        "{steps:#?}"
+    );
+    assert!(
+        detail("promoted").contains("handed over to s1-n1"),
+        "{steps:#?}"
+    );
+    println!("promoted: {}", detail("promoted"));
+
+    // Nothing recovered, restored or quarantined anywhere.
+    for a in group.agents() {
+        let log = std::fs::read_to_string(&a.log_path).unwrap_or_default();
+        for act in ["action=Recover", "action=Quarantine", "action=Stop"] {
+            assert!(!log.contains(act), "{} did {act}", a.node);
+        }
+    }
+    // s1's node leads and alone votes; every other node is a non-voter of the same raft.
+    let handed = try_wait_for("s1-n1 the only voter", READY, || async {
+        let servers = raft_servers(&group, "s1").await?;
+        let voters: Vec<&str> = servers
+            .iter()
+            .filter(|(_, v)| *v)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        (voters == ["s1-n1"] && servers.len() == 5).then_some(())
+    })
+    .await;
+    assert!(handed.is_ok(), "{:?}", raft_servers(&group, "s1").await);
+
+    // Every acknowledged write, by version and value, and the pause the client saw.
+    let x_api = group.cluster("s1").unwrap().nodes()[0].api_addr().clone();
+    let missing = workload::missing_writes(&x_api, &root, &acked)
+        .await
+        .expect("read back");
+    let mut times: Vec<_> = acked
+        .iter()
+        .filter(|w| w.acked_at >= asked_at)
+        .map(|w| w.acked_at)
+        .collect();
+    times.sort_unstable();
+    let pause = times
+        .windows(2)
+        .map(|t| (t[1] - t[0]).num_milliseconds())
+        .max()
+        .unwrap_or_default();
+    println!(
+        "{} writes acknowledged, {} missing; longest gap between acknowledgements after the \
+         request {pause} ms; client {stats:?}",
+        acked.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    assert!(
+        acked.iter().any(|w| w.sent_at > asked_at),
+        "the client wrote during the switchover"
+    );
+
+    // Done: the old primary's client addresses refuse writes, the new primary's take them.
+    let probe = workload::client_http().unwrap();
+    for n in group.cluster("p").unwrap().nodes() {
+        assert!(
+            !try_write(&probe, n.client_addr(), root.expose(), "after/old").await,
+            "{} took a write after the switchover",
+            n.name()
+        );
+    }
+    let took = try_wait_for("a write on s1's client address", READY, || async {
+        let n = &group.cluster("s1")?.nodes()[0];
+        try_write(&probe, n.client_addr(), root.expose(), "after/new")
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(took.is_ok(), "s1 takes no write");
+}

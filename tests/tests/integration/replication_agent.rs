@@ -104,6 +104,8 @@ fn desired(
         primary_suspect: false,
         raft_formed_term: None,
         raft_recover_node: None,
+        raft_formed_by: None,
+        raft_handover: false,
     }
 }
 

@@ -209,19 +209,25 @@ pub fn wants_promotion(f: &Facts<'_>) -> bool {
     let Some(d) = f.desired else {
         return false;
     };
-    let in_raft = d.raft_formed_term.is_some_and(|formed| {
-        f.lineage
-            == Some(&Lineage {
-                term: formed,
-                primary: d.primary.clone(),
-            })
-    });
+    let in_raft = wanted(d).is_some_and(|want| f.lineage == Some(&want));
     in_raft
         && !d.failover_in_progress
         && f.launcher == Launcher::Running
         && f.leader_seen
         && f.voter == Some(false)
         && !f.suffrage.non_voter(d.role)
+}
+
+/// The raft the node must be in: formed in `raft_formed_term` by `raft_formed_by`, or else by
+/// the primary. `None` while it does not exist yet.
+fn wanted(d: &DesiredState) -> Option<Lineage> {
+    Some(Lineage {
+        term: d.raft_formed_term?,
+        primary: d
+            .raft_formed_by
+            .clone()
+            .unwrap_or_else(|| d.primary.clone()),
+    })
 }
 
 /// The decision of one round.
@@ -236,22 +242,21 @@ pub fn plan(f: Facts<'_>) -> Action {
     }
     // The promotion target: the node of the promoted cluster that forms the new raft (the
     // one the coordinator named, or every node when it named none). Its cluster's other
-    // nodes wait for the end of the failover and then join it.
+    // nodes wait for the end of the failover and then join it. A handover forms no raft: the
+    // coordinator moves the leadership, and the target's nodes go on as they are.
     let target = d.role == Role::Primary
         && d.cluster == d.primary
         && d.failover_in_progress
+        && !d.raft_handover
         && d.raft_recover_node.as_deref().is_none_or(|n| n == f.me);
-    let Some(formed) = d.raft_formed_term else {
+    let Some(want) = wanted(d) else {
         return Action::Wait(if d.failover_in_progress {
             Wait::FailoverInProgress
         } else {
             Wait::NoRaftYet
         });
     };
-    let want = Lineage {
-        term: formed,
-        primary: d.primary.clone(),
-    };
+    let formed = want.term;
     let running = f.launcher == Launcher::Running;
     // The bootstrap: a node of the initial raft recorded by whoever installed it (lineage of
     // term 0 naming the primary).
@@ -298,8 +303,11 @@ pub fn plan(f: Facts<'_>) -> Action {
             Role::Secondary => f.node.is_serving() && f.leader_seen,
         };
         // A secondary carries out a term once it follows the term's primary: not while a
-        // failover holds it (it would acknowledge the old primary's raft).
-        let held = d.failover_in_progress && !target;
+        // failover holds it (it would acknowledge the old primary's raft). In a handover the
+        // raft stays the same: the target's nodes carry the term out once they serve in it
+        // (the coordinator moves the leadership to one of them).
+        let handed = d.raft_handover && d.role == Role::Primary;
+        let held = d.failover_in_progress && !target && !handed;
         return if serving && !held {
             Action::Applied(d.term)
         } else if serving {
@@ -356,6 +364,8 @@ mod tests {
             primary_suspect: false,
             raft_formed_term: Some(term),
             raft_recover_node: None,
+            raft_formed_by: None,
+            raft_handover: false,
         }
     }
 
@@ -593,6 +603,59 @@ mod tests {
             Action::StepDown,
             "the target is never stepped down"
         );
+    }
+
+    #[test]
+    fn in_a_handover_every_node_stays_in_its_raft_and_the_target_carries_the_term_out_serving() {
+        let p_raft = lineage(1, "p");
+        let handover = |cluster: &str, role, in_progress| {
+            let mut d = desired(cluster, role, "s1", 2);
+            d.raft_formed_term = Some(1);
+            d.raft_formed_by = Some("p".into());
+            d.raft_handover = in_progress;
+            d.failover_in_progress = in_progress;
+            d
+        };
+        let running = |d: &DesiredState, node| {
+            let mut f = facts(None, Some(&p_raft));
+            f.launcher = Launcher::Running;
+            f.node = node;
+            f.leader_seen = true;
+            f.voter = Some(true);
+            (d.clone(), f)
+        };
+        // The target's node, a standby of p's leader: it carries the term out, no recovery.
+        let d = handover("s1", Role::Primary, true);
+        let (d, mut f) = running(&d, NodeState::Standby);
+        f.desired = Some(&d);
+        assert_eq!(plan(f), Action::Applied(2));
+        f.launcher = Launcher::Down;
+        assert_eq!(
+            plan(f),
+            Action::Permit {
+                non_voter: false,
+                record: None
+            },
+            "a target's node that is down starts as it is, never recovered"
+        );
+        // The old primary's node (p's raft, now led by s1): it keeps running, held until
+        // the end; then it follows as a secondary, still in the raft p formed.
+        let d = handover("p", Role::Secondary, true);
+        let (d, mut f) = running(&d, NodeState::Active);
+        f.desired = Some(&d);
+        assert_eq!(plan(f), Action::Wait(Wait::Steady));
+        let d = handover("p", Role::Secondary, false);
+        let (d, mut f) = running(&d, NodeState::Standby);
+        f.desired = Some(&d);
+        assert_eq!(plan(f), Action::Applied(2));
+        f.voter = Some(false);
+        assert!(!wants_promotion(&f), "a secondary's node stays a non-voter");
+        // After it, s1's nodes are in the raft, and one kept out of the vote asks for it.
+        let d = handover("s1", Role::Primary, false);
+        let (d, mut f) = running(&d, NodeState::Standby);
+        f.desired = Some(&d);
+        f.voter = Some(false);
+        assert!(wants_promotion(&f));
     }
 
     #[test]

@@ -611,6 +611,8 @@ mod tests {
             primary_suspect: false,
             raft_formed_term: None,
             raft_recover_node: None,
+            raft_formed_by: None,
+            raft_handover: false,
         }
     }
 
@@ -800,6 +802,8 @@ mod tests {
                     primary_suspect: false,
                     raft_formed_term: None,
                     raft_recover_node: None,
+                    raft_formed_by: None,
+                    raft_handover: false,
                     ..primary(4, Fast)
                 }),
                 snapshots: held.clone(),
@@ -823,6 +827,8 @@ mod tests {
                     primary_suspect: false,
                     raft_formed_term: None,
                     raft_recover_node: None,
+                    raft_formed_by: None,
+                    raft_handover: false,
                     ..primary(3, Complete)
                 }),
                 snapshots: held.clone(),
