@@ -339,6 +339,12 @@ pub struct ReplicationStatus {
     /// scorer ranks by it first.
     #[serde(default)]
     pub log_index: Option<u64>,
+    /// Raft backend: how the node joins a raft (its agent's `--raft-suffrage`): `auto` (a
+    /// voter while its cluster is the primary), `voter` (a DR voter of the synchronous layout)
+    /// or `non-voter`. A handover leaves a node outside its target a voter exactly when this
+    /// is `voter`, and a node of the target a non-voter when it is `non-voter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_suffrage: Option<String>,
 }
 
 /// An agent's own probe of another cluster (the primary).

@@ -434,6 +434,7 @@ impl Controller {
         }
         // The node's own last log index, known while it runs, leader or not.
         status.log_index = local.as_ref().and_then(|l| l.raft_committed_index);
+        status.raft_suffrage = Some(self.config.suffrage.as_str().to_owned());
         let member = s.membership.as_ref().is_some_and(|m| m.member);
         match (leader_commit, applied) {
             (Some(commit), Some(mine)) => {

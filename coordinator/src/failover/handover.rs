@@ -10,7 +10,14 @@
 //!    it takes no target);
 //! 3. the leader steps down (`sys/step-down`): the one write pause, the time a new leader takes
 //!    to become active (0.6 s on OpenBao 2.7, `../shared/reference/openbao-2.7-measured.md` §7);
-//! 4. once a node of the target leads, the old leader is demoted too.
+//! 4. once a node of the target leads, the nodes outside it whose agents join as voters (the
+//!    DR voters of the synchronous layout) vote again, and every other one, the old leader
+//!    among them, is a non-voter. The layout then is the one the agents' suffrages describe
+//!    for the new primary.
+//!
+//! While the leadership moves in the synchronous layout, the other DR voters are non-voters
+//! for a few seconds (autopilot's reconciliations): a commit then needs the target's voters
+//! and the old leader, not a third site.
 //!
 //! Client requests are never cut: every node of one raft forwards a write to its leader.
 //! Nothing can be lost either: a raft leader holds every committed entry.
@@ -50,48 +57,91 @@ pub enum Move {
     Done(String),
 }
 
-/// The next move (pure): see the module's list. An error when no node of the target is in the
-/// raft at all.
-pub fn next_move(servers: &[RaftServer], target: &BTreeSet<String>) -> Result<Move, String> {
-    let in_target = |s: &RaftServer| target.contains(&s.id);
-    if !servers.iter().any(in_target) {
-        let names: Vec<&str> = target.iter().map(String::as_str).collect();
+/// Who the handover is for: the target's nodes, and which nodes vote once it is done.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Layout {
+    /// The target's raft node ids.
+    pub target: BTreeSet<String>,
+    /// Every node that votes once the handover is done: the target's nodes but those whose
+    /// agent joins as a non-voter, and the nodes outside it whose agent joins as a voter (the
+    /// DR voters of the synchronous layout). Every other node ends a non-voter.
+    pub voters: BTreeSet<String>,
+}
+
+/// The next move (pure): see the module's list. Before the leadership moves, every voter
+/// outside the target but the leader is a non-voter (so that the step-down can only land in
+/// the target); once it has moved, the nodes outside it that vote by their suffrage are
+/// promoted again and every other one demoted. An error when no node of the target may vote,
+/// or none is a member of the raft.
+pub fn next_move(servers: &[RaftServer], layout: &Layout) -> Result<Move, String> {
+    let in_target = |s: &RaftServer| layout.target.contains(&s.id);
+    let votes = |s: &RaftServer| layout.voters.contains(&s.id);
+    let names = || {
+        let n: Vec<&str> = layout.target.iter().map(String::as_str).collect();
+        n.join(", ")
+    };
+    if !servers.iter().any(|s| in_target(s) && votes(s)) {
         return Err(format!(
-            "no node of the target ({}) is a member of the raft",
-            names.join(", ")
+            "no node of the target ({}) that may vote is a member of the raft",
+            names()
         ));
     }
-    if let Some(s) = servers.iter().find(|s| in_target(s) && !s.voter) {
+    if let Some(s) = servers
+        .iter()
+        .find(|s| in_target(s) && votes(s) && !s.voter)
+    {
         return Ok(Move::Promote(s.id.clone()));
     }
     let Some(leader) = servers.iter().find(|s| s.leader) else {
         return Ok(Move::Wait("the raft has no leader (an election)".into()));
     };
-    let outside = servers
-        .iter()
-        .find(|s| !in_target(s) && s.voter && (in_target(leader) || !s.leader));
-    Ok(match outside {
+    if !in_target(leader) || !votes(leader) {
+        return Ok(
+            match servers
+                .iter()
+                .find(|s| !in_target(s) && s.voter && !s.leader)
+            {
+                Some(s) => Move::Demote(s.id.clone()),
+                None => Move::StepDown(leader.id.clone()),
+            },
+        );
+    }
+    if let Some(s) = servers.iter().find(|s| votes(s) && !s.voter) {
+        return Ok(Move::Promote(s.id.clone()));
+    }
+    Ok(match servers.iter().find(|s| !votes(s) && s.voter) {
         Some(s) => Move::Demote(s.id.clone()),
-        None if in_target(leader) => Move::Done(leader.id.clone()),
-        None => Move::StepDown(leader.id.clone()),
+        None => Move::Done(leader.id.clone()),
     })
 }
 
 /// Every move of the same kind as `next` (a promotion or a demotion) that [`next_move`] would
-/// make one after the other: the target's non-voters, or the voters outside it it demotes.
-pub fn alike(servers: &[RaftServer], target: &BTreeSet<String>, next: &Move) -> Vec<Move> {
-    let in_target = |s: &RaftServer| target.contains(&s.id);
-    let leader_in_target = servers.iter().any(|s| s.leader && in_target(s));
-    servers
-        .iter()
-        .filter_map(|s| match next {
-            Move::Promote(_) if in_target(s) && !s.voter => Some(Move::Promote(s.id.clone())),
-            Move::Demote(_) if !in_target(s) && s.voter && (leader_in_target || !s.leader) => {
-                Some(Move::Demote(s.id.clone()))
+/// make one after the other.
+pub fn alike(servers: &[RaftServer], layout: &Layout, next: &Move) -> Vec<Move> {
+    let mut moves = vec![next.clone()];
+    let mut seen: Vec<RaftServer> = servers.to_vec();
+    // The configuration as if the last move were done.
+    while let Some(last) = moves.last() {
+        match last {
+            Move::Promote(id) | Move::Demote(id) => {
+                let voter = matches!(last, Move::Promote(_));
+                for s in seen.iter_mut().filter(|s| &s.id == id) {
+                    s.voter = voter;
+                }
             }
-            _ => None,
-        })
-        .collect()
+            _ => break,
+        }
+        match next_move(&seen, layout) {
+            Ok(m)
+                if std::mem::discriminant(&m) == std::mem::discriminant(next)
+                    && !moves.contains(&m) =>
+            {
+                moves.push(m);
+            }
+            _ => break,
+        }
+    }
+    moves
 }
 
 /// Carries out a handover with the DR token.
@@ -102,24 +152,24 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// Moves the leadership of the raft to a node of `target` (their raft node ids), through
+    /// Moves the leadership of the raft to a node of `layout.target`, through
     /// the first of `addrs` that answers; one attempt, at most [`ATTEMPT`]. Returns what it
     /// did, in one sentence.
-    pub async fn run(&self, addrs: &[Url], target: &BTreeSet<String>) -> Result<String, String> {
+    pub async fn run(&self, addrs: &[Url], layout: &Layout) -> Result<String, String> {
         let started = tokio::time::Instant::now();
         let mut did: Vec<String> = Vec::new();
         let mut asked: Vec<(Move, tokio::time::Instant)> = Vec::new();
         let mut pause: Option<Duration> = None;
         loop {
             let (addr, servers) = self.configuration(addrs).await?;
-            let next = next_move(&servers, target)?;
+            let next = next_move(&servers, layout)?;
             let pending = asked
                 .iter()
                 .any(|(m, at)| *m == next && at.elapsed() < ASK_AGAIN);
             match &next {
                 Move::Done(leader) => {
                     if did.is_empty() {
-                        did.push("it leads, and only nodes of the target vote".into());
+                        did.push("it leads, and the voters are as the layout wants".into());
                     }
                     let pause = pause.map_or_else(String::new, |p| {
                         format!(
@@ -138,7 +188,7 @@ impl Handover {
                     // Every change of the kind at once: autopilot may carry several in one
                     // reconciliation.
                     let voter = matches!(next, Move::Promote(_));
-                    for m in alike(&servers, target, &next) {
+                    for m in alike(&servers, layout, &next) {
                         let (Move::Promote(id) | Move::Demote(id)) = &m else {
                             continue;
                         };
@@ -224,14 +274,17 @@ mod tests {
             .collect()
     }
 
-    fn target(ids: &[&str]) -> BTreeSet<String> {
-        ids.iter().map(|s| (*s).to_owned()).collect()
+    fn layout(target: &[&str], voters: &[&str]) -> Layout {
+        Layout {
+            target: target.iter().map(|s| (*s).to_owned()).collect(),
+            voters: voters.iter().map(|s| (*s).to_owned()).collect(),
+        }
     }
 
     /// The whole handover of the asynchronous layout, one configuration after each move.
     #[test]
     fn a_handover_promotes_the_target_demotes_the_others_and_steps_the_leader_down() {
-        let to = target(&["s1-n1", "s1-n2"]);
+        let to = layout(&["s1-n1", "s1-n2"], &["s1-n1", "s1-n2"]);
         let rows: Vec<(&str, Vec<RaftServer>, Move)> = vec![
             (
                 "the target's nodes are promoted first",
@@ -301,9 +354,49 @@ mod tests {
         }
     }
 
+    /// The synchronous layout (2 + 1 + 1): the DR voter of the other secondary and the old
+    /// primary's voters are demoted only while the leadership moves, then vote again.
+    #[test]
+    fn a_synchronous_handover_gives_the_dr_voters_their_vote_back() {
+        let to = layout(&["s1-n1"], &["s1-n1", "s2-n1", "p-n1", "p-n2"]);
+        let before = raft(&[
+            ("p-n1", true, true),
+            ("p-n2", false, true),
+            ("p-n3", false, false),
+            ("s1-n1", false, true),
+            ("s2-n1", false, true),
+        ]);
+        let next = next_move(&before, &to).unwrap();
+        assert_eq!(
+            alike(&before, &to, &next),
+            [Move::Demote("p-n2".into()), Move::Demote("s2-n1".into())],
+            "so that the step-down lands on s1-n1"
+        );
+        let moved = raft(&[
+            ("p-n1", false, true),
+            ("p-n2", false, false),
+            ("p-n3", false, false),
+            ("s1-n1", true, true),
+            ("s2-n1", false, false),
+        ]);
+        let next = next_move(&moved, &to).unwrap();
+        assert_eq!(
+            alike(&moved, &to, &next),
+            [Move::Promote("p-n2".into()), Move::Promote("s2-n1".into())]
+        );
+        let done = raft(&[
+            ("p-n1", false, true),
+            ("p-n2", false, true),
+            ("p-n3", false, false),
+            ("s1-n1", true, true),
+            ("s2-n1", false, true),
+        ]);
+        assert_eq!(next_move(&done, &to), Ok(Move::Done("s1-n1".into())));
+    }
+
     #[test]
     fn the_changes_of_one_kind_are_asked_for_together() {
-        let to = target(&["s1-n1", "s1-n2"]);
+        let to = layout(&["s1-n1", "s1-n2"], &["s1-n1", "s1-n2"]);
         let servers = raft(&[
             ("p-n1", true, true),
             ("p-n2", false, true),
@@ -316,17 +409,31 @@ mod tests {
             alike(&servers, &to, &next),
             [Move::Promote("s1-n1".into()), Move::Promote("s1-n2".into())]
         );
-        let next = Move::Demote("p-n2".into());
+        let promoted = raft(&[
+            ("p-n1", true, true),
+            ("p-n2", false, true),
+            ("p-n3", false, true),
+            ("s1-n1", false, true),
+            ("s1-n2", false, true),
+        ]);
+        let next = next_move(&promoted, &to).unwrap();
         assert_eq!(
-            alike(&servers, &to, &next),
+            alike(&promoted, &to, &next),
             [Move::Demote("p-n2".into()), Move::Demote("p-n3".into())],
             "never the leader while it is outside the target"
         );
     }
 
     #[test]
-    fn a_target_with_no_node_in_the_raft_is_an_error_naming_its_nodes() {
-        let e = next_move(&raft(&[("p-n1", true, true)]), &target(&["s1-n1"])).unwrap_err();
-        assert_eq!(e, "no node of the target (s1-n1) is a member of the raft");
+    fn a_target_with_no_node_that_may_vote_in_the_raft_is_an_error_naming_its_nodes() {
+        let e = next_move(
+            &raft(&[("p-n1", true, true)]),
+            &layout(&["s1-n1"], &["s1-n1"]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "no node of the target (s1-n1) that may vote is a member of the raft"
+        );
     }
 }

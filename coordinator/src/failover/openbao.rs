@@ -14,7 +14,7 @@
 
 use crate::config::ClusterConfig;
 use crate::failover::actions::{ActionError, ActionResult, Fencer, Replication, Verifier};
-use crate::failover::handover::Handover;
+use crate::failover::handover::{Handover, Layout};
 use crate::model::{AppliedIndex, ServedData};
 use crate::state::State;
 use crate::vault::VaultClient;
@@ -207,16 +207,40 @@ impl Replication for DesiredStateReplication {
         target: &ClusterConfig,
         term: u64,
     ) -> ActionResult {
+        let reports = self.state.latest_reports();
         let mut nodes: std::collections::BTreeSet<String> = target.nodes.iter().cloned().collect();
         if nodes.is_empty() {
-            nodes = self
-                .state
-                .latest_reports()
-                .into_iter()
+            nodes = reports
+                .iter()
                 .filter(|n| n.report.cluster == target.name)
-                .map(|n| n.node)
+                .map(|n| n.node.clone())
                 .collect();
         }
+        // Who votes once it is done, by each agent's suffrage (a node whose agent never said
+        // is `auto`): the target's nodes but its non-voters, and the DR voters elsewhere.
+        let suffrage = |node: &str| {
+            reports
+                .iter()
+                .find(|n| n.node == node)
+                .and_then(|n| n.report.replication.raft_suffrage.clone())
+                .unwrap_or_else(|| "auto".into())
+        };
+        let mut voters: std::collections::BTreeSet<String> = nodes
+            .iter()
+            .filter(|n| suffrage(n) != "non-voter")
+            .cloned()
+            .collect();
+        voters.extend(
+            reports
+                .iter()
+                .filter(|n| n.report.cluster != target.name)
+                .filter(|n| n.report.replication.raft_suffrage.as_deref() == Some("voter"))
+                .map(|n| n.node.clone()),
+        );
+        let layout = Layout {
+            target: nodes,
+            voters,
+        };
         // The old primary's first: its gate is open throughout (the primary's until its
         // agent hears of the handover, then the handover's); the target's opens once its
         // agent has heard.
@@ -227,7 +251,7 @@ impl Replication for DesiredStateReplication {
             .cloned()
             .collect();
         self.handover
-            .run(&addrs, &nodes)
+            .run(&addrs, &layout)
             .await
             .map(|done| format!("term {term}: {done}"))
             .map_err(ActionError)

@@ -234,10 +234,10 @@ impl DrillOptions {
             ));
         }
         if let Some(layout) = self.raft {
-            if !matches!(self.fault, Fault::Kill | Fault::Stop) {
+            if !matches!(self.fault, Fault::Kill | Fault::Stop | Fault::Switchover) {
                 return Err(DrillError::Invalid(format!(
                     "--replication raft takes --fault kill or stop (every node of the primary \
-                     cluster), not {}",
+                     cluster) or switchover (a handover inside the raft), not {}",
                     self.fault.as_str()
                 )));
             }
@@ -1226,11 +1226,18 @@ async fn follow(
             // A planned switchover: the primary stays up and takes writes until clients are
             // cut, so the first write that counts is the one after the pause (the longest gap
             // between two acknowledged writes since the request), once the record is done.
+            // In a handover inside one raft the pause is the leader's step-down, in the
+            // Promoted step: gaps that end after the Fenced step count.
+            let moved_in = if opts.raft.is_some() {
+                Step::Fenced
+            } else {
+                Step::Promoted
+            };
             let next = if opts.fault.planned() {
                 record
                     .as_ref()
                     .filter(|r| r.status != FailoverStatus::InProgress)
-                    .and_then(|r| r.step(Step::Promoted)?.finished_at)
+                    .and_then(|r| r.step(moved_in)?.finished_at)
                     .and_then(|promoted| after_longest_pause(&client.acked(), fault_at, promoted))
             } else {
                 client.first_acked_sent_after(fault_at)
@@ -1833,6 +1840,7 @@ mod tests {
         refused(raft(Fault::Kill, 8, 1), "--primary-nodes");
         refused(raft(Fault::Kill, 3, 3), "--secondary-nodes");
         assert!(raft(Fault::Kill, 3, 2).validate().is_ok());
+        assert!(raft(Fault::Switchover, 3, 1).validate().is_ok());
     }
 
     #[test]
