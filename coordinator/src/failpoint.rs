@@ -6,6 +6,10 @@
 //! between `Fenced` and `Promoted`, and checks that the next leader finishes the failover with
 //! every step exactly once.
 //!
+//! Several, comma-separated (`crash-after:decided,crash-after:switched`), arm each: a test whose
+//! coordinators all carry the same list loses one leader at each of those points of one
+//! failover, whoever leads then.
+//!
 //! **For tests; never set it in production.** The variable is read once, when the coordinator
 //! starts ([`arm`]); an invalid value stops the start with a configuration error, so a typo never
 //! silently disarms a crash test.
@@ -82,17 +86,31 @@ pub fn parse(value: &str) -> Result<Option<Failpoint>, FailpointError> {
     }
 }
 
-static ARMED: OnceLock<Option<Failpoint>> = OnceLock::new();
+/// Parses a comma-separated list of failpoints (blank entries ignored).
+pub fn parse_list(value: &str) -> Result<Vec<Failpoint>, FailpointError> {
+    let mut all = Vec::new();
+    for part in value.split(',') {
+        if let Some(fp) = parse(part).map_err(|e| FailpointError {
+            value: value.to_owned(),
+            reason: e.reason,
+        })? {
+            all.push(fp);
+        }
+    }
+    Ok(all)
+}
+
+static ARMED: OnceLock<Vec<Failpoint>> = OnceLock::new();
 
 /// Reads [`ENV_FAILPOINT`] once (later calls return what the first one read). Called when the
-/// coordinator starts; logs a loud warning when a failpoint is armed.
-pub fn arm(env: &dyn Env) -> Result<Option<Failpoint>, FailpointError> {
+/// coordinator starts; logs a loud warning for each failpoint armed.
+pub fn arm(env: &dyn Env) -> Result<Vec<Failpoint>, FailpointError> {
     if let Some(armed) = ARMED.get() {
-        return Ok(*armed);
+        return Ok(armed.clone());
     }
-    let parsed = parse(&env.var(ENV_FAILPOINT).unwrap_or_default())?;
-    let armed = *ARMED.get_or_init(|| parsed);
-    if let Some(fp) = armed {
+    let parsed = parse_list(&env.var(ENV_FAILPOINT).unwrap_or_default())?;
+    let armed = ARMED.get_or_init(|| parsed).clone();
+    for fp in &armed {
         tracing::warn!(
             failpoint = %fp,
             "{ENV_FAILPOINT} is set: this coordinator will abort at {fp} (for tests only)"
@@ -101,8 +119,8 @@ pub fn arm(env: &dyn Env) -> Result<Option<Failpoint>, FailpointError> {
     Ok(armed)
 }
 
-fn armed() -> Option<Failpoint> {
-    ARMED.get().copied().flatten()
+fn armed(here: Failpoint) -> bool {
+    ARMED.get().is_some_and(|a| a.contains(&here))
 }
 
 /// Called by the executor right after the journal write of `step`'s start.
@@ -116,7 +134,7 @@ pub async fn after(step: Step) {
 }
 
 async fn hit(here: Failpoint) {
-    if armed() != Some(here) {
+    if !armed(here) {
         return;
     }
     tracing::error!(failpoint = %here, "failpoint reached: aborting the process");
@@ -154,6 +172,21 @@ mod tests {
     }
 
     #[test]
+    fn a_list_arms_each_and_a_typo_in_one_is_an_error_naming_the_whole_value() {
+        assert_eq!(
+            parse_list("crash-after:decided, crash-before:verified,"),
+            Ok(vec![
+                Failpoint::CrashAfter(Step::Decided),
+                Failpoint::CrashBefore(Step::Verified)
+            ])
+        );
+        assert_eq!(parse_list(""), Ok(vec![]));
+        let e = parse_list("crash-after:decided,crash-after:fence").unwrap_err();
+        assert_eq!(e.value, "crash-after:decided,crash-after:fence");
+        assert_eq!(e.reason, "unknown step");
+    }
+
+    #[test]
     fn an_empty_value_arms_nothing() {
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   "), Ok(None));
@@ -182,6 +215,6 @@ mod tests {
             before(step).await;
             after(step).await;
         }
-        assert_eq!(armed(), None);
+        assert!(ARMED.get().is_none_or(Vec::is_empty));
     }
 }

@@ -264,6 +264,11 @@ impl LabCoordinator {
         self.child.as_ref().map(ChildGuard::pid)
     }
 
+    /// Whether its process runs (false once killed, or once it exited or aborted).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildGuard::is_running)
+    }
+
     /// SIGKILLs the process.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -286,6 +286,7 @@ impl Executor {
         };
         self.journal(&record).await;
         tracing::info!(failover = %record.id, "decided: fail over {} -> {} in term {term}", record.from, record.to);
+        crate::failpoint::after(Step::Decided).await;
         Ok(record)
     }
 

@@ -499,20 +499,9 @@ async fn the_leader_killed_as_the_raft_promotion_begins_is_finished_by_the_next_
     leader_killed_at("crash-before:promoted").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_killed_once_the_old_primary_is_fenced_is_finished_by_the_next_once() {
-    leader_killed_at("crash-after:fenced").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_killed_once_the_raft_is_recovered_is_finished_by_the_next_once() {
-    leader_killed_at("crash-after:promoted").await;
-}
-
 /// The leader coordinator aborts at `failpoint` of a raft failover (the whole primary lost):
 /// the next leader finishes it, each step once, the target's node recovered once, the data
-/// kept and the other secondary in the new raft. The body of three tests: a failed unwrap is
-/// a failed test.
+/// kept and the other secondary in the new raft. A failed unwrap is a failed test.
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 async fn leader_killed_at(failpoint: &str) {
     let mut group = Group::builder()
@@ -616,6 +605,94 @@ async fn leader_killed_at(failpoint: &str) {
     assert_eq!(
         kept.pointer("/data/data/v"),
         Some(&Value::from("one")),
+        "{kept}"
+    );
+}
+
+/// The leader coordinator aborts after each step of one raft failover but the last (every
+/// coordinator armed with the six failpoints, each restarted, armed again, when it aborts:
+/// every step completes once, so each point kills exactly one leader, whoever leads then). The leaders that follow finish it: each step once,
+/// one recovery, the data kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+async fn a_leader_killed_after_every_step_of_a_raft_failover_is_followed_by_one_that_finishes_it_each_step_once()
+ {
+    const ARMED: &str = "crash-after:decided,crash-after:fenced,crash-after:promoted,\
+                         crash-after:switched,crash-after:repointed,crash-after:verified";
+    let mut group = Group::builder()
+        .clusters(["p", "s1", "s2"])
+        .raft(1, 1)
+        .coordinators(2)
+        .spec(|s| {
+            s.coordinator_env = vec![("VAULT_DR_FAILPOINT".into(), ARMED.into())];
+            s.dir = std::env::var_os("VAULT_DR_TEST_RUN_DIR").map(Into::into);
+            s.keep = s.dir.is_some();
+        })
+        .start()
+        .await
+        .expect("raft group");
+    wait_lag_known(&group, &["s1", "s2"]).await;
+    let root = group.cluster("p").unwrap().root_token().clone();
+    group
+        .cluster("p")
+        .unwrap()
+        .kv_put("kept/before-the-fault", &serde_json::json!({ "v": "four" }))
+        .await
+        .expect("a write on p");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in group.cluster_mut("p").unwrap().nodes_mut() {
+        n.kill();
+    }
+    for a in group.agents_mut().iter_mut().filter(|a| a.cluster == "p") {
+        a.kill();
+    }
+    let started = Instant::now();
+    let mut aborts = 0;
+    let to = loop {
+        for c in group.coordinators_mut() {
+            if !c.is_running() {
+                aborts += 1;
+                c.restart().unwrap();
+            }
+        }
+        if aborts == 6
+            && let Ok(to) = group
+                .wait_failover_done(1, Duration::from_millis(500))
+                .await
+        {
+            break to;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the failover did not finish ({aborts} leaders aborted)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let records = failovers(&group).await;
+    assert_eq!(records.len(), 1, "one failover: {records:#?}");
+    let steps: Vec<&str> = records[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(steps, all, "each step once: {:#}", records[0]);
+    let log = group.agent_log(&to).unwrap();
+    assert_eq!(
+        log.matches("raft: acting action=Recover").count(),
+        1,
+        "one raft recovery of {to}:\n{log}"
+    );
+    let kept = read_kv(&group, &to, root.expose(), "kept/before-the-fault")
+        .await
+        .expect("a KV answer from the new primary");
+    assert_eq!(
+        kept.pointer("/data/data/v"),
+        Some(&Value::from("four")),
         "{kept}"
     );
 }
