@@ -86,6 +86,30 @@ async fn try_write(http: &reqwest::Client, addr: &url::Url, token: &str, key: &s
     sent.is_ok_and(|r| r.status().is_success())
 }
 
+/// A client writing every 20 ms through the stable address (the write gate of whichever
+/// cluster the coordinators name), with a token made on p; and p's root token. A failed
+/// unwrap is a failed test.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+async fn writing_client(group: &Group) -> (Workload, vault_dr_common::Secret) {
+    let p = group.cluster("p").unwrap();
+    let root = p.root_token().clone();
+    let http = workload::client_http().unwrap();
+    let token = workload::create_client_token(&http, p.nodes()[0].api_addr(), &root)
+        .await
+        .expect("client token");
+    let target = Target::Stable(group.traffic_addr().expect("the stable address").clone());
+    let client = Workload::start(
+        target,
+        token,
+        group.dir(),
+        Duration::from_millis(20),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("client");
+    (client, root)
+}
+
 /// The lag figures of `cluster` in the leader's table.
 fn lag(rows: &BTreeMap<String, Value>, cluster: &str) -> (Option<u64>, Option<f64>) {
     let row = rows.get(cluster);
@@ -142,22 +166,7 @@ async fn the_whole_primary_killed_promotes_a_non_voter_with_every_acknowledged_w
     );
 
     // A writing client, through the write gate of whichever cluster the coordinators name.
-    let p = group.cluster("p").unwrap();
-    let root = p.root_token().clone();
-    let http = workload::client_http().unwrap();
-    let token = workload::create_client_token(&http, p.nodes()[0].api_addr(), &root)
-        .await
-        .expect("client token");
-    let target = Target::Stable(group.traffic_addr().expect("the stable address").clone());
-    let client = Workload::start(
-        target,
-        token,
-        group.dir(),
-        Duration::from_millis(20),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("client");
+    let (client, root) = writing_client(&group).await;
 
     // The exact lag of the non-voters while the client writes.
     wait_lag_known(&group, &["s1", "s2"]).await;
@@ -739,22 +748,7 @@ async fn the_synchronous_layout_keeps_its_leader_in_the_primary_and_loses_no_ack
     );
     assert!(servers.contains(&("p-n3".into(), false)), "{servers:?}");
 
-    let p = group.cluster("p").unwrap();
-    let root = p.root_token().clone();
-    let http = workload::client_http().unwrap();
-    let token = workload::create_client_token(&http, p.nodes()[0].api_addr(), &root)
-        .await
-        .expect("client token");
-    let target = Target::Stable(group.traffic_addr().expect("the stable address").clone());
-    let client = Workload::start(
-        target,
-        token,
-        group.dir(),
-        Duration::from_millis(20),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("client");
+    let (client, root) = writing_client(&group).await;
     let indexed = try_wait_for("both DR voters' log index", READY, || async {
         let rows = candidates(&group).await;
         ["s1", "s2"]
@@ -774,6 +768,8 @@ async fn the_synchronous_layout_keeps_its_leader_in_the_primary_and_loses_no_ack
 
     // The primary's active node alone killed: the raft elects among p-n2, s1-n1, s2-n1. A DR
     // voter that wins steps down (its agent), until p-n2 leads: no promotion.
+    let http = workload::client_http().unwrap();
+    let p = group.cluster("p").unwrap();
     let active = p.active_node().await.expect("p has an active node");
     let lost = p.nodes()[active].name().to_owned();
     group.cluster_mut("p").unwrap().nodes_mut()[active].kill();
@@ -1213,22 +1209,7 @@ async fn a_planned_switchover_hands_the_raft_over_with_no_restore_and_no_write_l
         .start()
         .await
         .expect("raft group");
-    let p = group.cluster("p").unwrap();
-    let root = p.root_token().clone();
-    let http = workload::client_http().unwrap();
-    let token = workload::create_client_token(&http, p.nodes()[0].api_addr(), &root)
-        .await
-        .expect("client token");
-    let target = Target::Stable(group.traffic_addr().expect("the stable address").clone());
-    let client = Workload::start(
-        target,
-        token,
-        group.dir(),
-        Duration::from_millis(20),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("client");
+    let (client, root) = writing_client(&group).await;
     wait_lag_known(&group, &["s1", "s2"]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
