@@ -1283,7 +1283,7 @@ async fn a_planned_switchover_hands_the_raft_over_with_no_restore_and_no_write_l
 
     // Nothing recovered, restored or quarantined anywhere.
     for a in group.agents() {
-        let log = std::fs::read_to_string(&a.log_path).unwrap_or_default();
+        let log = std::fs::read_to_string(&a.log_path).expect("the agent's log");
         for act in ["action=Recover", "action=Quarantine", "action=Stop"] {
             assert!(!log.contains(act), "{} did {act}", a.node);
         }
