@@ -110,6 +110,26 @@ async fn writing_client(group: &Group) -> (Workload, vault_dr_common::Secret) {
     (client, root)
 }
 
+/// The leader's journal holds exactly one failover, with each of its steps once, in order:
+/// that record. Panics (the test fails) otherwise.
+#[allow(clippy::unwrap_used)]
+async fn one_failover_each_step_once(group: &Group) -> Value {
+    let records = failovers(group).await;
+    assert_eq!(records.len(), 1, "one failover: {records:#?}");
+    let steps: Vec<&str> = records[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(steps, all, "each step once: {:#}", records[0]);
+    records[0].clone()
+}
+
 /// The lag figures of `cluster` in the leader's table.
 fn lag(rows: &BTreeMap<String, Value>, cluster: &str) -> (Option<u64>, Option<f64>) {
     let row = rows.get(cluster);
@@ -567,20 +587,7 @@ async fn leader_killed_at(failpoint: &str) {
         .wait_failover_done(1, Duration::from_secs(120))
         .await
         .expect("the next leader finishes the failover");
-    let records = failovers(&group).await;
-    assert_eq!(records.len(), 1, "one failover: {records:#?}");
-    let record = &records[0];
-    let steps: Vec<&str> = record["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["step"].as_str())
-        .collect();
-    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
-    assert_eq!(steps, all, "each step once: {record:#}");
+    let record = one_failover_each_step_once(&group).await;
     let by: Vec<&str> = record["steps"]
         .as_array()
         .unwrap()
@@ -677,19 +684,7 @@ async fn a_leader_killed_after_every_step_of_a_raft_failover_is_followed_by_one_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let records = failovers(&group).await;
-    assert_eq!(records.len(), 1, "one failover: {records:#?}");
-    let steps: Vec<&str> = records[0]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["step"].as_str())
-        .collect();
-    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
-    assert_eq!(steps, all, "each step once: {:#}", records[0]);
+    one_failover_each_step_once(&group).await;
     let log = group.agent_log(&to).unwrap();
     assert_eq!(
         log.matches("raft: acting action=Recover").count(),
@@ -964,19 +959,7 @@ async fn a_leader_frozen_while_it_suspects_the_primary_and_woken_after_the_failo
     // point: what follows asserts that nothing happened meanwhile.
     group.coordinators()[stale].signal(Signal::Cont);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let records = failovers(&group).await;
-    assert_eq!(records.len(), 1, "one failover: {records:#?}");
-    let steps: Vec<&str> = records[0]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["step"].as_str())
-        .collect();
-    let all: Vec<&str> = vault_dr_coordinator::model::Step::ALL
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
-    assert_eq!(steps, all, "each step once: {:#}", records[0]);
+    one_failover_each_step_once(&group).await;
     assert_eq!(term(&group).await, Some(2), "one term raised");
     assert_ne!(
         leader_index(&group).await,
